@@ -1,0 +1,383 @@
+/* decomp/decomp.h — libdecomp, the decomposition engine of decompd.
+ *
+ * This header is the engine's documentation and its C ABI. Every path of
+ * decompd (the daemon's workers, decompctl, the Python package through ctypes)
+ * decomposes through these functions, so a layer decomposed either way gives
+ * the same bytes.
+ *
+ * The flow:
+ *
+ *   decomp_ctx *ctx = decomp_ctx_new();
+ *   decomp_weights *w;  decomp_spec *spec;  decomp_policy *pol;
+ *   decomp_weights_open(ctx, "model.pth", &w);          // .pth or safetensors
+ *   decomp_spec_parse(ctx, json, len, &spec);           // layer structure
+ *   decomp_policy_parse(ctx, "budget", &pol);           // or a JSON object
+ *   decomp_result *r;
+ *   decomp_decompose(ctx, w, spec, pol, NULL, &r);
+ *   decomp_weights_save(ctx, decomp_result_weights(r), "out.pth", DECOMP_FORMAT_PTH);
+ *   puts(decomp_result_info(r));                        // decompose_info.json
+ *
+ * Conventions: fallible functions return a decomp_error code (0 on success)
+ * and pass results through `out` parameters, which are left untouched on
+ * failure. The context keeps a detailed message of the last failure
+ * (decomp_errmsg()), saying what and where ("data.pkl offset 812: global
+ * os.system is not allowed"). Inputs are borrowed unless a comment says
+ * "takes ownership". Every _free accepts NULL. A context is not thread-safe;
+ * use one per thread. Objects made through one context may be read from any
+ * thread once made.
+ */
+#ifndef DECOMP_DECOMP_H
+#define DECOMP_DECOMP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "errors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DECOMP_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Context: errors and logging                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct decomp_ctx decomp_ctx;
+
+enum decomp_log_level {
+  DECOMP_LOG_ERROR = 0,
+  DECOMP_LOG_WARN = 1,
+  DECOMP_LOG_INFO = 2,
+  DECOMP_LOG_DEBUG = 3,
+};
+
+/* A log handler: `topic` is the subsystem ("pth", "svd", "policy"), `msg` one
+ * line without a newline. Libraries never print; they call this. */
+typedef void (*decomp_log_fn)(void *user, int level, const char *topic,
+                              const char *msg);
+
+/* A new context, or NULL when out of memory. */
+decomp_ctx *decomp_ctx_new(void);
+void decomp_ctx_free(decomp_ctx *ctx);
+
+/* Install a log handler; messages above `max_level` are never formatted. */
+void decomp_ctx_set_log(decomp_ctx *ctx, decomp_log_fn fn, void *user,
+                        int max_level);
+
+/* The detailed message of the last failure on `ctx` ("" when none). Valid
+ * until the next call on `ctx`. */
+const char *decomp_errmsg(const decomp_ctx *ctx);
+
+/* The code of the last failure on `ctx` (DECOMP_OK when none). */
+int decomp_errcode(const decomp_ctx *ctx);
+
+/* Free memory that the library returned as `char *` (JSON texts). */
+void decomp_free(void *p);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors and weight sets                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef enum decomp_dtype {
+  DECOMP_DTYPE_F32 = 0,
+  DECOMP_DTYPE_F16 = 1,
+  DECOMP_DTYPE_BF16 = 2,
+  DECOMP_DTYPE_F64 = 3,
+  DECOMP_DTYPE_I64 = 4,
+  DECOMP_DTYPE_I32 = 5,
+  DECOMP_DTYPE_I16 = 6,
+  DECOMP_DTYPE_I8 = 7,
+  DECOMP_DTYPE_U8 = 8,
+  DECOMP_DTYPE_BOOL = 9,
+} decomp_dtype;
+#define DECOMP_DTYPE_COUNT 10
+
+/* Bytes per element (0 for an invalid dtype). */
+size_t decomp_dtype_size(decomp_dtype dt);
+/* The safetensors name ("F32", "BF16", "I64", "BOOL", …). */
+const char *decomp_dtype_name(decomp_dtype dt);
+/* Whether the dtype is a floating-point type (decomposable). */
+bool decomp_dtype_is_float(decomp_dtype dt);
+
+#define DECOMP_MAX_DIMS 8
+
+/* One named tensor. `data` points at the storage element with index
+ * `offset` (so element [i0, i1, …] is at data + Σ ik·stride[k] elements);
+ * `storage` is the start of the whole storage it lives in and
+ * `storage_nbytes` that storage's size, so that tensors sharing a storage can
+ * be written back sharing it. Strides are in elements and never negative. */
+typedef struct decomp_tensor {
+  const char *name;
+  decomp_dtype dtype;
+  int ndim;
+  int64_t shape[DECOMP_MAX_DIMS];
+  int64_t stride[DECOMP_MAX_DIMS];
+  int64_t offset;          /* element offset of `data` in `storage` */
+  const void *data;        /* first element */
+  const void *storage;     /* storage start */
+  size_t storage_nbytes;   /* bytes of the storage */
+} decomp_tensor;
+
+/* Number of elements (product of the shape; 1 for a scalar). */
+int64_t decomp_tensor_numel(const decomp_tensor *t);
+/* Whether the tensor is laid out contiguously in row-major order. */
+bool decomp_tensor_is_contiguous(const decomp_tensor *t);
+
+typedef enum decomp_format {
+  DECOMP_FORMAT_UNKNOWN = 0,
+  DECOMP_FORMAT_PTH = 1,          /* torch.save zip archive */
+  DECOMP_FORMAT_SAFETENSORS = 2,
+  DECOMP_FORMAT_TORCHSCRIPT = 3,  /* torch.jit.save archive */
+} decomp_format;
+
+/* "pth", "safetensors", "torchscript" or "unknown". */
+const char *decomp_format_name(decomp_format f);
+/* The format named `name`, or DECOMP_FORMAT_UNKNOWN. */
+decomp_format decomp_format_from_name(const char *name);
+
+/* An ordered set of named tensors: a state dict. Tensors read from a file
+ * are mapped, not copied; the set keeps the mapping alive until freed. */
+typedef struct decomp_weights decomp_weights;
+
+/* Which format `buf` holds, judged from its first bytes (and, for zips, from
+ * the entry names): PTH, SAFETENSORS, TORCHSCRIPT or UNKNOWN. */
+decomp_format decomp_detect_format(const void *buf, size_t len);
+
+/* Read a weight file (format found from its content). The file is mapped
+ * read-only; nothing in it is executed; every size and offset is checked.
+ * A TorchScript archive fails with DECOMP_ERR_TORCHSCRIPT. */
+int decomp_weights_open(decomp_ctx *ctx, const char *path,
+                        decomp_weights **out);
+
+/* Same as decomp_weights_open on a buffer the caller keeps alive and
+ * unchanged for the life of the returned set. */
+int decomp_weights_open_memory(decomp_ctx *ctx, const void *buf, size_t len,
+                               decomp_weights **out);
+
+/* An empty set, to be filled with decomp_weights_add (for callers that hold
+ * their tensors in memory, such as the Python package). */
+int decomp_weights_new(decomp_ctx *ctx, decomp_weights **out);
+
+/* Append a tensor. The name, shape and strides are copied; the data is
+ * borrowed and must stay valid and unchanged while the set (and any result
+ * made from it) lives. `t->storage`/`storage_nbytes` may be NULL/0, in which
+ * case the tensor's own extent is used. Fails on a duplicate name, a bad
+ * dtype or shape, or an extent overflow. */
+int decomp_weights_add(decomp_weights *w, const decomp_tensor *t);
+
+/* Same, but the set takes ownership of `buffer` (released with free(), also
+ * on failure); `t->data` must point into it. */
+int decomp_weights_add_owned(decomp_weights *w, const decomp_tensor *t,
+                             void *buffer);
+
+size_t decomp_weights_count(const decomp_weights *w);
+/* The i-th tensor in file order; borrowed, valid while `w` lives. */
+const decomp_tensor *decomp_weights_at(const decomp_weights *w, size_t i);
+/* The tensor named `name`, or NULL. */
+const decomp_tensor *decomp_weights_find(const decomp_weights *w,
+                                         const char *name);
+/* The format the set was read from (UNKNOWN for built sets). */
+decomp_format decomp_weights_format(const decomp_weights *w);
+
+/* The state dict's metadata as a JSON object text, or NULL when it has none:
+ * for .pth the `_metadata` attribute ({"": {"version": 1}, "conv1": {…}}),
+ * for safetensors the `__metadata__` map of strings. Borrowed. */
+const char *decomp_weights_metadata(const decomp_weights *w);
+/* Replace the metadata (a JSON object text; NULL to clear). */
+int decomp_weights_set_metadata(decomp_weights *w, const char *json);
+
+/* Write the set to `path` as a .pth that torch.load(weights_only=True)
+ * reads back as an OrderedDict with the same keys, order, dtypes, shapes and
+ * values (and `_metadata`), or as safetensors. Written to a temporary file in
+ * the same folder, fsynced and renamed, so `path` is either the whole new
+ * file or untouched. */
+int decomp_weights_save(decomp_ctx *ctx, const decomp_weights *w,
+                        const char *path, decomp_format fmt);
+
+void decomp_weights_free(decomp_weights *w);
+
+/* ------------------------------------------------------------------------ */
+/* Layer spec                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef enum decomp_padding_mode {
+  DECOMP_PAD_ZEROS = 0,
+  DECOMP_PAD_REFLECT = 1,
+  DECOMP_PAD_REPLICATE = 2,
+  DECOMP_PAD_CIRCULAR = 3,
+} decomp_padding_mode;
+
+/* "zeros", "reflect", "replicate", "circular". */
+const char *decomp_padding_mode_name(decomp_padding_mode m);
+
+typedef enum decomp_padding_kind {
+  DECOMP_PADDING_EXPLICIT = 0, /* numbers in `padding` */
+  DECOMP_PADDING_SAME = 1,     /* padding='same' (stride 1 only) */
+  DECOMP_PADDING_VALID = 2,    /* padding='valid' (= 0, 0) */
+} decomp_padding_kind;
+
+/* One layer of the model as the layer spec gives it. For layers whose `type`
+ * is not "Conv2d" only `name` and `type` are meaningful. */
+typedef struct decomp_layer {
+  const char *name;        /* module name: "layer1.0.conv1" */
+  const char *type;        /* "Conv2d", or the module's class name */
+  int64_t in_channels, out_channels;
+  int64_t kernel_size[2];  /* kh, kw */
+  int64_t stride[2];
+  int64_t padding[2];      /* meaningful when padding_kind is EXPLICIT */
+  decomp_padding_kind padding_kind;
+  int64_t dilation[2];
+  int64_t groups;
+  bool bias;
+  decomp_padding_mode padding_mode;
+  int64_t input_size[2];   /* H, W of the layer's input; 0, 0 if unknown */
+} decomp_layer;
+
+typedef struct decomp_spec decomp_spec;
+
+/* Parse a layer spec: {"layers": [{"name": …, "type": "Conv2d", …}, …]} or a
+ * bare list of layer objects, with DECOMP's fields (in_channels,
+ * out_channels, kernel_size, stride, padding, dilation, groups, bias,
+ * padding_mode, optional input_size; ints or [h, w] pairs; padding may be
+ * "same" or "valid"). Every field is checked (positive sizes, channels
+ * divisible by groups, a known padding mode, no duplicate names) and an error
+ * names the layer and the field. */
+int decomp_spec_parse(decomp_ctx *ctx, const char *json, size_t len,
+                      decomp_spec **out);
+
+/* A new empty spec, to be filled with decomp_spec_add. */
+int decomp_spec_new(decomp_ctx *ctx, decomp_spec **out);
+/* Append a copy of `layer` (strings copied), validated as by parse. */
+int decomp_spec_add(decomp_ctx *ctx, decomp_spec *spec,
+                    const decomp_layer *layer);
+
+size_t decomp_spec_count(const decomp_spec *spec);
+/* Borrowed, valid while `spec` lives. */
+const decomp_layer *decomp_spec_at(const decomp_spec *spec, size_t i);
+const decomp_layer *decomp_spec_find(const decomp_spec *spec,
+                                     const char *name);
+
+/* Check every Conv2d of `spec` against `w`: NAME.weight exists with shape
+ * [out, in/groups, kh, kw] and a floating dtype, NAME.bias exists with shape
+ * [out] exactly when bias is true. The error names the layer and what is
+ * wrong ("layer3.1.conv2: weight has shape [64, 64, 3, 3], spec says
+ * [128, 64, 3, 3]"). */
+int decomp_spec_check(decomp_ctx *ctx, const decomp_spec *spec,
+                      const decomp_weights *w);
+
+/* The spec as canonical JSON text ({"layers": […]}); free with
+ * decomp_free. */
+char *decomp_spec_to_json(const decomp_spec *spec);
+
+void decomp_spec_free(decomp_spec *spec);
+
+/* ------------------------------------------------------------------------ */
+/* Rank policies                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct decomp_policy decomp_policy;
+
+/* Parse a policy: a bare name ("budget", "amct", "vbmf") with its defaults,
+ * or a JSON object {"name": "energy", "energy": 0.95, …}. Policies and their
+ * knobs:
+ *   fixed      rank (int ≥ 1; clamped to the layer's largest rank)
+ *   ratio      ratio (0 < r ≤ 1, fraction of the largest rank)
+ *   energy     energy (0 < e ≤ 1, fraction of Σσ² kept)
+ *   max_error  max_error (0 ≤ e < 1, relative Frobenius error bound)
+ *   vbmf       (no knob: empirical variational Bayes rank)
+ *   amct       (no knob: the reference tool's eligibility and rank rules)
+ *   budget     macs_reduction (> 1, default 2.0) or params_reduction (> 1):
+ *              a whole-model target over the eligible convs (default)
+ * Common fields: "include"/"exclude" (lists of globs over layer names),
+ * "overrides" ({"glob": {"rank": 16} | {"skip": true} | {"ratio": …} |
+ * {"energy": …} | {"max_error": …}}, first matching glob wins), "compute"
+ * ("float32" or "float64"; default float32, float64 for F64 weights),
+ * "order" ("auto", "vertical_first", "horizontal_first"; default auto).
+ * Unknown names and fields are errors that name them. */
+int decomp_policy_parse(decomp_ctx *ctx, const char *text,
+                        decomp_policy **out);
+
+/* The policy as canonical JSON (every knob spelled out, keys in a fixed
+ * order), so two equal policies give the same text; free with decomp_free. */
+char *decomp_policy_to_json(const decomp_policy *p);
+
+/* The policy's name ("budget", …). Borrowed. */
+const char *decomp_policy_name(const decomp_policy *p);
+
+void decomp_policy_free(decomp_policy *p);
+
+/* ------------------------------------------------------------------------ */
+/* Decomposition                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* What decomp_decompose reports before and after each layer. */
+typedef struct decomp_progress {
+  const char *layer;       /* layer name */
+  size_t index;            /* 0-based among the layers considered */
+  size_t total;            /* layers considered (the spec's Conv2d layers) */
+  int phase;               /* DECOMP_PHASE_* */
+  int64_t rank;            /* chosen rank (0 when skipped or unknown yet) */
+  int64_t max_rank;        /* largest possible rank */
+  double seconds;          /* time spent on this layer (at DONE) */
+  const char *skip_reason; /* when the layer is left alone, why; else NULL */
+} decomp_progress;
+
+enum decomp_phase {
+  DECOMP_PHASE_SPECTRUM = 0, /* singular values of a layer being computed */
+  DECOMP_PHASE_START = 1,    /* factorization of a layer starting */
+  DECOMP_PHASE_DONE = 2,     /* layer finished (decomposed or skipped) */
+};
+
+/* Called from the decomposing thread; return non-zero to cancel the run at
+ * this point (decomp_decompose then fails with DECOMP_ERR_CANCELLED). */
+typedef int (*decomp_progress_fn)(void *user, const decomp_progress *p);
+
+typedef struct decomp_options {
+  decomp_progress_fn progress; /* may be NULL */
+  void *progress_user;
+  const char *source_digest;   /* "sha256:…" recorded in the info file; may
+                                  be NULL */
+  const char *source_format;   /* "pth", "safetensors", …; NULL: from `w` */
+  bool record_spectra;         /* record each layer's singular values in the
+                                  info file (for charts) */
+} decomp_options;
+
+typedef struct decomp_result decomp_result;
+
+/* Decompose the Conv2d layers of `spec` in `w` under `policy`.
+ *
+ * Checks the spec against the weights first (decomp_spec_check) and fails
+ * with DECOMP_ERR_NONFINITE naming the layer when a decomposed weight holds
+ * NaN or Inf. The result holds the decomposed state dict — every tensor of
+ * `w` in its order, each decomposed NAME.weight/NAME.bias replaced in place
+ * by NAME.0.weight, NAME.1.weight and (with bias) NAME.1.bias, in the input's
+ * dtype — and the decompose_info.json text. Untouched tensors are borrowed
+ * from `w`, which must outlive the result. `opts` may be NULL. */
+int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
+                     const decomp_spec *spec, const decomp_policy *policy,
+                     const decomp_options *opts, decomp_result **out);
+
+/* The decomposed state dict. Borrowed, valid while the result lives. */
+const decomp_weights *decomp_result_weights(const decomp_result *r);
+/* decompose_info.json (version 1) as text. Borrowed. */
+const char *decomp_result_info(const decomp_result *r);
+
+void decomp_result_free(decomp_result *r);
+
+/* ------------------------------------------------------------------------ */
+/* Info files                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Read a decompose_info file — ours (version 1) or the reference tool's (a
+ * JSON list of {"ori_layer_info", "mode", "decom_nodes"}) — check it, and
+ * give it back as our version-1 JSON text (free with decomp_free). */
+int decomp_info_normalize(decomp_ctx *ctx, const char *json, size_t len,
+                          char **out_json);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,166 @@
+/* core.h — what the engine's files share and no one outside sees: setting
+ * errors on a context, logging, the weight set's internals (how a reader adds
+ * tensors and keeps its mapping alive), and element conversion between
+ * dtypes. */
+#ifndef DECOMP_CORE_H
+#define DECOMP_CORE_H
+
+#include <stdarg.h>
+
+#include "decomp/decomp.h"
+
+#if defined(__GNUC__)
+#define DECOMP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define DECOMP_PRINTF(a, b)
+#endif
+
+/* Record a failure on `ctx` (which may be NULL) and return `err`, so that
+ * `return core_fail(ctx, DECOMP_ERR_BAD_ZIP, "entry %s: …", name);` reads as
+ * one statement. */
+int core_fail(decomp_ctx *ctx, int err, const char *fmt, ...)
+    DECOMP_PRINTF(3, 4);
+/* Clear the last failure. */
+void core_clear(decomp_ctx *ctx);
+
+/* Log through the context's handler when `level` is enabled. */
+void core_log(decomp_ctx *ctx, int level, const char *topic, const char *fmt,
+              ...) DECOMP_PRINTF(4, 5);
+bool core_log_enabled(const decomp_ctx *ctx, int level);
+
+/* --- weight sets -------------------------------------------------------- */
+
+/* Resources a weight set releases when freed. */
+typedef void (*core_release_fn)(void *p, size_t len);
+
+/* Keep `p` (of `len` bytes) alive until `w` is freed, then call
+ * release(p, len). On failure release is called at once. */
+int core_weights_keep(decomp_weights *w, void *p, size_t len,
+                      core_release_fn release);
+void core_weights_set_format(decomp_weights *w, decomp_format f);
+/* The context a set was made through (for error messages of add). */
+decomp_ctx *core_weights_ctx(const decomp_weights *w);
+
+/* Bytes of storage a tensor needs: (offset + largest element index reached
+ * + 1) × item size. Returns false on overflow or negative fields. A tensor
+ * with a zero dimension needs 0. */
+bool core_tensor_extent(const decomp_tensor *t, size_t *out_bytes);
+
+/* Readers: map a whole file read-only. */
+int core_map_file(decomp_ctx *ctx, const char *path, void **out,
+                  size_t *out_len);
+void core_unmap(void *p, size_t len);
+
+/* Format readers, each on a buffer kept alive by the caller/set. */
+int core_pth_read(decomp_ctx *ctx, const void *buf, size_t len,
+                  decomp_weights *w);
+int core_safetensors_read(decomp_ctx *ctx, const void *buf, size_t len,
+                          decomp_weights *w);
+/* Format writers, each to an open file descriptor positioned at 0. `stem`
+ * is the archive's folder name for .pth. */
+int core_pth_write(decomp_ctx *ctx, const decomp_weights *w, int fd,
+                   const char *stem);
+int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd);
+
+/* Write all of buf to fd (retrying short writes); DECOMP_ERR_IO or
+ * DECOMP_ERR_DISK_FULL on failure, with errno text in the message. */
+int core_write_all(decomp_ctx *ctx, int fd, const void *buf, size_t len);
+
+/* --- element conversion ------------------------------------------------- */
+
+float core_half_to_float(uint16_t h);
+uint16_t core_float_to_half(float f);   /* round to nearest even */
+float core_bf16_to_float(uint16_t h);
+uint16_t core_float_to_bf16(float f);   /* round to nearest even */
+
+/* Gather a floating tensor (any of F32/F16/BF16/F64, any strides) into a
+ * dense row-major array of doubles or floats. Returns false for a
+ * non-floating dtype. */
+bool core_tensor_to_f64(const decomp_tensor *t, double *dst);
+bool core_tensor_to_f32(const decomp_tensor *t, float *dst);
+/* Convert n dense elements to dtype `dt` (a floating dtype). */
+void core_f64_to_dtype(const double *src, size_t n, decomp_dtype dt,
+                       void *dst);
+void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt, void *dst);
+
+/* --- rank policies (policy.c), as decompose.c uses them ----------------- */
+
+/* The two orders of the pair (DESIGN "The decomposition"). */
+typedef enum core_order {
+  CORE_ORDER_VERTICAL_FIRST = 0,   /* (kh,1) then (1,kw) */
+  CORE_ORDER_HORIZONTAL_FIRST = 1, /* (1,kw) then (kh,1) */
+} core_order;
+
+/* What a policy knows of one Conv2d layer when it chooses a rank. */
+typedef struct core_layer_view {
+  const decomp_layer *layer;
+  int64_t max_rank;      /* min(I·kh, O·kw) for the chosen order */
+  core_order order;      /* the cheaper order in MACs (or as the policy asks) */
+  double macs_before;    /* per output pixel, or whole-layer when the spec
+                            gives input_size */
+  double macs_per_rank;  /* macs_after(R) = R · macs_per_rank */
+  double params_before;  /* weight (+ bias) elements */
+  double params_per_rank;/* params_after(R) = R · params_per_rank + bias */
+  double params_bias;    /* bias elements (0 without bias) */
+  /* Singular values, filled by decompose.c only when the policy asks
+   * (core_policy_needs_spectrum): `groups` runs of `max_rank` values, each
+   * descending. NULL otherwise. */
+  const double *sigma;
+  int64_t groups;
+  double energy_total;   /* Σ σ² over all groups (the kernel's ‖W‖²) */
+} core_layer_view;
+
+/* Why a layer is left alone, or NULL when it is decomposed. Static strings
+ * or strings owned by the decision. */
+typedef struct core_rank_decision {
+  int64_t rank;          /* 0 when skipped */
+  char reason[160];      /* why skipped ("" when decomposed) */
+} core_rank_decision;
+
+/* Cost model of a Conv2d layer for the given order (fills every field of
+ * `v` but sigma/energy_total). Returns false for a layer that cannot be
+ * decomposed at all (kh == 1 or kw == 1), with the reason in `why`. */
+bool core_layer_view_init(const decomp_layer *layer, core_order order,
+                          core_layer_view *v, char *why, size_t why_len);
+
+/* Whether the policy chooses ranks from the singular values (energy,
+ * max_error, vbmf, amct, budget) or not (fixed, ratio, and layers with a
+ * rank override). */
+bool core_policy_needs_spectrum(const decomp_policy *p, const decomp_layer *l);
+
+/* Layer-level eligibility before any SVD: include/exclude globs, `skip`
+ * overrides, the amct preset's rules. Returns true when the layer may be
+ * decomposed; else writes the reason. */
+bool core_policy_eligible(const decomp_policy *p, const decomp_layer *l,
+                          char *why, size_t why_len);
+
+/* The order the policy asks for (auto picks the cheaper in MACs). */
+int core_policy_order(const decomp_policy *p); /* -1 auto, else core_order */
+
+/* The compute precision: 32 or 64 (64 also when the policy says float64). */
+int core_policy_compute_bits(const decomp_policy *p, decomp_dtype weights);
+
+/* Choose ranks for all `n` layers at once (budget spends a whole-model
+ * target). A layer whose chosen rank would not make it cheaper gets rank 0
+ * and a reason. `views[i].sigma` is set for the layers that need it. */
+int core_policy_choose(decomp_ctx *ctx, const decomp_policy *p,
+                       const core_layer_view *views, size_t n,
+                       core_rank_decision *out);
+
+/* --- small utilities ---------------------------------------------------- */
+
+/* Shell-style glob match (`*`, `?`, `[…]`) over a whole layer name. */
+bool core_glob_match(const char *pattern, const char *name);
+
+/* Overflow-checked size arithmetic: false on overflow. */
+static inline bool core_mul_size(size_t a, size_t b, size_t *out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool core_add_size(size_t a, size_t b, size_t *out) {
+  return !__builtin_add_overflow(a, b, out);
+}
+
+/* Monotonic seconds. */
+double core_now(void);
+
+#endif

@@ -1,0 +1,117 @@
+/* ctx.c — the engine context (last error, log handler) and the error
+ * tables generated from the one X-macro list in decomp/errors.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+struct decomp_ctx {
+  int err;                /* code of the last failure */
+  char msg[1024];         /* its detailed message */
+  decomp_log_fn log;      /* may be NULL */
+  void *log_user;
+  int log_level;          /* messages above this level are dropped */
+};
+
+decomp_ctx *decomp_ctx_new(void) {
+  decomp_ctx *ctx = calloc(1, sizeof *ctx);
+  if (ctx)
+    ctx->log_level = -1;
+  return ctx;
+}
+
+void decomp_ctx_free(decomp_ctx *ctx) { free(ctx); }
+
+void decomp_ctx_set_log(decomp_ctx *ctx, decomp_log_fn fn, void *user,
+                        int max_level) {
+  ctx->log = fn;
+  ctx->log_user = user;
+  ctx->log_level = fn ? max_level : -1;
+}
+
+const char *decomp_errmsg(const decomp_ctx *ctx) {
+  return ctx ? ctx->msg : "";
+}
+
+int decomp_errcode(const decomp_ctx *ctx) { return ctx ? ctx->err : 0; }
+
+void decomp_free(void *p) { free(p); }
+
+int core_fail(decomp_ctx *ctx, int err, const char *fmt, ...) {
+  if (!ctx)
+    return err;
+  ctx->err = err;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx->msg, sizeof ctx->msg, fmt, ap);
+  va_end(ap);
+  return err;
+}
+
+void core_clear(decomp_ctx *ctx) {
+  if (ctx) {
+    ctx->err = 0;
+    ctx->msg[0] = '\0';
+  }
+}
+
+bool core_log_enabled(const decomp_ctx *ctx, int level) {
+  return ctx && ctx->log && level <= ctx->log_level;
+}
+
+void core_log(decomp_ctx *ctx, int level, const char *topic, const char *fmt,
+              ...) {
+  if (!core_log_enabled(ctx, level))
+    return;
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  ctx->log(ctx->log_user, level, topic, line);
+}
+
+/* --- error tables ------------------------------------------------------- */
+
+const char *decomp_strerror(int err) {
+  switch (err) {
+#define X_(name, num, code, msg, http)                                        \
+  case num:                                                                    \
+    return msg;
+    DECOMP_ERRORS(X_)
+#undef X_
+  }
+  return "unknown error";
+}
+
+const char *decomp_error_code(int err) {
+  switch (err) {
+#define X_(name, num, code, msg, http)                                        \
+  case num:                                                                    \
+    return code;
+    DECOMP_ERRORS(X_)
+#undef X_
+  }
+  return "unknown";
+}
+
+int decomp_error_http_status(int err) {
+  switch (err) {
+#define X_(name, num, code, msg, http)                                        \
+  case num:                                                                    \
+    return http;
+    DECOMP_ERRORS(X_)
+#undef X_
+  }
+  return 500;
+}
+
+int decomp_error_from_code(const char *code) {
+#define X_(name, num, c, msg, http)                                           \
+  if (code && strcmp(code, c) == 0)                                            \
+    return num;
+  DECOMP_ERRORS(X_)
+#undef X_
+  return -1;
+}
