@@ -163,4 +163,24 @@ static inline bool core_add_size(size_t a, size_t b, size_t *out) {
 /* Monotonic seconds. */
 double core_now(void);
 
+/* --- layer spec and rank policies: helpers (spec.c, policy.c, vbmf.c) ---
+ * Added by the spec/policy owner; the functions above keep their contract. */
+
+/* Whether the layer's type is "Conv2d". */
+bool core_layer_is_conv(const decomp_layer *l);
+
+/* The padding torch applies before (lo) and after (hi) the input on each
+ * axis (H, W): the numbers for EXPLICIT, 0 for VALID, and for SAME the total
+ * d·(k−1) split with the odd element after, as torch does. */
+void core_layer_padding(const decomp_layer *l, int64_t lo[2], int64_t hi[2]);
+
+/* Output length of one conv axis: floor((in + lo + hi − d·(k−1) − 1) / s) + 1,
+ * or 0 when the kernel's reach exceeds the padded input. */
+int64_t core_conv_out_size(int64_t in, int64_t k, int64_t s, int64_t pad_lo,
+                           int64_t pad_hi, int64_t d);
+
+/* The layer's output size (H, W) from its input_size; false when the spec
+ * gives no input_size. */
+bool core_layer_output_size(const decomp_layer *l, int64_t out[2]);
+
 #endif
