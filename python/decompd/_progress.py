@@ -1,0 +1,92 @@
+"""Per-layer reporting: log lines through the "decompd" logger and, on a
+terminal, a progress bar for models with many layers.
+
+The engine reports each layer through its progress callback (SPECTRUM, START,
+DONE); this file turns those reports into one INFO line per finished layer
+and, when stderr is a terminal and the model has at least BAR_MIN_LAYERS
+convs, a one-line bar redrawn in place. No dependency (no tqdm).
+
+DECOMPD_PROGRESS=0 turns the bar off, =1 forces it on (even off a
+terminal).
+"""
+
+import logging
+import os
+import sys
+import time
+
+__all__ = ["Reporter", "BAR_MIN_LAYERS"]
+
+BAR_MIN_LAYERS = 8
+_BAR_WIDTH = 24
+
+log = logging.getLogger("decompd")
+
+_DONE = 2  # decomp_phase DECOMP_PHASE_DONE
+
+
+def _bar_wanted(total, stream):
+    env = os.environ.get("DECOMPD_PROGRESS", "").strip().lower()
+    if env in ("0", "no", "false", "off"):
+        return False
+    if env in ("1", "yes", "true", "on"):
+        return True
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty and total >= BAR_MIN_LAYERS
+
+
+class Reporter:
+    """Receives engine progress dicts (see _engine.decompose)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.bar = None  # decided at the first report, when total is known
+        self.started = time.monotonic()
+        self.decomposed = 0
+        self.skipped = 0
+        self._last_len = 0
+
+    def __call__(self, p):
+        if self.bar is None:
+            self.bar = _bar_wanted(p["total"], self.stream)
+        if p["phase"] == _DONE:
+            if p["skip_reason"] or p["rank"] <= 0:
+                self.skipped += 1
+                log.info("%s: left alone (%s)", p["layer"],
+                         p["skip_reason"] or "not decomposed")
+            else:
+                self.decomposed += 1
+                log.info("%s: rank %d of %d, %.2f s", p["layer"], p["rank"],
+                         p["max_rank"], p["seconds"])
+        if self.bar:
+            done = p["index"] + (1 if p["phase"] == _DONE else 0)
+            self._draw(done, p["total"], p["layer"])
+
+    def _draw(self, done, total, layer):
+        total = max(total, 1)
+        filled = _BAR_WIDTH * done // total
+        text = (f"\rdecompd [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
+                f"{done}/{total} {layer}")
+        if len(text) > 79:
+            text = text[:79]
+        pad = max(0, self._last_len - len(text))
+        self._last_len = len(text)
+        try:
+            self.stream.write(text + " " * pad)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.bar = False
+
+    def close(self):
+        if self.bar:
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        log.info("decomposed %d conv(s), left %d alone, in %.2f s",
+                 self.decomposed, self.skipped,
+                 time.monotonic() - self.started)

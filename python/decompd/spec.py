@@ -1,0 +1,149 @@
+"""The layer spec of a live nn.Module, and where each of its layers lives.
+
+The engine never sees a Python object: it gets the model's layer structure as
+the JSON layer spec of DESIGN.md ("Formats") and the weights as tensors. This
+file owns reading that structure off a live module:
+
+- ``walk(model)``: every submodule under every name it is reachable by, with
+  the (parent, attribute) slot holding it, so a module shared by two parents
+  can be replaced in both;
+- ``conv_fields(conv)``: an nn.Conv2d's fields as the spec spells them;
+- ``layer_spec(model)``: the spec — every decomposable nn.Conv2d under its
+  first name, and every other module holding parameters with its type, so
+  the info file records why it was left alone.
+
+Only modules whose class is exactly ``torch.nn.Conv2d`` are decomposable: a
+subclass may override ``forward`` (weight standardization, quantization
+stubs…), and a conv whose ``weight`` is not a plain parameter (old-style
+``weight_norm``) would lose its reparametrization.
+"""
+
+import json
+from collections import OrderedDict
+
+import torch.nn as nn
+
+__all__ = ["ModuleRef", "walk", "is_plain_conv", "conv_fields", "type_name",
+           "layer_spec", "layer_spec_json"]
+
+
+class ModuleRef:
+    """One module object of a model: its names (first one canonical, in
+    ``named_modules()`` order) and the (parent, attribute) slots holding it.
+    The root module has the name "" and no slot."""
+
+    __slots__ = ("module", "names", "slots")
+
+    def __init__(self, module):
+        self.module = module
+        self.names = []
+        self.slots = []
+
+    @property
+    def name(self):
+        return self.names[0]
+
+    def __repr__(self):
+        return f"ModuleRef({type(self.module).__name__}, names={self.names})"
+
+
+def walk(model):
+    """An OrderedDict id(module) -> ModuleRef over every module reachable from
+    `model` (itself included, named ""), in pre-order; a module reachable
+    under several names is listed once with all its names and slots."""
+    refs = OrderedDict()
+    root = ModuleRef(model)
+    root.names.append("")
+    refs[id(model)] = root
+    path = {id(model)}  # guards against cycles in malformed module graphs
+
+    def visit(module, prefix):
+        for attr, child in module._modules.items():
+            if child is None:
+                continue
+            name = prefix + attr
+            ref = refs.get(id(child))
+            if ref is None:
+                ref = refs[id(child)] = ModuleRef(child)
+            ref.names.append(name)
+            ref.slots.append((module, attr))
+            if id(child) in path:
+                continue
+            path.add(id(child))
+            visit(child, name + ".")
+            path.discard(id(child))
+
+    visit(model, "")
+    return refs
+
+
+def is_plain_conv(module):
+    """Whether `module` is a decomposable nn.Conv2d (see the file comment)."""
+    return (type(module) is nn.Conv2d
+            and isinstance(module._parameters.get("weight"), nn.Parameter))
+
+
+def type_name(module):
+    """The spec's `type` for a module: its class name, qualified when it
+    would otherwise read "Conv2d" without being a plain torch Conv2d."""
+    cls = type(module)
+    if is_plain_conv(module):
+        return "Conv2d"
+    name = cls.__name__
+    if name == "Conv2d":
+        if cls is nn.Conv2d:
+            return "Conv2d(weight reparametrized)"
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return name
+
+
+def _pair(v):
+    if isinstance(v, (tuple, list)):
+        return [int(x) for x in v]
+    return [int(v), int(v)]
+
+
+def conv_fields(conv):
+    """The spec fields of an nn.Conv2d (without name and type)."""
+    padding = conv.padding
+    if not isinstance(padding, str):
+        padding = _pair(padding)
+    return {
+        "in_channels": int(conv.in_channels),
+        "out_channels": int(conv.out_channels),
+        "kernel_size": _pair(conv.kernel_size),
+        "stride": _pair(conv.stride),
+        "padding": padding,
+        "dilation": _pair(conv.dilation),
+        "groups": int(conv.groups),
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+    }
+
+
+def _has_own_parameters(module):
+    return any(p is not None for p in module._parameters.values())
+
+
+def layer_spec(refs, engine_name=None):
+    """The layer spec (a dict) of the modules in `refs` (from walk()).
+
+    engine_name maps a module's canonical name to the name given to the
+    engine (identity by default)."""
+    layers = []
+    for ref in refs.values():
+        m = ref.module
+        if not _has_own_parameters(m):
+            continue
+        name = engine_name(ref.name) if engine_name else ref.name
+        if is_plain_conv(m):
+            layer = {"name": name, "type": "Conv2d"}
+            layer.update(conv_fields(m))
+        else:
+            layer = {"name": name, "type": type_name(m)}
+        layers.append(layer)
+    return {"layers": layers}
+
+
+def layer_spec_json(refs, engine_name=None):
+    return json.dumps(layer_spec(refs, engine_name), separators=(",", ":"))
