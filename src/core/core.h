@@ -147,6 +147,74 @@ int core_policy_choose(decomp_ctx *ctx, const decomp_policy *p,
                        const core_layer_view *views, size_t n,
                        core_rank_decision *out);
 
+/* --- decomposition: SVD, factorization, info file ------------------------
+ * (lapack.c, decompose.c, info.c) */
+
+/* The SVD wrappers (lapack.c, the only file that includes lapacke.h). Every
+ * matrix is column-major, m rows by n columns with leading dimension m, and
+ * is destroyed. k = min(m, n). `what` names the matrix in error messages
+ * ("layer3.1.conv2 group 0"). Failures: DECOMP_ERR_SVD_FAILED with LAPACK's
+ * info, DECOMP_ERR_TOO_LARGE when a dimension does not fit LAPACK's int,
+ * DECOMP_ERR_NOMEM. */
+
+/* Singular values only (descending) into s[k]. */
+int core_svd_values_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                        int64_t n, float *a, float *s);
+int core_svd_values_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                        int64_t n, double *a, double *s);
+/* Thin SVD a = u · diag(s) · vt: u is m×k (ld m), vt is k×n (ld k). */
+int core_svd_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                 float *a, float *s, float *u, float *vt);
+int core_svd_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                 double *a, double *s, double *u, double *vt);
+
+/* One layer's spatial SVD (decompose.c). */
+typedef struct core_factors {
+  int64_t groups, k;       /* sigma holds `groups` runs of k = max rank */
+  double *sigma;           /* descending per group; NULL when not asked */
+  double energy_total;     /* ‖W‖², summed from the weights */
+  double energy_discarded; /* Σ σ² beyond the rank, over all groups */
+  decomp_dtype dtype;      /* of first/second: the weight's */
+  void *first, *second;    /* dense new weights; NULL at rank 0 */
+  int64_t first_shape[4], second_shape[4];
+} core_factors;
+
+/* Factorize the Conv2d weight of `l` in `order` at rank R, computing in
+ * float32 or float64 (`bits`). R == 0 computes only what is asked: the
+ * finiteness check (DECOMP_ERR_NONFINITE naming the element) and ‖W‖², and
+ * with `want_sigma` the singular values (values-only SVD). R > 0 also makes
+ * the two new weights, U_R Σ_R^½ and V_R Σ_R^½ reshaped, in the weight's
+ * dtype. On success *out owns its buffers (core_factors_clear). */
+int core_factorize(decomp_ctx *ctx, const decomp_layer *l,
+                   const decomp_tensor *weight, core_order order, int64_t R,
+                   int bits, bool want_sigma, core_factors *out);
+void core_factors_clear(core_factors *f);
+
+/* "vertical_first" / "horizontal_first". */
+const char *core_order_name(core_order o);
+
+/* What decompose.c hands info.c about one layer of the spec. */
+typedef struct core_info_layer {
+  const decomp_layer *layer;
+  bool is_conv;            /* type is "Conv2d" */
+  bool has_view;           /* `view` is filled (core_layer_view_init ok) */
+  core_layer_view view;    /* cost model for the order used */
+  int64_t rank;            /* > 0 when decomposed */
+  const char *skip_reason; /* when left alone: why (borrowed) */
+  /* Singular values of every group (groups runs of view.max_rank values,
+   * descending) when known, else NULL; borrowed. */
+  const double *sigma;
+  double energy_total;     /* Σσ² (‖W‖²) when sigma is known */
+  double energy_discarded; /* Σ discarded σ² when decomposed */
+} core_info_layer;
+
+/* Build decompose_info.json (version 1) for a run over `spec`. `source_*`
+ * may be NULL. Returns the text in *out (free with free()). */
+int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
+                    const char *source_digest, const char *source_format,
+                    bool record_spectra, const core_info_layer *layers,
+                    size_t n, char **out);
+
 /* --- small utilities ---------------------------------------------------- */
 
 /* Shell-style glob match (`*`, `?`, `[…]`) over a whole layer name. */
@@ -182,5 +250,57 @@ int64_t core_conv_out_size(int64_t in, int64_t k, int64_t s, int64_t pad_lo,
 /* The layer's output size (H, W) from its input_size; false when the spec
  * gives no input_size. */
 bool core_layer_output_size(const decomp_layer *l, int64_t out[2]);
+
+/* The order the policy wants for this layer: an explicit "order", else for
+ * the amct preset the reference's mode rule (core_amct_order), else -1 (auto:
+ * the caller picks the order with fewer MACs per rank). decompose.c should
+ * call this rather than core_policy_order, which cannot see the layer (it
+ * says -1 for amct). */
+int core_policy_layer_order(const decomp_policy *p, const decomp_layer *l);
+
+/* core_policy_choose, with the cost of the spec's other Conv2d layers (not
+ * in `views`: ineligible, excluded, 1x1, …) counted at full size in the
+ * budget's whole-model totals: `rest_macs`/`rest_params` are the sums of
+ * their macs_before/params_before (core_layer_view_init fills those even
+ * when it returns false). core_policy_choose(…) is choose_in(…, 0, 0, …),
+ * a target over the layers given only. The budget target is met when
+ * (Σ before) / (Σ after) ≥ target, a layer left alone counting its full
+ * cost; unreachable targets give every managed layer rank 1 and a warning
+ * in the log. Deterministic: a bisection over the price of a MAC (or
+ * parameter) on the bit patterns of doubles, then the leftover spent rank
+ * by rank on the best energy gained per cost. */
+int core_policy_choose_in(decomp_ctx *ctx, const decomp_policy *p,
+                          const core_layer_view *views, size_t n,
+                          double rest_macs, double rest_params,
+                          core_rank_decision *out);
+
+/* The empirical VBMF rank (vbmf.c) of a rows×cols matrix from its `n`
+ * singular values, descending (n = min(rows, cols) for the exact answer).
+ * σ² is found as the reference does (SciPy's bounded Brent, xatol 1e-5) and
+ * returned in *out_sigma2 when non-NULL. 0 for a zero matrix. */
+int64_t core_evbmf_rank(const double *s, int64_t n, int64_t rows, int64_t cols,
+                        double *out_sigma2);
+
+/* The reference tool's rules (fixtures/README.md):
+ * - eligible: groups 1, dilation 1, max(stride) ≤ 2, min(kh,kw) ≥ 3,
+ *   min(k)·min(Cin,Cout) ≥ 16, and not (min(k) < 7 and min(C) < 64);
+ * - order ("modes"): SC* when Cout ≥ Cin, *FK when kh ≤ kw; SCFK and FCSK
+ *   run vertical-first, SCSK and FCFK horizontal-first;
+ * - rank: the EVBMF count clamped to [L/(d+1), L/d] in real arithmetic
+ *   (L = min(k)·min(C), d = 6, or 4 when min(C) ≥ 256), rounded to the
+ *   nearest multiple of 16 with halves to even (Python's round), at least
+ *   16, plus 16 when that is below 0.9 × the clamped value. Not clamped to
+ *   the layer's largest rank here; the caller does (choose clamps). */
+bool core_amct_eligible(const decomp_layer *l, char *why, size_t why_len);
+core_order core_amct_order(const decomp_layer *l);
+int64_t core_amct_rank(int64_t evbmf, const decomp_layer *l);
+
+/* Smallest rank keeping `keep` of `total` (energy) or with
+ * √(discarded/total) ≤ `bound` (max_error), from the per-rank energies
+ * e[0..k) (Σ over groups of σ², non-increasing). 1 when total is 0. */
+int64_t core_rank_for_energy(const double *e, int64_t k, double total,
+                             double keep);
+int64_t core_rank_for_error(const double *e, int64_t k, double total,
+                            double bound);
 
 #endif

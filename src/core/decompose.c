@@ -1,0 +1,765 @@
+/* decompose.c — decomp_decompose: the spatial SVD of a model's Conv2d layers
+ * (DESIGN "The decomposition").
+ *
+ * Two passes over the spec, one layer in memory at a time. Phase 1 checks
+ * each eligible layer's weights for NaN/Inf and, when the policy chooses
+ * ranks from the spectrum, computes its singular values (values only, the
+ * cheap SVD). The policy then chooses every rank at once (a budget needs the
+ * whole model). Phase 2 factorizes each layer with a rank: per group j the
+ * matrix M_j[(i,h),(o,w)] = W[j·O+o, i, h, w] (vertical-first; the
+ * transposed reshape M_j[(i,w),(o,h)] for horizontal-first) is split as
+ * U_R Σ_R^½ (first conv) and V_R Σ_R^½ (second conv). Only the new tensors
+ * are kept; everything else in the result is borrowed from the input. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "core.h"
+
+struct decomp_result {
+  decomp_weights *weights;
+  char *info;
+};
+
+const decomp_weights *decomp_result_weights(const decomp_result *r) {
+  return r ? r->weights : NULL;
+}
+
+const char *decomp_result_info(const decomp_result *r) {
+  return r ? r->info : NULL;
+}
+
+void decomp_result_free(decomp_result *r) {
+  if (!r)
+    return;
+  decomp_weights_free(r->weights);
+  free(r->info);
+  free(r);
+}
+
+const char *core_order_name(core_order o) {
+  return o == CORE_ORDER_HORIZONTAL_FIRST ? "horizontal_first"
+                                          : "vertical_first";
+}
+
+/* --- one layer's work --------------------------------------------------- */
+
+struct layer {
+  core_info_layer info;     /* what info.c reads */
+  char why[160];            /* reason when left alone by eligibility */
+  size_t conv_index;        /* among the spec's Conv2d layers */
+  bool candidate;           /* eligible and decomposable: goes to choose */
+  double seconds;           /* time spent on it (both phases) */
+  const decomp_tensor *weight, *bias;
+  /* Spectrum and factors (owned until the factors move into the result);
+   * info.sigma points into it. */
+  core_factors fac;
+};
+
+/* The matrix shape of a layer's groups, for the order in `v`. */
+typedef struct geom {
+  int64_t g, O, I, kh, kw;
+  int64_t ka, kb;  /* first conv's kernel extent, second conv's */
+  int64_t m, n, k; /* m = I·ka rows, n = O·kb columns, k = min(m, n) */
+  bool vfirst;
+} geom;
+
+static geom geom_of(const decomp_layer *l, core_order order) {
+  geom gm;
+  gm.g = l->groups;
+  gm.O = l->out_channels / l->groups;
+  gm.I = l->in_channels / l->groups;
+  gm.kh = l->kernel_size[0];
+  gm.kw = l->kernel_size[1];
+  gm.vfirst = order == CORE_ORDER_VERTICAL_FIRST;
+  gm.ka = gm.vfirst ? gm.kh : gm.kw;
+  gm.kb = gm.vfirst ? gm.kw : gm.kh;
+  gm.m = gm.I * gm.ka;
+  gm.n = gm.O * gm.kb;
+  gm.k = gm.m < gm.n ? gm.m : gm.n;
+  return gm;
+}
+
+static char *join(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  char *s = malloc(la + lb + 1);
+  if (s) {
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb + 1);
+  }
+  return s;
+}
+
+static int progress(decomp_ctx *ctx, const decomp_options *opts,
+                    const struct layer *L, size_t total, int phase,
+                    int64_t rank, const char *skip_reason) {
+  if (!opts || !opts->progress)
+    return DECOMP_OK;
+  decomp_progress p = {
+      .layer = L->info.layer->name,
+      .index = L->conv_index,
+      .total = total,
+      .phase = phase,
+      .rank = rank,
+      .max_rank = L->info.has_view ? L->info.view.max_rank : 0,
+      .seconds = L->seconds,
+      .skip_reason = skip_reason,
+  };
+  if (opts->progress(opts->progress_user, &p) != 0)
+    return core_fail(ctx, DECOMP_ERR_CANCELLED, "cancelled at layer %s",
+                     L->info.layer->name);
+  return DECOMP_OK;
+}
+
+/* The kernel as a dense row-major array of T: the tensor's own data when it
+ * already is one (no copy), else a gathered copy in *owned. */
+#define DENSE_LOADER(T, DT, SUFFIX)                                            \
+  static int dense_##SUFFIX(decomp_ctx *ctx, const decomp_tensor *t,           \
+                            const T **out, T **owned) {                        \
+    *owned = NULL;                                                             \
+    if (t->dtype == DT && decomp_tensor_is_contiguous(t)) {                    \
+      *out = t->data;                                                          \
+      return DECOMP_OK;                                                        \
+    }                                                                          \
+    size_t n = (size_t)decomp_tensor_numel(t);                                 \
+    T *buf = malloc((n ? n : 1) * sizeof *buf);                                \
+    if (!buf)                                                                  \
+      return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", t->name);   \
+    core_tensor_to_##SUFFIX(t, buf);                                           \
+    *out = *owned = buf;                                                       \
+    return DECOMP_OK;                                                          \
+  }
+
+DENSE_LOADER(float, DECOMP_DTYPE_F32, f32)
+DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
+
+/* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
+ * runs of k values. With rank == 0 only the values are computed; else the
+ * factors, scaled by Σ^½, land in new buffers *first ([g·R, I, ka or 1, 1
+ * or ka]) and *second ([O·g, R, …]) of T. The input is checked for NaN/Inf
+ * first; ‖W‖² goes to *energy. */
+#define LAYER_WORKER(T, SUFFIX)                                                \
+  static int layer_##SUFFIX(decomp_ctx *ctx, const char *name,                 \
+                            const decomp_tensor *wt, const geom *gm,           \
+                            int64_t R, bool want_sigma, double *sigma,         \
+                            double *energy, T **first, T **second) {           \
+    const T *W = NULL;                                                         \
+    T *owned = NULL, *A = NULL, *s = NULL, *U = NULL, *VT = NULL;              \
+    T *F = NULL, *S = NULL;                                                    \
+    char what[256];                                                            \
+    int rc = dense_##SUFFIX(ctx, wt, &W, &owned);                              \
+    if (rc != DECOMP_OK)                                                       \
+      return rc;                                                               \
+    size_t total = (size_t)(gm->g * gm->O) * (size_t)(gm->I * gm->kh * gm->kw); \
+    double e = 0;                                                              \
+    for (size_t x = 0; x < total; x++) {                                       \
+      double v = (double)W[x];                                                 \
+      if (!isfinite(v)) {                                                      \
+        size_t hw = (size_t)(gm->kh * gm->kw), ihw = (size_t)gm->I * hw;       \
+        rc = core_fail(ctx, DECOMP_ERR_NONFINITE,                              \
+                       "%s: weight holds %s at [%zu, %zu, %zu, %zu]", name,    \
+                       isnan(v) ? "NaN" : "Inf", x / ihw, x % ihw / hw,        \
+                       x % hw / (size_t)gm->kw, x % (size_t)gm->kw);           \
+        goto done;                                                             \
+      }                                                                        \
+      e += v * v;                                                              \
+    }                                                                          \
+    *energy = e;                                                               \
+    if (!want_sigma && R == 0)                                                 \
+      goto done;                                                               \
+    size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
+    size_t r = (size_t)R;                                                      \
+    A = malloc(m * n * sizeof *A);                                             \
+    s = malloc(k * sizeof *s);                                                 \
+    if (R > 0) {                                                               \
+      U = malloc(m * k * sizeof *U);                                           \
+      VT = malloc(k * n * sizeof *VT);                                         \
+      F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
+      S = malloc((size_t)gm->g * n * r * sizeof *S);                           \
+    }                                                                          \
+    if (!A || !s || (R > 0 && (!U || !VT || !F || !S))) {                      \
+      rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
+      goto done;                                                               \
+    }                                                                          \
+    size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
+    size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
+    size_t kb = (size_t)gm->kb;                                                \
+    for (size_t j = 0; j < (size_t)gm->g; j++) {                               \
+      /* A = M_j, column-major: A[row + m·col]. */                             \
+      for (size_t o = 0; o < O; o++)                                           \
+        for (size_t i = 0; i < I; i++)                                         \
+          for (size_t h = 0; h < kh; h++) {                                    \
+            const T *src = W + (((j * O + o) * I + i) * kh + h) * kw;          \
+            if (gm->vfirst) {                                                  \
+              T *dst = A + (i * kh + h) + m * (o * kw);                        \
+              for (size_t w = 0; w < kw; w++)                                  \
+                dst[m * w] = src[w];                                           \
+            } else {                                                           \
+              T *dst = A + (i * kw) + m * (o * kh + h);                        \
+              for (size_t w = 0; w < kw; w++)                                  \
+                dst[w] = src[w];                                               \
+            }                                                                  \
+          }                                                                    \
+      snprintf(what, sizeof what, "%s group %zu", name, j);                    \
+      if (R == 0)                                                              \
+        rc = core_svd_values_##SUFFIX(ctx, what, gm->m, gm->n, A, s);          \
+      else                                                                     \
+        rc = core_svd_##SUFFIX(ctx, what, gm->m, gm->n, A, s, U, VT);          \
+      if (rc != DECOMP_OK)                                                     \
+        goto done;                                                             \
+      if (sigma)                                                               \
+        for (size_t x = 0; x < k; x++)                                         \
+          sigma[j * k + x] = (double)s[x];                                     \
+      if (R == 0)                                                              \
+        continue;                                                              \
+      for (size_t q = 0; q < r; q++) {                                         \
+        T sq = (T)sqrt((double)(s[q] > 0 ? s[q] : 0));                         \
+        /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q: one column of U. */     \
+        T *fd = F + (j * r + q) * m;                                           \
+        const T *uc = U + q * m;                                               \
+        for (size_t x = 0; x < m; x++)                                         \
+          fd[x] = uc[x] * sq;                                                  \
+        /* second[(j·O+o), q, p'] = VT[q, (o·kb+p')]·√σ_q. */                  \
+        for (size_t o = 0; o < O; o++)                                         \
+          for (size_t p = 0; p < kb; p++)                                      \
+            S[((j * O + o) * r + q) * kb + p] = VT[q + k * (o * kb + p)] * sq; \
+      }                                                                        \
+    }                                                                          \
+    if (R > 0) {                                                               \
+      *first = F;                                                              \
+      *second = S;                                                             \
+      F = S = NULL;                                                            \
+    }                                                                          \
+  done:                                                                        \
+    free(owned);                                                               \
+    free(A);                                                                   \
+    free(s);                                                                   \
+    free(U);                                                                   \
+    free(VT);                                                                  \
+    free(F);                                                                   \
+    free(S);                                                                   \
+    return rc;                                                                 \
+  }
+
+LAYER_WORKER(float, f32)
+LAYER_WORKER(double, f64)
+
+void core_factors_clear(core_factors *f) {
+  if (!f)
+    return;
+  free(f->sigma);
+  free(f->first);
+  free(f->second);
+  *f = (core_factors){0};
+}
+
+int core_factorize(decomp_ctx *ctx, const decomp_layer *l,
+                   const decomp_tensor *weight, core_order order, int64_t R,
+                   int bits, bool want_sigma, core_factors *out) {
+  geom gm = geom_of(l, order);
+  core_factors f = {.groups = gm.g, .k = gm.k, .dtype = weight->dtype};
+  if (R < 0 || R > gm.k)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: rank %lld of at most %lld",
+                     l->name, (long long)R, (long long)gm.k);
+  want_sigma = want_sigma || R > 0; /* the factorization gives them anyway */
+  size_t nsig = (size_t)(gm.g * gm.k);
+  if (want_sigma && !(f.sigma = malloc(nsig * sizeof *f.sigma)))
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", l->name);
+  void *first = NULL, *second = NULL;
+  int rc;
+  if (bits == 64)
+    rc = layer_f64(ctx, l->name, weight, &gm, R, want_sigma, f.sigma,
+                   &f.energy_total, (double **)&first, (double **)&second);
+  else
+    rc = layer_f32(ctx, l->name, weight, &gm, R, want_sigma, f.sigma,
+                   &f.energy_total, (float **)&first, (float **)&second);
+  if (rc != DECOMP_OK)
+    goto fail;
+  /* Discarded energy at rank R, summed from the smallest σ up (exactly zero
+   * at full rank). */
+  for (size_t j = 0; f.sigma && j < (size_t)gm.g; j++)
+    for (size_t x = (size_t)gm.k; x-- > (size_t)R;)
+      f.energy_discarded += f.sigma[j * (size_t)gm.k + x] *
+                            f.sigma[j * (size_t)gm.k + x];
+  if (R > 0) {
+    int64_t c1 = gm.g * R;
+    int64_t *s0 = f.first_shape, *s1 = f.second_shape;
+    s0[0] = c1, s0[1] = gm.I, s0[2] = gm.vfirst ? gm.kh : 1;
+    s0[3] = gm.vfirst ? 1 : gm.kw;
+    s1[0] = l->out_channels, s1[1] = R, s1[2] = gm.vfirst ? 1 : gm.kh;
+    s1[3] = gm.vfirst ? gm.kw : 1;
+    /* Into the input's dtype. */
+    decomp_dtype dt = weight->dtype;
+    decomp_dtype have = bits == 64 ? DECOMP_DTYPE_F64 : DECOMP_DTYPE_F32;
+    size_t nf = (size_t)(c1 * gm.m), ns = (size_t)(gm.g * gm.n * R);
+    if (dt != have) {
+      void *f2 = malloc(nf * decomp_dtype_size(dt));
+      void *s2 = malloc(ns * decomp_dtype_size(dt));
+      if (!f2 || !s2) {
+        free(f2);
+        free(s2);
+        rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", l->name);
+        goto fail;
+      }
+      if (bits == 64) {
+        core_f64_to_dtype(first, nf, dt, f2);
+        core_f64_to_dtype(second, ns, dt, s2);
+      } else {
+        core_f32_to_dtype(first, nf, dt, f2);
+        core_f32_to_dtype(second, ns, dt, s2);
+      }
+      free(first);
+      free(second);
+      first = f2;
+      second = s2;
+    }
+    f.first = first;
+    f.second = second;
+  }
+  *out = f;
+  return DECOMP_OK;
+fail:
+  free(first);
+  free(second);
+  core_factors_clear(&f);
+  return rc;
+}
+
+/* Run one layer in the policy's precision; the factors replace the layer's
+ * earlier ones (the spectrum of phase 1). */
+static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
+                     struct layer *L, int64_t R, bool want_sigma) {
+  core_factors f;
+  int rc = core_factorize(ctx, L->info.layer, L->weight, L->info.view.order,
+                          R, core_policy_compute_bits(policy, L->weight->dtype),
+                          want_sigma, &f);
+  if (rc != DECOMP_OK)
+    return rc;
+  core_factors_clear(&L->fac);
+  L->fac = f;
+  L->info.sigma = f.sigma;
+  L->info.energy_total = f.energy_total;
+  L->info.energy_discarded = f.energy_discarded;
+  return DECOMP_OK;
+}
+
+/* --- the result --------------------------------------------------------- */
+
+struct by_name {
+  const char *name;
+  struct layer *L;
+};
+
+static int cmp_by_name(const void *a, const void *b) {
+  return strcmp(((const struct by_name *)a)->name,
+                ((const struct by_name *)b)->name);
+}
+
+/* The index in `idx` of the layer named by the first `len` bytes of `s`,
+ * or n. */
+static size_t find_index(const struct by_name *idx, size_t n, const char *s,
+                         size_t len) {
+  size_t lo = 0, hi = n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    const char *name = idx[mid].name;
+    int c = strncmp(s, name, len);
+    if (c == 0 && name[len] != '\0')
+      c = -1; /* s[0..len) is a proper prefix of name: s sorts first */
+    if (c == 0)
+      return mid;
+    if (c < 0)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return n;
+}
+
+/* The decomposed layer whose NAME + suffix is `tensor_name`, or NULL. */
+static struct layer *lookup(const struct by_name *idx, size_t n,
+                            const char *tensor_name, const char *suffix) {
+  size_t lt = strlen(tensor_name), ls = strlen(suffix);
+  if (lt <= ls || strcmp(tensor_name + lt - ls, suffix) != 0)
+    return NULL;
+  size_t i = find_index(idx, n, tensor_name, lt - ls);
+  return i < n ? idx[i].L : NULL;
+}
+
+static int add_new(decomp_weights *rw, struct layer *L, const char *suffix,
+                   void **buf, const int64_t shape[4]) {
+  char *name = join(L->info.layer->name, suffix);
+  void *data = *buf;
+  *buf = NULL; /* add_owned takes it, also on failure */
+  if (!name) {
+    free(data);
+    return core_fail(core_weights_ctx(rw), DECOMP_ERR_NOMEM, "out of memory");
+  }
+  decomp_tensor t = {
+      .name = name, .dtype = L->fac.dtype, .ndim = 4,
+      .shape = {shape[0], shape[1], shape[2], shape[3]},
+      .stride = {shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3],
+                 1},
+      .data = data};
+  int rc = decomp_weights_add_owned(rw, &t, data);
+  free(name);
+  return rc;
+}
+
+static int add_borrowed(decomp_weights *rw, const decomp_tensor *src,
+                        const char *name) {
+  decomp_tensor t = *src;
+  t.name = name;
+  return decomp_weights_add(rw, &t);
+}
+
+static int emit_layer(decomp_weights *rw, struct layer *L) {
+  int rc = add_new(rw, L, ".0.weight", &L->fac.first, L->fac.first_shape);
+  if (rc == DECOMP_OK)
+    rc = add_new(rw, L, ".1.weight", &L->fac.second, L->fac.second_shape);
+  if (rc == DECOMP_OK && L->bias) {
+    char *name = join(L->info.layer->name, ".1.bias");
+    if (!name)
+      return core_fail(core_weights_ctx(rw), DECOMP_ERR_NOMEM,
+                       "out of memory");
+    rc = add_borrowed(rw, L->bias, name);
+    free(name);
+  }
+  return rc;
+}
+
+/* The input's torch `_metadata` with {"version": 1} for NAME (the new
+ * nn.Sequential), NAME.0 and NAME.1, right after NAME where torch's
+ * state_dict() would put them. Metadata that is not torch's (safetensors'
+ * map of strings) is copied unchanged. */
+static int build_metadata(decomp_ctx *ctx, const char *in,
+                          const struct by_name *idx, size_t n,
+                          decomp_weights *rw) {
+  if (!in)
+    return DECOMP_OK;
+  json_t *src = json_loads(in, 0, NULL), *dst = NULL;
+  int rc = DECOMP_OK;
+  if (!src || !json_is_object(src)) {
+    json_decref(src);
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "input metadata is not JSON");
+  }
+  bool torch = true;
+  const char *key;
+  json_t *val;
+  json_object_foreach(src, key, val) torch = torch && json_is_object(val);
+  if (!torch || n == 0) {
+    rc = decomp_weights_set_metadata(rw, in);
+    json_decref(src);
+    return rc;
+  }
+  dst = json_object();
+  bool *seen = calloc(n, sizeof *seen);
+  if (!dst || !seen)
+    goto nomem;
+  json_object_foreach(src, key, val) {
+    if (json_object_get(dst, key))
+      continue; /* already written as a NAME.0/NAME.1 */
+    if (json_object_set(dst, key, val))
+      goto nomem;
+    size_t hit = find_index(idx, n, key, strlen(key));
+    if (hit == n)
+      continue;
+    seen[hit] = true;
+    for (int c = 0; c < 2; c++) {
+      char *child = join(key, c ? ".1" : ".0");
+      if (!child ||
+          json_object_set_new(dst, child, json_pack("{s:i}", "version", 1))) {
+        free(child);
+        goto nomem;
+      }
+      free(child);
+    }
+  }
+  /* Layers the input had no entry for: NAME, NAME.0, NAME.1 at the end. */
+  for (size_t i = 0; i < n; i++) {
+    if (seen[i])
+      continue;
+    static const char *const sfx[] = {"", ".0", ".1"};
+    for (int c = 0; c < 3; c++) {
+      char *child = join(idx[i].name, sfx[c]);
+      if (!child ||
+          json_object_set_new(dst, child, json_pack("{s:i}", "version", 1))) {
+        free(child);
+        goto nomem;
+      }
+      free(child);
+    }
+  }
+  char *text = json_dumps(dst, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if (!text)
+    goto nomem;
+  rc = decomp_weights_set_metadata(rw, text);
+  free(text);
+  goto out;
+nomem:
+  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+out:
+  free(seen);
+  json_decref(dst);
+  json_decref(src);
+  return rc;
+}
+
+/* --- the run ------------------------------------------------------------ */
+
+/* The order for a layer: the policy's, or (auto) the one with fewer MACs per
+ * rank; on a tie the reference tool's mode rule (vertical-first when the
+ * smaller kernel axis meets the smaller channel side), which is what it
+ * picks for square kernels. */
+static bool choose_view(const decomp_policy *policy, const decomp_layer *l,
+                        core_layer_view *v, char *why, size_t why_len) {
+  int want = core_policy_order(policy);
+  if (want >= 0)
+    return core_layer_view_init(l, (core_order)want, v, why, why_len);
+  core_layer_view vv, vh;
+  if (!core_layer_view_init(l, CORE_ORDER_VERTICAL_FIRST, &vv, why, why_len))
+    return false;
+  if (!core_layer_view_init(l, CORE_ORDER_HORIZONTAL_FIRST, &vh, why,
+                            why_len)) {
+    *v = vv;
+    return true;
+  }
+  bool vertical;
+  if (vv.macs_per_rank != vh.macs_per_rank)
+    vertical = vv.macs_per_rank < vh.macs_per_rank;
+  else
+    vertical = (l->out_channels >= l->in_channels) ==
+               (l->kernel_size[0] <= l->kernel_size[1]);
+  *v = vertical ? vv : vh;
+  return true;
+}
+
+static void free_layers(struct layer *Ls, size_t n) {
+  for (size_t i = 0; Ls && i < n; i++)
+    core_factors_clear(&Ls[i].fac);
+  free(Ls);
+}
+
+int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
+                     const decomp_spec *spec, const decomp_policy *policy,
+                     const decomp_options *opts, decomp_result **out) {
+  if (!w || !spec || !policy || !out)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "decompose: weights, spec, policy and out are required");
+  int rc = decomp_spec_check(ctx, spec, w);
+  if (rc != DECOMP_OK)
+    return rc;
+
+  size_t n = decomp_spec_count(spec), total = 0, conv = 0, ncand = 0;
+  size_t ndec = 0;
+  struct layer *Ls = calloc(n ? n : 1, sizeof *Ls);
+  core_layer_view *views = NULL;
+  core_rank_decision *dec = NULL;
+  struct by_name *idx = NULL;
+  core_info_layer *infos = NULL;
+  decomp_result *res = NULL;
+  decomp_weights *rw = NULL;
+  char *name = NULL;
+  if (!Ls)
+    goto nomem;
+  double t_run = core_now();
+  for (size_t i = 0; i < n; i++)
+    total += core_layer_is_conv(decomp_spec_at(spec, i));
+
+  /* Phase 1: eligibility, finiteness, spectra. */
+  for (size_t i = 0; i < n; i++) {
+    struct layer *L = &Ls[i];
+    const decomp_layer *l = decomp_spec_at(spec, i);
+    L->info.layer = l;
+    if (!core_layer_is_conv(l)) {
+      L->info.skip_reason = "not a Conv2d";
+      continue;
+    }
+    L->info.is_conv = true;
+    L->conv_index = conv++;
+    double t0 = core_now();
+    char why_view[160] = "";
+    L->info.has_view =
+        choose_view(policy, l, &L->info.view, why_view, sizeof why_view);
+    if (!core_policy_eligible(policy, l, L->why, sizeof L->why)) {
+      L->info.skip_reason = L->why;
+      continue;
+    }
+    if (!L->info.has_view) {
+      snprintf(L->why, sizeof L->why, "%s", why_view);
+      L->info.skip_reason = L->why;
+      continue;
+    }
+    free(name);
+    name = join(l->name, ".weight");
+    if (!name)
+      goto nomem;
+    L->weight = decomp_weights_find(w, name);
+    free(name);
+    name = join(l->name, ".bias");
+    if (!name)
+      goto nomem;
+    L->bias = l->bias ? decomp_weights_find(w, name) : NULL;
+    if (!L->weight) { /* decomp_spec_check guarantees it */
+      rc = core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: no weight", l->name);
+      goto fail;
+    }
+    geom gm = geom_of(l, L->info.view.order);
+    if (L->info.view.max_rank != gm.k) {
+      rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
+                     "%s: cost model says max rank %lld, the matrix %lld",
+                     l->name, (long long)L->info.view.max_rank,
+                     (long long)gm.k);
+      goto fail;
+    }
+    L->candidate = true;
+    ncand++;
+    bool spectrum = core_policy_needs_spectrum(policy, l);
+    if (spectrum) {
+      rc = progress(ctx, opts, L, total, DECOMP_PHASE_SPECTRUM, 0, NULL);
+      if (rc != DECOMP_OK)
+        goto fail;
+    }
+    rc = layer_run(ctx, policy, L, 0, spectrum);
+    if (rc != DECOMP_OK)
+      goto fail;
+    L->info.view.groups = gm.g;
+    L->info.view.energy_total = L->info.energy_total;
+    L->info.view.sigma = L->fac.sigma;
+    L->seconds = core_now() - t0;
+    if (spectrum)
+      core_log(ctx, DECOMP_LOG_DEBUG, "svd",
+               "layer=%s phase=spectrum max_rank=%lld sigma_max=%g "
+               "seconds=%.3f",
+               l->name, (long long)gm.k, L->fac.sigma[0], L->seconds);
+  }
+
+  /* Ranks, all at once. */
+  views = calloc(ncand ? ncand : 1, sizeof *views);
+  dec = calloc(ncand ? ncand : 1, sizeof *dec);
+  if (!views || !dec)
+    goto nomem;
+  for (size_t i = 0, c = 0; i < n; i++)
+    if (Ls[i].candidate)
+      views[c++] = Ls[i].info.view;
+  rc = core_policy_choose(ctx, policy, views, ncand, dec);
+  if (rc != DECOMP_OK)
+    goto fail;
+
+  /* Phase 2: factorize, in spec order. */
+  for (size_t i = 0, c = 0; i < n; i++) {
+    struct layer *L = &Ls[i];
+    const decomp_layer *l = L->info.layer;
+    if (!L->info.is_conv)
+      continue;
+    if (L->candidate) {
+      core_rank_decision *d = &dec[c++];
+      if (d->rank < 0 || d->rank > L->info.view.max_rank) {
+        rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
+                       "%s: policy chose rank %lld of at most %lld", l->name,
+                       (long long)d->rank, (long long)L->info.view.max_rank);
+        goto fail;
+      }
+      if (d->rank == 0) {
+        L->info.skip_reason = d->reason[0] ? d->reason : "rank 0";
+      } else {
+        rc = progress(ctx, opts, L, total, DECOMP_PHASE_START, d->rank, NULL);
+        if (rc != DECOMP_OK)
+          goto fail;
+        double t0 = core_now();
+        L->info.rank = d->rank;
+        rc = layer_run(ctx, policy, L, d->rank, true);
+        if (rc != DECOMP_OK)
+          goto fail;
+        L->seconds += core_now() - t0;
+        ndec++;
+        core_log(ctx, DECOMP_LOG_INFO, "svd",
+                 "layer=%s rank=%lld max_rank=%lld order=%s "
+                 "relative_error=%.6g seconds=%.3f",
+                 l->name, (long long)d->rank,
+                 (long long)L->info.view.max_rank,
+                 core_order_name(L->info.view.order),
+                 L->info.energy_total > 0
+                     ? sqrt(L->info.energy_discarded / L->info.energy_total)
+                     : 0.0,
+                 L->seconds);
+      }
+    }
+    if (L->info.rank == 0)
+      core_log(ctx, DECOMP_LOG_INFO, "svd", "layer=%s skipped reason=\"%s\"",
+               l->name, L->info.skip_reason);
+    rc = progress(ctx, opts, L, total, DECOMP_PHASE_DONE, L->info.rank,
+                  L->info.rank ? NULL : L->info.skip_reason);
+    if (rc != DECOMP_OK)
+      goto fail;
+  }
+
+  /* The result: input order, decomposed layers' tensors replaced in place. */
+  idx = calloc(ndec ? ndec : 1, sizeof *idx);
+  if (!idx)
+    goto nomem;
+  for (size_t i = 0, c = 0; i < n; i++)
+    if (Ls[i].info.rank > 0)
+      idx[c++] = (struct by_name){Ls[i].info.layer->name, &Ls[i]};
+  qsort(idx, ndec, sizeof *idx, cmp_by_name);
+  rc = decomp_weights_new(ctx, &rw);
+  if (rc != DECOMP_OK)
+    goto fail;
+  for (size_t i = 0; i < decomp_weights_count(w); i++) {
+    const decomp_tensor *t = decomp_weights_at(w, i);
+    struct layer *L = lookup(idx, ndec, t->name, ".weight");
+    if (L && t == L->weight) {
+      rc = emit_layer(rw, L);
+    } else {
+      L = lookup(idx, ndec, t->name, ".bias");
+      if (L && t == L->bias)
+        continue; /* emitted as NAME.1.bias with the weight */
+      rc = add_borrowed(rw, t, t->name);
+    }
+    if (rc != DECOMP_OK)
+      goto fail;
+  }
+  rc = build_metadata(ctx, decomp_weights_metadata(w), idx, ndec, rw);
+  if (rc != DECOMP_OK)
+    goto fail;
+
+  infos = calloc(n ? n : 1, sizeof *infos);
+  res = calloc(1, sizeof *res);
+  if (!infos || !res)
+    goto nomem;
+  for (size_t i = 0; i < n; i++)
+    infos[i] = Ls[i].info;
+  const char *fmt = opts && opts->source_format
+                        ? opts->source_format
+                        : decomp_format_name(decomp_weights_format(w));
+  rc = core_info_build(ctx, policy, opts ? opts->source_digest : NULL, fmt,
+                       opts && opts->record_spectra, infos, n, &res->info);
+  if (rc != DECOMP_OK)
+    goto fail;
+  core_log(ctx, DECOMP_LOG_INFO, "svd",
+           "done layers=%zu decomposed=%zu seconds=%.3f", total, ndec,
+           core_now() - t_run);
+  res->weights = rw;
+  *out = res;
+  res = NULL;
+  rw = NULL;
+  rc = DECOMP_OK;
+  goto out;
+
+nomem:
+  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+fail:
+out:
+  free(name);
+  free(infos);
+  free(idx);
+  free(views);
+  free(dec);
+  free_layers(Ls, n);
+  decomp_weights_free(rw);
+  decomp_result_free(res);
+  return rc;
+}
