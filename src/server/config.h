@@ -1,0 +1,43 @@
+/* config.h — the daemon's settings and where they come from, lowest to
+ * highest precedence: built-in defaults, the config file (--config FILE or
+ * DECOMPD_CONFIG; `key = value` lines, `#` comments), DECOMPD_* environment
+ * variables (DECOMPD_DATA_DIR for data_dir, …), command-line flags
+ * (--data-dir for data_dir, …). */
+#ifndef DECOMPD_SERVER_CONFIG_H
+#define DECOMPD_SERVER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct config {
+  char data_dir[2048];      /* data_dir: blobs, database (default ./var) */
+  char listen_host[256];    /* listen: HOST:PORT (default 127.0.0.1:8080;
+                               port 0 picks a free one, logged at start) */
+  int listen_port;
+  int64_t max_upload_bytes; /* max_upload_bytes: upload size limit (4 GiB) */
+  int64_t max_json_bytes;   /* max_json_bytes: JSON body limit (16 MiB) */
+  int workers;              /* workers: decomposition threads (0 = cores) */
+  int blas_threads;         /* blas_threads: per worker (0 = cores/workers) */
+  int http_threads;         /* http_threads: HTTP thread pool (0 = 4) */
+  int max_connections;      /* max_connections: open connections (1024) */
+  int connection_timeout;   /* connection_timeout: idle seconds (60) */
+  int log_level;            /* log_level: error|warn|info|debug (info) */
+} config;
+
+/* One settable key: name, what it means (for --help). */
+typedef struct config_key {
+  const char *name;
+  const char *help;
+} config_key;
+extern const config_key CONFIG_KEYS[];
+
+void config_defaults(config *c);
+/* Set `key` (config-file spelling) to `value`; on failure a message in err. */
+int config_set(config *c, const char *key, const char *value, char *err,
+               size_t errlen);
+/* Read a key = value file. */
+int config_load_file(config *c, const char *path, char *err, size_t errlen);
+/* Apply DECOMPD_<KEY> variables. */
+int config_load_env(config *c, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,531 @@
+/* http.c — the HTTP server on libmicrohttpd: the only file that includes
+ * microhttpd.h.
+ *
+ * One MHD daemon with its own polling threads (epoll, a thread pool).
+ * Per request: match the route table, check the token, refuse a declared
+ * body over the limit before reading it (413), consume every upload_data
+ * chunk (MHD answers 500 otherwise) into a JSON buffer or a store upload,
+ * then call the handler once with the whole request and queue its one
+ * reply. File replies go out with sendfile (MHD_create_response_from_fd_*;
+ * no TLS here, so zero-copy holds). Each finished request is logged and
+ * counted in the metrics. No connection is ever suspended, so nothing needs
+ * resuming before MHD_stop_daemon. */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "auth.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+
+#define MAX_PARAMS 4
+#define MAX_HEADERS 12
+
+struct http_server {
+  struct MHD_Daemon *d;
+  store *s;
+  const config *cfg;
+};
+
+struct http_req {
+  http_server *srv;
+  struct MHD_Connection *c;
+  const http_route *route;
+  char id[48];
+  char method[16];
+  char *path;
+  char params[MAX_PARAMS][256];
+  int nparams;
+  char principal[256];
+  int64_t t0_ns;
+  bool responded;
+  /* body */
+  char *body;
+  size_t body_len, body_cap;
+  store_upload *upload;
+  int body_err;          /* a failure while reading the body */
+  char body_errmsg[512];
+  uint64_t bytes_in;
+  /* reply */
+  int status;
+  char ctype[96];
+  char *rbody;
+  size_t rlen;
+  int rfd;
+  uint64_t roff, rfdlen;
+  struct {
+    char *name, *value;
+  } hdrs[MAX_HEADERS];
+  int nhdrs;
+  uint64_t bytes_out;
+};
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- route matching --------------------------------------------------- */
+
+/* Match `path` against `pat`, capturing {params}. */
+static bool route_match(const char *pat, const char *path, http_req *r) {
+  int np = 0;
+  while (*pat && *path) {
+    if (*pat == '{') {
+      const char *close = strchr(pat, '}');
+      size_t n = strcspn(path, "/");
+      if (!close || n == 0 || n >= sizeof r->params[0] || np >= MAX_PARAMS)
+        return false;
+      if (r) {
+        memcpy(r->params[np], path, n);
+        r->params[np][n] = '\0';
+      }
+      np++;
+      pat = close + 1;
+      path += n;
+    } else if (*pat++ != *path++) {
+      return false;
+    }
+  }
+  if (*pat || *path)
+    return false;
+  if (r)
+    r->nparams = np;
+  return true;
+}
+
+static bool method_is(const char *route_method, const char *m) {
+  return strcmp(route_method, m) == 0 ||
+         (strcmp(m, "HEAD") == 0 && strcmp(route_method, "GET") == 0);
+}
+
+/* ---- replies ---------------------------------------------------------- */
+
+static void reply_reset(http_req *r) {
+  free(r->rbody);
+  r->rbody = NULL;
+  r->rlen = 0;
+  if (r->rfd >= 0)
+    close(r->rfd);
+  r->rfd = -1;
+}
+
+void http_reply(http_req *r, int status, const char *content_type, char *body,
+                size_t len) {
+  reply_reset(r);
+  r->status = status;
+  snprintf(r->ctype, sizeof r->ctype, "%s", content_type ? content_type : "");
+  r->rbody = body;
+  r->rlen = body ? len : 0;
+}
+
+void http_reply_text(http_req *r, int status, const char *content_type,
+                     const char *text) {
+  size_t n = strlen(text);
+  char *b = malloc(n + 1);
+  if (b)
+    memcpy(b, text, n + 1);
+  http_reply(r, b ? status : 500, content_type, b, b ? n : 0);
+}
+
+void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
+  char detail[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  int status = decomp_error_http_status(err);
+  char type[128];
+  snprintf(type, sizeof type, "urn:decompd:problem:%s", decomp_error_code(err));
+  json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "type", type,
+                        "title", decomp_strerror(err), "status", status,
+                        "detail", detail, "code", decomp_error_code(err),
+                        "request_id", r->id);
+  char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  http_reply(r, status, "application/problem+json", body,
+             body ? strlen(body) : 0);
+  if (status == 401)
+    http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"decompd\"");
+  LOG(status >= 500 ? LOG_ERROR : LOG_INFO, "http", r->id,
+      "event=problem status=%d code=%s detail=%s", status,
+      decomp_error_code(err), log_q(detail));
+}
+
+void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
+                   uint64_t offset, uint64_t len) {
+  reply_reset(r);
+  r->status = status;
+  snprintf(r->ctype, sizeof r->ctype, "%s", content_type);
+  r->rfd = fd;
+  r->roff = offset;
+  r->rfdlen = len;
+}
+
+void http_reply_header(http_req *r, const char *name, const char *value) {
+  if (r->nhdrs >= MAX_HEADERS)
+    return;
+  char *n = strdup(name), *v = strdup(value);
+  if (!n || !v) {
+    free(n);
+    free(v);
+    return;
+  }
+  r->hdrs[r->nhdrs].name = n;
+  r->hdrs[r->nhdrs].value = v;
+  r->nhdrs++;
+}
+
+/* ---- request accessors ------------------------------------------------ */
+
+store *http_req_store(const http_req *r) { return r->srv->s; }
+const config *http_req_config(const http_req *r) { return r->srv->cfg; }
+const char *http_req_id(const http_req *r) { return r->id; }
+const char *http_req_method(const http_req *r) { return r->method; }
+const char *http_req_path(const http_req *r) { return r->path; }
+const char *http_req_principal(const http_req *r) { return r->principal; }
+
+const char *http_req_param(const http_req *r, int i) {
+  return i >= 0 && i < r->nparams ? r->params[i] : NULL;
+}
+
+const char *http_req_query(const http_req *r, const char *key) {
+  return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *http_req_header(const http_req *r, const char *name) {
+  return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
+}
+
+const char *http_req_body(const http_req *r, size_t *len) {
+  if (len)
+    *len = r->body_len;
+  return r->body ? r->body : "";
+}
+
+store_upload *http_req_take_upload(http_req *r) {
+  store_upload *u = r->upload;
+  r->upload = NULL;
+  return u;
+}
+
+/* ---- the MHD callbacks ------------------------------------------------ */
+
+static void make_request_id(http_req *r, struct MHD_Connection *c) {
+  const char *given =
+      MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+  if (given) {
+    size_t n = strlen(given);
+    bool ok = n > 0 && n < sizeof r->id;
+    for (size_t i = 0; ok && i < n; i++)
+      ok = (given[i] >= 'a' && given[i] <= 'z') ||
+           (given[i] >= 'A' && given[i] <= 'Z') ||
+           (given[i] >= '0' && given[i] <= '9') || given[i] == '-' ||
+           given[i] == '_' || given[i] == '.';
+    if (ok) {
+      memcpy(r->id, given, n + 1);
+      return;
+    }
+  }
+  if (!store_random_id("", 8, r->id, sizeof r->id))
+    snprintf(r->id, sizeof r->id, "%llx", (unsigned long long)mono_ns());
+}
+
+/* Queue r's reply on its connection. */
+static enum MHD_Result send_reply(http_req *r) {
+  struct MHD_Response *resp;
+  if (r->status == 0)
+    http_reply_problem(r, DECOMP_ERR_INTERNAL, "the handler gave no answer");
+  if (r->rfd >= 0) {
+    resp = MHD_create_response_from_fd_at_offset64(r->rfdlen, r->rfd,
+                                                   r->roff);
+    if (resp)
+      r->rfd = -1; /* MHD closes it */
+    r->bytes_out = r->rfdlen;
+  } else {
+    resp = MHD_create_response_from_buffer(r->rlen, r->rbody,
+                                           MHD_RESPMEM_MUST_FREE);
+    if (resp)
+      r->rbody = NULL;
+    r->bytes_out = r->rlen;
+  }
+  if (!resp)
+    return MHD_NO;
+  if (r->ctype[0])
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->ctype);
+  MHD_add_response_header(resp, "X-Request-Id", r->id);
+  for (int i = 0; i < r->nhdrs; i++)
+    MHD_add_response_header(resp, r->hdrs[i].name, r->hdrs[i].value);
+  enum MHD_Result ret =
+      MHD_queue_response(r->c, (unsigned int)r->status, resp);
+  MHD_destroy_response(resp);
+  r->responded = true;
+  if (strcmp(r->method, "HEAD") == 0)
+    r->bytes_out = 0;
+  return ret;
+}
+
+/* Headers are in: route, auth, limits. Returns true when a reply is ready
+ * (an error) and the body must not be read. */
+static bool on_headers(http_req *r, const char *url) {
+  http_server *srv = r->srv;
+  const http_route *rt = NULL;
+  char allow[64] = "";
+  for (const http_route *x = HTTP_ROUTES; x->method; x++) {
+    if (!route_match(x->pattern, url, NULL))
+      continue;
+    if (method_is(x->method, r->method)) {
+      rt = x;
+      break;
+    }
+    if (strlen(allow) + strlen(x->method) + 3 < sizeof allow) {
+      if (allow[0])
+        strcat(allow, ", ");
+      strcat(allow, x->method);
+    }
+  }
+  if (!rt) {
+    if (allow[0]) {
+      http_reply_problem(r, DECOMP_ERR_METHOD_NOT_ALLOWED,
+                         "%s is not allowed on %s", r->method, url);
+      http_reply_header(r, "Allow", allow);
+    } else {
+      http_reply_problem(r, DECOMP_ERR_NOT_FOUND, "no route %s", url);
+    }
+    return true;
+  }
+  route_match(rt->pattern, url, r);
+  r->route = rt;
+
+  char detail[256];
+  int rc = auth_check(srv->s,
+                      MHD_lookup_connection_value(r->c, MHD_HEADER_KIND,
+                                                  "Authorization"),
+                      rt->role, r->principal, detail, sizeof detail);
+  if (rc != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", detail);
+    return true;
+  }
+
+  const char *cl =
+      MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Content-Length");
+  long long declared = cl ? strtoll(cl, NULL, 10) : -1;
+  int64_t limit = rt->body == HTTP_BODY_STREAM ? srv->cfg->max_upload_bytes
+                                               : srv->cfg->max_json_bytes;
+  if (rt->body != HTTP_BODY_NONE && declared > limit) {
+    http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
+                       "Content-Length %lld is over the limit of %lld bytes",
+                       declared, (long long)limit);
+    return true;
+  }
+  if (rt->body == HTTP_BODY_STREAM) {
+    rc = store_upload_begin(srv->s, &r->upload);
+    if (rc != DECOMP_OK) {
+      http_reply_problem(r, rc, "upload: %s", store_errmsg());
+      return true;
+    }
+  }
+  return false;
+}
+
+/* One chunk of the body. Returns false to drop the connection. */
+static bool on_body(http_req *r, const char *data, size_t n) {
+  r->bytes_in += n;
+  const config *cfg = r->srv->cfg;
+  if (r->body_err)
+    return true; /* already failed: consume and drop */
+  if (!r->route || r->route->body == HTTP_BODY_NONE)
+    return r->bytes_in <= (uint64_t)cfg->max_json_bytes;
+  if (r->route->body == HTTP_BODY_JSON) {
+    if (r->body_len + n > (uint64_t)cfg->max_json_bytes) {
+      LOG(LOG_WARN, "http", r->id, "event=body_over_limit limit=%lld",
+          (long long)cfg->max_json_bytes);
+      return false;
+    }
+    if (r->body_len + n + 1 > r->body_cap) {
+      size_t cap = r->body_cap ? r->body_cap : 4096;
+      while (cap < r->body_len + n + 1)
+        cap *= 2;
+      char *nb = realloc(r->body, cap);
+      if (!nb) {
+        r->body_err = DECOMP_ERR_NOMEM;
+        snprintf(r->body_errmsg, sizeof r->body_errmsg, "out of memory");
+        return true;
+      }
+      r->body = nb;
+      r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return true;
+  }
+  /* streaming upload */
+  if ((int64_t)r->bytes_in > cfg->max_upload_bytes) {
+    LOG(LOG_WARN, "http", r->id, "event=upload_over_limit limit=%lld",
+        (long long)cfg->max_upload_bytes);
+    return false;
+  }
+  int rc = store_upload_write(r->upload, data, n);
+  if (rc != DECOMP_OK) {
+    r->body_err = rc;
+    snprintf(r->body_errmsg, sizeof r->body_errmsg, "%s", store_errmsg());
+    store_upload_free(r->upload);
+    r->upload = NULL;
+  }
+  return true;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
+  (void)version;
+  http_req *r = *con_cls;
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    if (!r)
+      return MHD_NO;
+    *con_cls = r;
+    r->srv = cls;
+    r->c = c;
+    r->rfd = -1;
+    r->t0_ns = mono_ns();
+    snprintf(r->method, sizeof r->method, "%s", method);
+    r->path = strdup(url);
+    make_request_id(r, c);
+    if (!r->path)
+      return MHD_NO;
+    /* An error is answered at once, without reading the body (MHD then
+     * closes the connection); anything else waits for MHD's next call, as
+     * a reply queued on this first call would also close the connection. */
+    if (on_headers(r, url))
+      return send_reply(r);
+    return MHD_YES;
+  }
+  if (r->responded)
+    return MHD_YES;
+  if (*upload_data_size > 0) {
+    bool keep = on_body(r, upload_data, *upload_data_size);
+    *upload_data_size = 0;
+    return keep ? MHD_YES : MHD_NO;
+  }
+  /* the whole request is in */
+  if (r->body_err)
+    http_reply_problem(r, r->body_err, "%s", r->body_errmsg);
+  else
+    r->route->handle(r);
+  return send_reply(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  (void)cls;
+  (void)c;
+  http_req *r = *con_cls;
+  if (!r)
+    return;
+  *con_cls = NULL;
+  int status = r->responded ? r->status : 0;
+  double ms = (double)(mono_ns() - r->t0_ns) / 1e6;
+  const char *route = r->route ? r->route->pattern : "unmatched";
+  metrics_request(route, r->method, status, r->bytes_in,
+                  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? r->bytes_out
+                                                             : 0);
+  LOG(LOG_INFO, "http", r->id,
+      "event=request method=%s path=%s route=%s status=%d bytes_in=%llu "
+      "bytes_out=%llu ms=%.1f principal=%s%s",
+      r->method, log_q(r->path), route, status,
+      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, ms,
+      r->principal[0] ? log_q(r->principal) : "-",
+      toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+  store_upload_free(r->upload); /* an upload cut short leaves nothing */
+  reply_reset(r);
+  for (int i = 0; i < r->nhdrs; i++) {
+    free(r->hdrs[i].name);
+    free(r->hdrs[i].value);
+  }
+  free(r->body);
+  free(r->path);
+  free(r);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+  (void)cls;
+  char msg[512];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  LOG(LOG_WARN, "mhd", NULL, "msg=%s", log_q(msg));
+}
+
+/* ---- start / stop ----------------------------------------------------- */
+
+int http_start(const config *cfg, store *s, http_server **out, int *port) {
+  http_server *h = calloc(1, sizeof *h);
+  if (!h)
+    return DECOMP_ERR_NOMEM;
+  h->s = s;
+  h->cfg = cfg;
+  struct addrinfo hints = {0}, *ai = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  char portstr[16];
+  snprintf(portstr, sizeof portstr, "%d", cfg->listen_port);
+  int gai = getaddrinfo(cfg->listen_host, portstr, &hints, &ai);
+  if (gai != 0) {
+    LOG(LOG_ERROR, "http", NULL, "event=listen_failed host=%s error=%s",
+        log_q(cfg->listen_host), log_q(gai_strerror(gai)));
+    free(h);
+    return DECOMP_ERR_INVALID_ARGUMENT;
+  }
+  /* ITC lets MHD_quiesce_daemon stop the listening socket at shutdown. */
+  unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                       MHD_USE_ITC | MHD_USE_ERROR_LOG;
+  if (ai->ai_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
+  unsigned int threads = (unsigned int)(cfg->http_threads > 0
+                                            ? cfg->http_threads
+                                            : 4);
+  h->d = MHD_start_daemon(
+      flags, (uint16_t)cfg->listen_port, NULL, NULL, on_request, h,
+      MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+      MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED,
+      on_completed, h, MHD_OPTION_END);
+  freeaddrinfo(ai);
+  if (!h->d) {
+    LOG(LOG_ERROR, "http", NULL, "event=listen_failed host=%s port=%d",
+        log_q(cfg->listen_host), cfg->listen_port);
+    free(h);
+    return DECOMP_ERR_UNAVAILABLE;
+  }
+  const union MHD_DaemonInfo *info =
+      MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+  *port = info ? info->port : cfg->listen_port;
+  *out = h;
+  return DECOMP_OK;
+}
+
+void http_stop(http_server *h) {
+  if (!h)
+    return;
+  /* Stop accepting first, then close what is open and join the threads. */
+  MHD_socket fd = MHD_quiesce_daemon(h->d);
+  if (fd != MHD_INVALID_SOCKET)
+    close(fd);
+  MHD_stop_daemon(h->d);
+  free(h);
+}

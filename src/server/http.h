@@ -1,0 +1,86 @@
+/* http.h — the HTTP layer as the route handlers see it: a request (method,
+ * path parameters, query, headers, its body either buffered (JSON) or
+ * already streamed into a store upload) and one reply (a buffer or a file
+ * range sent zero-copy). The library behind it lives in http.c only.
+ *
+ * Handlers run on the HTTP thread pool once the whole request is in; they
+ * answer from the store and queue and never do decomposition work. */
+#ifndef DECOMPD_SERVER_HTTP_H
+#define DECOMPD_SERVER_HTTP_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "store.h"
+
+typedef struct http_req http_req;
+typedef struct http_server http_server;
+
+typedef enum http_body {
+  HTTP_BODY_NONE = 0,   /* a body is read and dropped */
+  HTTP_BODY_JSON = 1,   /* buffered, up to max_json_bytes */
+  HTTP_BODY_STREAM = 2, /* streamed into a store upload, up to
+                           max_upload_bytes; 413 up front when the declared
+                           Content-Length is over it */
+} http_body;
+
+typedef struct http_route {
+  const char *method;     /* "GET", "POST", "DELETE" (HEAD matches GET) */
+  const char *pattern;    /* "/v1/jobs/{id}": {x} matches one segment */
+  int role;               /* least STORE_ROLE_* needed (NONE: open) */
+  http_body body;
+  void (*handle)(http_req *r);
+  const char *summary;    /* one line, for `decompd --routes` */
+} http_route;
+
+/* The route table (routes.c), ended by a NULL method. */
+extern const http_route HTTP_ROUTES[];
+
+/* Start serving on cfg->listen_host:listen_port with the route table;
+ * *port gets the bound port. */
+int http_start(const config *cfg, store *s, http_server **out, int *port);
+/* Stop accepting, close connections, join the threads; NULL is fine. */
+void http_stop(http_server *h);
+
+/* ---- requests --------------------------------------------------------- */
+
+store *http_req_store(const http_req *r);
+const config *http_req_config(const http_req *r);
+const char *http_req_id(const http_req *r);         /* request id */
+const char *http_req_method(const http_req *r);
+const char *http_req_path(const http_req *r);
+/* The i-th {param} of the matched pattern (NULL past the last). */
+const char *http_req_param(const http_req *r, int i);
+/* A query argument or a header (case-insensitive), NULL when absent. */
+const char *http_req_query(const http_req *r, const char *key);
+const char *http_req_header(const http_req *r, const char *name);
+/* A JSON route's body (NUL-terminated; "" when none). */
+const char *http_req_body(const http_req *r, size_t *len);
+/* A streaming route's upload; the handler takes ownership. */
+store_upload *http_req_take_upload(http_req *r);
+/* The caller's token name, "" when auth is off. */
+const char *http_req_principal(const http_req *r);
+
+/* ---- replies (one per request; the last call wins) --------------------- */
+
+/* Takes ownership of `body` (malloc'd; may be NULL when len is 0). */
+void http_reply(http_req *r, int status, const char *content_type, char *body,
+                size_t len);
+/* A copy of the NUL-terminated `text`. */
+void http_reply_text(http_req *r, int status, const char *content_type,
+                     const char *text);
+/* application/problem+json for `err` (decomp_error), status from the
+ * error list, `detail` formatted. */
+void http_reply_problem(http_req *r, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* `len` bytes of `fd` from `offset`, sent with sendfile; takes ownership of
+ * `fd` (closed after sending, or on failure). */
+void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
+                   uint64_t offset, uint64_t len);
+/* An extra response header (copied). */
+void http_reply_header(http_req *r, const char *name, const char *value);
+
+#endif

@@ -1,0 +1,249 @@
+/* main.c — the decompd program: settings, the `serve` lifecycle (store,
+ * workers, HTTP, signals), and the admin verbs (`token`, `--routes`).
+ *
+ * Shutdown on SIGTERM/SIGINT: stop accepting and close connections, stop
+ * the workers (a running job is requeued at its next layer boundary), close
+ * the store (the WAL is checkpointed), exit 0. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "config.h"
+#include "engine.h"
+#include "http.h"
+#include "log.h"
+#include "worker.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: decompd [serve] [--config FILE] [--data-dir DIR] "
+          "[--listen HOST:PORT] [--SETTING VALUE]...\n"
+          "       decompd token create --role read|submit|admin --name NAME "
+          "[--data-dir DIR]\n"
+          "       decompd token list [--data-dir DIR]\n"
+          "       decompd token revoke --name NAME [--data-dir DIR]\n"
+          "       decompd --routes | --version | --help\n"
+          "\n"
+          "Serves the decompd REST API (api/openapi.yaml): weight uploads, "
+          "decomposition\njobs on a worker pool, artifact downloads. With "
+          "no arguments it serves on\n127.0.0.1:8080 from ./var.\n"
+          "\n"
+          "Settings (lowest to highest precedence: defaults, --config FILE "
+          "or\nDECOMPD_CONFIG, DECOMPD_<SETTING> environment variables, "
+          "flags; a flag is\nthe setting with '-' for '_', e.g. "
+          "--max-upload-bytes 1G):\n");
+  for (const config_key *k = CONFIG_KEYS; k->name; k++) {
+    char flag[64];
+    snprintf(flag, sizeof flag, "--%s", k->name);
+    for (char *p = flag + 2; *p; p++)
+      if (*p == '_')
+        *p = '-';
+    fprintf(f, "  %-22s %s\n", flag, k->help);
+  }
+  fprintf(f,
+          "\n"
+          "Auth: once a token exists (decompd token create), every route but "
+          "/healthz\nand /readyz needs 'Authorization: Bearer TOKEN' with a "
+          "role of at least\nthe route's (read < submit < admin; "
+          "decompd --routes lists them).\n");
+}
+
+/* Settings from the file, the environment and the flags; `rest` gets the
+ * arguments that are not settings (verbs and their options). */
+static int load_config(config *c, int argc, char **argv, char **rest,
+                       int *nrest) {
+  char err[1024];
+  config_defaults(c);
+  const char *file = getenv("DECOMPD_CONFIG");
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+      file = argv[i + 1];
+  if (file && config_load_file(c, file, err, sizeof err) != 0)
+    goto fail;
+  if (config_load_env(c, err, sizeof err) != 0)
+    goto fail;
+  *nrest = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--config") == 0) {
+      i++;
+      continue;
+    }
+    char key[64] = "";
+    if (strncmp(a, "--", 2) == 0 && strlen(a) < sizeof key + 2) {
+      snprintf(key, sizeof key, "%s", a + 2);
+      for (char *p = key; *p; p++)
+        if (*p == '-')
+          *p = '_';
+    }
+    bool is_setting = false;
+    for (const config_key *k = CONFIG_KEYS; k->name && key[0]; k++)
+      is_setting = is_setting || strcmp(k->name, key) == 0;
+    if (is_setting) {
+      if (i + 1 >= argc) {
+        snprintf(err, sizeof err, "%s needs a value", a);
+        goto fail;
+      }
+      if (config_set(c, key, argv[++i], err, sizeof err) != 0)
+        goto fail;
+      continue;
+    }
+    rest[(*nrest)++] = argv[i];
+  }
+  log_set_level(c->log_level);
+  return 0;
+fail:
+  fprintf(stderr, "decompd: %s\n", err);
+  return -1;
+}
+
+static const char *opt(char **rest, int n, const char *name) {
+  for (int i = 0; i + 1 < n; i++)
+    if (strcmp(rest[i], name) == 0)
+      return rest[i + 1];
+  return NULL;
+}
+
+static int cmd_token(const config *c, char **rest, int n) {
+  const char *verb = n > 1 ? rest[1] : "";
+  store *s = NULL;
+  int rc = store_open(c->data_dir, false, &s, NULL);
+  if (rc != DECOMP_OK) {
+    fprintf(stderr, "decompd: %s\n", store_errmsg());
+    return 1;
+  }
+  int status = 0;
+  if (strcmp(verb, "create") == 0) {
+    const char *role = opt(rest, n, "--role"), *name = opt(rest, n, "--name");
+    int r = role ? store_role_from_name(role) : -1;
+    char token[96];
+    if (r < 0 || !name || !*name || strlen(name) > 255) {
+      fprintf(stderr, "decompd: token create needs --role read|submit|admin "
+                      "and --name NAME\n");
+      status = 2;
+    } else if ((rc = auth_token_create(s, name, r, token, sizeof token)) !=
+               DECOMP_OK) {
+      fprintf(stderr, "decompd: %s\n", store_errmsg());
+      status = 1;
+    } else {
+      printf("%s\n", token);
+      fprintf(stderr, "decompd: token '%s' (%s) created; it is shown only "
+                      "once\n", name, role);
+    }
+  } else if (strcmp(verb, "list") == 0) {
+    store_token *v = NULL;
+    size_t cnt = 0;
+    if (store_token_list(s, &v, &cnt) != DECOMP_OK) {
+      fprintf(stderr, "decompd: %s\n", store_errmsg());
+      status = 1;
+    }
+    for (size_t i = 0; i < cnt; i++)
+      printf("%s\t%s\t%s\n", v[i].id, store_role_name(v[i].role), v[i].name);
+    free(v);
+  } else if (strcmp(verb, "revoke") == 0) {
+    const char *name = opt(rest, n, "--name");
+    if (!name) {
+      fprintf(stderr, "decompd: token revoke needs --name NAME\n");
+      status = 2;
+    } else if (store_token_delete(s, name) != DECOMP_OK) {
+      fprintf(stderr, "decompd: %s\n", store_errmsg());
+      status = 1;
+    }
+  } else {
+    usage(stderr);
+    status = 2;
+  }
+  store_close(s);
+  return status;
+}
+
+static int serve(const config *c) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  /* Block before any thread starts so that only sigwait() below sees them. */
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  store *s = NULL;
+  worker_pool *pool = NULL;
+  http_server *h = NULL;
+  int requeued = 0, port = 0, status = 1;
+  int rc = store_open(c->data_dir, true, &s, &requeued);
+  if (rc != DECOMP_OK) {
+    LOG(LOG_ERROR, "main", NULL, "event=store_open_failed code=%s error=%s",
+        decomp_error_code(rc), log_q(store_errmsg()));
+    goto out;
+  }
+  LOG(LOG_INFO, "main", NULL,
+      "event=store_open data_dir=%s schema_version=%d requeued=%d",
+      log_q(c->data_dir), store_schema_version(s), requeued);
+  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
+                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
+  if (missing)
+    LOG(LOG_WARN, "main", NULL, "event=engine_incomplete missing=%s", missing);
+  if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &pool)) !=
+      DECOMP_OK)
+    goto out;
+  if ((rc = http_start(c, s, &h, &port)) != DECOMP_OK)
+    goto out;
+  LOG(LOG_INFO, "main", NULL,
+      "event=listening addr=%s:%d version=" DECOMP_VERSION
+      " max_upload_bytes=%lld",
+      c->listen_host, port, (long long)c->max_upload_bytes);
+
+  int sig = 0;
+  sigwait(&set, &sig);
+  LOG(LOG_INFO, "main", NULL, "event=stopping signal=%s",
+      sig == SIGTERM ? "TERM" : "INT");
+  status = 0;
+out:
+  http_stop(h);
+  worker_pool_stop(pool);
+  store_close(s);
+  LOG(LOG_INFO, "main", NULL, "event=stopped status=%d", status);
+  return status;
+}
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
+    if (strcmp(argv[i], "--version") == 0) {
+      printf("decompd " DECOMP_VERSION "\n");
+      return 0;
+    }
+    if (strcmp(argv[i], "--routes") == 0) {
+      for (const http_route *r = HTTP_ROUTES; r->method; r++)
+        printf("%s %s %s\n", r->method, r->pattern,
+               store_role_name(r->role));
+      return 0;
+    }
+  }
+  config c;
+  char **rest = calloc((size_t)argc + 1, sizeof *rest);
+  int nrest = 0;
+  if (!rest || load_config(&c, argc, argv, rest, &nrest) != 0) {
+    free(rest);
+    return 2;
+  }
+  int status;
+  if (nrest > 0 && strcmp(rest[0], "token") == 0) {
+    status = cmd_token(&c, rest, nrest);
+  } else if (nrest == 0 || (nrest == 1 && strcmp(rest[0], "serve") == 0)) {
+    status = serve(&c);
+  } else {
+    fprintf(stderr, "decompd: unknown argument '%s'\n", rest[0]);
+    usage(stderr);
+    status = 2;
+  }
+  free(rest);
+  return status;
+}

@@ -1,0 +1,715 @@
+/* routes.c — the API: the route table and its handlers (api/openapi.yaml is
+ * the contract; `decompd --routes` prints this table and a test compares
+ * the two).
+ *
+ * Handlers read the request, talk to the store and queue, and answer. They
+ * may open a weight file to validate it (the engine's readers map it and
+ * check every size and offset: milliseconds, no decomposition); the SVD work
+ * is the workers' alone. Bodies are JSON; errors application/problem+json
+ * with the code from decomp/errors.h. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "engine.h"
+#include "http.h"
+#include "metrics.h"
+#include "queue.h"
+#include "worker.h"
+
+#define JSON_TYPE "application/json"
+
+static void reply_json(http_req *r, int status, json_t *o) {
+  char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  if (!text) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "could not build the reply");
+    return;
+  }
+  http_reply(r, status, JSON_TYPE, text, strlen(text));
+}
+
+static json_t *time_json(int64_t ms) {
+  if (ms <= 0)
+    return json_null();
+  time_t sec = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&sec, &tm);
+  char buf[64];
+  snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+           tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+           tm.tm_sec, (int)(ms % 1000));
+  return json_string(buf);
+}
+
+/* Problem from a store failure (its code and this thread's detail). */
+static void store_problem(http_req *r, int rc) {
+  http_reply_problem(r, rc, "%s", store_errmsg());
+}
+
+/* ---- health, metrics -------------------------------------------------- */
+
+static void h_healthz(http_req *r) {
+  reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static void h_readyz(http_req *r) {
+  int rc = store_ping(http_req_store(r));
+  if (rc != DECOMP_OK) {
+    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE, "store: %s", store_errmsg());
+    return;
+  }
+  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
+                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
+  reply_json(r, 200,
+             json_pack("{s:s, s:i, s:s}", "status", "ready", "schema_version",
+                       store_schema_version(http_req_store(r)), "engine",
+                       missing ? "incomplete" : "complete"));
+}
+
+static void h_metrics(http_req *r) {
+  size_t len = 0;
+  char *text = metrics_render(http_req_store(r), &len);
+  if (!text) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "metrics");
+    return;
+  }
+  http_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+/* ---- models ----------------------------------------------------------- */
+
+static json_t *model_json(const store_model *m) {
+  char self[64];
+  snprintf(self, sizeof self, "/v1/models/%s", m->id);
+  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:s}", "id", m->id,
+                   "name", m->name, "digest", m->digest, "format", m->format,
+                   "size", (json_int_t)m->size, "tensors",
+                   (json_int_t)m->tensors, "created_at",
+                   time_json(m->created_at), "url", self);
+}
+
+static bool name_ok(const char *s) {
+  if (strlen(s) > 255)
+    return false;
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return false;
+  return true;
+}
+
+static void h_model_upload(http_req *r) {
+  store *s = http_req_store(r);
+  store_upload *u = http_req_take_upload(r);
+  decomp_ctx *ctx = NULL;
+  decomp_weights *w = NULL;
+  const char *name = http_req_query(r, "name");
+  char digest[STORE_DIGEST_LEN];
+  if (!name)
+    name = "";
+  if (!name_ok(name)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "name must be at most 255 printable characters");
+    goto done;
+  }
+  const char *missing = engine_missing(ENGINE_READERS);
+  if (missing) {
+    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
+                       "this build's engine lacks %s", missing);
+    goto done;
+  }
+  int rc = store_upload_finish(u, digest);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if (store_upload_size(u) == 0) {
+    http_reply_problem(r, DECOMP_ERR_UNKNOWN_FORMAT, "the body is empty");
+    goto done;
+  }
+  /* Validate before accepting: the reader maps the file and checks every
+   * structure; nothing in it is executed. */
+  ctx = decomp_ctx_new();
+  if (!ctx) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  rc = decomp_weights_open(ctx, store_upload_path(u), &w);
+  if (rc != DECOMP_OK) {
+    const char *m = decomp_errmsg(ctx);
+    const char *tmp = store_upload_path(u);
+    /* The message names our temp file; say "upload" instead. */
+    if (strncmp(m, tmp, strlen(tmp)) == 0)
+      http_reply_problem(r, rc, "upload%s", m + strlen(tmp));
+    else
+      http_reply_problem(r, rc, "%s", m[0] ? m : decomp_strerror(rc));
+    goto done;
+  }
+  store_model m = {0};
+  snprintf(m.digest, sizeof m.digest, "%s", digest);
+  snprintf(m.name, sizeof m.name, "%s", name);
+  snprintf(m.format, sizeof m.format, "%s",
+           decomp_format_name(decomp_weights_format(w)));
+  m.size = store_upload_size(u);
+  m.tensors = (int64_t)decomp_weights_count(w);
+  decomp_weights_free(w);
+  w = NULL;
+  bool created = false;
+  store_blob_lock(s);
+  rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = store_model_put(s, &m, &created);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  char loc[64];
+  snprintf(loc, sizeof loc, "/v1/models/%s", m.id);
+  http_reply_header(r, "Location", loc);
+  reply_json(r, created ? 201 : 200, model_json(&m));
+done:
+  decomp_weights_free(w);
+  decomp_ctx_free(ctx);
+  store_upload_free(u);
+}
+
+static void h_models_list(http_req *r) {
+  store_model *v = NULL;
+  size_t n = 0;
+  int rc = store_model_list(http_req_store(r), &v, &n);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  json_t *a = json_array();
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(a, model_json(&v[i]));
+  free(v);
+  reply_json(r, 200, json_pack("{s:o}", "models", a));
+}
+
+static void h_model_get(http_req *r) {
+  store_model m;
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK)
+    store_problem(r, rc);
+  else
+    reply_json(r, 200, model_json(&m));
+}
+
+static void h_model_delete(http_req *r) {
+  store *s = http_req_store(r);
+  char digest[STORE_DIGEST_LEN];
+  store_blob_lock(s);
+  int rc = store_model_delete(s, http_req_param(r, 0), digest);
+  if (rc == DECOMP_OK)
+    store_blob_gc(s, digest);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK)
+    store_problem(r, rc);
+  else
+    http_reply(r, 204, NULL, NULL, 0);
+}
+
+/* ---- blobs: ETag, If-None-Match, Range, sendfile ----------------------- */
+
+/* 0: serve it all (no Range, or one we ignore), 1: [*a, *b], -1: 416. */
+static int parse_range(const char *h, int64_t size, int64_t *a, int64_t *b) {
+  if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
+    return 0;
+  const char *p = h + 6;
+  char *end;
+  if (*p == '-') {
+    if (!isdigit((unsigned char)p[1]))
+      return 0;
+    long long n = strtoll(p + 1, &end, 10);
+    if (*end)
+      return 0;
+    if (n == 0 || size == 0)
+      return -1;
+    *a = n >= size ? 0 : size - n;
+    *b = size - 1;
+    return 1;
+  }
+  if (!isdigit((unsigned char)*p))
+    return 0;
+  long long first = strtoll(p, &end, 10);
+  if (*end != '-')
+    return 0;
+  long long last = size - 1;
+  if (end[1]) {
+    if (!isdigit((unsigned char)end[1]))
+      return 0;
+    last = strtoll(end + 1, &end, 10);
+    if (*end || last < first)
+      return 0;
+  }
+  if (first >= size)
+    return -1;
+  if (last >= size)
+    last = size - 1;
+  *a = first;
+  *b = last;
+  return 1;
+}
+
+/* Does an If-None-Match list hold `etag` (or `*`)? */
+static bool etag_listed(const char *list, const char *etag) {
+  if (!list)
+    return false;
+  if (strstr(list, etag))
+    return true;
+  while (*list == ' ')
+    list++;
+  return strcmp(list, "*") == 0;
+}
+
+static void serve_blob(http_req *r, const char *digest, const char *media_type,
+                       const char *filename) {
+  char etag[STORE_DIGEST_LEN + 4];
+  snprintf(etag, sizeof etag, "\"%s\"", digest);
+  http_reply_header(r, "ETag", etag);
+  http_reply_header(r, "Accept-Ranges", "bytes");
+  http_reply_header(r, "Cache-Control", "private, max-age=31536000, immutable");
+  char disp[160];
+  snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", filename);
+  http_reply_header(r, "Content-Disposition", disp);
+  if (etag_listed(http_req_header(r, "If-None-Match"), etag)) {
+    http_reply(r, 304, NULL, NULL, 0);
+    return;
+  }
+  int fd = -1;
+  int64_t size = 0;
+  int rc = store_blob_open(http_req_store(r), digest, &fd, &size);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc == DECOMP_ERR_NOT_FOUND ? DECOMP_ERR_STORE : rc);
+    return;
+  }
+  const char *range = http_req_header(r, "Range");
+  const char *if_range = http_req_header(r, "If-Range");
+  if (range && if_range && strcmp(if_range, etag) != 0)
+    range = NULL; /* the client's copy is another version: send it all */
+  int64_t a = 0, b = size - 1;
+  int k = parse_range(range, size, &a, &b);
+  if (k < 0) {
+    close(fd);
+    char cr[64];
+    snprintf(cr, sizeof cr, "bytes */%lld", (long long)size);
+    http_reply_problem(r, DECOMP_ERR_RANGE_NOT_SATISFIABLE,
+                       "range %s is outside the %lld bytes", range,
+                       (long long)size);
+    http_reply_header(r, "Content-Range", cr);
+    return;
+  }
+  if (k > 0) {
+    char cr[96];
+    snprintf(cr, sizeof cr, "bytes %lld-%lld/%lld", (long long)a, (long long)b,
+             (long long)size);
+    http_reply_fd(r, 206, media_type, fd, (uint64_t)a, (uint64_t)(b - a + 1));
+    http_reply_header(r, "Content-Range", cr);
+    return;
+  }
+  http_reply_fd(r, 200, media_type, fd, 0, (uint64_t)size);
+}
+
+static void h_model_content(http_req *r) {
+  store_model m;
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  char fn[64];
+  snprintf(fn, sizeof fn, "%s.%s", m.id, m.format);
+  serve_blob(r, m.digest, "application/octet-stream", fn);
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+static json_t *job_json(store *s, const store_job *j, bool detail) {
+  char self[64];
+  snprintf(self, sizeof self, "/v1/jobs/%s", j->id);
+  json_t *o = json_pack(
+      "{s:s, s:s, s:s, s:b, s:i, s:{s:I, s:I}, s:o, s:o, s:o, s:s}", "id",
+      j->id, "model", j->model_id, "state", store_job_state_name(j->state),
+      "cancel_requested", j->cancel_requested, "attempts", j->attempts,
+      "progress", "layers_done", (json_int_t)j->layers_done, "layers_total",
+      (json_int_t)j->layers_total, "created_at", time_json(j->created_at),
+      "started_at", time_json(j->started_at), "finished_at",
+      time_json(j->finished_at), "url", self);
+  if (!o)
+    return NULL;
+  if (j->started_at > 0) {
+    int64_t end = j->finished_at > 0 ? j->finished_at : store_now_ms();
+    json_object_set_new(o, "seconds",
+                        json_real((double)(end - j->started_at) / 1000.0));
+  }
+  if (j->error_code[0])
+    json_object_set_new(o, "error",
+                        json_pack("{s:s, s:s}", "code", j->error_code,
+                                  "message",
+                                  j->error_message ? j->error_message : ""));
+  else
+    json_object_set_new(o, "error", json_null());
+  if (!detail)
+    return o;
+  if (j->policy) {
+    json_t *p = json_loads(j->policy, 0, NULL);
+    json_object_set_new(o, "policy", p ? p : json_string(j->policy));
+  }
+  store_job_layer *ls = NULL;
+  size_t nl = 0;
+  json_t *layers = json_array();
+  if (store_job_layers(s, j->id, &ls, &nl) == DECOMP_OK) {
+    for (size_t i = 0; i < nl; i++) {
+      json_t *l = json_pack("{s:I, s:s, s:I, s:I, s:f}", "index",
+                            (json_int_t)ls[i].index, "name", ls[i].name,
+                            "rank", (json_int_t)ls[i].rank, "max_rank",
+                            (json_int_t)ls[i].max_rank, "seconds",
+                            ls[i].seconds);
+      if (l && ls[i].skip_reason[0])
+        json_object_set_new(l, "skip_reason", json_string(ls[i].skip_reason));
+      json_array_append_new(layers, l);
+    }
+    free(ls);
+  }
+  json_object_set_new(o, "layers", layers);
+  store_artifact *as = NULL;
+  size_t na = 0;
+  json_t *arts = json_array();
+  if (store_artifact_list(s, j->id, &as, &na) == DECOMP_OK) {
+    for (size_t i = 0; i < na; i++) {
+      char url[160];
+      snprintf(url, sizeof url, "/v1/jobs/%s/artifacts/%s", j->id, as[i].name);
+      json_array_append_new(
+          arts, json_pack("{s:s, s:s, s:I, s:s, s:s}", "name", as[i].name,
+                          "digest", as[i].digest, "size",
+                          (json_int_t)as[i].size, "media_type",
+                          as[i].media_type, "url", url));
+    }
+    free(as);
+  }
+  json_object_set_new(o, "artifacts", arts);
+  return o;
+}
+
+static void h_job_submit(http_req *r) {
+  store *s = http_req_store(r);
+  size_t len = 0;
+  const char *body = http_req_body(r, &len);
+  json_error_t jerr;
+  json_t *in = NULL;
+  decomp_ctx *ctx = NULL;
+  decomp_spec *spec = NULL;
+  decomp_policy *pol = NULL;
+  decomp_weights *w = NULL;
+  char *spec_text = NULL, *spec_canon = NULL, *pol_canon = NULL;
+  char *pol_text = NULL;
+  store_job job = {0};
+
+  in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!in) {
+    http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
+                       jerr.line, jerr.column, jerr.text);
+    goto done;
+  }
+  if (!json_is_object(in)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST, "expected a JSON object");
+    goto done;
+  }
+  const char *key;
+  json_t *val;
+  json_object_foreach(in, key, val) {
+    if (strcmp(key, "model") && strcmp(key, "spec") && strcmp(key, "policy")) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "unknown field '%s' (expected model, spec, policy)",
+                         key);
+      goto done;
+    }
+  }
+  json_t *jm = json_object_get(in, "model");
+  json_t *js = json_object_get(in, "spec");
+  json_t *jp = json_object_get(in, "policy");
+  if (!json_is_string(jm)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "'model' must be a model id string");
+    goto done;
+  }
+  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
+                                       ENGINE_POLICY);
+  if (missing) {
+    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
+                       "this build's engine lacks %s", missing);
+    goto done;
+  }
+  store_model m;
+  int rc = store_model_get(s, json_string_value(jm), &m);
+  if (rc != DECOMP_OK) {
+    http_reply_problem(r, rc, "model '%s': %s", json_string_value(jm),
+                       rc == DECOMP_ERR_NOT_FOUND ? "no such model"
+                                                  : store_errmsg());
+    goto done;
+  }
+  if (!js || !(json_is_object(js) || json_is_array(js))) {
+    http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
+                       "'spec' must be a layer spec: {\"layers\": [...]} or a "
+                       "list of layers");
+    goto done;
+  }
+  if (jp && !json_is_string(jp) && !json_is_object(jp)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_POLICY,
+                       "'policy' must be a policy name or object");
+    goto done;
+  }
+  ctx = decomp_ctx_new();
+  spec_text = json_dumps(js, JSON_COMPACT);
+  pol_text = !jp ? strdup("budget")
+             : json_is_string(jp) ? strdup(json_string_value(jp))
+                                  : json_dumps(jp, JSON_COMPACT);
+  if (!ctx || !spec_text || !pol_text) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
+      DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  if ((rc = decomp_policy_parse(ctx, pol_text, &pol)) != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  /* The spec must fit the weights: fail now, not in the queue. */
+  char path[4200];
+  if ((rc = store_blob_path(s, m.digest, path, sizeof path)) != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
+      (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  spec_canon = decomp_spec_to_json(spec);
+  pol_canon = decomp_policy_to_json(pol);
+  if (!spec_canon || !pol_canon) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  /* Identical input (model, canonical spec, canonical policy) is one job. */
+  size_t klen = strlen(m.id) + strlen(spec_canon) + strlen(pol_canon) + 3;
+  char *kin = malloc(klen);
+  char key_hex[65];
+  if (!kin) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  snprintf(kin, klen, "%s\n%s\n%s", m.id, spec_canon, pol_canon);
+  bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
+  free(kin);
+  if (!hashed) {
+    http_reply_problem(r, DECOMP_ERR_INTERNAL, "sha256 failed");
+    goto done;
+  }
+  snprintf(job.model_id, sizeof job.model_id, "%s", m.id);
+  job.spec = spec_canon;
+  job.policy = pol_canon;
+  bool created = false;
+  rc = store_job_submit(s, key_hex, &job, &created);
+  if (rc != DECOMP_OK) {
+    job.spec = job.policy = NULL; /* still ours: freed below */
+    store_problem(r, rc);
+    goto done;
+  }
+  if (created)
+    worker_pool_wake();
+  char loc[64];
+  snprintf(loc, sizeof loc, "/v1/jobs/%s", job.id);
+  http_reply_header(r, "Location", loc);
+  reply_json(r, created ? 201 : 200, job_json(s, &job, true));
+  store_job_clear(&job);
+done:
+  json_decref(in);
+  free(spec_text);
+  free(pol_text);
+  decomp_free(spec_canon);
+  decomp_free(pol_canon);
+  if (pol)
+    decomp_policy_free(pol);
+  if (spec)
+    decomp_spec_free(spec);
+  decomp_weights_free(w);
+  decomp_ctx_free(ctx);
+}
+
+static void h_jobs_list(http_req *r) {
+  const char *st = http_req_query(r, "state");
+  const char *lim = http_req_query(r, "limit");
+  const char *cur = http_req_query(r, "cursor");
+  int state = -1, limit = 50;
+  long long before = 0;
+  char *end;
+  if (st && (state = store_job_state_from_name(st)) < 0) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "state must be queued, running, succeeded, failed or "
+                       "cancelled");
+    return;
+  }
+  if (lim) {
+    long v = strtol(lim, &end, 10);
+    if (*end || end == lim || v < 1 || v > 500) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "limit must be 1 to 500");
+      return;
+    }
+    limit = (int)v;
+  }
+  if (cur) {
+    before = strtoll(cur, &end, 10);
+    if (*end || end == cur || before < 1) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST, "bad cursor");
+      return;
+    }
+  }
+  store_job *v = NULL;
+  size_t n = 0;
+  int rc = store_job_list(http_req_store(r), state, before, limit, &v, &n);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  json_t *a = json_array();
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(a, job_json(http_req_store(r), &v[i], false));
+  json_t *next = json_null();
+  if (n == (size_t)limit && n > 0) {
+    char c[32];
+    snprintf(c, sizeof c, "%lld", (long long)v[n - 1].seq);
+    json_decref(next);
+    next = json_string(c);
+  }
+  for (size_t i = 0; i < n; i++)
+    store_job_clear(&v[i]);
+  free(v);
+  reply_json(r, 200, json_pack("{s:o, s:o}", "jobs", a, "next_cursor", next));
+}
+
+static void h_job_get(http_req *r) {
+  store_job j;
+  int rc = store_job_get(http_req_store(r), http_req_param(r, 0), true, &j);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  reply_json(r, 200, job_json(http_req_store(r), &j, true));
+  store_job_clear(&j);
+}
+
+static void h_job_cancel(http_req *r) {
+  store_job j;
+  int rc = store_job_cancel(http_req_store(r), http_req_param(r, 0), &j);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (j.state == STORE_JOB_CANCELLED)
+    metrics_job_finished("cancelled");
+  reply_json(r, j.state == STORE_JOB_RUNNING ? 202 : 200,
+             job_json(http_req_store(r), &j, false));
+  store_job_clear(&j);
+}
+
+static void h_job_delete(http_req *r) {
+  store *s = http_req_store(r);
+  char(*digests)[STORE_DIGEST_LEN] = NULL;
+  size_t n = 0;
+  store_blob_lock(s);
+  int rc = store_job_delete(s, http_req_param(r, 0), &digests, &n);
+  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
+    store_blob_gc(s, digests[i]);
+  store_blob_unlock(s);
+  free(digests);
+  if (rc != DECOMP_OK)
+    store_problem(r, rc);
+  else
+    http_reply(r, 204, NULL, NULL, 0);
+}
+
+static const char *const ARTIFACT_NAMES[] = {
+    "decomposed_weights.pth", "decomposed_weights.safetensors",
+    "decompose_info.json", NULL};
+
+static void h_artifact_get(http_req *r) {
+  const char *job = http_req_param(r, 0), *name = http_req_param(r, 1);
+  bool known = false;
+  for (int i = 0; ARTIFACT_NAMES[i]; i++)
+    known = known || strcmp(name, ARTIFACT_NAMES[i]) == 0;
+  if (!known) {
+    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
+                       "no artifact '%s' (decomposed_weights.pth, "
+                       "decomposed_weights.safetensors, decompose_info.json)",
+                       name);
+    return;
+  }
+  store_job j;
+  int rc = store_job_get(http_req_store(r), job, false, &j);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  int state = j.state;
+  store_job_clear(&j);
+  if (state != STORE_JOB_SUCCEEDED) {
+    http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                       "job %s is %s; artifacts exist once it has succeeded",
+                       job, store_job_state_name(state));
+    return;
+  }
+  store_artifact a;
+  if ((rc = store_artifact_get(http_req_store(r), job, name, &a)) !=
+      DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  serve_blob(r, a.digest, a.media_type, a.name);
+}
+
+/* ---- the table -------------------------------------------------------- */
+
+const http_route HTTP_ROUTES[] = {
+    {"GET", "/healthz", STORE_ROLE_NONE, HTTP_BODY_NONE, h_healthz,
+     "liveness"},
+    {"GET", "/readyz", STORE_ROLE_NONE, HTTP_BODY_NONE, h_readyz,
+     "readiness (store reachable)"},
+    {"GET", "/metrics", STORE_ROLE_READ, HTTP_BODY_NONE, h_metrics,
+     "Prometheus metrics"},
+    {"POST", "/v1/models", STORE_ROLE_SUBMIT, HTTP_BODY_STREAM,
+     h_model_upload, "upload a weight file (raw body; ?name=)"},
+    {"GET", "/v1/models", STORE_ROLE_READ, HTTP_BODY_NONE, h_models_list,
+     "list models"},
+    {"GET", "/v1/models/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_model_get,
+     "get a model"},
+    {"DELETE", "/v1/models/{id}", STORE_ROLE_ADMIN, HTTP_BODY_NONE,
+     h_model_delete, "delete a model"},
+    {"GET", "/v1/models/{id}/content", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_model_content, "download a model's weight file"},
+    {"POST", "/v1/jobs", STORE_ROLE_SUBMIT, HTTP_BODY_JSON, h_job_submit,
+     "submit a job {model, spec, policy}"},
+    {"GET", "/v1/jobs", STORE_ROLE_READ, HTTP_BODY_NONE, h_jobs_list,
+     "list jobs (?state=&limit=&cursor=)"},
+    {"GET", "/v1/jobs/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_job_get,
+     "get a job with per-layer progress"},
+    {"DELETE", "/v1/jobs/{id}", STORE_ROLE_ADMIN, HTTP_BODY_NONE,
+     h_job_delete, "delete a finished job and its artifacts"},
+    {"POST", "/v1/jobs/{id}/cancel", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
+     h_job_cancel, "cancel a job"},
+    {"GET", "/v1/jobs/{id}/artifacts/{name}", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_artifact_get, "download an artifact (ETag, Range)"},
+    {NULL, NULL, 0, 0, NULL, NULL},
+};

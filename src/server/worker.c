@@ -1,0 +1,346 @@
+/* worker.c — the decomposition workers (see worker.h): claim, decompose,
+ * store, repeat. The only server file that calls the engine's decomposition
+ * and sets the BLAS thread count. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+#include "worker.h"
+
+/* OpenBLAS's thread count (cblas.h may only be included by src/core's
+ * lapack.c, so the one function we need is declared here). */
+extern void openblas_set_num_threads(int num_threads);
+
+struct worker_pool {
+  store *s;
+  int n;
+  pthread_t *threads;
+  atomic_bool stopping;
+};
+
+static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
+static unsigned long wake_gen;
+
+void worker_pool_wake(void) {
+  pthread_mutex_lock(&wake_mu);
+  wake_gen++;
+  pthread_cond_broadcast(&wake_cv);
+  pthread_mutex_unlock(&wake_mu);
+}
+
+/* Wait for a wake-up or `ms`. */
+static void wait_for_work(unsigned long seen, int ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock(&wake_mu);
+  while (wake_gen == seen) {
+    if (pthread_cond_timedwait(&wake_cv, &wake_mu, &ts) == ETIMEDOUT)
+      break;
+  }
+  pthread_mutex_unlock(&wake_mu);
+}
+
+struct run {
+  worker_pool *p;
+  store_job *job;
+  bool cancelled; /* by the user, not by shutdown */
+};
+
+static void engine_log(void *user, int level, const char *topic,
+                       const char *msg) {
+  struct run *r = user;
+  LOG(level, "engine", r->job->id, "part=%s msg=%s", topic, log_q(msg));
+}
+
+static int on_progress(void *user, const decomp_progress *pr) {
+  struct run *r = user;
+  store *s = r->p->s;
+  if (pr->phase == DECOMP_PHASE_DONE) {
+    store_job_layer l = {0};
+    l.index = (int64_t)pr->index;
+    snprintf(l.name, sizeof l.name, "%s", pr->layer ? pr->layer : "");
+    l.rank = pr->rank;
+    l.max_rank = pr->max_rank;
+    l.seconds = pr->seconds;
+    snprintf(l.skip_reason, sizeof l.skip_reason, "%s",
+             pr->skip_reason ? pr->skip_reason : "");
+    if (store_job_progress(s, r->job->id, (int64_t)pr->total, &l) !=
+        DECOMP_OK)
+      LOG(LOG_WARN, "worker", r->job->id, "event=progress_not_saved error=%s",
+          log_q(store_errmsg()));
+    metrics_layer(pr->seconds);
+    LOG(LOG_DEBUG, "worker", r->job->id,
+        "event=layer index=%zu total=%zu layer=%s rank=%lld seconds=%.3f",
+        pr->index, pr->total, log_q(l.name), (long long)pr->rank, pr->seconds);
+  }
+  if (atomic_load(&r->p->stopping))
+    return 1;
+  if (pr->phase != DECOMP_PHASE_SPECTRUM) {
+    bool yes = false;
+    if (store_job_cancel_requested(s, r->job->id, &yes) == DECOMP_OK && yes) {
+      r->cancelled = true;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0)
+    return DECOMP_ERR_IO;
+  size_t left = strlen(text);
+  const char *p = text;
+  int rc = DECOMP_OK;
+  while (left > 0) {
+    ssize_t n = write(fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = errno == ENOSPC ? DECOMP_ERR_DISK_FULL : DECOMP_ERR_IO;
+      break;
+    }
+    p += n;
+    left -= (size_t)n;
+  }
+  if (rc == DECOMP_OK && fsync(fd) != 0)
+    rc = DECOMP_ERR_IO;
+  close(fd);
+  return rc;
+}
+
+static const struct {
+  const char *name;
+  const char *ext;
+  const char *media_type;
+  int format;
+} OUTPUTS[] = {
+    {"decomposed_weights.pth", "pth", "application/octet-stream",
+     DECOMP_FORMAT_PTH},
+    {"decomposed_weights.safetensors", "safetensors",
+     "application/octet-stream", DECOMP_FORMAT_SAFETENSORS},
+    {"decompose_info.json", "json", "application/json", DECOMP_FORMAT_UNKNOWN},
+};
+#define NOUTPUTS 3
+
+/* Save the result's files under tmp and commit them as the job's artifacts. */
+static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
+                         const decomp_result *res, char *msg, size_t msglen) {
+  char paths[NOUTPUTS][4200];
+  store_artifact arts[NOUTPUTS];
+  int rc = DECOMP_OK;
+  int made = 0;
+  for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
+    snprintf(paths[i], sizeof paths[i], "%s/%s-out.%s", store_tmp_dir(s),
+             job->id, OUTPUTS[i].ext);
+    made = i + 1;
+    if (OUTPUTS[i].format == DECOMP_FORMAT_UNKNOWN)
+      rc = write_file(paths[i], decomp_result_info(res));
+    else
+      rc = decomp_weights_save(ctx, decomp_result_weights(res), paths[i],
+                               (decomp_format)OUTPUTS[i].format);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "saving %s: %s", OUTPUTS[i].name,
+               decomp_errmsg(ctx)[0] ? decomp_errmsg(ctx) : decomp_strerror(rc));
+  }
+  store_blob_lock(s);
+  for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
+    memset(&arts[i], 0, sizeof arts[i]);
+    snprintf(arts[i].name, sizeof arts[i].name, "%s", OUTPUTS[i].name);
+    snprintf(arts[i].media_type, sizeof arts[i].media_type, "%s",
+             OUTPUTS[i].media_type);
+    rc = store_blob_put_file(s, paths[i], arts[i].digest, &arts[i].size);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "storing %s: %s", OUTPUTS[i].name, store_errmsg());
+  }
+  if (rc == DECOMP_OK) {
+    rc = store_job_succeed(s, job->id, arts, NOUTPUTS);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "index: %s", store_errmsg());
+  }
+  store_blob_unlock(s);
+  for (int i = 0; i < made; i++)
+    unlink(paths[i]); /* already renamed away on success */
+  return rc;
+}
+
+static void run_job(worker_pool *p, store_job *job) {
+  store *s = p->s;
+  struct run r = {.p = p, .job = job};
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_weights *w = NULL;
+  decomp_spec *spec = NULL;
+  decomp_policy *pol = NULL;
+  decomp_result *res = NULL;
+  store_model m;
+  char msg[1200] = "";
+  char path[4200];
+  int rc;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  LOG(LOG_INFO, "worker", job->id, "event=job_start model=%s attempt=%d",
+      job->model_id, job->attempts);
+  if (!ctx) {
+    rc = DECOMP_ERR_NOMEM;
+    snprintf(msg, sizeof msg, "out of memory");
+    goto done;
+  }
+  decomp_ctx_set_log(ctx, engine_log, &r,
+                     log_enabled(LOG_DEBUG) ? LOG_DEBUG : LOG_INFO);
+  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
+                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
+  if (missing) {
+    rc = DECOMP_ERR_UNAVAILABLE;
+    snprintf(msg, sizeof msg, "this build's engine lacks %s", missing);
+    goto done;
+  }
+  if ((rc = store_model_get(s, job->model_id, &m)) != DECOMP_OK ||
+      (rc = store_blob_path(s, m.digest, path, sizeof path)) != DECOMP_OK) {
+    snprintf(msg, sizeof msg, "model %s: %s", job->model_id, store_errmsg());
+    goto done;
+  }
+  if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
+      (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec), &spec)) !=
+          DECOMP_OK ||
+      (rc = decomp_policy_parse(ctx, job->policy, &pol)) != DECOMP_OK) {
+    snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  decomp_options opts = {0};
+  opts.progress = on_progress;
+  opts.progress_user = &r;
+  opts.source_digest = m.digest;
+  opts.source_format = m.format;
+  rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
+  if (rc != DECOMP_OK) {
+    snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  rc = store_outputs(s, ctx, job, res, msg, sizeof msg);
+done:
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  const char *state = "succeeded";
+  if (rc == DECOMP_OK) {
+    /* store_outputs marked it */
+  } else if (rc == DECOMP_ERR_CANCELLED && !r.cancelled &&
+             atomic_load(&p->stopping)) {
+    state = "queued";
+    if (store_job_requeue(s, job->id) != DECOMP_OK)
+      LOG(LOG_ERROR, "worker", job->id, "event=requeue_failed error=%s",
+          log_q(store_errmsg()));
+  } else if (rc == DECOMP_ERR_CANCELLED) {
+    state = "cancelled";
+    store_job_cancelled(s, job->id);
+  } else {
+    state = "failed";
+    if (!msg[0])
+      snprintf(msg, sizeof msg, "%s", decomp_strerror(rc));
+    store_job_fail(s, job->id, rc, msg);
+  }
+  if (strcmp(state, "queued") != 0)
+    metrics_job_finished(state);
+  LOG(rc == DECOMP_OK || rc == DECOMP_ERR_CANCELLED ? LOG_INFO : LOG_WARN,
+      "worker", job->id, "event=job_end state=%s seconds=%.3f code=%s%s%s",
+      state, secs, decomp_error_code(rc), msg[0] ? " error=" : "",
+      msg[0] ? log_q(msg) : "");
+  if (res)
+    decomp_result_free(res);
+  if (pol)
+    decomp_policy_free(pol);
+  if (spec)
+    decomp_spec_free(spec);
+  decomp_weights_free(w);
+  decomp_ctx_free(ctx);
+}
+
+static void *worker_main(void *arg) {
+  worker_pool *p = arg;
+  while (!atomic_load(&p->stopping)) {
+    pthread_mutex_lock(&wake_mu);
+    unsigned long seen = wake_gen;
+    pthread_mutex_unlock(&wake_mu);
+    store_job job;
+    int rc = store_job_claim(p->s, &job);
+    if (rc == DECOMP_ERR_NOT_FOUND) {
+      wait_for_work(seen, 1000);
+      continue;
+    }
+    if (rc != DECOMP_OK) {
+      LOG(LOG_ERROR, "worker", NULL, "event=claim_failed error=%s",
+          log_q(store_errmsg()));
+      wait_for_work(seen, 1000);
+      continue;
+    }
+    run_job(p, &job);
+    store_job_clear(&job);
+  }
+  return NULL;
+}
+
+int worker_pool_start(store *s, int workers, int blas_threads,
+                      worker_pool **out) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cores < 1)
+    cores = 1;
+  if (workers <= 0)
+    workers = (int)cores;
+  if (blas_threads <= 0)
+    blas_threads = (int)(cores / workers) > 0 ? (int)(cores / workers) : 1;
+  openblas_set_num_threads(blas_threads);
+  worker_pool *p = calloc(1, sizeof *p);
+  if (!p)
+    return DECOMP_ERR_NOMEM;
+  p->threads = calloc((size_t)workers, sizeof *p->threads);
+  if (!p->threads) {
+    free(p);
+    return DECOMP_ERR_NOMEM;
+  }
+  p->s = s;
+  atomic_init(&p->stopping, false);
+  for (int i = 0; i < workers; i++) {
+    if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
+      break;
+    p->n++;
+  }
+  LOG(LOG_INFO, "worker", NULL, "event=pool_started workers=%d blas_threads=%d "
+      "cores=%ld", p->n, blas_threads, cores);
+  if (p->n == 0) {
+    free(p->threads);
+    free(p);
+    return DECOMP_ERR_INTERNAL;
+  }
+  *out = p;
+  return DECOMP_OK;
+}
+
+int worker_pool_size(const worker_pool *p) { return p ? p->n : 0; }
+
+void worker_pool_stop(worker_pool *p) {
+  if (!p)
+    return;
+  atomic_store(&p->stopping, true);
+  worker_pool_wake();
+  for (int i = 0; i < p->n; i++)
+    pthread_join(p->threads[i], NULL);
+  free(p->threads);
+  free(p);
+}

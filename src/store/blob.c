@@ -1,0 +1,288 @@
+/* blob.c — the content-addressed blob folder: DATA_DIR/blobs/sha256/ab/<hex>.
+ *
+ * A blob is written to a temp file under DATA_DIR/tmp (same file system),
+ * hashed on the fly, fsynced, then renamed into place and its folder fsynced,
+ * so a crash leaves either the whole blob or none (plus a temp file that
+ * store_open removes). Blob files are never modified after the rename. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include "store_int.h"
+
+static _Thread_local char errbuf[1024];
+
+const char *store_errmsg(void) { return errbuf; }
+
+int store_fail(int err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+  va_end(ap);
+  return err;
+}
+
+static int io_err(int e) {
+  return e == ENOSPC || e == EDQUOT ? DECOMP_ERR_DISK_FULL : DECOMP_ERR_IO;
+}
+
+static int mkdir_p(const char *path) {
+  char buf[STORE_PATH_MAX];
+  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "%s: path too long", path);
+  for (char *p = buf + 1;; p++) {
+    if (*p == '/' || *p == '\0') {
+      char c = *p;
+      *p = '\0';
+      if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+        return store_fail(io_err(errno), "mkdir %s: %s", buf, strerror(errno));
+      *p = c;
+      if (c == '\0')
+        break;
+    }
+  }
+  return DECOMP_OK;
+}
+
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return store_fail(DECOMP_ERR_IO, "open %s: %s", dir, strerror(errno));
+  int rc = fsync(fd) == 0 ? DECOMP_OK
+                          : store_fail(DECOMP_ERR_IO, "fsync %s: %s", dir,
+                                       strerror(errno));
+  close(fd);
+  return rc;
+}
+
+int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
+  if (snprintf(p->root, sizeof p->root, "%s", data_dir) >= (int)sizeof p->root ||
+      snprintf(p->blobs, sizeof p->blobs, "%s/blobs/sha256", data_dir) >=
+          (int)sizeof p->blobs ||
+      snprintf(p->tmp, sizeof p->tmp, "%s/tmp", data_dir) >=
+          (int)sizeof p->tmp ||
+      snprintf(p->db, sizeof p->db, "%s/decompd.db", data_dir) >=
+          (int)sizeof p->db)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "%s: path too long",
+                      data_dir);
+  int rc = mkdir_p(p->blobs);
+  if (rc == DECOMP_OK)
+    rc = mkdir_p(p->tmp);
+  if (rc != DECOMP_OK || !clean)
+    return rc;
+  DIR *d = opendir(p->tmp);
+  if (!d)
+    return store_fail(DECOMP_ERR_IO, "opendir %s: %s", p->tmp, strerror(errno));
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    unlinkat(dirfd(d), e->d_name, 0);
+  }
+  closedir(d);
+  return DECOMP_OK;
+}
+
+const char *store_tmp_dir(store *s) { return store_paths_of(s)->tmp; }
+
+int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
+  if (!store_digest_valid(digest))
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "bad digest");
+  const char *hex = digest + 7;
+  if (snprintf(buf, len, "%s/%.2s/%s", store_paths_of(s)->blobs, hex, hex) >=
+      (int)len)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blob path too long");
+  return DECOMP_OK;
+}
+
+int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
+  char path[STORE_PATH_MAX + 80];
+  int rc = store_blob_path(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0)
+    return store_fail(errno == ENOENT ? DECOMP_ERR_NOT_FOUND : DECOMP_ERR_IO,
+                      "blob %s: %s", digest, strerror(errno));
+  struct stat st;
+  if (fstat(f, &st) != 0) {
+    int e = errno;
+    close(f);
+    return store_fail(DECOMP_ERR_IO, "blob %s: %s", digest, strerror(e));
+  }
+  *fd = f;
+  *size = st.st_size;
+  return DECOMP_OK;
+}
+
+/* Rename `tmp` (complete and fsynced) to the blob of `digest`. */
+static int blob_place(store *s, const char *tmp, const char *digest) {
+  char dir[STORE_PATH_MAX + 8], path[STORE_PATH_MAX + 80];
+  int rc = store_blob_path(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (snprintf(dir, sizeof dir, "%s/%.2s", store_paths_of(s)->blobs,
+               digest + 7) >= (int)sizeof dir)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blob path too long");
+  if ((rc = mkdir_p(dir)) != DECOMP_OK)
+    return rc;
+  struct stat st;
+  if (stat(path, &st) == 0) { /* deduplicated: same content already there */
+    unlink(tmp);
+    return DECOMP_OK;
+  }
+  if (rename(tmp, path) != 0)
+    return store_fail(io_err(errno), "rename %s: %s", path, strerror(errno));
+  return fsync_dir(dir);
+}
+
+/* ---- uploads ---------------------------------------------------------- */
+
+struct store_upload {
+  store *s;
+  int fd;
+  int64_t size;
+  bool finished, committed;
+  store_sha256 *h;
+  char digest[STORE_DIGEST_LEN];
+  char path[STORE_PATH_MAX + 64];
+};
+
+int store_upload_begin(store *s, store_upload **out) {
+  store_upload *u = calloc(1, sizeof *u);
+  if (!u)
+    return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  u->s = s;
+  u->fd = -1;
+  u->h = store_sha256_new();
+  char name[40];
+  if (!u->h || !store_random_id("upload-", 12, name, sizeof name)) {
+    store_upload_free(u);
+    return store_fail(DECOMP_ERR_INTERNAL, "hash or random source failed");
+  }
+  if (snprintf(u->path, sizeof u->path, "%s/%s", store_paths_of(s)->tmp,
+               name) >= (int)sizeof u->path) {
+    u->path[0] = '\0';
+    store_upload_free(u);
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "temp path too long");
+  }
+  u->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (u->fd < 0) {
+    int rc = store_fail(io_err(errno), "%s: %s", u->path, strerror(errno));
+    u->path[0] = '\0';
+    store_upload_free(u);
+    return rc;
+  }
+  *out = u;
+  return DECOMP_OK;
+}
+
+int store_upload_write(store_upload *u, const void *buf, size_t len) {
+  if (u->finished)
+    return store_fail(DECOMP_ERR_INTERNAL, "upload already finished");
+  if (!store_sha256_update(u->h, buf, len))
+    return store_fail(DECOMP_ERR_INTERNAL, "sha256 update failed");
+  const char *p = buf;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t n = write(u->fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return store_fail(io_err(errno), "write %s: %s", u->path,
+                        strerror(errno));
+    }
+    p += n;
+    left -= (size_t)n;
+  }
+  u->size += (int64_t)len;
+  return DECOMP_OK;
+}
+
+int64_t store_upload_size(const store_upload *u) { return u->size; }
+const char *store_upload_path(const store_upload *u) { return u->path; }
+
+int store_upload_finish(store_upload *u, char digest[STORE_DIGEST_LEN]) {
+  if (!u->finished) {
+    if (fsync(u->fd) != 0)
+      return store_fail(io_err(errno), "fsync %s: %s", u->path,
+                        strerror(errno));
+    if (!store_sha256_final(u->h, u->digest))
+      return store_fail(DECOMP_ERR_INTERNAL, "sha256 final failed");
+    close(u->fd);
+    u->fd = -1;
+    u->finished = true;
+  }
+  memcpy(digest, u->digest, STORE_DIGEST_LEN);
+  return DECOMP_OK;
+}
+
+int store_upload_commit(store_upload *u) {
+  if (!u->finished)
+    return store_fail(DECOMP_ERR_INTERNAL, "upload not finished");
+  int rc = blob_place(u->s, u->path, u->digest);
+  if (rc == DECOMP_OK)
+    u->committed = true;
+  return rc;
+}
+
+void store_upload_free(store_upload *u) {
+  if (!u)
+    return;
+  if (u->fd >= 0)
+    close(u->fd);
+  if (!u->committed && u->path[0])
+    unlink(u->path);
+  store_sha256_free(u->h);
+  free(u);
+}
+
+int store_blob_put_file(store *s, const char *path,
+                        char digest[STORE_DIGEST_LEN], int64_t *size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return store_fail(DECOMP_ERR_IO, "%s: %s", path, strerror(errno));
+  store_sha256 *h = store_sha256_new();
+  int rc = DECOMP_OK;
+  int64_t total = 0;
+  char *buf = malloc(1 << 20);
+  if (!h || !buf) {
+    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  for (;;) {
+    ssize_t n = read(fd, buf, 1 << 20);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = store_fail(DECOMP_ERR_IO, "read %s: %s", path, strerror(errno));
+      goto done;
+    }
+    if (n == 0)
+      break;
+    store_sha256_update(h, buf, (size_t)n);
+    total += n;
+  }
+  if (fsync(fd) != 0) {
+    rc = store_fail(io_err(errno), "fsync %s: %s", path, strerror(errno));
+    goto done;
+  }
+  if (!store_sha256_final(h, digest)) {
+    rc = store_fail(DECOMP_ERR_INTERNAL, "sha256 final failed");
+    goto done;
+  }
+  rc = blob_place(s, path, digest);
+  if (rc == DECOMP_OK && size)
+    *size = total;
+done:
+  free(buf);
+  store_sha256_free(h);
+  close(fd);
+  return rc;
+}

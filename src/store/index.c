@@ -1,0 +1,1096 @@
+/* index.c — the store's index and job queue in SQLite: the only file that
+ * includes sqlite3.h.
+ *
+ * SQLite 3.40 rules we follow (DESIGN.md, "Known pitfalls"): WAL with
+ * synchronous=FULL; one writer connection, every write serialised through
+ * it in BEGIN IMMEDIATE; a reader connection per thread (made on first use,
+ * closed when the thread exits or the store closes); a job is claimed with
+ * UPDATE … RETURNING; `running` rows left by a dead process are requeued at
+ * start-up. The schema comes from migrations/ embedded at build time,
+ * applied in order under PRAGMA user_version. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "migrations.h"
+#include "queue.h"
+#include "store_int.h"
+
+struct reader {
+  sqlite3 *db;
+  store *s;
+  struct reader *next;
+};
+
+struct store {
+  store_paths paths;
+  sqlite3 *w;               /* the one writer connection */
+  pthread_mutex_t wmu;      /* serialises every write through `w` */
+  pthread_mutex_t blob_mu;  /* blob presence vs. rows (store_blob_lock) */
+  pthread_key_t rkey;       /* this thread's struct reader */
+  pthread_mutex_t rmu;      /* guards `readers` */
+  struct reader *readers;
+  int lock_fd;              /* owner's lock on DATA_DIR/decompd.lock */
+  int version;
+};
+
+const store_paths *store_paths_of(const store *s) { return &s->paths; }
+
+int64_t store_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int db_fail(sqlite3 *db, const char *what) {
+  return store_fail(DECOMP_ERR_STORE, "%s: %s", what, sqlite3_errmsg(db));
+}
+
+static int db_exec(sqlite3 *db, const char *sql) {
+  char *msg = NULL;
+  if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    int rc = store_fail(DECOMP_ERR_STORE, "%s", msg ? msg : "sqlite error");
+    sqlite3_free(msg);
+    return rc;
+  }
+  return DECOMP_OK;
+}
+
+static int db_open(const char *path, sqlite3 **out) {
+  sqlite3 *db = NULL;
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+              SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+  if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    int rc = store_fail(DECOMP_ERR_STORE, "%s: %s", path,
+                        db ? sqlite3_errmsg(db) : "cannot open");
+    sqlite3_close(db);
+    return rc;
+  }
+  sqlite3_busy_timeout(db, 10000);
+  int rc = db_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                       "PRAGMA foreign_keys=OFF;");
+  if (rc != DECOMP_OK) {
+    sqlite3_close(db);
+    return rc;
+  }
+  *out = db;
+  return DECOMP_OK;
+}
+
+/* ---- statements ------------------------------------------------------- */
+
+/* Prepare `sql` and bind arguments described by `fmt`: 's' text (NULL binds
+ * NULL), 'i' int64, 'd' double, 'n' int (C int). */
+static int vprepf(sqlite3 *db, sqlite3_stmt **st, const char *sql,
+                  const char *fmt, va_list ap) {
+  if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK)
+    return db_fail(db, "prepare");
+  int i = 1, rc = SQLITE_OK;
+  for (const char *f = fmt; *f && rc == SQLITE_OK; f++, i++) {
+    switch (*f) {
+    case 's': {
+      const char *v = va_arg(ap, const char *);
+      rc = v ? sqlite3_bind_text(*st, i, v, -1, SQLITE_TRANSIENT)
+             : sqlite3_bind_null(*st, i);
+      break;
+    }
+    case 'i':
+      rc = sqlite3_bind_int64(*st, i, va_arg(ap, int64_t));
+      break;
+    case 'n':
+      rc = sqlite3_bind_int(*st, i, va_arg(ap, int));
+      break;
+    case 'd':
+      rc = sqlite3_bind_double(*st, i, va_arg(ap, double));
+      break;
+    }
+  }
+  if (rc != SQLITE_OK) {
+    int e = db_fail(db, "bind");
+    sqlite3_finalize(*st);
+    *st = NULL;
+    return e;
+  }
+  return DECOMP_OK;
+}
+
+static int prepf(sqlite3 *db, sqlite3_stmt **st, const char *sql,
+                 const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = vprepf(db, st, sql, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t len) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  snprintf(dst, len, "%s", t ? (const char *)t : "");
+}
+
+static char *col_dup(sqlite3_stmt *st, int i) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  return t ? strdup((const char *)t) : NULL;
+}
+
+/* ---- connections ------------------------------------------------------ */
+
+static void reader_drop(void *p) {
+  struct reader *r = p;
+  store *s = r->s;
+  pthread_mutex_lock(&s->rmu);
+  for (struct reader **pp = &s->readers; *pp; pp = &(*pp)->next)
+    if (*pp == r) {
+      *pp = r->next;
+      break;
+    }
+  pthread_mutex_unlock(&s->rmu);
+  sqlite3_close(r->db);
+  free(r);
+}
+
+/* This thread's reader connection. */
+static int rdb(store *s, sqlite3 **out) {
+  struct reader *r = pthread_getspecific(s->rkey);
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    if (!r)
+      return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+    int rc = db_open(s->paths.db, &r->db);
+    if (rc == DECOMP_OK)
+      rc = db_exec(r->db, "PRAGMA query_only=1;");
+    if (rc != DECOMP_OK) {
+      sqlite3_close(r->db);
+      free(r);
+      return rc;
+    }
+    r->s = s;
+    pthread_mutex_lock(&s->rmu);
+    r->next = s->readers;
+    s->readers = r;
+    pthread_mutex_unlock(&s->rmu);
+    pthread_setspecific(s->rkey, r);
+  }
+  *out = r->db;
+  return DECOMP_OK;
+}
+
+/* Take the writer and open a write transaction. */
+static int wbegin(store *s) {
+  pthread_mutex_lock(&s->wmu);
+  int rc = db_exec(s->w, "BEGIN IMMEDIATE");
+  if (rc != DECOMP_OK)
+    pthread_mutex_unlock(&s->wmu);
+  return rc;
+}
+
+/* Commit when rc is OK, else roll back; release the writer. Returns rc (or
+ * the commit's failure). */
+static int wend(store *s, int rc) {
+  if (rc == DECOMP_OK)
+    rc = db_exec(s->w, "COMMIT");
+  if (rc != DECOMP_OK)
+    sqlite3_exec(s->w, "ROLLBACK", NULL, NULL, NULL);
+  pthread_mutex_unlock(&s->wmu);
+  return rc;
+}
+
+/* Step a prepared statement that returns no rows; finalize it. */
+static int step_done(sqlite3 *db, sqlite3_stmt *st, int *changes) {
+  int r = sqlite3_step(st);
+  int rc = DECOMP_OK;
+  if (r == SQLITE_CONSTRAINT || (r & 0xff) == SQLITE_CONSTRAINT)
+    rc = store_fail(DECOMP_ERR_CONFLICT, "%s", sqlite3_errmsg(db));
+  else if (r != SQLITE_DONE && r != SQLITE_ROW)
+    rc = db_fail(db, "step");
+  if (changes)
+    *changes = sqlite3_changes(db);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Prepare, bind (as prepf) and run one statement that returns no rows;
+ * *changes (may be NULL) gets the rows it changed. */
+static int execf(sqlite3 *db, int *changes, const char *sql, const char *fmt,
+                 ...) {
+  sqlite3_stmt *st = NULL;
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = vprepf(db, &st, sql, fmt, ap);
+  va_end(ap);
+  return rc == DECOMP_OK ? step_done(db, st, changes) : rc;
+}
+
+#define EXEC execf
+
+/* ---- open / close ----------------------------------------------------- */
+
+static int migrate(store *s) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepf(s->w, &st, "PRAGMA user_version", "");
+  if (rc != DECOMP_OK)
+    return rc;
+  int version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+  sqlite3_finalize(st);
+  if (version > STORE_MIGRATION_COUNT)
+    return store_fail(DECOMP_ERR_DB_TOO_NEW,
+                      "%s: schema version %d, this decompd knows up to %d",
+                      s->paths.db, version, STORE_MIGRATION_COUNT);
+  for (int i = version; i < STORE_MIGRATION_COUNT; i++) {
+    const store_migration *m = &STORE_MIGRATIONS[i];
+    char pragma[64];
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version=%d", m->version);
+    if ((rc = wbegin(s)) != DECOMP_OK)
+      return rc;
+    rc = db_exec(s->w, m->sql);
+    if (rc == DECOMP_OK)
+      rc = db_exec(s->w, pragma);
+    if ((rc = wend(s, rc)) != DECOMP_OK)
+      return store_fail(rc, "migration %04d_%s: %s", m->version, m->name,
+                        store_errmsg());
+  }
+  s->version = STORE_MIGRATION_COUNT;
+  return DECOMP_OK;
+}
+
+int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
+  store *s = calloc(1, sizeof *s);
+  if (!s)
+    return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  s->lock_fd = -1;
+  pthread_mutex_init(&s->wmu, NULL);
+  pthread_mutex_init(&s->blob_mu, NULL);
+  pthread_mutex_init(&s->rmu, NULL);
+  pthread_key_create(&s->rkey, reader_drop);
+  int rc = store_blob_init(data_dir, false, &s->paths);
+  if (rc != DECOMP_OK)
+    goto fail;
+  if (owner) {
+    char lock[STORE_PATH_MAX + 16];
+    snprintf(lock, sizeof lock, "%s/decompd.lock", s->paths.root);
+    s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (s->lock_fd < 0) {
+      rc = store_fail(DECOMP_ERR_IO, "%s: %s", lock, strerror(errno));
+      goto fail;
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      rc = store_fail(DECOMP_ERR_UNAVAILABLE,
+                      "%s: another decompd serves this data dir", lock);
+      goto fail;
+    }
+    if ((rc = store_blob_init(data_dir, true, &s->paths)) != DECOMP_OK)
+      goto fail;
+  }
+  if ((rc = db_open(s->paths.db, &s->w)) != DECOMP_OK)
+    goto fail;
+  if ((rc = migrate(s)) != DECOMP_OK)
+    goto fail;
+  if (owner) {
+    int n = 0, m = 0;
+    if ((rc = wbegin(s)) != DECOMP_OK)
+      goto fail;
+    int64_t now = store_now_ms();
+    rc = EXEC(s->w, &m,
+              "UPDATE jobs SET state='cancelled', finished_at=?1 "
+              "WHERE state='running' AND cancel_requested=1",
+              "i", now);
+    if (rc == DECOMP_OK)
+      rc = EXEC(s->w, &n,
+                "UPDATE jobs SET state='queued' WHERE state='running'", "");
+    if ((rc = wend(s, rc)) != DECOMP_OK)
+      goto fail;
+    if (requeued)
+      *requeued = n;
+  }
+  *out = s;
+  return DECOMP_OK;
+fail:
+  store_close(s);
+  return rc;
+}
+
+void store_close(store *s) {
+  if (!s)
+    return;
+  /* This thread's reader (and any left by threads that did not exit). */
+  while (s->readers) {
+    struct reader *r = s->readers;
+    s->readers = r->next;
+    sqlite3_close(r->db);
+    free(r);
+  }
+  pthread_setspecific(s->rkey, NULL);
+  pthread_key_delete(s->rkey);
+  if (s->w) {
+    /* A clean close checkpoints the WAL into the database file. */
+    sqlite3_close(s->w);
+  }
+  if (s->lock_fd >= 0)
+    close(s->lock_fd);
+  pthread_mutex_destroy(&s->wmu);
+  pthread_mutex_destroy(&s->blob_mu);
+  pthread_mutex_destroy(&s->rmu);
+  free(s);
+}
+
+int store_schema_version(store *s) { return s->version; }
+
+int store_ping(store *s) {
+  sqlite3 *db;
+  int rc = rdb(s, &db);
+  if (rc != DECOMP_OK)
+    return rc;
+  sqlite3_stmt *st = NULL;
+  if ((rc = prepf(db, &st, "SELECT 1", "")) != DECOMP_OK)
+    return rc;
+  rc = sqlite3_step(st) == SQLITE_ROW ? DECOMP_OK : db_fail(db, "ping");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+void store_blob_lock(store *s) { pthread_mutex_lock(&s->blob_mu); }
+void store_blob_unlock(store *s) { pthread_mutex_unlock(&s->blob_mu); }
+
+int store_blob_gc(store *s, const char *digest) {
+  sqlite3 *db = s->w;
+  pthread_mutex_lock(&s->wmu);
+  sqlite3_stmt *st = NULL;
+  int rc = prepf(db, &st,
+                 "SELECT EXISTS(SELECT 1 FROM models WHERE digest=?1) OR "
+                 "EXISTS(SELECT 1 FROM artifacts WHERE digest=?1)",
+                 "s", digest);
+  int used = 1;
+  if (rc == DECOMP_OK) {
+    used = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->wmu);
+  if (rc != DECOMP_OK || used)
+    return rc;
+  char path[STORE_PATH_MAX + 80];
+  if ((rc = store_blob_path(s, digest, path, sizeof path)) != DECOMP_OK)
+    return rc;
+  if (unlink(path) != 0 && errno != ENOENT)
+    return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
+  return DECOMP_OK;
+}
+
+/* ---- models ----------------------------------------------------------- */
+
+#define MODEL_COLS "id, digest, name, format, size, tensors, created_at"
+
+static void model_row(sqlite3_stmt *st, store_model *m) {
+  col_copy(st, 0, m->id, sizeof m->id);
+  col_copy(st, 1, m->digest, sizeof m->digest);
+  col_copy(st, 2, m->name, sizeof m->name);
+  col_copy(st, 3, m->format, sizeof m->format);
+  m->size = sqlite3_column_int64(st, 4);
+  m->tensors = sqlite3_column_int64(st, 5);
+  m->created_at = sqlite3_column_int64(st, 6);
+}
+
+int store_model_put(store *s, store_model *m, bool *created) {
+  char id[24];
+  if (!store_random_id("m_", 8, id, sizeof id))
+    return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  int n = 0;
+  rc = EXEC(s->w, &n,
+            "INSERT INTO models (" MODEL_COLS ") VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            "ssssiii", id, m->digest, m->name, m->format, m->size, m->tensors,
+            store_now_ms());
+  if (rc == DECOMP_OK) {
+    sqlite3_stmt *st = NULL;
+    rc = prepf(s->w, &st, "SELECT " MODEL_COLS " FROM models WHERE digest=?",
+               "s", m->digest);
+    if (rc == DECOMP_OK) {
+      if (sqlite3_step(st) == SQLITE_ROW)
+        model_row(st, m);
+      else
+        rc = db_fail(s->w, "model row");
+      sqlite3_finalize(st);
+    }
+  }
+  rc = wend(s, rc);
+  if (rc == DECOMP_OK)
+    *created = n > 0;
+  return rc;
+}
+
+int store_model_get(store *s, const char *id, store_model *out) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT " MODEL_COLS " FROM models WHERE id=?", "s",
+               id);
+  if (rc != DECOMP_OK)
+    return rc;
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW)
+    model_row(st, out);
+  else if (r == SQLITE_DONE)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+  else
+    rc = db_fail(db, "model get");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int store_model_list(store *s, store_model **out, size_t *n) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT " MODEL_COLS " FROM models ORDER BY created_at DESC, id",
+               "");
+  if (rc != DECOMP_OK)
+    return rc;
+  store_model *v = NULL;
+  size_t cnt = 0, cap = 0;
+  int r;
+  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 16;
+      store_model *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
+    model_row(st, &v[cnt++]);
+  }
+  if (rc == DECOMP_OK && r != SQLITE_DONE)
+    rc = db_fail(db, "model list");
+  sqlite3_finalize(st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+int store_model_delete(store *s, const char *id,
+                       char digest[STORE_DIGEST_LEN]) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  sqlite3_stmt *st = NULL;
+  rc = prepf(s->w, &st,
+             "SELECT digest, (SELECT COUNT(*) FROM jobs WHERE model_id=?1 AND "
+             "state IN ('queued','running')) FROM models WHERE id=?1",
+             "s", id);
+  if (rc == DECOMP_OK) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+      col_copy(st, 0, digest, STORE_DIGEST_LEN);
+      if (sqlite3_column_int64(st, 1) > 0)
+        rc = store_fail(DECOMP_ERR_CONFLICT,
+                        "model %s is used by a queued or running job", id);
+    } else if (r == SQLITE_DONE) {
+      rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+    } else {
+      rc = db_fail(s->w, "model delete");
+    }
+    sqlite3_finalize(st);
+  }
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
+  return wend(s, rc);
+}
+
+/* ---- artifacts -------------------------------------------------------- */
+
+static void artifact_row(sqlite3_stmt *st, store_artifact *a) {
+  col_copy(st, 0, a->name, sizeof a->name);
+  col_copy(st, 1, a->digest, sizeof a->digest);
+  a->size = sqlite3_column_int64(st, 2);
+  col_copy(st, 3, a->media_type, sizeof a->media_type);
+}
+
+int store_artifact_get(store *s, const char *job_id, const char *name,
+                       store_artifact *out) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT name, digest, size, media_type FROM artifacts "
+               "WHERE job_id=? AND name=?",
+               "ss", job_id, name);
+  if (rc != DECOMP_OK)
+    return rc;
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW)
+    artifact_row(st, out);
+  else if (r == SQLITE_DONE)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "job %s has no artifact %s", job_id,
+                    name);
+  else
+    rc = db_fail(db, "artifact get");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int store_artifact_list(store *s, const char *job_id, store_artifact **out,
+                        size_t *n) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT name, digest, size, media_type FROM artifacts "
+               "WHERE job_id=? ORDER BY name",
+               "s", job_id);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_artifact *v = calloc(8, sizeof *v);
+  size_t cnt = 0;
+  if (!v)
+    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  while (rc == DECOMP_OK && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
+    artifact_row(st, &v[cnt++]);
+  sqlite3_finalize(st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+/* ---- tokens ----------------------------------------------------------- */
+
+static const char *const ROLE_NAMES[] = {"none", "read", "submit", "admin"};
+
+const char *store_role_name(int role) {
+  return role >= 0 && role <= STORE_ROLE_ADMIN ? ROLE_NAMES[role] : "none";
+}
+
+int store_role_from_name(const char *name) {
+  for (int i = STORE_ROLE_READ; i <= STORE_ROLE_ADMIN; i++)
+    if (name && strcmp(name, ROLE_NAMES[i]) == 0)
+      return i;
+  return -1;
+}
+
+int store_token_put(store *s, const char *name, int role, const char *hash_hex,
+                    char id[24]) {
+  if (!store_random_id("t_", 4, id, 24))
+    return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "INSERT INTO tokens (id, name, role, hash, created_at) "
+            "VALUES (?,?,?,?,?)",
+            "ssssi", id, name, store_role_name(role), hash_hex,
+            store_now_ms());
+  if (rc == DECOMP_ERR_CONFLICT)
+    store_fail(rc, "a token named '%s' exists", name);
+  return wend(s, rc);
+}
+
+int store_token_any(store *s, bool *any) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT EXISTS(SELECT 1 FROM tokens)", "");
+  if (rc != DECOMP_OK)
+    return rc;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    *any = sqlite3_column_int(st, 0) != 0;
+  else
+    rc = db_fail(db, "tokens");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int store_token_role(store *s, const char *hash_hex, int *role,
+                     char name[256]) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT role, name FROM tokens WHERE hash=?", "s",
+               hash_hex);
+  if (rc != DECOMP_OK)
+    return rc;
+  *role = STORE_ROLE_NONE;
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW) {
+    *role = store_role_from_name((const char *)sqlite3_column_text(st, 0));
+    if (*role < 0)
+      *role = STORE_ROLE_NONE;
+    if (name)
+      col_copy(st, 1, name, 256);
+  } else if (r != SQLITE_DONE) {
+    rc = db_fail(db, "token");
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int store_token_delete(store *s, const char *name) {
+  int rc = wbegin(s), n = 0;
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, &n, "DELETE FROM tokens WHERE name=?", "s", name);
+  if (rc == DECOMP_OK && n == 0)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no token named '%s'", name);
+  return wend(s, rc);
+}
+
+int store_token_list(store *s, store_token **out, size_t *n) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT id, name, role, created_at FROM tokens ORDER BY name",
+               "");
+  if (rc != DECOMP_OK)
+    return rc;
+  store_token *v = NULL;
+  size_t cnt = 0, cap = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 8;
+      store_token *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
+    store_token *t = &v[cnt++];
+    col_copy(st, 0, t->id, sizeof t->id);
+    col_copy(st, 1, t->name, sizeof t->name);
+    t->role = store_role_from_name((const char *)sqlite3_column_text(st, 2));
+    t->created_at = sqlite3_column_int64(st, 3);
+  }
+  sqlite3_finalize(st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+static const char *const STATE_NAMES[STORE_JOB_STATE_COUNT] = {
+    "queued", "running", "succeeded", "failed", "cancelled"};
+
+const char *store_job_state_name(int state) {
+  return state >= 0 && state < STORE_JOB_STATE_COUNT ? STATE_NAMES[state]
+                                                     : "unknown";
+}
+
+int store_job_state_from_name(const char *name) {
+  for (int i = 0; i < STORE_JOB_STATE_COUNT; i++)
+    if (name && strcmp(name, STATE_NAMES[i]) == 0)
+      return i;
+  return -1;
+}
+
+void store_job_clear(store_job *j) {
+  if (!j)
+    return;
+  free(j->error_message);
+  free(j->spec);
+  free(j->policy);
+  j->error_message = j->spec = j->policy = NULL;
+}
+
+#define JOB_COLS                                                               \
+  "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
+  "layers_done, error_code, error_message, created_at, "                       \
+  "COALESCE(started_at, 0), COALESCE(finished_at, 0)"
+#define JOB_COLS_SPEC JOB_COLS ", spec, policy"
+
+static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
+  memset(j, 0, sizeof *j);
+  j->seq = sqlite3_column_int64(st, 0);
+  col_copy(st, 1, j->id, sizeof j->id);
+  col_copy(st, 2, j->model_id, sizeof j->model_id);
+  j->state = store_job_state_from_name((const char *)sqlite3_column_text(st, 3));
+  j->cancel_requested = sqlite3_column_int(st, 4) != 0;
+  j->attempts = sqlite3_column_int(st, 5);
+  j->layers_total = sqlite3_column_int64(st, 6);
+  j->layers_done = sqlite3_column_int64(st, 7);
+  col_copy(st, 8, j->error_code, sizeof j->error_code);
+  j->error_message = col_dup(st, 9);
+  j->created_at = sqlite3_column_int64(st, 10);
+  j->started_at = sqlite3_column_int64(st, 11);
+  j->finished_at = sqlite3_column_int64(st, 12);
+  if (with_spec) {
+    j->spec = col_dup(st, 13);
+    j->policy = col_dup(st, 14);
+  }
+}
+
+/* Read one job through `db` (reader or the writer inside a transaction). */
+static int job_read(sqlite3 *db, const char *sql, const char *key,
+                    bool with_spec, store_job *out) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepf(db, &st, sql, "s", key);
+  if (rc != DECOMP_OK)
+    return rc;
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW)
+    job_row(st, out, with_spec);
+  else if (r == SQLITE_DONE)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no job %s", key);
+  else
+    rc = db_fail(db, "job");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int store_job_submit(store *s, const char *request_key, store_job *j,
+                     bool *created) {
+  char id[24];
+  if (!store_random_id("j_", 8, id, sizeof id))
+    return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
+  int rc = wbegin(s), n = 0;
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, &n,
+            "INSERT INTO jobs (id, model_id, request_key, spec, policy, state, "
+            "created_at) VALUES (?,?,?,?,?,'queued',?) "
+            "ON CONFLICT (request_key) DO NOTHING",
+            "sssssi", id, j->model_id, request_key, j->spec, j->policy,
+            store_now_ms());
+  store_job row;
+  if (rc == DECOMP_OK)
+    rc = job_read(s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
+                  request_key, true, &row);
+  rc = wend(s, rc);
+  if (rc != DECOMP_OK)
+    return rc;
+  *j = row;
+  *created = n > 0;
+  return DECOMP_OK;
+}
+
+int store_job_get(store *s, const char *id, bool with_spec, store_job *out) {
+  sqlite3 *db;
+  int rc = rdb(s, &db);
+  if (rc != DECOMP_OK)
+    return rc;
+  return job_read(db,
+                  with_spec ? "SELECT " JOB_COLS_SPEC " FROM jobs WHERE id=?"
+                            : "SELECT " JOB_COLS " FROM jobs WHERE id=?",
+                  id, with_spec, out);
+}
+
+int store_job_list(store *s, int state, int64_t before, int limit,
+                   store_job **out, size_t *n) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT " JOB_COLS " FROM jobs WHERE (?1 < 0 OR state=?2) "
+               "AND (?3 = 0 OR seq < ?3) ORDER BY seq DESC LIMIT ?4",
+               "nsin", state, store_job_state_name(state), before, limit);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_job *v = calloc(limit > 0 ? (size_t)limit : 1, sizeof *v);
+  size_t cnt = 0;
+  if (!v)
+    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  int r = SQLITE_DONE;
+  while (rc == DECOMP_OK && cnt < (size_t)limit &&
+         (r = sqlite3_step(st)) == SQLITE_ROW)
+    job_row(st, &v[cnt++], false);
+  if (rc == DECOMP_OK && r != SQLITE_DONE && r != SQLITE_ROW)
+    rc = db_fail(db, "job list");
+  sqlite3_finalize(st);
+  if (rc != DECOMP_OK) {
+    for (size_t i = 0; i < cnt; i++)
+      store_job_clear(&v[i]);
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+int store_job_layers(store *s, const char *job_id, store_job_layer **out,
+                     size_t *n) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st,
+               "SELECT idx, name, rank, max_rank, seconds, "
+               "COALESCE(skip_reason, '') FROM job_layers WHERE job_id=? "
+               "ORDER BY idx",
+               "s", job_id);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_job_layer *v = NULL;
+  size_t cnt = 0, cap = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 32;
+      store_job_layer *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
+    store_job_layer *l = &v[cnt++];
+    l->index = sqlite3_column_int64(st, 0);
+    col_copy(st, 1, l->name, sizeof l->name);
+    l->rank = sqlite3_column_int64(st, 2);
+    l->max_rank = sqlite3_column_int64(st, 3);
+    l->seconds = sqlite3_column_double(st, 4);
+    col_copy(st, 5, l->skip_reason, sizeof l->skip_reason);
+  }
+  sqlite3_finalize(st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT state, COUNT(*) FROM jobs GROUP BY state", "");
+  if (rc != DECOMP_OK)
+    return rc;
+  for (int i = 0; i < STORE_JOB_STATE_COUNT; i++)
+    counts[i] = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    int k = store_job_state_from_name((const char *)sqlite3_column_text(st, 0));
+    if (k >= 0)
+      counts[k] = sqlite3_column_int64(st, 1);
+  }
+  sqlite3_finalize(st);
+  return DECOMP_OK;
+}
+
+int store_job_claim(store *s, store_job *out) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  sqlite3_stmt *st = NULL;
+  rc = prepf(s->w, &st,
+             "UPDATE jobs SET state='running', attempts=attempts+1, "
+             "started_at=?1, layers_done=0, error_code=NULL, "
+             "error_message=NULL WHERE seq = (SELECT seq FROM jobs WHERE "
+             "state='queued' ORDER BY seq LIMIT 1) RETURNING " JOB_COLS_SPEC,
+             "i", store_now_ms());
+  if (rc == DECOMP_OK) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+      job_row(st, out, true);
+      /* Drain RETURNING so the UPDATE completes before the finalize. */
+      while (sqlite3_step(st) == SQLITE_ROW)
+        ;
+    } else if (r == SQLITE_DONE) {
+      rc = DECOMP_ERR_NOT_FOUND;
+    } else {
+      rc = db_fail(s->w, "claim");
+    }
+    sqlite3_finalize(st);
+  }
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s",
+              out->id);
+  if (rc == DECOMP_ERR_NOT_FOUND) {
+    wend(s, DECOMP_OK);
+    return DECOMP_ERR_NOT_FOUND;
+  }
+  rc = wend(s, rc);
+  if (rc != DECOMP_OK)
+    store_job_clear(out);
+  return rc;
+}
+
+int store_job_progress(store *s, const char *job_id, int64_t total,
+                    const store_job_layer *l) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "INSERT OR REPLACE INTO job_layers (job_id, idx, name, rank, "
+            "max_rank, seconds, skip_reason) VALUES (?,?,?,?,?,?,?)",
+            "sisiids", job_id, l->index, l->name, l->rank, l->max_rank,
+            l->seconds, l->skip_reason[0] ? l->skip_reason : NULL);
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL,
+              "UPDATE jobs SET layers_total=?2, layers_done=(SELECT COUNT(*) "
+              "FROM job_layers WHERE job_id=?1) WHERE id=?1",
+              "si", job_id, total);
+  return wend(s, rc);
+}
+
+int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT cancel_requested FROM jobs WHERE id=?", "s",
+               job_id);
+  if (rc != DECOMP_OK)
+    return rc;
+  /* A deleted row counts as cancelled. */
+  *yes = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) != 0 : true;
+  sqlite3_finalize(st);
+  return DECOMP_OK;
+}
+
+int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
+                      size_t n) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++)
+    rc = EXEC(s->w, NULL,
+              "INSERT OR REPLACE INTO artifacts (job_id, name, digest, size, "
+              "media_type) VALUES (?,?,?,?,?)",
+              "sssis", job_id, a[i].name, a[i].digest, a[i].size,
+              a[i].media_type);
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL,
+              "UPDATE jobs SET state='succeeded', finished_at=? WHERE id=? "
+              "AND state='running'",
+              "is", store_now_ms(), job_id);
+  return wend(s, rc);
+}
+
+int store_job_fail(store *s, const char *job_id, int err, const char *message) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "UPDATE jobs SET state='failed', finished_at=?, error_code=?, "
+            "error_message=? WHERE id=? AND state='running'",
+            "isss", store_now_ms(), decomp_error_code(err), message, job_id);
+  return wend(s, rc);
+}
+
+int store_job_cancelled(store *s, const char *job_id) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "UPDATE jobs SET state='cancelled', finished_at=? WHERE id=? AND "
+            "state='running'",
+            "is", store_now_ms(), job_id);
+  return wend(s, rc);
+}
+
+int store_job_requeue(store *s, const char *job_id) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "UPDATE jobs SET state='queued' WHERE id=? AND state='running'",
+            "s", job_id);
+  return wend(s, rc);
+}
+
+int store_job_cancel(store *s, const char *id, store_job *out) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_job j;
+  rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+                &j);
+  if (rc == DECOMP_OK) {
+    if (j.state == STORE_JOB_QUEUED)
+      rc = EXEC(s->w, NULL,
+                "UPDATE jobs SET state='cancelled', cancel_requested=1, "
+                "finished_at=? WHERE id=?",
+                "is", store_now_ms(), id);
+    else if (j.state == STORE_JOB_RUNNING)
+      rc = EXEC(s->w, NULL, "UPDATE jobs SET cancel_requested=1 WHERE id=?",
+                "s", id);
+    else if (j.state != STORE_JOB_CANCELLED)
+      rc = store_fail(DECOMP_ERR_CONFLICT, "job %s has already %s", id,
+                      store_job_state_name(j.state));
+    store_job_clear(&j);
+  }
+  if (rc == DECOMP_OK)
+    rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+                  out);
+  return wend(s, rc);
+}
+
+int store_job_delete(store *s, const char *id,
+                     char (**digests)[STORE_DIGEST_LEN], size_t *n) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_job j;
+  char(*v)[STORE_DIGEST_LEN] = NULL;
+  size_t cnt = 0;
+  rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+                &j);
+  if (rc == DECOMP_OK) {
+    if (j.state == STORE_JOB_QUEUED || j.state == STORE_JOB_RUNNING)
+      rc = store_fail(DECOMP_ERR_CONFLICT, "job %s is %s; cancel it first", id,
+                      store_job_state_name(j.state));
+    store_job_clear(&j);
+  }
+  if (rc == DECOMP_OK) {
+    sqlite3_stmt *st = NULL;
+    rc = prepf(s->w, &st, "SELECT digest FROM artifacts WHERE job_id=?", "s",
+               id);
+    if (rc == DECOMP_OK) {
+      v = calloc(8, sizeof *v);
+      while (v && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
+        col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
+      sqlite3_finalize(st);
+      if (!v)
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+    }
+  }
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM artifacts WHERE job_id=?", "s", id);
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s", id);
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM jobs WHERE id=?", "s", id);
+  rc = wend(s, rc);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *digests = v;
+  *n = cnt;
+  return DECOMP_OK;
+}

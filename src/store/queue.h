@@ -1,0 +1,94 @@
+/* queue.h — the persisted job queue, on the same handle as the store.
+ *
+ * A job moves queued → running → succeeded | failed | cancelled. Workers
+ * claim the oldest queued job atomically (store_job_claim), report each layer
+ * (store_job_progress), and finish it (store_job_succeed/fail/cancelled) or put
+ * it back (store_job_requeue) when the daemon stops. store_open() requeues
+ * jobs a dead process left running. Same conventions as store.h.
+ */
+#ifndef DECOMPD_STORE_QUEUE_H
+#define DECOMPD_STORE_QUEUE_H
+
+#include "store.h"
+
+enum store_job_state {
+  STORE_JOB_QUEUED = 0,
+  STORE_JOB_RUNNING = 1,
+  STORE_JOB_SUCCEEDED = 2,
+  STORE_JOB_FAILED = 3,
+  STORE_JOB_CANCELLED = 4,
+};
+#define STORE_JOB_STATE_COUNT 5
+const char *store_job_state_name(int state);
+int store_job_state_from_name(const char *name); /* -1 when unknown */
+
+typedef struct store_job {
+  int64_t seq;              /* queue order; the list cursor */
+  char id[24];              /* "j_" + 16 hex */
+  char model_id[24];
+  int state;                /* STORE_JOB_* */
+  bool cancel_requested;
+  int attempts;             /* times a worker claimed it */
+  int64_t layers_total, layers_done;
+  char error_code[48];      /* decomp_error_code() of a failure, or "" */
+  char *error_message;      /* owned; NULL when none */
+  char *spec;               /* owned; canonical spec JSON (with spec) */
+  char *policy;             /* owned; canonical policy JSON (with spec) */
+  int64_t created_at, started_at, finished_at; /* Unix ms; 0 = not yet */
+} store_job;
+
+/* Free the owned strings of `j` (not `j` itself). */
+void store_job_clear(store_job *j);
+
+typedef struct store_job_layer {
+  int64_t index;
+  char name[256];
+  int64_t rank, max_rank;   /* rank 0: left alone */
+  double seconds;
+  char skip_reason[256];    /* "" when decomposed */
+} store_job_layer;
+
+/* Queue a job unless one with the same `request_key` exists: *created says
+ * which; `j` is filled with the stored row (id made here). `j->spec` and
+ * `j->policy` are borrowed on input and replaced by owned copies. */
+int store_job_submit(store *s, const char *request_key, store_job *j,
+                     bool *created);
+/* `with_spec`: also load spec and policy texts. */
+int store_job_get(store *s, const char *id, bool with_spec, store_job *out);
+/* Jobs newest first, `state` < 0 for all, seq < `before` (0: from the top),
+ * at most `limit`; *out (free each with store_job_clear, then free()). */
+int store_job_list(store *s, int state, int64_t before, int limit,
+                   store_job **out, size_t *n);
+int store_job_layers(store *s, const char *job_id, store_job_layer **out,
+                     size_t *n);
+/* Counts of jobs by state (for metrics). */
+int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]);
+
+/* Claim the oldest queued job: it becomes running (attempts + 1, its old
+ * layer rows dropped). DECOMP_ERR_NOT_FOUND when the queue is empty. */
+int store_job_claim(store *s, store_job *out);
+/* Record a finished layer and bump layers_done; sets layers_total. */
+int store_job_progress(store *s, const char *job_id, int64_t total,
+                    const store_job_layer *l);
+/* Whether cancellation was asked for. */
+int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
+/* Finish a running job with its artifacts (blobs already committed; call
+ * with store_blob_lock() held). */
+int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
+                      size_t n);
+int store_job_fail(store *s, const char *job_id, int err, const char *message);
+int store_job_cancelled(store *s, const char *job_id);
+/* Put a running job back in the queue (the daemon is stopping). */
+int store_job_requeue(store *s, const char *job_id);
+
+/* Ask to cancel: a queued job becomes cancelled at once, a running one is
+ * flagged for its worker. DECOMP_ERR_CONFLICT for a finished job. `out` gets
+ * the row after the change. */
+int store_job_cancel(store *s, const char *id, store_job *out);
+/* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
+ * while queued or running. The artifacts' digests are returned (*digests,
+ * free()) for store_blob_gc(). */
+int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
+                     size_t *n);
+
+#endif

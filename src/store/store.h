@@ -1,0 +1,158 @@
+/* store.h — decompd's artifact store: content-addressed blobs plus the index
+ * of models, job artifacts and API tokens.
+ *
+ * This is the narrow interface the server codes against. The embedded
+ * implementation keeps blobs under DATA_DIR/blobs/sha256/ab/abcd… (blob.c)
+ * and the index in SQLite (index.c); a PostgreSQL + S3 deployment would be a
+ * second pair of files behind the same functions. The job queue lives in
+ * queue.h on the same handle.
+ *
+ * Fallible functions return a decomp_error code (DECOMP_OK on success); the
+ * detail of the last failure on the calling thread is store_errmsg(). The
+ * handle is thread-safe: writes go through one writer connection, each
+ * thread reads through its own connection.
+ */
+#ifndef DECOMPD_STORE_STORE_H
+#define DECOMPD_STORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "decomp/errors.h"
+#include "digest.h"
+
+typedef struct store store;
+
+/* Open (creating when needed) the store under `data_dir`: the folders, the
+ * database, the migrations in order (DECOMP_ERR_DB_TOO_NEW for a schema newer
+ * than this binary). An `owner` (the serving daemon; one per DATA_DIR, held
+ * by a lock file, DECOMP_ERR_UNAVAILABLE if another has it) also removes
+ * leftovers of uploads cut short and puts jobs a dead process left `running`
+ * back in the queue (`requeued` says how many; may be NULL). Tools such as
+ * `decompd token` open without owning. */
+int store_open(const char *data_dir, bool owner, store **out, int *requeued);
+/* Close everything (every thread's reader connection too); NULL is fine.
+ * Call after every thread using the store has stopped. */
+void store_close(store *s);
+
+/* The detail of the last failure on this thread ("" when none). */
+const char *store_errmsg(void);
+
+/* Schema version of the open database. */
+int store_schema_version(store *s);
+/* Cheap liveness check of the index (for /readyz). */
+int store_ping(store *s);
+
+/* Unix time in milliseconds. */
+int64_t store_now_ms(void);
+
+/* ---- blobs ------------------------------------------------------------ */
+
+/* An upload in progress: a temp file under DATA_DIR/tmp, hashed on the fly. */
+typedef struct store_upload store_upload;
+
+int store_upload_begin(store *s, store_upload **out);
+/* Append bytes (hashing them). */
+int store_upload_write(store_upload *u, const void *buf, size_t len);
+int64_t store_upload_size(const store_upload *u);
+/* fsync the temp file and compute the digest; the file can then be read at
+ * store_upload_path() (to validate it) before it is committed. */
+int store_upload_finish(store_upload *u, char digest[STORE_DIGEST_LEN]);
+const char *store_upload_path(const store_upload *u);
+/* Move the finished temp file into the blob folder (rename + fsync of the
+ * folder); if the blob exists already the temp file is dropped. Call with
+ * store_blob_lock() held, together with the row that references it. */
+int store_upload_commit(store_upload *u);
+/* Drop the temp file and free; accepts NULL and committed uploads. */
+void store_upload_free(store_upload *u);
+
+/* Hash an existing file (written by a worker under store_tmp_dir()) and move
+ * it into the blob folder, as an upload would. */
+int store_blob_put_file(store *s, const char *path,
+                        char digest[STORE_DIGEST_LEN], int64_t *size);
+
+/* Open a blob read-only (O_CLOEXEC); *size its length. */
+int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);
+/* The blob's path (for readers that map it). */
+int store_blob_path(store *s, const char *digest, char *buf, size_t len);
+/* Remove the blob when no model or artifact row refers to it any more. Call
+ * with store_blob_lock() held. */
+int store_blob_gc(store *s, const char *digest);
+/* Serialises "blob exists + row refers to it" against garbage collection. */
+void store_blob_lock(store *s);
+void store_blob_unlock(store *s);
+
+/* A folder for temp files on the same file system as the blobs. */
+const char *store_tmp_dir(store *s);
+
+/* ---- models ----------------------------------------------------------- */
+
+typedef struct store_model {
+  char id[24];                    /* "m_" + 16 hex */
+  char digest[STORE_DIGEST_LEN];  /* blob of the weight file */
+  char name[256];                 /* given at upload; may be "" */
+  char format[16];                /* "pth", "safetensors" */
+  int64_t size;                   /* bytes */
+  int64_t tensors;                /* tensors in the state dict */
+  int64_t created_at;             /* Unix ms */
+} store_model;
+
+/* Insert a model for `m->digest` unless one exists: *created says which; `m`
+ * is filled with the stored row either way (its id made here). */
+int store_model_put(store *s, store_model *m, bool *created);
+/* DECOMP_ERR_NOT_FOUND when there is no such model. */
+int store_model_get(store *s, const char *id, store_model *out);
+/* Models newest first; *out (free()) holds *n rows. */
+int store_model_list(store *s, store_model **out, size_t *n);
+/* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
+ * it. The caller collects the blob with store_blob_gc(). */
+int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN]);
+
+/* ---- artifacts -------------------------------------------------------- */
+
+typedef struct store_artifact {
+  char name[64];                  /* decomposed_weights.pth, … */
+  char digest[STORE_DIGEST_LEN];
+  int64_t size;
+  char media_type[64];
+} store_artifact;
+
+int store_artifact_get(store *s, const char *job_id, const char *name,
+                       store_artifact *out);
+/* A job's artifacts; *out (free()) holds *n rows. */
+int store_artifact_list(store *s, const char *job_id, store_artifact **out,
+                        size_t *n);
+
+/* ---- tokens ----------------------------------------------------------- */
+
+enum store_role {
+  STORE_ROLE_NONE = 0,
+  STORE_ROLE_READ = 1,
+  STORE_ROLE_SUBMIT = 2,
+  STORE_ROLE_ADMIN = 3,
+};
+const char *store_role_name(int role);
+int store_role_from_name(const char *name); /* -1 when unknown */
+
+/* Store a token by its SHA-256 (hex); DECOMP_ERR_CONFLICT if the name is
+ * taken. *id gets the token's id. */
+int store_token_put(store *s, const char *name, int role, const char *hash_hex,
+                    char id[24]);
+/* Whether any token exists (then every API route needs one). */
+int store_token_any(store *s, bool *any);
+/* The role of the token whose SHA-256 is `hash_hex`, or STORE_ROLE_NONE. */
+int store_token_role(store *s, const char *hash_hex, int *role,
+                     char name[256]);
+/* Remove a token by name; DECOMP_ERR_NOT_FOUND when none. */
+int store_token_delete(store *s, const char *name);
+
+typedef struct store_token {
+  char id[24];
+  char name[256];
+  int role;
+  int64_t created_at;
+} store_token;
+int store_token_list(store *s, store_token **out, size_t *n);
+
+#endif

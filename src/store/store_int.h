@@ -1,0 +1,27 @@
+/* store_int.h — what blob.c and index.c share inside the store and no one
+ * outside sees: the folder layout and the thread's error message. */
+#ifndef DECOMPD_STORE_INT_H
+#define DECOMPD_STORE_INT_H
+
+#include "store.h"
+
+#define STORE_PATH_MAX 4096
+
+typedef struct store_paths {
+  char root[STORE_PATH_MAX];  /* DATA_DIR */
+  char blobs[STORE_PATH_MAX]; /* DATA_DIR/blobs/sha256 */
+  char tmp[STORE_PATH_MAX];   /* DATA_DIR/tmp: uploads and job outputs */
+  char db[STORE_PATH_MAX];    /* DATA_DIR/decompd.db */
+} store_paths;
+
+const store_paths *store_paths_of(const store *s);
+
+/* Record the thread's failure detail and return `err`. */
+int store_fail(int err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Make the folders; with `clean`, empty the temp folder (uploads cut short
+ * by a crash leave their temp files there; nothing else does). */
+int store_blob_init(const char *data_dir, bool clean, store_paths *p);
+
+#endif
