@@ -205,6 +205,7 @@ int zip_open(decomp_ctx *ctx, const void *vbuf, size_t len, zip_archive *out) {
     const unsigned char *c = b + p;
     e->flags = rd16(c + 8);
     e->method = rd16(c + 10);
+    e->crc = rd32(c + 16);
     uint32_t csize = rd32(c + 20), size = rd32(c + 24);
     uint16_t nlen = rd16(c + 28), xlen = rd16(c + 30), clen = rd16(c + 32);
     uint32_t lho = rd32(c + 42);

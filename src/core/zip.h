@@ -23,6 +23,7 @@ typedef struct zip_entry {
   size_t name_len;
   uint16_t method;        /* 0 stored, 8 deflate, … */
   uint16_t flags;
+  uint32_t crc;           /* as declared; never checked on reading */
   uint64_t size;          /* uncompressed size */
   uint64_t csize;         /* size of the data in the file */
   uint64_t header_offset; /* local header */
