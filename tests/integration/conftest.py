@@ -1,0 +1,194 @@
+"""Shared harness for decompd's integration tests.
+
+Each test starts the real daemon binary (DECOMPD_BIN) on an ephemeral
+loopback port (--listen 127.0.0.1:0; the bound port is read from the
+`event=listening` log line) with a temporary data dir, and talks to it with
+http.client only.
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+BIN = os.environ.get("DECOMPD_BIN", "")
+SOURCE_DIR = os.environ.get(
+    "DECOMPD_SOURCE_DIR",
+    os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+
+class Daemon:
+    """One decompd process over a data dir; restartable."""
+
+    def __init__(self, data_dir, args=(), env=None):
+        self.data_dir = str(data_dir)
+        self.args = list(args)
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.log_path = os.path.join(os.path.dirname(self.data_dir),
+                                     os.path.basename(self.data_dir) + ".log")
+        self.proc = None
+        self.port = None
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, timeout=30):
+        assert BIN and os.path.exists(BIN), "DECOMPD_BIN not set"
+        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [BIN, "--data-dir", self.data_dir, "--listen", "127.0.0.1:0"] + self.args,
+            stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+        log.close()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                m = re.search(rb"event=listening addr=127\.0\.0\.1:(\d+)", f.read())
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("decompd exited %s:\n%s" % (self.proc.returncode, self.log()))
+            time.sleep(0.05)
+        raise RuntimeError("decompd did not start:\n" + self.log())
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        rc = self.proc.returncode if self.proc else None
+        self.proc = None
+        return rc
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def log(self):
+        try:
+            with open(self.log_path, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def run_cli(self, *args, check=True):
+        """Run `decompd ARGS --data-dir DIR` (admin verbs)."""
+        r = subprocess.run([BIN] + list(args) + ["--data-dir", self.data_dir],
+                           capture_output=True, text=True, env=self.env, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError("decompd %s: %s" % (" ".join(args), r.stderr))
+        return r
+
+    # -- HTTP -------------------------------------------------------------
+    def conn(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, token=None, timeout=120):
+        """(status, headers dict with lower-case names, body bytes)."""
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = "Bearer " + token
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        c = self.conn(timeout)
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def json(self, method, path, body=None, token=None, expect=None, headers=None):
+        status, hdrs, data = self.request(method, path, body, token=token, headers=headers)
+        doc = json.loads(data) if data else None
+        if expect is not None:
+            assert status == expect, "%s %s: %d %s" % (method, path, status, data[:500])
+        return status, doc
+
+    def upload(self, data, name="", token=None):
+        path = "/v1/models" + ("?name=" + name if name else "")
+        return self.json("POST", path, body=data, token=token,
+                         headers={"Content-Type": "application/octet-stream"})
+
+    def wait_job(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=300,
+                 token=None):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            _, j = self.json("GET", "/v1/jobs/" + job_id, token=token, expect=200)
+            if j["state"] in states:
+                return j
+            time.sleep(0.1)
+        raise AssertionError("job %s still %s:\n%s" % (job_id, j["state"], self.log()[-4000:]))
+
+
+def assert_problem(status, hdrs, body, want_status, want_code):
+    assert status == want_status, (status, body[:400])
+    assert hdrs.get("content-type", "").startswith("application/problem+json"), hdrs
+    doc = json.loads(body)
+    for k in ("type", "title", "status", "detail", "code"):
+        assert k in doc, (k, doc)
+    assert doc["status"] == want_status and doc["code"] == want_code, doc
+    return doc
+
+
+def conv_spec(model):
+    """The layer spec of a live module (what the Python package makes)."""
+    import torch
+    layers = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            layers.append({
+                "name": name, "type": "Conv2d",
+                "in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+                "dilation": list(m.dilation), "groups": m.groups,
+                "bias": m.bias is not None, "padding_mode": m.padding_mode})
+    return {"layers": layers}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    made = []
+
+    def make(args=(), env=None, name="var"):
+        d = Daemon(tmp_path / name, args, env)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        if d.proc is not None:
+            d.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory().start()
