@@ -1,0 +1,140 @@
+"""Bad input gets a 4xx application/problem+json with its stable code, leaves
+nothing behind, and the daemon serves the next request."""
+import io
+import os
+import socket
+
+import torch
+
+from conftest import assert_problem, conv_spec
+
+
+def stored_files(daemon):
+    out = []
+    for sub in ("blobs", "tmp"):
+        for root, _, files in os.walk(os.path.join(daemon.data_dir, sub)):
+            out += [os.path.join(root, f) for f in files]
+    return out
+
+
+def still_serving(daemon):
+    status, doc = daemon.json("GET", "/healthz")
+    assert status == 200 and doc == {"status": "ok"}
+
+
+def small_model_pth():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return net, buf.getvalue()
+
+
+def test_not_a_weight_file(daemon):
+    status, hdrs, body = daemon.request("POST", "/v1/models", body=b"hello, not weights" * 100)
+    assert_problem(status, hdrs, body, 422, "unknown_format")
+    status, hdrs, body = daemon.request("POST", "/v1/models", body=b"")
+    assert_problem(status, hdrs, body, 422, "unknown_format")
+    assert stored_files(daemon) == []
+    assert daemon.json("GET", "/v1/models")[1] == {"models": []}
+    still_serving(daemon)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch " + self.marker,))
+
+
+def test_pickle_calling_os_system_has_no_effect(daemon, tmp_path):
+    marker = str(tmp_path / "pwned")
+    buf = io.BytesIO()
+    torch.save({"conv.weight": torch.zeros(2, 2, 3, 3), "x": Evil(marker)}, buf)
+    status, hdrs, body = daemon.request("POST", "/v1/models", body=buf.getvalue())
+    doc = assert_problem(status, hdrs, body, 422, "forbidden_global")
+    assert "system" in doc["detail"], doc
+    assert not os.path.exists(marker)
+    assert stored_files(daemon) == []
+    still_serving(daemon)
+
+
+def test_upload_over_limit_is_refused_before_the_body(daemon_factory):
+    d = daemon_factory(args=["--max-upload-bytes", "1M"]).start()
+    # Declare 10 GiB and send no body at all: the answer must come anyway.
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s.sendall(b"POST /v1/models HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/octet-stream\r\n"
+              b"Content-Length: 10737418240\r\n\r\n")
+    resp = b""
+    while b"\r\n\r\n" not in resp or not resp.rstrip().endswith(b"}"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        resp += chunk
+    s.close()
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"application/problem+json" in head
+    assert b'"code":"payload_too_large"' in body
+    # just over the limit with a real body: 413 too, nothing kept
+    status, hdrs, body = d.request("POST", "/v1/models", body=b"\0" * (1024 * 1024 + 1))
+    assert_problem(status, hdrs, body, 413, "payload_too_large")
+    assert stored_files(d) == []
+    still_serving(d)
+
+
+def test_bad_job_submissions(daemon):
+    net, data = small_model_pth()
+    status, m = daemon.upload(data)
+    assert status == 201
+    spec = conv_spec(net)
+    cases = [
+        (b"{not json", 400, "bad_json"),
+        (b"[1, 2]", 400, "bad_request"),
+        ({"model": m["id"], "spec": spec, "colour": "red"}, 400, "bad_request"),
+        ({"spec": spec}, 400, "bad_request"),
+        ({"model": "m_0000000000000000", "spec": spec}, 404, "not_found"),
+        ({"model": m["id"]}, 400, "bad_spec"),
+        ({"model": m["id"], "spec": {"layers": [{"name": "0", "type": "Conv2d"}]}},
+         400, "bad_spec"),
+        ({"model": m["id"], "spec": spec, "policy": "no_such_policy"}, 400, "bad_policy"),
+        ({"model": m["id"], "spec": spec, "policy": {"name": "energy", "energy": 7}},
+         400, "bad_policy"),
+        ({"model": m["id"], "spec": {"layers": [dict(spec["layers"][0], out_channels=64)]}},
+         422, "spec_mismatch"),
+    ]
+    for body, want_status, want_code in cases:
+        status, hdrs, data = daemon.request("POST", "/v1/jobs", body=body)
+        assert_problem(status, hdrs, data, want_status, want_code)
+        still_serving(daemon)
+    assert daemon.json("GET", "/v1/jobs")[1]["jobs"] == []
+
+
+def test_unknown_ids_routes_and_methods(daemon):
+    for path in ("/v1/models/m_nope", "/v1/jobs/j_nope", "/v1/jobs/j_nope/artifacts/decompose_info.json",
+                 "/v1/jobs/j_nope/artifacts/etc_passwd", "/v1/nothing", "/"):
+        status, hdrs, body = daemon.request("GET", path)
+        assert_problem(status, hdrs, body, 404, "not_found")
+    status, hdrs, body = daemon.request("PUT", "/v1/jobs", body=b"{}")
+    doc = assert_problem(status, hdrs, body, 405, "method_not_allowed")
+    assert "GET" in hdrs["allow"] and "POST" in hdrs["allow"], hdrs
+    for q in ("state=sleeping", "limit=0", "limit=abc", "cursor=-3"):
+        status, hdrs, body = daemon.request("GET", "/v1/jobs?" + q)
+        assert_problem(status, hdrs, body, 400, "bad_request")
+    status, hdrs, body = daemon.request("POST", "/v1/jobs/j_nope/cancel")
+    assert_problem(status, hdrs, body, 404, "not_found")
+    still_serving(daemon)
+
+
+def test_torchscript_is_refused_for_now(daemon):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(net), buf)
+    status, hdrs, body = daemon.request("POST", "/v1/models", body=buf.getvalue())
+    assert status == 422, body
+    doc = assert_problem(status, hdrs, body, 422, "torchscript_unsupported")
+    assert doc
+    assert stored_files(daemon) == []
+    still_serving(daemon)
