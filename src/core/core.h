@@ -197,8 +197,9 @@ const char *core_order_name(core_order o);
 typedef struct core_info_layer {
   const decomp_layer *layer;
   bool is_conv;            /* type is "Conv2d" */
-  bool has_view;           /* `view` is filled (core_layer_view_init ok) */
-  core_layer_view view;    /* cost model for the order used */
+  bool has_view;           /* the layer can be decomposed (view_init ok) */
+  core_layer_view view;    /* cost model for the order used (for any
+                              Conv2d; macs/params_before always valid) */
   int64_t rank;            /* > 0 when decomposed */
   const char *skip_reason; /* when left alone: why (borrowed) */
   /* Singular values of every group (groups runs of view.max_rank values,

@@ -510,30 +510,31 @@ out:
 
 /* --- the run ------------------------------------------------------------ */
 
-/* The order for a layer: the policy's, or (auto) the one with fewer MACs per
- * rank; on a tie the reference tool's mode rule (vertical-first when the
- * smaller kernel axis meets the smaller channel side), which is what it
- * picks for square kernels. */
+/* The order for a layer: the policy's (an explicit order, or the amct
+ * preset's mode rule), else (auto) the one with fewer MACs per rank; on a
+ * tie the reference tool's mode rule (vertical-first when the smaller kernel
+ * axis meets the smaller channel side), which is what it picks for square
+ * kernels. *v gets the cost model even when the layer cannot be decomposed
+ * (the summary and the budget count such layers at full cost). */
 static bool choose_view(const decomp_policy *policy, const decomp_layer *l,
                         core_layer_view *v, char *why, size_t why_len) {
-  int want = core_policy_order(policy);
+  int want = core_policy_layer_order(policy, l);
   if (want >= 0)
     return core_layer_view_init(l, (core_order)want, v, why, why_len);
-  core_layer_view vv, vh;
-  if (!core_layer_view_init(l, CORE_ORDER_VERTICAL_FIRST, &vv, why, why_len))
+  core_layer_view vh;
+  if (!core_layer_view_init(l, CORE_ORDER_VERTICAL_FIRST, v, why, why_len))
     return false;
   if (!core_layer_view_init(l, CORE_ORDER_HORIZONTAL_FIRST, &vh, why,
-                            why_len)) {
-    *v = vv;
+                            why_len))
     return true;
-  }
   bool vertical;
-  if (vv.macs_per_rank != vh.macs_per_rank)
-    vertical = vv.macs_per_rank < vh.macs_per_rank;
+  if (v->macs_per_rank != vh.macs_per_rank)
+    vertical = v->macs_per_rank < vh.macs_per_rank;
   else
     vertical = (l->out_channels >= l->in_channels) ==
                (l->kernel_size[0] <= l->kernel_size[1]);
-  *v = vertical ? vv : vh;
+  if (!vertical)
+    *v = vh;
   return true;
 }
 
@@ -642,10 +643,18 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   dec = calloc(ncand ? ncand : 1, sizeof *dec);
   if (!views || !dec)
     goto nomem;
-  for (size_t i = 0, c = 0; i < n; i++)
-    if (Ls[i].candidate)
+  /* The spec's other convs count at full cost in a whole-model budget. */
+  double rest_macs = 0, rest_params = 0;
+  for (size_t i = 0, c = 0; i < n; i++) {
+    if (Ls[i].candidate) {
       views[c++] = Ls[i].info.view;
-  rc = core_policy_choose(ctx, policy, views, ncand, dec);
+    } else if (Ls[i].info.is_conv) {
+      rest_macs += Ls[i].info.view.macs_before;
+      rest_params += Ls[i].info.view.params_before;
+    }
+  }
+  rc = core_policy_choose_in(ctx, policy, views, ncand, rest_macs, rest_params,
+                             dec);
   if (rc != DECOMP_OK)
     goto fail;
 

@@ -165,15 +165,6 @@ static int add_spectra(json_t *o, const core_info_layer *L) {
   return bad;
 }
 
-/* Parameters and MACs of a conv we have no cost view of (1×1, k×1). */
-static void plain_cost(const decomp_layer *l, double *params, double *macs) {
-  double w = (double)l->out_channels * (double)(l->in_channels / l->groups) *
-             (double)l->kernel_size[0] * (double)l->kernel_size[1];
-  *params = w + (l->bias ? (double)l->out_channels : 0);
-  int64_t o[2];
-  *macs = core_layer_output_size(l, o) ? w * (double)o[0] * (double)o[1] : w;
-}
-
 int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
                     const char *source_digest, const char *source_format,
                     bool record_spectra, const core_info_layer *layers,
@@ -215,18 +206,11 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       if (s && record_spectra)
         bad |= add_spectra(s, L);
       bad |= json_array_append_new(skipped, s);
-      if (L->is_conv) {
-        double p, m;
-        if (L->has_view) {
-          p = L->view.params_before;
-          m = L->view.macs_before;
-        } else {
-          plain_cost(l, &p, &m);
-        }
-        p_before += p;
-        p_after += p;
-        m_before += m;
-        m_after += m;
+      if (L->is_conv) { /* at full cost */
+        p_before += L->view.params_before;
+        p_after += L->view.params_before;
+        m_before += L->view.macs_before;
+        m_after += L->view.macs_before;
       }
       continue;
     }

@@ -303,7 +303,8 @@ START_TEST(bad_info_files_are_refused_naming_layer_and_field) {
   float *keep;
   char *ours = run_info(ctx, "{\"name\": \"fixed\", \"rank\": 3}", false, &keep);
   expect_bad(ours, "\"version\": 1", "\"version\": 2", "version 2", NULL);
-  expect_bad(ours, "\"rank\": 3", "\"rank\": 99", "layer conv", "rank 99");
+  expect_bad(ours, "\"spatial_svd\",\n      \"rank\": 3",
+             "\"spatial_svd\",\n      \"rank\": 99", "layer conv", "rank 99");
   expect_bad(ours, "\"order\": \"vertical_first\"", "\"order\": \"diagonal\"",
              "layer conv", "order");
   expect_bad(ours, "\"kernel_size\": [\n            3,\n            1\n",
