@@ -366,15 +366,22 @@ int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
                      "safetensors");
       goto done;
     }
-    size_t nbytes = (size_t)decomp_tensor_numel(t) * decomp_dtype_size(t->dtype);
+    size_t nbytes, end;
+    if (!core_mul_size((size_t)decomp_tensor_numel(t),
+                       decomp_dtype_size(t->dtype), &nbytes) ||
+        !core_add_size((size_t)pos, nbytes, &end) || end > (size_t)INT64_MAX) {
+      /* A broadcast view can name more elements than memory holds. */
+      rc = core_fail(ctx, DECOMP_ERR_TOO_LARGE,
+                     "%s: too large to write contiguously", t->name);
+      goto done;
+    }
     json_t *shape = json_array();
     for (int d = 0; shape && d < t->ndim; d++)
       json_array_append_new(shape, json_integer(t->shape[d]));
     json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype",
                           decomp_dtype_name(t->dtype), "shape", shape,
-                          "data_offsets", (json_int_t)pos,
-                          (json_int_t)(pos + nbytes));
-    pos += nbytes;
+                          "data_offsets", (json_int_t)pos, (json_int_t)end);
+    pos = end;
     if (!e || json_object_set_new(root, t->name, e)) {
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
       goto done;

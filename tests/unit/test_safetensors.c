@@ -262,6 +262,28 @@ START_TEST(truncated_files_fail_cleanly_at_every_length) {
 }
 END_TEST
 
+START_TEST(a_broadcast_view_too_large_to_write_fails_cleanly) {
+  char dir[] = "/tmp/test_st.XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/big.safetensors", dir);
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_weights *w;
+  decomp_weights_new(ctx, &w);
+  static float one = 1;
+  /* 2^62 elements, all the same float: 4 bytes of storage, 2^64 to write. */
+  decomp_tensor t = {.name = "bcast", .dtype = DECOMP_DTYPE_F32, .ndim = 1,
+                     .shape = {(int64_t)1 << 62}, .stride = {0}, .data = &one};
+  ck_assert_int_eq(decomp_weights_add(w, &t), DECOMP_OK);
+  ck_assert_int_eq(decomp_weights_save(ctx, w, path, DECOMP_FORMAT_SAFETENSORS),
+                   DECOMP_ERR_TOO_LARGE);
+  ck_assert_ptr_nonnull(strstr(decomp_errmsg(ctx), "bcast"));
+  ck_assert_int_eq(rmdir(dir), 0); /* empty: no temporary left */
+  decomp_weights_free(w);
+  decomp_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("safetensors");
   TCase *tc = tcase_create("safetensors");
@@ -272,6 +294,7 @@ int main(void) {
   tcase_add_test(tc, duplicate_names_are_refused);
   tcase_add_test(tc, bad_dtypes_and_sizes_are_refused);
   tcase_add_test(tc, truncated_files_fail_cleanly_at_every_length);
+  tcase_add_test(tc, a_broadcast_view_too_large_to_write_fails_cleanly);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
