@@ -1,0 +1,155 @@
+"""Crashes and restarts: a job running when the daemon is killed runs again
+after restart and completes; an upload cut by kill -9 leaves no blob and no
+row and can be repeated; SIGTERM requeues at the layer boundary and exits
+cleanly; a database newer than the binary is refused."""
+import io
+import os
+import signal
+import socket
+import sqlite3
+import time
+
+import torch
+
+from conftest import conv_spec
+
+
+def slow_model():
+    """A model whose fixed-rank job takes a few seconds on one worker."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(*[torch.nn.Conv2d(512, 512, 3, padding=1, bias=False)
+                                for _ in range(6)])
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return net, buf.getvalue()
+
+
+def submit_slow_job(d):
+    net, data = slow_model()
+    status, m = d.upload(data)
+    assert status == 201, m
+    status, j = d.json("POST", "/v1/jobs", {"model": m["id"], "spec": conv_spec(net),
+                                             "policy": {"name": "fixed", "rank": 32}})
+    assert status == 201, j
+    return j["id"]
+
+
+def wait_layers(d, job_id, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
+        if j["state"] == "running" and j["progress"]["layers_done"] >= n:
+            return j
+        assert j["state"] in ("queued", "running"), j
+        time.sleep(0.02)
+    raise AssertionError("job did not progress")
+
+
+def test_kill9_during_job_then_restart_completes(daemon_factory):
+    d = daemon_factory(args=["--workers", "1"]).start()
+    job_id = submit_slow_job(d)
+    j = wait_layers(d, job_id, 2)
+    assert j["progress"]["layers_done"] < j["progress"]["layers_total"], \
+        "job finished before the kill; make slow_model slower"
+    d.kill9()
+    d.start()
+    assert "requeued=1" in d.log()
+    done = d.wait_job(job_id)
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["progress"]["layers_done"] == 6 and len(done["layers"]) == 6
+    assert len(done["artifacts"]) == 3
+
+
+def test_sigterm_requeues_at_layer_boundary(daemon_factory):
+    d = daemon_factory(args=["--workers", "1"]).start()
+    job_id = submit_slow_job(d)
+    wait_layers(d, job_id, 1)
+    t0 = time.time()
+    assert d.stop(signal.SIGTERM) == 0
+    assert time.time() - t0 < 20
+    log = d.log()
+    assert "event=stopped status=0" in log and "state=queued" in log, log[-2000:]
+    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
+    (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    db.close()
+    assert state == "queued"
+    d.start()
+    assert d.wait_job(job_id)["state"] == "succeeded"
+
+
+def test_cancel_running_job_at_layer_boundary(daemon_factory):
+    d = daemon_factory(args=["--workers", "1"]).start()
+    job_id = submit_slow_job(d)
+    wait_layers(d, job_id, 1)
+    status, j = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
+    assert status == 202 and j["cancel_requested"], j
+    done = d.wait_job(job_id, timeout=60)
+    assert done["state"] == "cancelled", done
+    assert done["progress"]["layers_done"] < 6
+    assert d.request("GET", "/v1/jobs/%s/artifacts/decompose_info.json" % job_id)[0] == 409
+    status, _ = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
+    assert status == 200
+    assert d.request("DELETE", "/v1/jobs/" + job_id)[0] == 204
+
+
+def files_under(d, sub):
+    return [f for _, _, fs in os.walk(os.path.join(d.data_dir, sub)) for f in fs]
+
+
+def test_kill9_during_upload_leaves_nothing(daemon_factory):
+    d = daemon_factory().start()
+    _, data = slow_model()
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s.sendall(b"POST /v1/models HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(data))
+    s.sendall(data[:len(data) // 3])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        tmp = os.path.join(d.data_dir, "tmp")
+        sizes = [os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)]
+        if sizes and max(sizes) > 1 << 20:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("upload never reached the temp file")
+    d.kill9()
+    s.close()
+    assert files_under(d, "blobs") == []
+    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
+    assert db.execute("SELECT COUNT(*) FROM models").fetchone() == (0,)
+    db.close()
+    d.start()
+    assert files_under(d, "tmp") == []  # the leftover temp file is gone
+    assert d.json("GET", "/v1/models", expect=200)[1] == {"models": []}
+    status, m = d.upload(data)
+    assert status == 201 and m["size"] == len(data)
+    assert len(files_under(d, "blobs")) == 1
+
+
+def test_database_newer_than_binary_is_refused(daemon_factory):
+    d = daemon_factory().start()
+    assert d.stop() == 0
+    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
+    db.execute("PRAGMA user_version=9999")
+    db.commit()
+    db.close()
+    try:
+        d.start(timeout=10)
+    except RuntimeError as e:
+        assert "code=db_too_new" in str(e), e
+    else:
+        raise AssertionError("started on a newer database")
+
+
+def test_one_daemon_per_data_dir(daemon_factory):
+    d = daemon_factory().start()
+    other = daemon_factory()
+    other.data_dir = d.data_dir
+    other.log_path = d.log_path + ".2"
+    try:
+        other.start(timeout=10)
+    except RuntimeError as e:
+        assert "another decompd" in str(e), e
+    else:
+        raise AssertionError("two daemons on one data dir")
