@@ -295,7 +295,11 @@ typedef struct decomp_policy decomp_policy;
  * "overrides" ({"glob": {"rank": 16} | {"skip": true} | {"ratio": …} |
  * {"energy": …} | {"max_error": …}}, first matching glob wins), "compute"
  * ("float32" or "float64"; default float32, float64 for F64 weights),
- * "order" ("auto", "vertical_first", "horizontal_first"; default auto).
+ * "order" ("auto", "vertical_first", "horizontal_first"; default auto),
+ * "require_cheaper" (default true: a layer whose rank would not make it
+ * cheaper in MACs is left alone; false keeps the rank the policy chose, so
+ * {"name": "ratio", "ratio": 1, "require_cheaper": false} decomposes every
+ * eligible layer at full rank). Budget always requires a saving.
  * Unknown names and fields are errors that name them. */
 int decomp_policy_parse(decomp_ctx *ctx, const char *text,
                         decomp_policy **out);

@@ -61,6 +61,9 @@ struct decomp_policy {
   size_t nov;
   int compute;            /* 0 auto, 32, 64 */
   int order;              /* -1 auto, else core_order */
+  bool require_cheaper;   /* skip a layer whose rank would not make it
+                             cheaper (default; false keeps any rank, e.g.
+                             full rank to check a model reproduces) */
 };
 
 /* --- parsing ------------------------------------------------------------ */
@@ -112,6 +115,7 @@ static decomp_policy *policy_alloc(pol_kind k) {
     return NULL;
   p->kind = k;
   p->order = -1;
+  p->require_cheaper = true;
   p->reduction = 2.0;
   return p;
 }
@@ -226,7 +230,7 @@ static const char *const knob_fields[] = {"rank", "ratio", "energy",
                                           "params_reduction", NULL};
 static const char *const common_fields[] = {"name", "include", "exclude",
                                             "overrides", "compute", "order",
-                                            NULL};
+                                            "require_cheaper", NULL};
 
 static bool in_list(const char *const *list, const char *s) {
   for (; *list; list++)
@@ -347,6 +351,12 @@ static int parse_object(decomp_ctx *ctx, const json_t *obj, decomp_policy **out)
       p->compute = 0;
     else
       rc = bad(ctx, "compute must be \"float32\" or \"float64\"");
+  }
+  if (!rc && (v = json_object_get(obj, "require_cheaper"))) {
+    if (json_is_boolean(v))
+      p->require_cheaper = json_is_true(v);
+    else
+      rc = bad(ctx, "require_cheaper must be true or false");
   }
   if (!rc && (v = json_object_get(obj, "order"))) {
     const char *s = json_is_string(v) ? json_string_value(v) : "";
@@ -557,6 +567,8 @@ char *decomp_policy_to_json(const decomp_policy *p) {
   sb_str(&b, p->order == CORE_ORDER_VERTICAL_FIRST     ? "vertical_first"
              : p->order == CORE_ORDER_HORIZONTAL_FIRST ? "horizontal_first"
                                                        : "auto");
+  sb_key(&b, "require_cheaper");
+  sb_cat(&b, p->require_cheaper ? "true" : "false");
   sb_cat(&b, "}");
   if (b.oom) {
     free(b.s);
@@ -877,7 +889,7 @@ static int choose_one(decomp_ctx *ctx, const decomp_policy *p,
       return core_fail(ctx, DECOMP_ERR_NONFINITE,
                        "%s: singular values are not finite", l->name);
   }
-  bool check_cost = true;
+  bool check_cost = p->require_cheaper;
   switch (kind) {
   case RULE_RANK: R = min64(o->rank, k); break;
   case RULE_RATIO: R = (int64_t)ceil(o->value * (double)k - 1e-9); break;

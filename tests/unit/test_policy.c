@@ -176,7 +176,7 @@ START_TEST(equal_policies_give_equal_json) {
   ck_assert_str_eq(t, "{\"name\": \"budget\", \"macs_reduction\": 2.0,"
                       " \"include\": [\"*\"], \"exclude\": [],"
                       " \"overrides\": {}, \"compute\": \"auto\","
-                      " \"order\": \"auto\"}");
+                      " \"order\": \"auto\", \"require_cheaper\": true}");
   ck_assert_str_eq(decomp_policy_name(p), "budget");
   decomp_free(t);
   decomp_policy_free(p);
@@ -188,7 +188,8 @@ START_TEST(equal_policies_give_equal_json) {
       " {\"skip\": true}, \"layer2.\\\"x\\\"\": {\"energy\": 0.9},"
       " \"*\": {\"skip\": false}, \"a\": {\"ratio\": 0.25},"
       " \"b\": {\"max_error\": 0.3}},"
-      " \"compute\": \"float64\", \"order\": \"horizontal_first\"}";
+      " \"compute\": \"float64\", \"order\": \"horizontal_first\","
+      " \"require_cheaper\": false}";
   p = parse_ok(full);
   t = decomp_policy_to_json(p);
   ck_assert_str_eq(t, full);
@@ -286,6 +287,16 @@ START_TEST(fixed_ratio_energy_max_error_on_a_known_spectrum) {
   /* rank 30 clamps to 24, which costs more than the conv */
   ck_assert_int_eq(choose1("{\"name\": \"fixed\", \"rank\": 30}", &v, why), 0);
   ck_assert_str_eq(why, "rank 24 would not make it cheaper (576 MACs -> 1152)");
+  /* unless the policy says a saving is not required */
+  ck_assert_int_eq(choose1("{\"name\": \"ratio\", \"ratio\": 1,"
+                           " \"require_cheaper\": false}", &v, NULL), 24);
+  decomp_ctx *bc = decomp_ctx_new();
+  decomp_policy *bp = NULL;
+  ck_assert_int_eq(decomp_policy_parse(bc, "{\"name\": \"fixed\", \"rank\": 2,"
+                                       " \"require_cheaper\": 1}", &bp),
+                   DECOMP_ERR_BAD_POLICY);
+  ck_assert_ptr_nonnull(strstr(decomp_errmsg(bc), "require_cheaper"));
+  decomp_ctx_free(bc);
   ck_assert_int_eq(choose1("{\"name\": \"ratio\", \"ratio\": 0.25}", &v, NULL), 6);
   ck_assert_int_eq(choose1("{\"name\": \"ratio\", \"ratio\": 0.01}", &v, NULL), 1);
   /* energy kept by rank R: 1 − 2^-R (over 1 − 2^-24) */

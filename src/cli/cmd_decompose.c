@@ -1,0 +1,348 @@
+/* cmd_decompose.c — `decompctl decompose`: run the engine locally on a weight
+ * file and a layer spec, write DIR/decomposed_weights.{pth,safetensors} and
+ * DIR/decompose_info.json, and print a summary. On any failure nothing is
+ * left in DIR (and DIR itself is removed if this run made it). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "decomp/decomp.h"
+
+static const char usage[] =
+    "usage: decompctl decompose --weights FILE --spec SPEC.json --out DIR\n"
+    "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
+    "                           [--spectra] [--json] [--quiet] [--verbose]\n"
+    "\n"
+    "Decompose the Conv2d layers of a weight file (.pth or safetensors, found\n"
+    "by content) with the local engine.\n"
+    "\n"
+    "  --weights FILE   the state dict to decompose\n"
+    "  --spec FILE      the layer spec (JSON, as the Python package writes it)\n"
+    "  --out DIR        where to write decomposed_weights.pth (or .safetensors)\n"
+    "                   and decompose_info.json; made if missing\n"
+    "  --policy P       rank policy: a name (budget, amct, vbmf, energy,\n"
+    "                   max_error, ratio, fixed), a JSON object, or @FILE;\n"
+    "                   default budget (2x fewer conv MACs)\n"
+    "  --format F       output weights format: pth (default) or safetensors\n"
+    "  --spectra        record each layer's singular values in the info file\n"
+    "  --json           print the summary as one JSON object\n"
+    "  --quiet          no per-layer lines\n"
+    "  --verbose        engine log lines on stderr\n"
+    "\n"
+    "A line per layer goes to stderr when it is a terminal; the summary goes\n"
+    "to stdout. Exit codes: see decompctl --help.\n";
+
+struct progress_state {
+  bool show;     /* print a line per finished layer */
+  int width;     /* of the layer-name column */
+};
+
+static int on_progress(void *user, const decomp_progress *p) {
+  struct progress_state *st = user;
+  if (st->show && p->phase == DECOMP_PHASE_DONE) {
+    if (p->skip_reason)
+      fprintf(stderr, "[%3zu/%zu] %-*s skipped: %s\n", p->index + 1, p->total,
+              st->width, p->layer, p->skip_reason);
+    else
+      fprintf(stderr, "[%3zu/%zu] %-*s rank %5lld/%-5lld %7.2f s\n",
+              p->index + 1, p->total, st->width, p->layer, (long long)p->rank,
+              (long long)p->max_rank, p->seconds);
+  }
+  return cli_interrupted;
+}
+
+static void on_log(void *user, int level, const char *topic, const char *msg) {
+  (void)user;
+  static const char *names[] = {"error", "warn", "info", "debug"};
+  fprintf(stderr, "level=%s topic=%s msg=\"%s\"\n",
+          names[level < 0 || level > 3 ? 0 : level], topic, msg);
+}
+
+/* Write `text` to dir/name through a temporary file, fsync and rename. */
+static int write_text_atomic(const char *dir, const char *name,
+                             const char *text) {
+  char tmp[4096], final[4096];
+  snprintf(final, sizeof final, "%s/%s", dir, name);
+  snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name);
+  int fd = mkstemp(tmp);
+  if (fd < 0)
+    return errno;
+  size_t len = strlen(text), off = 0;
+  int err = 0;
+  while (off < len) {
+    ssize_t n = write(fd, text + off, len - off);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      err = errno;
+      break;
+    }
+    off += (size_t)n;
+  }
+  if (!err && fsync(fd) != 0)
+    err = errno;
+  if (close(fd) != 0 && !err)
+    err = errno;
+  if (!err && rename(tmp, final) != 0)
+    err = errno;
+  if (err)
+    unlink(tmp);
+  return err;
+}
+
+static double num(json_t *o, const char *key) {
+  return json_number_value(json_object_get(o, key));
+}
+
+static void human(double v, char *out, size_t len) {
+  const char *units[] = {"", "K", "M", "G", "T"};
+  int u = 0;
+  while (v >= 1000 && u < 4) {
+    v /= 1000;
+    u++;
+  }
+  snprintf(out, len, u ? "%.2f%s" : "%.0f%s", v, units[u]);
+}
+
+static void print_summary(const char *info_text, const char *weights_path,
+                          const char *info_path, bool as_json) {
+  json_t *info = json_loads(info_text, 0, NULL);
+  json_t *sum = json_object_get(info, "summary");
+  double pb = num(sum, "params_before"), pa = num(sum, "params_after");
+  double mb = num(sum, "macs_before"), ma = num(sum, "macs_after");
+  json_int_t nd = json_integer_value(json_object_get(sum, "layers_decomposed"));
+  json_int_t ns = json_integer_value(json_object_get(sum, "layers_skipped"));
+  double worst = num(sum, "worst_relative_error");
+  /* Which layer has the worst error. */
+  const char *worst_name = "";
+  size_t i;
+  json_t *layer;
+  json_array_foreach(json_object_get(info, "layers"), i, layer) {
+    json_t *stats = json_object_get(layer, "stats");
+    if (num(stats, "relative_error") == worst)
+      worst_name = json_string_value(json_object_get(layer, "name"));
+  }
+  if (as_json) {
+    json_t *o = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:s, s:s, s:s}",
+                          "layers_decomposed", nd, "layers_skipped", ns,
+                          "params_before", pb, "params_after", pa,
+                          "macs_before", mb, "macs_after", ma,
+                          "worst_relative_error", worst, "worst_layer",
+                          worst_name ? worst_name : "", "weights", weights_path,
+                          "info", info_path);
+    char *s = json_dumps(o, JSON_COMPACT);
+    puts(s ? s : "{}");
+    free(s);
+    json_decref(o);
+  } else {
+    char a[32], b[32];
+    printf("decomposed %lld of %lld conv layers (%lld left alone)\n",
+           (long long)nd, (long long)(nd + ns), (long long)ns);
+    human(pb, a, sizeof a);
+    human(pa, b, sizeof b);
+    printf("params  %s -> %s (%.2fx fewer)\n", a, b, pa > 0 ? pb / pa : 0.0);
+    human(mb, a, sizeof a);
+    human(ma, b, sizeof b);
+    printf("MACs    %s -> %s (%.2fx fewer)\n", a, b, ma > 0 ? mb / ma : 0.0);
+    if (nd > 0)
+      printf("worst relative error %.4f (%s)\n", worst,
+             worst_name ? worst_name : "?");
+    printf("wrote %s and %s\n", weights_path, info_path);
+  }
+  json_decref(info);
+}
+
+int cmd_decompose(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"weights", required_argument, NULL, 'w'},
+      {"spec", required_argument, NULL, 's'},
+      {"out", required_argument, NULL, 'o'},
+      {"policy", required_argument, NULL, 'p'},
+      {"format", required_argument, NULL, 'f'},
+      {"spectra", no_argument, NULL, 'S'},
+      {"json", no_argument, NULL, 'j'},
+      {"quiet", no_argument, NULL, 'q'},
+      {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},
+      {0, 0, 0, 0},
+  };
+  const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
+  const char *policy_arg = "budget", *format_arg = "pth";
+  bool spectra = false, as_json = false, quiet = false, verbose = false;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "w:s:o:p:f:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'w': weights_path = optarg; break;
+    case 's': spec_path = optarg; break;
+    case 'o': out_dir = optarg; break;
+    case 'p': policy_arg = optarg; break;
+    case 'f': format_arg = optarg; break;
+    case 'S': spectra = true; break;
+    case 'j': as_json = true; break;
+    case 'q': quiet = true; break;
+    case 'v': verbose = true; break;
+    case 'h': fputs(usage, stdout); return CLI_EXIT_OK;
+    default: fputs(usage, stderr); return CLI_EXIT_USAGE;
+    }
+  }
+  if (optind < argc) {
+    cli_error("decompose: unexpected argument '%s'", argv[optind]);
+    return CLI_EXIT_USAGE;
+  }
+  if (!weights_path || !spec_path || !out_dir) {
+    cli_error("decompose: --weights, --spec and --out are required");
+    fputs(usage, stderr);
+    return CLI_EXIT_USAGE;
+  }
+  decomp_format fmt = decomp_format_from_name(format_arg);
+  if (fmt != DECOMP_FORMAT_PTH && fmt != DECOMP_FORMAT_SAFETENSORS) {
+    cli_error("decompose: --format must be pth or safetensors, not '%s'",
+              format_arg);
+    return CLI_EXIT_USAGE;
+  }
+
+  int rc = CLI_EXIT_FAILURE, err;
+  bool made_dir = false, wrote_weights = false;
+  char *spec_text = NULL, *policy_text = NULL;
+  char weights_out[4096] = "", info_out[4096] = "";
+  decomp_weights *w = NULL;
+  decomp_spec *spec = NULL;
+  decomp_policy *policy = NULL;
+  decomp_result *result = NULL;
+  decomp_ctx *ctx = decomp_ctx_new();
+  if (!ctx) {
+    cli_error("out of memory");
+    return CLI_EXIT_FAILURE;
+  }
+  if (verbose)
+    decomp_ctx_set_log(ctx, on_log, NULL, DECOMP_LOG_DEBUG);
+  cli_catch_signals();
+
+  if ((err = decomp_weights_open(ctx, weights_path, &w))) {
+    /* Messages about the file itself already start with its path. */
+    const char *msg = decomp_errmsg(ctx);
+    if (strncmp(msg, weights_path, strlen(weights_path)) == 0)
+      cli_error("%s", msg);
+    else
+      cli_error("%s: %s", weights_path, msg);
+    rc = err == DECOMP_ERR_IO ? CLI_EXIT_INPUT : cli_exit_for(err);
+    goto done;
+  }
+  size_t spec_len;
+  if (!(spec_text = cli_read_file(spec_path, &spec_len))) {
+    cli_error("%s: %s", spec_path, strerror(errno));
+    rc = CLI_EXIT_INPUT;
+    goto done;
+  }
+  if ((err = decomp_spec_parse(ctx, spec_text, spec_len, &spec))) {
+    cli_error("%s: %s", spec_path, decomp_errmsg(ctx));
+    rc = cli_exit_for(err);
+    goto done;
+  }
+  const char *ptext = policy_arg;
+  if (policy_arg[0] == '@') {
+    if (!(policy_text = cli_read_file(policy_arg + 1, NULL))) {
+      cli_error("%s: %s", policy_arg + 1, strerror(errno));
+      rc = CLI_EXIT_INPUT;
+      goto done;
+    }
+    ptext = policy_text;
+  }
+  if ((err = decomp_policy_parse(ctx, ptext, &policy))) {
+    cli_error("policy: %s", decomp_errmsg(ctx));
+    rc = cli_exit_for(err);
+    goto done;
+  }
+
+  char digest[72];
+  if (!cli_file_digest(weights_path, digest)) {
+    cli_error("%s: %s", weights_path, strerror(errno));
+    rc = CLI_EXIT_INPUT;
+    goto done;
+  }
+
+  struct stat st;
+  if (stat(out_dir, &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) {
+      cli_error("--out %s: exists and is not a directory", out_dir);
+      rc = CLI_EXIT_OUTPUT;
+      goto done;
+    }
+  } else if (mkdir(out_dir, 0777) == 0) {
+    made_dir = true;
+  } else {
+    cli_error("--out %s: %s", out_dir, strerror(errno));
+    rc = CLI_EXIT_OUTPUT;
+    goto done;
+  }
+
+  struct progress_state ps = {.show = !quiet && isatty(STDERR_FILENO),
+                              .width = 12};
+  for (size_t i = 0; i < decomp_spec_count(spec); i++) {
+    int n = (int)strlen(decomp_spec_at(spec, i)->name);
+    if (n > ps.width && n < 48)
+      ps.width = n;
+  }
+  decomp_options o = {.progress = on_progress,
+                      .progress_user = &ps,
+                      .source_digest = digest,
+                      .record_spectra = spectra};
+  if ((err = decomp_decompose(ctx, w, spec, policy, &o, &result))) {
+    if (err == DECOMP_ERR_CANCELLED)
+      cli_error("interrupted; nothing written");
+    else
+      cli_error("%s", decomp_errmsg(ctx));
+    rc = cli_exit_for(err);
+    goto done;
+  }
+
+  snprintf(weights_out, sizeof weights_out, "%s/decomposed_weights.%s",
+           out_dir, fmt == DECOMP_FORMAT_PTH ? "pth" : "safetensors");
+  snprintf(info_out, sizeof info_out, "%s/decompose_info.json", out_dir);
+  if ((err = decomp_weights_save(ctx, decomp_result_weights(result),
+                                 weights_out, fmt))) {
+    cli_error("%s: %s", weights_out, decomp_errmsg(ctx));
+    rc = cli_exit_for(err);
+    goto done;
+  }
+  wrote_weights = true;
+  if ((err = write_text_atomic(out_dir, "decompose_info.json",
+                               decomp_result_info(result)))) {
+    cli_error("%s: %s", info_out, strerror(err));
+    rc = CLI_EXIT_OUTPUT;
+    goto done;
+  }
+  if (cli_interrupted) {
+    cli_error("interrupted; nothing written");
+    rc = CLI_EXIT_INTERRUPTED;
+    unlink(info_out);
+    goto done;
+  }
+  print_summary(decomp_result_info(result), weights_out, info_out, as_json);
+  rc = CLI_EXIT_OK;
+
+done:
+  if (rc != CLI_EXIT_OK) {
+    if (wrote_weights)
+      unlink(weights_out);
+    if (made_dir)
+      rmdir(out_dir);
+  }
+  decomp_result_free(result);
+  decomp_policy_free(policy);
+  decomp_spec_free(spec);
+  decomp_weights_free(w);
+  free(spec_text);
+  free(policy_text);
+  decomp_ctx_free(ctx);
+  return rc;
+}

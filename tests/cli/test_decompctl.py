@@ -1,0 +1,227 @@
+"""decompctl decompose: the local engine verb, end to end with real PyTorch.
+
+Each test runs the built decompctl (DECOMPCTL) on files PyTorch wrote and
+checks what PyTorch reads back, the exit codes and that a failure leaves
+nothing behind. The spec is written here by hand from the live modules, so
+these tests do not depend on the Python package."""
+import json
+import os
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+DECOMPCTL = os.environ.get("DECOMPCTL", "decompctl")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.b = nn.Conv2d(32, 32, (3, 5), stride=(2, 1), padding=(1, 2), bias=False)
+        self.c = nn.Conv2d(32, 64, 3, padding=2, dilation=2, groups=2)
+        self.d = nn.Conv2d(64, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.c(self.b(self.bn(self.a(x))))
+        return self.fc(self.d(x).mean((2, 3)))
+
+
+def conv_spec(name, m):
+    pad = m.padding if isinstance(m.padding, str) else list(m.padding)
+    return {"name": name, "type": "Conv2d", "in_channels": m.in_channels,
+            "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride), "padding": pad, "dilation": list(m.dilation),
+            "groups": m.groups, "bias": m.bias is not None,
+            "padding_mode": m.padding_mode}
+
+
+def spec_of(model):
+    layers = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            layers.append(conv_spec(name, m))
+        elif name and isinstance(m, (nn.Linear, nn.BatchNorm2d)):
+            layers.append({"name": name, "type": type(m).__name__})
+    return {"layers": layers}
+
+
+@pytest.fixture
+def model_files(tmp_path):
+    torch.manual_seed(0)
+    net = Net().eval()
+    wpath = tmp_path / "net.pth"
+    torch.save(net.state_dict(), wpath)
+    spath = tmp_path / "spec.json"
+    spath.write_text(json.dumps(spec_of(net)))
+    return net, wpath, spath
+
+
+def run(*args, check=None):
+    p = subprocess.run([DECOMPCTL, *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def rebuild(net, info, sd):
+    """Replace each decomposed conv of `net` by the pair the info file names."""
+    for layer in info["layers"]:
+        mods = []
+        for m in layer["modules"]:
+            pad = m["padding"] if isinstance(m["padding"], str) else tuple(m["padding"])
+            mods.append(nn.Conv2d(m["in_channels"], m["out_channels"],
+                                  tuple(m["kernel_size"]), tuple(m["stride"]), pad,
+                                  tuple(m["dilation"]), m["groups"], m["bias"],
+                                  m["padding_mode"]))
+        parent = net
+        *path, last = layer["name"].split(".")
+        for p in path:
+            parent = getattr(parent, p)
+        setattr(parent, last, nn.Sequential(*mods))
+    net.load_state_dict(sd, strict=True)
+    return net
+
+
+def test_default_policy_writes_weights_torch_loads_and_info_matching_them(model_files, tmp_path):
+    net, wpath, spath = model_files
+    out = tmp_path / "out"
+    p = run("decompose", "--weights", wpath, "--spec", spath, "--out", out, check=0)
+    assert "decomposed" in p.stdout and "MACs" in p.stdout
+    info = json.loads((out / "decompose_info.json").read_text())
+    sd = torch.load(out / "decomposed_weights.pth", weights_only=True)
+    assert info["format"] == "decompd.decompose_info" and info["version"] == 1
+    assert info["source"]["digest"].startswith("sha256:")
+    for name, new in info["changes"].items():
+        assert new == [name + ".0", name + ".1"]
+        assert name + ".weight" not in sd
+        assert name + ".0.weight" in sd and name + ".1.weight" in sd
+    skipped = {s["name"] for s in info["skipped"]}
+    assert {"d", "fc", "bn"} <= skipped
+    # The decomposed model runs and stays close to the original.
+    x = torch.randn(2, 16, 12, 12)
+    ref = net(x)
+    got = rebuild(Net().eval(), info, sd)(x)
+    assert got.shape == ref.shape
+
+
+def test_full_rank_reproduces_the_model_output(model_files, tmp_path):
+    net, wpath, spath = model_files
+    out = tmp_path / "out"
+    run("decompose", "--weights", wpath, "--spec", spath, "--out", out,
+        "--policy", '{"name": "ratio", "ratio": 1.0, "require_cheaper": false}', check=0)
+    info = json.loads((out / "decompose_info.json").read_text())
+    assert set(info["changes"]) == {"a", "b", "c"}
+    sd = torch.load(out / "decomposed_weights.pth", weights_only=True)
+    x = torch.randn(2, 16, 12, 12)
+    ref = net(x)
+    got = rebuild(Net().eval(), info, sd)(x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-4
+
+
+def read_safetensors(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    dt = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "F64": np.float64}
+    out = {}
+    for k, v in header.items():
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt[v["dtype"]]).reshape(v["shape"])
+    return list(header), out
+
+
+def test_safetensors_output_matches_the_pth_output(model_files, tmp_path):
+    _, wpath, spath = model_files
+    run("decompose", "--weights", wpath, "--spec", spath, "--out", tmp_path / "p", check=0)
+    run("decompose", "--weights", wpath, "--spec", spath, "--out", tmp_path / "s",
+        "--format", "safetensors", check=0)
+    sd = torch.load(tmp_path / "p" / "decomposed_weights.pth", weights_only=True)
+    keys, st = read_safetensors(tmp_path / "s" / "decomposed_weights.safetensors")
+    assert keys == list(sd)
+    for k, v in sd.items():
+        assert np.array_equal(st[k], v.numpy()), k
+
+
+def test_json_summary_is_one_object_with_the_totals(model_files, tmp_path):
+    _, wpath, spath = model_files
+    p = run("decompose", "--weights", wpath, "--spec", spath, "--out", tmp_path / "o",
+            "--json", check=0)
+    s = json.loads(p.stdout)
+    assert s["layers_decomposed"] >= 1
+    assert s["macs_after"] < s["macs_before"]
+
+
+def assert_nothing_left(out):
+    assert not out.exists(), list(out.iterdir())
+
+
+@pytest.mark.parametrize("case", [
+    "missing_weights", "not_a_weight_file", "spec_names_missing_layer",
+    "spec_wrong_shape", "unknown_policy", "nan_weights", "pickle_calls_os_system",
+])
+def test_bad_input_exits_3_with_a_message_and_leaves_nothing(case, model_files, tmp_path):
+    net, wpath, spath = model_files
+    out = tmp_path / "out"
+    policy = "budget"
+    marker = tmp_path / "pwned"
+    if case == "missing_weights":
+        wpath = tmp_path / "nope.pth"
+    elif case == "not_a_weight_file":
+        wpath = tmp_path / "junk.pth"
+        wpath.write_bytes(b"this is not a model" * 100)
+    elif case == "spec_names_missing_layer":
+        spec = spec_of(net)
+        spec["layers"][0]["name"] = "ghost"
+        spath.write_text(json.dumps(spec))
+    elif case == "spec_wrong_shape":
+        spec = spec_of(net)
+        spec["layers"][0]["out_channels"] = 48
+        spath.write_text(json.dumps(spec))
+    elif case == "unknown_policy":
+        policy = "magic"
+    elif case == "nan_weights":
+        sd = net.state_dict()
+        sd["a.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(sd, wpath)
+    elif case == "pickle_calls_os_system":
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        torch.save({"a.weight": Evil()}, wpath)
+    p = run("decompose", "--weights", wpath, "--spec", spath, "--out", out,
+            "--policy", policy)
+    assert p.returncode == 3, (p.returncode, p.stderr)
+    assert p.stderr.startswith("decompctl: ") and len(p.stderr) > 20
+    expect = {"spec_names_missing_layer": "ghost", "spec_wrong_shape": "a",
+              "nan_weights": "a", "unknown_policy": "magic",
+              "pickle_calls_os_system": "system"}.get(case)
+    if expect:
+        assert expect in p.stderr, p.stderr
+    assert not marker.exists()
+    assert_nothing_left(out)
+
+
+def test_usage_errors_exit_2_and_help_documents_exit_codes(tmp_path):
+    assert run("decompose", "--weights", "x").returncode == 2
+    assert run("frobnicate").returncode == 2
+    assert run("decompose", "--weights", "a", "--spec", "b", "--out", tmp_path / "o",
+               "--format", "onnx").returncode == 2
+    h = run("--help", check=0).stdout
+    for code in ("0 ", "2 ", "3 ", "4 ", "5 ", "130"):
+        assert code in h
+
+
+def test_output_that_cannot_be_written_exits_4(model_files, tmp_path):
+    _, wpath, spath = model_files
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = run("decompose", "--weights", wpath, "--spec", spath, "--out", blocker)
+    assert p.returncode == 4, p.stderr
