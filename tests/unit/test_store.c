@@ -1,0 +1,371 @@
+/* test_store.c — decompd's store (src/store): blobs (hash on the fly,
+ * commit, dedup, nothing left by an aborted upload), migrations and the
+ * too-new refusal, models, tokens, and the job queue (idempotent submit,
+ * FIFO claim, progress, cancel, requeue after a crash, delete). */
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "queue.h"
+#include "store.h"
+
+static char dir[256];
+
+static void setup(void) {
+  snprintf(dir, sizeof dir, "/tmp/decompd-store-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void teardown(void) {
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+
+static int count_files(const char *sub) {
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "find '%s/%s' -type f | wc -l", dir, sub);
+  FILE *p = popen(cmd, "r");
+  int n = -1;
+  ck_assert_int_eq(fscanf(p, "%d", &n), 1);
+  pclose(p);
+  return n;
+}
+
+static store *open_owner(int *requeued) {
+  store *s = NULL;
+  int rc = store_open(dir, true, &s, requeued);
+  ck_assert_msg(rc == DECOMP_OK, "store_open: %s", store_errmsg());
+  return s;
+}
+
+static void put_blob(store *s, const char *text, char digest[STORE_DIGEST_LEN]) {
+  store_upload *u;
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, text, strlen(text)), DECOMP_OK);
+  ck_assert_int_eq(store_upload_finish(u, digest), DECOMP_OK);
+  ck_assert_int_eq(store_upload_commit(u), DECOMP_OK);
+  store_upload_free(u);
+}
+
+START_TEST(upload_hashes_on_the_fly_and_commits_by_digest) {
+  store *s = open_owner(NULL);
+  store_upload *u;
+  char digest[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, "a", 1), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, "bc", 2), DECOMP_OK);
+  ck_assert_int_eq(store_upload_size(u), 3);
+  ck_assert_int_eq(store_upload_finish(u, digest), DECOMP_OK);
+  ck_assert_str_eq(digest, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a3"
+                           "96177a9cb410ff61f20015ad");
+  ck_assert_int_eq(count_files("blobs"), 0); /* nothing until commit */
+  ck_assert_int_eq(store_upload_commit(u), DECOMP_OK);
+  store_upload_free(u);
+  char path[512];
+  snprintf(path, sizeof path, "%s/blobs/sha256/ba/ba7816bf8f01cfea414140de5dae"
+                              "2223b00361a396177a9cb410ff61f20015ad", dir);
+  ck_assert_int_eq(access(path, R_OK), 0);
+  int fd;
+  int64_t size;
+  ck_assert_int_eq(store_blob_open(s, digest, &fd, &size), DECOMP_OK);
+  ck_assert_int_eq(size, 3);
+  close(fd);
+  /* the same bytes again: one blob, the temp file dropped */
+  put_blob(s, "abc", digest);
+  ck_assert_int_eq(count_files("blobs"), 1);
+  ck_assert_int_eq(count_files("tmp"), 0);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(aborted_upload_leaves_nothing) {
+  store *s = open_owner(NULL);
+  store_upload *u;
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, "partial", 7), DECOMP_OK);
+  ck_assert_int_eq(count_files("tmp"), 1);
+  store_upload_free(u);
+  ck_assert_int_eq(count_files("tmp"), 0);
+  ck_assert_int_eq(count_files("blobs"), 0);
+  /* a crash leaves a temp file: the next owner removes it */
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  store_close(s);
+  ck_assert_int_eq(count_files("tmp"), 1);
+  s = open_owner(NULL);
+  ck_assert_int_eq(count_files("tmp"), 0);
+  store_close(s);
+  store_upload_free(u); /* its file is gone already; free must not care */
+}
+END_TEST
+
+START_TEST(migrations_apply_once_and_a_newer_db_is_refused) {
+  store *s = open_owner(NULL);
+  int v = store_schema_version(s);
+  ck_assert_int_ge(v, 1);
+  store_close(s);
+  s = open_owner(NULL); /* again: nothing to apply */
+  ck_assert_int_eq(store_schema_version(s), v);
+  store_close(s);
+  /* user_version lives at byte 60 of the database header (big-endian). */
+  char path[400];
+  snprintf(path, sizeof path, "%s/decompd.db", dir);
+  int fd = open(path, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  unsigned char nv[4] = {0, 0, 0x27, 0x0f}; /* 9999 */
+  ck_assert_int_eq(pwrite(fd, nv, 4, 60), 4);
+  close(fd);
+  s = NULL;
+  ck_assert_int_eq(store_open(dir, true, &s, NULL), DECOMP_ERR_DB_TOO_NEW);
+  ck_assert_ptr_null(s);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "9999"));
+}
+END_TEST
+
+START_TEST(one_owner_per_data_dir) {
+  store *s = open_owner(NULL), *t = NULL;
+  ck_assert_int_eq(store_open(dir, true, &t, NULL), DECOMP_ERR_UNAVAILABLE);
+  ck_assert_int_eq(store_open(dir, false, &t, NULL), DECOMP_OK); /* tools */
+  store_close(t);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
+  store *s = open_owner(NULL);
+  store_model m = {0}, m2 = {0}, got;
+  bool created;
+  put_blob(s, "weights", m.digest);
+  snprintf(m.name, sizeof m.name, "first");
+  snprintf(m.format, sizeof m.format, "pth");
+  m.size = 7;
+  m.tensors = 1;
+  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert(created);
+  ck_assert_int_eq(strncmp(m.id, "m_", 2), 0);
+  m2 = m;
+  snprintf(m2.name, sizeof m2.name, "second");
+  ck_assert_int_eq(store_model_put(s, &m2, &created), DECOMP_OK);
+  ck_assert(!created);
+  ck_assert_str_eq(m2.id, m.id);
+  ck_assert_str_eq(m2.name, "first");
+  ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
+  ck_assert_str_eq(got.digest, m.digest);
+  ck_assert_int_eq(store_model_get(s, "m_nope", &got), DECOMP_ERR_NOT_FOUND);
+  store_model *list;
+  size_t n;
+  ck_assert_int_eq(store_model_list(s, &list, &n), DECOMP_OK);
+  ck_assert_uint_eq(n, 1);
+  free(list);
+
+  /* in use by a queued job: refused */
+  store_job j = {0};
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
+  char digest[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_ERR_CONFLICT);
+  store_job c;
+  ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
+  ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
+  store_job_clear(&c);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 1);
+  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 0);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_ERR_NOT_FOUND);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(tokens_are_found_by_hash_with_their_role) {
+  store *s = open_owner(NULL);
+  bool any = true;
+  ck_assert_int_eq(store_token_any(s, &any), DECOMP_OK);
+  ck_assert(!any);
+  char id[24], name[256];
+  ck_assert_int_eq(store_token_put(s, "ci", STORE_ROLE_SUBMIT, "aa11", id),
+                   DECOMP_OK);
+  ck_assert_int_eq(store_token_put(s, "ci", STORE_ROLE_READ, "bb22", id),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_token_any(s, &any), DECOMP_OK);
+  ck_assert(any);
+  int role;
+  ck_assert_int_eq(store_token_role(s, "aa11", &role, name), DECOMP_OK);
+  ck_assert_int_eq(role, STORE_ROLE_SUBMIT);
+  ck_assert_str_eq(name, "ci");
+  ck_assert_int_eq(store_token_role(s, "cc33", &role, name), DECOMP_OK);
+  ck_assert_int_eq(role, STORE_ROLE_NONE);
+  ck_assert_int_eq(store_token_delete(s, "ci"), DECOMP_OK);
+  ck_assert_int_eq(store_token_delete(s, "ci"), DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_role_from_name("admin"), STORE_ROLE_ADMIN);
+  ck_assert_int_eq(store_role_from_name("root"), -1);
+  store_close(s);
+}
+END_TEST
+
+static void submit(store *s, const char *key, char id[24], bool want_created) {
+  store_job j = {0};
+  bool created;
+  snprintf(j.model_id, sizeof j.model_id, "m_x");
+  j.spec = "{\"layers\":[]}";
+  j.policy = "{\"name\":\"budget\"}";
+  ck_assert_int_eq(store_job_submit(s, key, &j, &created), DECOMP_OK);
+  ck_assert_int_eq(created, want_created);
+  ck_assert_int_eq(j.state == STORE_JOB_QUEUED || !want_created, 1);
+  ck_assert_str_eq(j.spec, "{\"layers\":[]}");
+  memcpy(id, j.id, 24);
+  store_job_clear(&j);
+}
+
+START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
+  store *s = open_owner(NULL);
+  char a[24], b[24], again[24];
+  submit(s, "ka", a, true);
+  submit(s, "kb", b, true);
+  submit(s, "ka", again, false);
+  ck_assert_str_eq(again, a);
+
+  store_job j;
+  ck_assert_int_eq(store_job_claim(s, &j), DECOMP_OK);
+  ck_assert_str_eq(j.id, a); /* oldest first */
+  ck_assert_int_eq(j.state, STORE_JOB_RUNNING);
+  ck_assert_int_eq(j.attempts, 1);
+  ck_assert_ptr_nonnull(j.spec);
+  store_job_clear(&j);
+  store_job_layer l = {.index = 0, .rank = 8, .max_rank = 27, .seconds = 0.5};
+  snprintf(l.name, sizeof l.name, "conv1");
+  ck_assert_int_eq(store_job_progress(s, a, 3, &l), DECOMP_OK);
+  ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_OK);
+  ck_assert_int_eq(j.layers_done, 1);
+  ck_assert_int_eq(j.layers_total, 3);
+  store_job_clear(&j);
+
+  /* the process dies with `a` running: the next owner requeues it */
+  store_close(s);
+  int requeued = -1;
+  s = open_owner(&requeued);
+  ck_assert_int_eq(requeued, 1);
+  ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_OK);
+  ck_assert_int_eq(j.state, STORE_JOB_QUEUED);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_claim(s, &j), DECOMP_OK);
+  ck_assert_str_eq(j.id, a);
+  ck_assert_int_eq(j.attempts, 2);
+  ck_assert_int_eq(j.layers_done, 0);
+  store_job_clear(&j);
+  store_job_layer *ls;
+  size_t nl;
+  ck_assert_int_eq(store_job_layers(s, a, &ls, &nl), DECOMP_OK);
+  ck_assert_uint_eq(nl, 0); /* the old attempt's rows were dropped */
+  free(ls);
+
+  store_artifact art = {0};
+  snprintf(art.name, sizeof art.name, "decompose_info.json");
+  snprintf(art.digest, sizeof art.digest, "sha256:%064d", 0);
+  snprintf(art.media_type, sizeof art.media_type, "application/json");
+  art.size = 2;
+  ck_assert_int_eq(store_job_succeed(s, a, &art, 1), DECOMP_OK);
+  store_artifact got;
+  ck_assert_int_eq(store_artifact_get(s, a, "decompose_info.json", &got),
+                   DECOMP_OK);
+  ck_assert_str_eq(got.digest, art.digest);
+
+  /* b: running, then a user cancel is flagged for its worker */
+  ck_assert_int_eq(store_job_claim(s, &j), DECOMP_OK);
+  ck_assert_str_eq(j.id, b);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_claim(s, &j), DECOMP_ERR_NOT_FOUND);
+  bool yes = true;
+  ck_assert_int_eq(store_job_cancel_requested(s, b, &yes), DECOMP_OK);
+  ck_assert(!yes);
+  ck_assert_int_eq(store_job_cancel(s, b, &j), DECOMP_OK);
+  ck_assert_int_eq(j.state, STORE_JOB_RUNNING);
+  ck_assert(j.cancel_requested);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_cancel_requested(s, b, &yes), DECOMP_OK);
+  ck_assert(yes);
+  char(*dg)[STORE_DIGEST_LEN];
+  size_t nd;
+  ck_assert_int_eq(store_job_delete(s, b, &dg, &nd), DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_job_fail(s, b, DECOMP_ERR_SVD_FAILED, "conv1: no"),
+                   DECOMP_OK);
+  ck_assert_int_eq(store_job_get(s, b, false, &j), DECOMP_OK);
+  ck_assert_int_eq(j.state, STORE_JOB_FAILED);
+  ck_assert_str_eq(j.error_code, "svd_failed");
+  ck_assert_str_eq(j.error_message, "conv1: no");
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_cancel(s, a, &j), DECOMP_ERR_CONFLICT);
+
+  int64_t counts[STORE_JOB_STATE_COUNT];
+  ck_assert_int_eq(store_job_counts(s, counts), DECOMP_OK);
+  ck_assert_int_eq(counts[STORE_JOB_SUCCEEDED], 1);
+  ck_assert_int_eq(counts[STORE_JOB_FAILED], 1);
+
+  store_job *v;
+  size_t n;
+  ck_assert_int_eq(store_job_list(s, -1, 0, 1, &v, &n), DECOMP_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(v[0].id, b); /* newest first */
+  int64_t cursor = v[0].seq;
+  store_job_clear(&v[0]);
+  free(v);
+  ck_assert_int_eq(store_job_list(s, -1, cursor, 10, &v, &n), DECOMP_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(v[0].id, a);
+  store_job_clear(&v[0]);
+  free(v);
+  ck_assert_int_eq(store_job_list(s, STORE_JOB_QUEUED, 0, 10, &v, &n),
+                   DECOMP_OK);
+  ck_assert_uint_eq(n, 0);
+  free(v);
+
+  ck_assert_int_eq(store_job_delete(s, a, &dg, &nd), DECOMP_OK);
+  ck_assert_uint_eq(nd, 1);
+  ck_assert_str_eq(dg[0], art.digest);
+  free(dg);
+  ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_ERR_NOT_FOUND);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(digests_and_ids_are_well_formed) {
+  ck_assert(store_digest_valid("sha256:ba7816bf8f01cfea414140de5dae2223b00361a"
+                               "396177a9cb410ff61f20015ad"));
+  ck_assert(!store_digest_valid("sha256:../../etc/passwd"));
+  ck_assert(!store_digest_valid("sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A"
+                                "396177A9CB410FF61F20015AD"));
+  char id[24];
+  ck_assert(store_random_id("j_", 8, id, sizeof id));
+  ck_assert_uint_eq(strlen(id), 18);
+  ck_assert(!store_random_id("j_", 8, id, 10));
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("store");
+  TCase *tc = tcase_create("store");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, upload_hashes_on_the_fly_and_commits_by_digest);
+  tcase_add_test(tc, aborted_upload_leaves_nothing);
+  tcase_add_test(tc, migrations_apply_once_and_a_newer_db_is_refused);
+  tcase_add_test(tc, one_owner_per_data_dir);
+  tcase_add_test(tc, models_dedup_by_digest_and_delete_collects_the_blob);
+  tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
+  tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
+  tcase_add_test(tc, digests_and_ids_are_well_formed);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
