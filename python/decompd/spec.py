@@ -10,7 +10,9 @@ file owns reading that structure off a live module:
 - ``conv_fields(conv)``: an nn.Conv2d's fields as the spec spells them;
 - ``layer_spec(model)``: the spec — every decomposable nn.Conv2d under its
   first name, and every other module holding parameters with its type, so
-  the info file records why it was left alone.
+  the info file records why it was left alone;
+- ``input_sizes(model, x)``: each conv's input size from one forward pass,
+  for the spec's optional ``input_size`` (exact MACs for the budget).
 
 Only modules whose class is exactly ``torch.nn.Conv2d`` are decomposable: a
 subclass may override ``forward`` (weight standardization, quantization
@@ -21,10 +23,11 @@ stubs…), and a conv whose ``weight`` is not a plain parameter (old-style
 import json
 from collections import OrderedDict
 
+import torch
 import torch.nn as nn
 
 __all__ = ["ModuleRef", "walk", "is_plain_conv", "conv_fields", "type_name",
-           "layer_spec", "layer_spec_json"]
+           "input_sizes", "layer_spec", "layer_spec_json"]
 
 
 class ModuleRef:
@@ -125,11 +128,43 @@ def _has_own_parameters(module):
     return any(p is not None for p in module._parameters.values())
 
 
-def layer_spec(refs, engine_name=None):
+def input_sizes(model, example_input):
+    """{id(conv): [H, W]} of the input each plain Conv2d of `model` sees in
+    one forward pass on `example_input` (a tensor, or a tuple of positional
+    arguments), run in eval mode without gradients; every module's
+    train/eval flag is restored afterwards. A conv called several times keeps
+    its first size; a conv that does not run is absent."""
+    sizes = {}
+
+    def hook(module, inputs):
+        x = inputs[0] if inputs else None
+        if id(module) not in sizes and isinstance(x, torch.Tensor) \
+                and x.dim() >= 2:
+            sizes[id(module)] = [int(x.shape[-2]), int(x.shape[-1])]
+
+    args = example_input if isinstance(example_input, tuple) \
+        else (example_input,)
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if is_plain_conv(m)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return sizes
+
+
+def layer_spec(refs, engine_name=None, sizes=None):
     """The layer spec (a dict) of the modules in `refs` (from walk()).
 
     engine_name maps a module's canonical name to the name given to the
-    engine (identity by default)."""
+    engine (identity by default); sizes (from input_sizes()) adds each
+    conv's input_size, so the engine counts whole-layer MACs."""
     layers = []
     for ref in refs.values():
         m = ref.module
@@ -139,11 +174,14 @@ def layer_spec(refs, engine_name=None):
         if is_plain_conv(m):
             layer = {"name": name, "type": "Conv2d"}
             layer.update(conv_fields(m))
+            if sizes and id(m) in sizes:
+                layer["input_size"] = sizes[id(m)]
         else:
             layer = {"name": name, "type": type_name(m)}
         layers.append(layer)
     return {"layers": layers}
 
 
-def layer_spec_json(refs, engine_name=None):
-    return json.dumps(layer_spec(refs, engine_name), separators=(",", ":"))
+def layer_spec_json(refs, engine_name=None, sizes=None):
+    return json.dumps(layer_spec(refs, engine_name, sizes),
+                      separators=(",", ":"))

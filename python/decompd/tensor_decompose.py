@@ -57,7 +57,8 @@ import torch.nn as nn
 from . import _engine
 from ._progress import Reporter
 from .errors import DecompError, ServiceNotAvailableError
-from .spec import conv_fields, is_plain_conv, layer_spec_json, type_name, walk
+from .spec import (conv_fields, input_sizes, is_plain_conv, layer_spec_json,
+                   type_name, walk)
 
 __all__ = ["auto_decomposition", "decompose_network"]
 
@@ -329,7 +330,7 @@ def _decomposed_layers(info):
 
 
 def auto_decomposition(model, decompose_info_path=None, *, policy=None,
-                       server=None):
+                       server=None, example_input=None):
     """Decompose the model's Conv2d layers with the in-process engine.
 
     model: an nn.Module, changed in place (an nn.Conv2d is left untouched and
@@ -342,6 +343,11 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     server: reserved for the decompd service client (not available yet: any
       value, or DECOMPD_URL in the environment, raises
       ServiceNotAvailableError).
+    example_input: optional (decompd's addition to the reference API): a
+      tensor, or a tuple of forward arguments, run once through the model
+      (eval mode, no grad, modes restored) to record each conv's input size,
+      so the policy weighs layers by their whole-layer MACs. Without it, cost
+      is counted per output pixel of each layer.
 
     Returns (model, changes) with changes {name: [name.0, name.1], …}.
     Raises ValueError (decompd.DecompValueError) for a bad policy or input,
@@ -353,6 +359,8 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
 
     refs = walk(model)
     convs = [ref for ref in refs.values() if is_plain_conv(ref.module)]
+    sizes = (input_sizes(model, example_input)
+             if example_input is not None else None)
     if not convs:
         log.info("no Conv2d layers to decompose")
     tensors = []
@@ -371,7 +379,7 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     try:
         with torch.no_grad():
             weights, info_text = _engine.decompose(
-                tensors, layer_spec_json(refs, _engine_name), policy_text,
+                tensors, layer_spec_json(refs, _engine_name, sizes), policy_text,
                 progress=reporter, want=wanted.__contains__)
     finally:
         reporter.close()

@@ -1,5 +1,6 @@
-"""auto_decomposition's semantics on the real engine: exactness at full rank,
-the default policy's MAC target, the bare-Conv2d case, shared convs, what the
+"""auto_decomposition's semantics on the real engine: exactness (at full rank,
+and at the rank of kernels of exactly low rank), the default policy's MAC
+target, the bare-Conv2d case, shared convs, what the
 new parameters keep, policies, errors, logging and the progress bar."""
 
 import copy
@@ -14,9 +15,12 @@ import torch.nn as nn
 import decompd
 import decompd._progress
 from decompd.tensor_decompose import auto_decomposition, decompose_network
-from tensor_decompose_common import ModesNet, Net, conv_macs, rel_err, run_python
+from tensor_decompose_common import (ModesNet, Net, conv_macs, lowrank_policy,
+                                     project_low_rank, rel_err, run_python)
 
-FULL_RANK = {"name": "ratio", "ratio": 1.0}
+SMALL_RANK = {"name": "fixed", "rank": 2}
+# Full rank is never cheaper: the engine keeps it only when told to.
+FULL_RANK = {"name": "ratio", "ratio": 1.0, "require_cheaper": False}
 
 
 def resnet18():
@@ -55,56 +59,117 @@ def decomposed_names(model):
 # --- exactness and cost --------------------------------------------------
 
 
+def first_input(net, size, batch=2):
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    return torch.randn(batch, conv.in_channels, size, size)
+
+
 @pytest.mark.parametrize("make,size", [(Net, 32), (ModesNet, 24), (Odd, 20),
                                        (resnet18, 64)],
                          ids=["Net", "ModesNet", "Odd", "resnet18"])
 def test_full_rank_policy_reproduces_outputs(make, size):
     torch.manual_seed(0)
     net = make().eval()
-    in_ch = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
-    x = torch.randn(2, in_ch, size, size)
+    x = first_input(net, size)
+    eligible = {n for n, m in net.named_modules()
+                if type(m) is nn.Conv2d and min(m.kernel_size) > 1}
     with torch.no_grad():
         ref = net(x)
     net, changes = auto_decomposition(net, policy=FULL_RANK)
-    assert changes
+    assert set(changes) == eligible
     with torch.no_grad():
         out = net(x)
     err = rel_err(out, ref)
-    print(f"{make.__name__}: {len(changes)} convs at full rank, "
-          f"relative error {err:.2e}")
+    print(f"{make.__name__} at full rank: {len(changes)} convs, relative "
+          f"error {err:.2e}")
     assert err <= 1e-4
 
 
-def test_full_rank_covers_every_conv_feature():
-    torch.manual_seed(0)
-    net = Odd()
-    _, changes = auto_decomposition(net, policy=FULL_RANK)
-    assert set(changes) == {n for n, _ in Odd().named_children()}
+EXACT_CASES = [(make, size, order)
+               for make, size in [(Net, 32), (ModesNet, 24), (Odd, 20)]
+               for order in ["vertical_first", "horizontal_first"]]
 
 
-def test_default_policy_meets_its_mac_target():
-    # The default policy (budget, 2x) over the eligible convs (kh, kw > 1),
-    # MACs counted with forward hooks on a real input.
+@pytest.mark.parametrize("make,size,order", EXACT_CASES,
+                         ids=[f"{m.__name__}-{o}" for m, _, o in EXACT_CASES])
+def test_exact_at_the_kernels_rank(make, size, order):
+    # Kernels of exactly rank r: the decomposition at rank r (cheaper, so
+    # kept by default) gives the original outputs, whatever stride, padding,
+    # padding mode, dilation or groups, in either order.
     torch.manual_seed(0)
-    net = resnet18()
-    x = torch.randn(1, 3, 224, 224)
-    eligible = {m: n for n, m in net.named_modules()
+    net = make().eval()
+    ranks = project_low_rank(net, order)
+    x = first_input(net, size)
+    with torch.no_grad():
+        ref = net(x)
+    net, changes = auto_decomposition(net, policy=lowrank_policy(order))
+    assert set(changes) == set(ranks)
+    for name, r in ranks.items():
+        seq = dict(net.named_modules())[name]
+        assert seq[0].out_channels == seq[0].groups * r
+        assert (seq[0].kernel_size[1] == 1) == (order == "vertical_first")
+    with torch.no_grad():
+        out = net(x)
+    err = rel_err(out, ref)
+    print(f"{make.__name__} {order} at the kernels' rank: {len(changes)} "
+          f"convs, relative error {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_full_rank_is_left_alone_by_default():
+    # Full rank never makes a conv cheaper, so unless require_cheaper is
+    # false the engine leaves it alone: the model is exactly the original.
+    net = Net()
+    ref = copy.deepcopy(net)
+    net, changes = auto_decomposition(net, policy={"name": "ratio",
+                                                   "ratio": 1.0})
+    assert changes == {}
+    assert all(torch.equal(a, b) for a, b in
+               zip(net.state_dict().values(), ref.state_dict().values()))
+
+
+def eligible_mac_drop(make, x, **kwargs):
+    """(eligible-conv MAC ratio, all-conv MAC ratio, #decomposed,
+    #eligible) of the default policy on make(), MACs counted with forward
+    hooks on x; eligible = kh > 1 and kw > 1 (what the budget spends on)."""
+    torch.manual_seed(0)
+    net = make()
+    eligible = {m for m in net.modules()
                 if isinstance(m, nn.Conv2d) and min(m.kernel_size) > 1}
     before = conv_macs(net, x)
-    total_before = sum(before.values())
-    elig_before = sum(v for m, v in before.items() if m in eligible)
-    net, changes = auto_decomposition(net)
-    after = conv_macs(net, x)
-    total_after = sum(after.values())
-    elig_after = total_after - sum(v for m, v in before.items()
-                                   if m not in eligible)
-    ratio = elig_before / elig_after
-    print(f"resnet18 @224: eligible conv MACs {elig_before / 1e6:.1f}M -> "
-          f"{elig_after / 1e6:.1f}M ({ratio:.3f}x); all convs "
-          f"{total_before / 1e6:.1f}M -> {total_after / 1e6:.1f}M "
-          f"({total_before / total_after:.3f}x); {len(changes)} of "
-          f"{len(eligible)} eligible convs decomposed")
-    assert ratio >= 2.0 * 0.98
+    rest = sum(v for m, v in before.items() if m not in eligible)
+    net, changes = auto_decomposition(net, **kwargs)
+    after = sum(conv_macs(net, x).values())
+    total = sum(before.values())
+    return ((total - rest) / (after - rest), total / after, len(changes),
+            len(eligible))
+
+
+def test_default_policy_meets_its_mac_target_with_input_sizes():
+    # With the input sizes (example_input), the budget counts whole-layer
+    # MACs: the real conv MACs of the eligible convs drop by its 2x target.
+    x = torch.randn(1, 3, 224, 224)
+    ratio, whole, n, m = eligible_mac_drop(resnet18, x, example_input=x)
+    print(f"resnet18 @224, example_input: eligible conv MACs / {ratio:.3f}, "
+          f"all conv MACs / {whole:.3f}, {n} of {m} eligible convs")
+    assert 2.0 <= ratio <= 2.2
+
+
+def test_default_policy_without_input_sizes(tmp_path):
+    # Without them (the reference's API has no input) the engine counts each
+    # layer's cost per output pixel: the target holds in that measure (the
+    # info file's summary); the real MAC drop is printed for the record.
+    x = torch.randn(1, 3, 224, 224)
+    path = tmp_path / "info.json"
+    ratio, whole, n, m = eligible_mac_drop(resnet18, x,
+                                           decompose_info_path=path)
+    summary = json.loads(path.read_text())["summary"]
+    per_pixel = summary["macs_before"] / summary["macs_after"]
+    print(f"resnet18 @224, no input sizes: per-pixel MACs / {per_pixel:.3f}; "
+          f"real eligible conv MACs / {ratio:.3f}, all conv MACs / "
+          f"{whole:.3f}, {n} of {m} eligible convs")
+    assert per_pixel >= 2.0 * 0.99
+    assert ratio > 1.0
 
 
 # --- the reference's semantics -------------------------------------------
@@ -113,8 +178,9 @@ def test_default_policy_meets_its_mac_target():
 def test_bare_conv_is_left_untouched():
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 64, 3, padding=1)
+    project_low_rank(conv)
     saved = copy.deepcopy(conv.state_dict())
-    new, changes = auto_decomposition(conv, policy=FULL_RANK)
+    new, changes = auto_decomposition(conv, policy=lowrank_policy())
     assert type(conv) is nn.Conv2d
     assert all(torch.equal(v, conv.state_dict()[k]) for k, v in saved.items())
     assert new is not conv and isinstance(new, nn.Sequential)
@@ -145,10 +211,11 @@ class Shared(nn.Module):
 def test_conv_shared_by_two_names_is_decomposed_once():
     torch.manual_seed(0)
     net = Shared()
+    project_low_rank(net)
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
         ref = net(x)
-    net, changes = auto_decomposition(net, policy=FULL_RANK)
+    net, changes = auto_decomposition(net, policy=lowrank_policy())
     assert changes == {"a": ["a.0", "a.1"]}  # the first name only
     assert net.a is net.block[1]
     assert isinstance(net.a, nn.Sequential)
@@ -164,7 +231,7 @@ def test_new_parameters_keep_dtype_requires_grad_and_mode():
     net.conv3.bias.requires_grad_(False)
     net.train()
     net.conv3.eval()
-    net, changes = auto_decomposition(net, policy=FULL_RANK)
+    net, changes = auto_decomposition(net, policy=SMALL_RANK)
     assert {"conv2", "conv3"} <= set(changes)
     for p in net.parameters():
         assert p.dtype == torch.float64 and p.device.type == "cpu"
@@ -180,19 +247,18 @@ def test_new_parameters_keep_dtype_requires_grad_and_mode():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_keep_their_dtype(dtype):
     torch.manual_seed(0)
-    net = Net()
-    ref = copy.deepcopy(net).eval()
-    net = net.to(dtype)
-    net, changes = auto_decomposition(net, policy=FULL_RANK)
-    assert changes
+    net32 = Net()
+    net = copy.deepcopy(net32).to(dtype)
+    net, changes = auto_decomposition(net, policy=SMALL_RANK)
+    net32, changes32 = auto_decomposition(net32, policy=SMALL_RANK)
+    assert changes and changes == changes32
     for p in net.parameters():
         assert p.dtype == dtype
-    # Back in float32, the half-precision pair still matches the original
-    # to half precision.
-    net = net.float().eval()
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        assert rel_err(net(x), ref(x)) < 5e-2
+    # The same factors as from float32 weights, to the dtype's precision.
+    sd32 = net32.state_dict()
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            assert rel_err(v.float(), sd32[k]) < 2e-2, k
 
 
 def test_only_plain_conv2d_is_decomposed(tmp_path):
@@ -203,7 +269,7 @@ def test_only_plain_conv2d_is_decomposed(tmp_path):
                         nn.utils.weight_norm(nn.Conv2d(32, 32, 3)),
                         nn.Flatten(), nn.Linear(32, 4))
     path = tmp_path / "info.json"
-    net, changes = auto_decomposition(net, str(path), policy=FULL_RANK)
+    net, changes = auto_decomposition(net, str(path), policy=SMALL_RANK)
     assert set(changes) == {"0"}
     assert type(net[1]) is MyConv and type(net[2]) is nn.Conv2d
     skipped = {s["name"]: s["reason"]
@@ -339,17 +405,43 @@ def test_one_log_line_per_layer(caplog):
                for line in lines)
 
 
-def test_progress_bar_on_a_terminal(monkeypatch, capsys):
-    monkeypatch.setenv("DECOMPD_PROGRESS", "1")
-    auto_decomposition(resnet18())
-    err = capsys.readouterr().err
-    assert "\rdecompd [" in err and "20/20" in err
+def many_convs(n=12):
+    return nn.Sequential(*[nn.Conv2d(16, 16, 3, padding=1) for _ in range(n)])
+
+
+class FakeTTY:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("DECOMPD_PROGRESS", raising=False)
+    tty = FakeTTY()
+    monkeypatch.setattr("sys.stderr", tty)
+    auto_decomposition(many_convs())
+    assert "\rdecompd [" in tty.text and "12/12" in tty.text
+    assert tty.text.endswith("\n")
+    tty.text = ""
+    auto_decomposition(many_convs(4))  # few layers: no bar
+    assert tty.text == ""
     monkeypatch.setenv("DECOMPD_PROGRESS", "0")
-    auto_decomposition(resnet18())
-    assert "decompd [" not in capsys.readouterr().err
+    auto_decomposition(many_convs())
+    assert tty.text == ""
 
 
 def test_no_progress_bar_off_a_terminal(capsys, monkeypatch):
     monkeypatch.delenv("DECOMPD_PROGRESS", raising=False)
-    auto_decomposition(resnet18())
+    auto_decomposition(many_convs())
     assert "decompd [" not in capsys.readouterr().err
+    monkeypatch.setenv("DECOMPD_PROGRESS", "1")
+    auto_decomposition(many_convs())
+    assert "\rdecompd [" in capsys.readouterr().err
