@@ -3,8 +3,9 @@
 This file owns finding and loading libdecomp.so, declaring the C prototypes of
 include/decomp/decomp.h that the package uses, handing torch tensors to the
 engine without copying them, reading the decomposed tensors back, routing the
-engine's log lines to the ``decompd.engine`` logger and turning its error
-codes into exceptions (decompd.errors).
+engine's log lines to the ``decompd.engine`` logger (its errors and warnings
+as such, its INFO and DEBUG lines at DEBUG) and turning its error codes into
+exceptions (decompd.errors).
 
 Where the library comes from, in order:
 
@@ -226,7 +227,9 @@ def library_path():
 # ---------------------------------------------------------------------------
 # Context: one per call, with its log handler and error reporting
 
-_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO,
+# The engine's INFO lines (one per layer) say what the package's own
+# per-layer INFO lines on "decompd" already say: they go to DEBUG.
+_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.DEBUG,
            3: logging.DEBUG}
 
 

@@ -25,8 +25,10 @@ Semantics kept from the reference, and the choices made where it is silent:
   convs that were replaced, in model order.
 - Only modules whose class is exactly ``torch.nn.Conv2d`` are decomposed
   (see decompd.spec); the rank policy decides which of them get cheaper.
-- New parameters keep the original's device, dtype and ``requires_grad``;
-  the new modules take the original conv's train/eval mode. Hooks registered
+- New parameters keep the original's device, dtype, ``requires_grad`` and
+  channels_last memory format; the new modules take the original conv's
+  train/eval mode. Weights on a GPU are copied to the CPU for the engine
+  (CPU float weights are read in place) and the results copied back. Hooks registered
   on a replaced conv are not carried over (a warning names the layer).
 - A conv object reachable under several names (shared by two parents) is
   decomposed once; every parent then holds the same new ``nn.Sequential``.
@@ -202,7 +204,8 @@ def _conv_from_fields(fields, device, dtype, empty):
 
 def _make_pair(name, conv, plan, empty):
     """The nn.Sequential replacing `conv`, on its device and dtype, with its
-    requires_grad flags and train/eval mode."""
+    requires_grad flags, train/eval mode and (channels_last) memory
+    format."""
     w = conv.weight
     try:
         first, second = (_conv_from_fields(p, w.device, w.dtype, empty)
@@ -215,6 +218,9 @@ def _make_pair(name, conv, plan, empty):
     if conv.bias is not None:
         second.bias.requires_grad_(conv.bias.requires_grad)
     seq = nn.Sequential(first, second)
+    if (w.dim() == 4 and not w.is_contiguous()
+            and w.is_contiguous(memory_format=torch.channels_last)):
+        seq = seq.to(memory_format=torch.channels_last)
     seq.train(conv.training)
     return seq
 
@@ -366,6 +372,9 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     tensors = []
     for ref in convs:
         conv = ref.module
+        if conv.weight.device.type == "meta":
+            raise ValueError(f"{ref.name or ROOT_NAME}: its weights are on the "
+                             f"meta device and hold no data to decompose")
         ename = _engine_name(ref.name)
         tensors.append((f"{ename}.weight", conv.weight))
         if conv.bias is not None:
@@ -413,12 +422,12 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
                             f", the new conv needs {list(param.shape)}")
                     param.copy_(src)
         jobs.append((ref, seq))
-        changes[name] = [_sub(name, 0), _sub(name, 1)]
 
-    # Model order for changes (the engine reports in spec order already).
+    # changes in model order (the spec's order, which the engine keeps).
     order = {ref.name: i for i, ref in enumerate(convs)}
     jobs.sort(key=lambda j: order[j[0].name])
-    changes = {ref.name: changes[ref.name] for ref, _ in jobs}
+    changes = {ref.name: [_sub(ref.name, 0), _sub(ref.name, 1)]
+               for ref, _ in jobs}
 
     if decompose_info_path is not None:
         _write_text_atomic(decompose_info_path, info_text)

@@ -244,6 +244,28 @@ def test_new_parameters_keep_dtype_requires_grad_and_mode():
     assert not net.conv3[0].training and not net.conv3[1].training
 
 
+def test_channels_last_weights_are_read_in_place_and_kept():
+    torch.manual_seed(0)
+    net = Net().eval().to(memory_format=torch.channels_last)
+    x = first_input(net, 16).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = net(x)
+    net, changes = auto_decomposition(net, policy=FULL_RANK)
+    assert changes
+    for name in changes:
+        for conv in dict(net.named_modules())[name]:
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert rel_err(net(x), ref) <= 1e-4
+
+
+def test_meta_weights_are_refused():
+    net = Net().to("meta")
+    with pytest.raises(ValueError, match="meta"):
+        auto_decomposition(net)
+    assert type(net.conv1) is nn.Conv2d
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_keep_their_dtype(dtype):
     torch.manual_seed(0)

@@ -85,6 +85,12 @@ def test_keeps_dtype_requires_grad_and_mode(net_info):
     assert not any(m.training for m in net.modules())
 
 
+def test_structure_on_the_meta_device(net_info):
+    # Structure only: a model without data (meta device) can be rebuilt.
+    net, changes = decompose_network(Net().to("meta"), net_info)
+    assert changes and all(p.device.type == "meta" for p in net.parameters())
+
+
 def test_bare_conv_is_left_untouched(tmp_path):
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 64, 3, padding=1)

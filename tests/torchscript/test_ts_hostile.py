@@ -1,0 +1,153 @@
+"""TorchScript intake on archives that are broken or hostile: each read
+fails with DECOMP_ERR_BAD_TORCHSCRIPT and a clear message, within its
+limits; the calling process (tests/ts_dump) survives to report it, and the
+private work folder is removed."""
+
+import os
+import time
+import zipfile
+from typing import List, Tuple
+
+import pytest
+import torch
+import torch.nn as nn
+
+import tsutil
+
+
+class Spin(nn.Module):
+    """Loops forever in __setstate__, which torch.jit.load runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.n = 1
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool]:
+        return (self.n, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool]) -> None:
+        self.n = state[0]
+        self.training = state[1]
+        i = 0
+        while self.n > 0:
+            i += 1
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Hog(nn.Module):
+    """Allocates without bound in __setstate__."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.n = 1
+        self.keep = [torch.zeros(1)]
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool]:
+        return (self.n, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool]) -> None:
+        self.n = state[0]
+        self.training = state[1]
+        keep: List[torch.Tensor] = [torch.zeros(1)]
+        while self.n > 0:
+            keep.append(torch.ones(1 << 27))  # 512 MiB a step, touched
+            self.n = len(keep)
+        self.keep = keep
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    good = d / "good.pt"
+    torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3))).save(str(good))
+    blob = good.read_bytes()
+    out = {"good": good}
+    out["truncated"] = d / "truncated.pt"
+    out["truncated"].write_bytes(blob[: len(blob) // 2])
+    # Garbage where the records are, the zip's directory left intact.
+    bad = bytearray(blob)
+    for i in range(64, len(bad) - 2048, 97):
+        bad[i] ^= 0x5A
+    out["scrambled"] = d / "scrambled.pt"
+    out["scrambled"].write_bytes(bytes(bad))
+    out["random"] = d / "random.pt"
+    out["random"].write_bytes(os.urandom(4096))
+    out["pth"] = d / "state_dict.pth"  # a torch.save zip, not TorchScript
+    torch.save(nn.Conv2d(3, 4, 3).state_dict(), str(out["pth"]))
+    out["zip"] = d / "plain.zip"
+    with zipfile.ZipFile(out["zip"], "w") as z:
+        z.writestr("hello/data.txt", "not a model")
+    out["spin"] = d / "spin.pt"
+    torch.jit.script(Spin()).save(str(out["spin"]))
+    out["hog"] = d / "hog.pt"
+    torch.jit.script(Hog()).save(str(out["hog"]))
+    return out
+
+
+def read(archive, tmp_path, **kw):
+    work = tmp_path / "tmp"
+    work.mkdir(exist_ok=True)
+    env = dict(kw.pop("env", {}), TMPDIR=str(work))
+    t0 = time.monotonic()
+    r = tsutil.run_dump(archive, tmp_path / "out", env=env, **kw)
+    r["wall"] = time.monotonic() - t0
+    assert os.listdir(work) == [], "work folder left behind"
+    return r
+
+
+def test_good_archive_reads(files, tmp_path):
+    r = read(files["good"], tmp_path)
+    assert r["ok"], r
+    assert r["layers"] == 2 and r["tensors"] == 4
+
+
+@pytest.mark.parametrize("kind", ["truncated", "scrambled", "random", "pth",
+                                  "zip"])
+def test_broken_archive_fails_to_load(files, tmp_path, kind):
+    r = read(files[kind], tmp_path)
+    assert not r["ok"]
+    assert r["code"] == "bad_torchscript", r
+    assert r["message"].startswith("TorchScript load failed: "), r
+    assert len(r["message"]) > len("TorchScript load failed: ") + 5
+    assert "\n" not in r["message"]
+
+
+def test_not_torchscript_says_why(files, tmp_path):
+    r = read(files["pth"], tmp_path)
+    assert "constants.pkl" in r["message"] or "code/" in r["message"], r
+
+
+def test_archive_that_loops_at_load_is_stopped(files, tmp_path):
+    r = read(files["spin"], tmp_path, time=3)
+    assert not r["ok"]
+    assert r["code"] == "bad_torchscript"
+    assert r["message"] == "TorchScript reader exceeded its 3 s time limit"
+    assert 2.9 <= r["seconds"] < 10, r
+
+
+def test_archive_that_allocates_without_bound_is_stopped(files, tmp_path):
+    r = read(files["hog"], tmp_path, time=60, memory_mib=3072)
+    assert not r["ok"]
+    assert r["code"] == "bad_torchscript"
+    assert "exceeded its memory limit (3072 MiB)" in r["message"], r
+    assert r["seconds"] < 60, r
+
+
+def test_missing_reader_is_reported(files, tmp_path):
+    r = read(files["good"], tmp_path,
+             env={"DECOMPD_TS_READER": str(tmp_path / "no-such-reader")})
+    assert not r["ok"]
+    assert r["code"] == "torchscript_unsupported", r
+    assert "no-such-reader" in r["message"]
