@@ -64,7 +64,10 @@ extern "C" {
     502)                                                                          \
   X(DISK_FULL, 62, "disk_full", "no space left on device", 507)                   \
   X(OFFLINE_MISS, 63, "offline_miss", "offline mode and not in the cache", 404)   \
-  X(SERVER, 64, "server_error", "the server answered with an error", 502)
+  X(SERVER, 64, "server_error", "the server answered with an error", 502)     \
+  X(TRANSFER, 65, "transfer_interrupted",                                       \
+    "the connection broke during a transfer", 502)                              \
+  X(TIMEOUT, 66, "timeout", "timed out", 504)
 
 typedef enum decomp_error {
 #define DECOMP_ERROR_ENUM_(name, num, code, msg, http) DECOMP_ERR_##name = num,

@@ -13,6 +13,13 @@ enum cli_exit {
   CLI_EXIT_INPUT = 3,     /* bad weights, spec, policy or info file */
   CLI_EXIT_OUTPUT = 4,    /* cannot write the output (I/O, disk full) */
   CLI_EXIT_ENGINE = 5,    /* the decomposition itself failed (SVD) */
+  /* service verbs (cmd_remote.c) */
+  CLI_EXIT_CONNECT = 6,   /* cannot reach the server, or the connection broke */
+  CLI_EXIT_AUTH = 7,      /* 401/403: token missing, unknown or too weak */
+  CLI_EXIT_NOT_FOUND = 8, /* no such model/job/artifact; offline cache miss */
+  CLI_EXIT_JOB_FAILED = 9, /* the job failed or was cancelled */
+  CLI_EXIT_DIGEST = 10,   /* downloaded data failed its SHA-256 */
+  CLI_EXIT_TIMEOUT = 11,  /* wait --timeout ran out */
   CLI_EXIT_INTERRUPTED = 130, /* SIGINT: stopped at a layer boundary */
 };
 
@@ -35,5 +42,12 @@ extern volatile int cli_interrupted;
 void cli_catch_signals(void);
 
 int cmd_decompose(int argc, char **argv);
+int cmd_upload(int argc, char **argv);
+int cmd_submit(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_wait(int argc, char **argv);
+int cmd_fetch(int argc, char **argv);
+int cmd_jobs(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
 
 #endif

@@ -20,13 +20,32 @@ static const char usage[] =
     "  decompose   decompose a weight file locally with the engine\n"
     "              (decompctl decompose --help for its options)\n"
     "\n"
+    "Service verbs (a decompd server: DECOMPD_URL, default\n"
+    "http://127.0.0.1:8080; token DECOMPD_TOKEN; each has --help and --json):\n"
+    "  upload      upload a weight file; prints the model id\n"
+    "  submit      submit a job (model or file, spec, policy); prints the job id\n"
+    "  status      print a job's state and progress\n"
+    "  wait        wait for a job to finish, with its progress\n"
+    "  fetch       fetch a job's artifacts into the verified local cache\n"
+    "              (DECOMPD_CACHE, default ~/.cache/decompd; resumes; offline\n"
+    "              with DECOMPD_OFFLINE=1) and optionally into a folder\n"
+    "  jobs        list jobs\n"
+    "  cancel      cancel a job\n"
+    "\n"
     "Exit codes:\n"
     "  0    success\n"
     "  1    other failure\n"
     "  2    bad command line\n"
     "  3    bad input: weights, layer spec, policy or info file\n"
-    "  4    cannot write the output (I/O error, disk full)\n"
+    "  4    cannot write the output (I/O error, disk full, also the cache)\n"
     "  5    the decomposition failed (SVD did not converge)\n"
+    "  6    cannot connect to the server, or the connection broke\n"
+    "  7    not authorized: 401 (no or unknown token) or 403 (role too low)\n"
+    "  8    not found: no such model, job or artifact (or not in the cache\n"
+    "       in offline mode)\n"
+    "  9    the job failed or was cancelled (wait)\n"
+    "  10   downloaded data failed its SHA-256 digest\n"
+    "  11   wait --timeout ran out\n"
     "  130  interrupted (SIGINT/SIGTERM); nothing is left behind\n";
 
 volatile int cli_interrupted;
@@ -122,6 +141,16 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(verb, "decompose"))
     return cmd_decompose(argc - 1, argv + 1);
+  static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+  } remote[] = {{"upload", cmd_upload}, {"submit", cmd_submit},
+                {"status", cmd_status}, {"wait", cmd_wait},
+                {"fetch", cmd_fetch},   {"jobs", cmd_jobs},
+                {"cancel", cmd_cancel}};
+  for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
+    if (!strcmp(verb, remote[i].name))
+      return remote[i].fn(argc - 1, argv + 1);
   cli_error("unknown verb '%s' (decompctl --help lists them)", verb);
   return CLI_EXIT_USAGE;
 }

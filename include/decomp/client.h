@@ -1,0 +1,330 @@
+/* decomp/client.h — libdecompclient: talk to a decompd service.
+ *
+ * Upload weight files, submit decomposition jobs, follow them, and fetch
+ * their artifacts (decomposed weights, decompose_info.json) into a local,
+ * content-addressed cache that the Python package (decompd.client) shares.
+ *
+ *   decomp_client *c;
+ *   decomp_client_new(NULL, NULL, &c);            // DECOMPD_URL, DECOMPD_TOKEN
+ *   decomp_client_model m;
+ *   decomp_client_upload(c, "resnet.pth", "resnet", &m, NULL, NULL);
+ *   decomp_client_job j = {0};
+ *   decomp_client_submit(c, m.id, spec_json, "budget", &j, NULL);
+ *   decomp_client_wait(c, j.id, 0, NULL, NULL, &j);
+ *   decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
+ *   size_t n;
+ *   decomp_client_fetch(c, j.id, NULL, NULL, files, &n);
+ *   decomp_client_job_clear(&j);
+ *   decomp_client_free(c);
+ *
+ * Conventions (as in decomp.h): every fallible function returns a code from
+ * decomp/errors.h (DECOMP_OK on success) and passes results through out_
+ * parameters; after a failure decomp_client_errmsg() says what and where
+ * ("GET /v1/jobs/j_…: 404 not_found: no such job"). A handle is not
+ * thread-safe: use one per thread. The library never prints.
+ *
+ * Errors a caller will want to tell apart:
+ *   DECOMP_ERR_CONNECT          the server could not be reached (refused,
+ *                               unknown host, timeout while connecting)
+ *   DECOMP_ERR_TRANSFER         the connection broke in the middle of a
+ *                               transfer (a fetch keeps its partial file and
+ *                               the next fetch resumes it)
+ *   DECOMP_ERR_UNAUTHORIZED     401: no token, or an unknown one
+ *   DECOMP_ERR_FORBIDDEN        403: the token's role is too low
+ *   DECOMP_ERR_NOT_FOUND        404: no such model, job or artifact
+ *   DECOMP_ERR_DIGEST_MISMATCH  downloaded bytes failed their SHA-256
+ *   DECOMP_ERR_DISK_FULL        ENOSPC (or EDQUOT) writing the cache or DEST
+ *   DECOMP_ERR_OFFLINE_MISS     offline mode and the cache lacks it
+ *   DECOMP_ERR_TIMEOUT          decomp_client_wait() ran out of time
+ *   DECOMP_ERR_CANCELLED        a progress or wait callback asked to stop
+ *   DECOMP_ERR_SERVER           any other error answer (5xx, unexpected)
+ * and the server's own codes (bad_spec, bad_policy, unknown_format, …)
+ * when its problem+json names one.
+ *
+ * The cache (DECOMPD_CACHE, default $XDG_CACHE_HOME/decompd, else
+ * ~/.cache/decompd), shared with python/decompd/client.py:
+ *
+ *   CACHE/blobs/sha256/<hex[0:2]>/<hex>   a verified file whose SHA-256 is
+ *                                         <hex> (64 lower-case hex digits)
+ *   CACHE/tmp/<hex>.<unique>.part         a partial download of <hex>; a
+ *                                         fetch claims one by renaming it
+ *                                         to its own unique name (so two
+ *                                         fetchers never share one), resumes
+ *                                         it with Range, and renames it onto
+ *                                         the blob path once verified
+ *   CACHE/jobs/<job-id>.json              written (atomically) after a
+ *                                         job's artifacts were all fetched:
+ *     {"format": "decompd.cache.job", "version": 1, "server": URL,
+ *      "job": {…the server's job object…},
+ *      "artifacts": {"decompose_info.json": {"digest": "sha256:<hex>",
+ *                    "size": N, "media_type": "application/json"}, …}}
+ *
+ * A blob is re-hashed every time it is served from the cache: a corrupt one
+ * is removed and fetched again (online) or reported as a digest mismatch
+ * (offline). Offline mode (DECOMPD_OFFLINE=1, or decomp_client_set_offline)
+ * never opens a connection: job_get/wait/fetch answer from CACHE/jobs and the
+ * blobs, anything else fails with DECOMP_ERR_OFFLINE_MISS.
+ *
+ * Live job events: the daemon offers none yet (api/openapi.yaml), so
+ * decomp_client_wait() polls GET /v1/jobs/{id} with a backoff from 100 ms to
+ * 2 s.
+ */
+#ifndef DECOMP_CLIENT_H
+#define DECOMP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "decomp/errors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The server used when neither the url argument nor DECOMPD_URL gives one. */
+#define DECOMP_CLIENT_DEFAULT_URL "http://127.0.0.1:8080"
+
+/* Artifacts a job can have (decomposed_weights.pth, .safetensors,
+ * decompose_info.json), with room to spare. */
+#define DECOMP_CLIENT_MAX_ARTIFACTS 8
+
+/* Sizes of the fixed string fields below, terminator included. */
+#define DECOMP_CLIENT_ID_LEN 40
+#define DECOMP_CLIENT_DIGEST_LEN 72 /* "sha256:" + 64 hex + NUL */
+#define DECOMP_CLIENT_PATH_LEN 4096
+
+typedef struct decomp_client decomp_client;
+
+/* ---- the handle ---------------------------------------------------------- */
+
+/* Make a client for the server at `url` (NULL: $DECOMPD_URL, else
+ * DECOMP_CLIENT_DEFAULT_URL; a trailing '/' is dropped) with bearer `token`
+ * (NULL: $DECOMPD_TOKEN; NULL or "" there too: no Authorization header).
+ * The cache folder comes from $DECOMPD_CACHE (default above) and offline
+ * mode from $DECOMPD_OFFLINE ("1", "true", "yes"). Nothing is connected or
+ * created yet. INVALID_ARGUMENT for a URL that is not http:// or https://,
+ * NOMEM. *out is NULL on failure. */
+int decomp_client_new(const char *url, const char *token, decomp_client **out);
+
+/* Free the handle and close its connections. NULL is a no-op. */
+void decomp_client_free(decomp_client *c);
+
+/* The last failure's message (what and where); "" when none. Borrowed,
+ * valid until the next call on `c`. */
+const char *decomp_client_errmsg(const decomp_client *c);
+
+/* The HTTP status of the last answer received (0 when none, e.g. after a
+ * connection failure or in offline mode). */
+int decomp_client_http_status(const decomp_client *c);
+
+/* The server's base URL and the cache folder in use (borrowed, valid for
+ * the handle's life or until the matching setter). */
+const char *decomp_client_url(const decomp_client *c);
+const char *decomp_client_cache_dir(const decomp_client *c);
+
+/* Use `dir` as the cache folder (created on first use). INVALID_ARGUMENT
+ * for NULL, "" or a path too long, NOMEM. */
+int decomp_client_set_cache_dir(decomp_client *c, const char *dir);
+
+/* Turn offline mode on or off (see the file comment). */
+void decomp_client_set_offline(decomp_client *c, bool offline);
+bool decomp_client_offline(const decomp_client *c);
+
+/* ---- progress ------------------------------------------------------------ */
+
+typedef enum decomp_client_direction {
+  DECOMP_CLIENT_UPLOAD = 0,
+  DECOMP_CLIENT_DOWNLOAD = 1,
+} decomp_client_direction;
+
+typedef struct decomp_client_progress {
+  decomp_client_direction direction;
+  const char *name; /* the file uploaded or the artifact fetched (borrowed) */
+  int64_t done;     /* bytes so far; a resumed download counts the bytes it
+                       already had */
+  int64_t total;    /* bytes in all, -1 when not known yet */
+} decomp_client_progress;
+
+/* Called as bytes move (at most a few times a second, and once at the end
+ * of each transfer). Return 0 to go on, non-zero to stop: the call then
+ * fails with DECOMP_ERR_CANCELLED (a fetch keeps its partial file). */
+typedef int (*decomp_client_progress_fn)(void *user,
+                                         const decomp_client_progress *p);
+
+/* Install (or, with fn NULL, remove) the progress callback for uploads and
+ * fetches made through `c`. */
+void decomp_client_set_progress(decomp_client *c, decomp_client_progress_fn fn,
+                                void *user);
+
+/* ---- models -------------------------------------------------------------- */
+
+typedef struct decomp_client_model {
+  char id[DECOMP_CLIENT_ID_LEN];         /* "m_<16 hex>" */
+  char name[256];                        /* the label given at upload */
+  char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" of the file */
+  char format[16];                       /* "pth", "safetensors" */
+  int64_t size;                          /* bytes */
+  int64_t tensors;                       /* tensors in the file */
+} decomp_client_model;
+
+/* Upload the weight file at `path` (.pth, safetensors, or a TorchScript
+ * archive where the daemon reads them), streamed from disk, under the label
+ * `name` (NULL or "": none). The server validates it before accepting it and
+ * deduplicates by digest: *out_created (optional) tells a new model (201)
+ * from the same bytes uploaded before (200). *out_json (optional) gets the
+ * server's answer; free it with decomp_client_string_free(). The progress
+ * callback sees DECOMP_CLIENT_UPLOAD. IO when the file cannot be read,
+ * OFFLINE_MISS in offline mode, the server's code when it refuses the file
+ * (unknown_format, forbidden_global, payload_too_large, …). */
+int decomp_client_upload(decomp_client *c, const char *path, const char *name,
+                         decomp_client_model *out, bool *out_created,
+                         char **out_json);
+
+/* ---- jobs ---------------------------------------------------------------- */
+
+typedef enum decomp_job_state {
+  DECOMP_JOB_UNKNOWN = 0, /* a state this version does not know */
+  DECOMP_JOB_QUEUED,
+  DECOMP_JOB_RUNNING,
+  DECOMP_JOB_SUCCEEDED,
+  DECOMP_JOB_FAILED,
+  DECOMP_JOB_CANCELLED,
+} decomp_job_state;
+
+/* "queued", "running", …, "unknown". Static. */
+const char *decomp_job_state_name(decomp_job_state s);
+
+/* Whether `s` is final (succeeded, failed, cancelled). */
+bool decomp_job_state_final(decomp_job_state s);
+
+typedef struct decomp_client_artifact {
+  char name[64];                         /* "decomposed_weights.pth", … */
+  char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" */
+  int64_t size;                          /* bytes */
+  char media_type[64];
+} decomp_client_artifact;
+
+typedef struct decomp_client_job {
+  char id[DECOMP_CLIENT_ID_LEN];    /* "j_<16 hex>" */
+  char model[DECOMP_CLIENT_ID_LEN]; /* the model id */
+  decomp_job_state state;
+  bool cancel_requested; /* a running job will stop at a layer boundary */
+  int attempts;          /* times a worker started it */
+  int64_t layers_done;   /* per-layer progress */
+  int64_t layers_total;  /* 0 until a worker has read the spec */
+  double seconds;        /* running time so far or in all; 0 if not started */
+  char error_code[64];   /* failed jobs: the engine's code ("svd_failed") */
+  char error_message[512];
+  size_t n_artifacts; /* succeeded jobs fetched one by one (get, wait) */
+  decomp_client_artifact artifacts[DECOMP_CLIENT_MAX_ARTIFACTS];
+  char *json; /* the server's JSON object for the job (owned; see clear) */
+} decomp_client_job;
+
+/* Free what `j` owns (its json) and zero it. NULL is a no-op. Every
+ * function filling a decomp_client_job clears it first, so one struct can
+ * be reused across calls as long as it starts zeroed. */
+void decomp_client_job_clear(decomp_client_job *j);
+
+/* Submit a job: the model `model_id`, the layer spec `spec_json` (a JSON
+ * object {"layers": [...]} or a list, as the Python package writes it) and
+ * the rank policy `policy` (NULL: the server's default, budget; a name such
+ * as "amct"; or a JSON object text such as {"name":"energy","energy":0.95}).
+ * The server checks the spec against the weights and parses the policy
+ * before queueing (bad_spec, spec_mismatch, bad_policy). Identical input
+ * returns the existing job: *out_created (optional) is then false. */
+int decomp_client_submit(decomp_client *c, const char *model_id,
+                         const char *spec_json, const char *policy,
+                         decomp_client_job *out, bool *out_created);
+
+/* Get job `id` with its progress, error and artifacts. Offline: from the
+ * cache's job record, OFFLINE_MISS when there is none. */
+int decomp_client_job_get(decomp_client *c, const char *id,
+                          decomp_client_job *out);
+
+/* Cancel job `id`: a queued job at once, a running one at its next layer
+ * boundary (out->cancel_requested, state still running). CONFLICT for a job
+ * already finished otherwise. `out` may be NULL. */
+int decomp_client_job_cancel(decomp_client *c, const char *id,
+                             decomp_client_job *out);
+
+/* One page of jobs, newest first: `state` (NULL: any) filters, `limit` 1 to
+ * 500 (0: the server's 50), `cursor` (NULL: the first page) continues from
+ * a previous *out_next_cursor. *out_jobs (free with
+ * decomp_client_job_list_free) holds *out_n jobs, without artifacts;
+ * *out_next_cursor (optional; NULL at the end; free with
+ * decomp_client_string_free) names the next page. */
+int decomp_client_job_list(decomp_client *c, const char *state, int limit,
+                           const char *cursor, decomp_client_job **out_jobs,
+                           size_t *out_n, char **out_next_cursor);
+
+/* Free a list from decomp_client_job_list. NULL is a no-op. */
+void decomp_client_job_list_free(decomp_client_job *jobs, size_t n);
+
+/* Called by decomp_client_wait with each state seen. Return 0 to go on,
+ * non-zero to stop waiting (DECOMP_ERR_CANCELLED). */
+typedef int (*decomp_client_wait_fn)(void *user, const decomp_client_job *j);
+
+/* Wait until job `id` is final (succeeded, failed or cancelled) and put it
+ * in `out`; DECOMP_OK means it is final, not that it succeeded: look at
+ * out->state. `timeout_s` <= 0 waits for ever; when it runs out, TIMEOUT
+ * (out holds the last state seen). `fn` (optional) sees every poll's job. A
+ * connection failure while polling is retried for as long as the timeout
+ * allows (a daemon restart requeues running jobs), then reported. */
+int decomp_client_wait(decomp_client *c, const char *id, double timeout_s,
+                       decomp_client_wait_fn fn, void *user,
+                       decomp_client_job *out);
+
+/* ---- artifacts and the cache --------------------------------------------- */
+
+typedef struct decomp_client_file {
+  char name[64];                         /* the artifact's name */
+  char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>", verified */
+  int64_t size;
+  char path[DECOMP_CLIENT_PATH_LEN]; /* where it is: DEST/name, or the cache
+                                        blob when no DEST was given */
+  bool from_cache;        /* no byte was downloaded */
+  int64_t resumed_from;   /* > 0: a partial download was resumed there */
+  int64_t downloaded;     /* bytes received this time */
+} decomp_client_file;
+
+/* Fetch the artifacts of succeeded job `id` into the cache and, when
+ * `dest_dir` is given (created if missing), copy each to DEST/<name>
+ * through a temporary file and a rename. `only` (NULL: all) names one
+ * artifact. Every file is verified against the digest the server gave for
+ * it: a cached blob is re-hashed (a corrupt one is removed and downloaded
+ * again), a download is hashed as it arrives, resumed with Range from a
+ * partial file when there is one (If-Range = the digest; a 200 answer
+ * starts over), retried once from the start when a resumed file fails its
+ * digest. Then the job record CACHE/jobs/<id>.json is written. `out` (room
+ * for DECOMP_CLIENT_MAX_ARTIFACTS) and *out_n describe the files.
+ * CONFLICT when the job has not succeeded; DIGEST_MISMATCH, DISK_FULL,
+ * TRANSFER (partial file kept), CONNECT, NOT_FOUND. Offline: from the job
+ * record and the blobs only. */
+int decomp_client_fetch(decomp_client *c, const char *id, const char *only,
+                        const char *dest_dir, decomp_client_file *out,
+                        size_t *out_n);
+
+/* CACHE/blobs/sha256/<hex[0:2]>/<hex> for `digest` ("sha256:<hex>" or the
+ * bare hex) into buf. INVALID_ARGUMENT for a malformed digest or a buffer
+ * too small. Pure: touches no file. */
+int decomp_client_cache_blob_path(const char *cache_dir, const char *digest,
+                                  char *buf, size_t len);
+
+/* CACHE/jobs/<id>.json into buf. INVALID_ARGUMENT for an id that is not
+ * [A-Za-z0-9_-]{1,64} or a buffer too small. Pure. */
+int decomp_client_cache_job_path(const char *cache_dir, const char *id,
+                                 char *buf, size_t len);
+
+/* The default cache folder ($DECOMPD_CACHE, else $XDG_CACHE_HOME/decompd,
+ * else $HOME/.cache/decompd) into buf. INVALID_ARGUMENT when none of those
+ * variables is set or buf is too small. */
+int decomp_client_default_cache_dir(char *buf, size_t len);
+
+/* Free a string returned by this library. NULL is a no-op. */
+void decomp_client_string_free(char *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
