@@ -87,11 +87,11 @@ static void h_metrics(http_req *r) {
 static json_t *model_json(const store_model *m) {
   char self[64];
   snprintf(self, sizeof self, "/v1/models/%s", m->id);
-  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:s}", "id", m->id,
-                   "name", m->name, "digest", m->digest, "format", m->format,
-                   "size", (json_int_t)m->size, "tensors",
-                   (json_int_t)m->tensors, "created_at",
-                   time_json(m->created_at), "url", self);
+  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id",
+                   m->id, "name", m->name, "digest", m->digest, "format",
+                   m->format, "size", (json_int_t)m->size, "tensors",
+                   (json_int_t)m->tensors, "has_spec", m->has_spec,
+                   "created_at", time_json(m->created_at), "url", self);
 }
 
 static bool name_ok(const char *s) {
@@ -215,6 +215,108 @@ static void h_model_delete(http_req *r) {
     store_problem(r, rc);
   else
     http_reply(r, 204, NULL, NULL, 0);
+}
+
+/* Parse `spec_text` and check it against the model's weights; on failure
+ * the reply is a problem and the result is not DECOMP_OK. */
+static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
+                         const char *spec_text, decomp_spec **out) {
+  decomp_weights *w = NULL;
+  decomp_spec *spec = NULL;
+  char path[4200];
+  int rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec);
+  if (rc != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    return rc;
+  }
+  /* The spec must fit the weights: fail now, not in the queue. */
+  rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
+             (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+  }
+  decomp_weights_free(w);
+  if (rc != DECOMP_OK) {
+    decomp_spec_free(spec);
+    return rc;
+  }
+  *out = spec;
+  return DECOMP_OK;
+}
+
+static void h_model_spec_put(http_req *r) {
+  size_t len = 0;
+  const char *body = http_req_body(r, &len);
+  json_error_t jerr;
+  json_t *in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  decomp_ctx *ctx = NULL;
+  decomp_spec *spec = NULL;
+  char *text = NULL, *canon = NULL;
+  store_model m;
+  if (!in) {
+    http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
+                       jerr.line, jerr.column, jerr.text);
+    goto done;
+  }
+  if (!json_is_object(in) && !json_is_array(in)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
+                       "a layer spec is {\"layers\": [...]} or a list");
+    goto done;
+  }
+  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC);
+  if (missing) {
+    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
+                       "this build's engine lacks %s", missing);
+    goto done;
+  }
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  ctx = decomp_ctx_new();
+  text = json_dumps(in, JSON_COMPACT);
+  if (!ctx || !text) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if (spec_validate(r, ctx, &m, text, &spec) != DECOMP_OK)
+    goto done;
+  canon = decomp_spec_to_json(spec);
+  if (!canon) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if ((rc = store_model_set_spec(http_req_store(r), m.id, canon)) !=
+      DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  http_reply_text(r, 200, JSON_TYPE, canon);
+done:
+  json_decref(in);
+  free(text);
+  decomp_free(canon);
+  if (spec)
+    decomp_spec_free(spec);
+  decomp_ctx_free(ctx);
+}
+
+static void h_model_spec_get(http_req *r) {
+  char *spec = NULL;
+  int rc = store_model_get_spec(http_req_store(r), http_req_param(r, 0), &spec);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (!spec) {
+    http_reply_problem(r, DECOMP_ERR_NOT_FOUND, "model %s has no layer spec",
+                       http_req_param(r, 0));
+    return;
+  }
+  http_reply(r, 200, JSON_TYPE, spec, strlen(spec));
 }
 
 /* ---- blobs: ETag, If-None-Match, Range, sendfile ----------------------- */
@@ -408,7 +510,6 @@ static void h_job_submit(http_req *r) {
   decomp_ctx *ctx = NULL;
   decomp_spec *spec = NULL;
   decomp_policy *pol = NULL;
-  decomp_weights *w = NULL;
   char *spec_text = NULL, *spec_canon = NULL, *pol_canon = NULL;
   char *pol_text = NULL;
   store_job job = {0};
@@ -456,11 +557,24 @@ static void h_job_submit(http_req *r) {
                                                   : store_errmsg());
     goto done;
   }
-  if (!js || !(json_is_object(js) || json_is_array(js))) {
+  if (js && !(json_is_object(js) || json_is_array(js))) {
     http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
                        "'spec' must be a layer spec: {\"layers\": [...]} or a "
                        "list of layers");
     goto done;
+  }
+  if (!js) { /* the model's own spec, if it has one */
+    if ((rc = store_model_get_spec(s, m.id, &spec_text)) != DECOMP_OK) {
+      store_problem(r, rc);
+      goto done;
+    }
+    if (!spec_text) {
+      http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
+                         "no 'spec' given and model %s has none (PUT "
+                         "/v1/models/%s/spec)",
+                         m.id, m.id);
+      goto done;
+    }
   }
   if (jp && !json_is_string(jp) && !json_is_object(jp)) {
     http_reply_problem(r, DECOMP_ERR_BAD_POLICY,
@@ -468,7 +582,8 @@ static void h_job_submit(http_req *r) {
     goto done;
   }
   ctx = decomp_ctx_new();
-  spec_text = json_dumps(js, JSON_COMPACT);
+  if (!spec_text)
+    spec_text = json_dumps(js, JSON_COMPACT);
   pol_text = !jp ? strdup("budget")
              : json_is_string(jp) ? strdup(json_string_value(jp))
                                   : json_dumps(jp, JSON_COMPACT);
@@ -476,23 +591,9 @@ static void h_job_submit(http_req *r) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
-      DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+  if (spec_validate(r, ctx, &m, spec_text, &spec) != DECOMP_OK)
     goto done;
-  }
   if ((rc = decomp_policy_parse(ctx, pol_text, &pol)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-    goto done;
-  }
-  /* The spec must fit the weights: fail now, not in the queue. */
-  char path[4200];
-  if ((rc = store_blob_path(s, m.digest, path, sizeof path)) != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
-      (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
     goto done;
   }
@@ -544,7 +645,6 @@ done:
     decomp_policy_free(pol);
   if (spec)
     decomp_spec_free(spec);
-  decomp_weights_free(w);
   decomp_ctx_free(ctx);
 }
 
@@ -699,6 +799,10 @@ const http_route HTTP_ROUTES[] = {
      h_model_delete, "delete a model"},
     {"GET", "/v1/models/{id}/content", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_model_content, "download a model's weight file"},
+    {"PUT", "/v1/models/{id}/spec", STORE_ROLE_SUBMIT, HTTP_BODY_JSON,
+     h_model_spec_put, "attach a layer spec to a model"},
+    {"GET", "/v1/models/{id}/spec", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_model_spec_get, "get a model's layer spec"},
     {"POST", "/v1/jobs", STORE_ROLE_SUBMIT, HTTP_BODY_JSON, h_job_submit,
      "submit a job {model, spec, policy}"},
     {"GET", "/v1/jobs", STORE_ROLE_READ, HTTP_BODY_NONE, h_jobs_list,

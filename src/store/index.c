@@ -387,6 +387,7 @@ int store_blob_gc(store *s, const char *digest) {
 /* ---- models ----------------------------------------------------------- */
 
 #define MODEL_COLS "id, digest, name, format, size, tensors, created_at"
+#define MODEL_READ_COLS MODEL_COLS ", spec IS NOT NULL"
 
 static void model_row(sqlite3_stmt *st, store_model *m) {
   col_copy(st, 0, m->id, sizeof m->id);
@@ -396,6 +397,7 @@ static void model_row(sqlite3_stmt *st, store_model *m) {
   m->size = sqlite3_column_int64(st, 4);
   m->tensors = sqlite3_column_int64(st, 5);
   m->created_at = sqlite3_column_int64(st, 6);
+  m->has_spec = sqlite3_column_int(st, 7) != 0;
 }
 
 int store_model_put(store *s, store_model *m, bool *created) {
@@ -413,7 +415,7 @@ int store_model_put(store *s, store_model *m, bool *created) {
             store_now_ms());
   if (rc == DECOMP_OK) {
     sqlite3_stmt *st = NULL;
-    rc = prepf(s->w, &st, "SELECT " MODEL_COLS " FROM models WHERE digest=?",
+    rc = prepf(s->w, &st, "SELECT " MODEL_READ_COLS " FROM models WHERE digest=?",
                "s", m->digest);
     if (rc == DECOMP_OK) {
       if (sqlite3_step(st) == SQLITE_ROW)
@@ -434,8 +436,8 @@ int store_model_get(store *s, const char *id, store_model *out) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT " MODEL_COLS " FROM models WHERE id=?", "s",
-               id);
+    rc = prepf(db, &st, "SELECT " MODEL_READ_COLS " FROM models WHERE id=?",
+               "s", id);
   if (rc != DECOMP_OK)
     return rc;
   int r = sqlite3_step(st);
@@ -455,7 +457,8 @@ int store_model_list(store *s, store_model **out, size_t *n) {
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
     rc = prepf(db, &st,
-               "SELECT " MODEL_COLS " FROM models ORDER BY created_at DESC, id",
+               "SELECT " MODEL_READ_COLS
+               " FROM models ORDER BY created_at DESC, id",
                "");
   if (rc != DECOMP_OK)
     return rc;
@@ -513,6 +516,35 @@ int store_model_delete(store *s, const char *id,
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
   return wend(s, rc);
+}
+
+int store_model_set_spec(store *s, const char *id, const char *spec) {
+  int rc = wbegin(s), n = 0;
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, &n, "UPDATE models SET spec=? WHERE id=?", "ss", spec, id);
+  if (rc == DECOMP_OK && n == 0)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+  return wend(s, rc);
+}
+
+int store_model_get_spec(store *s, const char *id, char **spec) {
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = prepf(db, &st, "SELECT spec FROM models WHERE id=?", "s", id);
+  if (rc != DECOMP_OK)
+    return rc;
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW)
+    *spec = col_dup(st, 0);
+  else if (r == SQLITE_DONE)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+  else
+    rc = db_fail(db, "model spec");
+  sqlite3_finalize(st);
+  return rc;
 }
 
 /* ---- artifacts -------------------------------------------------------- */

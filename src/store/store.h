@@ -96,6 +96,7 @@ typedef struct store_model {
   int64_t size;                   /* bytes */
   int64_t tensors;                /* tensors in the state dict */
   int64_t created_at;             /* Unix ms */
+  bool has_spec;                  /* a layer spec is attached */
 } store_model;
 
 /* Insert a model for `m->digest` unless one exists: *created says which; `m`
@@ -108,6 +109,13 @@ int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
  * it. The caller collects the blob with store_blob_gc(). */
 int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN]);
+
+/* Attach a layer spec (canonical JSON) to a model, replacing any;
+ * DECOMP_ERR_NOT_FOUND when there is no such model. */
+int store_model_set_spec(store *s, const char *id, const char *spec);
+/* The model's spec (*spec malloc'd, NULL when none); DECOMP_ERR_NOT_FOUND
+ * when there is no such model. */
+int store_model_get_spec(store *s, const char *id, char **spec);
 
 /* ---- artifacts -------------------------------------------------------- */
 

@@ -195,3 +195,29 @@ def test_cancel_queued_and_paging(daemon_factory):
         if not cursor:
             break
     assert seen == list(reversed(ids))
+
+
+def test_spec_attached_to_the_model(daemon):
+    model, m = resnet18_upload(daemon)
+    assert m["has_spec"] is False
+    spec = conv_spec(model)
+    status, hdrs, body = daemon.request("GET", "/v1/models/%s/spec" % m["id"])
+    assert status == 404
+    status, hdrs, body = daemon.request("POST", "/v1/jobs", body={"model": m["id"]})
+    assert status == 400 and b"bad_spec" in body
+    bad = {"layers": [dict(spec["layers"][0], out_channels=3)]}
+    status, hdrs, body = daemon.request("PUT", "/v1/models/%s/spec" % m["id"], body=bad)
+    assert status == 422 and b"spec_mismatch" in body
+    status, canon = daemon.json("PUT", "/v1/models/%s/spec" % m["id"], spec, expect=200)
+    assert [l["name"] for l in canon["layers"]] == [l["name"] for l in spec["layers"]]
+    assert daemon.json("GET", "/v1/models/%s/spec" % m["id"], expect=200)[1] == canon
+    assert daemon.json("GET", "/v1/models/" + m["id"], expect=200)[1]["has_spec"] is True
+    # a job without a spec uses the model's; the same spec given explicitly
+    # (in another spelling) is the same job
+    status, j1 = daemon.json("POST", "/v1/jobs", {"model": m["id"], "policy": "vbmf"})
+    assert status == 201, j1
+    spec2 = {"layers": [dict(l, kernel_size=l["kernel_size"][0]) for l in spec["layers"]]}
+    status, j2 = daemon.json("POST", "/v1/jobs", {"model": m["id"], "spec": spec2,
+                                                   "policy": "vbmf"})
+    assert status == 200 and j2["id"] == j1["id"]
+    assert daemon.wait_job(j1["id"])["state"] == "succeeded"
