@@ -1,0 +1,65 @@
+"""Settings come from defaults < config file < DECOMPD_* environment <
+flags; bad settings are refused with a message; logs are key=value lines
+with time, level, topic and request id."""
+import os
+import re
+import subprocess
+import time
+
+from conftest import BIN, Daemon, free_port
+
+
+def test_precedence_file_env_flags(tmp_path):
+    port = free_port()
+    conf = tmp_path / "decompd.conf"
+    conf.write_text("# example\n"
+                    "data_dir = %s\n"
+                    "listen = 127.0.0.1:%d\n"
+                    "max_upload_bytes = 1M\n"
+                    "log_level = debug\n" % (tmp_path / "from-file", port))
+    d = Daemon(tmp_path / "unused", env={"DECOMPD_MAX_UPLOAD_BYTES": "1K"})
+    d.args = []
+    log = open(tmp_path / "log", "wb")
+    p = subprocess.Popen([BIN, "--config", str(conf), "--max-upload-bytes", "2K"],
+                         stderr=log, env=d.env)
+    try:
+        d.port = port
+        for _ in range(200):
+            try:
+                if d.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert os.path.isdir(tmp_path / "from-file" / "blobs")  # file's data_dir
+        # flag (2K) beats env (1K) beats file (1M)
+        assert d.request("POST", "/v1/models", body=b"x" * 1500)[0] == 422
+        assert d.request("POST", "/v1/models", body=b"x" * 2049)[0] == 413
+        status, hdrs, _ = d.request("GET", "/healthz", headers={"X-Request-Id": "abc-123"})
+        assert hdrs["x-request-id"] == "abc-123"
+    finally:
+        p.terminate()
+        p.wait(30)
+    text = (tmp_path / "log").read_text()
+    line = [l for l in text.splitlines() if "req=abc-123" in l][0]
+    assert re.match(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info topic=http "
+                    r"req=abc-123 event=request method=GET path=\"/healthz\" "
+                    r"route=/healthz status=200 ", line), line
+    assert p.returncode == 0
+
+
+def test_bad_settings_are_refused(tmp_path):
+    for args, env, msg in [
+        (["--listen", "nowhere"], {}, "bad value for listen"),
+        (["--workers", "-1"], {}, "bad value for workers"),
+        ([], {"DECOMPD_MAX_UPLOAD_BYTES": "lots"}, "DECOMPD_MAX_UPLOAD_BYTES"),
+        (["--config", str(tmp_path / "missing.conf")], {}, "missing.conf"),
+        (["--log-level"], {}, "needs a value"),
+    ]:
+        r = subprocess.run([BIN, "--data-dir", str(tmp_path / "v")] + args,
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, **env))
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    bad = tmp_path / "bad.conf"
+    bad.write_text("colour = blue\n")
+    r = subprocess.run([BIN, "--config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "bad.conf:1: unknown setting 'colour'" in r.stderr
