@@ -54,6 +54,14 @@ class ModesNet(nn.Module):
         return self.f(self.e(self.d(self.c(self.b(self.a(x))))))
 
 
+def build_model(arch):
+    """A model by name: "Net" (above) or a torchvision model, random init."""
+    if arch == "Net":
+        return Net()
+    import torchvision
+    return getattr(torchvision.models, arch)(weights=None)
+
+
 def conv_macs(model, x):
     """{module: MACs} of every nn.Conv2d that ran in a forward pass on x,
     counted from the module structure (output elements × inputs per output

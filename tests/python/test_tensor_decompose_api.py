@@ -6,7 +6,6 @@ new parameters keep, policies, errors, logging and the progress bar."""
 import copy
 import json
 import logging
-import os
 
 import pytest
 import torch
@@ -443,6 +442,16 @@ class FakeTTY:
 
     def flush(self):
         pass
+
+
+def test_hooks_on_a_replaced_conv_are_named_in_a_warning(caplog):
+    net = Net()
+    net.conv2.register_forward_hook(lambda *a: None)
+    with caplog.at_level(logging.WARNING, logger="decompd"):
+        _, changes = auto_decomposition(net, policy=SMALL_RANK)
+    assert "conv2" in changes
+    assert any(r.levelno == logging.WARNING and "conv2" in r.getMessage()
+               and "hooks" in r.getMessage() for r in caplog.records)
 
 
 def test_progress_bar_on_a_terminal(monkeypatch):

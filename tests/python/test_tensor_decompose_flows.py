@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from decompd.tensor_decompose import auto_decomposition, decompose_network  # noqa: F401
-from tensor_decompose_common import Net, run_python
+from decompd.tensor_decompose import auto_decomposition
+from tensor_decompose_common import build_model, run_python
 
 # (model, input side): inputs kept small, the flows are about structure.
 MODELS = [
@@ -30,15 +30,6 @@ MODELS = [
     ("densenet121", 64),
 ]
 
-BUILD = """
-def build(arch):
-    if arch == "Net":
-        from tensor_decompose_common import Net
-        return Net()
-    import torchvision
-    return getattr(torchvision.models, arch)(weights=None)
-"""
-exec(BUILD)
 
 
 def conv_slots(model):
@@ -96,12 +87,14 @@ def train_steps(net, size, steps=2):
     return losses
 
 
-STEP2 = BUILD + """
+# Offline step 2, run in a fresh process.
+STEP2 = """
 import json, sys, torch
 from decompd.tensor_decompose import decompose_network
+from tensor_decompose_common import build_model
 arch, info_path, weights_path, io_path = sys.argv[1:5]
 torch.manual_seed(123)            # a different init: the weights must come from the file
-net = build(arch)
+net = build_model(arch)
 net, changes = decompose_network(model=net, decompose_info_path=info_path)
 net.load_state_dict(torch.load(weights_path), strict=True)
 net.eval()
@@ -118,7 +111,7 @@ def test_seed_flows(arch, size, tmp_path):
     torch.manual_seed(0)
 
     # --- online -----------------------------------------------------------
-    net = build(arch)  # noqa: F821 (defined by exec above)
+    net = build_model(arch)
     before = conv_slots(net)
     snapshot = {n: m for n, (m, _) in before.items()}
     net, changes = auto_decomposition(model=net)
@@ -132,7 +125,7 @@ def test_seed_flows(arch, size, tmp_path):
 
     # --- offline, step 1 --------------------------------------------------
     torch.manual_seed(1)
-    net = build(arch)  # noqa: F821
+    net = build_model(arch)
     before = conv_slots(net)
     info_path = tmp_path / "decompose" / "decompose_info.json"
     net, changes = auto_decomposition(model=net,
