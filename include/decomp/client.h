@@ -227,7 +227,8 @@ typedef struct decomp_client_job {
 void decomp_client_job_clear(decomp_client_job *j);
 
 /* Submit a job: the model `model_id`, the layer spec `spec_json` (a JSON
- * object {"layers": [...]} or a list, as the Python package writes it) and
+ * object {"layers": [...]} or a list, as the Python package writes it; NULL
+ * to use the spec the server has for the model, where it has one) and
  * the rank policy `policy` (NULL: the server's default, budget; a name such
  * as "amct"; or a JSON object text such as {"name":"energy","energy":0.95}).
  * The server checks the spec against the weights and parses the policy

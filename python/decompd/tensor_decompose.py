@@ -58,7 +58,7 @@ import torch.nn as nn
 
 from . import _engine
 from ._progress import Reporter
-from .errors import DecompError, ServiceNotAvailableError
+from .errors import DecompError
 from .spec import (conv_fields, input_sizes, is_plain_conv, layer_spec_json,
                    type_name, walk)
 
@@ -83,20 +83,11 @@ def _check_model(model):
                         f"{type(model).__name__}")
 
 
-def _check_server(server):
-    """The service client is a later part of decompd: say so rather than
-    silently decomposing in-process when a server was asked for."""
-    if server is not None:
-        raise ServiceNotAvailableError(
-            f"server={server!r}: the decompd service client is not available "
-            f"in this version of the package; call auto_decomposition "
-            f"without server= to decompose in-process with the local engine")
-    url = os.environ.get("DECOMPD_URL")
-    if url:
-        raise ServiceNotAvailableError(
-            f"DECOMPD_URL={url} is set, but the decompd service client is "
-            f"not available in this version of the package; unset DECOMPD_URL "
-            f"to decompose in-process with the local engine")
+def _service_url(server):
+    """The decompd service to run on: `server`, else DECOMPD_URL, else None
+    (in-process)."""
+    return server if server is not None else (
+        os.environ.get("DECOMPD_URL") or None)
 
 
 def _policy_text(policy):
@@ -346,9 +337,11 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     policy: the rank policy, a name ("budget", "amct", "energy", …) or a dict
       / JSON text ({"name": "energy", "energy": 0.95}); default "budget"
       (a 2x conv MAC reduction over the eligible convs).
-    server: reserved for the decompd service client (not available yet: any
-      value, or DECOMPD_URL in the environment, raises
-      ServiceNotAvailableError).
+    server: a decompd service URL (default DECOMPD_URL): the model's state
+      dict and spec are sent there and the result pulled back
+      (decompd.client.Client.decompose), giving the same bytes as the
+      in-process engine; unreachable: ConnectionError
+      (decompd.client.ConnectError), never a silent fallback.
     example_input: optional (decompd's addition to the reference API): a
       tensor, or a tuple of forward arguments, run once through the model
       (eval mode, no grad, modes restored) to record each conv's input size,
@@ -360,8 +353,13 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     RuntimeError for engine failures.
     """
     _check_model(model)
-    _check_server(server)
     policy_text = _policy_text(policy)
+    url = _service_url(server)
+    if url:
+        from .client import Client
+        return Client(url).decompose(model, decompose_info_path,
+                                     policy=policy_text,
+                                     example_input=example_input)
 
     refs = walk(model)
     convs = [ref for ref in refs.values() if is_plain_conv(ref.module)]

@@ -265,14 +265,16 @@ int cmd_upload(int argc, char **argv) {
 /* ---- submit ---------------------------------------------------------------- */
 
 static const char submit_usage[] =
-    "usage: decompctl submit MODEL|FILE --spec SPEC.json [--policy P]\n"
+    "usage: decompctl submit MODEL|FILE [--spec SPEC.json] [--policy P]\n"
     "                        [--name NAME] [--json] [--quiet] [--url URL]\n"
     "\n"
     "Submit a decomposition job for model MODEL (an id m_… from upload), or\n"
     "upload FILE first. Prints the job id (j_…), or the job as JSON with\n"
     "--json. The same model, spec and policy again give the same job.\n"
     "\n"
-    "  --spec FILE   the layer spec (JSON, as the Python package writes it)\n"
+    "  --spec FILE   the layer spec (JSON, as the Python package writes it);\n"
+    "                without it the server uses the spec it has for the\n"
+    "                model, if any\n"
     "  --policy P    rank policy: a name (budget, amct, vbmf, energy,\n"
     "                max_error, ratio, fixed), a JSON object, or @FILE;\n"
     "                default the server's (budget)\n"
@@ -313,7 +315,7 @@ int cmd_submit(int argc, char **argv) {
       return CLI_EXIT_USAGE;
     }
   }
-  if (optind != argc - 1 || !spec_path) {
+  if (optind != argc - 1) {
     fprintf(stderr, "%s", submit_usage);
     return CLI_EXIT_USAGE;
   }
@@ -321,7 +323,7 @@ int cmd_submit(int argc, char **argv) {
   decomp_client *c = NULL;
   decomp_client_job j = {0};
   int ex;
-  if (!(spec = cli_read_file(spec_path, NULL))) {
+  if (spec_path && !(spec = cli_read_file(spec_path, NULL))) {
     char m[4200];
     snprintf(m, sizeof m, "%s: %s", spec_path, strerror(errno));
     ex = fail(&o, DECOMP_ERR_BAD_SPEC, m);

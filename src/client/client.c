@@ -396,17 +396,22 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
   json_t *req = NULL, *doc = NULL;
   char *body = NULL;
   int rc;
-  if (!model_id || !spec_json)
+  if (!model_id)
     return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
-                       "submit: a model id and a layer spec are needed");
-  json_t *spec = json_loads(spec_json, 0, &err);
-  if (!spec)
-    return client_fail(c, DECOMP_ERR_BAD_SPEC,
-                       "layer spec: line %d column %d: %s", err.line,
-                       err.column, err.text);
-  req = json_pack("{s:s, s:o}", "model", model_id, "spec", spec);
+                       "submit: a model id is needed");
+  req = json_pack("{s:s}", "model", model_id);
   if (!req)
     return client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  if (spec_json) {
+    json_t *spec = json_loads(spec_json, 0, &err);
+    if (!spec) {
+      json_decref(req);
+      return client_fail(c, DECOMP_ERR_BAD_SPEC,
+                         "layer spec: line %d column %d: %s", err.line,
+                         err.column, err.text);
+    }
+    json_object_set_new(req, "spec", spec);
+  }
   if (policy && policy[0]) {
     const char *p = policy;
     while (*p == ' ' || *p == '\n' || *p == '\t')

@@ -367,16 +367,17 @@ def test_nonfinite_weights_name_the_layer_and_change_nothing(tmp_path):
     assert not (tmp_path / "info.json").exists()
 
 
-def test_server_is_not_available_yet():
+# The service path itself is tested against the real daemon in tests/client.
+def test_unreachable_server_is_a_connection_error():
     net = Net()
-    with pytest.raises(NotImplementedError, match="service client"):
-        auto_decomposition(net, server="http://localhost:8080")
+    with pytest.raises(ConnectionError, match="cannot connect"):
+        auto_decomposition(net, server="http://127.0.0.1:1")
     assert isinstance(net.conv1, nn.Conv2d)
 
 
 def test_decompd_url_is_not_silently_ignored(monkeypatch):
-    monkeypatch.setenv("DECOMPD_URL", "http://localhost:8080")
-    with pytest.raises(decompd.ServiceNotAvailableError, match="DECOMPD_URL"):
+    monkeypatch.setenv("DECOMPD_URL", "http://127.0.0.1:1")
+    with pytest.raises(ConnectionError, match="127.0.0.1:1"):
         auto_decomposition(Net())
 
 

@@ -1,0 +1,959 @@
+"""decompd.client — the decompd service from a training script.
+
+    from decompd.client import Client
+
+    c = Client()                        # DECOMPD_URL, DECOMPD_TOKEN
+    job = c.submit(model)               # a live nn.Module: its state dict + spec
+    c.wait(job)                         # progress on stderr
+    model, changes = c.pull(model, job) # fetch + decompose_network + load
+
+or, with the AMCT-style API, ``auto_decomposition(model, server=URL)`` (or
+DECOMPD_URL set), which does the same and gives exactly what the in-process
+engine gives.
+
+This file owns the Python side of the service: REST calls (stdlib
+http.client, no dependency), the streamed upload, polling with backoff, and
+fetching into the local content-addressed cache it shares with the C client
+(libdecompclient; layout in include/decomp/client.h):
+
+    CACHE/blobs/sha256/<hex[0:2]>/<hex>   verified files, named by SHA-256
+    CACHE/tmp/<hex>.<unique>.part         partial downloads (claimed by
+                                          rename, resumed with Range)
+    CACHE/jobs/<job-id>.json              {"format": "decompd.cache.job",
+                                          "version": 1, "server", "job",
+                                          "artifacts": {name: {digest, size,
+                                          media_type}}}
+
+CACHE is DECOMPD_CACHE, else $XDG_CACHE_HOME/decompd, else
+~/.cache/decompd. Every blob is verified (SHA-256) when it is downloaded and
+every time it is served from the cache; a corrupt one is fetched again.
+DECOMPD_OFFLINE=1 serves jobs fetched before from the cache without any
+connection.
+
+Errors are ClientError subclasses (decompd.DecompError, with the code from
+include/decomp/errors.h) that are also the matching built-in: ConnectError
+(ConnectionError), AuthError (PermissionError), NotFoundError (LookupError),
+DigestMismatchError, DiskFullError (OSError, errno ENOSPC),
+OfflineMissError (LookupError), JobFailedError, WaitTimeoutError
+(TimeoutError), ServiceValueError (ValueError: the server refused the input).
+"""
+
+import errno
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.parse
+
+from .errors import DecompError
+
+__all__ = [
+    "Client", "Job", "ClientError", "ConnectError", "TransferError",
+    "AuthError", "NotFoundError", "ConflictError", "DigestMismatchError",
+    "DiskFullError", "OfflineMissError", "JobFailedError",
+    "WaitTimeoutError", "ServiceValueError", "ServerError",
+    "default_cache_dir", "blob_path", "job_record_path",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+ARTIFACT_WEIGHTS = "decomposed_weights.pth"
+ARTIFACT_INFO = "decompose_info.json"
+_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Errors (codes from include/decomp/errors.h)
+
+
+class ClientError(DecompError):
+    """A failure talking to the decompd service or using its cache."""
+
+
+class ConnectError(ClientError, ConnectionError):
+    """The server could not be reached (connect_failed)."""
+
+
+class TransferError(ClientError, ConnectionError):
+    """The connection broke during a transfer (transfer_interrupted); a
+    fetch keeps its partial file and the next one resumes it."""
+
+
+class AuthError(ClientError, PermissionError):
+    """401 (unauthorized: no or unknown token) or 403 (forbidden: the
+    token's role is too low)."""
+
+
+class NotFoundError(ClientError, LookupError):
+    """404: no such model, job or artifact."""
+
+
+class ConflictError(ClientError, RuntimeError):
+    """409: the resource is not in a state that allows this."""
+
+
+class DigestMismatchError(ClientError, ValueError):
+    """Downloaded (or cached) bytes failed their SHA-256."""
+
+
+class DiskFullError(ClientError, OSError):
+    """No space left writing the cache or the destination."""
+
+    def __init__(self, code, code_name, detail):
+        super().__init__(code, code_name, detail)
+        self.errno = errno.ENOSPC
+        self.strerror = detail
+
+
+class OfflineMissError(ClientError, LookupError):
+    """Offline mode (DECOMPD_OFFLINE) and the cache lacks it."""
+
+
+class JobFailedError(ClientError, RuntimeError):
+    """The job failed or was cancelled; ``.job`` holds it."""
+
+    def __init__(self, code, code_name, detail, job=None):
+        super().__init__(code, code_name, detail)
+        self.job = job
+
+
+class WaitTimeoutError(ClientError, TimeoutError):
+    """wait() ran out of time; ``.job`` holds the last state seen."""
+
+    def __init__(self, code, code_name, detail, job=None):
+        super().__init__(code, code_name, detail)
+        self.job = job
+
+
+class ServiceValueError(ClientError, ValueError):
+    """The server refused the input (bad_spec, bad_policy, unknown_format,
+    spec_mismatch, forbidden_global, payload_too_large…)."""
+
+
+class ServerError(ClientError, RuntimeError):
+    """Any other error answer."""
+
+
+_CODES = {
+    "connect_failed": 60, "digest_mismatch": 61, "disk_full": 62,
+    "offline_miss": 63, "server_error": 64, "transfer_interrupted": 65,
+    "timeout": 66, "unauthorized": 42, "forbidden": 43, "not_found": 44,
+    "conflict": 46, "cancelled": 5,
+}
+
+
+def _err(cls, code_name, detail, **kw):
+    return cls(_CODES.get(code_name, 64), code_name, detail, **kw)
+
+
+# ---------------------------------------------------------------------------
+# The cache layout (same as include/decomp/client.h)
+
+
+def default_cache_dir():
+    """DECOMPD_CACHE, else $XDG_CACHE_HOME/decompd, else ~/.cache/decompd."""
+    v = os.environ.get("DECOMPD_CACHE")
+    if v:
+        return v.rstrip("/") or "/"
+    v = os.environ.get("XDG_CACHE_HOME")
+    if v and v.startswith("/"):
+        return os.path.join(v, "decompd")
+    return os.path.join(os.path.expanduser("~"), ".cache", "decompd")
+
+
+def _hex(digest):
+    h = digest[7:] if digest.startswith("sha256:") else digest
+    if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return h
+
+
+def blob_path(cache, digest):
+    """CACHE/blobs/sha256/<hex[0:2]>/<hex>."""
+    h = _hex(digest)
+    return os.path.join(cache, "blobs", "sha256", h[:2], h)
+
+
+def job_record_path(cache, job_id):
+    """CACHE/jobs/<job-id>.json."""
+    if not job_id or len(job_id) > 64 or not all(
+            ch.isascii() and (ch.isalnum() or ch in "_-") for ch in job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return os.path.join(cache, "jobs", job_id + ".json")
+
+
+def _unique():
+    return f"{os.getpid()}-{time.time_ns():x}-{os.urandom(4).hex()}"
+
+
+def _disk_error(e, what):
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return _err(DiskFullError, "disk_full",
+                    f"{what}: no space left on device")
+    return e
+
+
+def _sha256_file(path, limit=None):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = limit
+        while left is None or left > 0:
+            b = f.read(_CHUNK if left is None else min(_CHUNK, left))
+            if not b:
+                break
+            h.update(b)
+            if left is not None:
+                left -= len(b)
+    return h
+
+
+def _claim_partial(tmp_dir, hexd):
+    """(path, have): the largest partial of <hexd> renamed to a name of our
+    own, or a new empty one (as client_partial_claim in cache.c)."""
+    mine = os.path.join(tmp_dir, f"{hexd}.{_unique()}.part")
+    for _ in range(4):
+        best, size = None, -1
+        try:
+            names = os.listdir(tmp_dir)
+        except FileNotFoundError:
+            break
+        for n in names:
+            if n.startswith(hexd + ".") and n.endswith(".part"):
+                try:
+                    st = os.stat(os.path.join(tmp_dir, n))
+                except OSError:
+                    continue
+                if st.st_size > size:
+                    best, size = n, st.st_size
+        if best is None:
+            break
+        try:
+            os.rename(os.path.join(tmp_dir, best), mine)
+            return mine, os.path.getsize(mine)
+        except FileNotFoundError:
+            continue  # another fetch took it
+    fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.close(fd)
+    return mine, 0
+
+
+def _write_atomic(path, data):
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{_unique()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise _disk_error(e, path) from None
+
+
+def _copy_atomic(src, dst):
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{_unique()}.tmp")
+    try:
+        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            shutil.copyfileobj(fi, fo, _CHUNK)
+            fo.flush()
+            os.fsync(fo.fileno())
+        os.replace(tmp, dst)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise _disk_error(e, dst) from None
+
+
+def _parse_content_range(h):
+    """(a, b, total) of "bytes a-b/total" (total -1 for "*"), or None."""
+    if not h or not h.lower().startswith("bytes"):
+        return None
+    try:
+        rng, total = h[5:].strip().split("/")
+        a, b = (int(x) for x in rng.split("-"))
+        total = -1 if total.strip() == "*" else int(total)
+    except ValueError:
+        return None
+    if b < a or (total >= 0 and b >= total):
+        return None
+    return a, b, total
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+
+
+class Job:
+    """A job as the server (or the cache's record) last described it."""
+
+    def __init__(self, doc):
+        self.doc = doc
+        self.id = doc["id"]
+        self.model = doc.get("model")
+        self.state = doc.get("state")
+        p = doc.get("progress") or {}
+        self.layers_done = p.get("layers_done", 0)
+        self.layers_total = p.get("layers_total", 0)
+        self.error = doc.get("error")
+        self.artifacts = {a["name"]: a for a in doc.get("artifacts") or []}
+
+    @property
+    def finished(self):
+        return self.state in ("succeeded", "failed", "cancelled")
+
+    def __repr__(self):
+        return (f"Job({self.id}, {self.state}, {self.layers_done}/"
+                f"{self.layers_total} layers)")
+
+
+def _job_id(job):
+    return job.id if isinstance(job, Job) else str(job)
+
+
+class _Progress:
+    """A one-line bar on a terminal, a line per change otherwise."""
+
+    def __init__(self, enabled, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.last = None
+        self.drawn = False
+
+    def show(self, text, frac=None):
+        if not self.enabled:
+            return
+        if self.tty:
+            n = int(max(0.0, min(1.0, frac or 0.0)) * 24)
+            self.stream.write("\r[" + "#" * n + "." * (24 - n) + "] " +
+                              text[:60].ljust(60))
+            self.stream.flush()
+            self.drawn = True
+        elif text != self.last:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        self.last = text
+
+    def end(self):
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+
+class Client:
+    """A decompd service client.
+
+    url: the server (default DECOMPD_URL, else http://127.0.0.1:8080);
+    token: the bearer token (default DECOMPD_TOKEN); cache: the cache folder
+    (default above); offline: serve from the cache only (default
+    DECOMPD_OFFLINE); timeout: seconds for connecting and for each read.
+    """
+
+    def __init__(self, url=None, token=None, *, cache=None, offline=None,
+                 timeout=60.0):
+        url = url or os.environ.get("DECOMPD_URL") or DEFAULT_URL
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"server URL {url!r} must be http:// or "
+                             f"https://HOST[:PORT]")
+        self.url = url.rstrip("/")
+        self._scheme, self._host = u.scheme, u.hostname
+        self._port = u.port
+        self._prefix = u.path.rstrip("/")
+        self.token = token if token is not None else os.environ.get(
+            "DECOMPD_TOKEN") or None
+        self.cache = cache or default_cache_dir()
+        if offline is None:
+            offline = os.environ.get("DECOMPD_OFFLINE", "").lower() in (
+                "1", "true", "yes", "on")
+        self.offline = offline
+        self.timeout = timeout
+
+    def __repr__(self):
+        return f"Client({self.url!r}, cache={self.cache!r}" + (
+            ", offline)" if self.offline else ")")
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def _conn(self):
+        cls = (http.client.HTTPSConnection if self._scheme == "https"
+               else http.client.HTTPConnection)
+        return cls(self._host, self._port, timeout=self.timeout,
+                   blocksize=_CHUNK)
+
+    def _no_offline(self, what):
+        if self.offline:
+            raise _err(OfflineMissError, "offline_miss",
+                       f"{what}: offline mode (DECOMPD_OFFLINE) makes no "
+                       f"requests")
+
+    def _open(self, method, path, body=None, headers=None):
+        """(connection, response) with the headers read; the caller reads
+        the body and closes the connection."""
+        h = {"Accept": "application/json, */*",
+             "User-Agent": "decompd-python-client/0.1.0"}
+        if self.token:
+            h["Authorization"] = "Bearer " + self.token
+        h.update(headers or {})
+        conn = self._conn()
+        try:
+            conn.request(method, self._prefix + path, body=body, headers=h)
+        except (ConnectionRefusedError, socket.gaierror,
+                socket.timeout) as e:
+            conn.close()
+            raise _err(ConnectError, "connect_failed",
+                       f"cannot connect to {self.url}: {e} (is decompd "
+                       f"running? set DECOMPD_URL)") from None
+        except (ConnectionError, OSError) as e:
+            conn.close()
+            if isinstance(e, (BrokenPipeError, ConnectionResetError)):
+                # The server may have answered early (401, 413): read it.
+                try:
+                    return conn, conn.getresponse()
+                except (http.client.HTTPException, OSError):
+                    pass
+            raise _err(ConnectError, "connect_failed",
+                       f"{method} {self.url}{path}: {e}") from None
+        try:
+            return conn, conn.getresponse()
+        except (http.client.HTTPException, OSError) as e:
+            conn.close()
+            raise _err(TransferError, "transfer_interrupted",
+                       f"{method} {self.url}{path}: no answer: {e}") from None
+
+    def _error(self, method, path, status, body):
+        name, detail = None, None
+        try:
+            doc = json.loads(body)
+            name, detail = doc.get("code"), doc.get("detail")
+        except (ValueError, AttributeError):
+            pass
+        hint = ""
+        if status == 401:
+            cls, default = AuthError, "unauthorized"
+            hint = (" (the token in DECOMPD_TOKEN was not accepted)"
+                    if self.token else " (set DECOMPD_TOKEN)")
+        elif status == 403:
+            cls, default = AuthError, "forbidden"
+            hint = " (the token's role does not allow this)"
+        elif status == 404:
+            cls, default = NotFoundError, "not_found"
+        elif status == 409:
+            cls, default = ConflictError, "conflict"
+        elif 400 <= status < 500:
+            cls, default = ServiceValueError, "bad_request"
+        else:
+            cls, default = ServerError, "server_error"
+        name = name or default
+        code = _CODES.get(name, 64)
+        return cls(code, name, f"{method} {path}: {status} {name}: "
+                   f"{detail or 'the server answered with an error'}{hint}")
+
+    def _json(self, method, path, doc=None):
+        self._no_offline(f"{method} {path}")
+        body = headers = None
+        if doc is not None:
+            body = json.dumps(doc).encode()
+            headers = {"Content-Type": "application/json"}
+        conn, r = self._open(method, path, body, headers)
+        try:
+            data = r.read()
+        except (http.client.HTTPException, OSError) as e:
+            raise _err(TransferError, "transfer_interrupted",
+                       f"{method} {path}: {e}") from None
+        finally:
+            conn.close()
+        if r.status // 100 != 2:
+            raise self._error(method, path, r.status, data)
+        return r.status, (json.loads(data) if data else None)
+
+    # -- models and jobs ----------------------------------------------------
+
+    def upload(self, path, name=None, progress=False):
+        """Upload a weight file (streamed); the server's model dict."""
+        self._no_offline(f"upload {path}")
+        size = os.path.getsize(path)
+        q = "?name=" + urllib.parse.quote(name) if name else ""
+        bar = _Progress(progress)
+        fname = os.path.basename(path)
+
+        class Reader(io.RawIOBase):
+            def __init__(self, f):
+                self.f, self.done = f, 0
+
+            def readable(self):
+                return True
+
+            def read(self, n=-1):
+                b = self.f.read(n)
+                self.done += len(b)
+                bar.show(f"upload {fname} {self.done}/{size} bytes",
+                         self.done / size if size else 1)
+                return b
+
+        with open(path, "rb") as f:
+            conn, r = self._open(
+                "POST", "/v1/models" + q, Reader(f),
+                {"Content-Type": "application/octet-stream",
+                 "Content-Length": str(size)})
+            try:
+                data = r.read()
+            finally:
+                conn.close()
+                bar.end()
+        if r.status not in (200, 201):
+            e = self._error("POST", "/v1/models", r.status, data)
+            e.detail = f"upload {path}: {e.detail}"
+            e.args = (f"{e.detail} [{e.code_name}]",)
+            raise e
+        return json.loads(data)
+
+    def job(self, job):
+        """The job (a Job) from the server, or offline from the cache."""
+        jid = _job_id(job)
+        if self.offline:
+            return Job(self._record(jid)["job"])
+        return Job(self._json("GET", f"/v1/jobs/{urllib.parse.quote(jid)}")[1])
+
+    def jobs(self, state=None, limit=None, cursor=None):
+        """(list of Job, next_cursor) — one page, newest first."""
+        q = {k: v for k, v in (("state", state), ("limit", limit),
+                               ("cursor", cursor)) if v is not None}
+        path = "/v1/jobs" + ("?" + urllib.parse.urlencode(q) if q else "")
+        doc = self._json("GET", path)[1]
+        return [Job(j) for j in doc["jobs"]], doc.get("next_cursor")
+
+    def cancel(self, job):
+        """Cancel a job; the Job as the server answered."""
+        jid = _job_id(job)
+        return Job(self._json("POST", f"/v1/jobs/{jid}/cancel")[1])
+
+    def submit(self, model_or_path, spec=None, policy=None, *, name=None,
+               example_input=None, progress=False):
+        """Submit a decomposition job; a Job.
+
+        model_or_path: a live nn.Module (its state dict is uploaded and its
+        layer spec made from it, as the in-process engine gets them), a
+        weight file path (.pth or safetensors: give `spec`, a dict or JSON
+        text, unless the server has one for the model), or a TorchScript
+        file (the server reads it where it can; else it is loaded here and
+        its weights and spec are sent). policy: a name, a dict or JSON text
+        (default: the server's, budget). example_input: with a module, one
+        forward pass records each conv's input size for the spec.
+        """
+        spec_doc = None
+        if spec is not None:
+            spec_doc = json.loads(spec) if isinstance(spec, (str, bytes)) \
+                else spec
+        if isinstance(policy, (bytes, str)) and str(policy).lstrip().startswith("{"):
+            policy = json.loads(policy)
+        if hasattr(model_or_path, "state_dict") and callable(
+                getattr(model_or_path, "named_modules", None)):
+            return self._submit_module(model_or_path, policy, name,
+                                       example_input, progress)
+        path = os.fspath(model_or_path)
+        if spec_doc is None and _is_torchscript(path):
+            try:
+                model = self.upload(path, name=name, progress=progress)
+            except ServiceValueError as e:
+                if e.code_name not in ("torchscript_unsupported",
+                                       "bad_torchscript", "unknown_format"):
+                    raise
+                import torch
+                m = torch.jit.load(path, map_location="cpu")
+                return self._submit_script(m, policy, name or
+                                           os.path.basename(path), progress)
+            return self._submit_id(model["id"], None, policy)
+        model = self.upload(path, name=name, progress=progress)
+        return self._submit_id(model["id"], spec_doc, policy)
+
+    def _submit_id(self, model_id, spec_doc, policy):
+        req = {"model": model_id}
+        if spec_doc is not None:
+            req["spec"] = spec_doc
+        if policy is not None:
+            req["policy"] = policy
+        return Job(self._json("POST", "/v1/jobs", req)[1])
+
+    def _submit_module(self, model, policy, name, example_input, progress):
+        spec_doc, tensors = module_payload(model, example_input)
+        import torch
+        fd, tmp = tempfile.mkstemp(prefix="decompd-upload.", suffix=".pth")
+        os.close(fd)
+        try:
+            torch.save(tensors, tmp)
+            m = self.upload(tmp, name=name or type(model).__name__,
+                            progress=progress)
+        finally:
+            os.unlink(tmp)
+        return self._submit_id(m["id"], spec_doc, policy)
+
+    def _submit_script(self, m, policy, name, progress):
+        """A TorchScript module the server cannot read: its Conv2d
+        submodules (original_name "Conv2d") make the spec here."""
+        import torch
+        layers = []
+        for n, mod in m.named_modules():
+            if not n or getattr(mod, "original_name", None) != "Conv2d":
+                continue
+            pad = mod.padding
+            layers.append({
+                "name": n, "type": "Conv2d",
+                "in_channels": int(mod.in_channels),
+                "out_channels": int(mod.out_channels),
+                "kernel_size": list(mod.kernel_size),
+                "stride": list(mod.stride),
+                "padding": pad if isinstance(pad, str) else list(pad),
+                "dilation": list(mod.dilation), "groups": int(mod.groups),
+                "bias": getattr(mod, "bias", None) is not None,
+                "padding_mode": mod.padding_mode})
+        fd, tmp = tempfile.mkstemp(prefix="decompd-upload.", suffix=".pth")
+        os.close(fd)
+        try:
+            torch.save({k: v.detach() for k, v in m.state_dict().items()}, tmp)
+            model = self.upload(tmp, name=name, progress=progress)
+        finally:
+            os.unlink(tmp)
+        return self._submit_id(model["id"], {"layers": layers}, policy)
+
+    def wait(self, job, progress=True, timeout=None, check=True):
+        """Poll until the job is final (backoff 0.1 s to 2 s); the Job.
+
+        progress: per-layer progress on stderr (a bar on a terminal).
+        timeout: seconds (None: no limit) -> WaitTimeoutError. check: raise
+        JobFailedError when it failed or was cancelled."""
+        jid = _job_id(job)
+        bar = _Progress(progress)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.1
+        try:
+            while True:
+                j = self.job(jid)
+                frac = (j.layers_done / j.layers_total) if j.layers_total \
+                    else 0.0
+                bar.show(f"{j.id} {j.state} {j.layers_done}/"
+                         f"{j.layers_total} layers", frac)
+                if j.finished:
+                    break
+                if self.offline:
+                    raise _err(OfflineMissError, "offline_miss",
+                               f"wait {jid}: offline, and the cached job is "
+                               f"{j.state}")
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise _err(WaitTimeoutError, "timeout",
+                               f"wait {jid}: still {j.state} after "
+                               f"{timeout} s", job=j)
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+        finally:
+            bar.end()
+        if check and j.state != "succeeded":
+            err = j.error or {}
+            raise _err(JobFailedError, "server_error",
+                       f"job {jid} {j.state}"
+                       + (f": {err.get('code')}: {err.get('message')}"
+                          if err else ""), job=j)
+        return j
+
+    # -- fetch ----------------------------------------------------------------
+
+    def _record(self, jid):
+        path = job_record_path(self.cache, jid)
+        try:
+            with open(path, "rb") as f:
+                rec = json.load(f)
+        except FileNotFoundError:
+            raise _err(OfflineMissError, "offline_miss",
+                       f"job {jid} is not in the cache {self.cache} (fetch "
+                       f"it once online first)") from None
+        if not isinstance(rec.get("job"), dict):
+            raise _err(OfflineMissError, "offline_miss",
+                       f"{path}: not a job record")
+        return rec
+
+    def _save_record(self, job):
+        path = job_record_path(self.cache, job.id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rec = {"format": "decompd.cache.job", "version": 1,
+               "server": self.url, "job": job.doc,
+               "artifacts": {n: {"digest": a["digest"], "size": a["size"],
+                                 "media_type": a.get("media_type", "")}
+                             for n, a in job.artifacts.items()}}
+        _write_atomic(path, json.dumps(rec, indent=1).encode())
+
+    def fetch(self, job, dest=None, only=None, progress=False):
+        """Fetch a succeeded job's artifacts into the cache (verified,
+        resumed) and, with `dest`, copy them there; {name: local path}.
+
+        only: an artifact name, or a list of names (default: all)."""
+        j = job if isinstance(job, Job) and self.offline is False and \
+            job.artifacts and job.state == "succeeded" else self.job(job)
+        if j.state != "succeeded":
+            raise _err(ConflictError, "conflict",
+                       f"job {j.id} is {j.state}: artifacts exist once it "
+                       f"has succeeded")
+        names = list(j.artifacts)
+        if only is not None:
+            want = [only] if isinstance(only, str) else list(only)
+            missing = [n for n in want if n not in j.artifacts]
+            if missing:
+                raise _err(NotFoundError, "not_found",
+                           f"job {j.id} has no artifact {missing[0]!r}")
+            names = want
+        bar = _Progress(progress)
+        paths = {}
+        try:
+            for n in names:
+                paths[n] = self._fetch_blob(j.id, j.artifacts[n], bar)
+        finally:
+            bar.end()
+        if not self.offline:
+            self._save_record(j)
+        if dest is not None:
+            dest = os.fspath(dest)
+            try:
+                os.makedirs(dest, exist_ok=True)
+            except OSError as e:
+                raise _disk_error(e, dest) from None
+            for n in names:
+                target = os.path.join(dest, n)
+                _copy_atomic(paths[n], target)
+                paths[n] = target
+        return paths
+
+    def _fetch_blob(self, jid, art, bar):
+        name, digest, size = art["name"], art["digest"], int(art["size"])
+        hexd = _hex(digest)
+        final = blob_path(self.cache, digest)
+        corrupt = False
+        if os.path.exists(final):
+            if _sha256_file(final).hexdigest() == hexd:
+                return final
+            corrupt = True
+            if not self.offline:
+                os.unlink(final)
+        if self.offline:
+            if corrupt:
+                raise _err(DigestMismatchError, "digest_mismatch",
+                           f"{final} ({name} of job {jid}) is corrupt: its "
+                           f"SHA-256 is not {digest}; offline mode cannot "
+                           f"fetch it again")
+            raise _err(OfflineMissError, "offline_miss",
+                       f"{name} of job {jid} ({digest}) is not in the cache "
+                       f"{self.cache}")
+        tmp_dir = os.path.join(self.cache, "tmp")
+        try:
+            os.makedirs(tmp_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            part, have = _claim_partial(tmp_dir, hexd)
+        except OSError as e:
+            raise _disk_error(e, tmp_dir) from None
+        keep = False
+        try:
+            for attempt in range(2):
+                if have == size and _sha256_file(part).hexdigest() == hexd:
+                    break
+                frm = have if 0 < have < size else 0
+                h = _sha256_file(part, frm) if frm else hashlib.sha256()
+                got, restarted, written = self._download(
+                    jid, name, hexd, size, part, frm, h, bar)
+                if got is None:  # 416: our partial is not their prefix
+                    have = 0
+                    continue
+                total = (0 if restarted else frm) + written
+                if total == size and got == hexd:
+                    break
+                if frm and not restarted and attempt == 0:
+                    have = 0
+                    continue
+                raise _err(DigestMismatchError, "digest_mismatch",
+                           f"fetch {name} of job {jid}: the {total} bytes "
+                           f"received hash to sha256:{got}, the job lists "
+                           f"{digest} ({size} bytes); the download was "
+                           f"discarded")
+            else:
+                raise _err(ServerError, "server_error",
+                           f"fetch {name} of job {jid}: the server refused "
+                           f"every range")
+            os.replace(part, final)
+            part = None
+            return final
+        except TransferError:
+            keep = True
+            raise
+        finally:
+            if part and not (keep and os.path.getsize(part) > 0):
+                try:
+                    os.unlink(part)
+                except OSError:
+                    pass
+
+    def _download(self, jid, name, hexd, size, part, frm, h, bar):
+        """GET the artifact into `part` from byte `frm` (h holds the hash
+        of the kept bytes). (hex digest or None after a 416, restarted,
+        bytes written)."""
+        path = f"/v1/jobs/{jid}/artifacts/{urllib.parse.quote(name)}"
+        headers = {}
+        if frm:
+            headers["Range"] = f"bytes={frm}-"
+            headers["If-Range"] = f'"sha256:{hexd}"'
+        conn, r = self._open("GET", path, None, headers)
+        written, restarted = 0, False
+        try:
+            if r.status == 416:
+                r.read()
+                return None, False, 0
+            if r.status // 100 != 2:
+                raise self._error("GET", path, r.status, r.read())
+            if r.status == 200:
+                restarted = frm > 0
+                if restarted:
+                    h = hashlib.sha256()
+                start = 0
+            elif r.status == 206 and frm:
+                cr = _parse_content_range(r.getheader("Content-Range"))
+                if not cr or cr[0] != frm or cr[1] != size - 1 or (
+                        cr[2] >= 0 and cr[2] != size):
+                    raise _err(ServerError, "server_error",
+                               f"fetch {name}: asked for bytes {frm}- of "
+                               f"{size}, the server answered Content-Range "
+                               f"{r.getheader('Content-Range')!r}")
+                start = frm
+            else:
+                raise _err(ServerError, "server_error",
+                           f"fetch {name}: unexpected {r.status}")
+            try:
+                f = open(part, "r+b")
+            except OSError as e:
+                raise _disk_error(e, part) from None
+            with f:
+                f.seek(start)
+                f.truncate()
+                while True:
+                    try:
+                        b = r.read(_CHUNK)
+                    except (http.client.HTTPException, OSError) as e:
+                        raise _err(
+                            TransferError, "transfer_interrupted",
+                            f"GET {self.url}{path}: the connection broke "
+                            f"after {start + written} of {size} bytes "
+                            f"({e}); they are kept and the next fetch "
+                            f"resumes from there") from None
+                    if not b:
+                        break
+                    if start + written + len(b) > size:
+                        raise _err(DigestMismatchError, "digest_mismatch",
+                                   f"fetch {name}: the server sent more "
+                                   f"than the {size} bytes the job lists")
+                    try:
+                        f.write(b)
+                    except OSError as e:
+                        raise _disk_error(e, f"fetch {name}: writing "
+                                          f"{part}") from None
+                    h.update(b)
+                    written += len(b)
+                    bar.show(f"fetch {name} {start + written}/{size} bytes",
+                             (start + written) / size if size else 1)
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    raise _disk_error(e, part) from None
+            if start + written < size:
+                raise _err(TransferError, "transfer_interrupted",
+                           f"GET {self.url}{path}: the answer ended after "
+                           f"{start + written} of {size} bytes; they are "
+                           f"kept and the next fetch resumes from there")
+            return h.hexdigest(), restarted, written
+        finally:
+            conn.close()
+
+    # -- into training --------------------------------------------------------
+
+    def pull(self, model, job, *, progress=False):
+        """Fetch a succeeded job's weights and info file, give `model` the
+        decomposed structure (decompose_network) and load the weights;
+        (model, changes). Like decompose_network, a bare nn.Conv2d is left
+        untouched and its replacement returned."""
+        import torch
+        from .tensor_decompose import decompose_network
+        paths = self.fetch(job, only=[ARTIFACT_WEIGHTS, ARTIFACT_INFO],
+                           progress=progress)
+        new, changes = decompose_network(model, paths[ARTIFACT_INFO])
+        state = torch.load(paths[ARTIFACT_WEIGHTS], map_location="cpu",
+                           weights_only=True)
+        if isinstance(model, torch.nn.Conv2d):
+            # Sent under the engine's name for a bare conv (module_payload).
+            state = {k[len(_ROOT) + 1:]: v for k, v in state.items()
+                     if k.startswith(_ROOT + ".")}
+        new.load_state_dict(state)
+        return new, changes
+
+
+    def decompose(self, model, decompose_info_path=None, *, policy=None,
+                  example_input=None, progress=True):
+        """auto_decomposition on the service: submit the live module, wait,
+        pull; (model, changes). decompose_info_path gets a copy of the info
+        file (its folder is made)."""
+        job = self.submit(model, policy=policy, example_input=example_input)
+        job = self.wait(job, progress=progress)
+        new, changes = self.pull(model, job)
+        if decompose_info_path is not None:
+            path = os.fspath(decompose_info_path)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            _copy_atomic(self.fetch(job, only=ARTIFACT_INFO)[ARTIFACT_INFO],
+                         path)
+        return new, changes
+
+
+# The name a bare nn.Conv2d's tensors and spec entry get (the engine needs a
+# non-empty layer name; decompd.tensor_decompose uses the same).
+_ROOT = "conv"
+
+
+def module_payload(model, example_input=None):
+    """(spec dict, state dict) of a live module as the service gets it: the
+    spec the in-process path makes (decompd.spec) and the module's state
+    dict (every tensor, so the decomposed file loads with strict=True)."""
+    import torch
+    from .spec import input_sizes, layer_spec, walk
+    refs = walk(model)
+    sizes = input_sizes(model, example_input) if example_input is not None \
+        else None
+    bare = isinstance(model, torch.nn.Conv2d)
+    spec = layer_spec(refs, (lambda n: n or _ROOT), sizes)
+    state = {}
+    for k, v in model.state_dict().items():
+        state[(_ROOT + "." + k) if bare else k] = v.detach()
+    return spec, state
+
+
+def _is_torchscript(path):
+    """A zip holding constants.pkl (DESIGN.md, "Known pitfalls")."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl"
+                       for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
