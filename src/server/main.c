@@ -13,7 +13,7 @@
 
 #include "auth.h"
 #include "config.h"
-#include "engine.h"
+#include "decomp/decomp.h"
 #include "http.h"
 #include "log.h"
 #include "worker.h"
@@ -183,10 +183,6 @@ static int serve(const config *c) {
   LOG(LOG_INFO, "main", NULL,
       "event=store_open data_dir=%s schema_version=%d requeued=%d",
       log_q(c->data_dir), store_schema_version(s), requeued);
-  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
-                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
-  if (missing)
-    LOG(LOG_WARN, "main", NULL, "event=engine_incomplete missing=%s", missing);
   if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &pool)) !=
       DECOMP_OK)
     goto out;

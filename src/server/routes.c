@@ -16,7 +16,7 @@
 
 #include <jansson.h>
 
-#include "engine.h"
+#include "decomp/decomp.h"
 #include "http.h"
 #include "metrics.h"
 #include "queue.h"
@@ -64,12 +64,9 @@ static void h_readyz(http_req *r) {
     http_reply_problem(r, DECOMP_ERR_UNAVAILABLE, "store: %s", store_errmsg());
     return;
   }
-  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
-                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
   reply_json(r, 200,
-             json_pack("{s:s, s:i, s:s}", "status", "ready", "schema_version",
-                       store_schema_version(http_req_store(r)), "engine",
-                       missing ? "incomplete" : "complete"));
+             json_pack("{s:s, s:i}", "status", "ready", "schema_version",
+                       store_schema_version(http_req_store(r))));
 }
 
 static void h_metrics(http_req *r) {
@@ -115,12 +112,6 @@ static void h_model_upload(http_req *r) {
   if (!name_ok(name)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "name must be at most 255 printable characters");
-    goto done;
-  }
-  const char *missing = engine_missing(ENGINE_READERS);
-  if (missing) {
-    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
-                       "this build's engine lacks %s", missing);
     goto done;
   }
   int rc = store_upload_finish(u, digest);
@@ -263,12 +254,6 @@ static void h_model_spec_put(http_req *r) {
   if (!json_is_object(in) && !json_is_array(in)) {
     http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
                        "a layer spec is {\"layers\": [...]} or a list");
-    goto done;
-  }
-  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC);
-  if (missing) {
-    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
-                       "this build's engine lacks %s", missing);
     goto done;
   }
   int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
@@ -540,13 +525,6 @@ static void h_job_submit(http_req *r) {
   if (!json_is_string(jm)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "'model' must be a model id string");
-    goto done;
-  }
-  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
-                                       ENGINE_POLICY);
-  if (missing) {
-    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
-                       "this build's engine lacks %s", missing);
     goto done;
   }
   store_model m;

@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "decomp/decomp.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -92,12 +92,11 @@ static int on_progress(void *user, const decomp_progress *pr) {
   }
   if (atomic_load(&r->p->stopping))
     return 1;
-  if (pr->phase != DECOMP_PHASE_SPECTRUM) {
-    bool yes = false;
-    if (store_job_cancel_requested(s, r->job->id, &yes) == DECOMP_OK && yes) {
-      r->cancelled = true;
-      return 1;
-    }
+  /* Every event is a layer boundary (an indexed read of one row). */
+  bool yes = false;
+  if (store_job_cancel_requested(s, r->job->id, &yes) == DECOMP_OK && yes) {
+    r->cancelled = true;
+    return 1;
   }
   return 0;
 }
@@ -204,13 +203,6 @@ static void run_job(worker_pool *p, store_job *job) {
   }
   decomp_ctx_set_log(ctx, engine_log, &r,
                      log_enabled(LOG_DEBUG) ? LOG_DEBUG : LOG_INFO);
-  const char *missing = engine_missing(ENGINE_READERS | ENGINE_SPEC |
-                                       ENGINE_POLICY | ENGINE_DECOMPOSE);
-  if (missing) {
-    rc = DECOMP_ERR_UNAVAILABLE;
-    snprintf(msg, sizeof msg, "this build's engine lacks %s", missing);
-    goto done;
-  }
   if ((rc = store_model_get(s, job->model_id, &m)) != DECOMP_OK ||
       (rc = store_blob_path(s, m.digest, path, sizeof path)) != DECOMP_OK) {
     snprintf(msg, sizeof msg, "model %s: %s", job->model_id, store_errmsg());
@@ -305,6 +297,10 @@ int worker_pool_start(store *s, int workers, int blas_threads,
     workers = (int)cores;
   if (blas_threads <= 0)
     blas_threads = (int)(cores / workers) > 0 ? (int)(cores / workers) : 1;
+  if ((long)workers * blas_threads > cores)
+    LOG(LOG_WARN, "worker", NULL,
+        "event=oversubscribed workers=%d blas_threads=%d cores=%ld", workers,
+        blas_threads, cores);
   openblas_set_num_threads(blas_threads);
   worker_pool *p = calloc(1, sizeof *p);
   if (!p)
