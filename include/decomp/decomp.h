@@ -347,6 +347,34 @@ typedef struct decomp_options {
   const char *source_format;   /* "pth", "safetensors", …; NULL: from `w` */
   bool record_spectra;         /* record each layer's singular values in the
                                   info file (for charts) */
+  /* Fields below were appended after 0.1.0's first release; a caller that
+   * zero-initializes the struct (or passes NULL) gets the old behaviour. */
+  int threads;                 /* cores this call may use. 0 (default): run
+                                  the layers one by one on the calling
+                                  thread and leave OpenBLAS's thread count
+                                  as it is. 1: one by one with BLAS
+                                  single-threaded. N ≥ 2: the layers of each
+                                  phase run on N engine threads with BLAS
+                                  single-threaded, except large layers
+                                  (m·n·min(m,n) ≥ 2^32 for the layer's
+                                  matrix), which run alone with N BLAS
+                                  threads; so engine threads × BLAS threads
+                                  never exceed N. OpenBLAS's thread count is
+                                  process-wide: with threads > 0 the call
+                                  sets it (and restores it on return), so
+                                  concurrent calls in one process must pass
+                                  the same value (a daemon with W workers on
+                                  C cores: threads = C / W each). Output
+                                  bytes depend on the input, the policy and
+                                  `threads` (large layers' BLAS thread count)
+                                  only, never on scheduling: a model whose
+                                  layers are all below the size bound gives
+                                  the same bytes for every threads ≥ 1.
+                                  Progress with N ≥ 2: SPECTRUM and START
+                                  come as each layer is handed to a thread,
+                                  DONE in spec order as layers finish, all
+                                  from the calling thread; a cancel lets the
+                                  layers in flight finish. */
 } decomp_options;
 
 typedef struct decomp_result decomp_result;

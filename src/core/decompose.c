@@ -11,13 +11,14 @@
  * U_R Σ_R^½ (first conv) and V_R Σ_R^½ (second conv). Only the new tensors
  * are kept; everything else in the result is borrowed from the input. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
-#include "core.h"
+#include "svd.h"
 
 struct decomp_result {
   decomp_weights *weights;
@@ -57,7 +58,19 @@ struct layer {
   /* Spectrum and factors (owned until the factors move into the result);
    * info.sigma points into it. */
   core_factors fac;
+  core_svd_report rep;      /* how its SVD ran (phase 2) */
+  /* The job of the current phase (run_phase): */
+  bool job;                 /* has work in this phase */
+  bool job_sigma;           /* phase 1: compute the spectrum */
+  bool job_event;           /* phase 1: report DECOMP_PHASE_SPECTRUM */
+  int64_t job_rank;         /* phase 2: the rank */
+  bool heavy;               /* runs alone, with every BLAS thread */
+  int state;                /* JOB_* (under the pool's lock) */
+  int rc;                   /* the job's result */
+  char *err;                /* its message, when it failed on a worker */
 };
+
+enum { JOB_IDLE = 0, JOB_QUEUED = 1, JOB_DONE = 2 };
 
 /* The matrix shape of a layer's groups, for the order in `v`. */
 typedef struct geom {
@@ -136,19 +149,96 @@ static int progress(decomp_ctx *ctx, const decomp_options *opts,
 DENSE_LOADER(float, DECOMP_DTYPE_F32, f32)
 DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
 
+/* One group's SVD step. With R == 0: the k singular values into all[k].
+ * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the achieved discarded
+ * energy in *disc, and, when this path knows them, all k values into
+ * all[k] (*have_all). float64 runs exact gesdd; float32 goes through svd.c
+ * (Gram spectrum, randomized truncated SVD for large matrices). `a` may be
+ * destroyed. */
+static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
+                    double *a, int64_t R, uint64_t seed, double energy,
+                    const double *known, double *all, bool *have_all,
+                    double *s, double *u, double *v, double *disc,
+                    core_svd_report *rep) {
+  (void)seed, (void)energy, (void)known;
+  size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;
+  size_t r = (size_t)R;
+  *rep = (core_svd_report){.optimal = -1};
+  double *sv = malloc(k * sizeof *sv), *U = NULL, *VT = NULL;
+  int rc;
+  if (R > 0) {
+    U = malloc(m * k * sizeof *U);
+    VT = malloc(k * n * sizeof *VT);
+  }
+  if (!sv || (R > 0 && (!U || !VT))) {
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+    goto out;
+  }
+  if (R == 0)
+    rc = core_svd_values_f64(ctx, what, gm->m, gm->n, a, sv);
+  else
+    rc = core_svd_f64(ctx, what, gm->m, gm->n, a, sv, U, VT);
+  if (rc != DECOMP_OK)
+    goto out;
+  for (size_t x = 0; x < k; x++)
+    all[x] = sv[x];
+  *have_all = true;
+  if (R == 0)
+    goto out;
+  memcpy(u, U, m * r * sizeof *u);
+  for (size_t q = 0; q < r; q++) {
+    s[q] = sv[q];
+    for (size_t j = 0; j < n; j++)
+      v[j + n * q] = VT[q + k * j];
+  }
+  *disc = 0; /* from the smallest σ up */
+  for (size_t x = k; x-- > r;)
+    *disc += sv[x] * sv[x];
+out:
+  free(sv);
+  free(U);
+  free(VT);
+  return rc;
+}
+
+static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
+                    float *a, int64_t R, uint64_t seed, double energy,
+                    const double *known, double *all, bool *have_all,
+                    float *s, float *u, float *v, double *disc,
+                    core_svd_report *rep) {
+  *rep = (core_svd_report){.optimal = -1};
+  if (R == 0) {
+    *have_all = true;
+    return core_svd_spectrum_f32(ctx, what, gm->m, gm->n, a, all);
+  }
+  int rc = core_svd_rank_f32(ctx, what, gm->m, gm->n, a, R, seed, energy,
+                             known, s, u, v, all, rep);
+  if (rc != DECOMP_OK)
+    return rc;
+  *disc = rep->discarded;
+  *have_all = !rep->randomized;
+  return DECOMP_OK;
+}
+
 /* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
- * runs of k values. With rank == 0 only the values are computed; else the
- * factors, scaled by Σ^½, land in new buffers *first ([g·R, I, ka or 1, 1
- * or ka]) and *second ([O·g, R, …]) of T. The input is checked for NaN/Inf
- * first; ‖W‖² goes to *energy. */
+ * runs of k values when they are known (*have_sigma). With rank == 0 only
+ * the values are computed; else the factors, scaled by Σ^½, land in new
+ * buffers *first ([g·R, I, ka or 1, 1 or ka]) and *second ([O·g, R, …]) of
+ * T. `known` (g runs of k, or NULL) is the spectrum of phase 1. The input
+ * is checked for NaN/Inf first; ‖W‖² goes to *energy and the achieved
+ * discarded energy to *discarded. */
 #define LAYER_WORKER(T, SUFFIX)                                                \
-  static int layer_##SUFFIX(decomp_ctx *ctx, const char *name,                 \
+  static int layer_##SUFFIX(decomp_ctx *ctx, const decomp_layer *l,            \
                             const decomp_tensor *wt, const geom *gm,           \
-                            int64_t R, bool want_sigma, double *sigma,         \
-                            double *energy, T **first, T **second) {           \
+                            int64_t R, const double *known, double *sigma,     \
+                            bool *have_sigma, double *energy,                  \
+                            double *discarded, core_svd_report *agg,           \
+                            T **first, T **second) {                           \
+    const char *name = l->name;                                                \
     const T *W = NULL;                                                         \
-    T *owned = NULL, *A = NULL, *s = NULL, *U = NULL, *VT = NULL;              \
+    T *owned = NULL, *A = NULL, *s = NULL, *V = NULL;                          \
     T *F = NULL, *S = NULL;                                                    \
+    double *all = NULL;                                                        \
     char what[256];                                                            \
     int rc = dense_##SUFFIX(ctx, wt, &W, &owned);                              \
     if (rc != DECOMP_OK)                                                       \
@@ -168,25 +258,28 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
       e += v * v;                                                              \
     }                                                                          \
     *energy = e;                                                               \
-    if (!want_sigma && R == 0)                                                 \
+    *discarded = 0;                                                            \
+    *have_sigma = false;                                                       \
+    if (!sigma && R == 0)                                                      \
       goto done;                                                               \
     size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
     size_t r = (size_t)R;                                                      \
     A = malloc(m * n * sizeof *A);                                             \
-    s = malloc(k * sizeof *s);                                                 \
+    all = malloc(k * sizeof *all);                                             \
     if (R > 0) {                                                               \
-      U = malloc(m * k * sizeof *U);                                           \
-      VT = malloc(k * n * sizeof *VT);                                         \
+      s = malloc(r * sizeof *s);                                               \
+      V = malloc(n * r * sizeof *V);                                           \
       F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
       S = malloc((size_t)gm->g * n * r * sizeof *S);                           \
     }                                                                          \
-    if (!A || !s || (R > 0 && (!U || !VT || !F || !S))) {                      \
+    if (!A || !all || (R > 0 && (!s || !V || !F || !S))) {                     \
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
       goto done;                                                               \
     }                                                                          \
     size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
     size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
     size_t kb = (size_t)gm->kb;                                                \
+    bool every = true;                                                         \
     for (size_t j = 0; j < (size_t)gm->g; j++) {                               \
       /* A = M_j, column-major: A[row + m·col]. */                             \
       for (size_t o = 0; o < O; o++)                                           \
@@ -203,31 +296,44 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
                 dst[w] = src[w];                                               \
             }                                                                  \
           }                                                                    \
+      double ej = 0;                                                           \
+      for (size_t x = 0; x < m * n; x++)                                       \
+        ej += (double)A[x] * (double)A[x];                                     \
       snprintf(what, sizeof what, "%s group %zu", name, j);                    \
-      if (R == 0)                                                              \
-        rc = core_svd_values_##SUFFIX(ctx, what, gm->m, gm->n, A, s);          \
-      else                                                                     \
-        rc = core_svd_##SUFFIX(ctx, what, gm->m, gm->n, A, s, U, VT);          \
+      bool have = false;                                                       \
+      double dj = 0;                                                           \
+      core_svd_report rep;                                                     \
+      T *Uj = R > 0 ? F + j * r * m : NULL;                                    \
+      rc = step_##SUFFIX(ctx, what, gm, A, R, core_svd_seed(name, (int64_t)j), \
+                         ej, known ? known + j * k : NULL, all, &have, s, Uj,  \
+                         V, &dj, &rep);                                        \
       if (rc != DECOMP_OK)                                                     \
         goto done;                                                             \
-      if (sigma)                                                               \
-        for (size_t x = 0; x < k; x++)                                         \
-          sigma[j * k + x] = (double)s[x];                                     \
+      every = every && have;                                                   \
+      if (sigma && have)                                                       \
+        memcpy(sigma + j * k, all, k * sizeof *all);                           \
+      *discarded += dj;                                                        \
+      agg->randomized = agg->randomized || rep.randomized;                     \
+      if (rep.iterations > agg->iterations)                                    \
+        agg->iterations = rep.iterations;                                      \
+      if (rep.width > agg->width)                                              \
+        agg->width = rep.width;                                                \
       if (R == 0)                                                              \
         continue;                                                              \
       for (size_t q = 0; q < r; q++) {                                         \
         T sq = (T)sqrt((double)(s[q] > 0 ? s[q] : 0));                         \
-        /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q: one column of U. */     \
-        T *fd = F + (j * r + q) * m;                                           \
-        const T *uc = U + q * m;                                               \
+        /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q, in place. */            \
+        T *fd = Uj + q * m;                                                    \
         for (size_t x = 0; x < m; x++)                                         \
-          fd[x] = uc[x] * sq;                                                  \
-        /* second[(j·O+o), q, p'] = VT[q, (o·kb+p')]·√σ_q. */                  \
+          fd[x] *= sq;                                                         \
+        /* second[(j·O+o), q, p'] = V[(o·kb+p'), q]·√σ_q. */                   \
+        const T *vc = V + q * n;                                               \
         for (size_t o = 0; o < O; o++)                                         \
           for (size_t p = 0; p < kb; p++)                                      \
-            S[((j * O + o) * r + q) * kb + p] = VT[q + k * (o * kb + p)] * sq; \
+            S[((j * O + o) * r + q) * kb + p] = vc[o * kb + p] * sq;           \
       }                                                                        \
     }                                                                          \
+    *have_sigma = every;                                                       \
     if (R > 0) {                                                               \
       *first = F;                                                              \
       *second = S;                                                             \
@@ -236,9 +342,9 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
   done:                                                                        \
     free(owned);                                                               \
     free(A);                                                                   \
+    free(all);                                                                 \
     free(s);                                                                   \
-    free(U);                                                                   \
-    free(VT);                                                                  \
+    free(V);                                                                   \
     free(F);                                                                   \
     free(S);                                                                   \
     return rc;                                                                 \
@@ -259,31 +365,47 @@ void core_factors_clear(core_factors *f) {
 int core_factorize(decomp_ctx *ctx, const decomp_layer *l,
                    const decomp_tensor *weight, core_order order, int64_t R,
                    int bits, bool want_sigma, core_factors *out) {
+  core_svd_report rep;
+  return core_factorize_ex(ctx, l, weight, order, R, bits, want_sigma, NULL,
+                           out, &rep);
+}
+
+int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
+                      const decomp_tensor *weight, core_order order, int64_t R,
+                      int bits, bool want_sigma, const double *known,
+                      core_factors *out, core_svd_report *rep) {
   geom gm = geom_of(l, order);
   core_factors f = {.groups = gm.g, .k = gm.k, .dtype = weight->dtype};
+  *rep = (core_svd_report){.optimal = -1};
   if (R < 0 || R > gm.k)
     return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: rank %lld of at most %lld",
                      l->name, (long long)R, (long long)gm.k);
-  want_sigma = want_sigma || R > 0; /* the factorization gives them anyway */
+  /* The exact path gives every value with the factors; keep them. */
+  want_sigma = want_sigma || R > 0 || known;
   size_t nsig = (size_t)(gm.g * gm.k);
   if (want_sigma && !(f.sigma = malloc(nsig * sizeof *f.sigma)))
     return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", l->name);
   void *first = NULL, *second = NULL;
+  bool have = false;
   int rc;
   if (bits == 64)
-    rc = layer_f64(ctx, l->name, weight, &gm, R, want_sigma, f.sigma,
-                   &f.energy_total, (double **)&first, (double **)&second);
+    rc = layer_f64(ctx, l, weight, &gm, R, known, f.sigma, &have,
+                   &f.energy_total, &f.energy_discarded, rep,
+                   (double **)&first, (double **)&second);
   else
-    rc = layer_f32(ctx, l->name, weight, &gm, R, want_sigma, f.sigma,
-                   &f.energy_total, (float **)&first, (float **)&second);
+    rc = layer_f32(ctx, l, weight, &gm, R, known, f.sigma, &have,
+                   &f.energy_total, &f.energy_discarded, rep,
+                   (float **)&first, (float **)&second);
   if (rc != DECOMP_OK)
     goto fail;
-  /* Discarded energy at rank R, summed from the smallest σ up (exactly zero
-   * at full rank). */
-  for (size_t j = 0; f.sigma && j < (size_t)gm.g; j++)
-    for (size_t x = (size_t)gm.k; x-- > (size_t)R;)
-      f.energy_discarded += f.sigma[j * (size_t)gm.k + x] *
-                            f.sigma[j * (size_t)gm.k + x];
+  if (f.sigma && !have) {
+    if (known) {
+      memcpy(f.sigma, known, nsig * sizeof *f.sigma);
+    } else {
+      free(f.sigma);
+      f.sigma = NULL;
+    }
+  }
   if (R > 0) {
     int64_t c1 = gm.g * R;
     int64_t *s0 = f.first_shape, *s1 = f.second_shape;
@@ -329,13 +451,15 @@ fail:
 }
 
 /* Run one layer in the policy's precision; the factors replace the layer's
- * earlier ones (the spectrum of phase 1). */
+ * earlier ones (the spectrum of phase 1, which the rank-R SVD is handed as
+ * its known optimum and which stays the layer's sigma). */
 static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
                      struct layer *L, int64_t R, bool want_sigma) {
   core_factors f;
-  int rc = core_factorize(ctx, L->info.layer, L->weight, L->info.view.order,
-                          R, core_policy_compute_bits(policy, L->weight->dtype),
-                          want_sigma, &f);
+  int rc = core_factorize_ex(
+      ctx, L->info.layer, L->weight, L->info.view.order, R,
+      core_policy_compute_bits(policy, L->weight->dtype), want_sigma,
+      R > 0 ? L->fac.sigma : NULL, &f, &L->rep);
   if (rc != DECOMP_OK)
     return rc;
   core_factors_clear(&L->fac);
@@ -344,6 +468,120 @@ static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
   L->info.energy_total = f.energy_total;
   L->info.energy_discarded = f.energy_discarded;
   return DECOMP_OK;
+}
+
+/* --- layers in parallel ---------------------------------------------------
+ *
+ * With opts->threads ≥ 2 the layers of a phase run on a small pool: light
+ * layers one per worker with BLAS single-threaded, heavy ones alone on the
+ * calling thread with every BLAS thread, so workers × BLAS threads never
+ * exceeds `threads`. Each layer's arithmetic depends only on its input and
+ * its BLAS thread count (1 for light layers whatever `threads` is), results
+ * land in the layer's own slot, and progress, logs and errors are reported
+ * by the calling thread in spec order: the bytes do not depend on the
+ * scheduling. */
+
+/* A layer whose SVD is worth both cores: (m·n·k) ≥ 2^32, i.e. square
+ * matrices from about 1600 up (torchvision resnet50's largest, 1536, runs
+ * in the pool). */
+static bool layer_heavy(const struct layer *L) {
+  geom gm = geom_of(L->info.layer, L->info.view.order);
+  return (double)gm.m * (double)gm.n * (double)gm.k >= 4294967296.0;
+}
+
+struct pool {
+  pthread_mutex_t mu;
+  pthread_cond_t work, done;
+  struct layer **queue;     /* FIFO of layers to run */
+  size_t head, tail;
+  size_t busy;              /* queued or running */
+  bool quit;
+  int phase;                /* 1 or 2 */
+  const decomp_policy *policy;
+  pthread_t *th;
+  int nth, started;
+};
+
+static void job_run(decomp_ctx *wctx, const decomp_policy *policy,
+                    struct layer *L) {
+  double t0 = core_now();
+  L->rc = layer_run(wctx, policy, L, L->job_rank, L->job_sigma);
+  if (L->rc != DECOMP_OK) {
+    const char *msg = decomp_errmsg(wctx);
+    L->err = strdup(msg && *msg ? msg : "out of memory");
+  }
+  L->seconds += core_now() - t0;
+}
+
+static void *pool_main(void *arg) {
+  struct pool *P = arg;
+  decomp_ctx *wctx = decomp_ctx_new(); /* errors of this worker's layers */
+  pthread_mutex_lock(&P->mu);
+  for (;;) {
+    while (P->head == P->tail && !P->quit)
+      pthread_cond_wait(&P->work, &P->mu);
+    if (P->head == P->tail)
+      break;
+    struct layer *L = P->queue[P->head++];
+    pthread_mutex_unlock(&P->mu);
+    job_run(wctx, P->policy, L);
+    pthread_mutex_lock(&P->mu);
+    L->state = JOB_DONE;
+    P->busy--;
+    pthread_cond_broadcast(&P->done);
+  }
+  pthread_mutex_unlock(&P->mu);
+  decomp_ctx_free(wctx);
+  return NULL;
+}
+
+static int pool_start(struct pool *P, int nth, size_t n,
+                      const decomp_policy *policy) {
+  *P = (struct pool){.nth = nth, .policy = policy};
+  P->queue = calloc(n ? n : 1, sizeof *P->queue);
+  P->th = calloc((size_t)nth, sizeof *P->th);
+  if (!P->queue || !P->th)
+    return DECOMP_ERR_NOMEM;
+  pthread_mutex_init(&P->mu, NULL);
+  pthread_cond_init(&P->work, NULL);
+  pthread_cond_init(&P->done, NULL);
+  for (; P->started < nth; P->started++)
+    if (pthread_create(&P->th[P->started], NULL, pool_main, P) != 0)
+      break;
+  return P->started > 0 ? DECOMP_OK : DECOMP_ERR_NOMEM;
+}
+
+static void pool_stop(struct pool *P) {
+  if (P->th && P->started > 0) {
+    pthread_mutex_lock(&P->mu);
+    P->quit = true;
+    pthread_cond_broadcast(&P->work);
+    pthread_mutex_unlock(&P->mu);
+    for (int i = 0; i < P->started; i++)
+      pthread_join(P->th[i], NULL);
+    pthread_mutex_destroy(&P->mu);
+    pthread_cond_destroy(&P->work);
+    pthread_cond_destroy(&P->done);
+  }
+  free(P->queue);
+  free(P->th);
+}
+
+/* Wait until at most `limit` layers are queued or running. */
+static void pool_wait(struct pool *P, size_t limit) {
+  pthread_mutex_lock(&P->mu);
+  while (P->busy > limit)
+    pthread_cond_wait(&P->done, &P->mu);
+  pthread_mutex_unlock(&P->mu);
+}
+
+static int layer_state(struct pool *P, const struct layer *L) {
+  if (!P)
+    return L->state;
+  pthread_mutex_lock(&P->mu);
+  int st = L->state;
+  pthread_mutex_unlock(&P->mu);
+  return st;
 }
 
 /* --- the result --------------------------------------------------------- */
@@ -538,9 +776,155 @@ static bool choose_view(const decomp_policy *policy, const decomp_layer *l,
   return true;
 }
 
+/* The relative error of the best rank-R pair (Eckart–Young) from the
+ * layer's spectrum, or -1 when its spectrum is not known. */
+static double optimal_error(const struct layer *L) {
+  if (!L->info.sigma || !(L->info.energy_total > 0))
+    return -1;
+  size_t k = (size_t)L->fac.k, R = (size_t)L->info.rank;
+  double tail = 0;
+  for (size_t j = 0; j < (size_t)L->fac.groups; j++)
+    for (size_t x = k; x-- > R;)
+      tail += L->info.sigma[j * k + x] * L->info.sigma[j * k + x];
+  return sqrt(tail / L->info.energy_total);
+}
+
+/* What the calling thread does once a layer of the phase is done, in spec
+ * order: phase 1 hands the spectrum to the policy's view; phase 2 logs the
+ * layer and reports DONE. A worker's failure becomes the run's. */
+static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
+                        struct layer *L, size_t total, int phase) {
+  const decomp_layer *l = L->info.layer;
+  if (L->job && L->rc != DECOMP_OK)
+    return core_fail(ctx, L->rc, "%s", L->err ? L->err : "out of memory");
+  if (phase == 1) {
+    L->info.view.groups = L->fac.groups;
+    L->info.view.energy_total = L->info.energy_total;
+    L->info.view.sigma = L->fac.sigma;
+    if (L->job_event)
+      core_log(ctx, DECOMP_LOG_DEBUG, "svd",
+               "layer=%s phase=spectrum max_rank=%lld sigma_max=%g "
+               "method=%s seconds=%.3f",
+               l->name, (long long)L->fac.k,
+               L->fac.sigma ? L->fac.sigma[0] : 0.0,
+               core_svd_spectrum_uses_gram(geom_of(l, L->info.view.order).m,
+                                           geom_of(l, L->info.view.order).n)
+                   ? "gram"
+                   : "gesdd",
+               L->seconds);
+    return DECOMP_OK;
+  }
+  if (L->info.rank > 0)
+    core_log(ctx, DECOMP_LOG_INFO, "svd",
+             "layer=%s rank=%lld max_rank=%lld order=%s "
+             "relative_error=%.6g method=%s iterations=%d sketch=%lld "
+             "optimal_error=%.6g seconds=%.3f",
+             l->name, (long long)L->info.rank, (long long)L->info.view.max_rank,
+             core_order_name(L->info.view.order),
+             L->info.energy_total > 0
+                 ? sqrt(L->info.energy_discarded / L->info.energy_total)
+                 : 0.0,
+             L->rep.randomized ? "randomized" : "gesdd", L->rep.iterations,
+             (long long)L->rep.width,
+             optimal_error(L),
+             L->seconds);
+  else
+    core_log(ctx, DECOMP_LOG_INFO, "svd", "layer=%s skipped reason=\"%s\"",
+             l->name, L->info.skip_reason);
+  return progress(ctx, opts, L, total, DECOMP_PHASE_DONE, L->info.rank,
+                  L->info.rank ? NULL : L->info.skip_reason);
+}
+
+/* Report, in spec order, every layer of the phase from *next on that is
+ * done. */
+static int drain(decomp_ctx *ctx, const decomp_options *opts, struct pool *P,
+                 struct layer *Ls, size_t n, size_t *next, size_t total,
+                 int phase) {
+  for (; *next < n; (*next)++) {
+    struct layer *L = &Ls[*next];
+    if (!L->info.is_conv || (phase == 1 && !L->job))
+      continue;
+    if (layer_state(P, L) != JOB_DONE)
+      return DECOMP_OK;
+    int rc = layer_finish(ctx, opts, L, total, phase);
+    if (rc != DECOMP_OK) {
+      (*next)++;
+      return rc;
+    }
+  }
+  return DECOMP_OK;
+}
+
+/* Run the jobs of one phase (the layers with L->job), serially on the
+ * calling thread when P is NULL, else light layers on the pool and heavy
+ * ones alone here with `threads` BLAS threads. Events before a layer
+ * (SPECTRUM, START) come from here as it is handed out; DONE and errors in
+ * spec order through drain. */
+static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
+                     const decomp_policy *policy, struct layer *Ls, size_t n,
+                     size_t total, int phase, struct pool *P, int threads) {
+  int rc = DECOMP_OK;
+  size_t next = 0;
+  if (P)
+    P->phase = phase;
+  for (size_t i = 0; i < n; i++)
+    Ls[i].state = JOB_IDLE;
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    struct layer *L = &Ls[i];
+    if (!L->info.is_conv)
+      continue;
+    if (L->job) {
+      if (phase == 1 && L->job_event)
+        rc = progress(ctx, opts, L, total, DECOMP_PHASE_SPECTRUM, 0, NULL);
+      else if (phase == 2)
+        rc = progress(ctx, opts, L, total, DECOMP_PHASE_START, L->job_rank,
+                      NULL);
+      if (rc != DECOMP_OK)
+        break;
+      if (!P || L->heavy) {
+        if (P) { /* alone, with every BLAS thread */
+          pool_wait(P, 0);
+          if ((rc = drain(ctx, opts, P, Ls, n, &next, total, phase)) !=
+              DECOMP_OK)
+            break;
+          core_blas_set_threads(threads);
+        }
+        double t0 = core_now();
+        rc = layer_run(ctx, policy, L, L->job_rank, L->job_sigma);
+        L->seconds += core_now() - t0;
+        if (P)
+          core_blas_set_threads(1);
+        if (rc != DECOMP_OK)
+          break;
+        L->state = JOB_DONE;
+      } else {
+        pool_wait(P, (size_t)P->started - 1);
+        pthread_mutex_lock(&P->mu);
+        L->state = JOB_QUEUED;
+        P->queue[P->tail++] = L;
+        P->busy++;
+        pthread_cond_signal(&P->work);
+        pthread_mutex_unlock(&P->mu);
+      }
+    } else {
+      L->state = JOB_DONE;
+    }
+    rc = drain(ctx, opts, P, Ls, n, &next, total, phase);
+  }
+  if (P) {
+    pool_wait(P, 0); /* nothing of ours runs after we return */
+    P->head = P->tail = 0;
+  }
+  if (rc == DECOMP_OK)
+    rc = drain(ctx, opts, P, Ls, n, &next, total, phase);
+  return rc;
+}
+
 static void free_layers(struct layer *Ls, size_t n) {
-  for (size_t i = 0; Ls && i < n; i++)
+  for (size_t i = 0; Ls && i < n; i++) {
     core_factors_clear(&Ls[i].fac);
+    free(Ls[i].err);
+  }
   free(Ls);
 }
 
@@ -564,11 +948,26 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   decomp_result *res = NULL;
   decomp_weights *rw = NULL;
   char *name = NULL;
+  struct pool pool = {0}, *P = NULL;
+  int threads = 0, blas_saved = 0;
   if (!Ls)
     goto nomem;
   double t_run = core_now();
   for (size_t i = 0; i < n; i++)
     total += core_layer_is_conv(decomp_spec_at(spec, i));
+  /* threads ≥ 1: this call owns that many cores (decomp.h). */
+  threads = opts && opts->threads > 0 ? opts->threads : 0;
+  if (threads > 0) {
+    blas_saved = core_blas_threads();
+    core_blas_set_threads(1);
+  }
+  if (threads >= 2) {
+    if (pool_start(&pool, threads, n, policy) != DECOMP_OK) {
+      pool_stop(&pool);
+      goto nomem;
+    }
+    P = &pool;
+  }
 
   /* Phase 1: eligibility, finiteness, spectra. */
   for (size_t i = 0; i < n; i++) {
@@ -618,25 +1017,19 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     }
     L->candidate = true;
     ncand++;
-    bool spectrum = core_policy_needs_spectrum(policy, l);
-    if (spectrum) {
-      rc = progress(ctx, opts, L, total, DECOMP_PHASE_SPECTRUM, 0, NULL);
-      if (rc != DECOMP_OK)
-        goto fail;
-    }
-    rc = layer_run(ctx, policy, L, 0, spectrum);
-    if (rc != DECOMP_OK)
-      goto fail;
-    L->info.view.groups = gm.g;
-    L->info.view.energy_total = L->info.energy_total;
-    L->info.view.sigma = L->fac.sigma;
+    /* Spectra the policy needs, and those the info file records that the
+     * factorization would not give (large layers take the truncated SVD). */
+    L->job = true;
+    L->job_event = core_policy_needs_spectrum(policy, l);
+    L->job_sigma = L->job_event || (opts && opts->record_spectra &&
+                                    core_svd_spectrum_uses_gram(gm.m, gm.n));
+    L->job_rank = 0;
+    L->heavy = threads >= 2 && layer_heavy(L);
     L->seconds = core_now() - t0;
-    if (spectrum)
-      core_log(ctx, DECOMP_LOG_DEBUG, "svd",
-               "layer=%s phase=spectrum max_rank=%lld sigma_max=%g "
-               "seconds=%.3f",
-               l->name, (long long)gm.k, L->fac.sigma[0], L->seconds);
   }
+  rc = run_phase(ctx, opts, policy, Ls, n, total, 1, P, threads);
+  if (rc != DECOMP_OK)
+    goto fail;
 
   /* Ranks, all at once. */
   views = calloc(ncand ? ncand : 1, sizeof *views);
@@ -658,53 +1051,33 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   if (rc != DECOMP_OK)
     goto fail;
 
-  /* Phase 2: factorize, in spec order. */
+  /* Phase 2: factorize; reported in spec order. */
   for (size_t i = 0, c = 0; i < n; i++) {
     struct layer *L = &Ls[i];
     const decomp_layer *l = L->info.layer;
-    if (!L->info.is_conv)
+    L->job = false;
+    if (!L->info.is_conv || !L->candidate)
       continue;
-    if (L->candidate) {
-      core_rank_decision *d = &dec[c++];
-      if (d->rank < 0 || d->rank > L->info.view.max_rank) {
-        rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
-                       "%s: policy chose rank %lld of at most %lld", l->name,
-                       (long long)d->rank, (long long)L->info.view.max_rank);
-        goto fail;
-      }
-      if (d->rank == 0) {
-        L->info.skip_reason = d->reason[0] ? d->reason : "rank 0";
-      } else {
-        rc = progress(ctx, opts, L, total, DECOMP_PHASE_START, d->rank, NULL);
-        if (rc != DECOMP_OK)
-          goto fail;
-        double t0 = core_now();
-        L->info.rank = d->rank;
-        rc = layer_run(ctx, policy, L, d->rank, true);
-        if (rc != DECOMP_OK)
-          goto fail;
-        L->seconds += core_now() - t0;
-        ndec++;
-        core_log(ctx, DECOMP_LOG_INFO, "svd",
-                 "layer=%s rank=%lld max_rank=%lld order=%s "
-                 "relative_error=%.6g seconds=%.3f",
-                 l->name, (long long)d->rank,
-                 (long long)L->info.view.max_rank,
-                 core_order_name(L->info.view.order),
-                 L->info.energy_total > 0
-                     ? sqrt(L->info.energy_discarded / L->info.energy_total)
-                     : 0.0,
-                 L->seconds);
-      }
-    }
-    if (L->info.rank == 0)
-      core_log(ctx, DECOMP_LOG_INFO, "svd", "layer=%s skipped reason=\"%s\"",
-               l->name, L->info.skip_reason);
-    rc = progress(ctx, opts, L, total, DECOMP_PHASE_DONE, L->info.rank,
-                  L->info.rank ? NULL : L->info.skip_reason);
-    if (rc != DECOMP_OK)
+    core_rank_decision *d = &dec[c++];
+    if (d->rank < 0 || d->rank > L->info.view.max_rank) {
+      rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
+                     "%s: policy chose rank %lld of at most %lld", l->name,
+                     (long long)d->rank, (long long)L->info.view.max_rank);
       goto fail;
+    }
+    if (d->rank == 0) {
+      L->info.skip_reason = d->reason[0] ? d->reason : "rank 0";
+      continue;
+    }
+    L->info.rank = d->rank;
+    L->job = true;
+    L->job_rank = d->rank;
+    L->job_sigma = true;
+    ndec++;
   }
+  rc = run_phase(ctx, opts, policy, Ls, n, total, 2, P, threads);
+  if (rc != DECOMP_OK)
+    goto fail;
 
   /* The result: input order, decomposed layers' tensors replaced in place. */
   idx = calloc(ndec ? ndec : 1, sizeof *idx);
@@ -762,6 +1135,10 @@ nomem:
   rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
 fail:
 out:
+  if (P)
+    pool_stop(P);
+  if (threads > 0)
+    core_blas_set_threads(blas_saved);
   free(name);
   free(infos);
   free(idx);

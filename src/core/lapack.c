@@ -1,10 +1,14 @@
-/* lapack.c — the engine's one door to LAPACK: thin wrappers over ?gesdd that
- * take column-major matrices, check their sizes against LAPACK's int, manage
- * the workspace, and turn LAPACK's `info` into a decomp error code with a
- * message naming the matrix. No other file includes lapacke.h. */
+/* lapack.c — the engine's one door to BLAS and LAPACK: thin wrappers over
+ * ?gesdd, the symmetric eigensolvers (ssyevd, ssyev_2stage, ssyevr), the
+ * Householder QR (sgeqrf/sorgqr), the level-3 products the truncated SVD is
+ * made of (sgemm, ssyrk), and OpenBLAS's thread count. They take
+ * column-major matrices, check sizes against LAPACK's int, manage the
+ * workspace, and turn LAPACK's `info` into a decomp error code with a
+ * message naming the matrix. No other file includes lapacke.h or cblas.h. */
 #include <limits.h>
 #include <stdlib.h>
 
+#include <cblas.h>
 #include <lapacke.h>
 
 #include "core.h"
@@ -109,4 +113,167 @@ int core_svd_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 int core_svd_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                  double *a, double *s, double *u, double *vt) {
   return svd_f64(ctx, what, m, n, a, s, u, vt, 'S');
+}
+
+/* --- level-3 products and threads (svd.c) -------------------------------- */
+
+void core_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                const float *a, int64_t lda, const float *b, int64_t ldb,
+                float beta, float *c, int64_t ldc) {
+  cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans,
+              tb ? CblasTrans : CblasNoTrans, (blasint)m, (blasint)n,
+              (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, c,
+              (blasint)ldc);
+}
+
+void core_ssyrk(bool ta, int64_t n, int64_t k, const float *a, int64_t lda,
+                float *c, int64_t ldc) {
+  cblas_ssyrk(CblasColMajor, CblasLower, ta ? CblasTrans : CblasNoTrans,
+              (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, 0.0f, c,
+              (blasint)ldc);
+}
+
+int core_blas_threads(void) { return openblas_get_num_threads(); }
+
+void core_blas_set_threads(int n) {
+  if (n >= 1 && n != openblas_get_num_threads())
+    openblas_set_num_threads(n);
+}
+
+/* --- symmetric eigenproblems and QR (svd.c) ------------------------------- */
+
+static int check_sym(decomp_ctx *ctx, const char *what, int64_t n) {
+  if (n <= 0)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: empty %lldx%lld matrix",
+                     what, (long long)n, (long long)n);
+  if (n > 46000)
+    return core_fail(ctx, DECOMP_ERR_TOO_LARGE,
+                     "%s: %lldx%lld matrix is too large for LAPACK", what,
+                     (long long)n, (long long)n);
+  return DECOMP_OK;
+}
+
+static size_t lwork_of(float query) {
+  size_t lw = (size_t)query + 1;
+  return lw + lw / 64;
+}
+
+int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
+                        float *a, float *w) {
+  int rc = check_sym(ctx, what, n);
+  if (rc != DECOMP_OK)
+    return rc;
+  lapack_int ln = (lapack_int)n, info, iq = 0;
+  float query = 0;
+  /* The one-stage tridiagonal reduction is half matrix-vector work, bound
+   * by memory once the matrix leaves the cache; the two-stage one is
+   * matrix-matrix work and wins above a few thousand (measured: 3072 is
+   * 2.7 s vs 3.3 s, 5120 is 27 s vs 13 s on two cores). */
+  bool two = n >= 4096;
+  if (two)
+    info = LAPACKE_ssyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
+                                     &query, -1);
+  else
+    info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
+                               &query, -1, &iq, -1);
+  if (info != 0)
+    return check_info(ctx, what, info, two ? "ssyev_2stage" : "ssyevd");
+  size_t lw = lwork_of(query);
+  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
+  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
+  if (!work || !iwork) {
+    free(work);
+    free(iwork);
+    return core_fail(ctx, DECOMP_ERR_NOMEM,
+                     "%s: out of memory for the eigensolver", what);
+  }
+  if (two)
+    info = LAPACKE_ssyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
+                                     work, (lapack_int)lw);
+  else
+    info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w, work,
+                               (lapack_int)lw, iwork, iq > 1 ? iq : 1);
+  free(work);
+  free(iwork);
+  return check_info(ctx, what, info, two ? "ssyev_2stage" : "ssyevd");
+}
+
+int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
+                     int64_t r, float *w, float *z) {
+  int rc = check_sym(ctx, what, n);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (r < 1 || r > n)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: %lld eigenpairs of %lld",
+                     what, (long long)r, (long long)n);
+  lapack_int ln = (lapack_int)n, found = 0, iq = 0, info;
+  lapack_int il = (lapack_int)(n - r + 1), iu = ln;
+  float query = 0;
+  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * (size_t)n);
+  if (!isuppz)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
+                             il, iu, 0, &found, w, z, ln, isuppz, &query, -1,
+                             &iq, -1);
+  if (info != 0) {
+    free(isuppz);
+    return check_info(ctx, what, info, "ssyevr");
+  }
+  size_t lw = lwork_of(query);
+  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
+  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
+  if (!work || !iwork) {
+    free(work);
+    free(iwork);
+    free(isuppz);
+    return core_fail(ctx, DECOMP_ERR_NOMEM,
+                     "%s: out of memory for the eigensolver", what);
+  }
+  info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
+                             il, iu, 0, &found, w, z, ln, isuppz, work,
+                             (lapack_int)lw, iwork, iq > 1 ? iq : 1);
+  free(work);
+  free(iwork);
+  free(isuppz);
+  if (info == 0 && found != (lapack_int)r)
+    return core_fail(ctx, DECOMP_ERR_SVD_FAILED,
+                     "%s: ssyevr found %d of %lld eigenpairs", what, (int)found,
+                     (long long)r);
+  return check_info(ctx, what, info, "ssyevr");
+}
+
+int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                float *a) {
+  int rc = check_dims(ctx, what, m, n);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (n > m)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: QR of a wide matrix", what);
+  lapack_int lm = (lapack_int)m, ln = (lapack_int)n, info;
+  float q1 = 0, q2 = 0;
+  float *tau = malloc(sizeof *tau * (size_t)n);
+  if (!tau)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, &q1, -1);
+  if (info == 0)
+    info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, &q2,
+                               -1);
+  if (info != 0) {
+    free(tau);
+    return check_info(ctx, what, info, "sgeqrf");
+  }
+  size_t lw = lwork_of(q1 > q2 ? q1 : q2);
+  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
+  if (!work) {
+    free(tau);
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  }
+  info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, work,
+                             (lapack_int)lw);
+  if (info == 0)
+    info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, work,
+                               (lapack_int)lw);
+  free(work);
+  free(tau);
+  return check_info(ctx, what, info, "sgeqrf/sorgqr");
 }

@@ -1,0 +1,99 @@
+/* svd.h — the engine's SVD layer as decompose.c and the unit tests use it:
+ * the singular values of a layer's matrix the cheap way, its truncated SVD
+ * at a chosen rank with an accuracy control, the BLAS/LAPACK wrappers they
+ * are made of (lapack.c), and the per-layer seed. Internal to libdecomp. */
+#ifndef DECOMP_SVD_H
+#define DECOMP_SVD_H
+
+#include "core.h"
+
+/* --- lapack.c: level-3 products, eigensolvers, QR, threads --------------- */
+
+/* c = alpha·op(a)·op(b) + beta·c, column-major, op = transpose when t. */
+void core_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                const float *a, int64_t lda, const float *b, int64_t ldb,
+                float beta, float *c, int64_t ldc);
+/* Lower triangle of c (n×n) = op(a)·op(a)ᵀ, op(a) n×k (a is k×n when ta). */
+void core_ssyrk(bool ta, int64_t n, int64_t k, const float *a, int64_t lda,
+                float *c, int64_t ldc);
+/* OpenBLAS's thread count (process-wide) and setting it (n ≥ 1). */
+int core_blas_threads(void);
+void core_blas_set_threads(int n);
+
+/* Eigenvalues (ascending) of the symmetric n×n `a` (lower triangle read,
+ * destroyed): ssyevd, or the two-stage ssyev for large n. */
+int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
+                        float *a, float *w);
+/* The r largest eigenpairs of the symmetric n×n `a` (ssyevr, MRRR):
+ * w[r] ascending, z n×r (ld n). `a` is destroyed. */
+int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
+                     int64_t r, float *w, float *z);
+/* `a` (m×n, m ≥ n, ld m) replaced by the Q of its Householder QR. */
+int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                float *a);
+
+/* --- svd.c ----------------------------------------------------------------- */
+
+/* How a truncated SVD was computed and what it achieved. */
+typedef struct core_svd_report {
+  bool randomized;   /* false: exact gesdd */
+  int iterations;    /* power iterations (randomized) */
+  int64_t width;     /* sketch width ℓ = R + oversampling (randomized) */
+  double discarded;  /* achieved ‖A − A_R‖², in double */
+  double optimal;    /* Σ σ_i², i > R, when the spectrum was given; else -1 */
+} core_svd_report;
+
+/* Whether the singular values of an m×n matrix come from the Gram matrix
+ * (true) or from gesdd on the matrix itself (false, small matrices). */
+bool core_svd_spectrum_uses_gram(int64_t m, int64_t n);
+
+/* The k = min(m, n) singular values of the column-major m×n `a` (not
+ * modified), descending, into s[k]. Small matrices: gesdd, values only.
+ * Larger: the eigenvalues of the smaller Gram matrix (ssyrk, then ssyevd or
+ * two-stage ssyev, values only), σ = √max(λ, 0). In float32 the Gram
+ * matrix squares the condition number: a σ_i with σ_i/σ_1 below ~1e-3 has
+ * a large relative error (absolute error about 1e-7·σ_1²/σ_i), which is
+ * harmless for choosing a rank and for the energy sums, and is reported in
+ * the info file as computed. */
+int core_svd_spectrum_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const float *a, double *s);
+
+/* Whether a rank-R SVD of an m×n matrix takes the randomized path. */
+bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
+
+/* The rank-R truncated SVD of the column-major m×n `a` (not modified):
+ * s[R] descending, u m×R (ld m), v n×R (ld n), so a ≈ u·diag(s)·vᵀ.
+ * `energy` is ‖a‖² (summed in double by the caller). `sigma`, when not
+ * NULL, is the full spectrum (k values, descending) and tightens the
+ * accuracy control to the known optimum.
+ *
+ * Small matrices, and ranks close to k, take exact gesdd. Otherwise a
+ * randomized range finder with power iterations (Halko, Martinsson and
+ * Tropp 2011, alg. 4.4, Householder QR after each product with A) and a
+ * Rayleigh–Ritz step on the Gram matrix of the ℓ×n projection. The
+ * iterations stop when the rank-ℓ projection error ‖A‖² − ‖QᵀA‖² improves
+ * by less than 0.1% between two of them (or, with `sigma`, when the rank-R
+ * error is within 0.5% of the optimum); if a known optimum is still missed
+ * by more than 1% after the last iteration, the exact path runs instead.
+ * The sketch is drawn from `seed`, so equal inputs give equal bytes.
+ * When the exact path ran (rep->randomized false) and `all` is not NULL,
+ * all[k] gets every singular value. */
+int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                      const float *a, int64_t R, uint64_t seed, double energy,
+                      const double *sigma, float *s, float *u, float *v,
+                      double *all, core_svd_report *rep);
+
+/* core_factorize (core.h) with the spectrum of phase 1 (`known`, g runs of
+ * k values, or NULL) handed to the accuracy control and kept as the
+ * factors' sigma, and a report of how the SVD ran (over the groups: any
+ * randomized, the most iterations, the widest sketch). energy_discarded is
+ * the achieved error², which equals the optimum on the exact path. */
+int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
+                      const decomp_tensor *weight, core_order order, int64_t R,
+                      int bits, bool want_sigma, const double *known,
+                      core_factors *out, core_svd_report *rep);
+
+/* A seed for a layer's group: FNV-1a of the name, mixed with the group. */
+uint64_t core_svd_seed(const char *name, int64_t group);
+
+#endif
