@@ -1,0 +1,91 @@
+"""Service and in-process results are bit-identical for the same model and
+policy: auto_decomposition(model, server=URL) (and with DECOMPD_URL set)
+against auto_decomposition(model) on the in-process engine — same changes,
+same state dict bytes, same per-layer choices in the info file.
+
+Both sides run OpenBLAS with one thread (the meson test environment sets
+OPENBLAS_NUM_THREADS=1, the daemon runs --workers 1 --blas-threads 1): the
+engine's SVD results depend on the BLAS thread count in the last bits, so a
+daemon worker with 1 thread and an in-process call with 2 differ there."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import SmallNet, url_of
+
+
+def resnet():
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.resnet18()
+
+
+def same(a, b, tag):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb), tag
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape, (tag, k)
+        assert torch.equal(sa[k], sb[k]), (tag, k)
+
+
+def layers(path):
+    info = json.load(open(path))
+    return [{k: v for k, v in l.items()} for l in info["layers"]], info["changes"]
+
+
+@pytest.mark.parametrize("make,policy", [
+    (SmallNet.make, None),
+    (SmallNet.make, {"name": "energy", "energy": 0.9}),
+    (resnet, "amct"),
+    (resnet, None),
+])
+def test_service_equals_in_process(daemon, tmp_path, make, policy):
+    from decompd.tensor_decompose import auto_decomposition
+    local, lch = auto_decomposition(make(), tmp_path / "local.json",
+                                    policy=policy)
+    os.environ["DECOMPD_CACHE"] = str(tmp_path / "cache")
+    try:
+        remote, rch = auto_decomposition(make(), tmp_path / "remote.json",
+                                         policy=policy, server=url_of(daemon))
+    finally:
+        del os.environ["DECOMPD_CACHE"]
+    assert lch == rch and lch
+    same(local, remote, (make.__name__, policy))
+    assert layers(tmp_path / "local.json") == layers(tmp_path / "remote.json")
+
+
+def test_decompd_url_runs_on_the_service(daemon, tmp_path, monkeypatch):
+    from decompd.tensor_decompose import auto_decomposition
+    x = torch.randn(2, 3, 32, 32)
+    local, lch = auto_decomposition(SmallNet.make(), example_input=x)
+    monkeypatch.setenv("DECOMPD_URL", url_of(daemon))
+    monkeypatch.setenv("DECOMPD_CACHE", str(tmp_path / "cache"))
+    remote, rch = auto_decomposition(SmallNet.make(), example_input=x)
+    assert lch == rch
+    same(local, remote, "DECOMPD_URL")
+    # It really went through the service: the job is in the cache.
+    assert len(os.listdir(tmp_path / "cache" / "jobs")) == 1
+
+
+def test_bare_conv_and_weights_file_submissions(daemon, tmp_path):
+    from decompd.client import Client
+    from decompd.tensor_decompose import auto_decomposition
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(64, 64, 5, padding=2)
+    keep = {k: v.clone() for k, v in conv.state_dict().items()}
+    local, lch = auto_decomposition(conv)
+    remote, rch = auto_decomposition(conv, server=url_of(daemon))
+    assert lch == rch == {"": ["0", "1"]}
+    same(local, remote, "bare conv")
+    for k, v in conv.state_dict().items():  # the argument is untouched
+        assert torch.equal(v, keep[k])
+    # A weights file with its spec, then pull onto a live module.
+    w, s = SmallNet.write(tmp_path)
+    c = Client(url_of(daemon), cache=str(tmp_path / "cache"))
+    job = c.wait(c.submit(w, spec=open(s).read()), progress=False)
+    pulled, pch = c.pull(SmallNet.make(seed=4), job)
+    local, lch = auto_decomposition(SmallNet.make())
+    assert pch == lch
+    same(local, pulled, "weights file")
