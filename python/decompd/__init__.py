@@ -10,8 +10,7 @@ decompd._engine) and loaded on first use.
 """
 
 from .errors import (DecompError, DecompMemoryError, DecompRuntimeError,
-                     DecompValueError, EngineNotFoundError,
-                     ServiceNotAvailableError)
+                     DecompValueError, EngineNotFoundError)
 
 __version__ = "0.1.0"
 
@@ -22,7 +21,6 @@ __all__ = [
     "DecompRuntimeError",
     "DecompMemoryError",
     "EngineNotFoundError",
-    "ServiceNotAvailableError",
     "auto_decomposition",
     "decompose_network",
 ]

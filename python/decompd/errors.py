@@ -15,7 +15,6 @@ __all__ = [
     "DecompRuntimeError",
     "DecompMemoryError",
     "EngineNotFoundError",
-    "ServiceNotAvailableError",
     "error_class",
 ]
 
@@ -61,11 +60,6 @@ class DecompMemoryError(DecompError, MemoryError):
 
 class EngineNotFoundError(ImportError):
     """libdecomp.so could not be found or loaded."""
-
-
-class ServiceNotAvailableError(NotImplementedError):
-    """The decompd service client (``server=`` / ``DECOMPD_URL``) is not part
-    of this version of the package."""
 
 
 def error_class(code):
