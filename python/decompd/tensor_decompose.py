@@ -28,8 +28,9 @@ Semantics kept from the reference, and the choices made where it is silent:
 - New parameters keep the original's device, dtype, ``requires_grad`` and
   channels_last memory format; the new modules take the original conv's
   train/eval mode. Weights on a GPU are copied to the CPU for the engine
-  (CPU float weights are read in place) and the results copied back. Hooks registered
-  on a replaced conv are not carried over (a warning names the layer).
+  (CPU float weights are read in place) and the results copied back. Hooks
+  registered on a replaced conv are not carried over (a warning names the
+  layer).
 - A conv object reachable under several names (shared by two parents) is
   decomposed once; every parent then holds the same new ``nn.Sequential``.
   ``auto_decomposition`` names it by its first name in
@@ -371,8 +372,8 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     for ref in convs:
         conv = ref.module
         if conv.weight.device.type == "meta":
-            raise ValueError(f"{ref.name or ROOT_NAME}: its weights are on the "
-                             f"meta device and hold no data to decompose")
+            raise ValueError(f"{ref.name or ROOT_NAME}: its weights are on "
+                             f"the meta device and hold no data to decompose")
         ename = _engine_name(ref.name)
         tensors.append((f"{ename}.weight", conv.weight))
         if conv.bias is not None:
@@ -386,7 +387,8 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     try:
         with torch.no_grad():
             weights, info_text = _engine.decompose(
-                tensors, layer_spec_json(refs, _engine_name, sizes), policy_text,
+                tensors, layer_spec_json(refs, _engine_name, sizes),
+                policy_text,
                 progress=reporter, want=wanted.__contains__)
     finally:
         reporter.close()
@@ -414,10 +416,10 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
                     key = f"{ename}.{i}.{pname}"
                     src = weights.get(key)
                     if src is None or tuple(src.shape) != tuple(param.shape):
+                        got = "missing" if src is None else list(src.shape)
                         raise RuntimeError(
-                            f"{name}: the engine returned "
-                            f"{key} {'missing' if src is None else list(src.shape)}"
-                            f", the new conv needs {list(param.shape)}")
+                            f"{name}: the engine returned {key} {got}, the "
+                            f"new conv needs {list(param.shape)}")
                     param.copy_(src)
         jobs.append((ref, seq))
 
