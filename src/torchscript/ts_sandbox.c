@@ -347,7 +347,7 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
                             decomp_weights **out_weights,
                             decomp_spec **out_spec) {
   int rc = DECOMP_OK;
-  char workdir[PATH_MAX] = "", path[PATH_MAX];
+  char workdir[PATH_MAX] = "", path[PATH_MAX + 32];
   char *archive = NULL, *spec_text = NULL;
   int devnull = -1, errp[2] = {-1, -1}, execp[2] = {-1, -1};
   pid_t pid = -1;
@@ -469,12 +469,24 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   close(execp[1]);
   execp[1] = -1;
 
-  /* Did exec work? (the pipe closes on exec, or carries errno) */
+  /* Did exec work? (the pipe closes on exec, or carries errno.) Waited for
+   * under the deadline too: a child forked meanwhile by another thread of
+   * the caller holds the write end until it execs. */
   int exec_err = 0;
-  ssize_t got;
-  do
-    got = read(execp[0], &exec_err, sizeof exec_err);
-  while (got < 0 && errno == EINTR);
+  ssize_t got = 0;
+  for (;;) {
+    double left = start + seconds - now_seconds();
+    struct pollfd xp = {.fd = execp[0], .events = POLLIN};
+    int ms = left <= 0 ? 0 : (int)fmin(1000.0 * left, (double)INT_MAX);
+    int pr = poll(&xp, 1, ms);
+    if (pr < 0 && errno == EINTR)
+      continue;
+    if (pr > 0)
+      got = read(execp[0], &exec_err, sizeof exec_err);
+    if (pr > 0 && got < 0 && errno == EINTR)
+      continue;
+    break;
+  }
   if (got == (ssize_t)sizeof exec_err) {
     kill(-pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
@@ -516,7 +528,9 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
     }
     if (poll(&pfd, 1, ms) > 0) {
       char buf[4096];
-      for (;;) {
+      /* Bounded, so that a reader flooding stderr cannot keep us from the
+       * deadline; a pipe holds 64 KiB, so an exited reader drains fully. */
+      for (int k = 0; k < 64; k++) {
         ssize_t r = read(errp[0], buf, sizeof buf);
         if (r > 0) {
           tail_add(tail, buf, (size_t)r);

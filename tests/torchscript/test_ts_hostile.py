@@ -151,3 +151,47 @@ def test_missing_reader_is_reported(files, tmp_path):
     assert not r["ok"]
     assert r["code"] == "torchscript_unsupported", r
     assert "no-such-reader" in r["message"]
+
+
+def test_cancel_stops_the_reader(files, tmp_path):
+    r = read(files["spin"], tmp_path, time=30, cancel_after=1)
+    assert not r["ok"]
+    assert r["code"] == "cancelled", r
+    assert r["seconds"] < 5, r
+
+
+def fake_reader(tmp_path, body):
+    """A stand-in for decompd-ts-reader, to make the reader misbehave in
+    ways no archive can make it."""
+    path = tmp_path / "fake-reader"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return {"DECOMPD_TS_READER": str(path)}
+
+
+def test_reader_crash_is_reported(files, tmp_path):
+    r = read(files["good"], tmp_path,
+             env=fake_reader(tmp_path, "echo 'about to crash' >&2\n"
+                                       "kill -SEGV $$"))
+    assert not r["ok"]
+    assert r["code"] == "bad_torchscript", r
+    assert r["message"].startswith("TorchScript reader crashed (signal 11"), r
+    assert r["message"].endswith("about to crash"), r
+
+
+def test_reader_flooding_stderr_still_meets_its_deadline(files, tmp_path):
+    r = read(files["good"], tmp_path, time=2,
+             env=fake_reader(tmp_path, "yes 'spam spam spam' >&2"))
+    assert not r["ok"]
+    assert r["message"] == "TorchScript reader exceeded its 2 s time limit"
+    assert r["seconds"] < 5, r
+
+
+def test_reader_output_is_checked(files, tmp_path):
+    """A reader that claims success but wrote garbage: the engine's own
+    safetensors checks reject it."""
+    r = read(files["good"], tmp_path,
+             env=fake_reader(tmp_path, 'printf garbage > "$2/weights.safetensors"'
+                                       '; echo "{}" > "$2/spec.json"'))
+    assert not r["ok"]
+    assert r["code"] in ("bad_safetensors", "unknown_format"), r

@@ -1,6 +1,6 @@
 /* ts_dump.c — the tests' caller of decomp_torchscript_read.
  *
- *   ts_dump ARCHIVE OUTDIR [--time S] [--memory MIB]
+ *   ts_dump ARCHIVE OUTDIR [--time S] [--memory MIB] [--cancel-after S]
  *       read ARCHIVE through the C API; write OUTDIR/weights.safetensors
  *       (decomp_weights_save) and OUTDIR/spec.json (decomp_spec_to_json);
  *       check the spec against the weights (decomp_spec_check)
@@ -28,6 +28,13 @@ static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cancel_at;
+
+static int cancel_after(void *user) {
+  (void)user;
+  return now() >= cancel_at;
 }
 
 static int report_error(decomp_ctx *ctx, int rc, double seconds) {
@@ -98,6 +105,10 @@ int main(int argc, char **argv) {
       lim.time_seconds = atof(argv[i + 1]);
     else if (strcmp(argv[i], "--memory") == 0)
       lim.memory_bytes = (uint64_t)atoll(argv[i + 1]) << 20;
+    else if (strcmp(argv[i], "--cancel-after") == 0) {
+      cancel_at = now() + atof(argv[i + 1]);
+      lim.cancel = cancel_after;
+    }
   }
   decomp_ctx *ctx = decomp_ctx_new();
   decomp_weights *w = NULL;

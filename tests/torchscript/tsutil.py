@@ -138,7 +138,7 @@ def run_reader(archive, outdir):
 
 
 def run_dump(archive, outdir, time=None, memory_mib=None, env=None,
-             timeout=300):
+             timeout=300, cancel_after=None):
     """Read `archive` through decomp_torchscript_read (tests/ts_dump); the
     driver's one JSON line as a dict."""
     os.makedirs(outdir, exist_ok=True)
@@ -147,6 +147,8 @@ def run_dump(archive, outdir, time=None, memory_mib=None, env=None,
         args += ["--time", str(time)]
     if memory_mib:
         args += ["--memory", str(memory_mib)]
+    if cancel_after:
+        args += ["--cancel-after", str(cancel_after)]
     e = dict(os.environ)
     e.setdefault("DECOMPD_TS_READER", READER)
     e.update(env or {})
