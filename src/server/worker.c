@@ -1,6 +1,7 @@
 /* worker.c — the decomposition workers (see worker.h): claim, decompose,
- * store, repeat. The only server file that calls the engine's decomposition
- * and sets the BLAS thread count. */
+ * store, repeat. The only server file that calls the engine's decomposition;
+ * it tells the engine how many cores each run may use
+ * (decomp_options.threads), and the engine sets BLAS to match. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -17,13 +18,10 @@
 #include "queue.h"
 #include "worker.h"
 
-/* OpenBLAS's thread count (cblas.h may only be included by src/core's
- * lapack.c, so the one function we need is declared here). */
-extern void openblas_set_num_threads(int num_threads);
-
 struct worker_pool {
   store *s;
   int n;
+  int blas_threads; /* cores each decomposition may use */
   pthread_t *threads;
   atomic_bool stopping;
 };
@@ -220,6 +218,9 @@ static void run_job(worker_pool *p, store_job *job) {
   opts.progress_user = &r;
   opts.source_digest = m.digest;
   opts.source_format = m.format;
+  /* The engine sets OpenBLAS's (process-wide) thread count from this; every
+   * worker passes the same value, so workers × threads ≤ cores holds. */
+  opts.threads = p->blas_threads;
   rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
   if (rc != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
@@ -301,7 +302,6 @@ int worker_pool_start(store *s, int workers, int blas_threads,
     LOG(LOG_WARN, "worker", NULL,
         "event=oversubscribed workers=%d blas_threads=%d cores=%ld", workers,
         blas_threads, cores);
-  openblas_set_num_threads(blas_threads);
   worker_pool *p = calloc(1, sizeof *p);
   if (!p)
     return DECOMP_ERR_NOMEM;
@@ -311,6 +311,7 @@ int worker_pool_start(store *s, int workers, int blas_threads,
     return DECOMP_ERR_NOMEM;
   }
   p->s = s;
+  p->blas_threads = blas_threads;
   atomic_init(&p->stopping, false);
   for (int i = 0; i < workers; i++) {
     if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)

@@ -130,6 +130,22 @@ class Daemon:
         return self.json("POST", path, body=data, token=token,
                          headers={"Content-Type": "application/octet-stream"})
 
+    def declare_upload(self, length, token=None):
+        """POST /v1/models declaring `length` bytes but sending none: a body
+        over the limit must be refused on the headers alone. (status, body)"""
+        c = self.conn(30)
+        try:
+            c.putrequest("POST", "/v1/models")
+            c.putheader("Content-Type", "application/octet-stream")
+            c.putheader("Content-Length", str(length))
+            if token:
+                c.putheader("Authorization", "Bearer " + token)
+            c.endheaders()
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
     def wait_job(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=300,
                  token=None):
         deadline = time.time() + timeout

@@ -33,7 +33,7 @@ def test_precedence_file_env_flags(tmp_path):
         assert os.path.isdir(tmp_path / "from-file" / "blobs")  # file's data_dir
         # flag (2K) beats env (1K) beats file (1M)
         assert d.request("POST", "/v1/models", body=b"x" * 1500)[0] == 422
-        assert d.request("POST", "/v1/models", body=b"x" * 2049)[0] == 413
+        assert d.declare_upload(2049)[0] == 413
         status, hdrs, _ = d.request("GET", "/healthz", headers={"X-Request-Id": "abc-123"})
         assert hdrs["x-request-id"] == "abc-123"
     finally:
