@@ -138,10 +138,10 @@ def test_archive_that_loops_at_load_is_stopped(files, tmp_path):
 
 
 def test_archive_that_allocates_without_bound_is_stopped(files, tmp_path):
-    r = read(files["hog"], tmp_path, time=60, memory_mib=3072)
+    r = read(files["hog"], tmp_path, time=60, memory_mib=1536)
     assert not r["ok"]
     assert r["code"] == "bad_torchscript"
-    assert "exceeded its memory limit (3072 MiB)" in r["message"], r
+    assert "exceeded its memory limit (1536 MiB)" in r["message"], r
     assert r["seconds"] < 60, r
 
 
