@@ -583,7 +583,17 @@ class Client:
                 m = torch.jit.load(path, map_location="cpu")
                 return self._submit_script(m, policy, name or
                                            os.path.basename(path), progress)
-            return self._submit_id(model["id"], None, policy)
+            try:
+                return self._submit_id(model["id"], None, policy)
+            except ServiceValueError as e:
+                if e.code_name != "bad_spec":
+                    raise
+                # The server keeps the archive but has no spec for it: send
+                # the weights and the spec read here.
+                import torch
+                m = torch.jit.load(path, map_location="cpu")
+                return self._submit_script(m, policy, name or
+                                           os.path.basename(path), progress)
         model = self.upload(path, name=name, progress=progress)
         return self._submit_id(model["id"], spec_doc, policy)
 

@@ -89,3 +89,19 @@ def test_bare_conv_and_weights_file_submissions(daemon, tmp_path):
     local, lch = auto_decomposition(SmallNet.make())
     assert pch == lch
     same(local, pulled, "weights file")
+
+
+def test_torchscript_file_submission(daemon, tmp_path):
+    """A TorchScript archive: the server reads it where its build can;
+    otherwise the client loads it, reads the convs' fields off the scripted
+    modules and sends the weights with that spec. Same bytes either way."""
+    from decompd.client import Client
+    from decompd.tensor_decompose import auto_decomposition
+    path = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(SmallNet.make()), str(path))
+    c = Client(url_of(daemon), cache=str(tmp_path / "cache"))
+    job = c.wait(c.submit(str(path)), progress=False)
+    pulled, pch = c.pull(SmallNet.make(seed=3), job)
+    local, lch = auto_decomposition(SmallNet.make())
+    assert pch == lch and lch
+    same(local, pulled, "torchscript")
