@@ -144,3 +144,32 @@ def test_cli_verbs_json_jobs_and_cancel(daemon_factory, tmp_path):
     assert h.returncode == 0
     for code in ("6 ", "7 ", "8 ", "9 ", "10 ", "11 "):
         assert "\n  " + code in h.stdout, code
+
+
+def test_wait_and_fetch_draw_a_bar_on_a_terminal(daemon, tmp_path):
+    """On a terminal (a pty here) wait and fetch redraw one bar line with
+    \\r; stdout still carries only the result."""
+    import pty
+    from conftest import run_job
+    job = run_job(daemon, tmp_path)
+    env = dict(os.environ)
+    env.update(client_env(daemon, tmp_path / "tty-cache"))
+    for verb in ("wait", "fetch"):
+        master, slave = pty.openpty()
+        p = subprocess.Popen([DECOMPCTL, verb, job], stdout=subprocess.PIPE,
+                             stderr=slave, stdin=subprocess.DEVNULL, env=env)
+        os.close(slave)
+        out, _ = p.communicate(timeout=120)
+        err = b""
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:
+                break
+            if not b:
+                break
+            err += b
+        os.close(master)
+        assert p.returncode == 0, err
+        assert b"\r[" in err and b"#" in err, err
+        assert b"\r" not in out
