@@ -24,10 +24,14 @@
 
 static int exit_for(int ts_status) {
   switch (ts_status) {
-  case TS_ERR_LOAD: return TS_EXIT_LOAD;
-  case TS_ERR_UNSUPPORTED: return TS_EXIT_UNSUPPORTED;
-  case TS_ERR_NOMEM: return TS_EXIT_NOMEM;
-  default: return TS_EXIT_INTERNAL;
+  case TS_ERR_LOAD:
+    return TS_EXIT_LOAD;
+  case TS_ERR_UNSUPPORTED:
+    return TS_EXIT_UNSUPPORTED;
+  case TS_ERR_NOMEM:
+    return TS_EXIT_NOMEM;
+  default:
+    return TS_EXIT_INTERNAL;
   }
 }
 
@@ -39,22 +43,20 @@ static json_t *layer_json(const ts_layer *l) {
   json_t *o = json_pack("{s:s, s:s}", "name", l->name, "type", l->type);
   if (!o || !l->is_conv)
     return o;
-  json_t *padding =
-      l->padding_kind == DECOMP_PADDING_SAME    ? json_string("same")
-      : l->padding_kind == DECOMP_PADDING_VALID ? json_string("valid")
-                                                : pair(l->padding);
-  int bad = json_object_set_new(o, "in_channels",
-                                json_integer(l->in_channels)) |
-            json_object_set_new(o, "out_channels",
-                                json_integer(l->out_channels)) |
-            json_object_set_new(o, "kernel_size", pair(l->kernel_size)) |
-            json_object_set_new(o, "stride", pair(l->stride)) |
-            json_object_set_new(o, "padding", padding) |
-            json_object_set_new(o, "dilation", pair(l->dilation)) |
-            json_object_set_new(o, "groups", json_integer(l->groups)) |
-            json_object_set_new(o, "bias", json_boolean(l->bias)) |
-            json_object_set_new(o, "padding_mode",
-                                json_string(l->padding_mode));
+  json_t *padding = l->padding_kind == DECOMP_PADDING_SAME ? json_string("same")
+                    : l->padding_kind == DECOMP_PADDING_VALID
+                        ? json_string("valid")
+                        : pair(l->padding);
+  int bad =
+      json_object_set_new(o, "in_channels", json_integer(l->in_channels)) |
+      json_object_set_new(o, "out_channels", json_integer(l->out_channels)) |
+      json_object_set_new(o, "kernel_size", pair(l->kernel_size)) |
+      json_object_set_new(o, "stride", pair(l->stride)) |
+      json_object_set_new(o, "padding", padding) |
+      json_object_set_new(o, "dilation", pair(l->dilation)) |
+      json_object_set_new(o, "groups", json_integer(l->groups)) |
+      json_object_set_new(o, "bias", json_boolean(l->bias)) |
+      json_object_set_new(o, "padding_mode", json_string(l->padding_mode));
   if (bad) {
     json_decref(o);
     return NULL;
@@ -75,7 +77,8 @@ static int write_spec(const ts_model *m, const char *path) {
     }
   }
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  int rc = fd < 0 ? -1 : json_dumpfd(root, fd, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  int rc =
+      fd < 0 ? -1 : json_dumpfd(root, fd, JSON_COMPACT | JSON_PRESERVE_ORDER);
   if (fd >= 0 && close(fd) != 0)
     rc = -1;
   json_decref(root);
@@ -126,10 +129,10 @@ int main(int argc, char **argv) {
   rc = ts_st_write(path, e, n, tensor_data, m, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "error: %s\n", err);
-    rc = rc == TS_ST_ERR_IO    ? TS_EXIT_IO
+    rc = rc == TS_ST_ERR_IO      ? TS_EXIT_IO
          : rc == TS_ST_ERR_NOMEM ? TS_EXIT_NOMEM
-         : rc < 0               ? TS_EXIT_INTERNAL
-                                : rc;
+         : rc < 0                ? TS_EXIT_INTERNAL
+                                 : rc;
     goto done;
   }
   snprintf(path, plen, "%s/spec.json", outdir);

@@ -16,11 +16,11 @@ static const struct {
   const char *name;
   size_t size;
 } dtypes[DECOMP_DTYPE_COUNT] = {
-    [DECOMP_DTYPE_F32] = {"F32", 4},  [DECOMP_DTYPE_F16] = {"F16", 2},
+    [DECOMP_DTYPE_F32] = {"F32", 4},   [DECOMP_DTYPE_F16] = {"F16", 2},
     [DECOMP_DTYPE_BF16] = {"BF16", 2}, [DECOMP_DTYPE_F64] = {"F64", 8},
-    [DECOMP_DTYPE_I64] = {"I64", 8},  [DECOMP_DTYPE_I32] = {"I32", 4},
-    [DECOMP_DTYPE_I16] = {"I16", 2},  [DECOMP_DTYPE_I8] = {"I8", 1},
-    [DECOMP_DTYPE_U8] = {"U8", 1},    [DECOMP_DTYPE_BOOL] = {"BOOL", 1},
+    [DECOMP_DTYPE_I64] = {"I64", 8},   [DECOMP_DTYPE_I32] = {"I32", 4},
+    [DECOMP_DTYPE_I16] = {"I16", 2},   [DECOMP_DTYPE_I8] = {"I8", 1},
+    [DECOMP_DTYPE_U8] = {"U8", 1},     [DECOMP_DTYPE_BOOL] = {"BOOL", 1},
 };
 
 const char *ts_st_dtype_name(decomp_dtype dt) {
@@ -83,10 +83,10 @@ static json_t *build_header(const ts_st_entry *e, size_t n, char *err,
     json_t *shape = json_array();
     for (int d = 0; shape && d < e[i].ndim; d++)
       json_array_append_new(shape, json_integer(e[i].shape[d]));
-    json_t *t = json_pack("{s:s, s:o, s:[I, I]}", "dtype",
-                          ts_st_dtype_name(e[i].dtype), "shape", shape,
-                          "data_offsets", (json_int_t)off,
-                          (json_int_t)(off + e[i].nbytes));
+    json_t *t =
+        json_pack("{s:s, s:o, s:[I, I]}", "dtype", ts_st_dtype_name(e[i].dtype),
+                  "shape", shape, "data_offsets", (json_int_t)off,
+                  (json_int_t)(off + e[i].nbytes));
     if (!t || json_object_set_new(h, e[i].name, t))
       goto nomem;
     off += e[i].nbytes;

@@ -21,11 +21,15 @@ typedef struct ts_st_entry {
 
 /* Gives the row-major bytes of entry i (nbytes long). Returns 0, or a
  * non-zero code that ts_st_write passes back (after writing its message). */
-typedef int (*ts_st_data_fn)(void *user, size_t i, const void **data,
-                             char *err, size_t errlen);
+typedef int (*ts_st_data_fn)(void *user, size_t i, const void **data, char *err,
+                             size_t errlen);
 
-enum { TS_ST_OK = 0, TS_ST_ERR_IO = -1, TS_ST_ERR_INVALID = -2,
-       TS_ST_ERR_NOMEM = -3 };
+enum {
+  TS_ST_OK = 0,
+  TS_ST_ERR_IO = -1,
+  TS_ST_ERR_INVALID = -2,
+  TS_ST_ERR_NOMEM = -3
+};
 
 /* Write `n` entries to `path` (created exclusively, mode 0600): an 8-byte
  * little-endian header length, the JSON header (entries in order, data

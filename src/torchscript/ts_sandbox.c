@@ -47,12 +47,12 @@
 #define DECOMP_TS_READER_PATH "/usr/local/libexec/decompd/decompd-ts-reader"
 #endif
 
-#define TS_GIB ((uint64_t)1 << 30)
+#define TS_GIB             ((uint64_t)1 << 30)
 #define TS_DEFAULT_SECONDS 120.0
-#define TS_STDERR_KEEP 16384          /* bytes of the reader's stderr kept */
-#define TS_SPEC_MAX ((size_t)64 << 20) /* largest spec.json accepted */
-#define TS_NOFILE 64
-#define TS_POLL_MS 50
+#define TS_STDERR_KEEP     16384 /* bytes of the reader's stderr kept */
+#define TS_SPEC_MAX        ((size_t)64 << 20) /* largest spec.json accepted */
+#define TS_NOFILE          64
+#define TS_POLL_MS         50
 
 bool decomp_torchscript_supported(void) {
 #ifdef DECOMP_HAVE_TORCHSCRIPT
@@ -164,7 +164,7 @@ typedef struct child_plan {
   char *const *envp;
   const char *workdir;
   int devnull, err_w, exec_w;
-  int max_fd;             /* close everything from 4 up to this */
+  int max_fd; /* close everything from 4 up to this */
   struct rlimit as, cpu, fsize, nofile, core;
   pid_t parent;
 } child_plan;
@@ -222,8 +222,8 @@ static void child_run(const child_plan *p) {
 }
 
 /* Read all of a small file (at most `max` bytes). */
-static int read_small(decomp_ctx *ctx, const char *path, size_t max,
-                      char **out, size_t *out_len) {
+static int read_small(decomp_ctx *ctx, const char *path, size_t max, char **out,
+                      size_t *out_len) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0) {
@@ -236,8 +236,7 @@ static int read_small(decomp_ctx *ctx, const char *path, size_t max,
   if (st.st_size < 0 || (uint64_t)st.st_size > max) {
     close(fd);
     return core_fail(ctx, DECOMP_ERR_TOO_LARGE,
-                     "TorchScript reader output %s: over %zu bytes", path,
-                     max);
+                     "TorchScript reader output %s: over %zu bytes", path, max);
   }
   size_t len = (size_t)st.st_size, got = 0;
   char *buf = malloc(len + 1);
@@ -284,11 +283,9 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
   tail_message(tail, msg, sizeof msg);
   unsigned long long mib = (unsigned long long)(mem >> 20);
   bool oom = tail_has(tail, "can't allocate memory") ||
-             tail_has(tail, "bad_alloc") ||
-             tail_has(tail, "out of memory");
+             tail_has(tail, "bad_alloc") || tail_has(tail, "out of memory");
   if (cancelled)
-    return core_fail(ctx, DECOMP_ERR_CANCELLED,
-                     "TorchScript reader cancelled");
+    return core_fail(ctx, DECOMP_ERR_CANCELLED, "TorchScript reader cancelled");
   if (timed_out)
     return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader exceeded its %g s time limit",
@@ -298,15 +295,18 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
     if (sig == SIGXCPU || (sig == SIGKILL && cpu_out))
       return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its %g s time limit "
-                       "(CPU time)", seconds);
+                       "(CPU time)",
+                       seconds);
     if (sig == SIGXFSZ)
       return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its output size limit "
-                       "(%llu MiB)", mib);
+                       "(%llu MiB)",
+                       mib);
     if (oom)
       return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its memory limit "
-                       "(%llu MiB)", mib);
+                       "(%llu MiB)",
+                       mib);
     return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader crashed (signal %d, %s): %s", sig,
                      strsignal(sig), msg);
@@ -319,7 +319,8 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
     if (oom)
       return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its memory limit "
-                       "(%llu MiB): %s", mib, msg);
+                       "(%llu MiB): %s",
+                       mib, msg);
     return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript load failed: %s", msg);
   case TS_EXIT_UNSUPPORTED:
@@ -330,11 +331,11 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
   case TS_EXIT_NOMEM:
     return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader exceeded its memory limit "
-                     "(%llu MiB): %s", mib, msg);
+                     "(%llu MiB): %s",
+                     mib, msg);
   case TS_EXIT_IO:
     return core_fail(ctx, DECOMP_ERR_IO,
-                     "TorchScript reader could not write its output: %s",
-                     msg);
+                     "TorchScript reader could not write its output: %s", msg);
   default:
     return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader failed (exit status %d): %s", code,
@@ -369,13 +370,12 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   struct stat st;
   archive = realpath(archive_path, NULL);
   if (!archive || stat(archive, &st) != 0) {
-    rc = core_fail(ctx, DECOMP_ERR_IO, "%s: %s", archive_path,
-                   strerror(errno));
+    rc = core_fail(ctx, DECOMP_ERR_IO, "%s: %s", archive_path, strerror(errno));
     goto done;
   }
   if (!S_ISREG(st.st_mode)) {
-    rc = core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
-                   "%s: not a regular file", archive_path);
+    rc = core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT, "%s: not a regular file",
+                   archive_path);
     goto done;
   }
 
@@ -437,8 +437,13 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   char *argv[] = {(char *)"decompd-ts-reader", archive, workdir, NULL};
 
   child_plan plan = {
-      .reader = reader, .argv = argv, .envp = envp, .workdir = workdir,
-      .devnull = devnull, .err_w = errp[1], .exec_w = execp[1],
+      .reader = reader,
+      .argv = argv,
+      .envp = envp,
+      .workdir = workdir,
+      .devnull = devnull,
+      .err_w = errp[1],
+      .exec_w = execp[1],
       .parent = getpid(),
   };
   struct rlimit nof;
@@ -457,8 +462,7 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   pid = fork();
   if (pid < 0) {
     rc = core_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
-                   "cannot start the TorchScript reader: %s",
-                   strerror(errno));
+                   "cannot start the TorchScript reader: %s", strerror(errno));
     goto done;
   }
   if (pid == 0)

@@ -63,8 +63,8 @@ struct ts_model {
   std::vector<ts_tensor> infos;
   std::vector<at::Tensor> tensors;
   std::vector<std::string> notes;
-  at::Tensor scratch;              /* the last contiguous copy handed out */
-  bool root_conv = false;          /* the archive is a bare Conv2d */
+  at::Tensor scratch;     /* the last contiguous copy handed out */
+  bool root_conv = false; /* the archive is a bare Conv2d */
   std::set<std::vector<int64_t>> param_sets; /* modules listed, by params */
 
   const char *keep(std::string s) {
@@ -138,17 +138,38 @@ bool is_alloc_failure(const std::string &what) {
 
 bool to_dtype(at::ScalarType s, decomp_dtype *out) {
   switch (s) {
-  case at::kFloat: *out = DECOMP_DTYPE_F32; return true;
-  case at::kHalf: *out = DECOMP_DTYPE_F16; return true;
-  case at::kBFloat16: *out = DECOMP_DTYPE_BF16; return true;
-  case at::kDouble: *out = DECOMP_DTYPE_F64; return true;
-  case at::kLong: *out = DECOMP_DTYPE_I64; return true;
-  case at::kInt: *out = DECOMP_DTYPE_I32; return true;
-  case at::kShort: *out = DECOMP_DTYPE_I16; return true;
-  case at::kChar: *out = DECOMP_DTYPE_I8; return true;
-  case at::kByte: *out = DECOMP_DTYPE_U8; return true;
-  case at::kBool: *out = DECOMP_DTYPE_BOOL; return true;
-  default: return false;
+  case at::kFloat:
+    *out = DECOMP_DTYPE_F32;
+    return true;
+  case at::kHalf:
+    *out = DECOMP_DTYPE_F16;
+    return true;
+  case at::kBFloat16:
+    *out = DECOMP_DTYPE_BF16;
+    return true;
+  case at::kDouble:
+    *out = DECOMP_DTYPE_F64;
+    return true;
+  case at::kLong:
+    *out = DECOMP_DTYPE_I64;
+    return true;
+  case at::kInt:
+    *out = DECOMP_DTYPE_I32;
+    return true;
+  case at::kShort:
+    *out = DECOMP_DTYPE_I16;
+    return true;
+  case at::kChar:
+    *out = DECOMP_DTYPE_I8;
+    return true;
+  case at::kByte:
+    *out = DECOMP_DTYPE_U8;
+    return true;
+  case at::kBool:
+    *out = DECOMP_DTYPE_BOOL;
+    return true;
+  default:
+    return false;
   }
 }
 
@@ -211,17 +232,15 @@ bool has_tensor_slot(const torch::jit::Module &m, const char *name) {
 }
 
 bool padding_mode_ok(const std::string &s) {
-  return s == "zeros" || s == "reflect" || s == "replicate" ||
-         s == "circular";
+  return s == "zeros" || s == "reflect" || s == "replicate" || s == "circular";
 }
 
 /* Conv2d fields from a scripted module's constants. */
 bool conv_from_attributes(const torch::jit::Module &m, ts_model *model,
                           ts_layer *l) {
-  static const char *const names[] = {"in_channels", "out_channels",
-                                      "kernel_size", "stride",
-                                      "padding",     "dilation",
-                                      "groups",      "padding_mode"};
+  static const char *const names[] = {
+      "in_channels", "out_channels", "kernel_size", "stride",
+      "padding",     "dilation",     "groups",      "padding_mode"};
   c10::IValue v[8];
   for (int i = 0; i < 8; i++) {
     auto f = field(m, names[i]);
@@ -369,8 +388,10 @@ bool conv_from_graph(const torch::jit::Module &m, const std::string &name,
           2 * a[2] == l->dilation[0] * (w.size(2) - 1) &&
           2 * a[0] == l->dilation[1] * (w.size(3) - 1))
         model->notes.push_back(
-            name + ": traced archives do not record padding='same' with "
-                   "padding_mode='" + mode + "'; read as the equal numbers");
+            name +
+            ": traced archives do not record padding='same' with "
+            "padding_mode='" +
+            mode + "'; read as the equal numbers");
     } else {
       /* Only padding='same' pads unevenly (the odd element after). */
       l->padding_kind = DECOMP_PADDING_SAME;
@@ -397,8 +418,8 @@ void walk_layers(const torch::jit::Module &m, const std::string &name,
       continue;
     own_params = true;
     const at::Tensor &p = v.toTensor();
-    key.push_back(static_cast<int64_t>(std::hash<std::string>()(
-        t->getAttributeName(i))));
+    key.push_back(
+        static_cast<int64_t>(std::hash<std::string>()(t->getAttributeName(i))));
     key.push_back(reinterpret_cast<intptr_t>(p.data_ptr()));
     key.push_back(static_cast<int64_t>(p.scalar_type()));
     for (int64_t d : p.sizes())
@@ -482,9 +503,8 @@ void add_tensor(ts_model *model, const std::string &name, const at::Tensor &t) {
                       std::string(c10::toString(t.scalar_type())) +
                       " is not supported"};
   if (t.dim() > DECOMP_MAX_DIMS)
-    throw Failure{TS_ERR_UNSUPPORTED,
-                  name + ": " + std::to_string(t.dim()) +
-                      " dimensions (at most 8)"};
+    throw Failure{TS_ERR_UNSUPPORTED, name + ": " + std::to_string(t.dim()) +
+                                          " dimensions (at most 8)"};
   info.ndim = static_cast<int>(t.dim());
   for (int d = 0; d < info.ndim; d++)
     info.shape[d] = t.size(d);
@@ -515,9 +535,8 @@ void walk_tensors(const torch::jit::Module &m, const std::string &prefix,
     torch::jit::Module sub(v.toObject());
     const void *key = sub._ivalue().get();
     if (!path.insert(key).second)
-      throw Failure{TS_ERR_UNSUPPORTED,
-                    prefix + t->getAttributeName(i) +
-                        ": the module graph has a cycle"};
+      throw Failure{TS_ERR_UNSUPPORTED, prefix + t->getAttributeName(i) +
+                                            ": the module graph has a cycle"};
     walk_tensors(sub, prefix + t->getAttributeName(i) + ".", model, path);
     path.erase(key);
   }
@@ -617,4 +636,6 @@ extern "C" const char *ts_model_note(const ts_model *m, size_t i) {
   return i < m->notes.size() ? m->notes[i].c_str() : nullptr;
 }
 
-extern "C" void ts_model_free(ts_model *m) { delete m; }
+extern "C" void ts_model_free(ts_model *m) {
+  delete m;
+}

@@ -78,14 +78,13 @@ static int expect_unavailable(void) {
   decomp_ctx *ctx = decomp_ctx_new();
   decomp_weights *w = NULL;
   decomp_spec *spec = NULL;
-  int rc = decomp_torchscript_read(ctx, "/nonexistent/model.pt", NULL, &w,
-                                   &spec);
+  int rc =
+      decomp_torchscript_read(ctx, "/nonexistent/model.pt", NULL, &w, &spec);
   int ok = rc == DECOMP_ERR_TORCHSCRIPT && w == NULL && spec == NULL &&
            decomp_errcode(ctx) == DECOMP_ERR_TORCHSCRIPT &&
            decomp_errmsg(ctx)[0] != '\0';
-  printf("supported=%d rc=%d (%s) message=%s\n",
-         decomp_torchscript_supported(), rc, decomp_error_code(rc),
-         decomp_errmsg(ctx));
+  printf("supported=%d rc=%d (%s) message=%s\n", decomp_torchscript_supported(),
+         rc, decomp_error_code(rc), decomp_errmsg(ctx));
   decomp_ctx_free(ctx);
   return ok ? 0 : 1;
 }
@@ -96,7 +95,8 @@ int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--canon") == 0)
     return canon(argv[2]);
   if (argc < 3) {
-    fprintf(stderr, "usage: ts_dump ARCHIVE OUTDIR [--time S] [--memory MIB]\n");
+    fprintf(stderr,
+            "usage: ts_dump ARCHIVE OUTDIR [--time S] [--memory MIB]\n");
     return 2;
   }
   decomp_ts_limits lim = {0};
