@@ -8,9 +8,14 @@
  * `torchscript` meson feature is on), in a child process of its own process
  * group, in a private temporary folder, with limits on its address space,
  * CPU time, wall-clock time, open files and output size, no core dumps,
- * stdin from /dev/null and stderr captured for the error message. A corrupt,
- * broken or hostile archive then fails with DECOMP_ERR_BAD_TORCHSCRIPT; it
- * can neither crash nor hang the caller.
+ * stdin from /dev/null and stderr captured for the error message. The reader
+ * itself, once its two output files are created, confines itself with
+ * Landlock where the kernel has it (no file created, written or removed
+ * anywhere; reads only of the archive and the system's library and kernel
+ * trees; no TCP; no signals to other processes), because TorchScript code
+ * can call torch.save and torch.from_file. A corrupt, broken or hostile
+ * archive then fails with DECOMP_ERR_BAD_TORCHSCRIPT; it can neither crash
+ * nor hang the caller.
  *
  *   decomp_weights *w;  decomp_spec *spec;
  *   if (decomp_torchscript_read(ctx, "scripted.pt", NULL, &w, &spec) == 0)

@@ -5,8 +5,12 @@
  *   OUTDIR/weights.safetensors  every parameter and buffer, state_dict order
  *   OUTDIR/spec.json            the layer spec ({"layers": [...]})
  *
- * Loading runs the archive's own code, so this program is meant to run in a
- * sandbox with memory and time limits (decomp_torchscript_read does that).
+ * Loading runs the archive's own code, and TorchScript can write and read
+ * files (torch.save, torch.from_file). So the reader creates its two output
+ * files first, then confines itself with Landlock (ts_confine.c: no file
+ * created, written or removed anywhere, reads only of system trees and the
+ * archive, no TCP, no signals out) before it loads anything; and it is meant
+ * to run under memory and time limits (decomp_torchscript_read does that).
  * On failure the last line of stderr is "error: <message>" and the exit
  * status says what kind of failure it was (TS_EXIT_* in ts_exit.h). */
 #include <errno.h>
@@ -18,6 +22,7 @@
 
 #include <jansson.h>
 
+#include "ts_confine.h"
 #include "ts_exit.h"
 #include "ts_safetensors.h"
 #include "ts_shim.h"
@@ -64,7 +69,7 @@ static json_t *layer_json(const ts_layer *l) {
   return o;
 }
 
-static int write_spec(const ts_model *m, const char *path) {
+static int write_spec(const ts_model *m, int fd, const char *what) {
   json_t *layers = json_array();
   json_t *root = json_pack("{s:o}", "layers", layers);
   if (!root)
@@ -76,17 +81,25 @@ static int write_spec(const ts_model *m, const char *path) {
       return TS_EXIT_NOMEM;
     }
   }
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  int rc =
-      fd < 0 ? -1 : json_dumpfd(root, fd, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  if (fd >= 0 && close(fd) != 0)
-    rc = -1;
+  int rc = json_dumpfd(root, fd, JSON_COMPACT | JSON_PRESERVE_ORDER);
   json_decref(root);
   if (rc != 0) {
-    fprintf(stderr, "error: %s: %s\n", path, strerror(errno));
+    fprintf(stderr, "error: %s: %s\n", what, strerror(errno));
     return TS_EXIT_IO;
   }
   return TS_EXIT_OK;
+}
+
+/* Create OUTDIR/name for writing (before the confinement, which forbids
+ * creating files). */
+static int create_out(const char *outdir, const char *name) {
+  char path[4096];
+  int n = snprintf(path, sizeof path, "%s/%s", outdir, name);
+  if (n < 0 || (size_t)n >= sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 }
 
 static int tensor_data(void *user, size_t i, const void **data, char *err,
@@ -103,6 +116,20 @@ int main(int argc, char **argv) {
   }
   const char *archive = argv[1], *outdir = argv[2];
   char err[1024] = "";
+  int wfd = create_out(outdir, "weights.safetensors");
+  int sfd = wfd < 0 ? -1 : create_out(outdir, "spec.json");
+  if (wfd < 0 || sfd < 0) {
+    fprintf(stderr, "error: %s: %s\n", outdir, strerror(errno));
+    return TS_EXIT_IO;
+  }
+  int abi = ts_confine(archive, err, sizeof err);
+  if (abi < 0) {
+    fprintf(stderr, "error: cannot confine the reader: %s\n", err);
+    return TS_EXIT_INTERNAL;
+  }
+  if (abi == 0)
+    fprintf(stderr, "note: %s\n", err);
+
   ts_model *m = NULL;
   int st = ts_model_load(archive, &m, err, sizeof err);
   if (st != TS_OK) {
@@ -113,11 +140,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "note: %s\n", ts_model_note(m, i));
 
   size_t n = ts_model_tensor_count(m);
-  size_t plen = strlen(outdir) + 32;
-  char *path = malloc(plen);
   ts_st_entry *e = calloc(n ? n : 1, sizeof *e);
   int rc = TS_EXIT_NOMEM;
-  if (!path || !e) {
+  if (!e) {
     fprintf(stderr, "error: out of memory\n");
     goto done;
   }
@@ -125,8 +150,8 @@ int main(int argc, char **argv) {
     const ts_tensor *t = ts_model_tensor(m, i);
     e[i] = (ts_st_entry){t->name, t->dtype, t->ndim, t->shape, t->nbytes};
   }
-  snprintf(path, plen, "%s/weights.safetensors", outdir);
-  rc = ts_st_write(path, e, n, tensor_data, m, err, sizeof err);
+  rc = ts_st_write(wfd, "weights.safetensors", e, n, tensor_data, m, err,
+                   sizeof err);
   if (rc != 0) {
     fprintf(stderr, "error: %s\n", err);
     rc = rc == TS_ST_ERR_IO      ? TS_EXIT_IO
@@ -135,13 +160,20 @@ int main(int argc, char **argv) {
                                  : rc;
     goto done;
   }
-  snprintf(path, plen, "%s/spec.json", outdir);
-  rc = write_spec(m, path);
+  rc = write_spec(m, sfd, "spec.json");
   if (rc == TS_EXIT_NOMEM)
     fprintf(stderr, "error: out of memory\n");
+  if (rc == TS_EXIT_OK && (close(wfd) != 0 || close(sfd) != 0)) {
+    fprintf(stderr, "error: %s: %s\n", outdir, strerror(errno));
+    rc = TS_EXIT_IO;
+  }
+  wfd = sfd = -1;
 done:
+  if (wfd >= 0)
+    close(wfd);
+  if (sfd >= 0)
+    close(sfd);
   free(e);
-  free(path);
   ts_model_free(m);
   return rc;
 }

@@ -4,7 +4,6 @@
 #include "ts_safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,9 +97,9 @@ nomem:
   return NULL;
 }
 
-int ts_st_write(const char *path, const ts_st_entry *e, size_t n,
+int ts_st_write(int fd, const char *what, const ts_st_entry *e, size_t n,
                 ts_st_data_fn data, void *user, char *err, size_t errlen) {
-  int rc = TS_ST_OK, fd = -1;
+  int rc = TS_ST_OK;
   char *text = NULL;
   json_t *h = build_header(e, n, err, errlen);
   if (!h)
@@ -125,8 +124,7 @@ int ts_st_write(const char *path, const ts_st_entry *e, size_t n,
   memset(hdr + 8 + len, ' ', padded - len);
   free(text);
 
-  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0 || write_all(fd, hdr, 8 + padded) != 0)
+  if (write_all(fd, hdr, 8 + padded) != 0)
     goto io;
   for (size_t i = 0; i < n; i++) {
     const void *p = NULL;
@@ -136,18 +134,11 @@ int ts_st_write(const char *path, const ts_st_entry *e, size_t n,
     if (e[i].nbytes && write_all(fd, p, e[i].nbytes) != 0)
       goto io;
   }
-  if (close(fd) != 0) {
-    fd = -1;
-    goto io;
-  }
-  fd = -1;
   goto done;
 io:
-  snprintf(err, errlen, "%s: %s", path, strerror(errno));
+  snprintf(err, errlen, "%s: %s", what, strerror(errno));
   rc = TS_ST_ERR_IO;
 done:
   free(hdr);
-  if (fd >= 0)
-    close(fd);
   return rc;
 }

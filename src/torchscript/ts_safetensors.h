@@ -31,12 +31,12 @@ enum {
   TS_ST_ERR_NOMEM = -3
 };
 
-/* Write `n` entries to `path` (created exclusively, mode 0600): an 8-byte
- * little-endian header length, the JSON header (entries in order, data
- * offsets ascending in that order, padded with spaces to 8 bytes), then the
- * data. Returns TS_ST_OK, a TS_ST_ERR_* or the data callback's code, with a
- * message in err. */
-int ts_st_write(const char *path, const ts_st_entry *e, size_t n,
+/* Write `n` entries to `fd` (open for writing, at offset 0; not closed):
+ * an 8-byte little-endian header length, the JSON header (entries in order,
+ * data offsets ascending in that order, padded with spaces to 8 bytes),
+ * then the data. `what` names the file in messages. Returns TS_ST_OK, a
+ * TS_ST_ERR_* or the data callback's code, with a message in err. */
+int ts_st_write(int fd, const char *what, const ts_st_entry *e, size_t n,
                 ts_st_data_fn data, void *user, char *err, size_t errlen);
 
 /* The safetensors dtype name ("F32", "BF16", "I64", "BOOL", …) or NULL. */

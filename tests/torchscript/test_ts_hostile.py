@@ -195,3 +195,81 @@ def test_reader_output_is_checked(files, tmp_path):
                                        '; echo "{}" > "$2/spec.json"'))
     assert not r["ok"]
     assert r["code"] in ("bad_safetensors", "unknown_format"), r
+
+
+class Writer(nn.Module):
+    """Writes a file of its choosing at load time (torch.save is TorchScript)."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.n = 1
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool, str]:
+        return (self.n, self.training, self.target)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool, str]) -> None:
+        self.n = state[0]
+        self.training = state[1]
+        self.target = state[2]
+        torch.save(torch.zeros(3), self.target)
+
+    def forward(self, x):
+        return x
+
+
+class Snoop(nn.Module):
+    """Reads a file of its choosing into a buffer at load time
+    (torch.from_file), which would come back to the uploader as a tensor."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.n = 1
+        self.register_buffer("loot", torch.zeros(1, dtype=torch.uint8))
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool, str]:
+        return (self.n, self.training, self.target)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool, str]) -> None:
+        self.n = state[0]
+        self.training = state[1]
+        self.target = state[2]
+        self.loot = torch.from_file(self.target, False, 4, dtype=torch.uint8)
+
+    def forward(self, x):
+        return x
+
+
+def landlock_available(files, tmp_path):
+    p = tsutil.run_reader(files["good"], tmp_path / "probe")
+    assert p.returncode == 0, p.stderr
+    return "Landlock is not available" not in p.stderr
+
+
+def test_archive_cannot_write_files(files, tmp_path):
+    if not landlock_available(files, tmp_path):
+        pytest.skip("the kernel has no Landlock")
+    target = tmp_path / "written-by-archive"
+    archive = tmp_path / "writer.pt"
+    torch.jit.script(Writer(str(target))).save(str(archive))
+    assert not target.exists()  # saving does not run __setstate__
+    read(archive, tmp_path)
+    assert not target.exists()
+
+
+def test_archive_cannot_read_files(files, tmp_path):
+    if not landlock_available(files, tmp_path):
+        pytest.skip("the kernel has no Landlock")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"hush")
+    archive = tmp_path / "snoop.pt"
+    torch.jit.script(Snoop(str(secret))).save(str(archive))
+    r = read(archive, tmp_path)
+    assert not r["ok"]
+    assert r["code"] == "bad_torchscript", r
+    assert "Permission denied" in r["message"], r
