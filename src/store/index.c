@@ -25,10 +25,20 @@
 #include "queue.h"
 #include "store_int.h"
 
+#define READER_CACHE 48
+
+/* A thread's reader connection with its prepared statements, keyed by the
+ * SQL text's address (every query is a string literal), so a status request
+ * costs binds and steps, not parses. */
 struct reader {
   sqlite3 *db;
   store *s;
   struct reader *next;
+  struct {
+    const char *sql;
+    sqlite3_stmt *st;
+  } cache[READER_CACHE];
+  int ncache;
 };
 
 struct store {
@@ -144,6 +154,13 @@ static char *col_dup(sqlite3_stmt *st, int i) {
 
 /* ---- connections ------------------------------------------------------ */
 
+static void reader_close(struct reader *r) {
+  for (int i = 0; i < r->ncache; i++)
+    sqlite3_finalize(r->cache[i].st);
+  sqlite3_close(r->db);
+  free(r);
+}
+
 static void reader_drop(void *p) {
   struct reader *r = p;
   store *s = r->s;
@@ -154,12 +171,11 @@ static void reader_drop(void *p) {
       break;
     }
   pthread_mutex_unlock(&s->rmu);
-  sqlite3_close(r->db);
-  free(r);
+  reader_close(r);
 }
 
 /* This thread's reader connection. */
-static int rdb(store *s, sqlite3 **out) {
+static int rdb_reader(store *s, struct reader **out) {
   struct reader *r = pthread_getspecific(s->rkey);
   if (!r) {
     r = calloc(1, sizeof *r);
@@ -180,8 +196,93 @@ static int rdb(store *s, sqlite3 **out) {
     pthread_mutex_unlock(&s->rmu);
     pthread_setspecific(s->rkey, r);
   }
-  *out = r->db;
+  *out = r;
   return DECOMP_OK;
+}
+
+/* Prepare (or take from this thread's cache when `db` is its reader) and
+ * bind as prepf. Release with sdone(). */
+static int sprep(store *s, sqlite3 *db, sqlite3_stmt **st, const char *sql,
+                 const char *fmt, ...) {
+  va_list ap;
+  int rc;
+  struct reader *r = db == s->w ? NULL : pthread_getspecific(s->rkey);
+  if (!r || r->db != db) {
+    va_start(ap, fmt);
+    rc = vprepf(db, st, sql, fmt, ap);
+    va_end(ap);
+    return rc;
+  }
+  sqlite3_stmt *c = NULL;
+  for (int i = 0; i < r->ncache && !c; i++)
+    if (r->cache[i].sql == sql)
+      c = r->cache[i].st;
+  if (!c) {
+    if (r->ncache == READER_CACHE) { /* not expected: start over */
+      for (int i = 0; i < r->ncache; i++)
+        sqlite3_finalize(r->cache[i].st);
+      r->ncache = 0;
+    }
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c, NULL) !=
+        SQLITE_OK)
+      return db_fail(db, "prepare");
+    r->cache[r->ncache].sql = sql;
+    r->cache[r->ncache].st = c;
+    r->ncache++;
+  }
+  int i = 1;
+  rc = SQLITE_OK;
+  va_start(ap, fmt);
+  for (const char *f = fmt; *f && rc == SQLITE_OK; f++, i++) {
+    switch (*f) {
+    case 's': {
+      const char *v = va_arg(ap, const char *);
+      rc = v ? sqlite3_bind_text(c, i, v, -1, SQLITE_TRANSIENT)
+             : sqlite3_bind_null(c, i);
+      break;
+    }
+    case 'i':
+      rc = sqlite3_bind_int64(c, i, va_arg(ap, int64_t));
+      break;
+    case 'n':
+      rc = sqlite3_bind_int(c, i, va_arg(ap, int));
+      break;
+    case 'd':
+      rc = sqlite3_bind_double(c, i, va_arg(ap, double));
+      break;
+    }
+  }
+  va_end(ap);
+  if (rc != SQLITE_OK) {
+    sqlite3_reset(c);
+    sqlite3_clear_bindings(c);
+    return db_fail(db, "bind");
+  }
+  *st = c;
+  return DECOMP_OK;
+}
+
+/* Release a statement from sprep: a cached one is reset (ending its read
+ * transaction, so checkpoints are never held back), others finalized. */
+static void sdone(store *s, sqlite3_stmt *st) {
+  if (!st)
+    return;
+  sqlite3 *db = sqlite3_db_handle(st);
+  struct reader *r = db == s->w ? NULL : pthread_getspecific(s->rkey);
+  if (r && r->db == db) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  } else {
+    sqlite3_finalize(st);
+  }
+}
+
+static int rdb(store *s, sqlite3 **out) {
+  struct reader *r = NULL;
+  int rc = rdb_reader(s, &r);
+  if (rc == DECOMP_OK)
+    *out = r->db;
+  return rc;
 }
 
 /* Take the writer and open a write transaction. */
@@ -240,7 +341,7 @@ static int migrate(store *s) {
   if (rc != DECOMP_OK)
     return rc;
   int version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (version > STORE_MIGRATION_COUNT)
     return store_fail(DECOMP_ERR_DB_TOO_NEW,
                       "%s: schema version %d, this decompd knows up to %d",
@@ -325,8 +426,7 @@ void store_close(store *s) {
   while (s->readers) {
     struct reader *r = s->readers;
     s->readers = r->next;
-    sqlite3_close(r->db);
-    free(r);
+    reader_close(r);
   }
   pthread_setspecific(s->rkey, NULL);
   pthread_key_delete(s->rkey);
@@ -350,10 +450,10 @@ int store_ping(store *s) {
   if (rc != DECOMP_OK)
     return rc;
   sqlite3_stmt *st = NULL;
-  if ((rc = prepf(db, &st, "SELECT 1", "")) != DECOMP_OK)
+  if ((rc = sprep(s, db, &st, "SELECT 1", "")) != DECOMP_OK)
     return rc;
   rc = sqlite3_step(st) == SQLITE_ROW ? DECOMP_OK : db_fail(db, "ping");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -371,7 +471,7 @@ int store_blob_gc(store *s, const char *digest) {
   int used = 1;
   if (rc == DECOMP_OK) {
     used = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
-    sqlite3_finalize(st);
+    sdone(s, st);
   }
   pthread_mutex_unlock(&s->wmu);
   if (rc != DECOMP_OK || used)
@@ -422,7 +522,7 @@ int store_model_put(store *s, store_model *m, bool *created) {
         model_row(st, m);
       else
         rc = db_fail(s->w, "model row");
-      sqlite3_finalize(st);
+      sdone(s, st);
     }
   }
   rc = wend(s, rc);
@@ -436,7 +536,7 @@ int store_model_get(store *s, const char *id, store_model *out) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT " MODEL_READ_COLS " FROM models WHERE id=?",
+    rc = sprep(s, db, &st, "SELECT " MODEL_READ_COLS " FROM models WHERE id=?",
                "s", id);
   if (rc != DECOMP_OK)
     return rc;
@@ -447,7 +547,7 @@ int store_model_get(store *s, const char *id, store_model *out) {
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
   else
     rc = db_fail(db, "model get");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -456,7 +556,7 @@ int store_model_list(store *s, store_model **out, size_t *n) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT " MODEL_READ_COLS
                " FROM models ORDER BY created_at DESC, id",
                "");
@@ -479,7 +579,7 @@ int store_model_list(store *s, store_model **out, size_t *n) {
   }
   if (rc == DECOMP_OK && r != SQLITE_DONE)
     rc = db_fail(db, "model list");
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
     return rc;
@@ -511,7 +611,7 @@ int store_model_delete(store *s, const char *id,
     } else {
       rc = db_fail(s->w, "model delete");
     }
-    sqlite3_finalize(st);
+    sdone(s, st);
   }
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
@@ -533,7 +633,7 @@ int store_model_get_spec(store *s, const char *id, char **spec) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT spec FROM models WHERE id=?", "s", id);
+    rc = sprep(s, db, &st, "SELECT spec FROM models WHERE id=?", "s", id);
   if (rc != DECOMP_OK)
     return rc;
   int r = sqlite3_step(st);
@@ -543,7 +643,7 @@ int store_model_get_spec(store *s, const char *id, char **spec) {
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
   else
     rc = db_fail(db, "model spec");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -562,7 +662,7 @@ int store_artifact_get(store *s, const char *job_id, const char *name,
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT name, digest, size, media_type FROM artifacts "
                "WHERE job_id=? AND name=?",
                "ss", job_id, name);
@@ -576,7 +676,7 @@ int store_artifact_get(store *s, const char *job_id, const char *name,
                     name);
   else
     rc = db_fail(db, "artifact get");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -586,7 +686,7 @@ int store_artifact_list(store *s, const char *job_id, store_artifact **out,
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT name, digest, size, media_type FROM artifacts "
                "WHERE job_id=? ORDER BY name",
                "s", job_id);
@@ -598,7 +698,7 @@ int store_artifact_list(store *s, const char *job_id, store_artifact **out,
     rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
   while (rc == DECOMP_OK && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
     artifact_row(st, &v[cnt++]);
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
     return rc;
@@ -645,14 +745,14 @@ int store_token_any(store *s, bool *any) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT EXISTS(SELECT 1 FROM tokens)", "");
+    rc = sprep(s, db, &st, "SELECT EXISTS(SELECT 1 FROM tokens)", "");
   if (rc != DECOMP_OK)
     return rc;
   if (sqlite3_step(st) == SQLITE_ROW)
     *any = sqlite3_column_int(st, 0) != 0;
   else
     rc = db_fail(db, "tokens");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -662,7 +762,7 @@ int store_token_role(store *s, const char *hash_hex, int *role,
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT role, name FROM tokens WHERE hash=?", "s",
+    rc = sprep(s, db, &st, "SELECT role, name FROM tokens WHERE hash=?", "s",
                hash_hex);
   if (rc != DECOMP_OK)
     return rc;
@@ -677,7 +777,7 @@ int store_token_role(store *s, const char *hash_hex, int *role,
   } else if (r != SQLITE_DONE) {
     rc = db_fail(db, "token");
   }
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -696,7 +796,7 @@ int store_token_list(store *s, store_token **out, size_t *n) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT id, name, role, created_at FROM tokens ORDER BY name",
                "");
   if (rc != DECOMP_OK)
@@ -719,7 +819,7 @@ int store_token_list(store *s, store_token **out, size_t *n) {
     t->role = store_role_from_name((const char *)sqlite3_column_text(st, 2));
     t->created_at = sqlite3_column_int64(st, 3);
   }
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
     return rc;
@@ -783,10 +883,10 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
 }
 
 /* Read one job through `db` (reader or the writer inside a transaction). */
-static int job_read(sqlite3 *db, const char *sql, const char *key,
+static int job_read(store *s, sqlite3 *db, const char *sql, const char *key,
                     bool with_spec, store_job *out) {
   sqlite3_stmt *st = NULL;
-  int rc = prepf(db, &st, sql, "s", key);
+  int rc = sprep(s, db, &st, sql, "s", key);
   if (rc != DECOMP_OK)
     return rc;
   int r = sqlite3_step(st);
@@ -796,7 +896,7 @@ static int job_read(sqlite3 *db, const char *sql, const char *key,
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no job %s", key);
   else
     rc = db_fail(db, "job");
-  sqlite3_finalize(st);
+  sdone(s, st);
   return rc;
 }
 
@@ -816,7 +916,7 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
             store_now_ms());
   store_job row;
   if (rc == DECOMP_OK)
-    rc = job_read(s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
+    rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
                   request_key, true, &row);
   rc = wend(s, rc);
   if (rc != DECOMP_OK)
@@ -831,7 +931,7 @@ int store_job_get(store *s, const char *id, bool with_spec, store_job *out) {
   int rc = rdb(s, &db);
   if (rc != DECOMP_OK)
     return rc;
-  return job_read(db,
+  return job_read(s, db,
                   with_spec ? "SELECT " JOB_COLS_SPEC " FROM jobs WHERE id=?"
                             : "SELECT " JOB_COLS " FROM jobs WHERE id=?",
                   id, with_spec, out);
@@ -843,7 +943,7 @@ int store_job_list(store *s, int state, int64_t before, int limit,
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT " JOB_COLS " FROM jobs WHERE (?1 < 0 OR state=?2) "
                "AND (?3 = 0 OR seq < ?3) ORDER BY seq DESC LIMIT ?4",
                "nsin", state, store_job_state_name(state), before, limit);
@@ -859,7 +959,7 @@ int store_job_list(store *s, int state, int64_t before, int limit,
     job_row(st, &v[cnt++], false);
   if (rc == DECOMP_OK && r != SQLITE_DONE && r != SQLITE_ROW)
     rc = db_fail(db, "job list");
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (rc != DECOMP_OK) {
     for (size_t i = 0; i < cnt; i++)
       store_job_clear(&v[i]);
@@ -877,7 +977,7 @@ int store_job_layers(store *s, const char *job_id, store_job_layer **out,
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st,
+    rc = sprep(s, db, &st,
                "SELECT idx, name, rank, max_rank, seconds, "
                "COALESCE(skip_reason, '') FROM job_layers WHERE job_id=? "
                "ORDER BY idx",
@@ -904,7 +1004,7 @@ int store_job_layers(store *s, const char *job_id, store_job_layer **out,
     l->seconds = sqlite3_column_double(st, 4);
     col_copy(st, 5, l->skip_reason, sizeof l->skip_reason);
   }
-  sqlite3_finalize(st);
+  sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
     return rc;
@@ -919,7 +1019,7 @@ int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT state, COUNT(*) FROM jobs GROUP BY state", "");
+    rc = sprep(s, db, &st, "SELECT state, COUNT(*) FROM jobs GROUP BY state", "");
   if (rc != DECOMP_OK)
     return rc;
   for (int i = 0; i < STORE_JOB_STATE_COUNT; i++)
@@ -929,7 +1029,7 @@ int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
     if (k >= 0)
       counts[k] = sqlite3_column_int64(st, 1);
   }
-  sqlite3_finalize(st);
+  sdone(s, st);
   return DECOMP_OK;
 }
 
@@ -956,7 +1056,7 @@ int store_job_claim(store *s, store_job *out) {
     } else {
       rc = db_fail(s->w, "claim");
     }
-    sqlite3_finalize(st);
+    sdone(s, st);
   }
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s",
@@ -994,13 +1094,13 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = prepf(db, &st, "SELECT cancel_requested FROM jobs WHERE id=?", "s",
+    rc = sprep(s, db, &st, "SELECT cancel_requested FROM jobs WHERE id=?", "s",
                job_id);
   if (rc != DECOMP_OK)
     return rc;
   /* A deleted row counts as cancelled. */
   *yes = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) != 0 : true;
-  sqlite3_finalize(st);
+  sdone(s, st);
   return DECOMP_OK;
 }
 
@@ -1060,7 +1160,7 @@ int store_job_cancel(store *s, const char *id, store_job *out) {
   if (rc != DECOMP_OK)
     return rc;
   store_job j;
-  rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+  rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                 &j);
   if (rc == DECOMP_OK) {
     if (j.state == STORE_JOB_QUEUED)
@@ -1077,7 +1177,7 @@ int store_job_cancel(store *s, const char *id, store_job *out) {
     store_job_clear(&j);
   }
   if (rc == DECOMP_OK)
-    rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+    rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                   out);
   return wend(s, rc);
 }
@@ -1090,7 +1190,7 @@ int store_job_delete(store *s, const char *id,
   store_job j;
   char(*v)[STORE_DIGEST_LEN] = NULL;
   size_t cnt = 0;
-  rc = job_read(s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+  rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                 &j);
   if (rc == DECOMP_OK) {
     if (j.state == STORE_JOB_QUEUED || j.state == STORE_JOB_RUNNING)
@@ -1106,7 +1206,7 @@ int store_job_delete(store *s, const char *id,
       v = calloc(8, sizeof *v);
       while (v && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
         col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
-      sqlite3_finalize(st);
+      sdone(s, st);
       if (!v)
         rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
     }
