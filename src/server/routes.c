@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "decomp/decomp.h"
+#include "dashboard.h"
 #include "http.h"
 #include "metrics.h"
 #include "queue.h"
@@ -793,5 +794,14 @@ const http_route HTTP_ROUTES[] = {
      h_job_cancel, "cancel a job"},
     {"GET", "/v1/jobs/{id}/artifacts/{name}", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_artifact_get, "download an artifact (ETag, Range)"},
+    /* the dashboard: a static shell, open so it can ask for a token */
+    {"GET", "/", STORE_ROLE_NONE, HTTP_BODY_NONE, dashboard_index,
+     "the job dashboard (HTML)"},
+    {"GET", "/ui/app.js", STORE_ROLE_NONE, HTTP_BODY_NONE, dashboard_file,
+     "dashboard script"},
+    {"GET", "/ui/style.css", STORE_ROLE_NONE, HTTP_BODY_NONE, dashboard_file,
+     "dashboard stylesheet"},
+    {"GET", "/ui/favicon.svg", STORE_ROLE_NONE, HTTP_BODY_NONE,
+     dashboard_file, "dashboard icon"},
     {NULL, NULL, 0, 0, NULL, NULL},
 };

@@ -221,6 +221,9 @@ static void run_job(worker_pool *p, store_job *job) {
   /* The engine sets OpenBLAS's (process-wide) thread count from this; every
    * worker passes the same value, so workers × threads ≤ cores holds. */
   opts.threads = p->blas_threads;
+  /* Each layer's singular values go into the info file: the dashboard draws
+   * retained energy against rank from them. */
+  opts.record_spectra = true;
   rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
   if (rc != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));

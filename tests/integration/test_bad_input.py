@@ -127,7 +127,8 @@ def test_bad_job_submissions(daemon):
 
 def test_unknown_ids_routes_and_methods(daemon):
     for path in ("/v1/models/m_nope", "/v1/jobs/j_nope", "/v1/jobs/j_nope/artifacts/decompose_info.json",
-                 "/v1/jobs/j_nope/artifacts/etc_passwd", "/v1/nothing", "/"):
+                 "/v1/jobs/j_nope/artifacts/etc_passwd", "/v1/nothing", "/ui/nope.js",
+                 "/index.html"):
         status, hdrs, body = daemon.request("GET", path)
         assert_problem(status, hdrs, body, 404, "not_found")
     status, hdrs, body = daemon.request("PUT", "/v1/jobs", body=b"{}")

@@ -1,0 +1,298 @@
+/* Shared harness for the dashboard's browser tests (suite 'browser').
+ *
+ * - deps(): installs playwright-core into tests/browser/node_modules with
+ *   `npm ci` when it is missing (one process at a time: a lock directory),
+ *   then returns it. Only the npm registry is reached, and only then.
+ * - Daemon: the real decompd binary (DECOMPD_BIN) on an ephemeral loopback
+ *   port (--listen 127.0.0.1:0; the port is read from the event=listening
+ *   log line) with a temporary data dir, killed when the test ends.
+ * - browser(): Debian's /usr/bin/chromium, headless, with the flags this
+ *   machine's closed network needs, and a fresh profile (Playwright makes
+ *   one per launch).
+ * - watchConsole(page): every console error and uncaught exception.
+ * - tinyModel(): a small CNN's weights as safetensors (written here: no
+ *   torch needed) with its layer spec, spectra that decay like trained
+ *   weights, a 1x1 conv and a Linear that the engine leaves alone.
+ * - shot(page, name): a screenshot in BUILD/tests/browser/artifacts/. */
+'use strict';
+
+const {execFileSync, spawn} = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const HERE = __dirname;
+const BIN = process.env.DECOMPD_BIN || '';
+const BUILD_DIR = process.env.DECOMPD_BUILD_DIR || path.join(HERE, '..', '..', 'build');
+const ARTIFACTS = path.join(BUILD_DIR, 'tests', 'browser', 'artifacts');
+const CHROMIUM = process.env.DECOMPD_CHROMIUM || '/usr/bin/chromium';
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/* ---- npm dependencies -------------------------------------------------- */
+
+function installed() {
+  return fs.existsSync(path.join(HERE, 'node_modules', 'playwright-core', 'package.json'));
+}
+
+function deps() {
+  if (!installed()) {
+    const lock = path.join(HERE, 'node_modules.lock');
+    const deadline = Date.now() + 600000;
+    for (;;) {
+      try {
+        fs.mkdirSync(lock);
+        break;
+      } catch (e) {
+        if (e.code !== 'EEXIST') throw e;
+        if (installed()) break;
+        if (Date.now() > deadline) throw new Error('waited 10 min for ' + lock + ' (stale? remove it)');
+        execFileSync('sleep', ['0.5']);
+      }
+    }
+    try {
+      if (!installed()) {
+        process.stderr.write('browser tests: npm ci in ' + HERE + '\n');
+        execFileSync('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error'],
+          {cwd: HERE, stdio: ['ignore', 'inherit', 'inherit'], timeout: 600000});
+      }
+    } finally {
+      try { fs.rmdirSync(lock); } catch (e) { /* another one removed it */ }
+    }
+  }
+  return require(path.join(HERE, 'node_modules', 'playwright-core'));
+}
+
+/* ---- the daemon -------------------------------------------------------- */
+
+class Daemon {
+  constructor(args = []) {
+    if (!BIN || !fs.existsSync(BIN)) throw new Error('DECOMPD_BIN not set or missing: ' + BIN);
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'decompd-browser-'));
+    this.dataDir = path.join(this.dir, 'var');
+    this.logPath = path.join(this.dir, 'decompd.log');
+    this.args = args;
+    this.proc = null;
+    this.port = 0;
+  }
+
+  async start() {
+    const log = fs.openSync(this.logPath, 'a');
+    this.proc = spawn(BIN, ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', ...this.args],
+      {stdio: ['ignore', 'ignore', log]});
+    fs.closeSync(log);
+    let exited = null;
+    this.proc.on('exit', (code) => { exited = code; });
+    const deadline = Date.now() + 30000;
+    while (Date.now() < deadline) {
+      const m = this.log().match(/event=listening addr=127\.0\.0\.1:(\d+)/);
+      if (m) {
+        this.port = Number(m[1]);
+        this.url = 'http://127.0.0.1:' + this.port;
+        return this;
+      }
+      if (exited !== null) throw new Error('decompd exited ' + exited + ':\n' + this.log());
+      await sleep(50);
+    }
+    throw new Error('decompd did not start:\n' + this.log());
+  }
+
+  log() {
+    try { return fs.readFileSync(this.logPath, 'utf8'); } catch (e) { return ''; }
+  }
+
+  /* `decompd ARGS --data-dir DIR` (admin verbs); its stdout. */
+  cli(...args) {
+    return execFileSync(BIN, [...args, '--data-dir', this.dataDir], {encoding: 'utf8'}).trim();
+  }
+
+  async stop() {
+    if (this.proc && this.proc.exitCode === null) {
+      const done = new Promise((r) => this.proc.once('exit', r));
+      this.proc.kill('SIGKILL');
+      await done;
+    }
+    fs.rmSync(this.dir, {recursive: true, force: true});
+  }
+
+  async request(method, p, {body, token, type} = {}) {
+    const headers = {};
+    if (token) headers.Authorization = 'Bearer ' + token;
+    if (type) headers['Content-Type'] = type;
+    const res = await fetch(this.url + p, {method, headers, body});
+    const text = Buffer.from(await res.arrayBuffer());
+    return {status: res.status, headers: res.headers, body: text};
+  }
+
+  async json(method, p, opts = {}) {
+    if (opts.json !== undefined) {
+      opts = {...opts, body: JSON.stringify(opts.json), type: 'application/json'};
+    }
+    const r = await this.request(method, p, opts);
+    const doc = r.body.length ? JSON.parse(r.body.toString('utf8')) : null;
+    if (opts.expect !== undefined && r.status !== opts.expect) {
+      throw new Error(`${method} ${p}: ${r.status} ${r.body.toString('utf8').slice(0, 500)}`);
+    }
+    return doc;
+  }
+
+  async upload(bytes, name, token) {
+    return this.json('POST', '/v1/models?name=' + encodeURIComponent(name),
+      {body: bytes, type: 'application/octet-stream', token});
+  }
+
+  async waitJob(id, token, timeoutMs = 300000) {
+    const deadline = Date.now() + timeoutMs;
+    let j;
+    while (Date.now() < deadline) {
+      j = await this.json('GET', '/v1/jobs/' + id, {token, expect: 200});
+      if (['succeeded', 'failed', 'cancelled'].includes(j.state)) return j;
+      await sleep(100);
+    }
+    throw new Error('job ' + id + ' still ' + (j && j.state));
+  }
+}
+
+/* ---- the browser ------------------------------------------------------- */
+
+async function browser(pw) {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(CHROMIUM + ' not found: install Debian\'s chromium (scripts/install-deps)');
+  }
+  return pw.chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/* Console errors and uncaught exceptions of `page`, as strings. */
+function watchConsole(page) {
+  const errors = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push('console: ' + m.text() + ' @ ' + JSON.stringify(m.location()));
+  });
+  page.on('pageerror', (e) => errors.push('pageerror: ' + (e.stack || e.message)));
+  page.on('requestfailed', (r) => {
+    /* a download handed to the browser, or navigation away, is not an error */
+    const why = r.failure() ? r.failure().errorText : '';
+    if (!/ERR_ABORTED/.test(why)) errors.push('requestfailed: ' + r.url() + ' ' + why);
+  });
+  return errors;
+}
+
+async function shot(page, name) {
+  fs.mkdirSync(ARTIFACTS, {recursive: true});
+  const p = path.join(ARTIFACTS, name + '.png');
+  await page.screenshot({path: p, fullPage: true});
+  process.stderr.write('screenshot: ' + p + '\n');
+  return p;
+}
+
+/* ---- a small model ----------------------------------------------------- */
+
+function rng(seed) {
+  let a = seed >>> 0;
+  const next = () => { /* mulberry32 */
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return () => { /* standard normal, Box-Muller */
+    const u = Math.max(next(), 1e-12), v = next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  };
+}
+
+/* A conv weight [o, i, kh, kw] whose reshaped matrix has singular values
+ * decaying like exp(-j/decay): a sum of random rank-one terms, plus noise. */
+function convWeight(randn, o, i, kh, kw, decay) {
+  const rows = i * kh, cols = o * kw;
+  const m = new Float32Array(rows * cols);
+  const terms = Math.min(rows, cols);
+  const u = new Float32Array(rows), v = new Float32Array(cols);
+  for (let t = 0; t < terms; t++) {
+    const sv = Math.exp(-t / decay);
+    for (let r = 0; r < rows; r++) u[r] = randn();
+    for (let c = 0; c < cols; c++) v[c] = randn();
+    for (let r = 0; r < rows; r++) {
+      const ur = u[r] * sv;
+      for (let c = 0; c < cols; c++) m[r * cols + c] += ur * v[c];
+    }
+  }
+  /* M[(ii,h),(oo,w)] = W[oo, ii, h, w] */
+  const w = new Float32Array(o * i * kh * kw);
+  const scale = 1 / Math.sqrt(rows * cols);
+  for (let oo = 0; oo < o; oo++)
+    for (let ii = 0; ii < i; ii++)
+      for (let hh = 0; hh < kh; hh++)
+        for (let ww = 0; ww < kw; ww++)
+          w[((oo * i + ii) * kh + hh) * kw + ww] =
+            (m[(ii * kh + hh) * cols + oo * kw + ww] + 0.01 * randn()) * scale;
+  return w;
+}
+
+function safetensors(tensors) {
+  const header = {};
+  let off = 0;
+  for (const [name, t] of tensors) {
+    header[name] = {dtype: 'F32', shape: t.shape, data_offsets: [off, off + t.data.byteLength]};
+    off += t.data.byteLength;
+  }
+  let hjson = JSON.stringify(header);
+  while ((8 + hjson.length) % 8) hjson += ' ';
+  const out = Buffer.alloc(8 + hjson.length + off);
+  out.writeBigUInt64LE(BigInt(hjson.length), 0);
+  out.write(hjson, 8, 'utf8');
+  let p = 8 + hjson.length;
+  for (const [, t] of tensors) {
+    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(out, p);
+    p += t.data.byteLength;
+  }
+  return out;
+}
+
+/* { weights: Buffer (safetensors), spec: {layers: [...]} } */
+function tinyModel(seed = 1) {
+  const randn = rng(seed);
+  const convs = [
+    // name, in, out, k, stride, groups, decay
+    ['stem', 3, 32, 3, 1, 1, 4],
+    ['block1.conv1', 32, 64, 3, 1, 1, 24],
+    ['block1.conv2', 64, 64, 3, 1, 1, 40],
+    ['block2.conv1', 64, 128, 3, 2, 1, 48],
+    ['block2.conv2', 128, 128, 3, 1, 1, 64],
+    ['block2.grouped', 128, 128, 3, 1, 2, 32],
+    ['block3.wide', 128, 128, 5, 1, 1, 80],
+    ['block3.proj', 128, 256, 1, 1, 1, 16],
+  ];
+  const tensors = [];
+  const layers = [];
+  for (const [name, cin, cout, k, stride, groups, decay] of convs) {
+    const data = groups === 1 ? convWeight(randn, cout, cin, k, k, decay)
+      : (() => { /* each group its own matrix */
+        const o = cout / groups, i = cin / groups, per = o * i * k * k;
+        const all = new Float32Array(cout * i * k * k);
+        for (let g = 0; g < groups; g++) all.set(convWeight(randn, o, i, k, k, decay), g * per);
+        return all;
+      })();
+    tensors.push([name + '.weight', {shape: [cout, cin / groups, k, k], data}]);
+    const bias = new Float32Array(cout).map(() => 0.1 * randn());
+    tensors.push([name + '.bias', {shape: [cout], data: bias}]);
+    layers.push({name, type: 'Conv2d', in_channels: cin, out_channels: cout,
+      kernel_size: [k, k], stride: [stride, stride], padding: [(k - 1) / 2, (k - 1) / 2],
+      dilation: [1, 1], groups, bias: true, padding_mode: 'zeros'});
+  }
+  const fc = new Float32Array(10 * 256).map(() => 0.05 * randn());
+  tensors.push(['fc.weight', {shape: [10, 256], data: fc}]);
+  tensors.push(['fc.bias', {shape: [10], data: new Float32Array(10)}]);
+  layers.push({name: 'fc', type: 'Linear'});
+  return {weights: safetensors(tensors), spec: {layers}};
+}
+
+module.exports = {deps, Daemon, browser, watchConsole, shot, tinyModel, sleep, ARTIFACTS};
