@@ -1,9 +1,12 @@
 /* ts_dump.c — the tests' caller of decomp_torchscript_read.
  *
  *   ts_dump ARCHIVE OUTDIR [--time S] [--memory MIB] [--cancel-after S]
+ *           [--decompose POLICY]
  *       read ARCHIVE through the C API; write OUTDIR/weights.safetensors
  *       (decomp_weights_save) and OUTDIR/spec.json (decomp_spec_to_json);
- *       check the spec against the weights (decomp_spec_check)
+ *       check the spec against the weights (decomp_spec_check); with
+ *       --decompose, also decompose them and write
+ *       OUTDIR/decomposed.safetensors and OUTDIR/decompose_info.json
  *   ts_dump --canon SPEC.json
  *       print the engine's canonical form of a spec file
  *   ts_dump --expect-unavailable
@@ -46,6 +49,34 @@ static int report_error(decomp_ctx *ctx, int rc, double seconds) {
   free(s);
   json_decref(o);
   return 0;
+}
+
+/* Decompose what was read, as the daemon will, and write the result. */
+static int decompose(decomp_ctx *ctx, const decomp_weights *w,
+                     const decomp_spec *spec, const char *policy_text,
+                     const char *outdir) {
+  decomp_policy *pol = NULL;
+  decomp_result *res = NULL;
+  char path[4096];
+  int rc = decomp_policy_parse(ctx, policy_text, &pol);
+  if (!rc)
+    rc = decomp_decompose(ctx, w, spec, pol, NULL, &res);
+  if (!rc) {
+    snprintf(path, sizeof path, "%s/decomposed.safetensors", outdir);
+    rc = decomp_weights_save(ctx, decomp_result_weights(res), path,
+                             DECOMP_FORMAT_SAFETENSORS);
+  }
+  if (!rc) {
+    snprintf(path, sizeof path, "%s/decompose_info.json", outdir);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(decomp_result_info(res), f) < 0)
+      rc = DECOMP_ERR_IO;
+    if (f && fclose(f) != 0)
+      rc = DECOMP_ERR_IO;
+  }
+  decomp_result_free(res);
+  decomp_policy_free(pol);
+  return rc;
 }
 
 static int canon(const char *path) {
@@ -100,11 +131,14 @@ int main(int argc, char **argv) {
     return 2;
   }
   decomp_ts_limits lim = {0};
+  const char *policy_text = NULL;
   for (int i = 3; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--time") == 0)
       lim.time_seconds = atof(argv[i + 1]);
     else if (strcmp(argv[i], "--memory") == 0)
       lim.memory_bytes = (uint64_t)atoll(argv[i + 1]) << 20;
+    else if (strcmp(argv[i], "--decompose") == 0)
+      policy_text = argv[i + 1];
     else if (strcmp(argv[i], "--cancel-after") == 0) {
       cancel_at = now() + atof(argv[i + 1]);
       lim.cancel = cancel_after;
@@ -138,6 +172,8 @@ int main(int argc, char **argv) {
       fclose(f);
     decomp_free(text);
   }
+  if (!rc && policy_text)
+    rc = decompose(ctx, w, spec, policy_text, argv[2]);
   if (rc) {
     report_error(ctx, rc, seconds);
   } else {

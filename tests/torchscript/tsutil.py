@@ -14,6 +14,7 @@ import torch.nn as nn
 BUILD = os.environ.get("DECOMPD_BUILD_DIR", "build")
 READER = os.path.join(BUILD, "src", "torchscript", "decompd-ts-reader")
 DUMP = os.path.join(BUILD, "tests", "torchscript", "ts_dump")
+DECOMPCTL = os.path.join(BUILD, "src", "cli", "decompctl")
 
 DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -138,7 +139,7 @@ def run_reader(archive, outdir):
 
 
 def run_dump(archive, outdir, time=None, memory_mib=None, env=None,
-             timeout=300, cancel_after=None):
+             timeout=300, cancel_after=None, decompose=None):
     """Read `archive` through decomp_torchscript_read (tests/ts_dump); the
     driver's one JSON line as a dict."""
     os.makedirs(outdir, exist_ok=True)
@@ -149,6 +150,8 @@ def run_dump(archive, outdir, time=None, memory_mib=None, env=None,
         args += ["--memory", str(memory_mib)]
     if cancel_after:
         args += ["--cancel-after", str(cancel_after)]
+    if decompose:
+        args += ["--decompose", decompose]
     e = dict(os.environ)
     e.setdefault("DECOMPD_TS_READER", READER)
     e.update(env or {})
