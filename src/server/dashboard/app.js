@@ -116,7 +116,9 @@ function policyText(p) {
   let t = p.name || '?';
   if (info && info.knob && p[info.knob] !== undefined) {
     const v = p[info.knob];
-    t += p.name === 'budget' ? ' ×' + v + ' MACs' : ' ' + info.knob.replace('_', ' ') + ' ' + v;
+    if (p.name === 'budget') t += ' ×' + v + ' MACs';
+    else if (info.knob === p.name) t += ' ' + v;
+    else t += ' ' + info.knob + ' ' + v;
   } else if (p.name === 'budget' && p.params_reduction !== undefined) {
     t += ' ×' + p.params_reduction + ' params';
   }
