@@ -19,7 +19,8 @@
 
 #define MIN_ITERATIONS 1
 #define MAX_ITERATIONS 8
-#define CONVERGED 1e-3  /* relative improvement of the rank-ℓ error² */
+#define CONVERGED 2e-3  /* rank-R error² improving by less: converged */
+#define REMAINING 1e-2  /* … or its extrapolated remaining gain below */
 #define TARGET 1.005    /* rank-R error vs a known optimum: stop within */
 #define TOLERANCE 1.01  /* … and fall back to exact gesdd beyond */
 
@@ -141,11 +142,37 @@ static void fill_random(float *x, size_t n, uint64_t seed) {
   }
 }
 
-static double sumsq(const float *x, size_t n) {
-  double e = 0;
-  for (size_t i = 0; i < n; i++)
-    e += (double)x[i] * (double)x[i];
-  return e;
+/* Whether the rank-R error² (prev, then e) has converged. The gap to the
+ * optimum shrinks about geometrically, by ρ = gain / last gain per
+ * iteration, so what is left is about gain·ρ/(1−ρ) (Aitken); stop when that
+ * is below 1% of e² (0.5% of the error), with ρ capped at 0.9 so a stalled
+ * start does not look converged; or when the gain itself is tiny. */
+static bool converged(int it, double prev, double e, double last_gain) {
+  double gain = prev - e;
+  if (gain <= CONVERGED * e)
+    return true;
+  if (it < 3 || last_gain <= 0) /* the first gain, from q = 0, says little */
+    return false;
+  double rho = gain / last_gain;
+  if (rho > 0.9)
+    rho = 0.9;
+  return gain * rho / (1 - rho) <= REMAINING * e;
+}
+
+/* The rank-R error² of the sketch Z = op(A)ᵀ·Q (q×l): ‖A‖² minus the R
+ * largest eigenvalues of ZᵀZ (values only; c is l×l scratch, w l). */
+static int rank_error(decomp_ctx *ctx, const char *what, const float *Z,
+                      int64_t q, int64_t l, int64_t R, double energy, float *c,
+                      float *w, double *out) {
+  core_ssyrk(true, l, q, Z, q, c, l);
+  int rc = core_eig_values_f32(ctx, what, l, c, w);
+  if (rc != DECOMP_OK)
+    return rc;
+  double kept = 0;
+  for (int64_t x = l - R; x < l; x++)
+    kept += w[x] > 0 ? (double)w[x] : 0.0;
+  *out = energy - kept > 0 ? energy - kept : 0;
+  return DECOMP_OK;
 }
 
 int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
@@ -195,41 +222,42 @@ int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 
   fill_random(Z, ql, seed);
   OP(Z, Y);
-  if ((rc = core_qr_f32(ctx, what, p, l, Y)) != DECOMP_OK)
+  if ((rc = core_orth_f32(ctx, what, p, l, Y)) != DECOMP_OK)
     goto out;
   OPT(Y, Z);
-  double prev = energy - sumsq(Z, ql);
+  double prev;
+  if ((rc = rank_error(ctx, what, Z, q, l, R, energy, C, lam, &prev)) !=
+      DECOMP_OK)
+    goto out;
   int it = 0;
-  bool once = false; /* exactly one more iteration (a known optimum missed) */
-  for (;;) {
-    /* Power iterations: Q ← orth(op(A)·op(A)ᵀ·Q), Z = op(A)ᵀ·Q. */
-    while (it < MAX_ITERATIONS) {
-      OP(Z, Y);
-      if ((rc = core_qr_f32(ctx, what, p, l, Y)) != DECOMP_OK)
-        goto out;
-      OPT(Y, Z);
-      it++;
-      double e = energy - sumsq(Z, ql);
-      bool conv = prev - e <= CONVERGED * (e > 0 ? e : 0);
-      prev = e;
-      if (once || (it >= MIN_ITERATIONS && conv))
-        break;
-    }
-    /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = ZᵀZ = W·Λ·Wᵀ. */
-    core_ssyrk(true, l, q, Z, q, C, l);
-    if ((rc = core_eig_top_f32(ctx, what, l, C, R, lam, W)) != DECOMP_OK)
+  double last_gain = -1;
+  /* Power iterations Q ← orth(op(A)·op(A)ᵀ·Q), Z = op(A)ᵀ·Q, until the
+   * rank-R error stops improving (or meets a known optimum). */
+  while (it < MAX_ITERATIONS &&
+         !(opt >= 0 && prev <= TARGET * TARGET * opt)) {
+    OP(Z, Y);
+    if ((rc = core_orth_f32(ctx, what, p, l, Y)) != DECOMP_OK)
       goto out;
-    double kept = 0;
-    for (size_t x = 0; x < r; x++)
-      kept += lam[x] > 0 ? (double)lam[x] : 0.0;
-    double disc = energy - kept;
-    rep->discarded = disc > 0 ? disc : 0;
-    rep->iterations = it;
-    if (opt < 0 || rep->discarded <= TARGET * TARGET * opt ||
-        it >= MAX_ITERATIONS)
+    OPT(Y, Z);
+    it++;
+    double e;
+    if ((rc = rank_error(ctx, what, Z, q, l, R, energy, C, lam, &e)) !=
+        DECOMP_OK)
+      goto out;
+    if (it >= MIN_ITERATIONS && converged(it, prev, e, last_gain))
       break;
-    once = true;
+    last_gain = prev - e;
+    prev = e;
   }
+  /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = ZᵀZ = W·Λ·Wᵀ. */
+  core_ssyrk(true, l, q, Z, q, C, l);
+  if ((rc = core_eig_top_f32(ctx, what, l, C, R, lam, W)) != DECOMP_OK)
+    goto out;
+  double kept = 0;
+  for (size_t x = 0; x < r; x++)
+    kept += lam[x] > 0 ? (double)lam[x] : 0.0;
+  rep->discarded = energy - kept > 0 ? energy - kept : 0;
+  rep->iterations = it;
   /* A tiny λ_R would make Z·W·Λ^-½ lose the float32 precision of the Gram
    * step; a known optimum still missed means the sketch did not converge:
    * either way the exact path decides. */

@@ -32,6 +32,11 @@ int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
 int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                 float *a);
 
+/* An orthonormal basis of span(a) (m×n, m ≥ n, ld m) in place: LU, then
+ * Cholesky-QR twice; Householder QR when Cholesky breaks down. */
+int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                  float *a);
+
 /* --- svd.c ----------------------------------------------------------------- */
 
 /* How a truncated SVD was computed and what it achieved. */
