@@ -74,6 +74,17 @@ const char *decomp_errmsg(const decomp_ctx *ctx);
 /* The code of the last failure on `ctx` (DECOMP_OK when none). */
 int decomp_errcode(const decomp_ctx *ctx);
 
+/* For code built on the engine (the TorchScript intake, plugins): record a
+ * failure on `ctx` the way the engine does, so decomp_errmsg/decomp_errcode
+ * report it, and return `err`. */
+int decomp_ctx_fail(decomp_ctx *ctx, int err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Forget the last failure on `ctx`. */
+void decomp_ctx_clear(decomp_ctx *ctx);
+
 /* Free memory that the library returned as `char *` (JSON texts). */
 void decomp_free(void *p);
 
@@ -181,6 +192,9 @@ const decomp_tensor *decomp_weights_find(const decomp_weights *w,
                                          const char *name);
 /* The format the set was read from (UNKNOWN for built sets). */
 decomp_format decomp_weights_format(const decomp_weights *w);
+/* Say which format the set came from (a reader built on the engine, such as
+ * the TorchScript intake, marks its sets; the info file records it). */
+void decomp_weights_set_format(decomp_weights *w, decomp_format f);
 
 /* The state dict's metadata as a JSON object text, or NULL when it has none:
  * for .pth the `_metadata` attribute ({"": {"version": 1}, "conv1": {…}}),

@@ -49,6 +49,19 @@ int core_fail(decomp_ctx *ctx, int err, const char *fmt, ...) {
   return err;
 }
 
+int decomp_ctx_fail(decomp_ctx *ctx, int err, const char *fmt, ...) {
+  if (!ctx)
+    return err;
+  ctx->err = err;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx->msg, sizeof ctx->msg, fmt, ap);
+  va_end(ap);
+  return err;
+}
+
+void decomp_ctx_clear(decomp_ctx *ctx) { core_clear(ctx); }
+
 void core_clear(decomp_ctx *ctx) {
   if (ctx) {
     ctx->err = 0;

@@ -81,6 +81,11 @@ void core_weights_set_format(decomp_weights *w, decomp_format f) {
   w->format = f;
 }
 
+void decomp_weights_set_format(decomp_weights *w, decomp_format f) {
+  if (w)
+    w->format = f;
+}
+
 decomp_ctx *core_weights_ctx(const decomp_weights *w) { return w->ctx; }
 
 static uint64_t hash_name(const char *s) {

@@ -39,7 +39,7 @@
 #include <sys/prctl.h>
 #endif
 
-#include "core.h"
+#include "decomp/decomp.h"
 #include "decomp/torchscript.h"
 #include "ts_exit.h"
 
@@ -230,19 +230,19 @@ static int read_small(decomp_ctx *ctx, const char *path, size_t max, char **out,
     int e = errno;
     if (fd >= 0)
       close(fd);
-    return core_fail(ctx, DECOMP_ERR_IO, "TorchScript reader output %s: %s",
+    return decomp_ctx_fail(ctx, DECOMP_ERR_IO, "TorchScript reader output %s: %s",
                      path, strerror(e));
   }
   if (st.st_size < 0 || (uint64_t)st.st_size > max) {
     close(fd);
-    return core_fail(ctx, DECOMP_ERR_TOO_LARGE,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_TOO_LARGE,
                      "TorchScript reader output %s: over %zu bytes", path, max);
   }
   size_t len = (size_t)st.st_size, got = 0;
   char *buf = malloc(len + 1);
   if (!buf) {
     close(fd);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory reading %s", path);
+    return decomp_ctx_fail(ctx, DECOMP_ERR_NOMEM, "out of memory reading %s", path);
   }
   while (got < len) {
     ssize_t r = read(fd, buf + got, len - got);
@@ -285,29 +285,29 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
   bool oom = tail_has(tail, "can't allocate memory") ||
              tail_has(tail, "bad_alloc") || tail_has(tail, "out of memory");
   if (cancelled)
-    return core_fail(ctx, DECOMP_ERR_CANCELLED, "TorchScript reader cancelled");
+    return decomp_ctx_fail(ctx, DECOMP_ERR_CANCELLED, "TorchScript reader cancelled");
   if (timed_out)
-    return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader exceeded its %g s time limit",
                      seconds);
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     if (sig == SIGXCPU || (sig == SIGKILL && cpu_out))
-      return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+      return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its %g s time limit "
                        "(CPU time)",
                        seconds);
     if (sig == SIGXFSZ)
-      return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+      return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its output size limit "
                        "(%llu MiB)",
                        mib);
     if (oom)
-      return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+      return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its memory limit "
                        "(%llu MiB)",
                        mib);
-    return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader crashed (signal %d, %s): %s", sig,
                      strsignal(sig), msg);
   }
@@ -317,27 +317,27 @@ static int judge(decomp_ctx *ctx, int status, bool timed_out, bool cancelled,
     return DECOMP_OK;
   case TS_EXIT_LOAD:
     if (oom)
-      return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+      return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                        "TorchScript reader exceeded its memory limit "
                        "(%llu MiB): %s",
                        mib, msg);
-    return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript load failed: %s", msg);
   case TS_EXIT_UNSUPPORTED:
-    return core_fail(ctx,
+    return decomp_ctx_fail(ctx,
                      strstr(msg, "dtype") ? DECOMP_ERR_UNSUPPORTED_DTYPE
                                           : DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript archive not supported: %s", msg);
   case TS_EXIT_NOMEM:
-    return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader exceeded its memory limit "
                      "(%llu MiB): %s",
                      mib, msg);
   case TS_EXIT_IO:
-    return core_fail(ctx, DECOMP_ERR_IO,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_IO,
                      "TorchScript reader could not write its output: %s", msg);
   default:
-    return core_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_BAD_TORCHSCRIPT,
                      "TorchScript reader failed (exit status %d): %s", code,
                      msg);
   }
@@ -356,25 +356,25 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   decomp_spec *spec = NULL;
   tail_buf *tail = NULL;
 
-  core_clear(ctx);
+  decomp_ctx_clear(ctx);
   if (!archive_path || !out_weights || !out_spec)
-    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "decomp_torchscript_read: NULL argument");
 
   const char *reader = reader_path(limits);
   if (access(reader, X_OK) != 0)
-    return core_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
+    return decomp_ctx_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
                      "TorchScript reader %s: %s (set DECOMPD_TS_READER)",
                      reader, strerror(errno));
 
   struct stat st;
   archive = realpath(archive_path, NULL);
   if (!archive || stat(archive, &st) != 0) {
-    rc = core_fail(ctx, DECOMP_ERR_IO, "%s: %s", archive_path, strerror(errno));
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_IO, "%s: %s", archive_path, strerror(errno));
     goto done;
   }
   if (!S_ISREG(st.st_mode)) {
-    rc = core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT, "%s: not a regular file",
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT, "%s: not a regular file",
                    archive_path);
     goto done;
   }
@@ -395,20 +395,20 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   if (n < 0 || (size_t)n >= sizeof workdir || !mkdtemp(workdir)) {
     int e = errno;
     workdir[0] = '\0';
-    rc = core_fail(ctx, DECOMP_ERR_IO, "TorchScript work folder in %s: %s",
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_IO, "TorchScript work folder in %s: %s",
                    default_tmpdir(limits), strerror(e));
     goto done;
   }
   tail = calloc(1, sizeof *tail);
   if (!tail) {
-    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
 
   devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (devnull < 0 || pipe2(errp, O_CLOEXEC) != 0 ||
       pipe2(execp, O_CLOEXEC) != 0) {
-    rc = core_fail(ctx, DECOMP_ERR_IO, "TorchScript reader pipes: %s",
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_IO, "TorchScript reader pipes: %s",
                    strerror(errno));
     goto done;
   }
@@ -461,7 +461,7 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   double start = now_seconds();
   pid = fork();
   if (pid < 0) {
-    rc = core_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
                    "cannot start the TorchScript reader: %s", strerror(errno));
     goto done;
   }
@@ -496,7 +496,7 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
       ;
     pid = -1;
-    rc = core_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
+    rc = decomp_ctx_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
                    "cannot run the TorchScript reader %s: %s", reader,
                    strerror(exec_err));
     goto done;
@@ -567,7 +567,7 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   rc = decomp_weights_open(ctx, path, &w);
   if (rc != DECOMP_OK)
     goto done;
-  core_weights_set_format(w, DECOMP_FORMAT_TORCHSCRIPT);
+  decomp_weights_set_format(w, DECOMP_FORMAT_TORCHSCRIPT);
   snprintf(path, sizeof path, "%s/spec.json", workdir);
   size_t spec_len = 0;
   rc = read_small(ctx, path, TS_SPEC_MAX, &spec_text, &spec_len);
@@ -613,8 +613,8 @@ int decomp_torchscript_read(decomp_ctx *ctx, const char *archive_path,
   (void)limits;
   (void)out_weights;
   (void)out_spec;
-  core_clear(ctx);
-  return core_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
+  decomp_ctx_clear(ctx);
+  return decomp_ctx_fail(ctx, DECOMP_ERR_TORCHSCRIPT,
                    "%s: this build has no TorchScript support",
                    archive_path ? archive_path : "TorchScript archive");
 }
