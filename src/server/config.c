@@ -16,7 +16,7 @@ const config_key CONFIG_KEYS[] = {
     {"max_upload_bytes", "largest accepted upload, e.g. 4G (4G)"},
     {"max_json_bytes", "largest accepted JSON body (16M)"},
     {"workers", "decomposition worker threads (0: one per core)"},
-    {"blas_threads", "BLAS threads per worker (0: cores / workers)"},
+    {"blas_threads", "cores each job may use (0: cores / workers)"},
     {"http_threads", "HTTP thread pool size (4)"},
     {"max_connections", "open connections at most (1024)"},
     {"connection_timeout", "seconds an idle connection is kept (60)"},

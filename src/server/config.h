@@ -17,7 +17,9 @@ typedef struct config {
   int64_t max_upload_bytes; /* max_upload_bytes: upload size limit (4 GiB) */
   int64_t max_json_bytes;   /* max_json_bytes: JSON body limit (16 MiB) */
   int workers;              /* workers: decomposition threads (0 = cores) */
-  int blas_threads;         /* blas_threads: per worker (0 = cores/workers) */
+  int blas_threads;         /* blas_threads: cores each job may use, passed
+                               to the engine as decomp_options.threads
+                               (0 = cores/workers) */
   int http_threads;         /* http_threads: HTTP thread pool (0 = 4) */
   int max_connections;      /* max_connections: open connections (1024) */
   int connection_timeout;   /* connection_timeout: idle seconds (60) */

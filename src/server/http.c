@@ -414,8 +414,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
       return send_reply(r);
     return MHD_YES;
   }
-  if (r->responded)
+  if (r->responded) { /* answered early: drop whatever still comes */
+    *upload_data_size = 0;
     return MHD_YES;
+  }
   if (*upload_data_size > 0) {
     bool keep = on_body(r, upload_data, *upload_data_size);
     *upload_data_size = 0;

@@ -144,10 +144,13 @@ static int blob_place(store *s, const char *tmp, const char *digest) {
 
 /* ---- uploads ---------------------------------------------------------- */
 
+#define WRITEBACK_STEP (32 << 20)
+
 struct store_upload {
   store *s;
   int fd;
   int64_t size;
+  int64_t flushed; /* bytes whose writeback has been started */
   bool finished, committed;
   store_sha256 *h;
   char digest[STORE_DIGEST_LEN];
@@ -202,6 +205,13 @@ int store_upload_write(store_upload *u, const void *buf, size_t len) {
     left -= (size_t)n;
   }
   u->size += (int64_t)len;
+  /* Start writeback as the data comes, so the fsync at the end waits for
+   * the last few megabytes, not the whole file. */
+  if (u->size - u->flushed >= WRITEBACK_STEP) {
+    sync_file_range(u->fd, u->flushed, u->size - u->flushed,
+                    SYNC_FILE_RANGE_WRITE);
+    u->flushed = u->size;
+  }
   return DECOMP_OK;
 }
 
