@@ -15,9 +15,11 @@
 
 #include "cli.h"
 #include "decomp/decomp.h"
+#include "decomp/torchscript.h"
 
 static const char usage[] =
     "usage: decompctl decompose --weights FILE --spec SPEC.json --out DIR\n"
+    "       decompctl decompose --model SCRIPTED.pt --out DIR\n"
     "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
     "                           [--spectra] [--json] [--quiet] [--verbose]\n"
     "\n"
@@ -26,6 +28,9 @@ static const char usage[] =
     "\n"
     "  --weights FILE   the state dict to decompose\n"
     "  --spec FILE      the layer spec (JSON, as the Python package writes it)\n"
+    "  --model FILE     a TorchScript archive (torch.jit.save, scripted or\n"
+    "                   traced): its weights and layer spec are read from it\n"
+    "                   in a sandboxed reader process, so no --spec is needed\n"
     "  --out DIR        where to write decomposed_weights.pth (or .safetensors)\n"
     "                   and decompose_info.json; made if missing\n"
     "  --policy P       rank policy: a name (budget, amct, vbmf, energy,\n"
@@ -144,8 +149,8 @@ static void print_summary(const char *info_text, const char *weights_path,
     json_decref(o);
   } else {
     char a[32], b[32];
-    printf("decomposed %lld of %lld conv layers (%lld left alone)\n",
-           (long long)nd, (long long)(nd + ns), (long long)ns);
+    printf("decomposed %lld layers, left %lld alone\n", (long long)nd,
+           (long long)ns);
     human(pb, a, sizeof a);
     human(pa, b, sizeof b);
     printf("params  %s -> %s (%.2fx fewer)\n", a, b, pa > 0 ? pb / pa : 0.0);
@@ -164,6 +169,7 @@ int cmd_decompose(int argc, char **argv) {
   static const struct option opts[] = {
       {"weights", required_argument, NULL, 'w'},
       {"spec", required_argument, NULL, 's'},
+      {"model", required_argument, NULL, 'm'},
       {"out", required_argument, NULL, 'o'},
       {"policy", required_argument, NULL, 'p'},
       {"format", required_argument, NULL, 'f'},
@@ -175,6 +181,7 @@ int cmd_decompose(int argc, char **argv) {
       {0, 0, 0, 0},
   };
   const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
+  const char *model_path = NULL;
   const char *policy_arg = "budget", *format_arg = "pth";
   bool spectra = false, as_json = false, quiet = false, verbose = false;
   int c;
@@ -183,6 +190,7 @@ int cmd_decompose(int argc, char **argv) {
     switch (c) {
     case 'w': weights_path = optarg; break;
     case 's': spec_path = optarg; break;
+    case 'm': model_path = optarg; break;
     case 'o': out_dir = optarg; break;
     case 'p': policy_arg = optarg; break;
     case 'f': format_arg = optarg; break;
@@ -198,8 +206,16 @@ int cmd_decompose(int argc, char **argv) {
     cli_error("decompose: unexpected argument '%s'", argv[optind]);
     return CLI_EXIT_USAGE;
   }
-  if (!weights_path || !spec_path || !out_dir) {
-    cli_error("decompose: --weights, --spec and --out are required");
+  if (model_path && (weights_path || spec_path)) {
+    cli_error("decompose: --model reads weights and spec from the archive; "
+              "give it without --weights and --spec");
+    return CLI_EXIT_USAGE;
+  }
+  if (model_path)
+    weights_path = model_path;
+  if (!weights_path || (!spec_path && !model_path) || !out_dir) {
+    cli_error("decompose: --weights, --spec and --out (or --model and --out) "
+              "are required");
     fputs(usage, stderr);
     return CLI_EXIT_USAGE;
   }
@@ -227,7 +243,13 @@ int cmd_decompose(int argc, char **argv) {
     decomp_ctx_set_log(ctx, on_log, NULL, DECOMP_LOG_DEBUG);
   cli_catch_signals();
 
-  if ((err = decomp_weights_open(ctx, weights_path, &w))) {
+  if (model_path) {
+    if ((err = decomp_torchscript_read(ctx, model_path, NULL, &w, &spec))) {
+      cli_error("%s: %s", model_path, decomp_errmsg(ctx));
+      rc = err == DECOMP_ERR_IO ? CLI_EXIT_INPUT : cli_exit_for(err);
+      goto done;
+    }
+  } else if ((err = decomp_weights_open(ctx, weights_path, &w))) {
     /* Messages about the file itself already start with its path. */
     const char *msg = decomp_errmsg(ctx);
     if (strncmp(msg, weights_path, strlen(weights_path)) == 0)
@@ -238,12 +260,13 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
   size_t spec_len;
-  if (!(spec_text = cli_read_file(spec_path, &spec_len))) {
+  if (!model_path && !(spec_text = cli_read_file(spec_path, &spec_len))) {
     cli_error("%s: %s", spec_path, strerror(errno));
     rc = CLI_EXIT_INPUT;
     goto done;
   }
-  if ((err = decomp_spec_parse(ctx, spec_text, spec_len, &spec))) {
+  if (!model_path &&
+      (err = decomp_spec_parse(ctx, spec_text, spec_len, &spec))) {
     cli_error("%s: %s", spec_path, decomp_errmsg(ctx));
     rc = cli_exit_for(err);
     goto done;

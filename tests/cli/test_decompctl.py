@@ -225,3 +225,32 @@ def test_output_that_cannot_be_written_exits_4(model_files, tmp_path):
     blocker.write_text("x")
     p = run("decompose", "--weights", wpath, "--spec", spath, "--out", blocker)
     assert p.returncode == 4, p.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("DECOMPD_TS_READER"),
+                    reason="built without the torchscript feature")
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_model_flag_reads_torchscript_and_matches_the_state_dict_path(how, model_files, tmp_path):
+    net, wpath, spath = model_files
+    x = torch.randn(1, 16, 12, 12)
+    scripted = torch.jit.script(net) if how == "script" else torch.jit.trace(net, x)
+    ts = tmp_path / "net.pt"
+    torch.jit.save(scripted, ts)
+    run("decompose", "--model", ts, "--out", tmp_path / "ts", check=0)
+    run("decompose", "--weights", wpath, "--spec", spath, "--out", tmp_path / "sd", check=0)
+    a = torch.load(tmp_path / "ts" / "decomposed_weights.pth", weights_only=True)
+    b = torch.load(tmp_path / "sd" / "decomposed_weights.pth", weights_only=True)
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ia = json.loads((tmp_path / "ts" / "decompose_info.json").read_text())
+    ib = json.loads((tmp_path / "sd" / "decompose_info.json").read_text())
+    assert ia["source"]["format"] == "torchscript"
+    assert ia["layers"] == ib["layers"] and ia["changes"] == ib["changes"]
+
+
+def test_model_flag_with_a_file_that_is_not_torchscript_exits_3(model_files, tmp_path):
+    _, wpath, _ = model_files
+    p = run("decompose", "--model", wpath, "--out", tmp_path / "o")
+    assert p.returncode == 3, p.stderr
+    assert_nothing_left(tmp_path / "o")
