@@ -157,13 +157,19 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
       snprintf(msg, msglen, "saving %s: %s", OUTPUTS[i].name,
                decomp_errmsg(ctx)[0] ? decomp_errmsg(ctx) : decomp_strerror(rc));
   }
-  store_blob_lock(s);
+  /* Hash outside the lock (it may take seconds); place and index under it. */
   for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
     memset(&arts[i], 0, sizeof arts[i]);
     snprintf(arts[i].name, sizeof arts[i].name, "%s", OUTPUTS[i].name);
     snprintf(arts[i].media_type, sizeof arts[i].media_type, "%s",
              OUTPUTS[i].media_type);
-    rc = store_blob_put_file(s, paths[i], arts[i].digest, &arts[i].size);
+    rc = store_blob_hash_file(paths[i], arts[i].digest, &arts[i].size);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "hashing %s: %s", OUTPUTS[i].name, store_errmsg());
+  }
+  store_blob_lock(s);
+  for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
+    rc = store_blob_place_file(s, paths[i], arts[i].digest);
     if (rc != DECOMP_OK)
       snprintf(msg, msglen, "storing %s: %s", OUTPUTS[i].name, store_errmsg());
   }

@@ -253,8 +253,8 @@ void store_upload_free(store_upload *u) {
   free(u);
 }
 
-int store_blob_put_file(store *s, const char *path,
-                        char digest[STORE_DIGEST_LEN], int64_t *size) {
+int store_blob_hash_file(const char *path, char digest[STORE_DIGEST_LEN],
+                         int64_t *size) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return store_fail(DECOMP_ERR_IO, "%s: %s", path, strerror(errno));
@@ -287,12 +287,15 @@ int store_blob_put_file(store *s, const char *path,
     rc = store_fail(DECOMP_ERR_INTERNAL, "sha256 final failed");
     goto done;
   }
-  rc = blob_place(s, path, digest);
-  if (rc == DECOMP_OK && size)
+  if (size)
     *size = total;
 done:
   free(buf);
   store_sha256_free(h);
   close(fd);
   return rc;
+}
+
+int store_blob_place_file(store *s, const char *path, const char *digest) {
+  return blob_place(s, path, digest);
 }
