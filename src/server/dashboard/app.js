@@ -620,12 +620,16 @@ function energyChart(r) {
     s('path', {d, class: 'curve' + (r.kind === 'skipped' ? ' skipped' : '')}));
   let caption;
   if (r.kind === 'layer') {
+    /* The curve is the optimum at each rank; the caption gives what the
+     * decomposition kept (the info file's figure), which a truncated SVD
+     * may put a little under the curve. */
     const rk = Math.min(l.rank, k);
+    const kept = l.stats && l.stats.energy_retained !== undefined ? l.stats.energy_retained : e[rk];
     svg.append(
       s('line', {x1: x(rk), x2: x(rk), y1: T, y2: H - B, class: 'chosen'}),
       s('circle', {cx: x(rk), cy: y(e[rk]), r: 3.5, class: 'chosen'},
-        s('title', {}, `rank ${l.rank}: ${fmtPct(e[rk], 2)} of the energy`)));
-    caption = `R = ${l.rank} of ${l.max_rank} · ${fmtPct(e[rk], 2)}`;
+        s('title', {}, `rank ${l.rank}: ${fmtPct(e[rk], 2)} of the energy at best, ${fmtPct(kept, 2)} kept`)));
+    caption = `R = ${l.rank} of ${l.max_rank} · ${fmtPct(kept, 2)}`;
   } else {
     caption = 'left alone';
   }
