@@ -48,6 +48,11 @@ function deps() {
       } catch (e) {
         if (e.code !== 'EEXIST') throw e;
         if (installed()) break;
+        /* an install killed half-way leaves its lock: older than the
+         * install's own time limit, it is stale */
+        try {
+          if (Date.now() - fs.statSync(lock).mtimeMs > 600000) fs.rmdirSync(lock);
+        } catch (e2) { /* gone meanwhile */ }
         if (Date.now() > deadline) throw new Error('waited 10 min for ' + lock + ' (stale? remove it)');
         execFileSync('sleep', ['0.5']);
       }
