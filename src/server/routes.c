@@ -19,6 +19,7 @@
 #include "decomp/decomp.h"
 #include "dashboard.h"
 #include "http.h"
+#include "log.h"
 #include "metrics.h"
 #include "queue.h"
 #include "worker.h"
@@ -26,7 +27,7 @@
 #define JSON_TYPE "application/json"
 
 static void reply_json(http_req *r, int status, json_t *o) {
-  char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  char *text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
   json_decref(o);
   if (!text) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "could not build the reply");
@@ -161,6 +162,10 @@ static void h_model_upload(http_req *r) {
     store_problem(r, rc);
     goto done;
   }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=model_%s id=%s digest=%s format=%s size=%lld tensors=%lld",
+      created ? "stored" : "deduplicated", m.id, m.digest, m.format,
+      (long long)m.size, (long long)m.tensors);
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/models/%s", m.id);
   http_reply_header(r, "Location", loc);
@@ -609,6 +614,9 @@ static void h_job_submit(http_req *r) {
   }
   if (created)
     worker_pool_wake();
+  LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_%s id=%s model=%s policy=%s",
+      created ? "queued" : "existing", job.id, m.id,
+      log_q(decomp_policy_name(pol)));
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%s", job.id);
   http_reply_header(r, "Location", loc);
