@@ -43,6 +43,10 @@ test('the page asks for a token, refuses a wrong one, then works and keeps it', 
   await page.waitForSelector('#token-dialog[open]');
   assert.equal(await page.$('#jobs tbody tr'), null, 'no data before a token');
   await H.shot(page, 'token-prompt');
+  // Escape does not leave the page without a prompt
+  await page.keyboard.press('Escape');
+  await page.waitForTimeout(300);
+  await page.waitForSelector('#token-dialog[open]');
 
   await page.fill('#token-input', 'dcp_' + '0'.repeat(64));
   await page.click('#token-form button[type=submit]');

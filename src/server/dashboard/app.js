@@ -129,6 +129,7 @@ function policyText(p) {
 
 let token = sessionStorage.getItem(TOKEN_KEY) || '';
 let tokenPrompt = null; /* one pending prompt shared by every 401 */
+let tokenResolve = null;
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -157,27 +158,36 @@ function askToken(message) {
   err.hidden = !message;
   err.textContent = message || '';
   input.value = '';
-  tokenPrompt = new Promise((resolve) => {
-    const form = document.getElementById('token-form');
-    const done = (ev) => {
-      ev.preventDefault();
-      const v = input.value.trim();
-      if (!v) return;
-      form.removeEventListener('submit', done);
-      token = v;
-      sessionStorage.setItem(TOKEN_KEY, v);
-      showTokenState();
-      dlg.close();
-      tokenPrompt = null;
-      resolve();
-    };
-    form.addEventListener('submit', done);
-    /* Escape would leave the page without a way back to the prompt. */
-    dlg.addEventListener('cancel', (ev) => ev.preventDefault(), {once: true});
-  });
+  tokenPrompt = new Promise((resolve) => { tokenResolve = resolve; });
   if (!dlg.open) dlg.showModal();
   input.focus();
   return tokenPrompt;
+}
+
+/* Settle the pending prompt: its callers try again (and ask again on
+ * another 401). */
+function tokenPromptDone() {
+  const resolve = tokenResolve;
+  tokenPrompt = tokenResolve = null;
+  if (resolve) resolve();
+}
+
+function tokenDialogInit() {
+  const dlg = document.getElementById('token-dialog');
+  const input = document.getElementById('token-input');
+  document.getElementById('token-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = input.value.trim();
+    if (!v) return;
+    token = v;
+    sessionStorage.setItem(TOKEN_KEY, v);
+    showTokenState();
+    dlg.close();
+  });
+  /* Escape would leave the page with nothing to show and no way back to
+   * the prompt; if the browser closes it anyway, the retry asks again. */
+  dlg.addEventListener('cancel', (ev) => ev.preventDefault());
+  dlg.addEventListener('close', tokenPromptDone);
 }
 
 function showTokenState() {
@@ -295,7 +305,7 @@ function poll(gen, tick) {
     } catch (e) {
       if (gen !== viewGen) return;
       setLive(false, e instanceof ApiError ? 'error ' + e.status : 'daemon unreachable — retrying');
-      if (e instanceof ApiError && e.status !== 503) {
+      if (e instanceof ApiError && e.status < 500) { /* retrying will not help */
         document.getElementById('view').prepend(errorBox(e));
         return;
       }
@@ -766,5 +776,6 @@ document.getElementById('forget-token').addEventListener('click', () => {
   route();
 });
 window.addEventListener('hashchange', route);
+tokenDialogInit();
 showTokenState();
 route();
