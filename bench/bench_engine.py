@@ -236,6 +236,19 @@ def run_engine(args, weights, spec, policy):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+TORCH_SVD = {}
+
+
+def best_of(args, weights, spec, policy):
+    """The engine --repeat times (each in a fresh child); the fastest run,
+    with the largest peak RSS seen."""
+    runs = [run_engine(args, weights, spec, policy) for _ in range(args.repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    best["peak_rss"] = max(r["peak_rss"] for r in runs)
+    best["runs"] = [r["seconds"] for r in runs]
+    return best
+
+
 def gemm_gflops(torch):
     """The machine's sgemm, through the same OpenBLAS the engine links."""
     a = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
@@ -279,14 +292,15 @@ def bench_shape(args, torch, C, kk, red, gf, rows):
     policy = (json.dumps({"name": "fixed", "rank": R, "order": "vertical_first"})
               if red else "amct")
     spec = spec_file(args.cache, [conv_spec("c", C, kk)])
-    eng = run_engine(args, path, spec, policy)
+    eng = best_of(args, path, spec, policy)
     L = eng["layers"][0]
     R = L["rank"]
     opt = float(np.sqrt((s[R:] ** 2).sum() / (s ** 2).sum()))
     e_err = eng.get("measured_error", L["relative_error"])
     row = {"case": label, "rank": f"{R}/{k}", "engine_s": eng["seconds"],
            "engine_err": e_err / opt, "engine_rss": eng["peak_rss"],
-           "reported_err": L["relative_error"] / opt}
+           "reported_err": L["relative_error"] / opt,
+           "engine_runs": eng["runs"]}
     fl, passes = engine_flops(k, k, R, eng["log"][0] if eng["log"] else "")
     row["engine_bound_s"] = fl / (gf * 1e9) if fl else None
     row["min_bound_s"] = 2.0 * k * k * R / (gf * 1e9)  # one pass at width R
@@ -295,22 +309,33 @@ def bench_shape(args, torch, C, kk, red, gf, rows):
         W = np.load(path, mmap_mode="r")
         M = torch.from_numpy(matrix_of(W))
         del W
-        t0 = time.perf_counter()
-        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        row["svd_s"] = time.perf_counter() - t0
-        Mr = (U[:, :R] * S[:R]) @ Vh[:R]
-        row["svd_err"] = float(torch.linalg.norm(M - Mr) / torch.linalg.norm(M)) / opt
+        key = (C, kk)
+        if key not in TORCH_SVD:  # once per shape, best of --repeat
+            runs = []
+            for _ in range(args.repeat if k <= 6144 else 1):
+                t0 = time.perf_counter()
+                U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+                runs.append(time.perf_counter() - t0)
+                del U, Vh
+            TORCH_SVD[key] = (runs, S.double().numpy())
+        runs, S = TORCH_SVD[key]
+        row["svd_s"], row["svd_runs"] = min(runs), runs
+        # Its rank-R truncation is optimal up to float32 rounding.
+        row["svd_err"] = float(np.sqrt((S[R:] ** 2).sum() / (S ** 2).sum())) / opt
         row["svd_bound_s"] = 21.0 * k ** 3 / (gf * 1e9)  # Golub-Van Loan, thin
-        del U, S, Vh, Mr
         if red:
-            t0 = time.perf_counter()
-            torch.manual_seed(0)
-            U, S, V = torch.svd_lowrank(M, q=min(k, R + max(16, R // 8)), niter=2)
-            row["lowrank_s"] = time.perf_counter() - t0
-            Mr = (U[:, :R] * S[:R]) @ V[:, :R].T
+            runs = []
+            for _ in range(args.repeat if k <= 6144 else 1):
+                t0 = time.perf_counter()
+                torch.manual_seed(0)
+                U, S2, V = torch.svd_lowrank(M, q=min(k, R + max(16, R // 4)),
+                                             niter=2)
+                runs.append(time.perf_counter() - t0)
+            row["lowrank_s"] = min(runs)
+            Mr = (U[:, :R] * S2[:R]) @ V[:, :R].T
             row["lowrank_err"] = float(torch.linalg.norm(M - Mr) /
                                        torch.linalg.norm(M)) / opt
-            del U, S, V, Mr
+            del U, S2, V, Mr
         del M
     rows.append(row)
     report_row(row)
@@ -343,7 +368,7 @@ def model_files(torch, name, cache):
 
 def bench_model(args, torch, name, gf, rows):
     wpath, spath = model_files(torch, name, args.cache)
-    eng = run_engine(args, wpath, spath, "budget")
+    eng = best_of(args, wpath, spath, "budget")
     row = {"case": f"{name} budget", "engine_s": eng["seconds"],
            "engine_rss": eng["peak_rss"],
            "rank": "%d layers" % len(eng["layers"])}
@@ -351,25 +376,31 @@ def bench_model(args, torch, name, gf, rows):
         sd = torch.load(wpath)
         spec = json.load(open(spath))["layers"]
         ranks = {L["name"]: L for L in eng["layers"]}
-        t_svd, worst = 0.0, 0.0
-        for L in spec:
-            if L["kernel_size"][0] == 1 or L["kernel_size"][1] == 1:
-                continue
-            W = sd[L["name"] + ".weight"].numpy()
-            g = L["groups"]
-            O = W.shape[0] // g
-            for j in range(g):
-                M = torch.from_numpy(matrix_of(W[j * O:(j + 1) * O]))
-                t0 = time.perf_counter()
-                S = torch.linalg.svdvals(M) if L["name"] not in ranks else \
-                    torch.linalg.svd(M, full_matrices=False)[1]
-                t_svd += time.perf_counter() - t0
-            if L["name"] in ranks and g == 1:
-                e = ranks[L["name"]]
-                S = S.double().numpy()
-                opt = np.sqrt((S[e["rank"]:] ** 2).sum() / (S ** 2).sum())
-                if opt > 0:
-                    worst = max(worst, e["relative_error"] / opt)
+        # The peer a user would script: every kh,kw > 1 conv through
+        # torch (values only where the engine left the layer alone).
+        times, worst = [], 0.0
+        for rep in range(args.repeat):
+            t_svd = 0.0
+            for L in spec:
+                if L["kernel_size"][0] == 1 or L["kernel_size"][1] == 1:
+                    continue
+                W = sd[L["name"] + ".weight"].numpy()
+                g = L["groups"]
+                O = W.shape[0] // g
+                for j in range(g):
+                    M = torch.from_numpy(matrix_of(W[j * O:(j + 1) * O]))
+                    t0 = time.perf_counter()
+                    S = torch.linalg.svdvals(M) if L["name"] not in ranks else \
+                        torch.linalg.svd(M, full_matrices=False)[1]
+                    t_svd += time.perf_counter() - t0
+                if rep == 0 and L["name"] in ranks and g == 1:
+                    e = ranks[L["name"]]
+                    S = S.double().numpy()
+                    opt = np.sqrt((S[e["rank"]:] ** 2).sum() / (S ** 2).sum())
+                    if opt > 0:
+                        worst = max(worst, e["relative_error"] / opt)
+            times.append(t_svd)
+        t_svd = min(times)
         row["svd_s"] = t_svd
         row["engine_err"] = worst
         row["svd_err"] = 1.0
@@ -418,6 +449,9 @@ def main():
                     "resnet50, vgg16 (default: all)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-torch", action="store_true", help="engine only")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs per measurement, fastest kept (torch.linalg.svd "
+                    "runs once above k = 6144)")
     ap.add_argument("--lib")
     ap.add_argument("--cache", default="/tmp/decompd-bench")
     ap.add_argument("--json", help="also write the rows here")

@@ -40,7 +40,7 @@ bool core_svd_spectrum_uses_gram(int64_t m, int64_t n) {
 
 /* Oversampling: a tenth of the rank, at least 16, within k. */
 static int64_t sketch_width(int64_t k, int64_t R) {
-  int64_t p = R / 8 > 16 ? R / 8 : 16;
+  int64_t p = R / 4 > 16 ? R / 4 : 16;
   return R + p < k ? R + p : k;
 }
 
