@@ -3,9 +3,14 @@
  * A blob is written to a temp file under DATA_DIR/tmp (same file system),
  * hashed on the fly, fsynced, then renamed into place and its folder fsynced,
  * so a crash leaves either the whole blob or none (plus a temp file that
- * store_open removes). Blob files are never modified after the rename. */
+ * store_open removes). Blob files are never modified after the rename.
+ *
+ * An upload's SHA-256 is computed by a helper thread that reads back what
+ * the connection's thread has written (from the page cache), so hashing
+ * overlaps receiving and writing instead of adding to them. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,14 +153,75 @@ static int blob_place(store *s, const char *tmp, const char *digest) {
 
 struct store_upload {
   store *s;
-  int fd;
+  int fd;          /* written by the connection's thread */
   int64_t size;
   int64_t flushed; /* bytes whose writeback has been started */
   bool finished, committed;
-  store_sha256 *h;
+  store_sha256 *h; /* updated by the hasher only, until it is joined */
   char digest[STORE_DIGEST_LEN];
   char path[STORE_PATH_MAX + 64];
+  /* the hasher thread */
+  int rfd;
+  bool hasher_running;
+  pthread_t hasher;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int64_t written;  /* guarded by mu: bytes the hasher may read */
+  bool stop, abort; /* guarded by mu: no more data / give up */
+  bool hash_failed; /* guarded by mu */
 };
+
+static void *hasher_main(void *arg) {
+  store_upload *u = arg;
+  enum { BUF = 1 << 20 };
+  char *buf = malloc(BUF);
+  int64_t done = 0;
+  bool failed = buf == NULL;
+  while (!failed) {
+    pthread_mutex_lock(&u->mu);
+    while (done == u->written && !u->stop && !u->abort)
+      pthread_cond_wait(&u->cv, &u->mu);
+    int64_t target = u->written;
+    bool stop = u->stop, abort = u->abort;
+    pthread_mutex_unlock(&u->mu);
+    if (abort)
+      break;
+    while (done < target && !failed) {
+      size_t want = target - done < BUF ? (size_t)(target - done) : BUF;
+      ssize_t n = pread(u->rfd, buf, want, done);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0 || !store_sha256_update(u->h, buf, (size_t)n))
+        failed = true;
+      else
+        done += n;
+    }
+    if (stop) /* stop is set after the last write: done == written */
+      break;
+  }
+  free(buf);
+  if (failed) {
+    pthread_mutex_lock(&u->mu);
+    u->hash_failed = true;
+    pthread_mutex_unlock(&u->mu);
+  }
+  return NULL;
+}
+
+/* Tell the hasher to finish (or abort) and wait for it. */
+static void hasher_join(store_upload *u, bool abort) {
+  if (!u->hasher_running)
+    return;
+  pthread_mutex_lock(&u->mu);
+  if (abort)
+    u->abort = true;
+  else
+    u->stop = true;
+  pthread_cond_signal(&u->cv);
+  pthread_mutex_unlock(&u->mu);
+  pthread_join(u->hasher, NULL);
+  u->hasher_running = false;
+}
 
 int store_upload_begin(store *s, store_upload **out) {
   store_upload *u = calloc(1, sizeof *u);
@@ -163,6 +229,9 @@ int store_upload_begin(store *s, store_upload **out) {
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
   u->s = s;
   u->fd = -1;
+  u->rfd = -1;
+  pthread_mutex_init(&u->mu, NULL);
+  pthread_cond_init(&u->cv, NULL);
   u->h = store_sha256_new();
   char name[40];
   if (!u->h || !store_random_id("upload-", 12, name, sizeof name)) {
@@ -182,6 +251,17 @@ int store_upload_begin(store *s, store_upload **out) {
     store_upload_free(u);
     return rc;
   }
+  u->rfd = open(u->path, O_RDONLY | O_CLOEXEC);
+  if (u->rfd < 0) {
+    int rc = store_fail(io_err(errno), "%s: %s", u->path, strerror(errno));
+    store_upload_free(u);
+    return rc;
+  }
+  if (pthread_create(&u->hasher, NULL, hasher_main, u) != 0) {
+    store_upload_free(u);
+    return store_fail(DECOMP_ERR_NOMEM, "cannot start the hash thread");
+  }
+  u->hasher_running = true;
   *out = u;
   return DECOMP_OK;
 }
@@ -189,8 +269,6 @@ int store_upload_begin(store *s, store_upload **out) {
 int store_upload_write(store_upload *u, const void *buf, size_t len) {
   if (u->finished)
     return store_fail(DECOMP_ERR_INTERNAL, "upload already finished");
-  if (!store_sha256_update(u->h, buf, len))
-    return store_fail(DECOMP_ERR_INTERNAL, "sha256 update failed");
   const char *p = buf;
   size_t left = len;
   while (left > 0) {
@@ -205,6 +283,10 @@ int store_upload_write(store_upload *u, const void *buf, size_t len) {
     left -= (size_t)n;
   }
   u->size += (int64_t)len;
+  pthread_mutex_lock(&u->mu);
+  u->written = u->size;
+  pthread_cond_signal(&u->cv);
+  pthread_mutex_unlock(&u->mu);
   /* Start writeback as the data comes, so the fsync at the end waits for
    * the last few megabytes, not the whole file. */
   if (u->size - u->flushed >= WRITEBACK_STEP) {
@@ -220,11 +302,14 @@ const char *store_upload_path(const store_upload *u) { return u->path; }
 
 int store_upload_finish(store_upload *u, char digest[STORE_DIGEST_LEN]) {
   if (!u->finished) {
-    if (fsync(u->fd) != 0)
-      return store_fail(io_err(errno), "fsync %s: %s", u->path,
-                        strerror(errno));
-    if (!store_sha256_final(u->h, u->digest))
-      return store_fail(DECOMP_ERR_INTERNAL, "sha256 final failed");
+    /* fsync while the hasher catches up, then wait for it */
+    int sync_err = fsync(u->fd) != 0 ? errno : 0;
+    hasher_join(u, sync_err != 0);
+    if (sync_err)
+      return store_fail(io_err(sync_err), "fsync %s: %s", u->path,
+                        strerror(sync_err));
+    if (u->hash_failed || !store_sha256_final(u->h, u->digest))
+      return store_fail(DECOMP_ERR_INTERNAL, "%s: hashing failed", u->path);
     close(u->fd);
     u->fd = -1;
     u->finished = true;
@@ -245,11 +330,16 @@ int store_upload_commit(store_upload *u) {
 void store_upload_free(store_upload *u) {
   if (!u)
     return;
+  hasher_join(u, true);
   if (u->fd >= 0)
     close(u->fd);
+  if (u->rfd >= 0)
+    close(u->rfd);
   if (!u->committed && u->path[0])
     unlink(u->path);
   store_sha256_free(u->h);
+  pthread_mutex_destroy(&u->mu);
+  pthread_cond_destroy(&u->cv);
   free(u);
 }
 

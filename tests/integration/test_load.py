@@ -1,5 +1,6 @@
 """Load: 8 uploads and 200 status requests at once all succeed; memory stays
 flat in upload size (a 1 GiB upload keeps the daemon under 100 MB RSS)."""
+import hashlib
 import io
 import json
 import struct
@@ -59,6 +60,8 @@ def test_8_uploads_and_200_status_requests_at_once(daemon):
     sts = [r for r in results if r[0] == "status"]
     assert len(ups) == 8 and len(sts) == 200
     assert all(r[2] in (200, 201) for r in ups), [r[:3] for r in ups]
+    for r in ups:  # the digest computed on the fly is the content's
+        assert r[3]["digest"] == "sha256:" + hashlib.sha256(bodies[r[1]]).hexdigest()
     assert all(r[2] == 200 for r in sts), [r for r in sts if r[2] != 200][:5]
     _, models = daemon.json("GET", "/v1/models", expect=200)
     assert len(models["models"]) == 8  # bodies[0] deduplicated with "seed"
@@ -84,10 +87,12 @@ def test_rss_stays_flat_for_a_1gib_upload(daemon):
         c.putheader("Content-Length", str(len(head) + nbytes))
         c.endheaders()
         c.send(head)
-        chunk = bytes(1 << 20)
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+        want = hashlib.sha256(head)
         t0 = time.time()
         for _ in range(nbytes // len(chunk)):
             c.send(chunk)
+            want.update(chunk)
         r = c.getresponse()
         body = json.loads(r.read())
         secs = time.time() - t0
@@ -97,6 +102,7 @@ def test_rss_stays_flat_for_a_1gib_upload(daemon):
         t.join()
     assert r.status == 201, body
     assert body["size"] == len(head) + nbytes and body["format"] == "safetensors"
+    assert body["digest"] == "sha256:" + want.hexdigest()
     print("1 GiB upload: %.1f s, %.0f MB/s, peak RSS %d kB" % (secs, 1024 / secs, peak[0]))
     assert peak[0] < RSS_LIMIT_KB, "peak RSS %d kB" % peak[0]
     # downloading it back streams from the file too
