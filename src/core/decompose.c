@@ -152,55 +152,8 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
 /* One group's SVD step. With R == 0: the k singular values into all[k].
  * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the achieved discarded
  * energy in *disc, and, when this path knows them, all k values into
- * all[k] (*have_all). float64 runs exact gesdd; float32 goes through svd.c
- * (Gram spectrum, randomized truncated SVD for large matrices). `a` may be
- * destroyed. */
-static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
-                    double *a, int64_t R, uint64_t seed, double energy,
-                    const double *known, double *all, bool *have_all,
-                    double *s, double *u, double *v, double *disc,
-                    core_svd_report *rep) {
-  (void)seed, (void)energy, (void)known;
-  size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;
-  size_t r = (size_t)R;
-  *rep = (core_svd_report){.optimal = -1};
-  double *sv = malloc(k * sizeof *sv), *U = NULL, *VT = NULL;
-  int rc;
-  if (R > 0) {
-    U = malloc(m * k * sizeof *U);
-    VT = malloc(k * n * sizeof *VT);
-  }
-  if (!sv || (R > 0 && (!U || !VT))) {
-    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-    goto out;
-  }
-  if (R == 0)
-    rc = core_svd_values_f64(ctx, what, gm->m, gm->n, a, sv);
-  else
-    rc = core_svd_f64(ctx, what, gm->m, gm->n, a, sv, U, VT);
-  if (rc != DECOMP_OK)
-    goto out;
-  for (size_t x = 0; x < k; x++)
-    all[x] = sv[x];
-  *have_all = true;
-  if (R == 0)
-    goto out;
-  memcpy(u, U, m * r * sizeof *u);
-  for (size_t q = 0; q < r; q++) {
-    s[q] = sv[q];
-    for (size_t j = 0; j < n; j++)
-      v[j + n * q] = VT[q + k * j];
-  }
-  *disc = 0; /* from the smallest σ up */
-  for (size_t x = k; x-- > r;)
-    *disc += sv[x] * sv[x];
-out:
-  free(sv);
-  free(U);
-  free(VT);
-  return rc;
-}
-
+ * all[k] (*have_all), through svd.c (gesdd for small matrices; for large
+ * ones the Gram spectrum and the randomized truncated SVD). `a` is kept. */
 static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
                     float *a, int64_t R, uint64_t seed, double energy,
                     const double *known, double *all, bool *have_all,
@@ -212,6 +165,25 @@ static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
     return core_svd_spectrum_f32(ctx, what, gm->m, gm->n, a, all);
   }
   int rc = core_svd_rank_f32(ctx, what, gm->m, gm->n, a, R, seed, energy,
+                             known, s, u, v, all, rep);
+  if (rc != DECOMP_OK)
+    return rc;
+  *disc = rep->discarded;
+  *have_all = !rep->randomized;
+  return DECOMP_OK;
+}
+
+static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
+                    double *a, int64_t R, uint64_t seed, double energy,
+                    const double *known, double *all, bool *have_all,
+                    double *s, double *u, double *v, double *disc,
+                    core_svd_report *rep) {
+  *rep = (core_svd_report){.optimal = -1};
+  if (R == 0) {
+    *have_all = true;
+    return core_svd_spectrum_f64(ctx, what, gm->m, gm->n, a, all);
+  }
+  int rc = core_svd_rank_f64(ctx, what, gm->m, gm->n, a, R, seed, energy,
                              known, s, u, v, all, rep);
   if (rc != DECOMP_OK)
     return rc;
@@ -270,9 +242,8 @@ static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
       s = malloc(r * sizeof *s);                                               \
       V = malloc(n * r * sizeof *V);                                           \
       F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
-      S = malloc((size_t)gm->g * n * r * sizeof *S);                           \
     }                                                                          \
-    if (!A || !all || (R > 0 && (!s || !V || !F || !S))) {                     \
+    if (!A || !all || (R > 0 && (!s || !V || !F))) {                           \
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
       goto done;                                                               \
     }                                                                          \
@@ -320,6 +291,16 @@ static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
         agg->width = rep.width;                                                \
       if (R == 0)                                                              \
         continue;                                                              \
+      /* The matrix is done with after the last group: release it before    \
+       * the second factor exists, so the peak holds one of the two. */      \
+      if (j + 1 == (size_t)gm->g) {                                            \
+        free(A);                                                               \
+        A = NULL;                                                              \
+      }                                                                        \
+      if (!S && !(S = malloc((size_t)gm->g * n * r * sizeof *S))) {            \
+        rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);      \
+        goto done;                                                             \
+      }                                                                        \
       for (size_t q = 0; q < r; q++) {                                         \
         T sq = (T)sqrt((double)(s[q] > 0 ? s[q] : 0));                         \
         /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q, in place. */            \

@@ -98,6 +98,29 @@ int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
                       int bits, bool want_sigma, const double *known,
                       core_factors *out, core_svd_report *rep);
 
+/* The same in float64 (the wrappers below too): the same algorithms and
+ * thresholds on doubles, for F64 weights and {"compute": "float64"}
+ * (the amct preset's default). */
+int core_svd_spectrum_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const double *a, double *s);
+int core_svd_rank_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                      const double *a, int64_t R, uint64_t seed, double energy,
+                      const double *sigma, double *s, double *u, double *v,
+                      double *all, core_svd_report *rep);
+void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                double alpha, const double *a, int64_t lda, const double *b,
+                int64_t ldb, double beta, double *c, int64_t ldc);
+void core_dsyrk(bool ta, int64_t n, int64_t k, const double *a, int64_t lda,
+                double *c, int64_t ldc);
+int core_eig_values_f64(decomp_ctx *ctx, const char *what, int64_t n,
+                        double *a, double *w);
+int core_eig_top_f64(decomp_ctx *ctx, const char *what, int64_t n, double *a,
+                     int64_t r, double *w, double *z);
+int core_qr_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                double *a);
+int core_orth_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
+                  double *a);
+
 /* A seed for a layer's group: FNV-1a of the name, mixed with the group. */
 uint64_t core_svd_seed(const char *name, int64_t group);
 

@@ -127,6 +127,51 @@ START_TEST(truncated_error_is_within_one_percent_on_flat_spectra) {
 }
 END_TEST
 
+START_TEST(float64_truncated_svd_and_spectrum_take_the_same_paths) {
+  int64_t m = 700, n = 640, k = 640, R = 120;
+  double *s = malloc((size_t)k * sizeof *s);
+  for (int64_t i = 0; i < k; i++)
+    s[i] = 1.0 / (1.0 + (double)i / 15.0) + 0.02;
+  float *af = with_spectrum(m, n, s);
+  double *a = malloc((size_t)(m * n) * sizeof *a);
+  double energy = 0;
+  for (int64_t i = 0; i < m * n; i++) {
+    a[i] = af[i];
+    energy += a[i] * a[i];
+  }
+  double *sv = malloc((size_t)R * sizeof *sv), *g = malloc((size_t)k * 8);
+  double *u = malloc((size_t)(m * R) * sizeof *u);
+  double *v = malloc((size_t)(n * R) * sizeof *v);
+  core_svd_report rep;
+  ck_assert_int_eq(core_svd_rank_f64(NULL, "a", m, n, a, R, 3, energy, NULL,
+                                     sv, u, v, NULL, &rep),
+                   DECOMP_OK);
+  ck_assert(rep.randomized);
+  double got = 0;
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < m; i++) {
+      double x = a[i + m * j];
+      for (int64_t q = 0; q < R; q++)
+        x -= u[i + m * q] * sv[q] * v[j + n * q];
+      got += x * x;
+    }
+  ck_assert_int_eq(core_svd_spectrum_f64(NULL, "a", m, n, a, g), DECOMP_OK);
+  double opt = sumsq(g, R, k);
+  ck_assert_msg(sqrt(got) <= 1.01 * sqrt(opt), "ratio %.5f",
+                sqrt(got / opt));
+  ck_assert_double_eq_tol(sqrt(rep.discarded), sqrt(got), 1e-6 * sqrt(got));
+  for (int64_t i = 0; i < k; i++) /* the float32 input's own spectrum */
+    ck_assert_double_eq_tol(g[i], s[i], 1e-5);
+  free(s);
+  free(af);
+  free(a);
+  free(sv);
+  free(g);
+  free(u);
+  free(v);
+}
+END_TEST
+
 START_TEST(gram_spectrum_matches_gesdd) {
   int64_t m = 700, n = 600, k = 600;
   ck_assert(core_svd_spectrum_uses_gram(m, n));
@@ -333,6 +378,7 @@ static Suite *suite(void) {
   tcase_add_test(t, truncated_error_is_within_one_percent_on_decaying_spectra);
   tcase_add_test(t, truncated_error_is_within_one_percent_on_flat_spectra);
   tcase_add_test(t, gram_spectrum_matches_gesdd);
+  tcase_add_test(t, float64_truncated_svd_and_spectrum_take_the_same_paths);
   tcase_add_test(t, truncated_svd_is_deterministic_at_each_blas_thread_count);
   tcase_add_test(t, parallel_layers_give_the_bytes_of_serial_layers);
   tcase_add_test(t, parallel_layers_report_errors_and_progress_in_spec_order);
