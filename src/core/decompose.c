@@ -192,6 +192,58 @@ static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
   return DECOMP_OK;
 }
 
+/* Phase 1's spectrum of group j of a large layer, without gathering the
+ * whole matrix: the smaller Gram matrix accumulated (ssyrk) from slabs of
+ * 256 columns (m ≤ n: A·Aᵀ) or rows (m > n: Aᵀ·A) gathered straight from
+ * the kernel, then its eigenvalues. Peak memory is the k×k Gram matrix and
+ * one slab, not the m×n matrix as well. */
+#define GRAM_SPECTRUM(T, SUFFIX, SYRK)                                         \
+  static int gram_##SUFFIX(decomp_ctx *ctx, const char *what, const T *W,     \
+                           const geom *gm, size_t j, double *out) {           \
+    size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
+    bool cols = m <= n;                                                        \
+    size_t len = cols ? n : m, other = cols ? m : n, slab = 256;               \
+    size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
+    size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
+    size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb;                           \
+    T *G = malloc(k * k * sizeof *G), *B = malloc(other * slab * sizeof *B);   \
+    int rc = DECOMP_OK;                                                        \
+    if (!G || !B) {                                                            \
+      rc = core_fail(ctx, DECOMP_ERR_NOMEM,                                    \
+                     "%s: out of memory for a %zux%zu Gram matrix", what, k,   \
+                     k);                                                       \
+      goto out;                                                                \
+    }                                                                          \
+    for (size_t c0 = 0; c0 < len; c0 += slab) {                                \
+      size_t cw = len - c0 < slab ? len - c0 : slab;                           \
+      for (size_t x = 0; x < cw; x++)                                          \
+        for (size_t y = 0; y < other; y++) {                                   \
+          size_t row = cols ? y : c0 + x, col = cols ? c0 + x : y;             \
+          size_t i = row / ka, pa = row % ka, o = col / kb, pb = col % kb;     \
+          size_t h = gm->vfirst ? pa : pb, w = gm->vfirst ? pb : pa;           \
+          T v = W[(((j * O + o) * I + i) * kh + h) * kw + w];                  \
+          if (cols)                                                            \
+            B[y + other * x] = v; /* m×cw, ld m */                             \
+          else                                                                 \
+            B[x + cw * y] = v; /* cw×n, ld cw */                               \
+        }                                                                      \
+      if (cols)                                                                \
+        SYRK(false, (int64_t)k, (int64_t)cw, B, (int64_t)other, c0 ? 1 : 0,    \
+             G, (int64_t)k);                                                   \
+      else                                                                     \
+        SYRK(true, (int64_t)k, (int64_t)cw, B, (int64_t)cw, c0 ? 1 : 0, G,     \
+             (int64_t)k);                                                      \
+    }                                                                          \
+    rc = core_svd_gram_values_##SUFFIX(ctx, what, (int64_t)k, G, out);         \
+  out:                                                                         \
+    free(G);                                                                   \
+    free(B);                                                                   \
+    return rc;                                                                 \
+  }
+
+GRAM_SPECTRUM(float, f32, core_ssyrk)
+GRAM_SPECTRUM(double, f64, core_dsyrk)
+
 /* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
  * runs of k values when they are known (*have_sigma). With rank == 0 only
  * the values are computed; else the factors, scaled by Σ^½, land in new
@@ -234,6 +286,16 @@ static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
     *have_sigma = false;                                                       \
     if (!sigma && R == 0)                                                      \
       goto done;                                                               \
+    if (R == 0 && core_svd_spectrum_uses_gram(gm->m, gm->n)) {                 \
+      for (size_t j = 0; j < (size_t)gm->g; j++) {                             \
+        snprintf(what, sizeof what, "%s group %zu", name, j);                  \
+        rc = gram_##SUFFIX(ctx, what, W, gm, j, sigma + j * (size_t)gm->k);    \
+        if (rc != DECOMP_OK)                                                   \
+          goto done;                                                           \
+      }                                                                        \
+      *have_sigma = true;                                                      \
+      goto done;                                                               \
+    }                                                                          \
     size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
     size_t r = (size_t)R;                                                      \
     A = malloc(m * n * sizeof *A);                                             \

@@ -127,9 +127,9 @@ void core_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
 }
 
 void core_ssyrk(bool ta, int64_t n, int64_t k, const float *a, int64_t lda,
-                float *c, int64_t ldc) {
+                float beta, float *c, int64_t ldc) {
   cblas_ssyrk(CblasColMajor, CblasLower, ta ? CblasTrans : CblasNoTrans,
-              (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, 0.0f, c,
+              (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, beta, c,
               (blasint)ldc);
 }
 
@@ -344,9 +344,9 @@ void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha,
 }
 
 void core_dsyrk(bool ta, int64_t n, int64_t k, const double *a, int64_t lda,
-                double *c, int64_t ldc) {
+                double beta, double *c, int64_t ldc) {
   cblas_dsyrk(CblasColMajor, CblasLower, ta ? CblasTrans : CblasNoTrans,
-              (blasint)n, (blasint)k, 1.0, a, (blasint)lda, 0.0, c,
+              (blasint)n, (blasint)k, 1.0, a, (blasint)lda, beta, c,
               (blasint)ldc);
 }
 

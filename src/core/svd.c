@@ -44,6 +44,25 @@ static int64_t sketch_width(int64_t k, int64_t R) {
   return R + p < k ? R + p : k;
 }
 
+#define GRAM_VALUES(T, SUFFIX)                                                 \
+  int core_svd_gram_values_##SUFFIX(decomp_ctx *ctx, const char *what,        \
+                                    int64_t k, T *g, double *s) {             \
+    size_t kk = (size_t)k;                                                     \
+    T *w = malloc(kk * sizeof *w);                                             \
+    if (!w)                                                                    \
+      return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);      \
+    int rc = core_eig_values_##SUFFIX(ctx, what, k, g, w);                     \
+    for (size_t i = 0; rc == DECOMP_OK && i < kk; i++) {                       \
+      double l = (double)w[kk - 1 - i];                                        \
+      s[i] = l > 0 ? sqrt(l) : 0.0;                                            \
+    }                                                                          \
+    free(w);                                                                   \
+    return rc;                                                                 \
+  }
+
+GRAM_VALUES(float, f32)
+GRAM_VALUES(double, f64)
+
 bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R) {
   int64_t k = m < n ? m : n;
   if (k <= RANK_EXACT_MAX)
@@ -81,7 +100,7 @@ int core_svd_spectrum_f32(decomp_ctx *ctx, const char *what, int64_t m,
                      (long long)k, (long long)k);
   }
   /* m ≤ n: A·Aᵀ (m×m); else Aᵀ·A (n×n). */
-  core_ssyrk(m > n, k, m < n ? n : m, a, m, g, k);
+  core_ssyrk(m > n, k, m < n ? n : m, a, m, 0, g, k);
   rc = core_eig_values_f32(ctx, what, k, g, w);
   for (size_t i = 0; rc == DECOMP_OK && i < kk; i++) {
     double l = w[kk - 1 - i];
@@ -164,7 +183,7 @@ static bool converged(int it, double prev, double e, double last_gain) {
 static int rank_error(decomp_ctx *ctx, const char *what, const float *Z,
                       int64_t q, int64_t l, int64_t R, double energy, float *c,
                       float *w, double *out) {
-  core_ssyrk(true, l, q, Z, q, c, l);
+  core_ssyrk(true, l, q, Z, q, 0, c, l);
   int rc = core_eig_values_f32(ctx, what, l, c, w);
   if (rc != DECOMP_OK)
     return rc;
@@ -250,7 +269,7 @@ int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
     prev = e;
   }
   /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = ZᵀZ = W·Λ·Wᵀ. */
-  core_ssyrk(true, l, q, Z, q, C, l);
+  core_ssyrk(true, l, q, Z, q, 0, C, l);
   if ((rc = core_eig_top_f32(ctx, what, l, C, R, lam, W)) != DECOMP_OK)
     goto out;
   double kept = 0;
@@ -332,7 +351,7 @@ int core_svd_spectrum_f64(decomp_ctx *ctx, const char *what, int64_t m,
                      (long long)k, (long long)k);
   }
   /* m ≤ n: A·Aᵀ (m×m); else Aᵀ·A (n×n). */
-  core_dsyrk(m > n, k, m < n ? n : m, a, m, g, k);
+  core_dsyrk(m > n, k, m < n ? n : m, a, m, 0, g, k);
   rc = core_eig_values_f64(ctx, what, k, g, w);
   for (size_t i = 0; rc == DECOMP_OK && i < kk; i++) {
     double l = w[kk - 1 - i];
@@ -398,7 +417,7 @@ static void fill_random_f64(double *x, size_t n, uint64_t seed) {
 static int rank_error_f64(decomp_ctx *ctx, const char *what, const double *Z,
                       int64_t q, int64_t l, int64_t R, double energy, double *c,
                       double *w, double *out) {
-  core_dsyrk(true, l, q, Z, q, c, l);
+  core_dsyrk(true, l, q, Z, q, 0, c, l);
   int rc = core_eig_values_f64(ctx, what, l, c, w);
   if (rc != DECOMP_OK)
     return rc;
@@ -484,7 +503,7 @@ int core_svd_rank_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
     prev = e;
   }
   /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = ZᵀZ = W·Λ·Wᵀ. */
-  core_dsyrk(true, l, q, Z, q, C, l);
+  core_dsyrk(true, l, q, Z, q, 0, C, l);
   if ((rc = core_eig_top_f64(ctx, what, l, C, R, lam, W)) != DECOMP_OK)
     goto out;
   double kept = 0;

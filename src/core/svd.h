@@ -13,9 +13,10 @@
 void core_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                 const float *a, int64_t lda, const float *b, int64_t ldb,
                 float beta, float *c, int64_t ldc);
-/* Lower triangle of c (n×n) = op(a)·op(a)ᵀ, op(a) n×k (a is k×n when ta). */
+/* Lower triangle of c (n×n) = op(a)·op(a)ᵀ + beta·c, op(a) n×k (a is k×n
+ * when ta). */
 void core_ssyrk(bool ta, int64_t n, int64_t k, const float *a, int64_t lda,
-                float *c, int64_t ldc);
+                float beta, float *c, int64_t ldc);
 /* OpenBLAS's thread count (process-wide) and setting it (n ≥ 1). */
 int core_blas_threads(void);
 void core_blas_set_threads(int n);
@@ -62,6 +63,13 @@ bool core_svd_spectrum_uses_gram(int64_t m, int64_t n);
  * the info file as computed. */
 int core_svd_spectrum_f32(decomp_ctx *ctx, const char *what, int64_t m,
                           int64_t n, const float *a, double *s);
+
+/* σ (descending, k values into s) from the lower triangle of the k×k Gram
+ * matrix g (destroyed): √max(λ, 0) of its eigenvalues, values only. */
+int core_svd_gram_values_f32(decomp_ctx *ctx, const char *what, int64_t k,
+                             float *g, double *s);
+int core_svd_gram_values_f64(decomp_ctx *ctx, const char *what, int64_t k,
+                             double *g, double *s);
 
 /* Whether a rank-R SVD of an m×n matrix takes the randomized path. */
 bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
@@ -111,7 +119,7 @@ void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                 double alpha, const double *a, int64_t lda, const double *b,
                 int64_t ldb, double beta, double *c, int64_t ldc);
 void core_dsyrk(bool ta, int64_t n, int64_t k, const double *a, int64_t lda,
-                double *c, int64_t ldc);
+                double beta, double *c, int64_t ldc);
 int core_eig_values_f64(decomp_ctx *ctx, const char *what, int64_t n,
                         double *a, double *w);
 int core_eig_top_f64(decomp_ctx *ctx, const char *what, int64_t n, double *a,

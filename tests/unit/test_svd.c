@@ -205,6 +205,47 @@ START_TEST(gram_spectrum_matches_gesdd) {
 }
 END_TEST
 
+/* Phase 1 of a large layer builds its Gram matrix from slabs of the kernel
+ * (never the whole matrix): same spectrum, both orientations. */
+START_TEST(layer_spectrum_from_kernel_slabs_matches_the_matrix) {
+  static const int64_t io[][2] = {{300, 260}, {260, 300}};
+  for (int c = 0; c < 2; c++) {
+    int64_t I = io[c][0], O = io[c][1], kh = 3, kw = 3;
+    int64_t m = I * kh, n = O * kw, k = m < n ? m : n;
+    double *s = malloc((size_t)k * sizeof *s);
+    for (int64_t i = 0; i < k; i++)
+      s[i] = 1.0 / (1.0 + (double)i / 30.0) + 0.01;
+    float *a = with_spectrum(m, n, s);
+    float *W = malloc((size_t)(m * n) * sizeof *W);
+    for (int64_t o = 0; o < O; o++)
+      for (int64_t i = 0; i < I; i++)
+        for (int64_t h = 0; h < kh; h++)
+          for (int64_t w = 0; w < kw; w++)
+            W[((o * I + i) * kh + h) * kw + w] =
+                a[(i * kh + h) + m * (o * kw + w)];
+    decomp_layer l = {.name = "c", .type = "Conv2d", .in_channels = I,
+                      .out_channels = O, .kernel_size = {kh, kw},
+                      .stride = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    decomp_tensor t = {.name = "c.weight", .dtype = DECOMP_DTYPE_F32,
+                       .ndim = 4, .shape = {O, I, kh, kw},
+                       .stride = {I * kh * kw, kh * kw, kw, 1}, .data = W};
+    core_factors f;
+    ck_assert(core_svd_spectrum_uses_gram(m, n));
+    ck_assert_int_eq(core_factorize(NULL, &l, &t, CORE_ORDER_VERTICAL_FIRST,
+                                    0, 32, true, &f),
+                     DECOMP_OK);
+    for (int64_t i = 0; i < k; i++)
+      ck_assert_msg(fabs(f.sigma[i] - s[i]) <= 1e-4 * s[i],
+                    "case %d sigma %lld: %.9g want %.9g", c, (long long)i,
+                    f.sigma[i], s[i]);
+    core_factors_clear(&f);
+    free(s);
+    free(a);
+    free(W);
+  }
+}
+END_TEST
+
 /* The factors of one truncated SVD as bytes. */
 static void run_bytes(const float *a, int64_t m, int64_t n, int64_t R,
                       double energy, float *out /* R + (m+n)·R */) {
@@ -378,6 +419,7 @@ static Suite *suite(void) {
   tcase_add_test(t, truncated_error_is_within_one_percent_on_decaying_spectra);
   tcase_add_test(t, truncated_error_is_within_one_percent_on_flat_spectra);
   tcase_add_test(t, gram_spectrum_matches_gesdd);
+  tcase_add_test(t, layer_spectrum_from_kernel_slabs_matches_the_matrix);
   tcase_add_test(t, float64_truncated_svd_and_spectrum_take_the_same_paths);
   tcase_add_test(t, truncated_svd_is_deterministic_at_each_blas_thread_count);
   tcase_add_test(t, parallel_layers_give_the_bytes_of_serial_layers);
