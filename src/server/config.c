@@ -21,6 +21,10 @@ const config_key CONFIG_KEYS[] = {
     {"max_connections", "open connections at most (1024)"},
     {"connection_timeout", "seconds an idle connection is kept (60)"},
     {"log_level", "error, warn, info or debug (info)"},
+    {"torchscript_timeout",
+     "seconds a job's TorchScript reader may run (120)"},
+    {"torchscript_memory",
+     "TorchScript reader's memory limit (0: 2G + 4 x archive, >= 4G)"},
     {NULL, NULL},
 };
 
@@ -35,6 +39,8 @@ void config_defaults(config *c) {
   c->max_connections = 1024;
   c->connection_timeout = 60;
   c->log_level = LOG_INFO;
+  c->torchscript_timeout = 120;
+  c->torchscript_memory = 0;
 }
 
 static int parse_size(const char *v, int64_t *out) {
@@ -113,6 +119,12 @@ int config_set(config *c, const char *key, const char *value, char *err,
     bad = parse_int(value, 1, 1000000, &c->max_connections);
   } else if (strcmp(key, "connection_timeout") == 0) {
     bad = parse_int(value, 1, 86400, &c->connection_timeout);
+  } else if (strcmp(key, "torchscript_timeout") == 0) {
+    bad = parse_int(value, 1, 86400, &c->torchscript_timeout);
+  } else if (strcmp(key, "torchscript_memory") == 0) {
+    /* 0: the library's default; otherwise at least 64 MiB */
+    bad = parse_size(value, &c->torchscript_memory) ||
+          (c->torchscript_memory != 0 && c->torchscript_memory < (64 << 20));
   } else if (strcmp(key, "log_level") == 0) {
     c->log_level = log_level_from_name(value);
     bad = c->log_level < 0;

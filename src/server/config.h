@@ -24,6 +24,11 @@ typedef struct config {
   int max_connections;      /* max_connections: open connections (1024) */
   int connection_timeout;   /* connection_timeout: idle seconds (60) */
   int log_level;            /* log_level: error|warn|info|debug (info) */
+  int torchscript_timeout;  /* torchscript_timeout: seconds (wall clock and
+                               CPU) a job's TorchScript reader may run (120) */
+  int64_t torchscript_memory; /* torchscript_memory: the reader's address-
+                               space limit, bytes (0: decomp_torchscript_read's
+                               default, 2 GiB + 4 × archive, at least 4 GiB) */
 } config;
 
 /* One settable key: name, what it means (for --help). */

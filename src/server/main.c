@@ -1,6 +1,10 @@
 /* main.c — the decompd program: settings, the `serve` lifecycle (store,
  * workers, HTTP, signals), and the admin verbs (`token`, `--routes`).
  *
+ * SIGCHLD keeps its default disposition: the TorchScript reader's child
+ * process is waited for by pid (decomp/torchscript.h), which SIG_IGN would
+ * break.
+ *
  * Shutdown on SIGTERM/SIGINT: stop accepting and close connections, stop
  * the workers (a running job is requeued at its next layer boundary), close
  * the store (the WAL is checkpointed), exit 0. */
@@ -14,6 +18,7 @@
 #include "auth.h"
 #include "config.h"
 #include "decomp/decomp.h"
+#include "decomp/torchscript.h"
 #include "http.h"
 #include "log.h"
 #include "worker.h"
@@ -183,9 +188,21 @@ static int serve(const config *c) {
   LOG(LOG_INFO, "main", NULL,
       "event=store_open data_dir=%s schema_version=%d requeued=%d",
       log_q(c->data_dir), store_schema_version(s), requeued);
-  if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &pool)) !=
+  worker_ts_limits ts = {.time_seconds = c->torchscript_timeout,
+                         .memory_bytes = (uint64_t)c->torchscript_memory};
+  if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &ts, &pool)) !=
       DECOMP_OK)
     goto out;
+  if (decomp_torchscript_supported()) {
+    const char *reader = worker_ts_reader();
+    LOG(LOG_INFO, "main", NULL,
+        "event=torchscript supported=yes reader=%s available=%s "
+        "timeout=%d memory=%lld",
+        log_q(reader), access(reader, X_OK) == 0 ? "yes" : "no",
+        c->torchscript_timeout, (long long)c->torchscript_memory);
+  } else {
+    LOG(LOG_INFO, "main", NULL, "event=torchscript supported=no");
+  }
   if ((rc = http_start(c, s, &h, &port)) != DECOMP_OK)
     goto out;
   LOG(LOG_INFO, "main", NULL,

@@ -5,7 +5,8 @@
  * Handlers read the request, talk to the store and queue, and answer. They
  * may open a weight file to validate it (the engine's readers map it and
  * check every size and offset: milliseconds, no decomposition); the SVD work
- * is the workers' alone. Bodies are JSON; errors application/problem+json
+ * is the workers' alone, and so is loading a TorchScript archive (it runs
+ * the archive's code, in a sandboxed reader process: worker.c). Bodies are JSON; errors application/problem+json
  * with the code from decomp/errors.h. */
 #include <ctype.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <jansson.h>
 
 #include "decomp/decomp.h"
+#include "decomp/torchscript.h"
 #include "dashboard.h"
 #include "http.h"
 #include "log.h"
@@ -133,6 +135,25 @@ static void h_model_upload(http_req *r) {
     goto done;
   }
   rc = decomp_weights_open(ctx, store_upload_path(u), &w);
+  /* A TorchScript archive (a zip whose directory parses and holds
+   * constants.pkl) is accepted on that alone when this build can read
+   * TorchScript: loading it runs the archive's code and may take up to the
+   * reader's time limit, so a job's worker does it, in the sandboxed reader
+   * process (worker.c). */
+  bool ts = false;
+  if (rc == DECOMP_ERR_TORCHSCRIPT && decomp_torchscript_supported()) {
+    const char *reader = worker_ts_reader();
+    if (access(reader, X_OK) != 0) {
+      http_reply_problem(r, DECOMP_ERR_TORCHSCRIPT,
+                         "a TorchScript archive: this server's TorchScript "
+                         "reader is not installed");
+      LOG(LOG_ERROR, "models", http_req_id(r),
+          "event=torchscript_reader_missing reader=%s", log_q(reader));
+      goto done;
+    }
+    ts = true;
+    rc = DECOMP_OK;
+  }
   if (rc != DECOMP_OK) {
     const char *m = decomp_errmsg(ctx);
     const char *tmp = store_upload_path(u);
@@ -147,9 +168,11 @@ static void h_model_upload(http_req *r) {
   snprintf(m.digest, sizeof m.digest, "%s", digest);
   snprintf(m.name, sizeof m.name, "%s", name);
   snprintf(m.format, sizeof m.format, "%s",
-           decomp_format_name(decomp_weights_format(w)));
+           decomp_format_name(ts ? DECOMP_FORMAT_TORCHSCRIPT
+                                 : decomp_weights_format(w)));
   m.size = store_upload_size(u);
-  m.tensors = (int64_t)decomp_weights_count(w);
+  /* A TorchScript archive's tensors are counted only by loading it. */
+  m.tensors = ts ? 0 : (int64_t)decomp_weights_count(w);
   decomp_weights_free(w);
   w = NULL;
   bool created = false;
@@ -214,8 +237,14 @@ static void h_model_delete(http_req *r) {
     http_reply(r, 204, NULL, NULL, 0);
 }
 
+static bool is_torchscript(const store_model *m) {
+  return strcmp(m->format, "torchscript") == 0;
+}
+
 /* Parse `spec_text` and check it against the model's weights; on failure
- * the reply is a problem and the result is not DECOMP_OK. */
+ * the reply is a problem and the result is not DECOMP_OK. A TorchScript
+ * model's weights are known only once a job has loaded the archive: its
+ * spec is parsed here and checked against them when the job runs. */
 static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
                          const char *spec_text, decomp_spec **out) {
   decomp_weights *w = NULL;
@@ -225,6 +254,10 @@ static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
   if (rc != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
     return rc;
+  }
+  if (is_torchscript(m)) {
+    *out = spec;
+    return DECOMP_OK;
   }
   /* The spec must fit the weights: fail now, not in the queue. */
   rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
@@ -552,7 +585,7 @@ static void h_job_submit(http_req *r) {
       store_problem(r, rc);
       goto done;
     }
-    if (!spec_text) {
+    if (!spec_text && !is_torchscript(&m)) {
       http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
                          "no 'spec' given and model %s has none (PUT "
                          "/v1/models/%s/spec)",
@@ -565,37 +598,43 @@ static void h_job_submit(http_req *r) {
                        "'policy' must be a policy name or object");
     goto done;
   }
+  /* A TorchScript model with no spec given nor attached: the worker takes
+   * the layer spec from the archive (the job's spec is stored empty). */
+  bool spec_from_archive = !js && !spec_text;
   ctx = decomp_ctx_new();
-  if (!spec_text)
+  if (js)
     spec_text = json_dumps(js, JSON_COMPACT);
   pol_text = !jp ? strdup("budget")
              : json_is_string(jp) ? strdup(json_string_value(jp))
                                   : json_dumps(jp, JSON_COMPACT);
-  if (!ctx || !spec_text || !pol_text) {
+  if (!ctx || (!spec_text && !spec_from_archive) || !pol_text) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  if (spec_validate(r, ctx, &m, spec_text, &spec) != DECOMP_OK)
+  if (!spec_from_archive &&
+      spec_validate(r, ctx, &m, spec_text, &spec) != DECOMP_OK)
     goto done;
   if ((rc = decomp_policy_parse(ctx, pol_text, &pol)) != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
     goto done;
   }
-  spec_canon = decomp_spec_to_json(spec);
+  static char no_spec[1] = "";
+  spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
   pol_canon = decomp_policy_to_json(pol);
-  if (!spec_canon || !pol_canon) {
+  if ((!spec_canon && !spec_from_archive) || !pol_canon) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
   /* Identical input (model, canonical spec, canonical policy) is one job. */
-  size_t klen = strlen(m.id) + strlen(spec_canon) + strlen(pol_canon) + 3;
+  const char *spec_key = spec_canon ? spec_canon : no_spec;
+  size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) + 3;
   char *kin = malloc(klen);
   char key_hex[65];
   if (!kin) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  snprintf(kin, klen, "%s\n%s\n%s", m.id, spec_canon, pol_canon);
+  snprintf(kin, klen, "%s\n%s\n%s", m.id, spec_key, pol_canon);
   bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
   free(kin);
   if (!hashed) {
@@ -603,7 +642,7 @@ static void h_job_submit(http_req *r) {
     goto done;
   }
   snprintf(job.model_id, sizeof job.model_id, "%s", m.id);
-  job.spec = spec_canon;
+  job.spec = spec_canon ? spec_canon : no_spec;
   job.policy = pol_canon;
   bool created = false;
   rc = store_job_submit(s, key_hex, &job, &created);

@@ -1,9 +1,17 @@
 /* worker.c — the decomposition workers (see worker.h): claim, decompose,
  * store, repeat. The only server file that calls the engine's decomposition;
  * it tells the engine how many cores each run may use
- * (decomp_options.threads), and the engine sets BLAS to match. */
+ * (decomp_options.threads), and the engine sets BLAS to match.
+ *
+ * A TorchScript model is read here, never in a request handler: loading it
+ * runs code the archive carries, so decomp_torchscript_read runs the
+ * sandboxed reader process (its private folder under the data dir's tmp/,
+ * the torchscript_timeout / torchscript_memory limits, killed when the job
+ * is cancelled or the daemon stops). It waits for its child by pid: the
+ * daemon never sets SIGCHLD to SIG_IGN. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -13,6 +21,7 @@
 #include <unistd.h>
 
 #include "decomp/decomp.h"
+#include "decomp/torchscript.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -22,6 +31,12 @@ struct worker_pool {
   store *s;
   int n;
   int blas_threads; /* cores each decomposition may use */
+  double ts_seconds;     /* TorchScript reader's time limit */
+  uint64_t ts_memory;    /* its address-space limit; 0: the default */
+  /* Absolute paths: the reader runs in its work folder, so a relative
+   * data dir or DECOMPD_TS_READER would not resolve there. */
+  char ts_tmpdir[PATH_MAX];
+  char ts_reader[PATH_MAX];
   pthread_t *threads;
   atomic_bool stopping;
 };
@@ -59,6 +74,7 @@ struct run {
   worker_pool *p;
   store_job *job;
   bool cancelled; /* by the user, not by shutdown */
+  unsigned polls; /* cancel polls while the TorchScript reader runs */
 };
 
 static void engine_log(void *user, int level, const char *topic,
@@ -97,6 +113,65 @@ static int on_progress(void *user, const decomp_progress *pr) {
     return 1;
   }
   return 0;
+}
+
+/* decomp_ts_limits.cancel: polled about every 50 ms while the reader runs;
+ * shutdown is seen at once, a user's cancel within about 250 ms. */
+static int ts_cancel(void *user) {
+  struct run *r = user;
+  if (atomic_load(&r->p->stopping))
+    return 1;
+  if (r->polls++ % 5 != 0)
+    return 0;
+  bool yes = false;
+  if (store_job_cancel_requested(r->p->s, r->job->id, &yes) == DECOMP_OK &&
+      yes) {
+    r->cancelled = true;
+    return 1;
+  }
+  return 0;
+}
+
+/* Weights and spec of a TorchScript model: both from the archive, or the
+ * job's spec (given at submit or attached to the model) checked against the
+ * archive's weights. */
+static int read_torchscript(struct run *r, decomp_ctx *ctx, const char *path,
+                            decomp_weights **w, decomp_spec **spec) {
+  worker_pool *p = r->p;
+  decomp_ts_limits lim = {0};
+  lim.time_seconds = p->ts_seconds;
+  lim.memory_bytes = p->ts_memory;
+  lim.tmpdir = p->ts_tmpdir;
+  lim.reader_path = p->ts_reader;
+  lim.cancel = ts_cancel;
+  lim.cancel_user = r;
+  decomp_spec *ts_spec = NULL;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int rc = decomp_torchscript_read(ctx, path, &lim, w, &ts_spec);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  if (rc != DECOMP_OK) {
+    LOG(LOG_INFO, "worker", r->job->id,
+        "event=torchscript_read ok=no seconds=%.3f code=%s", secs,
+        decomp_error_code(rc));
+    return rc;
+  }
+  LOG(LOG_INFO, "worker", r->job->id,
+      "event=torchscript_read ok=yes seconds=%.3f tensors=%zu layers=%zu "
+      "spec=%s",
+      secs, decomp_weights_count(*w), decomp_spec_count(ts_spec),
+      r->job->spec[0] ? "job" : "archive");
+  if (!r->job->spec[0]) {
+    *spec = ts_spec;
+    return DECOMP_OK;
+  }
+  decomp_spec_free(ts_spec);
+  rc = decomp_spec_parse(ctx, r->job->spec, strlen(r->job->spec), spec);
+  if (rc == DECOMP_OK)
+    rc = decomp_spec_check(ctx, *spec, *w);
+  return rc;
 }
 
 static int write_file(const char *path, const char *text) {
@@ -212,9 +287,11 @@ static void run_job(worker_pool *p, store_job *job) {
     snprintf(msg, sizeof msg, "model %s: %s", job->model_id, store_errmsg());
     goto done;
   }
-  if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
-      (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec), &spec)) !=
-          DECOMP_OK ||
+  bool ts = strcmp(m.format, "torchscript") == 0;
+  if ((ts && (rc = read_torchscript(&r, ctx, path, &w, &spec)) != DECOMP_OK) ||
+      (!ts && (rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK) ||
+      (!ts && (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec),
+                                      &spec)) != DECOMP_OK) ||
       (rc = decomp_policy_parse(ctx, job->policy, &pol)) != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
     goto done;
@@ -299,7 +376,7 @@ static void *worker_main(void *arg) {
 }
 
 int worker_pool_start(store *s, int workers, int blas_threads,
-                      worker_pool **out) {
+                      const worker_ts_limits *ts, worker_pool **out) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   if (cores < 1)
     cores = 1;
@@ -321,6 +398,12 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   }
   p->s = s;
   p->blas_threads = blas_threads;
+  p->ts_seconds = ts && ts->time_seconds > 0 ? ts->time_seconds : 120.0;
+  p->ts_memory = ts ? ts->memory_bytes : 0;
+  if (!realpath(store_tmp_dir(s), p->ts_tmpdir))
+    snprintf(p->ts_tmpdir, sizeof p->ts_tmpdir, "%s", store_tmp_dir(s));
+  if (!realpath(worker_ts_reader(), p->ts_reader)) /* missing: said later */
+    snprintf(p->ts_reader, sizeof p->ts_reader, "%s", worker_ts_reader());
   atomic_init(&p->stopping, false);
   for (int i = 0; i < workers; i++) {
     if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
@@ -336,6 +419,11 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   }
   *out = p;
   return DECOMP_OK;
+}
+
+const char *worker_ts_reader(void) {
+  const char *env = getenv("DECOMPD_TS_READER");
+  return env && env[0] ? env : decomp_torchscript_reader_path();
 }
 
 int worker_pool_size(const worker_pool *p) { return p ? p->n : 0; }

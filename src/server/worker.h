@@ -5,23 +5,39 @@
  * never exceed the cores. Cancellation and shutdown take effect at the next
  * layer boundary (the engine's progress callback answers "stop"): a
  * cancelled job ends `cancelled`, a job interrupted by shutdown goes back to
- * the queue and runs again at the next start. */
+ * the queue and runs again at the next start.
+ *
+ * A job on a TorchScript model reads the archive first, in the sandboxed
+ * reader process (decomp/torchscript.h); cancellation and shutdown kill the
+ * reader within about 250 ms. Its layer spec is the archive's unless the
+ * job carries one. */
 #ifndef DECOMPD_SERVER_WORKER_H
 #define DECOMPD_SERVER_WORKER_H
+
+#include <stdint.h>
 
 #include "store.h"
 
 typedef struct worker_pool worker_pool;
 
+/* Limits of a job's TorchScript reader (decomp_ts_limits). */
+typedef struct worker_ts_limits {
+  double time_seconds;   /* wall clock and CPU; <= 0: 120 */
+  uint64_t memory_bytes; /* address space; 0: the library's default */
+} worker_ts_limits;
+
 /* Start `workers` threads (0: one per core) with `blas_threads` BLAS threads
- * each (0: cores / workers, at least 1). */
+ * each (0: cores / workers, at least 1). `ts` may be NULL (defaults). */
 int worker_pool_start(store *s, int workers, int blas_threads,
-                      worker_pool **out);
+                      const worker_ts_limits *ts, worker_pool **out);
 /* A job was queued: wake an idle worker (of the running pool, if any). */
 void worker_pool_wake(void);
 /* Stop: running jobs are requeued at their next layer boundary; joins the
  * threads. NULL is fine. */
 void worker_pool_stop(worker_pool *p);
+/* The TorchScript reader program jobs run: $DECOMPD_TS_READER, else the
+ * installed one (decomp_torchscript_reader_path()). */
+const char *worker_ts_reader(void);
 /* Workers in the pool. */
 int worker_pool_size(const worker_pool *p);
 

@@ -3,7 +3,8 @@
  * A blob is written to a temp file under DATA_DIR/tmp (same file system),
  * hashed on the fly, fsynced, then renamed into place and its folder fsynced,
  * so a crash leaves either the whole blob or none (plus a temp file that
- * store_open removes). Blob files are never modified after the rename.
+ * store_open removes, as it removes a TorchScript reader's work folder left
+ * by a daemon that was killed). Blob files are never modified after the rename.
  *
  * An upload's SHA-256 is computed by a helper thread that reads back what
  * the connection's thread has written (from the page cache), so hashing
@@ -18,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <dirent.h>
+#include <ftw.h>
 
 #include "store_int.h"
 
@@ -66,6 +68,17 @@ static int fsync_dir(const char *dir) {
   return rc;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)st;
+  (void)ftw;
+  if (flag == FTW_DP)
+    rmdir(path);
+  else
+    unlink(path);
+  return 0;
+}
+
 int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
   if (snprintf(p->root, sizeof p->root, "%s", data_dir) >= (int)sizeof p->root ||
       snprintf(p->blobs, sizeof p->blobs, "%s/blobs/sha256", data_dir) >=
@@ -88,7 +101,11 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
   while ((e = readdir(d)) != NULL) {
     if (e->d_name[0] == '.')
       continue;
-    unlinkat(dirfd(d), e->d_name, 0);
+    if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno == EISDIR) {
+      char sub[sizeof p->tmp + 256];
+      snprintf(sub, sizeof sub, "%s/%s", p->tmp, e->d_name);
+      nftw(sub, rm_entry, 8, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    }
   }
   closedir(d);
   return DECOMP_OK;

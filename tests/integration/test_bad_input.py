@@ -142,12 +142,27 @@ def test_unknown_ids_routes_and_methods(daemon):
     still_serving(daemon)
 
 
-def test_torchscript_is_refused_for_now(daemon):
+def test_torchscript_upload_needs_support(daemon_factory):
+    """A TorchScript archive is accepted (format torchscript) when the build
+    reads TorchScript and its reader is there; refused with
+    torchscript_unsupported, nothing stored, otherwise."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(net), buf)
+    if os.environ.get("DECOMPD_TS_ENABLED") == "1":
+        # Supported: accepted on its structure alone (test_torchscript.py
+        # has the jobs) ...
+        d = daemon_factory(name="ts").start()
+        status, doc = d.upload(buf.getvalue())
+        assert status == 201, doc
+        assert doc["format"] == "torchscript" and doc["tensors"] == 0, doc
+        still_serving(d)
+        # ... unless the reader is missing: refused, nothing stored.
+        env = {"DECOMPD_TS_READER": "/nonexistent/decompd-ts-reader"}
+        daemon = daemon_factory(env=env, name="noreader").start()
+    else:
+        daemon = daemon_factory().start()
     status, hdrs, body = daemon.request("POST", "/v1/models", body=buf.getvalue())
-    assert status == 422, body
     doc = assert_problem(status, hdrs, body, 422, "torchscript_unsupported")
     assert doc
     assert stored_files(daemon) == []
