@@ -54,6 +54,9 @@ def test_bad_settings_are_refused(tmp_path):
         ([], {"DECOMPD_MAX_UPLOAD_BYTES": "lots"}, "DECOMPD_MAX_UPLOAD_BYTES"),
         (["--config", str(tmp_path / "missing.conf")], {}, "missing.conf"),
         (["--log-level"], {}, "needs a value"),
+        (["--torchscript-timeout", "0"], {}, "bad value for torchscript_timeout"),
+        (["--torchscript-memory", "1K"], {}, "bad value for torchscript_memory"),
+        ([], {"DECOMPD_TORCHSCRIPT_TIMEOUT": "soon"}, "DECOMPD_TORCHSCRIPT_TIMEOUT"),
     ]:
         r = subprocess.run([BIN, "--data-dir", str(tmp_path / "v")] + args,
                            capture_output=True, text=True, timeout=30,
@@ -63,3 +66,21 @@ def test_bad_settings_are_refused(tmp_path):
     bad.write_text("colour = blue\n")
     r = subprocess.run([BIN, "--config", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "bad.conf:1: unknown setting 'colour'" in r.stderr
+
+
+def test_torchscript_settings(daemon_factory):
+    """torchscript_timeout (120 s) and torchscript_memory (0: the reader's
+    default) from the environment and flags; logged at start."""
+    d = daemon_factory(args=["--torchscript-memory", "2G"],
+                       env={"DECOMPD_TORCHSCRIPT_TIMEOUT": "7"}).start()
+    line = [l for l in d.log().splitlines() if "event=torchscript " in l][0]
+    if os.environ.get("DECOMPD_TS_ENABLED") == "1":
+        assert "supported=yes" in line and "available=yes" in line, line
+        assert "timeout=7 memory=2147483648" in line, line
+    else:
+        assert "supported=no" in line, line
+    d.stop()
+    d = daemon_factory(name="defaults").start()
+    line = [l for l in d.log().splitlines() if "event=torchscript " in l][0]
+    if os.environ.get("DECOMPD_TS_ENABLED") == "1":
+        assert "timeout=120 memory=0" in line, line

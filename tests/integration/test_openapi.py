@@ -90,7 +90,8 @@ def test_help_is_true_to_the_code():
     r = subprocess.run([BIN, "--help"], capture_output=True, text=True)
     assert r.returncode == 0
     for flag in ("--data-dir", "--listen", "--config", "--max-upload-bytes", "--workers",
-                 "--blas-threads", "--http-threads", "--log-level", "token create"):
+                 "--blas-threads", "--http-threads", "--log-level", "token create",
+                 "--torchscript-timeout", "--torchscript-memory"):
         assert flag in r.stdout, flag
     # every flag the help lists is accepted
     for line in r.stdout.splitlines():
