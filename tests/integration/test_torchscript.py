@@ -420,8 +420,15 @@ def test_cancel_and_shutdown_stop_the_reader(daemon_factory):
     t0 = time.monotonic()
     assert d.stop(timeout=20) == 0
     assert time.monotonic() - t0 < 10
+    # a reader's work folder left by a daemon that was killed is removed at
+    # the next start
+    left = os.path.join(d.data_dir, "tmp", "decompd-ts-AbC123")
+    os.makedirs(left)
+    with open(os.path.join(left, "weights.safetensors"), "wb") as f:
+        f.write(b"x" * 100)
     d.args = SERIAL + ["--torchscript-timeout", "2"]
     d.start()
+    assert not os.path.exists(left)
     again = d.wait_job(j2["id"], timeout=60)
     assert again["state"] == "failed" and again["attempts"] >= 2, again
     assert again["error"]["code"] == "bad_torchscript"
