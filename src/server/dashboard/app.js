@@ -710,6 +710,7 @@ function newView(view, gen) {
   const showSpecNote = () => {
     const m = models.get(model.value);
     specNote.textContent = m && m.has_spec ? ' optional: this model has a layer spec attached'
+      : m && m.format === 'torchscript' ? ' optional: a TorchScript model carries its own'
       : ' required: the model has no layer spec attached';
   };
   model.addEventListener('change', showSpecNote);
