@@ -1,15 +1,21 @@
 /* decompose.c — decomp_decompose: the spatial SVD of a model's Conv2d layers
  * (DESIGN "The decomposition").
  *
- * Two passes over the spec, one layer in memory at a time. Phase 1 checks
- * each eligible layer's weights for NaN/Inf and, when the policy chooses
- * ranks from the spectrum, computes its singular values (values only, the
- * cheap SVD). The policy then chooses every rank at once (a budget needs the
- * whole model). Phase 2 factorizes each layer with a rank: per group j the
- * matrix M_j[(i,h),(o,w)] = W[j·O+o, i, h, w] (vertical-first; the
- * transposed reshape M_j[(i,w),(o,h)] for horizontal-first) is split as
- * U_R Σ_R^½ (first conv) and V_R Σ_R^½ (second conv). Only the new tensors
- * are kept; everything else in the result is borrowed from the input. */
+ * Two passes over the spec. Phase 1 checks each eligible layer's weights for
+ * NaN/Inf and, when the policy chooses ranks from the spectrum, computes its
+ * singular values (values only: gesdd for small matrices, the eigenvalues
+ * of a Gram matrix built from kernel slabs for large ones; svd.c). The
+ * policy then chooses every rank at once (a budget needs the whole model).
+ * Phase 2 factorizes each layer with a rank: per group j the matrix
+ * M_j[(i,h),(o,w)] = W[j·O+o, i, h, w] (vertical-first; the transposed
+ * reshape M_j[(i,w),(o,h)] for horizontal-first) is split as U_R Σ_R^½
+ * (first conv) and V_R Σ_R^½ (second conv), from gesdd (small) or the
+ * randomized truncated SVD with its accuracy control (large); the info
+ * file's error is the one achieved. With decomp_options.threads ≥ 2 the
+ * layers of each phase run on a small pool (see "layers in parallel"
+ * below); memory is bounded by the layers in flight plus the new factors.
+ * Only the new tensors are kept; everything else in the result is borrowed
+ * from the input. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
