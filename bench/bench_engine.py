@@ -113,7 +113,7 @@ def child(args):
     ctx = lib.decomp_ctx_new()
     logs = []
     logfn = LOG_FN(lambda u, lvl, topic, msg: logs.append(msg.decode()))
-    lib.decomp_ctx_set_log(ctx, logfn, None, 2)
+    lib.decomp_ctx_set_log(ctx, logfn, None, 3 if os.environ.get("BENCH_DEBUG") else 2)
     w = ctypes.c_void_p()
     keep = None
     if args.weights.endswith(".npy"):
@@ -150,7 +150,8 @@ def child(args):
                        "max_rank": L.get("max_rank"),
                        "relative_error": L["stats"]["relative_error"]}
                       for L in info["layers"]],
-           "log": [m for m in logs if "rank=" in m]}
+           "log": [m for m in logs if "rank=" in m],
+           "spectrum_log": [m for m in logs if "phase=spectrum" in m]}
     if keep is not None and info["layers"]:
         # Independent check of the single layer: ||M - F S^T|| / ||M||.
         rw = lib.decomp_result_weights(res)

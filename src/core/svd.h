@@ -86,7 +86,7 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * Rayleigh–Ritz step on the Gram matrix of the ℓ×n projection. The
  * iterations stop when the rank-ℓ projection error ‖A‖² − ‖QᵀA‖² improves
  * by less than 0.1% between two of them (or, with `sigma`, when the rank-R
- * error is within 0.5% of the optimum); if a known optimum is still missed
+ * error is within 0.8% of the optimum); if a known optimum is still missed
  * by more than 1% after the last iteration, the exact path runs instead.
  * The sketch is drawn from `seed`, so equal inputs give equal bytes.
  * When the exact path ran (rep->randomized false) and `all` is not NULL,
