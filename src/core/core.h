@@ -102,6 +102,8 @@ typedef struct core_layer_view {
   double params_before;  /* weight (+ bias) elements */
   double params_per_rank;/* params_after(R) = R · params_per_rank + bias */
   double params_bias;    /* bias elements (0 without bias) */
+  bool macs_estimated;   /* no input_size: MACs use an estimated output
+                            area (CORE_MACS_EST_SIDE / out_channels)² */
   /* Singular values, filled by decompose.c only when the policy asks
    * (core_policy_needs_spectrum): `groups` runs of `max_rank` values, each
    * descending. NULL otherwise. */
@@ -109,6 +111,10 @@ typedef struct core_layer_view {
   int64_t groups;
   double energy_total;   /* Σ σ² over all groups (the kernel's ‖W‖²) */
 } core_layer_view;
+
+/* Without input_size the output area of a conv is estimated as
+ * (CORE_MACS_EST_SIDE / out_channels)² (policy.c says why). */
+#define CORE_MACS_EST_SIDE 3584.0
 
 /* Why a layer is left alone, or NULL when it is decomposed. Static strings
  * or strings owned by the decision. */

@@ -196,6 +196,7 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
   bad |= json_object_set(root, "policy", pol);
 
   double p_before = 0, p_after = 0, m_before = 0, m_after = 0, worst = 0;
+  bool estimated = false; /* some conv had no input_size */
   size_t ndec = 0;
   for (size_t i = 0; i < n && !bad; i++) {
     const core_info_layer *L = &layers[i];
@@ -207,6 +208,7 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
         bad |= add_spectra(s, L);
       bad |= json_array_append_new(skipped, s);
       if (L->is_conv) { /* at full cost */
+        estimated |= L->view.macs_estimated;
         p_before += L->view.params_before;
         p_after += L->view.params_before;
         m_before += L->view.macs_before;
@@ -215,6 +217,7 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       continue;
     }
     const core_layer_view *v = &L->view;
+    estimated |= v->macs_estimated;
     double R = (double)L->rank;
     double pa = R * v->params_per_rank + v->params_bias;
     double ma = R * v->macs_per_rank;
@@ -231,6 +234,8 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
                                number(v->params_before));
     bad |= json_object_set_new(stats, "params_after", number(pa));
     bad |= json_object_set_new(stats, "macs_before", number(v->macs_before));
+    if (v->macs_estimated)
+      bad |= json_object_set_new(stats, "macs_estimated", json_true());
     bad |= json_object_set_new(stats, "macs_after", number(ma));
     bad |= json_object_set_new(
         stats, "macs_ratio",
@@ -276,6 +281,8 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
   bad |= json_object_set_new(summary, "params_after", number(p_after));
   bad |= json_object_set_new(summary, "macs_before", number(m_before));
   bad |= json_object_set_new(summary, "macs_after", number(m_after));
+  if (estimated)
+    bad |= json_object_set_new(summary, "macs_estimated", json_true());
   bad |= json_object_set_new(summary, "worst_relative_error", json_real(worst));
   bad |= json_object_set(root, "layers", arr);
   bad |= json_object_set(root, "skipped", skipped);

@@ -610,10 +610,21 @@ bool core_layer_view_init(const decomp_layer *l, core_order order,
     v->macs_per_rank = vert ? Ho * Wi * g * I * kh + Ho * Wo * Cout * kw
                             : Hi * Wo * g * I * kw + Ho * Wo * Cout * kh;
   } else {
-    /* Per output pixel; the first conv runs on the unstrided axis. */
-    v->macs_before = Cout * I * kh * kw;
-    v->macs_per_rank = vert ? g * I * kh * sw + Cout * kw
-                            : g * I * kw * sh + Cout * kh;
+    /* No input size: per output pixel (the first conv runs on the
+     * unstrided axis) times an estimated output area. Per-pixel figures
+     * alone would make the deepest layers look the most expensive by the
+     * square of their channel growth; CNNs halve the resolution as they
+     * double the channels, so the area is estimated as (side / Cout)² with
+     * side = 3584 (56x56 at 64 channels, 7x7 at 512: ResNets and VGG at
+     * 224x224). Then every 3x3 conv of such a net weighs what it really
+     * does, a 1x1 downsample 1/18 of it, and a whole-model budget spends
+     * rank where the cost is. The info file marks these MACs as estimated;
+     * input_size in the spec gives exact ones. */
+    double side = CORE_MACS_EST_SIDE / Cout, area = side * side;
+    v->macs_before = area * Cout * I * kh * kw;
+    v->macs_per_rank = area * (vert ? g * I * kh * sw + Cout * kw
+                                    : g * I * kw * sh + Cout * kh);
+    v->macs_estimated = true;
   }
   int64_t Ii = l->in_channels / l->groups, Oi = l->out_channels / l->groups;
   int64_t a = vert ? Ii * l->kernel_size[0] : Ii * l->kernel_size[1];

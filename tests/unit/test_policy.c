@@ -236,21 +236,25 @@ START_TEST(cost_model_per_pixel_and_exact) {
   char why[160];
   ck_assert(core_layer_view_init(&l, CORE_ORDER_VERTICAL_FIRST, &v, why, sizeof why));
   ck_assert_int_eq(v.max_rank, 96);          /* min(32·3, 64·5) */
-  ck_assert_double_eq(v.macs_before, 128.0 * 32 * 15);
-  ck_assert_double_eq(v.macs_per_rank, 2.0 * 32 * 3 * 1 + 128 * 5);
+  /* No input size: per output pixel times the estimated area (3584/128)². */
+  const double area = 28.0 * 28.0;
+  ck_assert(v.macs_estimated);
+  ck_assert_double_eq(v.macs_before, area * 128.0 * 32 * 15);
+  ck_assert_double_eq(v.macs_per_rank, area * (2.0 * 32 * 3 * 1 + 128 * 5));
   ck_assert_double_eq(v.params_before, 128.0 * 32 * 15 + 128);
   ck_assert_double_eq(v.params_per_rank, 2.0 * 32 * 3 + 128 * 5);
   ck_assert_double_eq(v.params_bias, 128);
   ck_assert_int_eq(v.groups, 2);
   ck_assert(core_layer_view_init(&l, CORE_ORDER_HORIZONTAL_FIRST, &v, why, sizeof why));
   ck_assert_int_eq(v.max_rank, 160);         /* min(32·5, 64·3) */
-  ck_assert_double_eq(v.macs_per_rank, 2.0 * 32 * 5 * 2 + 128 * 3);
+  ck_assert_double_eq(v.macs_per_rank, area * (2.0 * 32 * 5 * 2 + 128 * 3));
   ck_assert_double_eq(v.params_per_rank, 2.0 * 32 * 5 + 128 * 3);
 
   /* Exact: input 20x30, padding (1, 2) → output 10x30. */
   l.input_size[0] = 20;
   l.input_size[1] = 30;
   ck_assert(core_layer_view_init(&l, CORE_ORDER_VERTICAL_FIRST, &v, why, sizeof why));
+  ck_assert(!v.macs_estimated);
   ck_assert_double_eq(v.macs_before, 10.0 * 30 * 128 * 32 * 15);
   /* vertical conv: 10 rows × 30 (unstrided, unpadded) columns */
   ck_assert_double_eq(v.macs_per_rank, 10.0 * 30 * 2 * 32 * 3 + 10.0 * 30 * 128 * 5);
@@ -261,7 +265,7 @@ START_TEST(cost_model_per_pixel_and_exact) {
   decomp_layer p = conv("pw", 64, 64, 1, 1, 1, 1);
   ck_assert(!core_layer_view_init(&p, CORE_ORDER_VERTICAL_FIRST, &v, why, sizeof why));
   ck_assert_str_eq(why, "kernel is 1x1");
-  ck_assert_double_eq(v.macs_before, 64.0 * 64); /* filled all the same */
+  ck_assert_double_eq(v.macs_before, 56.0 * 56 * 64 * 64); /* filled all the same */
   ck_assert_int_eq(v.max_rank, 0);
   decomp_layer h = conv("h", 64, 64, 1, 3, 1, 1);
   ck_assert(!core_layer_view_init(&h, CORE_ORDER_HORIZONTAL_FIRST, &v, why, sizeof why));
@@ -286,7 +290,7 @@ START_TEST(fixed_ratio_energy_max_error_on_a_known_spectrum) {
   ck_assert_int_eq(choose1("{\"name\": \"fixed\", \"rank\": 5}", &v, NULL), 5);
   /* rank 30 clamps to 24, which costs more than the conv */
   ck_assert_int_eq(choose1("{\"name\": \"fixed\", \"rank\": 30}", &v, why), 0);
-  ck_assert_str_eq(why, "rank 24 would not make it cheaper (576 MACs -> 1152)");
+  ck_assert_str_eq(why, "rank 24 would not make it cheaper (115605504 MACs -> 231211008)");
   /* unless the policy says a saving is not required */
   ck_assert_int_eq(choose1("{\"name\": \"ratio\", \"ratio\": 1,"
                            " \"require_cheaper\": false}", &v, NULL), 24);
@@ -713,7 +717,7 @@ START_TEST(budget_out_of_reach_goes_as_far_as_it_can) {
   core_rank_decision d2[2];
   ck_assert_int_eq(core_policy_choose(ctx, p, v2, 2, d2), DECOMP_OK);
   ck_assert_int_eq(d2[0].rank, 0);
-  ck_assert_str_eq(d2[0].reason, "rank 1 would not make it cheaper (9 MACs -> 9)");
+  ck_assert_str_eq(d2[0].reason, "rank 1 would not make it cheaper (115605504 MACs -> 115605504)");
   ck_assert_int_gt(d2[1].rank, 0);
   decomp_policy_free(p);
 
