@@ -99,7 +99,30 @@ class _Options(ctypes.Structure):
         ("source_digest", ctypes.c_char_p),
         ("source_format", ctypes.c_char_p),
         ("record_spectra", ctypes.c_bool),
+        ("threads", ctypes.c_int),
     ]
+
+
+def engine_threads():
+    """Cores the engine may use for one decomposition: DECOMPD_THREADS, else
+    OPENBLAS_NUM_THREADS (a process that pins BLAS gets the same engine),
+    else the cores this process may run on. The engine's output bytes depend
+    on this number (see decomp_options.threads); a daemon with W workers on
+    C cores uses C // W, so `decompd --workers 1` gives the same bytes as
+    this default on the same machine."""
+    for var in ("DECOMPD_THREADS", "OPENBLAS_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v:
+            try:
+                n = int(v)
+            except ValueError:
+                raise ValueError(f"{var}={v!r} is not a number of threads")
+            if n >= 1:
+                return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 _P = ctypes.c_void_p  # opaque handles
@@ -458,6 +481,7 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
             opts.source_digest = None
             opts.source_format = None
             opts.record_spectra = False
+            opts.threads = engine_threads()
             ctx.check(lib.decomp_decompose(ctx.ptr, w, spec, pol,
                                            ctypes.byref(opts),
                                            ctypes.byref(res)),

@@ -116,3 +116,24 @@ def test_torchscript_file_submission(daemon, tmp_path):
     local, lch = auto_decomposition(SmallNet.make())
     assert pch == lch and lch
     same(local, pulled, "torchscript")
+
+
+def test_defaults_match_a_one_worker_daemon_without_pinning(daemon_factory, tmp_path, monkeypatch):
+    """No thread pinning on either side: the in-process engine uses every
+    core it may run on, as does a daemon with one worker (threads = cores ÷
+    workers), so resnet18 — whose layer4 convs are large enough to run with
+    several BLAS threads — comes out with the same bytes."""
+    from decompd._engine import engine_threads
+    from decompd.tensor_decompose import auto_decomposition
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("DECOMPD_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert engine_threads() == cores
+    d = daemon_factory(args=("--workers", "1"), name="one-worker").start()
+    local, lch = auto_decomposition(resnet(), tmp_path / "local.json")
+    monkeypatch.setenv("DECOMPD_CACHE", str(tmp_path / "cache"))
+    remote, rch = auto_decomposition(resnet(), tmp_path / "remote.json",
+                                     server=url_of(d))
+    assert lch == rch and lch
+    same(local, remote, "defaults")
+    assert layers(tmp_path / "local.json") == layers(tmp_path / "remote.json")
