@@ -179,7 +179,10 @@ typedef struct core_factors {
   int64_t groups, k;       /* sigma holds `groups` runs of k = max rank */
   double *sigma;           /* descending per group; NULL when not asked */
   double energy_total;     /* ‖W‖², summed from the weights */
-  double energy_discarded; /* Σ σ² beyond the rank, over all groups */
+  double energy_discarded; /* ‖W − first·second‖² achieved, over all
+                              groups: Σ σ² beyond the rank on the exact
+                              path, within 1% (in error) of it on the
+                              truncated one (svd.h) */
   decomp_dtype dtype;      /* of first/second: the weight's */
   void *first, *second;    /* dense new weights; NULL at rank 0 */
   int64_t first_shape[4], second_shape[4];
