@@ -28,7 +28,8 @@ fi
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang CFLAGS="-fsanitize=fuzzer-no-link" \
     meson setup "$build" "$top" -Db_sanitize=address,undefined \
-    -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null || exit 1
+    -Db_lundef=false -Dbuildtype=debugoptimized -Dtorchscript=disabled \
+    >/dev/null || exit 1
 fi
 ninja -C "$build" $(printf 'tests/fuzz/fuzz_%s ' "${targets[@]}") || exit 1
 
