@@ -284,6 +284,16 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
       goto nomem;
     hdrs = n;
   }
+  if (rq->body_fd >= 0) {
+    /* Ask before sending a file: decompd answers 401/403/413 from the
+     * headers alone, and with 100-continue that answer arrives instead of a
+     * broken pipe half-way through the body (curl adds the header itself
+     * only above 1 MiB). */
+    struct curl_slist *n = curl_slist_append(hdrs, "Expect: 100-continue");
+    if (!n)
+      goto nomem;
+    hdrs = n;
+  }
 
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
@@ -323,7 +333,11 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
   rs->status = status;
   c->http_status = (int)status;
-  if (cc == CURLE_OK) {
+  if (cc == CURLE_OK ||
+      ((cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR) && status >= 400 &&
+       x.sink_rc == DECOMP_OK)) {
+    /* An early error answer (the server stopped reading the body) is still
+     * the server's answer: the caller reports its status. */
     rc = DECOMP_OK;
   } else if (x.sink_rc != DECOMP_OK) {
     rc = x.sink_rc; /* the sink left its message on c */
