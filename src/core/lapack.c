@@ -158,181 +158,34 @@ static size_t lwork_of(double query) {
   return lw + lw / 64;
 }
 
-int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
-                        float *a, float *w) {
-  int rc = check_sym(ctx, what, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  lapack_int ln = (lapack_int)n, info, iq = 0;
-  float query = 0;
-  /* The one-stage tridiagonal reduction is half matrix-vector work, bound
-   * by memory once the matrix leaves the cache; the two-stage one is
-   * matrix-matrix work and wins above a few thousand (measured: 3072 is
-   * 2.7 s vs 3.3 s, 5120 is 27 s vs 13 s on two cores). */
-  bool two = n >= 4096;
-  if (two)
-    info = LAPACKE_ssyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                                     &query, -1);
-  else
-    info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                               &query, -1, &iq, -1);
-  if (info != 0)
-    return check_info(ctx, what, info, two ? "ssyev_2stage" : "ssyevd");
-  size_t lw = lwork_of(query);
-  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
-  if (!work || !iwork) {
-    free(work);
-    free(iwork);
-    return core_fail(ctx, DECOMP_ERR_NOMEM,
-                     "%s: out of memory for the eigensolver", what);
-  }
-  if (two)
-    info = LAPACKE_ssyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                                     work, (lapack_int)lw);
-  else
-    info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w, work,
-                               (lapack_int)lw, iwork, iq > 1 ? iq : 1);
-  free(work);
-  free(iwork);
-  return check_info(ctx, what, info, two ? "ssyev_2stage" : "ssyevd");
-}
+#define SFX_(name, suffix) name##_##suffix
+#define SFX2_(name, suffix) SFX_(name, suffix)
 
-int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
-                     int64_t r, float *w, float *z) {
-  int rc = check_sym(ctx, what, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (r < 1 || r > n)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: %lld eigenpairs of %lld",
-                     what, (long long)r, (long long)n);
-  lapack_int ln = (lapack_int)n, found = 0, iq = 0, info;
-  lapack_int il = (lapack_int)(n - r + 1), iu = ln;
-  float query = 0;
-  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * (size_t)n);
-  if (!isuppz)
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                             il, iu, 0, &found, w, z, ln, isuppz, &query, -1,
-                             &iq, -1);
-  if (info != 0) {
-    free(isuppz);
-    return check_info(ctx, what, info, "ssyevr");
-  }
-  size_t lw = lwork_of(query);
-  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
-  if (!work || !iwork) {
-    free(work);
-    free(iwork);
-    free(isuppz);
-    return core_fail(ctx, DECOMP_ERR_NOMEM,
-                     "%s: out of memory for the eigensolver", what);
-  }
-  info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                             il, iu, 0, &found, w, z, ln, isuppz, work,
-                             (lapack_int)lw, iwork, iq > 1 ? iq : 1);
-  free(work);
-  free(iwork);
-  free(isuppz);
-  if (info == 0 && found != (lapack_int)r)
-    return core_fail(ctx, DECOMP_ERR_SVD_FAILED,
-                     "%s: ssyevr found %d of %lld eigenpairs", what, (int)found,
-                     (long long)r);
-  return check_info(ctx, what, info, "ssyevr");
-}
+#define T float
+#define SFX(name) SFX2_(name, f32)
+#define LA(name) LAPACKE_s##name
+#define CB(name) cblas_s##name
+#define P "s"
+#include "lapack_tmpl.h"
+#undef T
+#undef SFX
+#undef LA
+#undef CB
+#undef P
 
-int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
-                float *a) {
-  int rc = check_dims(ctx, what, m, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (n > m)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: QR of a wide matrix", what);
-  lapack_int lm = (lapack_int)m, ln = (lapack_int)n, info;
-  float q1 = 0, q2 = 0;
-  float *tau = malloc(sizeof *tau * (size_t)n);
-  if (!tau)
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, &q1, -1);
-  if (info == 0)
-    info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, &q2,
-                               -1);
-  if (info != 0) {
-    free(tau);
-    return check_info(ctx, what, info, "sgeqrf");
-  }
-  size_t lw = lwork_of(q1 > q2 ? q1 : q2);
-  float *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  if (!work) {
-    free(tau);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  }
-  info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, work,
-                             (lapack_int)lw);
-  if (info == 0)
-    info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, work,
-                               (lapack_int)lw);
-  free(work);
-  free(tau);
-  return check_info(ctx, what, info, "sgeqrf/sorgqr");
-}
+#define T double
+#define SFX(name) SFX2_(name, f64)
+#define LA(name) LAPACKE_d##name
+#define CB(name) cblas_d##name
+#define P "d"
+#include "lapack_tmpl.h"
+#undef T
+#undef SFX
+#undef LA
+#undef CB
+#undef P
 
-/* An orthonormal basis of span(a) in place, cheaply: LU with partial
- * pivoting gives a well-conditioned basis of the same span (P·L, |L| ≤ 1)
- * whatever the conditioning of `a` (power iterations make it huge), then
- * Cholesky-QR twice orthonormalizes it to working precision with level-3
- * work only (about a quarter of Householder QR's). If the Cholesky step
- * breaks down, Householder QR finishes the job. */
-int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
-                  float *a) {
-  int rc = check_dims(ctx, what, m, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (n > m)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: basis of a wide matrix",
-                     what);
-  lapack_int lm = (lapack_int)m, ln = (lapack_int)n, info;
-  size_t nn = (size_t)n;
-  lapack_int *ipiv = malloc(sizeof *ipiv * nn);
-  float *s = malloc(sizeof *s * nn * nn);
-  if (!ipiv || !s) {
-    free(ipiv);
-    free(s);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  }
-  info = LAPACKE_sgetrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, ipiv);
-  if (info < 0) {
-    rc = check_info(ctx, what, info, "sgetrf");
-    goto out;
-  }
-  /* info > 0 (an exactly singular U) does not matter: L is what we keep. */
-  for (size_t j = 0; j < nn; j++) {
-    float *col = a + j * (size_t)m;
-    for (size_t i = 0; i < j; i++)
-      col[i] = 0;
-    col[j] = 1;
-  }
-  LAPACKE_slaswp_work(LAPACK_COL_MAJOR, ln, a, lm, 1, ln, ipiv, -1);
-  for (int pass = 0; pass < 2; pass++) {
-    cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)n, (blasint)m,
-                1.0f, a, (blasint)m, 0.0f, s, (blasint)n);
-    info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', ln, s, ln);
-    if (info != 0)
-      break;
-    /* a ← a·L⁻ᵀ, where s = L·Lᵀ. */
-    cblas_strsm(CblasColMajor, CblasRight, CblasLower, CblasTrans,
-                CblasNonUnit, (blasint)m, (blasint)n, 1.0f, s, (blasint)n, a,
-                (blasint)m);
-  }
-  rc = info == 0 ? DECOMP_OK : core_qr_f32(ctx, what, m, n, a);
-out:
-  free(ipiv);
-  free(s);
-  return rc;
-}
-
-/* --- the same in float64 --------------------------------------------- */
+/* --- level-3 products in float64 (svd.c) ------------------------------ */
 
 void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha,
                 const double *a, int64_t lda, const double *b, int64_t ldb,
@@ -348,178 +201,4 @@ void core_dsyrk(bool ta, int64_t n, int64_t k, const double *a, int64_t lda,
   cblas_dsyrk(CblasColMajor, CblasLower, ta ? CblasTrans : CblasNoTrans,
               (blasint)n, (blasint)k, 1.0, a, (blasint)lda, beta, c,
               (blasint)ldc);
-}
-
-int core_eig_values_f64(decomp_ctx *ctx, const char *what, int64_t n,
-                        double *a, double *w) {
-  int rc = check_sym(ctx, what, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  lapack_int ln = (lapack_int)n, info, iq = 0;
-  double query = 0;
-  /* The one-stage tridiagonal reduction is half matrix-vector work, bound
-   * by memory once the matrix leaves the cache; the two-stage one is
-   * matrix-matrix work and wins above a few thousand (measured: 3072 is
-   * 2.7 s vs 3.3 s, 5120 is 27 s vs 13 s on two cores). */
-  bool two = n >= 4096;
-  if (two)
-    info = LAPACKE_dsyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                                     &query, -1);
-  else
-    info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                               &query, -1, &iq, -1);
-  if (info != 0)
-    return check_info(ctx, what, info, two ? "dsyev_2stage" : "dsyevd");
-  size_t lw = lwork_of(query);
-  double *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
-  if (!work || !iwork) {
-    free(work);
-    free(iwork);
-    return core_fail(ctx, DECOMP_ERR_NOMEM,
-                     "%s: out of memory for the eigensolver", what);
-  }
-  if (two)
-    info = LAPACKE_dsyev_2stage_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
-                                     work, (lapack_int)lw);
-  else
-    info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w, work,
-                               (lapack_int)lw, iwork, iq > 1 ? iq : 1);
-  free(work);
-  free(iwork);
-  return check_info(ctx, what, info, two ? "dsyev_2stage" : "dsyevd");
-}
-
-int core_eig_top_f64(decomp_ctx *ctx, const char *what, int64_t n, double *a,
-                     int64_t r, double *w, double *z) {
-  int rc = check_sym(ctx, what, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (r < 1 || r > n)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: %lld eigenpairs of %lld",
-                     what, (long long)r, (long long)n);
-  lapack_int ln = (lapack_int)n, found = 0, iq = 0, info;
-  lapack_int il = (lapack_int)(n - r + 1), iu = ln;
-  double query = 0;
-  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * (size_t)n);
-  if (!isuppz)
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  info = LAPACKE_dsyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                             il, iu, 0, &found, w, z, ln, isuppz, &query, -1,
-                             &iq, -1);
-  if (info != 0) {
-    free(isuppz);
-    return check_info(ctx, what, info, "dsyevr");
-  }
-  size_t lw = lwork_of(query);
-  double *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
-  if (!work || !iwork) {
-    free(work);
-    free(iwork);
-    free(isuppz);
-    return core_fail(ctx, DECOMP_ERR_NOMEM,
-                     "%s: out of memory for the eigensolver", what);
-  }
-  info = LAPACKE_dsyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                             il, iu, 0, &found, w, z, ln, isuppz, work,
-                             (lapack_int)lw, iwork, iq > 1 ? iq : 1);
-  free(work);
-  free(iwork);
-  free(isuppz);
-  if (info == 0 && found != (lapack_int)r)
-    return core_fail(ctx, DECOMP_ERR_SVD_FAILED,
-                     "%s: ssyevr found %d of %lld eigenpairs", what, (int)found,
-                     (long long)r);
-  return check_info(ctx, what, info, "dsyevr");
-}
-
-int core_qr_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
-                double *a) {
-  int rc = check_dims(ctx, what, m, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (n > m)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: QR of a wide matrix", what);
-  lapack_int lm = (lapack_int)m, ln = (lapack_int)n, info;
-  double q1 = 0, q2 = 0;
-  double *tau = malloc(sizeof *tau * (size_t)n);
-  if (!tau)
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, &q1, -1);
-  if (info == 0)
-    info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, &q2,
-                               -1);
-  if (info != 0) {
-    free(tau);
-    return check_info(ctx, what, info, "dgeqrf");
-  }
-  size_t lw = lwork_of(q1 > q2 ? q1 : q2);
-  double *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  if (!work) {
-    free(tau);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  }
-  info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, tau, work,
-                             (lapack_int)lw);
-  if (info == 0)
-    info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, lm, ln, ln, a, lm, tau, work,
-                               (lapack_int)lw);
-  free(work);
-  free(tau);
-  return check_info(ctx, what, info, "dgeqrf/sorgqr");
-}
-
-/* An orthonormal basis of span(a) in place, cheaply: LU with partial
- * pivoting gives a well-conditioned basis of the same span (P·L, |L| ≤ 1)
- * whatever the conditioning of `a` (power iterations make it huge), then
- * Cholesky-QR twice orthonormalizes it to working precision with level-3
- * work only (about a quarter of Householder QR's). If the Cholesky step
- * breaks down, Householder QR finishes the job. */
-int core_orth_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
-                  double *a) {
-  int rc = check_dims(ctx, what, m, n);
-  if (rc != DECOMP_OK)
-    return rc;
-  if (n > m)
-    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: basis of a wide matrix",
-                     what);
-  lapack_int lm = (lapack_int)m, ln = (lapack_int)n, info;
-  size_t nn = (size_t)n;
-  lapack_int *ipiv = malloc(sizeof *ipiv * nn);
-  double *s = malloc(sizeof *s * nn * nn);
-  if (!ipiv || !s) {
-    free(ipiv);
-    free(s);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
-  }
-  info = LAPACKE_dgetrf_work(LAPACK_COL_MAJOR, lm, ln, a, lm, ipiv);
-  if (info < 0) {
-    rc = check_info(ctx, what, info, "dgetrf");
-    goto out;
-  }
-  /* info > 0 (an exactly singular U) does not matter: L is what we keep. */
-  for (size_t j = 0; j < nn; j++) {
-    double *col = a + j * (size_t)m;
-    for (size_t i = 0; i < j; i++)
-      col[i] = 0;
-    col[j] = 1;
-  }
-  LAPACKE_dlaswp_work(LAPACK_COL_MAJOR, ln, a, lm, 1, ln, ipiv, -1);
-  for (int pass = 0; pass < 2; pass++) {
-    cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)n, (blasint)m,
-                1.0, a, (blasint)m, 0.0, s, (blasint)n);
-    info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', ln, s, ln);
-    if (info != 0)
-      break;
-    /* a ← a·L⁻ᵀ, where s = L·Lᵀ. */
-    cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans,
-                CblasNonUnit, (blasint)m, (blasint)n, 1.0, s, (blasint)n, a,
-                (blasint)m);
-  }
-  rc = info == 0 ? DECOMP_OK : core_qr_f64(ctx, what, m, n, a);
-out:
-  free(ipiv);
-  free(s);
-  return rc;
 }
