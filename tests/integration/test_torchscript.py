@@ -14,10 +14,10 @@ import io
 import json
 import os
 import struct
+import sys
 import time
 import zipfile
 from collections import OrderedDict
-from typing import List, Tuple
 
 import pytest
 import torch
@@ -25,6 +25,10 @@ import torch.nn as nn
 import torchvision
 
 from decompd.spec import layer_spec_json, walk
+
+sys.path.insert(0, os.path.join(os.environ["DECOMPD_SOURCE_DIR"], "tests",
+                                "torchscript"))
+from hostile_models import Hog, Spin  # noqa: E402
 
 SERIAL = ["--workers", "1", "--blas-threads", "1"]
 
@@ -214,57 +218,6 @@ def test_job_spec_overrides_the_archive(daemon_factory, tmp_path):
 
 
 # ---- broken and hostile archives ---------------------------------------
-
-class Spin(nn.Module):
-    """Loops forever in __setstate__, which torch.jit.load runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.n = 1
-
-    @torch.jit.export
-    def __getstate__(self) -> Tuple[int, bool]:
-        return (self.n, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: Tuple[int, bool]) -> None:
-        self.n = state[0]
-        self.training = state[1]
-        i = 0
-        while self.n > 0:
-            i += 1
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Hog(nn.Module):
-    """Allocates without bound in __setstate__."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.n = 1
-        self.keep = [torch.zeros(1)]
-
-    @torch.jit.export
-    def __getstate__(self) -> Tuple[int, bool]:
-        return (self.n, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: Tuple[int, bool]) -> None:
-        self.n = state[0]
-        self.training = state[1]
-        keep: List[torch.Tensor] = [torch.zeros(1)]
-        while self.n > 0:
-            keep.append(torch.ones(1 << 27))  # 512 MiB a step, touched
-            self.n = len(keep)
-        self.keep = keep
-
-    def forward(self, x):
-        return self.conv(x)
-
 
 def small_archive():
     return archive_bytes(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),
