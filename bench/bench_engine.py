@@ -264,21 +264,22 @@ def gemm_gflops(torch):
 
 
 def engine_flops(m, n, R, log_line):
-    """Flops of the randomized path from its log line, else of gesdd-free
-    minimum (one pass at width R)."""
-    it = re.search(r"iterations=(\d+)", log_line or "")
-    l = re.search(r"sketch=(\d+)", log_line or "")
+    """Level-3 flops of the block Krylov path from its log line (basis D,
+    block b), or None for other paths, and the number of products with A."""
+    D = re.search(r"basis=(\d+)", log_line or "")
+    b = re.search(r"block=(\d+)", log_line or "")
     meth = re.search(r"method=(\w+)", log_line or "")
     k, big = min(m, n), max(m, n)
-    if not (it and l and meth and meth.group(1) == "randomized"):
+    if not (D and b and meth and meth.group(1) == "krylov"):
         return None, None
-    q, l = int(it.group(1)), int(l.group(1))
-    passes = 2 * q + 2
-    fl = passes * 2.0 * m * n * l            # products with A
-    fl += (q + 1) * 8.0 * k * l * l          # Householder QR + Q (geqrf+orgqr)
-    fl += 1.0 * big * l * l                  # Rayleigh-Ritz Gram (ssyrk)
-    fl += 2.0 * (k + big) * l * R            # the factors
-    return fl, passes
+    D, b = int(D.group(1)), int(b.group(1))
+    blocks = D // b
+    fl = 2 * blocks * 2.0 * m * n * b        # op(A) and op(A)^T per block
+    fl += 4.0 * k * D * D                    # two projections per block
+    fl += 1.0 * big * D * D                  # T = Z^T Z, block by block
+    fl += blocks * 2 * 5.0 * k * b * b       # LU + Cholesky-QR twice, twice
+    fl += 2.0 * (k + big) * D * R            # the factors
+    return fl, 2 * blocks
 
 
 def fmt_bytes(b):

@@ -357,6 +357,8 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
         agg->iterations = rep.iterations;                                      \
       if (rep.width > agg->width)                                              \
         agg->width = rep.width;                                                \
+      if (rep.block > agg->block)                                              \
+        agg->block = rep.block;                                                \
       if (R == 0)                                                              \
         continue;                                                              \
       /* The matrix is done with after the last group: release it before    \
@@ -866,15 +868,15 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
   if (L->info.rank > 0)
     core_log(ctx, DECOMP_LOG_INFO, "svd",
              "layer=%s rank=%lld max_rank=%lld order=%s "
-             "relative_error=%.6g method=%s iterations=%d sketch=%lld "
+             "relative_error=%.6g method=%s steps=%d basis=%lld block=%lld "
              "optimal_error=%.6g seconds=%.3f",
              l->name, (long long)L->info.rank, (long long)L->info.view.max_rank,
              core_order_name(L->info.view.order),
              L->info.energy_total > 0
                  ? sqrt(L->info.energy_discarded / L->info.energy_total)
                  : 0.0,
-             L->rep.randomized ? "randomized" : "gesdd", L->rep.iterations,
-             (long long)L->rep.width,
+             L->rep.randomized ? "krylov" : "gesdd", L->rep.iterations,
+             (long long)L->rep.width, (long long)L->rep.block,
              optimal_error(L),
              L->seconds);
   else

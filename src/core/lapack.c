@@ -7,6 +7,7 @@
  * message naming the matrix. No other file includes lapacke.h or cblas.h. */
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cblas.h>
 #include <lapacke.h>

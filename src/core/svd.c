@@ -1,7 +1,8 @@
 /* svd.c — the engine's SVD of one layer matrix, fast: the singular values
  * alone from the smaller Gram matrix, and the rank-R factors from a
- * randomized range finder with power iterations and an accuracy control
- * (svd.h has the contracts). Small matrices take exact gesdd, which is
+ * randomized block Krylov method (block Lanczos from a random start, full
+ * reorthogonalization, Rayleigh–Ritz) with an accuracy control (svd.h has
+ * the contracts). Small matrices take exact gesdd, which is
  * cheap there and keeps small layers exact. One body, svd_tmpl.h, serves
  * float32 and float64. Only BLAS level 3 and LAPACK's QR/eigensolvers,
  * through lapack.c; no threads of its own. */
@@ -18,8 +19,6 @@
 /* Above this fraction of k the sketch is nearly the whole matrix. */
 #define RANK_RANDOM_MAX_FRACTION 0.6
 
-#define MIN_ITERATIONS 1
-#define MAX_ITERATIONS 8
 #define CONVERGED 2e-3  /* rank-R error² improving by less: converged */
 #define REMAINING 1e-2  /* … or its extrapolated remaining gain below */
 #define TARGET 1.008    /* rank-R error vs a known optimum: stop within */
@@ -39,10 +38,17 @@ bool core_svd_spectrum_uses_gram(int64_t m, int64_t n) {
   return (m < n ? m : n) > SPECTRUM_EXACT_MAX;
 }
 
-/* Oversampling: a tenth of the rank, at least 16, within k. */
-static int64_t sketch_width(int64_t k, int64_t R) {
-  int64_t p = R / 4 > 16 ? R / 4 : 16;
-  return R + p < k ? R + p : k;
+/* The Krylov basis grows by blocks of about R/8 columns (at least 32, a
+ * multiple of 8): narrow enough that the basis stops close to the R + R/2
+ * or so a decaying spectrum needs, wide enough for GEMM speed. */
+static int64_t block_width(int64_t R) {
+  int64_t b = (R / 8 + 7) / 8 * 8;
+  return b < 32 ? 32 : b;
+}
+
+/* The largest basis: RANK_RANDOM_MAX_FRACTION of k, whole blocks. */
+static int64_t basis_max(int64_t k, int64_t b) {
+  return (int64_t)(RANK_RANDOM_MAX_FRACTION * (double)k) / b * b;
 }
 
 #define GRAM_VALUES(T, SUFFIX)                                                 \
@@ -68,19 +74,21 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R) {
   int64_t k = m < n ? m : n;
   if (k <= RANK_EXACT_MAX)
     return false;
-  return (double)sketch_width(k, R) <= RANK_RANDOM_MAX_FRACTION * (double)k;
+  /* Room for the basis to grow past R by four blocks. */
+  return R + 4 * block_width(R) <= basis_max(k, block_width(R));
 }
 
-/* Whether the rank-R error² (prev, then e) has converged. The gap to the
- * optimum shrinks about geometrically, by ρ = gain / last gain per
- * iteration, so what is left is about gain·ρ/(1−ρ) (Aitken); stop when that
- * is below 1% of e² (0.5% of the error), with ρ capped at 0.9 so a stalled
- * start does not look converged; or when the gain itself is tiny. */
-static bool converged(int it, double prev, double e, double last_gain) {
+/* Whether the rank-R error² (prev, then e, at the check-th check) has
+ * converged. The gap to the optimum shrinks about geometrically, by
+ * ρ = gain / last gain per block, so what is left is about gain·ρ/(1−ρ)
+ * (Aitken); stop when that is below 1% of e² (0.5% of the error), with ρ
+ * capped at 0.9 so a stalled start does not look converged; or when the
+ * gain itself is tiny. Two gains (three checks) are needed for a ρ. */
+static bool converged(int check, double prev, double e, double last_gain) {
   double gain = prev - e;
   if (gain <= CONVERGED * e)
     return true;
-  if (it < 3 || last_gain <= 0) /* the first gain, from q = 0, says little */
+  if (check < 3 || last_gain <= 0)
     return false;
   double rho = gain / last_gain;
   if (rho > 0.9)

@@ -25,8 +25,8 @@ void core_blas_set_threads(int n);
  * destroyed): ssyevd, or the two-stage ssyev for large n. */
 int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
                         float *a, float *w);
-/* The r largest eigenpairs of the symmetric n×n `a` (ssyevr, MRRR):
- * w[r] ascending, z n×r (ld n). `a` is destroyed. */
+/* The r largest eigenpairs of the symmetric n×n `a` (ssyevd, every pair,
+ * the top r kept): w[r] ascending, z n×r (ld n). `a` is destroyed. */
 int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
                      int64_t r, float *w, float *z);
 /* `a` (m×n, m ≥ n, ld m) replaced by the Q of its Householder QR. */
@@ -43,8 +43,9 @@ int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 /* How a truncated SVD was computed and what it achieved. */
 typedef struct core_svd_report {
   bool randomized;   /* false: exact gesdd */
-  int iterations;    /* power iterations (randomized) */
-  int64_t width;     /* sketch width ℓ = R + oversampling (randomized) */
+  int iterations;    /* Krylov steps after the first block (randomized) */
+  int64_t width;     /* the basis' final width (randomized) */
+  int64_t block;     /* its block width (randomized) */
   double discarded;  /* achieved ‖A − A_R‖², in double */
   double optimal;    /* Σ σ_i², i > R, when the spectrum was given; else -1 */
 } core_svd_report;
@@ -80,14 +81,18 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * NULL, is the full spectrum (k values, descending) and tightens the
  * accuracy control to the known optimum.
  *
- * Small matrices, and ranks close to k, take exact gesdd. Otherwise a
- * randomized range finder with power iterations (Halko, Martinsson and
- * Tropp 2011, alg. 4.4, Householder QR after each product with A) and a
- * Rayleigh–Ritz step on the Gram matrix of the ℓ×n projection. The
- * iterations stop when the rank-ℓ projection error ‖A‖² − ‖QᵀA‖² improves
- * by less than 0.1% between two of them (or, with `sigma`, when the rank-R
- * error is within 0.8% of the optimum); if a known optimum is still missed
- * by more than 1% after the last iteration, the exact path runs instead.
+ * Small matrices, and ranks above 0.4·k, take exact gesdd. Otherwise a
+ * randomized block Krylov method (block Lanczos with full
+ * reorthogonalization from a random start, as in Musco and Musco 2015,
+ * "Randomized block Krylov methods for stronger and faster approximate
+ * SVD"): the basis [Q_0, Q_1, …] of span{A·Ω, (A·Aᵀ)·A·Ω, …} grows by
+ * blocks of about R/8 columns, each orthonormalized against all earlier
+ * ones twice, and from R + one block on the Ritz values of the basis give
+ * the rank-R error it achieves. It stops when that error is within 0.8% of
+ * a known optimum (`sigma`), or when its extrapolated remaining gain is
+ * below 1% of it; the factors come from a Rayleigh–Ritz step on BᵀB, B the
+ * basis' projection of A. If a known optimum is still missed by more than
+ * 1% at the largest basis (0.6·k), the exact path runs instead.
  * The sketch is drawn from `seed`, so equal inputs give equal bytes.
  * When the exact path ran (rep->randomized false) and `all` is not NULL,
  * all[k] gets every singular value. */

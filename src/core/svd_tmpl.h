@@ -92,20 +92,39 @@ static void SFX(fill_random)(T *x, size_t n, uint64_t seed) {
   }
 }
 
-/* The rank-R error² of the sketch Z = op(A)ᵀ·Q (q×l): ‖A‖² minus the R
- * largest eigenvalues of ZᵀZ (values only; c is l×l scratch, w l). */
-static int SFX(rank_error)(decomp_ctx *ctx, const char *what, const T *Z,
-                      int64_t q, int64_t l, int64_t R, double energy, T *c,
-                      T *w, double *out) {
-  SYRK(true, l, q, Z, q, 0, c, l);
-  int rc = SFX(core_eig_values)(ctx, what, l, c, w);
+/* The symmetric d×d `c` (ld d, both triangles) from the upper triangle of
+ * `t` (ld tl). */
+static void SFX(sym_from_upper)(const T *t, size_t tl, size_t d, T *c) {
+  for (size_t j = 0; j < d; j++)
+    for (size_t i = 0; i <= j; i++)
+      c[i + d * j] = c[j + d * i] = t[i + tl * j];
+}
+
+/* The rank-R error² of the basis so far: ‖A‖² minus the R largest
+ * eigenvalues of T = ZᵀZ (d×d, upper triangle of `t`, ld tl), values only
+ * (c is d×d scratch, w d). */
+static int SFX(ritz_error)(decomp_ctx *ctx, const char *what, const T *t,
+                           int64_t tl, int64_t d, int64_t R, double energy,
+                           T *c, T *w, double *out) {
+  SFX(sym_from_upper)(t, (size_t)tl, (size_t)d, c);
+  int rc = SFX(core_eig_values)(ctx, what, d, c, w);
   if (rc != DECOMP_OK)
     return rc;
   double kept = 0;
-  for (int64_t x = l - R; x < l; x++)
+  for (int64_t x = d - R; x < d; x++)
     kept += w[x] > 0 ? (double)w[x] : 0.0;
   *out = energy - kept > 0 ? energy - kept : 0;
   return DECOMP_OK;
+}
+
+/* y (p×b) ← y − Q·(Qᵀ·y) for the d orthonormal columns of Q (p×d); h is
+ * d×b scratch. */
+static void SFX(project_out)(int64_t p, int64_t d, const T *Q, T *y,
+                             int64_t b, T *h) {
+  if (d == 0)
+    return;
+  GEMM(true, false, d, b, p, 1, Q, p, y, p, 0, h, d);
+  GEMM(false, false, p, b, d, -1, Q, p, h, d, 1, y, p);
 }
 
 int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
@@ -130,105 +149,131 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
     return rc;
   }
 
-  /* op(A) is A when m ≤ n, else Aᵀ: rows p = k (the side we orthonormalize,
-   * the smaller), columns q. Y = op(A)·Z is p×ℓ, Z = op(A)ᵀ·Q is q×ℓ. */
+  /* op(A) is A when m ≤ n, else Aᵀ: rows p = k (the side the basis Q
+   * lives on, the smaller), columns q. Block j of the Krylov basis is
+   * Q_j (p×b); Z_j = op(A)ᵀ·Q_j (q×b) is kept, so that B = Qᵀ·op(A) = Zᵀ
+   * and T = ZᵀZ = B·Bᵀ grows by one block column per step. */
   bool tr = m > n;
-  int64_t p = k, q = tr ? m : n, l = sketch_width(k, R);
-  size_t pl = (size_t)p * (size_t)l, ql = (size_t)q * (size_t)l;
-  size_t ll = (size_t)l * (size_t)l, r = (size_t)R;
-  T *Y = malloc(pl * sizeof *Y), *Z = malloc(ql * sizeof *Z);
-  T *C = malloc(ll * sizeof *C), *W = malloc((size_t)l * r * sizeof *W);
-  T *lam = malloc((size_t)l * sizeof *lam);
+  int64_t p = k, q = tr ? m : n, b = block_width(R), dmax = basis_max(k, b);
+  size_t pd = (size_t)p * (size_t)dmax, qd = (size_t)q * (size_t)dmax;
+  size_t dd = (size_t)dmax * (size_t)dmax, r = (size_t)R;
+  /* Sized for the largest basis; pages are touched only as it grows. */
+  T *Q = malloc(pd * sizeof *Q), *Z = malloc(qd * sizeof *Z);
+  T *Tm = malloc(dd * sizeof *Tm), *C = malloc(dd * sizeof *C);
+  T *W = malloc((size_t)dmax * r * sizeof *W);
+  T *lam = malloc((size_t)dmax * sizeof *lam);
+  T *H = malloc((size_t)dmax * (size_t)b * sizeof *H);
   int rc = DECOMP_OK;
-  if (!Y || !Z || !C || !W || !lam) {
+  if (!Q || !Z || !Tm || !C || !W || !lam || !H) {
     rc = core_fail(ctx, DECOMP_ERR_NOMEM,
-                   "%s: out of memory for a rank-%lld sketch", what,
-                   (long long)l);
+                   "%s: out of memory for a rank-%lld Krylov basis", what,
+                   (long long)dmax);
     goto out;
   }
-#define OP(Zin, Yout) /* Yout = op(A)·Zin */                                   \
-  (tr ? GEMM(true, false, n, l, m, 1, a, m, Zin, m, 0, Yout, n)          \
-      : GEMM(false, false, m, l, n, 1, a, m, Zin, n, 0, Yout, m))
-#define OPT(Qin, Zout) /* Zout = op(A)ᵀ·Qin */                                 \
-  (tr ? GEMM(false, false, m, l, n, 1, a, m, Qin, n, 0, Zout, m)         \
-      : GEMM(true, false, n, l, m, 1, a, m, Qin, m, 0, Zout, n))
+#define OP(Zin, Yout) /* Yout = op(A)·Zin, b columns */                        \
+  (tr ? GEMM(true, false, n, b, m, 1, a, m, Zin, m, 0, Yout, n)                \
+      : GEMM(false, false, m, b, n, 1, a, m, Zin, n, 0, Yout, m))
+#define OPT(Qin, Zout) /* Zout = op(A)ᵀ·Qin, b columns */                      \
+  (tr ? GEMM(false, false, m, b, n, 1, a, m, Qin, n, 0, Zout, m)               \
+      : GEMM(true, false, n, b, m, 1, a, m, Qin, m, 0, Zout, n))
 
-  SFX(fill_random)(Z, ql, seed);
-  OP(Z, Y);
-  if ((rc = SFX(core_orth)(ctx, what, p, l, Y)) != DECOMP_OK)
+  /* Q_0 = orth(op(A)·Ω), Ω uniform (drawn into Z_0's place). */
+  SFX(fill_random)(Z, (size_t)q * (size_t)b, seed);
+  OP(Z, Q);
+  if ((rc = SFX(core_orth)(ctx, what, p, b, Q)) != DECOMP_OK)
     goto out;
-  OPT(Y, Z);
-  double prev;
-  if ((rc = SFX(rank_error)(ctx, what, Z, q, l, R, energy, C, lam, &prev)) !=
-      DECOMP_OK)
-    goto out;
-  int it = 0;
-  double last_gain = -1;
-  /* Power iterations Q ← orth(op(A)·op(A)ᵀ·Q), Z = op(A)ᵀ·Q, until the
-   * rank-R error stops improving (or meets a known optimum). */
-  while (it < MAX_ITERATIONS &&
-         !(opt >= 0 && prev <= TARGET * TARGET * opt)) {
-    OP(Z, Y);
-    if ((rc = SFX(core_orth)(ctx, what, p, l, Y)) != DECOMP_OK)
-      goto out;
-    OPT(Y, Z);
-    it++;
-    double e;
-    if ((rc = SFX(rank_error)(ctx, what, Z, q, l, R, energy, C, lam, &e)) !=
-        DECOMP_OK)
-      goto out;
-    if (it >= MIN_ITERATIONS && converged(it, prev, e, last_gain))
+  int64_t d = 0;
+  int checks = 0;
+  double prev = -1, last_gain = -1, e = -1;
+  /* Block Lanczos with full reorthogonalization: Q_{j+1} = orth(op(A)·Z_j)
+   * against every earlier block. From d ≥ R + 2b on, each step's Ritz
+   * values give the rank-R error the basis achieves; stop when it meets a
+   * known optimum or stops improving. */
+  for (;;) {
+    T *Qj = Q + (size_t)p * (size_t)d, *Zj = Z + (size_t)q * (size_t)d;
+    OPT(Qj, Zj);
+    /* T[0 : d+b, d : d+b] = [Z_0 … Z_j]ᵀ·Z_j. */
+    GEMM(true, false, d + b, b, q, 1, Z, q, Zj, q, 0, Tm + (size_t)dmax * (size_t)d,
+         dmax);
+    d += b;
+    if (d >= R + 2 * b) {
+      if ((rc = SFX(ritz_error)(ctx, what, Tm, dmax, d, R, energy, C, lam,
+                                &e)) != DECOMP_OK)
+        goto out;
+      checks++;
+      core_log(ctx, DECOMP_LOG_DEBUG, "svd",
+               "matrix=\"%s\" basis=%lld error=%.6g optimal=%.6g", what,
+               (long long)d, sqrt(e), opt >= 0 ? sqrt(opt) : -1.0);
+      if (opt >= 0 && e <= TARGET * TARGET * opt)
+        break;
+      if (checks > 1 && converged(checks, prev, e, last_gain))
+        break;
+      if (checks > 1)
+        last_gain = prev - e;
+      prev = e;
+    }
+    if (d + b > dmax)
       break;
-    last_gain = prev - e;
-    prev = e;
+    T *Qn = Q + (size_t)p * (size_t)d;
+    OP(Zj, Qn);
+    /* Twice is enough: project, orthonormalize, project, orthonormalize. */
+    for (int pass = 0; pass < 2; pass++) {
+      SFX(project_out)(p, d, Q, Qn, b, H);
+      if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
+        goto out;
+    }
   }
-  /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = ZᵀZ = W·Λ·Wᵀ. */
-  SYRK(true, l, q, Z, q, 0, C, l);
-  if ((rc = SFX(core_eig_top)(ctx, what, l, C, R, lam, W)) != DECOMP_OK)
+  /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = T = W·Λ·Wᵀ. */
+  SFX(sym_from_upper)(Tm, (size_t)dmax, (size_t)d, C);
+  if ((rc = SFX(core_eig_top)(ctx, what, d, C, R, lam, W)) != DECOMP_OK)
     goto out;
   double kept = 0;
   for (size_t x = 0; x < r; x++)
     kept += lam[x] > 0 ? (double)lam[x] : 0.0;
   rep->discarded = energy - kept > 0 ? energy - kept : 0;
-  rep->iterations = it;
+  rep->iterations = (int)(d / b - 1);
+  rep->width = d;
+  rep->block = b;
   /* A tiny λ_R would make Z·W·Λ^-½ lose the float32 precision of the Gram
-   * step; a known optimum still missed means the sketch did not converge:
+   * step; a known optimum still missed means the basis did not converge:
    * either way the exact path decides. */
   T lmax = lam[r - 1], lmin = lam[0];
   if (!(lmin > (T)1e-6 * lmax) ||
       (opt >= 0 && rep->discarded > TOLERANCE * TOLERANCE * opt)) {
     core_log(ctx, DECOMP_LOG_DEBUG, "svd",
-             "matrix=\"%s\" fallback=exact iterations=%d", what, it);
+             "matrix=\"%s\" fallback=exact basis=%lld", what, (long long)d);
     rc = SFX(rank_exact)(ctx, what, m, n, a, R, s, u, v, all, rep);
     rep->optimal = opt;
     goto out;
   }
   /* Descending: column x of the result is eigenpair r-1-x. Scale W's
    * columns by 1/σ for the Z side after the Q side is formed. */
-  T *Wd = C; /* reuse: l×r, reordered */
+  T *Wd = C; /* reuse: d×r, reordered */
+  size_t dl = (size_t)d;
   for (size_t x = 0; x < r; x++) {
     size_t from = r - 1 - x;
     s[x] = SQRT(lam[from] > 0 ? lam[from] : 0);
-    memcpy(Wd + x * (size_t)l, W + from * (size_t)l, (size_t)l * sizeof *Wd);
+    memcpy(Wd + x * dl, W + from * dl, dl * sizeof *Wd);
   }
   T *left = tr ? v : u, *right = tr ? u : v; /* op's left/right */
   /* op's left vectors: Q·W (p×R); right vectors: Z·W·Σ⁻¹ (q×R). */
-  GEMM(false, false, p, R, l, 1, Y, p, Wd, l, 0, left, p);
+  GEMM(false, false, p, R, d, 1, Q, p, Wd, d, 0, left, p);
   for (size_t x = 0; x < r; x++) {
     T inv = s[x] > 0 ? (T)1 / s[x] : (T)0;
-    for (size_t y = 0; y < (size_t)l; y++)
-      Wd[x * (size_t)l + y] *= inv;
+    for (size_t y = 0; y < dl; y++)
+      Wd[x * dl + y] *= inv;
   }
-  GEMM(false, false, q, R, l, 1, Z, q, Wd, l, 0, right, q);
+  GEMM(false, false, q, R, d, 1, Z, q, Wd, d, 0, right, q);
   rep->randomized = true;
-  rep->width = l;
 #undef OP
 #undef OPT
 out:
-  free(Y);
+  free(Q);
   free(Z);
+  free(Tm);
   free(C);
   free(W);
   free(lam);
+  free(H);
   return rc;
 }
