@@ -199,6 +199,51 @@ def test_rank_r_error_is_the_discarded_energy(eng, groups, order, rank):
     assert np.array_equal(a["c.1.bias"], c.bias.detach().numpy())
 
 
+@pytest.mark.parametrize("order,groups", [("vertical_first", 1),
+                                          ("horizontal_first", 2)])
+def test_large_layer_krylov_pair_runs_in_pytorch_within_one_percent_of_optimal(
+        eng, order, groups):
+    """A layer big enough for the engine's block Krylov path (k = 768 per
+    group, rank 96): the pair PyTorch runs is within 1% of the best rank-96
+    pair's error, and the reported error is the achieved one."""
+    torch.manual_seed(11 + groups)
+    c = nn.Conv2d(256 * groups, 256 * groups, 3, padding=1, groups=groups,
+                  bias=False)
+    k = 768
+    decay = 1.0 / (1.0 + torch.arange(k, dtype=torch.float64) / 15.0) + 0.02
+    with torch.no_grad():  # a trained-like decaying spectrum per group
+        for j in range(groups):
+            q1, _ = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64))
+            q2, _ = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64))
+            M = (q1 * decay) @ q2.T  # rows (i, h) or (i, w) in `order`
+            if order == "vertical_first":
+                Wj = M.reshape(256, 3, 256, 3).permute(2, 0, 1, 3)
+            else:
+                Wj = M.reshape(256, 3, 256, 3).permute(2, 0, 3, 1)
+            c.weight[j * 256:(j + 1) * 256] = Wj.float()
+    W = c.weight.detach().numpy()
+    rank = 96
+    ws = weights_of(eng.lib, c.state_dict(), "c.")
+    policy = {"name": "fixed", "rank": rank, "order": order}
+    with eng.decompose(ws, [spec_of("c", c)], policy) as res:
+        seq, layer = rebuild(res, "c")
+    sig = numpy_sigmas(W, groups, order)
+    optimal = np.sqrt(sum((s[rank:] ** 2).sum() for s in sig) /
+                      sum((s ** 2).sum() for s in sig))
+    K = effective_kernel(seq[0].weight.detach().numpy(),
+                         seq[1].weight.detach().numpy(), order, groups)
+    got = np.linalg.norm(K - W) / np.linalg.norm(W)
+    assert got <= 1.01 * optimal, (got / optimal)
+    assert abs(layer["stats"]["relative_error"] - got) <= 1e-4 * got
+    # PyTorch runs the pair: the same outputs as the conv with kernel K.
+    x = torch.randn(2, 256 * groups, 12, 12)
+    with torch.no_grad():
+        want = nn.functional.conv2d(x, torch.from_numpy(K).float(), padding=1,
+                                    groups=groups)
+        y = seq(x)
+    assert torch.allclose(y, want, rtol=1e-3, atol=1e-4 * want.abs().max())
+
+
 def test_spectra_match_numpy(eng):
     torch.manual_seed(3)
     c = nn.Conv2d(6, 8, 3, groups=2, bias=False)
