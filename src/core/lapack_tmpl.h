@@ -124,7 +124,8 @@ int SFX(core_qr)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 
 /* An orthonormal basis of span(a) in place, cheaply: LU with partial
  * pivoting gives a well-conditioned basis of the same span (P·L, |L| ≤ 1)
- * whatever the conditioning of `a` (power iterations make it huge), then
+ * whatever the conditioning of `a` (a Krylov block can be close to rank
+ * deficient once the basis has caught the leading directions), then
  * Cholesky-QR twice orthonormalizes it to working precision with level-3
  * work only (about a quarter of Householder QR's). If the Cholesky step
  * breaks down, Householder QR finishes the job. */
