@@ -202,10 +202,12 @@ static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
  * whole matrix: the smaller Gram matrix accumulated (ssyrk) from slabs of
  * 256 columns (m ≤ n: A·Aᵀ) or rows (m > n: Aᵀ·A) gathered straight from
  * the kernel, then its eigenvalues. Peak memory is the k×k Gram matrix and
- * one slab, not the m×n matrix as well. */
+ * one slab, not the m×n matrix as well; `release` (the kernel's copy
+ * converted to T, for the last group) is freed before the eigensolver. */
 #define GRAM_SPECTRUM(T, SUFFIX, SYRK)                                         \
   static int gram_##SUFFIX(decomp_ctx *ctx, const char *what, const T *W,     \
-                           const geom *gm, size_t j, double *out) {           \
+                           const geom *gm, size_t j, double *out,             \
+                           T **release) {                                     \
     size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
     bool cols = m <= n;                                                        \
     size_t len = cols ? n : m, other = cols ? m : n, slab = 256;               \
@@ -239,6 +241,12 @@ static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
       else                                                                     \
         SYRK(true, (int64_t)k, (int64_t)cw, B, (int64_t)cw, c0 ? 1 : 0, G,     \
              (int64_t)k);                                                      \
+    }                                                                          \
+    free(B);                                                                   \
+    B = NULL;                                                                  \
+    if (release) { /* the kernel's converted copy: not needed any more */     \
+      free(*release);                                                          \
+      *release = NULL;                                                         \
     }                                                                          \
     rc = core_svd_gram_values_##SUFFIX(ctx, what, (int64_t)k, G, out);         \
   out:                                                                         \
@@ -295,7 +303,8 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     if (R == 0 && core_svd_spectrum_uses_gram(gm->m, gm->n)) {                 \
       for (size_t j = 0; j < (size_t)gm->g; j++) {                             \
         snprintf(what, sizeof what, "%s group %zu", name, j);                  \
-        rc = gram_##SUFFIX(ctx, what, W, gm, j, sigma + j * (size_t)gm->k);    \
+        rc = gram_##SUFFIX(ctx, what, W, gm, j, sigma + j * (size_t)gm->k,     \
+                           j + 1 == (size_t)gm->g ? &owned : NULL);            \
         if (rc != DECOMP_OK)                                                   \
           goto done;                                                           \
       }                                                                        \
@@ -335,6 +344,13 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
                 dst[w] = src[w];                                               \
             }                                                                  \
           }                                                                    \
+      /* A converted copy of the kernel is done with after the last        \
+       * group's gather: release it before the SVD's own buffers exist. */   \
+      if (j + 1 == (size_t)gm->g && owned) {                                   \
+        free(owned);                                                           \
+        owned = NULL;                                                          \
+        W = NULL;                                                              \
+      }                                                                        \
       double ej = 0;                                                           \
       for (size_t x = 0; x < m * n; x++)                                       \
         ej += (double)A[x] * (double)A[x];                                     \
