@@ -489,6 +489,83 @@ START_TEST(output_keeps_the_input_dtype) {
 }
 END_TEST
 
+/* One grouped conv, large enough for the Gram spectrum and the block Krylov
+ * path (k = 600 per group), from `data` in dtype dt, under `policy`: the
+ * two factors as float32 and the info's text. */
+static void decompose_large(decomp_dtype dt, const void *data,
+                            const char *policy, float **first, float **second,
+                            char **info) {
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_weights *w;
+  decomp_spec *spec;
+  decomp_policy *p;
+  ck_assert_int_eq(decomp_weights_new(ctx, &w), DECOMP_OK);
+  decomp_tensor t = tensor4("c.weight", dt, data, 400, 200, 3, 3);
+  ck_assert_int_eq(decomp_weights_add(w, &t), DECOMP_OK);
+  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
+  decomp_layer l = conv("c", 400, 400, 3, 3, 2, false);
+  ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
+  ck_assert_int_eq(decomp_policy_parse(ctx, policy, &p), DECOMP_OK);
+  decomp_result *r = NULL;
+  ck_assert_int_eq(decomp_decompose(ctx, w, spec, p, NULL, &r), DECOMP_OK);
+  const decomp_tensor *f = decomp_weights_find(decomp_result_weights(r),
+                                               "c.0.weight");
+  const decomp_tensor *g = decomp_weights_find(decomp_result_weights(r),
+                                               "c.1.weight");
+  size_t nf = (size_t)decomp_tensor_numel(f), ng = (size_t)decomp_tensor_numel(g);
+  *first = malloc(nf * sizeof **first);
+  *second = malloc(ng * sizeof **second);
+  ck_assert(core_tensor_to_f32(f, *first));
+  ck_assert(core_tensor_to_f32(g, *second));
+  *info = strdup(decomp_result_info(r));
+  decomp_result_free(r);
+  decomp_policy_free(p);
+  decomp_spec_free(spec);
+  decomp_weights_free(w);
+  decomp_ctx_free(ctx);
+}
+
+START_TEST(a_converted_large_kernel_gives_the_factors_of_its_float32_twin) {
+  /* A float16 kernel is converted to float32 for the engine, and that copy
+   * is released once the last group is gathered (or its Gram matrix
+   * built): the factors must be those of the same values given as float32,
+   * rounded to float16, in both phases (a spectrum policy) and both paths
+   * (Gram spectrum, block Krylov). */
+  size_t n = 400 * 200 * 9;
+  float *w32 = malloc(n * sizeof *w32);
+  uint16_t *w16 = malloc(n * sizeof *w16);
+  for (size_t i = 0; i < n; i++) {
+    w16[i] = core_float_to_half((float)urand() * (1.0f + (float)(i % 97)));
+    w32[i] = core_half_to_float(w16[i]);
+  }
+  static const char *const policies[] = {
+      "{\"name\": \"energy\", \"energy\": 0.6}",
+      "{\"name\": \"fixed\", \"rank\": 64}"};
+  for (size_t k = 0; k < 2; k++) {
+    float *a1, *b1, *a2, *b2;
+    char *i1, *i2;
+    decompose_large(DECOMP_DTYPE_F16, w16, policies[k], &a1, &b1, &i1);
+    decompose_large(DECOMP_DTYPE_F32, w32, policies[k], &a2, &b2, &i2);
+    json_t *j1 = json_loads(i1, 0, NULL), *j2 = json_loads(i2, 0, NULL);
+    json_t *l1 = json_array_get(json_object_get(j1, "layers"), 0);
+    json_t *l2 = json_array_get(json_object_get(j2, "layers"), 0);
+    int64_t R = json_integer_value(json_object_get(l1, "rank"));
+    ck_assert_int_eq(R, json_integer_value(json_object_get(l2, "rank")));
+    ck_assert_int_gt(R, 0);
+    size_t nf = (size_t)(2 * R * 200 * 3), ns = (size_t)(400 * R * 3);
+    for (size_t x = 0; x < nf; x++)
+      ck_assert_uint_eq(core_float_to_half(a2[x]), core_float_to_half(a1[x]));
+    for (size_t x = 0; x < ns; x++)
+      ck_assert_uint_eq(core_float_to_half(b2[x]), core_float_to_half(b1[x]));
+    json_decref(j1);
+    json_decref(j2);
+    free(a1), free(b1), free(a2), free(b2), free(i1), free(i2);
+  }
+  free(w32);
+  free(w16);
+}
+END_TEST
+
 START_TEST(info_lists_decomposed_and_skipped_layers) {
   model m;
   model_init(&m, DECOMP_DTYPE_F32);
@@ -533,6 +610,8 @@ static Suite *suite(void) {
   tcase_add_test(d, nonfinite_weight_fails_naming_the_layer);
   tcase_add_test(d, progress_reports_each_layer_and_cancels);
   tcase_add_test(d, output_keeps_the_input_dtype);
+  tcase_add_test(
+      d, a_converted_large_kernel_gives_the_factors_of_its_float32_twin);
   tcase_add_test(d, info_lists_decomposed_and_skipped_layers);
   suite_add_tcase(s, d);
   return s;
