@@ -67,6 +67,11 @@ void decomp_ctx_free(decomp_ctx *ctx);
 void decomp_ctx_set_log(decomp_ctx *ctx, decomp_log_fn fn, void *user,
                         int max_level);
 
+/* WORKING progress events of a long layer come at most every `seconds`
+ * (default 0.5; the first one that far into the layer), so that a caller
+ * can show progress and cancel inside a layer; 0 reports every step. */
+void decomp_ctx_set_progress_interval(decomp_ctx *ctx, double seconds);
+
 /* The detailed message of the last failure on `ctx` ("" when none). Valid
  * until the next call on `ctx`. */
 const char *decomp_errmsg(const decomp_ctx *ctx);
@@ -331,7 +336,8 @@ void decomp_policy_free(decomp_policy *p);
 /* Decomposition                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* What decomp_decompose reports before and after each layer. */
+/* What decomp_decompose reports before and after each layer, and inside
+ * long ones. */
 typedef struct decomp_progress {
   const char *layer;       /* layer name */
   size_t index;            /* 0-based among the layers considered */
@@ -339,14 +345,23 @@ typedef struct decomp_progress {
   int phase;               /* DECOMP_PHASE_* */
   int64_t rank;            /* chosen rank (0 when skipped or unknown yet) */
   int64_t max_rank;        /* largest possible rank */
-  double seconds;          /* time spent on this layer (at DONE) */
+  double seconds;          /* time spent on this layer (at DONE; so far at
+                              WORKING) */
   const char *skip_reason; /* when the layer is left alone, why; else NULL */
+  double fraction;         /* WORKING: estimated share of the layer's
+                              current step (its spectrum, or its factors)
+                              done, in [0, 1); 0 for the other phases */
 } decomp_progress;
 
 enum decomp_phase {
   DECOMP_PHASE_SPECTRUM = 0, /* singular values of a layer being computed */
   DECOMP_PHASE_START = 1,    /* factorization of a layer starting */
   DECOMP_PHASE_DONE = 2,     /* layer finished (decomposed or skipped) */
+  DECOMP_PHASE_WORKING = 3,  /* inside a long layer: `fraction` done; at most
+                                every progress interval (see
+                                decomp_ctx_set_progress_interval), and only
+                                for layers run on the calling thread (the
+                                large ones, or all with threads ≤ 1) */
 };
 
 /* Called from the decomposing thread; return non-zero to cancel the run at

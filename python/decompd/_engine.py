@@ -56,7 +56,10 @@ _TORCH_TO_DTYPE = {
 }
 _DTYPE_TO_TORCH = {v: k for k, v in _TORCH_TO_DTYPE.items()}
 
-PHASE_SPECTRUM, PHASE_START, PHASE_DONE = 0, 1, 2
+PHASE_SPECTRUM, PHASE_START, PHASE_DONE, PHASE_WORKING = 0, 1, 2, 3
+# Seconds between the engine's progress reports inside a long layer (each
+# is also where a KeyboardInterrupt raised in the callback stops the run).
+PROGRESS_INTERVAL = 0.5
 
 
 class _Tensor(ctypes.Structure):
@@ -83,6 +86,7 @@ class _Progress(ctypes.Structure):
         ("max_rank", ctypes.c_int64),
         ("seconds", ctypes.c_double),
         ("skip_reason", ctypes.c_char_p),
+        ("fraction", ctypes.c_double),
     ]
 
 
@@ -133,6 +137,7 @@ _PROTOTYPES = {
     "decomp_ctx_new": (_P, []),
     "decomp_ctx_free": (None, [_P]),
     "decomp_ctx_set_log": (None, [_P, _LOG_FN, _P, ctypes.c_int]),
+    "decomp_ctx_set_progress_interval": (None, [_P, ctypes.c_double]),
     "decomp_errmsg": (ctypes.c_char_p, [_P]),
     "decomp_errcode": (ctypes.c_int, [_P]),
     "decomp_free": (None, [_P]),
@@ -272,6 +277,9 @@ class _Context:
         if not self.ptr:
             raise MemoryError("decomp_ctx_new: out of memory")
         self.pending = None  # an exception raised inside a callback
+        # WORKING events inside a long layer: the bar moves, Ctrl-C lands.
+        self.lib.decomp_ctx_set_progress_interval(self.ptr,
+                                                  PROGRESS_INTERVAL)
         max_level = _engine_max_level()
         self._log_cb = _LOG_FN(self._on_log)
         if max_level >= 0:
@@ -465,6 +473,7 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
                             "index": q.index, "total": q.total,
                             "phase": q.phase, "rank": q.rank,
                             "max_rank": q.max_rank, "seconds": q.seconds,
+                            "fraction": q.fraction,
                             "skip_reason": (q.skip_reason.decode(
                                 "utf-8", "replace")
                                 if q.skip_reason else None),

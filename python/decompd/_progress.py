@@ -2,9 +2,10 @@
 terminal, a progress bar for models with many layers.
 
 The engine reports each layer through its progress callback (SPECTRUM, START,
-DONE); this file turns those reports into one INFO line per finished layer
-and, when stderr is a terminal and the model has at least BAR_MIN_LAYERS
-convs, a one-line bar redrawn in place. No dependency (no tqdm).
+DONE, and WORKING inside a long layer); this file turns those reports into
+one INFO line per finished layer and, when stderr is a terminal and the
+model has at least BAR_MIN_LAYERS convs or a layer takes long, a one-line
+bar redrawn in place. No dependency (no tqdm).
 
 DECOMPD_PROGRESS=0 turns the bar off, =1 forces it on (even off a
 terminal).
@@ -23,9 +24,10 @@ _BAR_WIDTH = 24
 log = logging.getLogger("decompd")
 
 _DONE = 2  # decomp_phase DECOMP_PHASE_DONE
+_WORKING = 3  # DECOMP_PHASE_WORKING: inside a long layer
 
 
-def _bar_wanted(total, stream):
+def _bar_wanted(total, stream, long_layer=False):
     env = os.environ.get("DECOMPD_PROGRESS", "").strip().lower()
     if env in ("0", "no", "false", "off"):
         return False
@@ -35,7 +37,7 @@ def _bar_wanted(total, stream):
         tty = stream.isatty()
     except (AttributeError, ValueError):
         tty = False
-    return tty and total >= BAR_MIN_LAYERS
+    return tty and (total >= BAR_MIN_LAYERS or long_layer)
 
 
 class Reporter:
@@ -48,10 +50,18 @@ class Reporter:
         self.decomposed = 0
         self.skipped = 0
         self._last_len = 0
+        self._long_seen = False
 
     def __call__(self, p):
-        if self.bar is None:
-            self.bar = _bar_wanted(p["total"], self.stream)
+        working = p["phase"] == _WORKING
+        if self.bar is None or (working and self.bar is False
+                                and not self._long_seen):
+            self._long_seen = working
+            self.bar = _bar_wanted(p["total"], self.stream, working)
+        if working:
+            log.debug("%s: %s %.0f%% (%.1f s)", p["layer"],
+                      "factors" if p["rank"] > 0 else "spectrum",
+                      100 * p.get("fraction", 0.0), p["seconds"])
         if p["phase"] == _DONE:
             if p["skip_reason"] or p["rank"] <= 0:
                 self.skipped += 1
@@ -63,13 +73,16 @@ class Reporter:
                          p["max_rank"], p["seconds"])
         if self.bar:
             done = p["index"] + (1 if p["phase"] == _DONE else 0)
-            self._draw(done, p["total"], p["layer"])
+            part = p.get("fraction", 0.0) if working else None
+            self._draw(done, p["total"], p["layer"], part)
 
-    def _draw(self, done, total, layer):
+    def _draw(self, done, total, layer, part=None):
         total = max(total, 1)
-        filled = _BAR_WIDTH * done // total
+        filled = int(_BAR_WIDTH * (done + (part or 0.0)) / total)
         text = (f"\rdecompd [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
                 f"{done}/{total} {layer}")
+        if part is not None:
+            text += f" {100 * part:.0f}%"
         if len(text) > 79:
             text = text[:79]
         pad = max(0, self._last_len - len(text))

@@ -42,17 +42,32 @@ static const char usage[] =
     "  --quiet          no per-layer lines\n"
     "  --verbose        engine log lines on stderr\n"
     "\n"
-    "A line per layer goes to stderr when it is a terminal; the summary goes\n"
-    "to stdout. Exit codes: see decompctl --help.\n";
+    "A line per layer goes to stderr when it is a terminal, and inside a\n"
+    "layer that takes long its progress, redrawn in place (Ctrl-C stops\n"
+    "there within a second); the summary goes to stdout. Exit codes: see\n"
+    "decompctl --help.\n";
 
 struct progress_state {
   bool show;     /* print a line per finished layer */
   int width;     /* of the layer-name column */
+  bool partial;  /* a long layer's progress line is on screen */
 };
 
 static int on_progress(void *user, const decomp_progress *p) {
   struct progress_state *st = user;
+  if (st->show && p->phase == DECOMP_PHASE_WORKING) {
+    /* Inside a long layer: one line redrawn in place. */
+    fprintf(stderr, "\r\033[K[%3zu/%zu] %-*s %s %3.0f%% %7.1f s", p->index + 1,
+            p->total, st->width, p->layer,
+            p->rank > 0 ? "factors " : "spectrum", 100 * p->fraction,
+            p->seconds);
+    fflush(stderr);
+    st->partial = true;
+  }
   if (st->show && p->phase == DECOMP_PHASE_DONE) {
+    if (st->partial)
+      fputs("\r\033[K", stderr);
+    st->partial = false;
     if (p->skip_reason)
       fprintf(stderr, "[%3zu/%zu] %-*s skipped: %s\n", p->index + 1, p->total,
               st->width, p->layer, p->skip_reason);
@@ -319,7 +334,10 @@ int cmd_decompose(int argc, char **argv) {
                       .progress_user = &ps,
                       .source_digest = digest,
                       .record_spectra = spectra};
-  if ((err = decomp_decompose(ctx, w, spec, policy, &o, &result))) {
+  err = decomp_decompose(ctx, w, spec, policy, &o, &result);
+  if (ps.partial)
+    fputs("\r\033[K", stderr);
+  if (err) {
     if (err == DECOMP_ERR_CANCELLED)
       cli_error("interrupted; nothing written");
     else

@@ -28,6 +28,19 @@ void core_log(decomp_ctx *ctx, int level, const char *topic, const char *fmt,
               ...) DECOMP_PRINTF(4, 5);
 bool core_log_enabled(const decomp_ctx *ctx, int level);
 
+/* Progress inside a long step (a large layer's spectrum or factors).
+ * decompose.c installs a hook on the calling thread's context around such
+ * a step; the SVD code calls core_tick with its estimate of the step done
+ * (in [0, 1], mapped through the span core_tick_span set: base + scale·f,
+ * for one group of several). The hook may cancel: core_tick then returns
+ * its error (DECOMP_ERR_CANCELLED, set on ctx), which the caller passes up
+ * after freeing what it holds. Without a hook it is a no-op. */
+typedef int (*core_tick_fn)(void *user, double fraction);
+void core_set_tick(decomp_ctx *ctx, core_tick_fn fn, void *user);
+void core_tick_span(decomp_ctx *ctx, double base, double scale);
+int core_tick(decomp_ctx *ctx, double fraction);
+double core_progress_interval(const decomp_ctx *ctx);
+
 /* --- weight sets -------------------------------------------------------- */
 
 /* Resources a weight set releases when freed. */

@@ -12,13 +12,52 @@ struct decomp_ctx {
   decomp_log_fn log;      /* may be NULL */
   void *log_user;
   int log_level;          /* messages above this level are dropped */
+  double interval;        /* seconds between WORKING progress events */
+  core_tick_fn tick;      /* set by decompose.c around a long step */
+  void *tick_user;
+  double tick_base, tick_scale; /* core_tick's span within the step */
 };
 
 decomp_ctx *decomp_ctx_new(void) {
   decomp_ctx *ctx = calloc(1, sizeof *ctx);
-  if (ctx)
+  if (ctx) {
     ctx->log_level = -1;
+    ctx->interval = 0.5;
+    ctx->tick_scale = 1;
+  }
   return ctx;
+}
+
+void decomp_ctx_set_progress_interval(decomp_ctx *ctx, double seconds) {
+  if (ctx)
+    ctx->interval = seconds >= 0 ? seconds : 0;
+}
+
+double core_progress_interval(const decomp_ctx *ctx) {
+  return ctx ? ctx->interval : 0.5;
+}
+
+void core_set_tick(decomp_ctx *ctx, core_tick_fn fn, void *user) {
+  if (!ctx)
+    return;
+  ctx->tick = fn;
+  ctx->tick_user = user;
+  ctx->tick_base = 0;
+  ctx->tick_scale = 1;
+}
+
+void core_tick_span(decomp_ctx *ctx, double base, double scale) {
+  if (!ctx)
+    return;
+  ctx->tick_base = base;
+  ctx->tick_scale = scale;
+}
+
+int core_tick(decomp_ctx *ctx, double fraction) {
+  if (!ctx || !ctx->tick)
+    return DECOMP_OK;
+  fraction = fraction < 0 ? 0 : fraction > 1 ? 1 : fraction;
+  return ctx->tick(ctx->tick_user, ctx->tick_base + ctx->tick_scale * fraction);
 }
 
 void decomp_ctx_free(decomp_ctx *ctx) { free(ctx); }

@@ -112,9 +112,10 @@ static char *join(const char *a, const char *b) {
   return s;
 }
 
-static int progress(decomp_ctx *ctx, const decomp_options *opts,
-                    const struct layer *L, size_t total, int phase,
-                    int64_t rank, const char *skip_reason) {
+static int progress_at(decomp_ctx *ctx, const decomp_options *opts,
+                       const struct layer *L, size_t total, int phase,
+                       int64_t rank, const char *skip_reason, double seconds,
+                       double fraction) {
   if (!opts || !opts->progress)
     return DECOMP_OK;
   decomp_progress p = {
@@ -124,13 +125,44 @@ static int progress(decomp_ctx *ctx, const decomp_options *opts,
       .phase = phase,
       .rank = rank,
       .max_rank = L->info.has_view ? L->info.view.max_rank : 0,
-      .seconds = L->seconds,
+      .seconds = seconds,
       .skip_reason = skip_reason,
+      .fraction = fraction,
   };
   if (opts->progress(opts->progress_user, &p) != 0)
     return core_fail(ctx, DECOMP_ERR_CANCELLED, "cancelled at layer %s",
                      L->info.layer->name);
   return DECOMP_OK;
+}
+
+static int progress(decomp_ctx *ctx, const decomp_options *opts,
+                    const struct layer *L, size_t total, int phase,
+                    int64_t rank, const char *skip_reason) {
+  return progress_at(ctx, opts, L, total, phase, rank, skip_reason,
+                     L->seconds, 0);
+}
+
+/* WORKING events of a layer run on the calling thread: core_tick's hook,
+ * at most every progress interval (the first one that far in). */
+struct ticker {
+  decomp_ctx *ctx;
+  const decomp_options *opts;
+  const struct layer *L;
+  size_t total;
+  int64_t rank;
+  double t0, last, interval;
+};
+
+static int layer_tick(void *user, double fraction) {
+  struct ticker *tk = user;
+  double now = core_now();
+  if (now - tk->last < tk->interval)
+    return DECOMP_OK;
+  tk->last = now;
+  return progress_at(tk->ctx, tk->opts, tk->L, tk->total,
+                     DECOMP_PHASE_WORKING, tk->rank, NULL,
+                     tk->L->seconds + (now - tk->t0),
+                     fraction < 1 ? fraction : 0.999);
 }
 
 /* The kernel as a dense row-major array of T: the tensor's own data when it
@@ -241,6 +273,10 @@ static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
       else                                                                     \
         SYRK(true, (int64_t)k, (int64_t)cw, B, (int64_t)cw, c0 ? 1 : 0, G,     \
              (int64_t)k);                                                      \
+      /* The eigensolver after this loop takes about 3/4 of the time. */     \
+      if ((rc = core_tick(ctx, 0.25 * (double)(c0 + cw) / (double)len)) !=     \
+          DECOMP_OK)                                                           \
+        goto out;                                                              \
     }                                                                          \
     free(B);                                                                   \
     B = NULL;                                                                  \
@@ -303,6 +339,7 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     if (R == 0 && core_svd_spectrum_uses_gram(gm->m, gm->n)) {                 \
       for (size_t j = 0; j < (size_t)gm->g; j++) {                             \
         snprintf(what, sizeof what, "%s group %zu", name, j);                  \
+        core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);   \
         rc = gram_##SUFFIX(ctx, what, W, gm, j, sigma + j * (size_t)gm->k,     \
                            j + 1 == (size_t)gm->g ? &owned : NULL);            \
         if (rc != DECOMP_OK)                                                   \
@@ -359,6 +396,7 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
       double dj = 0;                                                           \
       core_svd_report rep;                                                     \
       T *Uj = R > 0 ? F + j * r * m : NULL;                                    \
+      core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);     \
       rc = step_##SUFFIX(ctx, what, gm, A, R, core_svd_seed(name, (int64_t)j), \
                          ej, known ? known + j * k : NULL, all, &have, s, Uj,  \
                          V, &dj, &rep);                                        \
@@ -957,7 +995,14 @@ static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
           core_blas_set_threads(threads);
         }
         double t0 = core_now();
+        struct ticker tk = {.ctx = ctx, .opts = opts, .L = L, .total = total,
+                            .rank = phase == 2 ? L->job_rank : 0, .t0 = t0,
+                            .last = t0,
+                            .interval = core_progress_interval(ctx)};
+        if (opts && opts->progress)
+          core_set_tick(ctx, layer_tick, &tk);
         rc = layer_run(ctx, policy, L, L->job_rank, L->job_sigma);
+        core_set_tick(ctx, NULL, NULL);
         L->seconds += core_now() - t0;
         if (P)
           core_blas_set_threads(1);

@@ -182,7 +182,9 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
   OP(Z, Q);
   if ((rc = SFX(core_orth)(ctx, what, p, b, Q)) != DECOMP_OK)
     goto out;
-  int64_t d = 0;
+  int64_t d = 0, d_est = R + R * 7 / 10 + b; /* a decaying spectrum's */
+  if (d_est > dmax)
+    d_est = dmax;
   int checks = 0;
   double prev = -1, last_gain = -1, e = -1;
   /* Block Lanczos with full reorthogonalization: Q_{j+1} = orth(op(A)·Z_j)
@@ -214,6 +216,9 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
     }
     if (d + b > dmax)
       break;
+    double done = 0.9 * (double)d / (double)d_est;
+    if ((rc = core_tick(ctx, done < 0.9 ? done : 0.9)) != DECOMP_OK)
+      goto out;
     T *Qn = Q + (size_t)p * (size_t)d;
     OP(Zj, Qn);
     /* Twice is enough: project, orthonormalize, project, orthonormalize. */

@@ -15,8 +15,8 @@ from conftest import conv_spec
 
 
 def slow_model():
-    """A model whose job (energy policy: every layer's full spectrum) takes
-    several seconds on one worker."""
+    """A model whose job (the amct preset: every layer's spectrum and
+    factors in float64) takes several seconds on one worker."""
     torch.manual_seed(2)
     net = torch.nn.Sequential(*[torch.nn.Conv2d(512, 512, 3, padding=1, bias=False)
                                 for _ in range(12)])
@@ -30,7 +30,7 @@ def submit_slow_job(d):
     status, m = d.upload(data)
     assert status == 201, m
     status, j = d.json("POST", "/v1/jobs", {"model": m["id"], "spec": conv_spec(net),
-                                             "policy": {"name": "energy", "energy": 0.9}})
+                                             "policy": "amct"})
     assert status == 201, j
     return j["id"]
 
@@ -96,6 +96,46 @@ def test_cancel_running_job_at_layer_boundary(daemon_factory):
     status, _ = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
     assert status == 200
     assert d.request("DELETE", "/v1/jobs/" + job_id)[0] == 204
+
+
+def submit_one_long_layer(d):
+    """A job of one layer that takes several seconds by itself: the amct
+    preset (float64) on a 1024->1024 5x5 conv (a 5120x5120 matrix)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2,
+                                              bias=False))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    status, m = d.upload(buf.getvalue())
+    assert status == 201, m
+    status, j = d.json("POST", "/v1/jobs", {"model": m["id"],
+                                             "spec": conv_spec(net),
+                                             "policy": "amct"})
+    assert status == 201, j
+    return j["id"]
+
+
+def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
+    """The engine reports from inside a long layer, so shutdown and cancel
+    do not wait for the layer to end: the job is requeued (then cancelled)
+    with its only layer not done."""
+    d = daemon_factory(args=["--workers", "1"]).start()
+    job_id = submit_one_long_layer(d)
+    wait_running(d, job_id, secs=0.5)
+    assert d.stop(signal.SIGTERM) == 0
+    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
+    (state,) = db.execute("SELECT state FROM jobs WHERE id=?",
+                          (job_id,)).fetchone()
+    db.close()
+    assert state == "queued"
+    d.start()
+    j = wait_running(d, job_id, secs=0.5)
+    assert j["progress"]["layers_done"] == 0, j
+    status, j = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
+    assert status == 202, j
+    done = d.wait_job(job_id, timeout=60)
+    assert done["state"] == "cancelled", done
+    assert done["progress"]["layers_done"] == 0 and done["layers"] == [], done
 
 
 def files_under(d, sub):

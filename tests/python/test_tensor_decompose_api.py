@@ -6,6 +6,7 @@ new parameters keep, policies, errors, logging and the progress bar."""
 import copy
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -468,6 +469,48 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     monkeypatch.setenv("DECOMPD_PROGRESS", "0")
     auto_decomposition(many_convs())
     assert tty.text == ""
+
+
+def one_large_conv():
+    """A layer the engine runs on the calling thread with every BLAS thread
+    (m·n·k >= 2^32: 1800x1800 here), where it reports from inside."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(600, 600, 3, padding=1))
+
+
+def test_progress_bar_moves_inside_a_long_layer(monkeypatch):
+    """One large layer (the engine's block Krylov path): WORKING reports
+    draw the bar with the layer's share done, even for a model too small
+    for a bar otherwise."""
+    monkeypatch.delenv("DECOMPD_PROGRESS", raising=False)
+    monkeypatch.setattr("decompd._engine.PROGRESS_INTERVAL", 0.0)
+    tty = FakeTTY()
+    monkeypatch.setattr("sys.stderr", tty)
+    auto_decomposition(one_large_conv(), policy={"name": "fixed", "rank": 64})
+    assert "\rdecompd [" in tty.text and "0/1 0 " in tty.text, tty.text
+    shares = [int(m) for m in re.findall(r"0/1 0 (\d+)%", tty.text)]
+    assert len(shares) > 2 and shares == sorted(shares), shares
+    assert "1/1 0" in tty.text and tty.text.endswith("\n")
+
+
+def test_keyboard_interrupt_inside_a_long_layer_stops_there(monkeypatch):
+    """Ctrl-C arrives as a KeyboardInterrupt in the progress callback; with
+    reports inside the layer the run stops there, and the model is left as
+    it was."""
+    monkeypatch.setattr("decompd._engine.PROGRESS_INTERVAL", 0.0)
+    seen = []
+
+    def interrupt(self, p):
+        seen.append(p["phase"])
+        if p["phase"] == 3:  # WORKING
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(decompd._progress.Reporter, "__call__", interrupt)
+    net = one_large_conv()
+    with pytest.raises(KeyboardInterrupt):
+        auto_decomposition(net, policy={"name": "fixed", "rank": 64})
+    assert isinstance(net[0], nn.Conv2d)
+    assert seen == [1, 3], seen  # START, then the first report inside
 
 
 def test_no_progress_bar_off_a_terminal(capsys, monkeypatch):

@@ -566,6 +566,94 @@ START_TEST(a_converted_large_kernel_gives_the_factors_of_its_float32_twin) {
 }
 END_TEST
 
+struct working {
+  int events, cancel_at; /* WORKING events seen; the one that cancels, or -1 */
+  int phases[4];
+  double last;           /* the last fraction of the current step */
+  int step_phase;        /* SPECTRUM or START: the step being reported */
+  bool monotone, bounded;
+};
+
+static int on_working(void *user, const decomp_progress *p) {
+  struct working *w = user;
+  w->phases[p->phase]++;
+  if (p->phase == DECOMP_PHASE_SPECTRUM || p->phase == DECOMP_PHASE_START) {
+    w->step_phase = p->phase;
+    w->last = 0;
+  }
+  if (p->phase != DECOMP_PHASE_WORKING)
+    return 0;
+  w->bounded = w->bounded && p->fraction >= 0 && p->fraction < 1 &&
+               p->seconds >= 0 && strcmp(p->layer, "c") == 0;
+  w->monotone = w->monotone && p->fraction >= w->last;
+  w->last = p->fraction;
+  return w->events++ == w->cancel_at;
+}
+
+/* One large grouped conv on the calling thread (threads = 1) with every
+ * WORKING event reported (interval 0). */
+static int run_working(const char *policy, struct working *w) {
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_ctx_set_progress_interval(ctx, 0);
+  decomp_weights *wt;
+  decomp_spec *spec;
+  decomp_policy *p;
+  size_t n = 400 * 200 * 9;
+  float *data = random_f32(n);
+  ck_assert_int_eq(decomp_weights_new(ctx, &wt), DECOMP_OK);
+  decomp_tensor t = tensor4("c.weight", DECOMP_DTYPE_F32, data, 400, 200, 3, 3);
+  ck_assert_int_eq(decomp_weights_add(wt, &t), DECOMP_OK);
+  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
+  decomp_layer l = conv("c", 400, 400, 3, 3, 2, false);
+  ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
+  ck_assert_int_eq(decomp_policy_parse(ctx, policy, &p), DECOMP_OK);
+  decomp_options opts = {.progress = on_working, .progress_user = w,
+                         .threads = 1};
+  decomp_result *r = NULL;
+  int rc = decomp_decompose(ctx, wt, spec, p, &opts, &r);
+  if (rc == DECOMP_ERR_CANCELLED) {
+    ck_assert_ptr_null(r);
+    ck_assert_str_eq(decomp_errmsg(ctx), "cancelled at layer c");
+  }
+  decomp_result_free(r);
+  decomp_policy_free(p);
+  decomp_spec_free(spec);
+  decomp_weights_free(wt);
+  decomp_ctx_free(ctx);
+  free(data);
+  return rc;
+}
+
+START_TEST(a_long_layer_reports_progress_inside_and_cancels_there) {
+  /* The spectrum's Gram slabs (energy needs a spectrum) and the Krylov
+   * blocks of both groups report WORKING events, their fraction rising
+   * through each step. */
+  struct working w = {.cancel_at = -1, .monotone = true, .bounded = true};
+  ck_assert_int_eq(run_working("{\"name\": \"energy\", \"energy\": 0.3}", &w),
+                   DECOMP_OK);
+  ck_assert_int_gt(w.events, 4);
+  ck_assert(w.monotone);
+  ck_assert(w.bounded);
+  ck_assert_int_eq(w.phases[DECOMP_PHASE_SPECTRUM], 1);
+  ck_assert_int_eq(w.phases[DECOMP_PHASE_START], 1);
+  ck_assert_int_eq(w.phases[DECOMP_PHASE_DONE], 1);
+  /* A fixed rank: no spectrum, WORKING events from the factorization. */
+  struct working f = {.cancel_at = -1, .monotone = true, .bounded = true};
+  ck_assert_int_eq(run_working("{\"name\": \"fixed\", \"rank\": 64}", &f),
+                   DECOMP_OK);
+  ck_assert_int_gt(f.events, 2);
+  ck_assert(f.monotone);
+  /* Cancelling from inside the layer stops the run there. */
+  for (int at = 0; at < 3; at++) {
+    struct working c = {.cancel_at = at, .monotone = true, .bounded = true};
+    ck_assert_int_eq(run_working("{\"name\": \"fixed\", \"rank\": 64}", &c),
+                     DECOMP_ERR_CANCELLED);
+    ck_assert_int_eq(c.events, at + 1);
+    ck_assert_int_eq(c.phases[DECOMP_PHASE_DONE], 0);
+  }
+}
+END_TEST
+
 START_TEST(info_lists_decomposed_and_skipped_layers) {
   model m;
   model_init(&m, DECOMP_DTYPE_F32);
@@ -612,6 +700,7 @@ static Suite *suite(void) {
   tcase_add_test(d, output_keeps_the_input_dtype);
   tcase_add_test(
       d, a_converted_large_kernel_gives_the_factors_of_its_float32_twin);
+  tcase_add_test(d, a_long_layer_reports_progress_inside_and_cancels_there);
   tcase_add_test(d, info_lists_decomposed_and_skipped_layers);
   suite_add_tcase(s, d);
   return s;
