@@ -6,7 +6,8 @@
  * break.
  *
  * Shutdown on SIGTERM/SIGINT: stop accepting and close connections, stop
- * the workers (a running job is requeued at its next layer boundary), close
+ * the workers (a running job is requeued at its next engine progress
+ * report: a layer boundary, or inside a long layer within a second), close
  * the store (the WAL is checkpointed), exit 0. */
 #include <pthread.h>
 #include <signal.h>

@@ -106,7 +106,8 @@ static int on_progress(void *user, const decomp_progress *pr) {
   }
   if (atomic_load(&r->p->stopping))
     return 1;
-  /* Every event is a layer boundary (an indexed read of one row). */
+  /* Every event is a layer boundary or, inside a long layer, a progress
+   * report at most every 0.5 s (an indexed read of one row). */
   bool yes = false;
   if (store_job_cancel_requested(s, r->job->id, &yes) == DECOMP_OK && yes) {
     r->cancelled = true;
