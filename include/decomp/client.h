@@ -209,7 +209,9 @@ typedef struct decomp_client_job {
   char id[DECOMP_CLIENT_ID_LEN];    /* "j_<16 hex>" */
   char model[DECOMP_CLIENT_ID_LEN]; /* the model id */
   decomp_job_state state;
-  bool cancel_requested; /* a running job will stop at a layer boundary */
+  bool cancel_requested; /* a running job will stop at its next progress
+                            report (a layer boundary, or inside a long
+                            layer within about a second) */
   int attempts;          /* times a worker started it */
   int64_t layers_done;   /* per-layer progress */
   int64_t layers_total;  /* 0 until a worker has read the spec */
@@ -219,6 +221,12 @@ typedef struct decomp_client_job {
   size_t n_artifacts; /* succeeded jobs fetched one by one (get, wait) */
   decomp_client_artifact artifacts[DECOMP_CLIENT_MAX_ARTIFACTS];
   char *json; /* the server's JSON object for the job (owned; see clear) */
+  /* Running jobs: the layer the engine last reported, its step ("spectrum"
+   * or "factors") and the share of that step done; current_layer is ""
+   * otherwise. */
+  char current_layer[256];
+  char current_step[16];
+  double current_fraction;
 } decomp_client_job;
 
 /* Free what `j` owns (its json) and zero it. NULL is a no-op. Every

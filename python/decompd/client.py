@@ -306,6 +306,9 @@ class Job:
         p = doc.get("progress") or {}
         self.layers_done = p.get("layers_done", 0)
         self.layers_total = p.get("layers_total", 0)
+        # While running: {"layer", "step", "fraction"} inside the current
+        # layer (the engine's progress reports); None otherwise.
+        self.current = p.get("current")
         self.error = doc.get("error")
         self.artifacts = {a["name"]: a for a in doc.get("artifacts") or []}
 
@@ -661,8 +664,11 @@ class Client:
                 j = self.job(jid)
                 frac = (j.layers_done / j.layers_total) if j.layers_total \
                     else 0.0
+                cur = j.current
+                where = (f", {cur['layer']}: {cur['step']} "
+                         f"{100 * cur['fraction']:.0f}%") if cur else ""
                 bar.show(f"{j.id} {j.state} {j.layers_done}/"
-                         f"{j.layers_total} layers", frac)
+                         f"{j.layers_total} layers{where}", frac)
                 if j.finished:
                     break
                 if self.offline:

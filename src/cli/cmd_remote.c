@@ -461,10 +461,15 @@ static int on_wait(void *user, const decomp_client_job *j) {
   if (w->o->quiet)
     return 0;
   if (w->o->tty) {
-    char text[128];
-    snprintf(text, sizeof text, "%s %s %lld/%lld layers %.1f s", j->id,
+    char text[160], cur[64] = "";
+    /* Inside a layer: where, instead of the id (on the command line). */
+    if (j->current_layer[0])
+      snprintf(cur, sizeof cur, ", %.24s: %s %.0f%%", j->current_layer,
+               j->current_step, 100 * j->current_fraction);
+    snprintf(text, sizeof text, "%s%s%s %lld/%lld layers %.1f s%s",
+             cur[0] ? "" : j->id, cur[0] ? "" : " ",
              decomp_job_state_name(j->state), (long long)j->layers_done,
-             (long long)j->layers_total, j->seconds);
+             (long long)j->layers_total, j->seconds, cur);
     bar_draw(&w->bar,
              j->layers_total > 0
                  ? (double)j->layers_done / (double)j->layers_total

@@ -268,6 +268,14 @@ int client_job_from_json(decomp_client *c, json_t *o, decomp_client_job *j) {
   j->layers_done = (int64_t)json_integer_value(json_object_get(p, "layers_done"));
   j->layers_total =
       (int64_t)json_integer_value(json_object_get(p, "layers_total"));
+  json_t *cur = json_object_get(p, "current");
+  if (json_is_object(cur)) {
+    copy_str(j->current_layer, sizeof j->current_layer,
+             json_object_get(cur, "layer"));
+    copy_str(j->current_step, sizeof j->current_step,
+             json_object_get(cur, "step"));
+    j->current_fraction = json_number_value(json_object_get(cur, "fraction"));
+  }
   j->seconds = json_number_value(json_object_get(o, "seconds"));
   json_t *e = json_object_get(o, "error");
   if (json_is_object(e)) {

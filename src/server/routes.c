@@ -471,6 +471,14 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
       time_json(j->finished_at), "url", self);
   if (!o)
     return NULL;
+  json_t *prog = json_object_get(o, "progress");
+  if (j->state == STORE_JOB_RUNNING && j->current_layer[0])
+    json_object_set_new(prog, "current",
+                        json_pack("{s:s, s:s, s:f}", "layer", j->current_layer,
+                                  "step", j->current_step, "fraction",
+                                  j->current_fraction));
+  else
+    json_object_set_new(prog, "current", json_null());
   if (j->started_at > 0) {
     int64_t end = j->finished_at > 0 ? j->finished_at : store_now_ms();
     json_object_set_new(o, "seconds",

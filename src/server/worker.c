@@ -86,6 +86,18 @@ static void engine_log(void *user, int level, const char *topic,
 static int on_progress(void *user, const decomp_progress *pr) {
   struct run *r = user;
   store *s = r->p->s;
+  if (pr->phase != DECOMP_PHASE_DONE && pr->layer) {
+    /* Where the job is: the layer under way and its step's share done. */
+    bool factors = pr->phase == DECOMP_PHASE_START ||
+                   (pr->phase == DECOMP_PHASE_WORKING && pr->rank > 0);
+    if (store_job_current(s, r->job->id, (int64_t)pr->total, pr->layer,
+                          factors ? "factors" : "spectrum",
+                          pr->phase == DECOMP_PHASE_WORKING ? pr->fraction
+                                                            : 0.0) !=
+        DECOMP_OK)
+      LOG(LOG_WARN, "worker", r->job->id, "event=current_not_saved error=%s",
+          log_q(store_errmsg()));
+  }
   if (pr->phase == DECOMP_PHASE_DONE) {
     store_job_layer l = {0};
     l.index = (int64_t)pr->index;

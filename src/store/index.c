@@ -858,7 +858,8 @@ void store_job_clear(store_job *j) {
 #define JOB_COLS                                                               \
   "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
   "layers_done, error_code, error_message, created_at, "                       \
-  "COALESCE(started_at, 0), COALESCE(finished_at, 0)"
+  "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "      \
+  "current_step, COALESCE(current_fraction, 0)"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
@@ -876,9 +877,12 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
   j->created_at = sqlite3_column_int64(st, 10);
   j->started_at = sqlite3_column_int64(st, 11);
   j->finished_at = sqlite3_column_int64(st, 12);
+  col_copy(st, 13, j->current_layer, sizeof j->current_layer);
+  col_copy(st, 14, j->current_step, sizeof j->current_step);
+  j->current_fraction = sqlite3_column_double(st, 15);
   if (with_spec) {
-    j->spec = col_dup(st, 13);
-    j->policy = col_dup(st, 14);
+    j->spec = col_dup(st, 16);
+    j->policy = col_dup(st, 17);
   }
 }
 
@@ -1041,7 +1045,8 @@ int store_job_claim(store *s, store_job *out) {
   rc = prepf(s->w, &st,
              "UPDATE jobs SET state='running', attempts=attempts+1, "
              "started_at=?1, layers_done=0, error_code=NULL, "
-             "error_message=NULL WHERE seq = (SELECT seq FROM jobs WHERE "
+             "error_message=NULL, current_layer=NULL, current_step=NULL, "
+             "current_fraction=NULL WHERE seq = (SELECT seq FROM jobs WHERE "
              "state='queued' ORDER BY seq LIMIT 1) RETURNING " JOB_COLS_SPEC,
              "i", store_now_ms());
   if (rc == DECOMP_OK) {
@@ -1084,8 +1089,22 @@ int store_job_progress(store *s, const char *job_id, int64_t total,
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL,
               "UPDATE jobs SET layers_total=?2, layers_done=(SELECT COUNT(*) "
-              "FROM job_layers WHERE job_id=?1) WHERE id=?1",
+              "FROM job_layers WHERE job_id=?1), current_layer=NULL, "
+              "current_step=NULL, current_fraction=NULL WHERE id=?1",
               "si", job_id, total);
+  return wend(s, rc);
+}
+
+int store_job_current(store *s, const char *job_id, int64_t total,
+                      const char *layer, const char *step, double fraction) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "UPDATE jobs SET layers_total=?2, current_layer=?3, "
+            "current_step=?4, current_fraction=?5 WHERE id=?1 AND "
+            "state='running'",
+            "sissd", job_id, total, layer, step, fraction);
   return wend(s, rc);
 }
 

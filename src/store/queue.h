@@ -35,6 +35,9 @@ typedef struct store_job {
   char *spec;               /* owned; canonical spec JSON (with spec) */
   char *policy;             /* owned; canonical policy JSON (with spec) */
   int64_t created_at, started_at, finished_at; /* Unix ms; 0 = not yet */
+  char current_layer[256];  /* the layer under way, or "" (running jobs) */
+  char current_step[16];    /* "spectrum" or "factors" */
+  double current_fraction;  /* the engine's estimate of that step done */
 } store_job;
 
 /* Free the owned strings of `j` (not `j` itself). */
@@ -70,6 +73,12 @@ int store_job_claim(store *s, store_job *out);
 /* Record a finished layer and bump layers_done; sets layers_total. */
 int store_job_progress(store *s, const char *job_id, int64_t total,
                     const store_job_layer *l);
+/* Where a running job is inside a layer (`step` "spectrum" or "factors",
+ * `fraction` of it done), with its layer count; a no-op unless the job is
+ * running. A finished layer (store_job_progress) or a new claim resets
+ * it. */
+int store_job_current(store *s, const char *job_id, int64_t total,
+                      const char *layer, const char *step, double fraction);
 /* Whether cancellation was asked for. */
 int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
 /* Finish a running job with its artifacts (blobs already committed; call

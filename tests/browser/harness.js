@@ -13,6 +13,7 @@
  * - tinyModel(): a small CNN's weights as safetensors (written here: no
  *   torch needed) with its layer spec, spectra that decay like trained
  *   weights, a 1x1 conv and a Linear that the engine leaves alone.
+ * - largeConv(): one 1024->1024 5x5 conv as safetensors, for a long layer.
  * - shot(page, name): a screenshot in BUILD/tests/browser/artifacts/. */
 'use strict';
 
@@ -300,4 +301,18 @@ function tinyModel(seed = 1) {
   return {weights: safetensors(tensors), spec: {layers}};
 }
 
-module.exports = {deps, Daemon, browser, watchConsole, shot, tinyModel, sleep, ARTIFACTS};
+/* One conv big enough that the engine works on it for many seconds (the
+ * amct preset computes in float64: a 5120x5120 matrix), random weights. */
+function largeConv(seed = 7) {
+  const next = rng(seed);
+  const cin = 1024, cout = 1024, k = 5;
+  const data = new Float32Array(cout * cin * k * k);
+  for (let i = 0; i < data.length; i++) data[i] = 0.01 * next();
+  const spec = {layers: [{name: 'big', type: 'Conv2d', in_channels: cin, out_channels: cout,
+    kernel_size: [k, k], stride: [1, 1], padding: [2, 2], dilation: [1, 1], groups: 1,
+    bias: false, padding_mode: 'zeros'}]};
+  return {weights: safetensors([['big.weight', {shape: [cout, cin, k, k], data}]]), spec};
+}
+
+module.exports = {deps, Daemon, browser, watchConsole, shot, tinyModel, largeConv, sleep,
+  ARTIFACTS};

@@ -3,7 +3,9 @@
  * succeeded without a reload; its page shows one row per layer of the info
  * file (decomposed + left alone), a drawn energy curve per layer with the
  * chosen rank marked and the whole model's MACs chart; a job uploaded and
- * submitted from the page's own forms runs too; the static files carry
+ * submitted from the page's own forms runs too; a job on one long layer
+ * shows the layer, its step and share done, and its page's Cancel stops
+ * it inside the layer; the static files carry
  * their Content-Type and ETag (304 on revalidation); nothing is logged to
  * the console. Screenshots: BUILD/tests/browser/artifacts/. */
 'use strict';
@@ -116,6 +118,29 @@ test('a job submitted over the API goes live to succeeded; its page shows every 
     assert.equal(r.status, 200, href);
   }
   await H.shot(page, 'job-page');
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});
+
+test('a long layer shows where it is inside it; Cancel on its page stops it there', async () => {
+  const {page, errors} = await newPage();
+  const {weights, spec} = H.largeConv();
+  const m = await daemon.upload(weights, 'bigconv');
+  assert.ok(m.id, JSON.stringify(m));
+  const job = await daemon.json('POST', '/v1/jobs', {json: {model: m.id, spec, policy: 'amct'}, expect: 201});
+  await page.goto(daemon.url + '/#/jobs/' + job.id);
+  // the engine's reports inside the layer reach the page: layer, step, share done
+  const cur = await page.waitForSelector('.progress .current', {timeout: 60000});
+  assert.match(await cur.textContent(), /^big: (spectrum|factors) \d+%$/);
+  assert.equal(await page.$eval('.meta .progress .num', (n) => n.textContent), '0/1');
+  await H.shot(page, 'job-inside-a-layer');
+  await page.click('.actions button');
+  await page.waitForSelector('.head .badge.state-cancelled', {timeout: 60000});
+  const j = await daemon.json('GET', '/v1/jobs/' + job.id, {expect: 200});
+  assert.equal(j.state, 'cancelled');
+  assert.equal(j.progress.layers_done, 0, 'stopped inside its only layer');
+  assert.equal(j.progress.current, null);
+  assert.equal(await page.$('.progress .current'), null);
   assert.deepEqual(errors, []);
   await page.context().close();
 });

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from conftest import DECOMPCTL, SmallNet, client_env, ctl, url_of
 
@@ -173,3 +174,55 @@ def test_wait_and_fetch_draw_a_bar_on_a_terminal(daemon, tmp_path):
         assert p.returncode == 0, err
         assert b"\r[" in err and b"#" in err, err
         assert b"\r" not in out
+
+
+def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
+    """A job on one long layer (amct, float64, 1024->1024 5x5): decompctl
+    wait on a terminal and the Python client both say which layer the
+    engine is in, its step and the share done, before the layer ends."""
+    import pty
+    import re
+    import torch
+    from decompd.client import Client
+    from decompd.spec import layer_spec, walk
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2,
+                                              bias=False))
+    torch.save(net.state_dict(), tmp_path / "big.pth")
+    (tmp_path / "big.json").write_text(json.dumps(layer_spec(walk(net))))
+    env = dict(os.environ)
+    env.update(client_env(daemon, tmp_path / "cache"))
+    r = ctl("submit", tmp_path / "big.pth", "--spec", tmp_path / "big.json",
+            "--policy", "amct", env=env)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    c = Client(url_of(daemon), cache=str(tmp_path / "cache"))
+    deadline, j = time.time() + 120, None
+    while time.time() < deadline:
+        j = c.job(job)
+        if j.current:
+            break
+        time.sleep(0.1)
+    assert j.state == "running" and j.layers_done == 0, j
+    assert j.current["layer"] == "0" and j.current["step"] in (
+        "spectrum", "factors") and 0 <= j.current["fraction"] < 1, j.current
+    master, slave = pty.openpty()
+    p = subprocess.Popen([DECOMPCTL, "wait", job, "--timeout", "2"],
+                         stdout=subprocess.PIPE, stderr=slave,
+                         stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    p.communicate(timeout=60)
+    err = b""
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        err += b
+    os.close(master)
+    assert p.returncode == 11, err  # still running when the wait gave up
+    assert re.search(rb"running 0/1 layers [0-9.]+ s, 0: (spectrum|factors) "
+                     rb"\d+%", err), err
+    assert ctl("cancel", job, env=env).returncode == 0

@@ -131,11 +131,25 @@ def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
     d.start()
     j = wait_running(d, job_id, secs=0.5)
     assert j["progress"]["layers_done"] == 0, j
+    # GET /v1/jobs/{id} says where the job is inside the layer, and the
+    # share done rises through each step.
+    seen, deadline = [], time.time() + 60
+    while len(set(seen)) < 3 and time.time() < deadline:
+        _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
+        assert j["state"] == "running", j
+        cur = j["progress"]["current"]
+        assert cur is not None and cur["layer"] == "0", j
+        assert j["progress"]["layers_total"] == 1, j
+        assert cur["step"] in ("spectrum", "factors") and 0 <= cur["fraction"] < 1
+        seen.append((cur["step"] == "factors", cur["fraction"]))
+        time.sleep(0.2)
+    assert len(set(seen)) >= 3 and seen == sorted(seen), seen
     status, j = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
     assert status == 202, j
     done = d.wait_job(job_id, timeout=60)
     assert done["state"] == "cancelled", done
     assert done["progress"]["layers_done"] == 0 and done["layers"] == [], done
+    assert done["progress"]["current"] is None
 
 
 def files_under(d, sub):

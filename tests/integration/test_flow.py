@@ -65,6 +65,7 @@ def test_whole_flow_resnet18(daemon):
     assert done["state"] == "succeeded", done
     assert done["error"] is None and done["attempts"] == 1
     assert done["progress"]["layers_done"] == done["progress"]["layers_total"] == 20
+    assert done["progress"]["current"] is None  # only while running
     assert len(done["layers"]) == 20 and done["seconds"] > 0
     names = {a["name"]: a for a in done["artifacts"]}
     assert set(names) == {"decomposed_weights.pth", "decomposed_weights.safetensors",

@@ -352,14 +352,22 @@ function stateBadge(state, extra) {
   return h('span.badge.state-' + state, {}, state + (extra || ''));
 }
 
-function progressBar(done, total, state) {
+/* Where a running job is inside its current layer (progress.current). */
+function currentText(c) {
+  return c ? c.layer + ': ' + c.step + ' ' + Math.floor(c.fraction * 100) + '%' : '';
+}
+
+function progressBar(done, total, state, current) {
   const frac = total > 0 ? done / total : (state === 'succeeded' ? 1 : 0);
   const bar = h('div.bar', {role: 'progressbar', 'aria-valuemin': 0,
     'aria-valuemax': total || 1, 'aria-valuenow': done});
   const fill = h('div.fill.state-' + state);
   fill.style.width = (frac * 100).toFixed(1) + '%';
   bar.append(fill);
-  return h('div.progress', {}, bar, h('span.num', {}, total ? done + '/' + total : '—'));
+  const box = h('div.progress', {title: currentText(current)}, bar,
+    h('span.num', {}, total ? done + '/' + total : '—'));
+  if (current) box.append(h('span.current.dim', {}, currentText(current)));
+  return box;
 }
 
 function jobsView(view, state, gen) {
@@ -399,7 +407,8 @@ function jobRow(j) {
     h('td.mono', {}, h('a', {href}, j.id)),
     h('td', {title: j.model}, modelLabel(j.model)),
     h('td', {}, policyText(jobPolicies.get(j.id))),
-    h('td', {}, progressBar(j.progress.layers_done, j.progress.layers_total, j.state)),
+    h('td', {}, progressBar(j.progress.layers_done, j.progress.layers_total, j.state,
+      j.progress.current)),
     h('td', {title: j.started_at || ''}, fmtTime(j.started_at)),
     h('td.num', {}, fmtSeconds(j.seconds)),
     h('td.err', {title: err}, err));
@@ -447,7 +456,8 @@ function jobHeader(j) {
     dl('Model', m ? m.name || '(unnamed)' : '', ' ', h('span.mono.dim', {}, j.model),
       m ? h('span.dim', {}, ' · ' + m.format + ' · ' + fmtBytes(m.size)) : ''),
     dl('Policy', policyText(j.policy) || '—', ' ', h('span.mono.dim.small', {}, j.policy ? JSON.stringify(j.policy) : '')),
-    dl('Progress', progressBar(j.progress.layers_done, j.progress.layers_total, j.state)),
+    dl('Progress', progressBar(j.progress.layers_done, j.progress.layers_total, j.state,
+      j.progress.current)),
     dl('Created', fmtTime(j.created_at)),
     dl('Started', fmtTime(j.started_at)),
     dl('Finished', fmtTime(j.finished_at)),
