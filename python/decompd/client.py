@@ -915,6 +915,7 @@ class Client:
         from .tensor_decompose import decompose_network
         paths = self.fetch(job, only=[ARTIFACT_WEIGHTS, ARTIFACT_INFO],
                            progress=progress)
+        aliases = _conv_aliases(model)
         new, changes = decompose_network(model, paths[ARTIFACT_INFO])
         state = torch.load(paths[ARTIFACT_WEIGHTS], map_location="cpu",
                            weights_only=True)
@@ -922,7 +923,7 @@ class Client:
             # Sent under the engine's name for a bare conv (module_payload).
             state = {k[len(_ROOT) + 1:]: v for k, v in state.items()
                      if k.startswith(_ROOT + ".")}
-        new.load_state_dict(state)
+        new.load_state_dict(_with_aliases(state, aliases, changes))
         return new, changes
 
 
@@ -945,6 +946,36 @@ class Client:
 # The name a bare nn.Conv2d's tensors and spec entry get (the engine needs a
 # non-empty layer name; decompd.tensor_decompose uses the same).
 _ROOT = "conv"
+
+
+def _conv_aliases(model):
+    """{first name: [other names]} of every Conv2d reachable under several
+    names (one object shared by two parents): the spec and the engine know
+    it by its first name only."""
+    import torch
+    names = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, torch.nn.Conv2d):
+            names.setdefault(id(m), []).append(name)
+    return {ns[0]: ns[1:] for ns in names.values() if len(ns) > 1}
+
+
+def _with_aliases(state, aliases, changes):
+    """The decomposed file's state dict for a model whose shared convs were
+    replaced under every name: a decomposed conv's new tensors are copied
+    to its other names, and the file's entries for the old conv under those
+    names (the module's state dict had them) are dropped."""
+    out = dict(state)
+    for first, others in aliases.items():
+        if first not in changes:
+            continue
+        new_keys = [k for k in state if k.startswith(first + ".")]
+        for other in others:
+            for k in [k for k in out if k.startswith(other + ".")]:
+                del out[k]
+            for k in new_keys:
+                out[other + k[len(first):]] = state[k]
+    return out
 
 
 def module_payload(model, example_input=None):

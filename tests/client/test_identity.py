@@ -30,6 +30,15 @@ def same(a, b, tag):
         assert torch.equal(sa[k], sb[k]), (tag, k)
 
 
+def shared():
+    """A conv object reachable under two names (used twice in a row)."""
+    import torch.nn as nn
+    torch.manual_seed(1)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), conv, nn.ReLU(),
+                         conv, nn.AdaptiveAvgPool2d(1))
+
+
 SPECTRA = ("singular_values", "singular_values_by_group")
 
 
@@ -51,6 +60,7 @@ def layers(path):
     (SmallNet.make, {"name": "energy", "energy": 0.9}),
     (resnet, "amct"),
     (resnet, None),
+    (shared, {"name": "fixed", "rank": 8}),
 ])
 def test_service_equals_in_process(daemon, tmp_path, make, policy):
     from decompd.tensor_decompose import auto_decomposition
@@ -64,6 +74,8 @@ def test_service_equals_in_process(daemon, tmp_path, make, policy):
         del os.environ["DECOMPD_CACHE"]
     assert lch == rch and lch
     same(local, remote, (make.__name__, policy))
+    if make is shared:  # still one object under both names, on both sides
+        assert local[1] is local[3] and remote[1] is remote[3]
     assert layers(tmp_path / "local.json") == layers(tmp_path / "remote.json")
 
 
