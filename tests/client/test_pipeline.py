@@ -147,31 +147,37 @@ def test_cli_verbs_json_jobs_and_cancel(daemon_factory, tmp_path):
         assert "\n  " + code in h.stdout, code
 
 
+def on_a_terminal(argv, env):
+    """Run argv with stderr on a pty; (exit code, stdout, stderr bytes)."""
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
+                         stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    out, _ = p.communicate(timeout=120)
+    err = b""
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        err += b
+    os.close(master)
+    return p.returncode, out, err
+
+
 def test_wait_and_fetch_draw_a_bar_on_a_terminal(daemon, tmp_path):
     """On a terminal (a pty here) wait and fetch redraw one bar line with
     \\r; stdout still carries only the result."""
-    import pty
     from conftest import run_job
     job = run_job(daemon, tmp_path)
     env = dict(os.environ)
     env.update(client_env(daemon, tmp_path / "tty-cache"))
     for verb in ("wait", "fetch"):
-        master, slave = pty.openpty()
-        p = subprocess.Popen([DECOMPCTL, verb, job], stdout=subprocess.PIPE,
-                             stderr=slave, stdin=subprocess.DEVNULL, env=env)
-        os.close(slave)
-        out, _ = p.communicate(timeout=120)
-        err = b""
-        while True:
-            try:
-                b = os.read(master, 65536)
-            except OSError:
-                break
-            if not b:
-                break
-            err += b
-        os.close(master)
-        assert p.returncode == 0, err
+        code, out, err = on_a_terminal([DECOMPCTL, verb, job], env)
+        assert code == 0, err
         assert b"\r[" in err and b"#" in err, err
         assert b"\r" not in out
 
@@ -180,7 +186,6 @@ def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
     """A job on one long layer (amct, float64, 1024->1024 5x5): decompctl
     wait on a terminal and the Python client both say which layer the
     engine is in, its step and the share done, before the layer ends."""
-    import pty
     import re
     import torch
     from decompd.client import Client
@@ -206,23 +211,9 @@ def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
     assert j.state == "running" and j.layers_done == 0, j
     assert j.current["layer"] == "0" and j.current["step"] in (
         "spectrum", "factors") and 0 <= j.current["fraction"] < 1, j.current
-    master, slave = pty.openpty()
-    p = subprocess.Popen([DECOMPCTL, "wait", job, "--timeout", "2"],
-                         stdout=subprocess.PIPE, stderr=slave,
-                         stdin=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    p.communicate(timeout=60)
-    err = b""
-    while True:
-        try:
-            b = os.read(master, 65536)
-        except OSError:
-            break
-        if not b:
-            break
-        err += b
-    os.close(master)
-    assert p.returncode == 11, err  # still running when the wait gave up
+    code, _, err = on_a_terminal([DECOMPCTL, "wait", job, "--timeout", "2"],
+                                 env)
+    assert code == 11, err  # still running when the wait gave up
     assert re.search(rb"running 0/1 layers [0-9.]+ s, 0: (spectrum|factors) "
                      rb"\d+%", err), err
     assert ctl("cancel", job, env=env).returncode == 0

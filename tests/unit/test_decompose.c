@@ -490,39 +490,58 @@ START_TEST(output_keeps_the_input_dtype) {
 END_TEST
 
 /* One grouped conv, large enough for the Gram spectrum and the block Krylov
- * path (k = 600 per group), from `data` in dtype dt, under `policy`: the
- * two factors as float32 and the info's text. */
-static void decompose_large(decomp_dtype dt, const void *data,
-                            const char *policy, float **first, float **second,
-                            char **info) {
-  decomp_ctx *ctx = decomp_ctx_new();
+ * path (k = 600 per group), of `data` in dtype dt, decomposed under
+ * `policy` with `opts` (WORKING reports every `interval` s; < 0: the
+ * default). The run's code; its result in *out. large_free releases it. */
+typedef struct large {
+  decomp_ctx *ctx;
   decomp_weights *w;
   decomp_spec *spec;
   decomp_policy *p;
-  ck_assert_int_eq(decomp_weights_new(ctx, &w), DECOMP_OK);
+  decomp_result *r;
+} large;
+
+static int large_run(large *L, decomp_dtype dt, const void *data,
+                     const char *policy, const decomp_options *opts,
+                     double interval) {
+  memset(L, 0, sizeof *L);
+  L->ctx = decomp_ctx_new();
+  if (interval >= 0)
+    decomp_ctx_set_progress_interval(L->ctx, interval);
+  ck_assert_int_eq(decomp_weights_new(L->ctx, &L->w), DECOMP_OK);
   decomp_tensor t = tensor4("c.weight", dt, data, 400, 200, 3, 3);
-  ck_assert_int_eq(decomp_weights_add(w, &t), DECOMP_OK);
-  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
+  ck_assert_int_eq(decomp_weights_add(L->w, &t), DECOMP_OK);
+  ck_assert_int_eq(decomp_spec_new(L->ctx, &L->spec), DECOMP_OK);
   decomp_layer l = conv("c", 400, 400, 3, 3, 2, false);
-  ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
-  ck_assert_int_eq(decomp_policy_parse(ctx, policy, &p), DECOMP_OK);
-  decomp_result *r = NULL;
-  ck_assert_int_eq(decomp_decompose(ctx, w, spec, p, NULL, &r), DECOMP_OK);
-  const decomp_tensor *f = decomp_weights_find(decomp_result_weights(r),
-                                               "c.0.weight");
-  const decomp_tensor *g = decomp_weights_find(decomp_result_weights(r),
-                                               "c.1.weight");
+  ck_assert_int_eq(decomp_spec_add(L->ctx, L->spec, &l), DECOMP_OK);
+  ck_assert_int_eq(decomp_policy_parse(L->ctx, policy, &L->p), DECOMP_OK);
+  return decomp_decompose(L->ctx, L->w, L->spec, L->p, opts, &L->r);
+}
+
+static void large_free(large *L) {
+  decomp_result_free(L->r);
+  decomp_policy_free(L->p);
+  decomp_spec_free(L->spec);
+  decomp_weights_free(L->w);
+  decomp_ctx_free(L->ctx);
+}
+
+/* The large conv's two factors as float32 and its info's text. */
+static void decompose_large(decomp_dtype dt, const void *data,
+                            const char *policy, float **first, float **second,
+                            char **info) {
+  large L;
+  ck_assert_int_eq(large_run(&L, dt, data, policy, NULL, -1), DECOMP_OK);
+  const decomp_weights *rw = decomp_result_weights(L.r);
+  const decomp_tensor *f = decomp_weights_find(rw, "c.0.weight");
+  const decomp_tensor *g = decomp_weights_find(rw, "c.1.weight");
   size_t nf = (size_t)decomp_tensor_numel(f), ng = (size_t)decomp_tensor_numel(g);
   *first = malloc(nf * sizeof **first);
   *second = malloc(ng * sizeof **second);
   ck_assert(core_tensor_to_f32(f, *first));
   ck_assert(core_tensor_to_f32(g, *second));
-  *info = strdup(decomp_result_info(r));
-  decomp_result_free(r);
-  decomp_policy_free(p);
-  decomp_spec_free(spec);
-  decomp_weights_free(w);
-  decomp_ctx_free(ctx);
+  *info = strdup(decomp_result_info(L.r));
+  large_free(&L);
 }
 
 START_TEST(a_converted_large_kernel_gives_the_factors_of_its_float32_twin) {
@@ -590,36 +609,19 @@ static int on_working(void *user, const decomp_progress *p) {
   return w->events++ == w->cancel_at;
 }
 
-/* One large grouped conv on the calling thread (threads = 1) with every
- * WORKING event reported (interval 0). */
+/* The large conv on the calling thread (threads = 1) with every WORKING
+ * event reported (interval 0). */
 static int run_working(const char *policy, struct working *w) {
-  decomp_ctx *ctx = decomp_ctx_new();
-  decomp_ctx_set_progress_interval(ctx, 0);
-  decomp_weights *wt;
-  decomp_spec *spec;
-  decomp_policy *p;
-  size_t n = 400 * 200 * 9;
-  float *data = random_f32(n);
-  ck_assert_int_eq(decomp_weights_new(ctx, &wt), DECOMP_OK);
-  decomp_tensor t = tensor4("c.weight", DECOMP_DTYPE_F32, data, 400, 200, 3, 3);
-  ck_assert_int_eq(decomp_weights_add(wt, &t), DECOMP_OK);
-  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
-  decomp_layer l = conv("c", 400, 400, 3, 3, 2, false);
-  ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
-  ck_assert_int_eq(decomp_policy_parse(ctx, policy, &p), DECOMP_OK);
+  float *data = random_f32(400 * 200 * 9);
   decomp_options opts = {.progress = on_working, .progress_user = w,
                          .threads = 1};
-  decomp_result *r = NULL;
-  int rc = decomp_decompose(ctx, wt, spec, p, &opts, &r);
+  large L;
+  int rc = large_run(&L, DECOMP_DTYPE_F32, data, policy, &opts, 0);
   if (rc == DECOMP_ERR_CANCELLED) {
-    ck_assert_ptr_null(r);
-    ck_assert_str_eq(decomp_errmsg(ctx), "cancelled at layer c");
+    ck_assert_ptr_null(L.r);
+    ck_assert_str_eq(decomp_errmsg(L.ctx), "cancelled at layer c");
   }
-  decomp_result_free(r);
-  decomp_policy_free(p);
-  decomp_spec_free(spec);
-  decomp_weights_free(wt);
-  decomp_ctx_free(ctx);
+  large_free(&L);
   free(data);
   return rc;
 }
