@@ -275,7 +275,9 @@ def engine_flops(m, n, R, log_line):
     D, b = int(D.group(1)), int(b.group(1))
     blocks = D // b
     fl = 2 * blocks * 2.0 * m * n * b        # op(A) and op(A)^T per block
-    fl += 4.0 * k * D * D                    # two projections per block
+    fl += 2.0 * k * D * D + 8.0 * k * b * D  # per block: the whole basis
+    #                                          projected out once, the last
+    #                                          two blocks once
     fl += 1.0 * big * D * D                  # T = Z^T Z, block by block
     fl += blocks * 2 * 5.0 * k * b * b       # LU + Cholesky-QR twice, twice
     fl += 2.0 * (k + big) * D * R            # the factors

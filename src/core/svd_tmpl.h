@@ -117,6 +117,20 @@ static int SFX(ritz_error)(decomp_ctx *ctx, const char *what, const T *t,
   return DECOMP_OK;
 }
 
+/* The smallest Euclidean norm among the b columns of y (p×b). */
+static double SFX(min_column_norm)(int64_t p, int64_t b, const T *y) {
+  double least = INFINITY;
+  for (int64_t j = 0; j < b; j++) {
+    double s = 0;
+    for (int64_t i = 0; i < p; i++) {
+      double v = (double)y[i + p * j];
+      s += v * v;
+    }
+    least = s < least ? s : least;
+  }
+  return sqrt(least);
+}
+
 /* y (p×b) ← y − Q·(Qᵀ·y) for the d orthonormal columns of Q (p×d); h is
  * d×b scratch. */
 static void SFX(project_out)(int64_t p, int64_t d, const T *Q, T *y,
@@ -221,12 +235,26 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
       goto out;
     T *Qn = Q + (size_t)p * (size_t)d;
     OP(Zj, Qn);
-    /* Twice is enough: project, orthonormalize, project, orthonormalize. */
-    for (int pass = 0; pass < 2; pass++) {
-      SFX(project_out)(p, d, Q, Qn, b, H);
+    /* op(A)·op(A)ᵀ·Q_j lies, in exact arithmetic, in the span of Q_{j-1},
+     * Q_j and the new block: project out those two blocks and
+     * orthonormalize, then project out the whole basis (what rounding left
+     * along the older blocks). If that took away much of a column (the
+     * block was nearly in the basis: rounding, or a matrix of low rank),
+     * orthonormalizing would magnify what is left along the basis: then
+     * once more, orthonormalize and project out the whole basis. Last,
+     * orthonormalize. */
+    int64_t near = d > 2 * b ? d - 2 * b : 0;
+    SFX(project_out)(p, d - near, Q + (size_t)p * (size_t)near, Qn, b, H);
+    if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
+      goto out;
+    SFX(project_out)(p, d, Q, Qn, b, H);
+    if (SFX(min_column_norm)(p, b, Qn) < 0.7) {
       if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
         goto out;
+      SFX(project_out)(p, d, Q, Qn, b, H);
     }
+    if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
+      goto out;
   }
   /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = T = W·Λ·Wᵀ. */
   SFX(sym_from_upper)(Tm, (size_t)dmax, (size_t)d, C);
