@@ -86,8 +86,9 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * reorthogonalization from a random start, as in Musco and Musco 2015,
  * "Randomized block Krylov methods for stronger and faster approximate
  * SVD"): the basis [Q_0, Q_1, …] of span{A·Ω, (A·Aᵀ)·A·Ω, …} grows by
- * blocks of about R/8 columns, each orthonormalized against all earlier
- * ones twice, and from R + one block on the Ritz values of the basis give
+ * blocks of about R/8 columns, each orthonormalized against the last two
+ * blocks and then against the whole basis (once more when that removed
+ * much of it), and from R + two blocks on the Ritz values of the basis give
  * the rank-R error it achieves. It stops when that error is within 0.8% of
  * a known optimum (`sigma`), or when its extrapolated remaining gain is
  * below 1% of it; the factors come from a Rayleigh–Ritz step on BᵀB, B the
