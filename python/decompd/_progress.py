@@ -54,10 +54,11 @@ class Reporter:
 
     def __call__(self, p):
         working = p["phase"] == _WORKING
-        if self.bar is None or (working and self.bar is False
-                                and not self._long_seen):
-            self._long_seen = working
-            self.bar = _bar_wanted(p["total"], self.stream, working)
+        if self.bar is None:
+            self.bar = _bar_wanted(p["total"], self.stream)
+        if working and self.bar is False and not self._long_seen:
+            self._long_seen = True  # a long layer: a bar on a terminal
+            self.bar = _bar_wanted(p["total"], self.stream, long_layer=True)
         if working:
             log.debug("%s: %s %.0f%% (%.1f s)", p["layer"],
                       "factors" if p["rank"] > 0 else "spectrum",
