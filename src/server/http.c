@@ -7,9 +7,14 @@
  * chunk (MHD answers 500 otherwise) into a JSON buffer or a store upload,
  * then call the handler once with the whole request and queue its one
  * reply. File replies go out with sendfile (MHD_create_response_from_fd_*;
- * no TLS here, so zero-copy holds). Each finished request is logged and
- * counted in the metrics. No connection is ever suspended, so nothing needs
- * resuming before MHD_stop_daemon. */
+ * no TLS here, so zero-copy holds). Streamed replies (server-sent events)
+ * park their connection (MHD_suspend_connection) when they have nothing to
+ * send; a pump thread resumes every parked one about every 250 ms so that
+ * it can look again, and at shutdown resumes them all, after which they
+ * end, before MHD_stop_daemon. Each finished request is logged and counted
+ * in the metrics. */
+#include <errno.h>
+#include <pthread.h>
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -31,10 +36,32 @@
 #define MAX_PARAMS 4
 #define MAX_HEADERS 12
 
+struct stream;
+
 struct http_server {
   struct MHD_Daemon *d;
   store *s;
   const config *cfg;
+  /* streamed replies */
+  pthread_mutex_t smu;
+  pthread_cond_t scond;
+  struct stream *streams; /* every live one (guarded by smu) */
+  bool stopping;          /* guarded by smu */
+  bool pump_running;
+  pthread_t pump;
+};
+
+/* One streamed reply. `suspended` and the list links are guarded by the
+ * server's smu. */
+struct stream {
+  http_server *srv;
+  struct MHD_Connection *c;
+  http_stream_fn next;
+  void *cls;
+  void (*free_cls)(void *);
+  bool suspended;
+  uint64_t *bytes_out; /* the request's counter, while it lives */
+  struct stream *prev, *nextl;
 };
 
 struct http_req {
@@ -68,6 +95,11 @@ struct http_req {
   } hdrs[MAX_HEADERS];
   int nhdrs;
   uint64_t bytes_out;
+  /* a streamed reply, before it is queued; then its stream */
+  http_stream_fn snext;
+  void *scls;
+  void (*sfree)(void *);
+  struct stream *stream;
 };
 
 static int64_t mono_ns(void) {
@@ -119,6 +151,11 @@ static void reply_reset(http_req *r) {
   if (r->rfd >= 0)
     close(r->rfd);
   r->rfd = -1;
+  if (r->sfree && r->scls)
+    r->sfree(r->scls);
+  r->snext = NULL;
+  r->scls = NULL;
+  r->sfree = NULL;
 }
 
 void http_reply(http_req *r, int status, const char *content_type, char *body,
@@ -171,6 +208,86 @@ void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
   r->rfd = fd;
   r->roff = offset;
   r->rfdlen = len;
+}
+
+void http_reply_stream(http_req *r, int status, const char *content_type,
+                       http_stream_fn next, void *cls,
+                       void (*free_cls)(void *cls)) {
+  reply_reset(r);
+  r->status = status;
+  snprintf(r->ctype, sizeof r->ctype, "%s", content_type);
+  r->snext = next;
+  r->scls = cls;
+  r->sfree = free_cls;
+}
+
+/* MHD's reader for a streamed reply: what `next` has, else park. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  struct stream *st = cls;
+  bool done = false;
+  size_t n = st->next(st->cls, buf, max, &done);
+  if (n > 0) {
+    pthread_mutex_lock(&st->srv->smu);
+    if (st->bytes_out)
+      *st->bytes_out += n;
+    pthread_mutex_unlock(&st->srv->smu);
+    return (ssize_t)n;
+  }
+  pthread_mutex_lock(&st->srv->smu);
+  if (done || st->srv->stopping) {
+    pthread_mutex_unlock(&st->srv->smu);
+    return MHD_CONTENT_READER_END_OF_STREAM;
+  }
+  st->suspended = true;
+  MHD_suspend_connection(st->c);
+  pthread_mutex_unlock(&st->srv->smu);
+  return 0;
+}
+
+static void stream_free(void *cls) {
+  struct stream *st = cls;
+  http_server *h = st->srv;
+  pthread_mutex_lock(&h->smu);
+  if (st->prev)
+    st->prev->nextl = st->nextl;
+  else
+    h->streams = st->nextl;
+  if (st->nextl)
+    st->nextl->prev = st->prev;
+  pthread_mutex_unlock(&h->smu);
+  if (st->free_cls)
+    st->free_cls(st->cls);
+  free(st);
+}
+
+/* Resume every parked stream (they look again, or end when stopping). */
+static void resume_all(http_server *h) {
+  for (struct stream *st = h->streams; st; st = st->nextl)
+    if (st->suspended) {
+      st->suspended = false;
+      MHD_resume_connection(st->c);
+    }
+}
+
+static void *pump_main(void *arg) {
+  http_server *h = arg;
+  pthread_mutex_lock(&h->smu);
+  while (!h->stopping) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_nsec += 250 * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+      t.tv_sec++;
+      t.tv_nsec -= 1000000000L;
+    }
+    int rc = pthread_cond_timedwait(&h->scond, &h->smu, &t);
+    if (rc != 0 && rc != ETIMEDOUT)
+      break;
+    resume_all(h);
+  }
+  pthread_mutex_unlock(&h->smu);
+  return NULL;
 }
 
 void http_reply_header(http_req *r, const char *name, const char *value) {
@@ -247,7 +364,31 @@ static enum MHD_Result send_reply(http_req *r) {
   struct MHD_Response *resp;
   if (r->status == 0)
     http_reply_problem(r, DECOMP_ERR_INTERNAL, "the handler gave no answer");
-  if (r->rfd >= 0) {
+  if (r->snext) {
+    struct stream *st = calloc(1, sizeof *st);
+    resp = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                  stream_read, st,
+                                                  stream_free)
+              : NULL;
+    if (!resp) {
+      free(st);
+      return MHD_NO;
+    }
+    http_server *h = r->srv;
+    *st = (struct stream){.srv = h, .c = r->c, .next = r->snext,
+                          .cls = r->scls, .free_cls = r->sfree,
+                          .bytes_out = &r->bytes_out};
+    r->snext = NULL; /* the stream owns cls now */
+    r->scls = NULL;
+    r->sfree = NULL;
+    r->stream = st;
+    pthread_mutex_lock(&h->smu);
+    st->nextl = h->streams;
+    if (h->streams)
+      h->streams->prev = st;
+    h->streams = st;
+    pthread_mutex_unlock(&h->smu);
+  } else if (r->rfd >= 0) {
     resp = MHD_create_response_from_fd_at_offset64(r->rfdlen, r->rfd,
                                                    r->roff);
     if (resp)
@@ -439,6 +580,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   if (!r)
     return;
   *con_cls = NULL;
+  if (r->stream) { /* the stream may outlive the request by a moment */
+    pthread_mutex_lock(&r->srv->smu);
+    r->stream->bytes_out = NULL;
+    pthread_mutex_unlock(&r->srv->smu);
+  }
   int status = r->responded ? r->status : 0;
   double ms = (double)(mono_ns() - r->t0_ns) / 1e6;
   const char *route = r->route ? r->route->pattern : "unmatched";
@@ -493,7 +639,10 @@ int http_start(const config *cfg, store *s, http_server **out, int *port) {
   }
   /* ITC lets MHD_quiesce_daemon stop the listening socket at shutdown. */
   unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-                       MHD_USE_ITC | MHD_USE_ERROR_LOG;
+                       MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                       MHD_ALLOW_SUSPEND_RESUME;
+  pthread_mutex_init(&h->smu, NULL);
+  pthread_cond_init(&h->scond, NULL);
   if (ai->ai_family == AF_INET6)
     flags |= MHD_USE_IPv6;
   unsigned int threads = (unsigned int)(cfg->http_threads > 0
@@ -514,6 +663,9 @@ int http_start(const config *cfg, store *s, http_server **out, int *port) {
     free(h);
     return DECOMP_ERR_UNAVAILABLE;
   }
+  h->pump_running = pthread_create(&h->pump, NULL, pump_main, h) == 0;
+  if (!h->pump_running)
+    LOG(LOG_WARN, "http", NULL, "event=no_stream_pump");
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
   *port = info ? info->port : cfg->listen_port;
@@ -524,10 +676,20 @@ int http_start(const config *cfg, store *s, http_server **out, int *port) {
 void http_stop(http_server *h) {
   if (!h)
     return;
-  /* Stop accepting first, then close what is open and join the threads. */
+  /* Stop accepting first; end the streams (resumed, they see `stopping`
+   * and finish); then close what is open and join the threads. */
   MHD_socket fd = MHD_quiesce_daemon(h->d);
   if (fd != MHD_INVALID_SOCKET)
     close(fd);
+  pthread_mutex_lock(&h->smu);
+  h->stopping = true;
+  resume_all(h);
+  pthread_cond_broadcast(&h->scond);
+  pthread_mutex_unlock(&h->smu);
+  if (h->pump_running)
+    pthread_join(h->pump, NULL);
   MHD_stop_daemon(h->d);
+  pthread_mutex_destroy(&h->smu);
+  pthread_cond_destroy(&h->scond);
   free(h);
 }

@@ -1,7 +1,8 @@
 /* http.h — the HTTP layer as the route handlers see it: a request (method,
  * path parameters, query, headers, its body either buffered (JSON) or
- * already streamed into a store upload) and one reply (a buffer or a file
- * range sent zero-copy). The library behind it lives in http.c only.
+ * already streamed into a store upload) and one reply (a buffer, a file
+ * range sent zero-copy, or a stream produced as it goes). The library
+ * behind it lives in http.c only.
  *
  * Handlers run on the HTTP thread pool once the whole request is in; they
  * answer from the store and queue and never do decomposition work. */
@@ -82,5 +83,17 @@ void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
                    uint64_t offset, uint64_t len);
 /* An extra response header (copied). */
 void http_reply_header(http_req *r, const char *name, const char *value);
+
+/* A reply streamed while it is produced (server-sent events): `next` is
+ * called on an HTTP thread whenever the client can take more and returns
+ * up to `max` bytes now, 0 when it has none yet (the connection is then
+ * parked, and `next` asked again about every 250 ms), and sets *done when
+ * nothing will follow. `free_cls` releases `cls` when the reply ends
+ * (finished, client gone, or server stopping). */
+typedef size_t (*http_stream_fn)(void *cls, char *buf, size_t max,
+                                 bool *done);
+void http_reply_stream(http_req *r, int status, const char *content_type,
+                       http_stream_fn next, void *cls,
+                       void (*free_cls)(void *cls));
 
 #endif

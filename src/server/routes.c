@@ -745,6 +745,112 @@ static void h_job_get(http_req *r) {
   store_job_clear(&j);
 }
 
+/* ---- live job events (server-sent events) ------------------------------ */
+
+#define EVENTS_KEEPALIVE_S 15.0
+
+struct job_events {
+  store *s;
+  char id[32];
+  char last[512];  /* what the last event said (state, progress, current) */
+  char *pending;   /* the event being sent */
+  size_t len, off;
+  double sent_at;  /* CLOCK_MONOTONIC seconds of the last bytes */
+  bool final;      /* the job ended: close after `pending` */
+};
+
+static double mono_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void job_events_free(void *cls) {
+  struct job_events *ev = cls;
+  free(ev->pending);
+  free(ev);
+}
+
+/* The next event, when there is one to send: the job whenever its state,
+ * progress or place inside a layer changed (`event: job`), `event:
+ * deleted` when it is gone, a comment every 15 s otherwise. */
+static void job_events_poll(struct job_events *ev) {
+  store_job j;
+  int rc = store_job_get(ev->s, ev->id, false, &j);
+  char *text = NULL;
+  if (rc == DECOMP_ERR_NOT_FOUND) {
+    if (asprintf(&text, "event: deleted\ndata: {\"id\":\"%s\"}\n\n",
+                 ev->id) < 0)
+      text = NULL;
+    ev->final = true;
+  } else if (rc == DECOMP_OK) {
+    char sig[512];
+    snprintf(sig, sizeof sig, "%d %d %d %lld %lld %s %s %.2f", j.state,
+             j.cancel_requested, j.attempts, (long long)j.layers_done,
+             (long long)j.layers_total, j.current_layer, j.current_step,
+             j.current_fraction);
+    bool ended = j.state != STORE_JOB_QUEUED && j.state != STORE_JOB_RUNNING;
+    if (strcmp(sig, ev->last) != 0 || ended) {
+      snprintf(ev->last, sizeof ev->last, "%s", sig);
+      json_t *o = job_json(ev->s, &j, false);
+      char *data = o ? json_dumps(o, JSON_COMPACT) : NULL;
+      json_decref(o);
+      if (data && asprintf(&text, "event: job\ndata: %s\n\n", data) < 0)
+        text = NULL;
+      free(data);
+      ev->final = ended;
+    }
+    store_job_clear(&j);
+  }
+  if (!text && mono_s() - ev->sent_at >= EVENTS_KEEPALIVE_S)
+    text = strdup(": keepalive\n\n");
+  if (text) {
+    ev->pending = text;
+    ev->len = strlen(text);
+    ev->off = 0;
+  }
+}
+
+static size_t job_events_next(void *cls, char *buf, size_t max, bool *done) {
+  struct job_events *ev = cls;
+  if (!ev->pending && !ev->final)
+    job_events_poll(ev);
+  if (!ev->pending) {
+    *done = ev->final;
+    return 0;
+  }
+  size_t n = ev->len - ev->off < max ? ev->len - ev->off : max;
+  memcpy(buf, ev->pending + ev->off, n);
+  ev->off += n;
+  ev->sent_at = mono_s();
+  if (ev->off == ev->len) {
+    free(ev->pending);
+    ev->pending = NULL;
+  }
+  return n;
+}
+
+static void h_job_events(http_req *r) {
+  store_job j;
+  int rc = store_job_get(http_req_store(r), http_req_param(r, 0), false, &j);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  store_job_clear(&j);
+  struct job_events *ev = calloc(1, sizeof *ev);
+  if (!ev) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    return;
+  }
+  ev->s = http_req_store(r);
+  snprintf(ev->id, sizeof ev->id, "%s", http_req_param(r, 0));
+  ev->sent_at = mono_s();
+  http_reply_stream(r, 200, "text/event-stream", job_events_next, ev,
+                    job_events_free);
+  http_reply_header(r, "Cache-Control", "no-cache");
+}
+
 static void h_job_cancel(http_req *r) {
   store_job j;
   int rc = store_job_cancel(http_req_store(r), http_req_param(r, 0), &j);
@@ -843,6 +949,8 @@ const http_route HTTP_ROUTES[] = {
      "list jobs (?state=&limit=&cursor=)"},
     {"GET", "/v1/jobs/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_job_get,
      "get a job with per-layer progress"},
+    {"GET", "/v1/jobs/{id}/events", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_job_events, "live job events (text/event-stream) until it ends"},
     {"DELETE", "/v1/jobs/{id}", STORE_ROLE_ADMIN, HTTP_BODY_NONE,
      h_job_delete, "delete a finished job and its artifacts"},
     {"POST", "/v1/jobs/{id}/cancel", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,

@@ -152,6 +152,50 @@ def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
     assert done["progress"]["current"] is None
 
 
+def test_sigterm_with_event_streams_open_ends_them_and_exits(daemon_factory):
+    """Open live-event streams park their connections between events; a
+    SIGTERM ends them (resumed before the HTTP server stops, as MHD asks):
+    exit 0, every stream closed, each after at least one event."""
+    import threading
+    d = daemon_factory(args=["--workers", "1"]).start()
+    job_id = submit_one_long_layer(d)
+    wait_running(d, job_id, secs=0.5)
+    got, first = [], threading.Semaphore(0)
+
+    def follow():
+        c = d.conn(60)
+        try:
+            c.request("GET", "/v1/jobs/%s/events" % job_id)
+            r = c.getresponse()
+            n = 0
+            while True:
+                try:
+                    line = r.readline()
+                except Exception:  # cut mid-stream by the stop
+                    break
+                if not line:
+                    break
+                if line.startswith(b"event: job"):
+                    n += 1
+                    if n == 1:
+                        first.release()
+            got.append(n)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=follow) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert first.acquire(timeout=30), "a stream gave no first event"
+    time.sleep(0.6)  # parked between events by now
+    assert d.stop(signal.SIGTERM) == 0
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert len(got) == 3 and min(got) >= 1, got
+
+
 def files_under(d, sub):
     return [f for _, _, fs in os.walk(os.path.join(d.data_dir, sub)) for f in fs]
 
