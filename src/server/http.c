@@ -60,7 +60,6 @@ struct stream {
   void *cls;
   void (*free_cls)(void *);
   bool suspended;
-  uint64_t *bytes_out; /* the request's counter, while it lives */
   struct stream *prev, *nextl;
 };
 
@@ -95,11 +94,10 @@ struct http_req {
   } hdrs[MAX_HEADERS];
   int nhdrs;
   uint64_t bytes_out;
-  /* a streamed reply, before it is queued; then its stream */
+  /* a streamed reply, before it is queued */
   http_stream_fn snext;
   void *scls;
   void (*sfree)(void *);
-  struct stream *stream;
 };
 
 static int64_t mono_ns(void) {
@@ -227,13 +225,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
   struct stream *st = cls;
   bool done = false;
   size_t n = st->next(st->cls, buf, max, &done);
-  if (n > 0) {
-    pthread_mutex_lock(&st->srv->smu);
-    if (st->bytes_out)
-      *st->bytes_out += n;
-    pthread_mutex_unlock(&st->srv->smu);
+  if (n > 0)
     return (ssize_t)n;
-  }
   pthread_mutex_lock(&st->srv->smu);
   if (done || st->srv->stopping) {
     pthread_mutex_unlock(&st->srv->smu);
@@ -375,13 +368,14 @@ static enum MHD_Result send_reply(http_req *r) {
       return MHD_NO;
     }
     http_server *h = r->srv;
+    /* The stream owns cls now and may outlive the request by a moment (MHD
+     * frees the response on its own schedule): it keeps nothing of r, and
+     * its bytes are not counted in the request's log line. */
     *st = (struct stream){.srv = h, .c = r->c, .next = r->snext,
-                          .cls = r->scls, .free_cls = r->sfree,
-                          .bytes_out = &r->bytes_out};
-    r->snext = NULL; /* the stream owns cls now */
+                          .cls = r->scls, .free_cls = r->sfree};
+    r->snext = NULL;
     r->scls = NULL;
     r->sfree = NULL;
-    r->stream = st;
     pthread_mutex_lock(&h->smu);
     st->nextl = h->streams;
     if (h->streams)
@@ -580,11 +574,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   if (!r)
     return;
   *con_cls = NULL;
-  if (r->stream) { /* the stream may outlive the request by a moment */
-    pthread_mutex_lock(&r->srv->smu);
-    r->stream->bytes_out = NULL;
-    pthread_mutex_unlock(&r->srv->smu);
-  }
   int status = r->responded ? r->status : 0;
   double ms = (double)(mono_ns() - r->t0_ns) / 1e6;
   const char *route = r->route ? r->route->pattern : "unmatched";
