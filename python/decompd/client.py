@@ -12,7 +12,8 @@ DECOMPD_URL set), which does the same and gives exactly what the in-process
 engine gives.
 
 This file owns the Python side of the service: REST calls (stdlib
-http.client, no dependency), the streamed upload, polling with backoff, and
+http.client, no dependency), the streamed upload, following jobs live (their
+event stream; polling with backoff where there is none), and
 fetching into the local content-addressed cache it shares with the C client
 (libdecompclient; layout in include/decomp/client.h):
 
@@ -649,8 +650,52 @@ class Client:
             os.unlink(tmp)
         return self._submit_id(model["id"], {"layers": layers}, policy)
 
+    def _events(self, jid, deadline):
+        """The job's live events (GET /v1/jobs/{id}/events): a Job per
+        change until the final one. StopIteration early when the stream
+        ends without one; errors as _open's, NotFoundError for a server
+        without the route (or no such job)."""
+        path = f"/v1/jobs/{urllib.parse.quote(jid)}/events"
+        conn, r = self._open("GET", path,
+                             headers={"Accept": "text/event-stream"})
+        try:
+            if r.status != 200:
+                raise self._error("GET", path, r.status, r.read())
+            name, data = None, []
+            while True:
+                if deadline is not None:  # keepalives come every 15 s
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    conn.sock.settimeout(min(left, 20.0))
+                try:
+                    line = r.readline()
+                except socket.timeout:
+                    return
+                except (http.client.HTTPException, OSError) as e:
+                    raise _err(TransferError, "transfer_interrupted",
+                               f"GET {path}: {e}") from None
+                if not line:
+                    return
+                line = line.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and name:
+                    if name == "job":
+                        j = Job(json.loads("\n".join(data)))
+                        yield j
+                        if j.finished:
+                            return
+                    name, data = None, []
+        finally:
+            conn.close()
+
     def wait(self, job, progress=True, timeout=None, check=True):
-        """Poll until the job is final (backoff 0.1 s to 2 s); the Job.
+        """Follow the job until it is final; the Job. Live from the job's
+        event stream, polling (backoff 0.1 s to 2 s) where the server has
+        none or the stream breaks.
 
         progress: per-layer progress on stderr (a bar on a terminal).
         timeout: seconds (None: no limit) -> WaitTimeoutError. check: raise
@@ -659,16 +704,26 @@ class Client:
         bar = _Progress(progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
+
+        def show(j):
+            frac = (j.layers_done / j.layers_total) if j.layers_total \
+                else 0.0
+            cur = j.current
+            where = (f", {cur['layer']}: {cur['step']} "
+                     f"{100 * cur['fraction']:.0f}%") if cur else ""
+            bar.show(f"{j.id} {j.state} {j.layers_done}/"
+                     f"{j.layers_total} layers{where}", frac)
+
         try:
+            if not self.offline:
+                try:
+                    for j in self._events(jid, deadline):
+                        show(j)
+                except (TransferError, NotFoundError):
+                    pass  # poll instead (a 404 for the job itself recurs)
             while True:
                 j = self.job(jid)
-                frac = (j.layers_done / j.layers_total) if j.layers_total \
-                    else 0.0
-                cur = j.current
-                where = (f", {cur['layer']}: {cur['step']} "
-                         f"{100 * cur['fraction']:.0f}%") if cur else ""
-                bar.show(f"{j.id} {j.state} {j.layers_done}/"
-                         f"{j.layers_total} layers{where}", frac)
+                show(j)
                 if j.finished:
                     break
                 if self.offline:

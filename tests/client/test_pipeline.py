@@ -217,3 +217,28 @@ def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
     assert re.search(rb"running 0/1 layers [0-9.]+ s, 0: (spectrum|factors) "
                      rb"\d+%", err), err
     assert ctl("cancel", job, env=env).returncode == 0
+
+
+def test_python_wait_follows_the_event_stream_instead_of_polling(daemon,
+                                                                 tmp_path):
+    """Client.wait reads the job's live events: one stream request, then
+    one GET of the finished job (artifacts included), where polling a
+    job of this length would have asked several times."""
+    import torchvision
+    from decompd.client import Client
+    torch_seed = __import__("torch").manual_seed
+    torch_seed(0)
+    net = torchvision.models.resnet18()
+    c = Client(url_of(daemon), cache=str(tmp_path / "cache"))
+    job = c.submit(net, policy={"name": "energy", "energy": 0.9})
+    j = c.wait(job, progress=False)
+    assert j.state == "succeeded" and j.artifacts, j
+    path = "/v1/jobs/%s" % j.id
+    deadline = time.time() + 10  # a request is logged once its connection
+    while time.time() < deadline:  # is done, which trails the reply a bit
+        log = daemon.log()
+        if 'path="%s/events"' % path in log:
+            break
+        time.sleep(0.05)
+    assert log.count('path="%s/events"' % path) == 1, log[-3000:]
+    assert log.count('method=GET path="%s" ' % path) == 1, log[-3000:]
