@@ -270,16 +270,20 @@ int decomp_client_job_list(decomp_client *c, const char *state, int limit,
 /* Free a list from decomp_client_job_list. NULL is a no-op. */
 void decomp_client_job_list_free(decomp_client_job *jobs, size_t n);
 
-/* Called by decomp_client_wait with each state seen. Return 0 to go on,
- * non-zero to stop waiting (DECOMP_ERR_CANCELLED). */
+/* Called by decomp_client_wait with each state seen (and, between events,
+ * about every second with the last one). Return 0 to go on, non-zero to
+ * stop waiting (DECOMP_ERR_CANCELLED). */
 typedef int (*decomp_client_wait_fn)(void *user, const decomp_client_job *j);
 
 /* Wait until job `id` is final (succeeded, failed or cancelled) and put it
- * in `out`; DECOMP_OK means it is final, not that it succeeded: look at
- * out->state. `timeout_s` <= 0 waits for ever; when it runs out, TIMEOUT
- * (out holds the last state seen). `fn` (optional) sees every poll's job. A
- * connection failure while polling is retried for as long as the timeout
- * allows (a daemon restart requeues running jobs), then reported. */
+ * in `out` (as decomp_client_job_get gives it); DECOMP_OK means it is
+ * final, not that it succeeded: look at out->state. It follows the job's
+ * event stream (GET /v1/jobs/{id}/events) and polls (0.1 s backing off to
+ * 2 s) where the server has none or the stream breaks. `timeout_s` <= 0
+ * waits for ever; when it runs out, TIMEOUT (out holds the last state
+ * polled). `fn` (optional) sees every state. A connection failure while
+ * polling is retried for as long as the timeout allows (a daemon restart
+ * requeues running jobs), then reported. */
 int decomp_client_wait(decomp_client *c, const char *id, double timeout_s,
                        decomp_client_wait_fn fn, void *user,
                        decomp_client_job *out);

@@ -574,11 +574,157 @@ static void sleep_s(double s) {
     ;
 }
 
+/* ---- following a job's event stream ------------------------------------ */
+
+struct follow {
+  decomp_client *c;
+  decomp_client_wait_fn fn;
+  void *user;
+  char line[64 * 1024]; /* the line being read */
+  size_t len;
+  char event[32];
+  char *data; /* the event's data lines, joined */
+  size_t dlen;
+  decomp_client_job job; /* the last job an event gave */
+  bool have, final, stopped;
+  double last_tick;
+};
+
+/* One complete SSE line: collect `event:`/`data:`, act on the blank line
+ * that ends an event. */
+static int follow_line(struct follow *f, const char *ln) {
+  if (strncmp(ln, "event:", 6) == 0) {
+    snprintf(f->event, sizeof f->event, "%s", ln[6] == ' ' ? ln + 7 : ln + 6);
+  } else if (strncmp(ln, "data:", 5) == 0) {
+    const char *d = ln[5] == ' ' ? ln + 6 : ln + 5;
+    size_t n = strlen(d);
+    char *nd = realloc(f->data, f->dlen + n + 2);
+    if (!nd)
+      return client_fail(f->c, DECOMP_ERR_NOMEM, "out of memory");
+    f->data = nd;
+    if (f->dlen)
+      f->data[f->dlen++] = '\n';
+    memcpy(f->data + f->dlen, d, n + 1);
+    f->dlen += n;
+  } else if (!ln[0] && f->event[0]) {
+    if (strcmp(f->event, "job") == 0 && f->data) {
+      json_error_t je;
+      json_t *o = json_loads(f->data, 0, &je);
+      int rc = o ? client_job_from_json(f->c, o, &f->job)
+                 : client_fail(f->c, DECOMP_ERR_SERVER,
+                               "an event that is not JSON: %s", je.text);
+      json_decref(o);
+      if (rc != DECOMP_OK)
+        return rc;
+      f->have = true;
+      f->final = decomp_job_state_final(f->job.state);
+      if (f->fn && f->fn(f->user, &f->job) != 0) {
+        f->stopped = true;
+        return client_fail(f->c, DECOMP_ERR_CANCELLED, "wait %s: stopped",
+                           f->job.id);
+      }
+    }
+    f->event[0] = '\0';
+    free(f->data);
+    f->data = NULL;
+    f->dlen = 0;
+  }
+  return DECOMP_OK;
+}
+
+static int follow_begin(void *user, long status, const char *range) {
+  (void)user;
+  (void)status;
+  (void)range;
+  return DECOMP_OK;
+}
+
+static int follow_data(void *user, const void *buf, size_t n) {
+  struct follow *f = user;
+  const char *p = buf;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] == '\n') {
+      if (f->len && f->line[f->len - 1] == '\r')
+        f->len--;
+      f->line[f->len] = '\0';
+      f->len = 0;
+      int rc = follow_line(f, f->line);
+      if (rc != DECOMP_OK)
+        return rc;
+    } else if (f->len + 1 < sizeof f->line) {
+      f->line[f->len++] = p[i];
+    }
+  }
+  return DECOMP_OK;
+}
+
+/* About every second between events: the caller may stop (Ctrl-C). */
+static int follow_tick(void *user) {
+  struct follow *f = user;
+  double now = mono_s();
+  if (!f->have || !f->fn || now - f->last_tick < 1.0)
+    return 0;
+  f->last_tick = now;
+  if (f->fn(f->user, &f->job) != 0) {
+    f->stopped = true;
+    return 1;
+  }
+  return 0;
+}
+
+/* Follow GET /v1/jobs/{id}/events until the job's final state (then *out
+ * is the job as GET gives it, with its artifacts): DECOMP_OK. CANCELLED
+ * when fn said stop; anything else (no such route, the stream broke or
+ * ran out of time) leaves the caller to poll. */
+static int wait_events(decomp_client *c, const char *id, double deadline,
+                       decomp_client_wait_fn fn, void *user,
+                       decomp_client_job *out) {
+  char *eid = ct_escape(c, id);
+  if (!eid)
+    return client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  char path[512];
+  snprintf(path, sizeof path, "/v1/jobs/%s/events", eid);
+  free(eid);
+  struct follow *f = calloc(1, sizeof *f);
+  if (!f)
+    return client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  *f = (struct follow){.c = c, .fn = fn, .user = user,
+                       .last_tick = mono_s()};
+  ct_sink sink = {follow_begin, follow_data, f};
+  long ms = 0;
+  if (deadline > 0) {
+    double left = deadline - mono_s();
+    ms = left > 0.001 ? (long)(left * 1000) : 1;
+  }
+  ct_request rq = {.method = "GET", .path = path, .body_fd = -1,
+                   .sink = &sink, .progress_total = -1, .stream = true,
+                   .timeout_ms = ms, .tick = follow_tick, .tick_user = f};
+  ct_response rs;
+  int rc = ct_perform(c, &rq, &rs);
+  if (f->stopped)
+    rc = DECOMP_ERR_CANCELLED;
+  else if (rc == DECOMP_OK && (rs.status != 200 || !f->final))
+    rc = DECOMP_ERR_NOT_FOUND; /* no stream here, or it ended early */
+  ct_response_clear(&rs);
+  decomp_client_job_clear(&f->job);
+  free(f->data);
+  free(f);
+  if (rc == DECOMP_OK)
+    rc = decomp_client_job_get(c, id, out);
+  return rc;
+}
+
 int decomp_client_wait(decomp_client *c, const char *id, double timeout_s,
                        decomp_client_wait_fn fn, void *user,
                        decomp_client_job *out) {
   double deadline = timeout_s > 0 ? mono_s() + timeout_s : 0;
   double delay = 0.1;
+  if (!c->offline) {
+    int rc = wait_events(c, id, deadline, fn, user, out);
+    if (rc == DECOMP_OK || rc == DECOMP_ERR_CANCELLED)
+      return rc;
+    /* Poll instead: it reports what is wrong (gone, unreachable, late). */
+  }
   for (;;) {
     int rc = decomp_client_job_get(c, id, out);
     if (rc == DECOMP_OK) {

@@ -61,6 +61,13 @@ typedef struct ct_request {
   decomp_client_direction direction;
   int64_t progress_base;  /* added to the bytes reported (resumed bytes) */
   int64_t progress_total; /* -1: let the transport guess */
+  /* A long-lived answer (an event stream): no stall limit, at most
+   * timeout_ms in all (0: none), and `tick` asked about every second
+   * whether to stop (non-zero: CANCELLED). */
+  bool stream;
+  long timeout_ms;
+  int (*tick)(void *user);
+  void *tick_user;
 } ct_request;
 
 typedef struct ct_response {

@@ -159,6 +159,10 @@ static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow,
                        curl_off_t ultotal, curl_off_t ulnow) {
   struct xfer *x = user;
   decomp_client *c = x->c;
+  if (x->rq->tick && x->rq->tick(x->rq->tick_user) != 0) {
+    x->cancelled = true;
+    return 1;
+  }
   if (!c->progress || !x->rq->progress_name)
     return 0;
   bool up = x->rq->direction == DECOMP_CLIENT_UPLOAD;
@@ -299,9 +303,11 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-  /* A stalled transfer (under 1 byte/s for 60 s) is a broken one. */
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 60L);
+  /* A stalled transfer (under 1 byte/s for 60 s) is a broken one; an
+   * event stream is quiet between events and ends on its own. */
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, rq->stream ? 0L : 1L);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, rq->stream ? 0L : 60L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_USERAGENT, "libdecompclient/0.1.0");
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);

@@ -219,11 +219,11 @@ def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
     assert ctl("cancel", job, env=env).returncode == 0
 
 
-def test_python_wait_follows_the_event_stream_instead_of_polling(daemon,
-                                                                 tmp_path):
-    """Client.wait reads the job's live events: one stream request, then
-    one GET of the finished job (artifacts included), where polling a
-    job of this length would have asked several times."""
+def test_wait_follows_the_event_stream_instead_of_polling(daemon, tmp_path):
+    """Client.wait and decompctl wait read the job's live events: one
+    stream request each, then one GET of the finished job (artifacts
+    included), where polling a job of this length would have asked several
+    times."""
     import torchvision
     from decompd.client import Client
     torch_seed = __import__("torch").manual_seed
@@ -242,3 +242,17 @@ def test_python_wait_follows_the_event_stream_instead_of_polling(daemon,
         time.sleep(0.05)
     assert log.count('path="%s/events"' % path) == 1, log[-3000:]
     assert log.count('method=GET path="%s" ' % path) == 1, log[-3000:]
+    # decompctl wait on a job still running: the same pattern.
+    job2 = c.submit(net, policy="amct")
+    r = ctl("wait", job2.id, "--json",
+            env=client_env(daemon, tmp_path / "cache2"))
+    assert r.returncode == 0 and json.loads(r.stdout)["artifacts"], r.stderr
+    path2 = "/v1/jobs/%s" % job2.id
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        log = daemon.log()
+        if 'path="%s/events"' % path2 in log:
+            break
+        time.sleep(0.05)
+    assert log.count('path="%s/events"' % path2) == 1, log[-3000:]
+    assert log.count('method=GET path="%s" ' % path2) == 1, log[-3000:]
