@@ -4,8 +4,9 @@
  * file (decomposed + left alone), a drawn energy curve per layer with the
  * chosen rank marked and the whole model's MACs chart; a job uploaded and
  * submitted from the page's own forms runs too; a job on one long layer
- * shows the layer, its step and share done, and its page's Cancel stops
- * it inside the layer; the static files carry
+ * shows the layer, its step and share done (the page follows the job's
+ * event stream), and its page's Cancel stops it inside the layer; the
+ * static files carry
  * their Content-Type and ETag (304 on revalidation); nothing is logged to
  * the console. Screenshots: BUILD/tests/browser/artifacts/. */
 'use strict';
@@ -128,6 +129,8 @@ test('a long layer shows where it is inside it; Cancel on its page stops it ther
   const m = await daemon.upload(weights, 'bigconv');
   assert.ok(m.id, JSON.stringify(m));
   const job = await daemon.json('POST', '/v1/jobs', {json: {model: m.id, spec, policy: 'amct'}, expect: 201});
+  const streams = [];
+  page.on('request', (rq) => { if (rq.url().endsWith('/events')) streams.push(rq.url()); });
   await page.goto(daemon.url + '/#/jobs/' + job.id);
   // the engine's reports inside the layer reach the page: layer, step, share done
   const cur = await page.waitForSelector('.progress .current', {timeout: 60000});
@@ -141,6 +144,8 @@ test('a long layer shows where it is inside it; Cancel on its page stops it ther
   assert.equal(j.progress.layers_done, 0, 'stopped inside its only layer');
   assert.equal(j.progress.current, null);
   assert.equal(await page.$('.progress .current'), null);
+  // the page followed the job's live event stream
+  assert.deepEqual(streams, [daemon.url + '/v1/jobs/' + job.id + '/events']);
   assert.deepEqual(errors, []);
   await page.context().close();
 });

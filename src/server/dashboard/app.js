@@ -278,9 +278,12 @@ function errorBox(e) {
 /* ---- routing and polling ---------------------------------------------- */
 
 let viewGen = 0; /* bumped on every route change; stale loops stop */
+let viewAbort = new AbortController(); /* aborts the view's event stream */
 
 function route() {
   const gen = ++viewGen;
+  viewAbort.abort();
+  viewAbort = new AbortController();
   const hash = location.hash || '#/jobs';
   const view = document.getElementById('view');
   view.replaceChildren();
@@ -294,11 +297,15 @@ function route() {
 }
 
 /* Run `tick` now and every POLL_MS until the view changes or it returns
- * false. Failures show in the live indicator and are retried. */
+ * false. Failures show in the live indicator and are retried. The returned
+ * function runs it at once instead of waiting (an event came). */
 function poll(gen, tick) {
+  let timer = null, running = false, again = true, pending = false;
   const run = async () => {
-    if (gen !== viewGen) return;
-    let again = true;
+    if (gen !== viewGen || again === false) return;
+    if (running) { pending = true; return; }
+    clearTimeout(timer);
+    running = true;
     try {
       again = await tick();
       if (gen === viewGen) setLive(true, again === false ? 'up to date' : 'live');
@@ -307,12 +314,42 @@ function poll(gen, tick) {
       setLive(false, e instanceof ApiError ? 'error ' + e.status : 'daemon unreachable — retrying');
       if (e instanceof ApiError && e.status < 500) { /* retrying will not help */
         document.getElementById('view').prepend(errorBox(e));
+        again = false;
         return;
       }
+    } finally {
+      running = false;
     }
-    if (again !== false && gen === viewGen) setTimeout(run, POLL_MS);
+    if (again === false || gen !== viewGen) return;
+    if (pending) { pending = false; run(); return; }
+    timer = setTimeout(run, POLL_MS);
   };
   run();
+  return run;
+}
+
+/* Call onEvent for each `event: job` of a job's live event stream (fetch:
+ * EventSource cannot send the token) until the stream ends, the view
+ * changes (viewAbort) or it breaks; polling goes on meanwhile. */
+async function followJob(id, onEvent) {
+  try {
+    const res = await fetch('/v1/jobs/' + id + '/events', {cache: 'no-store',
+      headers: authHeaders({Accept: 'text/event-stream'}), signal: viewAbort.signal});
+    if (!res.ok || !res.body) return;
+    const reader = res.body.getReader(), dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      buf += dec.decode(value, {stream: true});
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (/^event: job$/m.test(block)) onEvent();
+      }
+    }
+  } catch (e) { /* aborted with the view, or broken: polling remains */ }
 }
 
 /* ---- models and policies, cached -------------------------------------- */
@@ -422,7 +459,7 @@ function jobView(view, id, gen) {
   view.append(h('p.back', {}, h('a', {href: '#/jobs'}, '← all jobs')), top, results);
   let infoLoaded = false;
 
-  poll(gen, async () => {
+  const now = poll(gen, async () => {
     const j = await apiJSON('/v1/jobs/' + id);
     if (!models.has(j.model)) await refreshModels().catch(() => {});
     if (gen !== viewGen) return false;
@@ -440,6 +477,7 @@ function jobView(view, id, gen) {
     }
     return !finished;
   });
+  followJob(id, now); /* live: each event refreshes the page at once */
 }
 
 function jobHeader(j) {
