@@ -191,44 +191,30 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
  * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the achieved discarded
  * energy in *disc, and, when this path knows them, all k values into
  * all[k] (*have_all), through svd.c (gesdd for small matrices; for large
- * ones the Gram spectrum and the randomized truncated SVD). `a` is kept. */
-static int step_f32(decomp_ctx *ctx, const char *what, const geom *gm,
-                    float *a, int64_t R, uint64_t seed, double energy,
-                    const double *known, double *all, bool *have_all,
-                    float *s, float *u, float *v, double *disc,
-                    core_svd_report *rep) {
-  *rep = (core_svd_report){.optimal = -1};
-  if (R == 0) {
-    *have_all = true;
-    return core_svd_spectrum_f32(ctx, what, gm->m, gm->n, a, all);
+ * ones the Gram spectrum and the block Krylov truncated SVD). `a` is
+ * kept. */
+#define SVD_STEP(T, SUFFIX)                                                    \
+  static int step_##SUFFIX(decomp_ctx *ctx, const char *what, const geom *gm, \
+                           T *a, int64_t R, uint64_t seed, double energy,     \
+                           const double *known, double *all, bool *have_all,  \
+                           T *s, T *u, T *v, double *disc,                    \
+                           core_svd_report *rep) {                            \
+    *rep = (core_svd_report){.optimal = -1};                                   \
+    if (R == 0) {                                                              \
+      *have_all = true;                                                        \
+      return core_svd_spectrum_##SUFFIX(ctx, what, gm->m, gm->n, a, all);      \
+    }                                                                          \
+    int rc = core_svd_rank_##SUFFIX(ctx, what, gm->m, gm->n, a, R, seed,       \
+                                    energy, known, s, u, v, all, rep);         \
+    if (rc != DECOMP_OK)                                                       \
+      return rc;                                                               \
+    *disc = rep->discarded;                                                    \
+    *have_all = !rep->randomized;                                              \
+    return DECOMP_OK;                                                          \
   }
-  int rc = core_svd_rank_f32(ctx, what, gm->m, gm->n, a, R, seed, energy,
-                             known, s, u, v, all, rep);
-  if (rc != DECOMP_OK)
-    return rc;
-  *disc = rep->discarded;
-  *have_all = !rep->randomized;
-  return DECOMP_OK;
-}
 
-static int step_f64(decomp_ctx *ctx, const char *what, const geom *gm,
-                    double *a, int64_t R, uint64_t seed, double energy,
-                    const double *known, double *all, bool *have_all,
-                    double *s, double *u, double *v, double *disc,
-                    core_svd_report *rep) {
-  *rep = (core_svd_report){.optimal = -1};
-  if (R == 0) {
-    *have_all = true;
-    return core_svd_spectrum_f64(ctx, what, gm->m, gm->n, a, all);
-  }
-  int rc = core_svd_rank_f64(ctx, what, gm->m, gm->n, a, R, seed, energy,
-                             known, s, u, v, all, rep);
-  if (rc != DECOMP_OK)
-    return rc;
-  *disc = rep->discarded;
-  *have_all = !rep->randomized;
-  return DECOMP_OK;
-}
+SVD_STEP(float, f32)
+SVD_STEP(double, f64)
 
 /* Phase 1's spectrum of group j of a large layer, without gathering the
  * whole matrix: the smaller Gram matrix accumulated (ssyrk) from slabs of
