@@ -95,6 +95,9 @@ bool core_tensor_to_f32(const decomp_tensor *t, float *dst);
 void core_f64_to_dtype(const double *src, size_t n, decomp_dtype dt,
                        void *dst);
 void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt, void *dst);
+/* v as the conversions above store it in the floating dtype `dt`, read
+ * back: what a value becomes once written. */
+double core_dtype_round(decomp_dtype dt, double v);
 
 /* --- rank policies (policy.c), as decompose.c uses them ----------------- */
 

@@ -188,24 +188,27 @@ DENSE_LOADER(float, DECOMP_DTYPE_F32, f32)
 DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
 
 /* One group's SVD step. With R == 0: the k singular values into all[k].
- * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the achieved discarded
- * energy in *disc, and, when this path knows them, all k values into
- * all[k] (*have_all), through svd.c (gesdd for small matrices; for large
- * ones the Gram spectrum and the block Krylov truncated SVD). `a` is
- * kept. */
+ * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the SVD's own figure of
+ * the discarded energy in *disc, and, when this path knows them, all k
+ * values into all[k] (*have_all), through svd.c (gesdd for small matrices;
+ * for large ones the Gram spectrum and the block Krylov truncated SVD), or
+ * gesdd whatever the size when `exact`. `a` is kept. */
 #define SVD_STEP(T, SUFFIX)                                                    \
-  static int step_##SUFFIX(decomp_ctx *ctx, const char *what, const geom *gm, \
-                           T *a, int64_t R, uint64_t seed, double energy,     \
-                           const double *known, double *all, bool *have_all,  \
-                           T *s, T *u, T *v, double *disc,                    \
-                           core_svd_report *rep) {                            \
+  static int step_##SUFFIX(decomp_ctx *ctx, const char *what, const geom *gm,  \
+                           T *a, int64_t R, uint64_t seed, double energy,      \
+                           const double *known, bool exact, double *all,       \
+                           bool *have_all, T *s, T *u, T *v, double *disc,     \
+                           core_svd_report *rep) {                             \
     *rep = (core_svd_report){.optimal = -1};                                   \
     if (R == 0) {                                                              \
       *have_all = true;                                                        \
       return core_svd_spectrum_##SUFFIX(ctx, what, gm->m, gm->n, a, all);      \
     }                                                                          \
-    int rc = core_svd_rank_##SUFFIX(ctx, what, gm->m, gm->n, a, R, seed,       \
-                                    energy, known, s, u, v, all, rep);         \
+    int rc = exact ? core_svd_rank_exact_##SUFFIX(ctx, what, gm->m, gm->n, a,  \
+                                                  R, s, u, v, all, rep)        \
+                   : core_svd_rank_##SUFFIX(ctx, what, gm->m, gm->n, a, R,     \
+                                            seed, energy, known, s, u, v,      \
+                                            all, rep);                         \
     if (rc != DECOMP_OK)                                                       \
       return rc;                                                               \
     *disc = rep->discarded;                                                    \
@@ -219,19 +222,21 @@ SVD_STEP(double, f64)
 /* Phase 1's spectrum of group j of a large layer, without gathering the
  * whole matrix: the smaller Gram matrix accumulated (ssyrk) from slabs of
  * 256 columns (m ≤ n: A·Aᵀ) or rows (m > n: Aᵀ·A) gathered straight from
- * the kernel, then its eigenvalues. Peak memory is the k×k Gram matrix and
- * one slab, not the m×n matrix as well; `release` (the kernel's copy
+ * the kernel, each value times 2^sx (see layer_T), then its eigenvalues,
+ * returned in the kernel's own scale. Peak memory is the k×k Gram matrix
+ * and one slab, not the m×n matrix as well; `release` (the kernel's copy
  * converted to T, for the last group) is freed before the eigensolver. */
 #define GRAM_SPECTRUM(T, SUFFIX, SYRK)                                         \
-  static int gram_##SUFFIX(decomp_ctx *ctx, const char *what, const T *W,     \
-                           const geom *gm, size_t j, double *out,             \
-                           T **release) {                                     \
+  static int gram_##SUFFIX(decomp_ctx *ctx, const char *what, const T *W,      \
+                           const geom *gm, size_t j, int sx, double *out,      \
+                           T **release) {                                      \
     size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
     bool cols = m <= n;                                                        \
     size_t len = cols ? n : m, other = cols ? m : n, slab = 256;               \
     size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
     size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
     size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb;                           \
+    T sc = (T)ldexp(1.0, sx);                                                  \
     T *G = malloc(k * k * sizeof *G), *B = malloc(other * slab * sizeof *B);   \
     int rc = DECOMP_OK;                                                        \
     if (!G || !B) {                                                            \
@@ -247,7 +252,7 @@ SVD_STEP(double, f64)
           size_t row = cols ? y : c0 + x, col = cols ? c0 + x : y;             \
           size_t i = row / ka, pa = row % ka, o = col / kb, pb = col % kb;     \
           size_t h = gm->vfirst ? pa : pb, w = gm->vfirst ? pb : pa;           \
-          T v = W[(((j * O + o) * I + i) * kh + h) * kw + w];                  \
+          T v = W[(((j * O + o) * I + i) * kh + h) * kw + w] * sc;             \
           if (cols)                                                            \
             B[y + other * x] = v; /* m×cw, ld m */                             \
           else                                                                 \
@@ -259,18 +264,20 @@ SVD_STEP(double, f64)
       else                                                                     \
         SYRK(true, (int64_t)k, (int64_t)cw, B, (int64_t)cw, c0 ? 1 : 0, G,     \
              (int64_t)k);                                                      \
-      /* The eigensolver after this loop takes about 3/4 of the time. */     \
+      /* The eigensolver after this loop takes about 3/4 of the time. */       \
       if ((rc = core_tick(ctx, 0.25 * (double)(c0 + cw) / (double)len)) !=     \
           DECOMP_OK)                                                           \
         goto out;                                                              \
     }                                                                          \
     free(B);                                                                   \
     B = NULL;                                                                  \
-    if (release) { /* the kernel's converted copy: not needed any more */     \
+    if (release) { /* the kernel's converted copy: not needed any more */      \
       free(*release);                                                          \
       *release = NULL;                                                         \
     }                                                                          \
     rc = core_svd_gram_values_##SUFFIX(ctx, what, (int64_t)k, G, out);         \
+    for (size_t x = 0; rc == DECOMP_OK && x < k; x++)                          \
+      out[x] = ldexp(out[x], -sx);                                             \
   out:                                                                         \
     free(G);                                                                   \
     free(B);                                                                   \
@@ -280,14 +287,85 @@ SVD_STEP(double, f64)
 GRAM_SPECTRUM(float, f32, core_ssyrk)
 GRAM_SPECTRUM(double, f64, core_dsyrk)
 
+/* One group's factors as they will be written, and what they achieve:
+ * u and v (m×R and n×R, of the scaled matrix `a`) times √σ, each element
+ * rounded as it will be stored in `dt` at the scale it will be stored
+ * (u·2^fa, v·2^fb) and brought back, then ‖a − u·vᵀ‖² measured into
+ * *meas. `bound` gets how far (in norm) that measurement may honestly
+ * sit from the SVD's own figure: the rounding to `dt` (‖δ(u·vᵀ)‖ ≤
+ * 2u_dt·√(σ_1·Σσ)) and the residual's own arithmetic (ε·√R·‖a‖). */
+#define FINISH_GROUP(T, SUFFIX, EPS)                                           \
+  static int finish_##SUFFIX(decomp_ctx *ctx, const char *what,                \
+                             const geom *gm, const T *a, double energy,        \
+                             int64_t R, const T *s, T *u, T *v,                \
+                             decomp_dtype dt, decomp_dtype own, int fa,        \
+                             int fb, double *meas, double *bound) {            \
+    size_t m = (size_t)gm->m, n = (size_t)gm->n, r = (size_t)R;                \
+    double sum = 0;                                                            \
+    for (size_t q = 0; q < r; q++) {                                           \
+      T sq = (T)sqrt((double)(s[q] > 0 ? s[q] : 0));                           \
+      sum += (double)s[q];                                                     \
+      for (size_t x = 0; x < m; x++)                                           \
+        u[x + m * q] *= sq;                                                    \
+      for (size_t x = 0; x < n; x++)                                           \
+        v[x + n * q] *= sq;                                                    \
+    }                                                                          \
+    double unit = 0;                                                           \
+    if (dt != own) {                                                           \
+      unit = dt == DECOMP_DTYPE_F16    ? 0x1p-11                               \
+             : dt == DECOMP_DTYPE_BF16 ? 0x1p-8                                \
+             : dt == DECOMP_DTYPE_F32  ? 0x1p-24                               \
+                                       : 0x1p-53;                              \
+      for (size_t x = 0; x < m * r; x++)                                       \
+        u[x] = (T)ldexp(core_dtype_round(dt, ldexp((double)u[x], fa)), -fa);   \
+      for (size_t x = 0; x < n * r; x++)                                       \
+        v[x] = (T)ldexp(core_dtype_round(dt, ldexp((double)v[x], fb)), -fb);   \
+    }                                                                          \
+    double top = r ? (double)(s[0] > 0 ? s[0] : 0) : 0;                        \
+    *bound = 2 * unit * sqrt(top * (sum > 0 ? sum : 0)) +                      \
+             4 * EPS * sqrt((double)R) * sqrt(energy);                         \
+    return core_svd_residual_##SUFFIX(ctx, what, gm->m, gm->n, a, R, u, v,     \
+                                      meas);                                   \
+  }
+
+FINISH_GROUP(float, f32, 0x1p-24)
+FINISH_GROUP(double, f64, 0x1p-53)
+
+/* Whether a group's measured error² `meas` agrees with the SVD's own
+ * figure `est` (within half a percent in norm, plus `bound`) and keeps
+ * the accuracy control's promise against a known optimum `opt` (-1 when
+ * not known); else why not (static). */
+static const char *group_mismatch(double meas, double est, double opt,
+                                  double bound) {
+  double me = sqrt(meas), es = sqrt(est);
+  if (fabs(me - es) > 0.005 * es + bound)
+    return "the measured error differs from the SVD's own figure";
+  if (opt >= 0 && me > CORE_SVD_TOLERANCE * sqrt(opt) + bound)
+    return "the measured error misses the known optimum by more than 1%";
+  return NULL;
+}
+
 /* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
  * runs of k values when they are known (*have_sigma). With rank == 0 only
  * the values are computed; else the factors, scaled by Σ^½, land in new
  * buffers *first ([g·R, I, ka or 1, 1 or ka]) and *second ([O·g, R, …]) of
  * T. `known` (g runs of k, or NULL) is the spectrum of phase 1. The input
- * is checked for NaN/Inf first; ‖W‖² goes to *energy and the achieved
- * discarded energy to *discarded. */
-#define LAYER_WORKER(T, SUFFIX)                                                \
+ * is checked for NaN/Inf first; ‖W‖² goes to *energy and the discarded
+ * energy, measured from the factors as they will be written, to
+ * *discarded.
+ *
+ * Any finite kernel works: the SVD runs on the kernel times 2^sx, a power
+ * of two that brings its largest magnitude near 1 (exact, so it changes no
+ * bit of the result), so that Gram matrices neither overflow (a kernel of
+ * 1e30 in float32) nor underflow (1e-25, subnormals); the values, energies
+ * and factors come back in the kernel's own scale.
+ *
+ * Each group's factors are checked before they are kept: the error they
+ * achieve, measured from the factors themselves (rounded as written), must
+ * agree with the SVD's own figure and keep the accuracy control's promise;
+ * a randomized result that does not is replaced by the exact one (logged
+ * with the reason), and the figure reported is always the measured one. */
+#define LAYER_WORKER(T, SUFFIX, OWN, SCALE_MAX)                                \
   static int layer_##SUFFIX(decomp_ctx *ctx, const decomp_layer *l,            \
                             const decomp_tensor *wt, const geom *gm,           \
                             int64_t R, const double *known, double *sigma,     \
@@ -298,13 +376,13 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     const T *W = NULL;                                                         \
     T *owned = NULL, *A = NULL, *s = NULL, *V = NULL;                          \
     T *F = NULL, *S = NULL;                                                    \
-    double *all = NULL;                                                        \
+    double *all = NULL, *kn = NULL;                                            \
     char what[256];                                                            \
     int rc = dense_##SUFFIX(ctx, wt, &W, &owned);                              \
     if (rc != DECOMP_OK)                                                       \
       return rc;                                                               \
     size_t total = (size_t)(gm->g * gm->O) * (size_t)(gm->I * gm->kh * gm->kw); \
-    double e = 0;                                                              \
+    double e = 0, big = 0;                                                     \
     for (size_t x = 0; x < total; x++) {                                       \
       double v = (double)W[x];                                                 \
       if (!isfinite(v)) {                                                      \
@@ -316,17 +394,36 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
         goto done;                                                             \
       }                                                                        \
       e += v * v;                                                              \
+      big = fabs(v) > big ? fabs(v) : big;                                     \
+    }                                                                          \
+    if (!isfinite(e)) {                                                        \
+      rc = core_fail(ctx, DECOMP_ERR_NONFINITE,                                \
+                     "%s: the weight's squared norm overflows float64 "        \
+                     "(largest magnitude %g)",                                 \
+                     name, big);                                               \
+      goto done;                                                               \
     }                                                                          \
     *energy = e;                                                               \
     *discarded = 0;                                                            \
     *have_sigma = false;                                                       \
+    /* The power of two the SVD works at (0 for everyday magnitudes), and      \
+     * how the factors share it back: first·2^fa, second·2^fb. */              \
+    int sx = 0;                                                                \
+    if (big > 0) {                                                             \
+      int ex;                                                                  \
+      frexp(big, &ex);                                                         \
+      if (ex < -16 || ex > 16)                                                 \
+        sx = -ex < -SCALE_MAX ? -SCALE_MAX : -ex > SCALE_MAX ? SCALE_MAX : -ex; \
+    }                                                                          \
+    int fa = -sx / 2, fb = -sx - fa;                                           \
+    T sc = (T)ldexp(1.0, sx);                                                  \
     if (!sigma && R == 0)                                                      \
       goto done;                                                               \
     if (R == 0 && core_svd_spectrum_uses_gram(gm->m, gm->n)) {                 \
       for (size_t j = 0; j < (size_t)gm->g; j++) {                             \
         snprintf(what, sizeof what, "%s group %zu", name, j);                  \
         core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);   \
-        rc = gram_##SUFFIX(ctx, what, W, gm, j, sigma + j * (size_t)gm->k,     \
+        rc = gram_##SUFFIX(ctx, what, W, gm, j, sx, sigma + j * (size_t)gm->k, \
                            j + 1 == (size_t)gm->g ? &owned : NULL);            \
         if (rc != DECOMP_OK)                                                   \
           goto done;                                                           \
@@ -342,8 +439,9 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
       s = malloc(r * sizeof *s);                                               \
       V = malloc(n * r * sizeof *V);                                           \
       F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
+      kn = known ? malloc(k * sizeof *kn) : NULL;                              \
     }                                                                          \
-    if (!A || !all || (R > 0 && (!s || !V || !F))) {                           \
+    if (!A || !all || (R > 0 && (!s || !V || !F || (known && !kn)))) {         \
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
       goto done;                                                               \
     }                                                                          \
@@ -352,7 +450,7 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     size_t kb = (size_t)gm->kb;                                                \
     bool every = true;                                                         \
     for (size_t j = 0; j < (size_t)gm->g; j++) {                               \
-      /* A = M_j, column-major: A[row + m·col]. */                             \
+      /* A = M_j·2^sx, column-major: A[row + m·col]. */                        \
       for (size_t o = 0; o < O; o++)                                           \
         for (size_t i = 0; i < I; i++)                                         \
           for (size_t h = 0; h < kh; h++) {                                    \
@@ -367,8 +465,11 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
                 dst[w] = src[w];                                               \
             }                                                                  \
           }                                                                    \
-      /* A converted copy of the kernel is done with after the last        \
-       * group's gather: release it before the SVD's own buffers exist. */   \
+      if (sx)                                                                  \
+        for (size_t x = 0; x < m * n; x++)                                     \
+          A[x] *= sc;                                                          \
+      /* A converted copy of the kernel is done with after the last            \
+       * group's gather: release it before the SVD's own buffers exist. */     \
       if (j + 1 == (size_t)gm->g && owned) {                                   \
         free(owned);                                                           \
         owned = NULL;                                                          \
@@ -377,21 +478,59 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
       double ej = 0;                                                           \
       for (size_t x = 0; x < m * n; x++)                                       \
         ej += (double)A[x] * (double)A[x];                                     \
+      double opt = -1;                                                         \
+      if (kn) {                                                                \
+        opt = 0;                                                               \
+        for (size_t x = 0; x < k; x++) {                                       \
+          kn[x] = ldexp(known[j * k + x], sx);                                 \
+          opt += x >= r ? kn[x] * kn[x] : 0;                                   \
+        }                                                                      \
+      }                                                                        \
       snprintf(what, sizeof what, "%s group %zu", name, j);                    \
-      bool have = false;                                                       \
+      bool have = false, exact = false;                                        \
       double dj = 0;                                                           \
       core_svd_report rep;                                                     \
       T *Uj = R > 0 ? F + j * r * m : NULL;                                    \
       core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);     \
-      rc = step_##SUFFIX(ctx, what, gm, A, R, core_svd_seed(name, (int64_t)j), \
-                         ej, known ? known + j * k : NULL, all, &have, s, Uj,  \
-                         V, &dj, &rep);                                        \
+      for (;;) {                                                               \
+        rc = step_##SUFFIX(ctx, what, gm, A, R, core_svd_seed(name, (int64_t)j), \
+                           ej, kn, exact, all, &have, s, Uj, V, &dj, &rep);    \
+        if (rc != DECOMP_OK || R == 0)                                         \
+          break;                                                               \
+        double meas, bound;                                                    \
+        rc = finish_##SUFFIX(ctx, what, gm, A, ej, R, s, Uj, V, wt->dtype,     \
+                             OWN, fa, fb, &meas, &bound);                      \
+        if (rc != DECOMP_OK)                                                   \
+          break;                                                               \
+        const char *why = group_mismatch(meas, dj, opt, bound);                \
+        if (why && !exact && rep.randomized) {                                 \
+          core_log(ctx, DECOMP_LOG_WARN, "svd",                                \
+                   "matrix=\"%s\" fallback=exact measured=%.6g "               \
+                   "estimated=%.6g optimal=%.6g reason=\"%s\"",                \
+                   what, sqrt(meas / (ej > 0 ? ej : 1)),                       \
+                   sqrt(dj / (ej > 0 ? ej : 1)),                               \
+                   opt >= 0 ? sqrt(opt / (ej > 0 ? ej : 1)) : -1.0, why);      \
+          exact = true;                                                        \
+          continue;                                                            \
+        }                                                                      \
+        if (why)                                                               \
+          core_log(ctx, DECOMP_LOG_WARN, "svd",                                \
+                   "matrix=\"%s\" measured=%.6g estimated=%.6g reason=\"%s\" " \
+                   "(the measured error is reported)",                         \
+                   what, sqrt(meas / (ej > 0 ? ej : 1)),                       \
+                   sqrt(dj / (ej > 0 ? ej : 1)), why);                         \
+        if (exact && !rep.fallback)                                            \
+          rep.fallback = "the factors failed their check";                     \
+        dj = meas;                                                             \
+        break;                                                                 \
+      }                                                                        \
       if (rc != DECOMP_OK)                                                     \
         goto done;                                                             \
       every = every && have;                                                   \
       if (sigma && have)                                                       \
-        memcpy(sigma + j * k, all, k * sizeof *all);                           \
-      *discarded += dj;                                                        \
+        for (size_t x = 0; x < k; x++)                                         \
+          sigma[j * k + x] = ldexp(all[x], -sx);                               \
+      *discarded += ldexp(dj, -2 * sx);                                        \
       agg->randomized = agg->randomized || rep.randomized;                     \
       if (rep.iterations > agg->iterations)                                    \
         agg->iterations = rep.iterations;                                      \
@@ -399,10 +538,13 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
         agg->width = rep.width;                                                \
       if (rep.block > agg->block)                                              \
         agg->block = rep.block;                                                \
+      agg->deflated += rep.deflated;                                           \
+      if (rep.fallback)                                                        \
+        agg->fallback = rep.fallback;                                          \
       if (R == 0)                                                              \
         continue;                                                              \
-      /* The matrix is done with after the last group: release it before    \
-       * the second factor exists, so the peak holds one of the two. */      \
+      /* The matrix is done with after the last group: release it before       \
+       * the second factor exists, so the peak holds one of the two. */        \
       if (j + 1 == (size_t)gm->g) {                                            \
         free(A);                                                               \
         A = NULL;                                                              \
@@ -411,17 +553,18 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
         rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);      \
         goto done;                                                             \
       }                                                                        \
+      /* Back to the kernel's scale (powers of two: exact). */                 \
+      T ua = (T)ldexp(1.0, fa), vb = (T)ldexp(1.0, fb);                        \
       for (size_t q = 0; q < r; q++) {                                         \
-        T sq = (T)sqrt((double)(s[q] > 0 ? s[q] : 0));                         \
         /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q, in place. */            \
         T *fd = Uj + q * m;                                                    \
-        for (size_t x = 0; x < m; x++)                                         \
-          fd[x] *= sq;                                                         \
+        for (size_t x = 0; fa && x < m; x++)                                   \
+          fd[x] *= ua;                                                         \
         /* second[(j·O+o), q, p'] = V[(o·kb+p'), q]·√σ_q. */                   \
         const T *vc = V + q * n;                                               \
         for (size_t o = 0; o < O; o++)                                         \
           for (size_t p = 0; p < kb; p++)                                      \
-            S[((j * O + o) * r + q) * kb + p] = vc[o * kb + p] * sq;           \
+            S[((j * O + o) * r + q) * kb + p] = vc[o * kb + p] * vb;           \
       }                                                                        \
     }                                                                          \
     *have_sigma = every;                                                       \
@@ -434,6 +577,7 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     free(owned);                                                               \
     free(A);                                                                   \
     free(all);                                                                 \
+    free(kn);                                                                  \
     free(s);                                                                   \
     free(V);                                                                   \
     free(F);                                                                   \
@@ -441,8 +585,8 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
     return rc;                                                                 \
   }
 
-LAYER_WORKER(float, f32)
-LAYER_WORKER(double, f64)
+LAYER_WORKER(float, f32, DECOMP_DTYPE_F32, 120)
+LAYER_WORKER(double, f64, DECOMP_DTYPE_F64, 1000)
 
 void core_factors_clear(core_factors *f) {
   if (!f)
@@ -909,7 +1053,7 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
     core_log(ctx, DECOMP_LOG_INFO, "svd",
              "layer=%s rank=%lld max_rank=%lld order=%s "
              "relative_error=%.6g method=%s steps=%d basis=%lld block=%lld "
-             "optimal_error=%.6g seconds=%.3f",
+             "deflated=%lld fallback=\"%s\" optimal_error=%.6g seconds=%.3f",
              l->name, (long long)L->info.rank, (long long)L->info.view.max_rank,
              core_order_name(L->info.view.order),
              L->info.energy_total > 0
@@ -917,7 +1061,8 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
                  : 0.0,
              L->rep.randomized ? "krylov" : "gesdd", L->rep.iterations,
              (long long)L->rep.width, (long long)L->rep.block,
-             optimal_error(L),
+             (long long)L->rep.deflated,
+             L->rep.fallback ? L->rep.fallback : "", optimal_error(L),
              L->seconds);
   else
     core_log(ctx, DECOMP_LOG_INFO, "svd", "layer=%s skipped reason=\"%s\"",

@@ -227,3 +227,9 @@ void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt,
   for (size_t i = 0; i < n; i++)
     store(src[i], dt, (unsigned char *)dst + i * isz);
 }
+
+double core_dtype_round(decomp_dtype dt, double v) {
+  unsigned char b[8];
+  store(v, dt, b);
+  return load_f64(b, dt);
+}

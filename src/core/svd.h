@@ -40,14 +40,23 @@ int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 
 /* --- svd.c ----------------------------------------------------------------- */
 
+/* The accuracy control's promise: a rank-R error at most this many times
+ * the optimum's (in norm) when the optimum is known. */
+#define CORE_SVD_TOLERANCE 1.01
+
 /* How a truncated SVD was computed and what it achieved. */
 typedef struct core_svd_report {
   bool randomized;   /* false: exact gesdd */
   int iterations;    /* Krylov steps after the first block (randomized) */
   int64_t width;     /* the basis' final width (randomized) */
   int64_t block;     /* its block width (randomized) */
-  double discarded;  /* achieved ‖A − A_R‖², in double */
+  double discarded;  /* ‖A − A_R‖²: Σ σ_i², i > R, on the exact path; the
+                        Ritz values' estimate on the randomized one */
   double optimal;    /* Σ σ_i², i > R, when the spectrum was given; else -1 */
+  int64_t deflated;  /* basis columns restarted at random because the
+                        Krylov space was exhausted along them */
+  const char *fallback; /* why the randomized path handed over to the
+                           exact one (static), or NULL */
 } core_svd_report;
 
 /* Whether the singular values of an m×n matrix come from the Gram matrix
@@ -88,12 +97,19 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * SVD"): the basis [Q_0, Q_1, …] of span{A·Ω, (A·Aᵀ)·A·Ω, …} grows by
  * blocks of about R/8 columns, each orthonormalized against the last two
  * blocks and then against the whole basis (once more when that removed
- * much of it), and from R + two blocks on the Ritz values of the basis give
- * the rank-R error it achieves. It stops when that error is within 0.8% of
- * a known optimum (`sigma`), or when its extrapolated remaining gain is
- * below 1% of it; the factors come from a Rayleigh–Ritz step on BᵀB, B the
- * basis' projection of A. If a known optimum is still missed by more than
- * 1% at the largest basis (0.6·k), the exact path runs instead.
+ * much of it; a column that lies in the basis to rounding, as when the
+ * basis outgrows the matrix's rank, is restarted at random, so the basis
+ * stays orthonormal), and from R + two blocks on the Ritz values of the
+ * basis give the rank-R error it achieves. It stops when that error is
+ * within 0.8% of a known optimum (`sigma`), or when its extrapolated
+ * remaining gain is below 1% of it; the factors come from a Rayleigh–Ritz
+ * step on BᵀB, B the basis' projection of A. The exact path runs instead
+ * (rep->fallback says why) when the Ritz values keep more than ‖A‖² (the
+ * basis lost its orthogonality), when a known optimum is missed by more
+ * than 1%, or when the basis reached its largest width (0.6·k) with more
+ * than 1% (in norm) of the error still extrapolated to come.
+ * rep->discarded is the Ritz values' figure: decompose.c measures what the
+ * factors achieve (core_svd_residual) and checks it against that figure.
  * The sketch is drawn from `seed`, so equal inputs give equal bytes.
  * When the exact path ran (rep->randomized false) and `all` is not NULL,
  * all[k] gets every singular value. */
@@ -101,6 +117,21 @@ int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                       const float *a, int64_t R, uint64_t seed, double energy,
                       const double *sigma, float *s, float *u, float *v,
                       double *all, core_svd_report *rep);
+
+/* The exact path of core_svd_rank_f32 alone (gesdd), whatever the size:
+ * what the caller falls back to when a randomized result fails its check. */
+int core_svd_rank_exact_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                            int64_t n, const float *a, int64_t R, float *s,
+                            float *u, float *v, double *all,
+                            core_svd_report *rep);
+
+/* ‖A − F·Gᵀ‖² (in *out) for the column-major m×n `a`, F m×R (ld m) and G
+ * n×R (ld n), from the residual itself, formed 256 columns at a time and
+ * summed in double: one rank-R product's work, accurate to about ε·√R·‖A‖
+ * in norm. */
+int core_svd_residual_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const float *a, int64_t R,
+                          const float *f, const float *g, double *out);
 
 /* core_factorize (core.h) with the spectrum of phase 1 (`known`, g runs of
  * k values, or NULL) handed to the accuracy control and kept as the
@@ -121,6 +152,13 @@ int core_svd_rank_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                       const double *a, int64_t R, uint64_t seed, double energy,
                       const double *sigma, double *s, double *u, double *v,
                       double *all, core_svd_report *rep);
+int core_svd_rank_exact_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                            int64_t n, const double *a, int64_t R, double *s,
+                            double *u, double *v, double *all,
+                            core_svd_report *rep);
+int core_svd_residual_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const double *a, int64_t R,
+                          const double *f, const double *g, double *out);
 void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                 double alpha, const double *a, int64_t lda, const double *b,
                 int64_t ldb, double beta, double *c, int64_t ldc);
