@@ -127,7 +127,7 @@ const char *core_method_name(core_method m);
 /* The budget's default quality floor: no layer is taken beyond this
  * relative error (it keeps at least 75% of its energy), whatever the
  * target. */
-#define CORE_BUDGET_MAX_LAYER_ERROR 0.5
+#define CORE_BUDGET_MAX_LAYER_ERROR 0.75
 
 /* What a policy knows of one candidate decomposition of a layer (a Conv2d
  * under one method and order, or a Linear) when it chooses a rank. A layer
