@@ -32,6 +32,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "text.h"
 
 #define MAX_PARAMS 4
 #define MAX_HEADERS 12
@@ -175,11 +176,14 @@ void http_reply_text(http_req *r, int status, const char *content_type,
 }
 
 void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
-  char detail[1024];
+  char raw[1024], detail[1024];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(detail, sizeof detail, fmt, ap);
+  vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
+  /* The detail may echo what the client sent (an id, a header, a name from
+   * its file): any bytes, which JSON cannot carry; they go out escaped. */
+  text_escape(raw, detail, sizeof detail);
   int status = decomp_error_http_status(err);
   char type[128];
   snprintf(type, sizeof type, "urn:decompd:problem:%s", decomp_error_code(err));
@@ -189,13 +193,22 @@ void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
                         "request_id", r->id);
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
+  /* Never an empty problem: every field but the detail is ASCII we made. */
+  if (!body &&
+      asprintf(&body,
+               "{\"type\":\"%s\",\"title\":\"%s\",\"status\":%d,"
+               "\"detail\":\"the detail could not be encoded\",\"code\":"
+               "\"%s\",\"request_id\":\"%s\"}",
+               type, decomp_strerror(err), status, decomp_error_code(err),
+               r->id) < 0)
+    body = NULL;
   http_reply(r, status, "application/problem+json", body,
              body ? strlen(body) : 0);
   if (status == 401)
     http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"decompd\"");
   LOG(status >= 500 ? LOG_ERROR : LOG_INFO, "http", r->id,
       "event=problem status=%d code=%s detail=%s", status,
-      decomp_error_code(err), log_q(detail));
+      decomp_error_code(err), log_q(raw));
 }
 
 void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
