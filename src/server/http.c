@@ -75,6 +75,8 @@ struct http_req {
   int nparams;
   char principal[256];
   int64_t t0_ns;
+  bool started;          /* on_request has seen it (see on_uri) */
+  bool nul_in_target;    /* the raw target holds %00 */
   bool responded;
   /* body */
   char *body;
@@ -535,21 +537,42 @@ static bool on_body(http_req *r, const char *data, size_t n) {
   return true;
 }
 
+static http_req *req_new(http_server *srv, struct MHD_Connection *c) {
+  http_req *r = calloc(1, sizeof *r);
+  if (r) {
+    r->srv = srv;
+    r->c = c;
+    r->rfd = -1;
+    r->t0_ns = mono_ns();
+  }
+  return r;
+}
+
+/* MHD's URI log callback: the request target as it came, before MHD
+ * decodes it (the request is made here; MHD hands it to on_request and
+ * on_completed as *con_cls). MHD decodes %00 into the C strings it gives
+ * the handler, which then end there: "/v1/models/ID%00/content" would be
+ * routed as /v1/models/ID and "?name=a%00b" read as "a". So a NUL is looked
+ * for here, where it is still "%00" (the only way to send one in a
+ * target), and the request refused. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+  http_req *r = req_new(cls, c);
+  if (r)
+    r->nul_in_target = uri && strstr(uri, "%00") != NULL;
+  return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
   (void)version;
   http_req *r = *con_cls;
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r)
+  if (!r || !r->started) {
+    if (!r && !(r = req_new(cls, c)))
       return MHD_NO;
     *con_cls = r;
-    r->srv = cls;
-    r->c = c;
-    r->rfd = -1;
-    r->t0_ns = mono_ns();
+    r->started = true;
     snprintf(r->method, sizeof r->method, "%s", method);
     r->path = strdup(url);
     make_request_id(r, c);
@@ -558,6 +581,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
     /* An error is answered at once, without reading the body (MHD then
      * closes the connection); anything else waits for MHD's next call, as
      * a reply queued on this first call would also close the connection. */
+    if (r->nul_in_target) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "the path or query holds a NUL byte (%%00)");
+      return send_reply(r);
+    }
     if (on_headers(r, url))
       return send_reply(r);
     return MHD_YES;
@@ -587,6 +615,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   if (!r)
     return;
   *con_cls = NULL;
+  if (!r->started) { /* MHD refused the request before the handler */
+    free(r);
+    return;
+  }
   int status = r->responded ? r->status : 0;
   double ms = (double)(mono_ns() - r->t0_ns) / 1e6;
   const char *route = r->route ? r->route->pattern : "unmatched";
@@ -656,8 +688,9 @@ int http_start(const config *cfg, store *s, http_server **out, int *port) {
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
-      MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED,
-      on_completed, h, MHD_OPTION_END);
+      MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_URI_LOG_CALLBACK,
+      on_uri, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+      MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!h->d) {
     LOG(LOG_ERROR, "http", NULL, "event=listen_failed host=%s port=%d",

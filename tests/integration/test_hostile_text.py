@@ -118,3 +118,33 @@ def test_a_token_name_that_is_not_utf8_is_refused(daemon):
     assert daemon.request("GET", "/v1/jobs")[0] == 200
     r = daemon.run_cli("token", "create", "--role", "read", "--name", "équipe-ci")
     assert r.stdout.startswith("dcp_")
+
+
+def test_an_encoded_nul_in_the_path_or_query_is_refused_not_cut(daemon):
+    """MHD decodes %00 into its C strings, which end there: without the
+    check, /v1/models/ID%00/content served the model's JSON and ?name=a%00b
+    stored "a"."""
+    net, data = small_model_pth(3)
+    status, m = daemon.upload(data, name="nul")
+    assert status == 201, m
+    status, j = daemon.json("POST", "/v1/jobs", {"model": m["id"], "spec": conv_spec(net)})
+    assert status == 201, j
+    assert daemon.wait_job(j["id"])["state"] == "succeeded"
+    for method, path in (
+            ("GET", "/v1/models/%s%%00/content" % m["id"]),
+            ("GET", "/v1/models/%s%%00" % m["id"]),
+            ("GET", "/v1/jobs/%s/artifacts/decompose_info.json%%00.txt" % j["id"]),
+            ("GET", "/v1/jobs?state=queued%00x"),
+            ("GET", "/v1/jobs?st%00ate=queued"),
+            ("DELETE", "/v1/models/%s%%00x" % m["id"]),
+            ("POST", "/v1/models?name=ab%00cd")):
+        status, hdrs, body = daemon.request(method, path, body=data if method == "POST" else None)
+        doc = assert_problem(status, hdrs, body, 400, "bad_request")
+        assert "NUL" in doc["detail"], doc
+    # nothing was stored or deleted
+    assert [x["name"] for x in daemon.json("GET", "/v1/models", expect=200)[1]["models"]] \
+        == ["nul"]
+    # "%2500" is an escaped '%' followed by "00", not a NUL
+    status, hdrs, body = daemon.request("GET", "/v1/models/m_%2500")
+    doc = assert_problem(status, hdrs, body, 404, "not_found")
+    assert "m_%00" in doc["detail"], doc
