@@ -2,9 +2,11 @@
  * microhttpd.h.
  *
  * One MHD daemon with its own polling threads (epoll, a thread pool).
- * Per request: match the route table, check the token, refuse a declared
- * body over the limit before reading it (413), consume every upload_data
- * chunk (MHD answers 500 otherwise) into a JSON buffer or a store upload,
+ * Per request: refuse a target holding %00 (on_uri), match the route
+ * table, check the token, refuse a declared body over the limit before
+ * reading it (413) and a chunked one once it passes it (413 too, written
+ * by reply_over_limit), consume every upload_data chunk (MHD answers 500
+ * otherwise) into a JSON buffer or a store upload,
  * then call the handler once with the whole request and queue its one
  * reply. File replies go out with sendfile (MHD_create_response_from_fd_*;
  * no TLS here, so zero-copy holds). Streamed replies (server-sent events)
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -473,7 +476,7 @@ static bool on_headers(http_req *r, const char *url) {
   long long declared = cl ? strtoll(cl, NULL, 10) : -1;
   int64_t limit = rt->body == HTTP_BODY_STREAM ? srv->cfg->max_upload_bytes
                                                : srv->cfg->max_json_bytes;
-  if (rt->body != HTTP_BODY_NONE && declared > limit) {
+  if (declared > limit) {
     http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
                        "Content-Length %lld is over the limit of %lld bytes",
                        declared, (long long)limit);
@@ -489,14 +492,20 @@ static bool on_headers(http_req *r, const char *url) {
   return false;
 }
 
-/* One chunk of the body. Returns false to drop the connection. */
+/* One chunk of the body. Returns false when the body has gone over its
+ * limit (possible only without a Content-Length: a chunked body). */
 static bool on_body(http_req *r, const char *data, size_t n) {
   r->bytes_in += n;
   const config *cfg = r->srv->cfg;
   if (r->body_err)
     return true; /* already failed: consume and drop */
-  if (!r->route || r->route->body == HTTP_BODY_NONE)
-    return r->bytes_in <= (uint64_t)cfg->max_json_bytes;
+  if (!r->route || r->route->body == HTTP_BODY_NONE) {
+    if (r->bytes_in <= (uint64_t)cfg->max_json_bytes)
+      return true;
+    LOG(LOG_WARN, "http", r->id, "event=body_over_limit limit=%lld",
+        (long long)cfg->max_json_bytes);
+    return false;
+  }
   if (r->route->body == HTTP_BODY_JSON) {
     if (r->body_len + n > (uint64_t)cfg->max_json_bytes) {
       LOG(LOG_WARN, "http", r->id, "event=body_over_limit limit=%lld",
@@ -535,6 +544,72 @@ static bool on_body(http_req *r, const char *data, size_t n) {
     r->upload = NULL;
   }
   return true;
+}
+
+/* Write all of `buf` to the non-blocking socket `fd`, waiting a little
+ * for room; false when it could not. */
+static bool write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    if (n > 0) {
+      buf += n;
+      len -= (size_t)n;
+    } else if (n < 0 && errno == EAGAIN) {
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      if (poll(&p, 1, 1000) <= 0)
+        return false;
+    } else if (n < 0 && errno != EINTR) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The 413 for a body that went over its limit while it was read (a
+ * chunked body; a declared Content-Length over it is refused before the
+ * body, through MHD). MHD 0.9.75 takes no response once the body has
+ * started (MHD_queue_response refuses it in that state, and MHD_NO closes
+ * the connection with nothing said), so the answer is written to the
+ * socket here: nothing else has gone out on this connection (MHD sends at
+ * most a 100 Continue, before the body), and MHD closes it once we return
+ * MHD_NO. The client still sending may see the connection reset after
+ * the answer. */
+static enum MHD_Result reply_over_limit(http_req *r) {
+  int64_t limit = r->route && r->route->body == HTTP_BODY_STREAM
+                      ? r->srv->cfg->max_upload_bytes
+                      : r->srv->cfg->max_json_bytes;
+  http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
+                     "the body is over the limit of %lld bytes",
+                     (long long)limit);
+  store_upload_free(r->upload); /* gone before the client hears of it */
+  r->upload = NULL;
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
+  static const char *const DAYS[] = {"Sun", "Mon", "Tue", "Wed",
+                                     "Thu", "Fri", "Sat"};
+  static const char *const MONTHS[] = {"Jan", "Feb", "Mar", "Apr",
+                                       "May", "Jun", "Jul", "Aug",
+                                       "Sep", "Oct", "Nov", "Dec"};
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  char head[1024];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nDate: %s, %02d %s %04d %02d:%02d:%02d "
+                   "GMT\r\nConnection: close\r\nContent-Type: %s\r\n"
+                   "Content-Length: %zu\r\nX-Request-Id: %s\r\n\r\n",
+                   r->status, MHD_get_reason_phrase_for((unsigned)r->status),
+                   DAYS[tm.tm_wday], tm.tm_mday, MONTHS[tm.tm_mon],
+                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   r->ctype, r->rlen, r->id);
+  if (ci && n > 0 && (size_t)n < sizeof head &&
+      write_all(ci->connect_fd, head, (size_t)n) &&
+      write_all(ci->connect_fd, r->rbody ? r->rbody : "", r->rlen)) {
+    shutdown(ci->connect_fd, SHUT_WR);
+    r->responded = true;
+    r->bytes_out = (uint64_t)n + r->rlen;
+  }
+  return MHD_NO;
 }
 
 static http_req *req_new(http_server *srv, struct MHD_Connection *c) {
@@ -597,7 +672,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
   if (*upload_data_size > 0) {
     bool keep = on_body(r, upload_data, *upload_data_size);
     *upload_data_size = 0;
-    return keep ? MHD_YES : MHD_NO;
+    return keep ? MHD_YES : reply_over_limit(r);
   }
   /* the whole request is in */
   if (r->body_err)
