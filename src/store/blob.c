@@ -3,8 +3,11 @@
  * A blob is written to a temp file under DATA_DIR/tmp (same file system),
  * hashed on the fly, fsynced, then renamed into place and its folder fsynced,
  * so a crash leaves either the whole blob or none (plus a temp file that
- * store_open removes, as it removes a TorchScript reader's work folder left
- * by a daemon that was killed). Blob files are never modified after the rename.
+ * store_open removes). DATA_DIR/tmp holds nothing but what a live daemon is
+ * writing: uploads, a job's outputs (and the engine's ".NAME.tmp-XXXXXX"
+ * files behind them), a TorchScript reader's work folder; the owner empties
+ * it at start, dot-names included. Blob files are never modified after the
+ * rename.
  *
  * An upload's SHA-256 is computed by a helper thread that reads back what
  * the connection's thread has written (from the page cache), so hashing
@@ -99,7 +102,9 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
     return store_fail(DECOMP_ERR_IO, "opendir %s: %s", p->tmp, strerror(errno));
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.')
+    /* Every entry but the folder's own: the engine writes a job's outputs
+     * as ".NAME.tmp-XXXXXX" first, as large as the output. */
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
       continue;
     if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno == EISDIR) {
       char sub[sizeof p->tmp + 256];

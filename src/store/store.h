@@ -27,9 +27,11 @@ typedef struct store store;
 /* Open (creating when needed) the store under `data_dir`: the folders, the
  * database, the migrations in order (DECOMP_ERR_DB_TOO_NEW for a schema newer
  * than this binary). An `owner` (the serving daemon; one per DATA_DIR, held
- * by a lock file, DECOMP_ERR_UNAVAILABLE if another has it) also removes
- * leftovers of uploads cut short and puts jobs a dead process left `running`
- * back in the queue (`requeued` says how many; may be NULL). Tools such as
+ * by a lock file, DECOMP_ERR_UNAVAILABLE if another has it) also empties
+ * DATA_DIR/tmp of what a killed daemon left there (uploads cut short, job
+ * outputs and the engine's dot-named temp files behind them, TorchScript
+ * work folders) and puts jobs a dead process left `running` back in the
+ * queue (`requeued` says how many; may be NULL). Tools such as
  * `decompd token` open without owning. */
 int store_open(const char *data_dir, bool owner, store **out, int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.

@@ -20,8 +20,10 @@ const store_paths *store_paths_of(const store *s);
 int store_fail(int err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Make the folders; with `clean`, empty the temp folder (uploads cut short
- * by a crash leave their temp files there; nothing else does). */
+/* Make the folders; with `clean`, empty the temp folder: every file and
+ * folder in it, dot-names included (a daemon killed while writing leaves
+ * uploads, job outputs, the engine's ".NAME.tmp-XXXXXX" files and
+ * TorchScript work folders there; nothing else is kept there). */
 int store_blob_init(const char *data_dir, bool clean, store_paths *p);
 
 #endif
