@@ -266,10 +266,17 @@ static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
     return DECOMP_OK;
   }
   /* The spec must fit the weights: fail now, not in the queue. */
+  store_model now;
   rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
-  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
+  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
+             store_model_get(http_req_store(r), m->id, &now) ==
+                 DECOMP_ERR_NOT_FOUND) {
+    /* deleted (and its blob collected) since it was read */
+    rc = DECOMP_ERR_NOT_FOUND;
+    http_reply_problem(r, rc, "model '%s': no such model", m->id);
+  } else if (rc != DECOMP_OK ||
              (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
   }
@@ -688,7 +695,10 @@ static void h_job_submit(http_req *r) {
   rc = store_job_submit(s, key_hex, &job, &created);
   if (rc != DECOMP_OK) {
     job.spec = job.policy = NULL; /* still ours: freed below */
-    store_problem(r, rc);
+    if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
+      http_reply_problem(r, rc, "model '%s': no such model", m.id);
+    else
+      store_problem(r, rc);
     goto done;
   }
   if (created)

@@ -912,12 +912,26 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
   int rc = wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
-  rc = EXEC(s->w, &n,
-            "INSERT INTO jobs (id, model_id, request_key, spec, policy, state, "
-            "created_at) VALUES (?,?,?,?,?,'queued',?) "
-            "ON CONFLICT (request_key) DO NOTHING",
-            "sssssi", id, j->model_id, request_key, j->spec, j->policy,
-            store_now_ms());
+  /* The model must exist in the transaction that queues the job: checked
+   * before it, a DELETE of the model could land in between and both
+   * succeed, leaving a queued job on a model that is gone. */
+  sqlite3_stmt *st = NULL;
+  rc = prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)", "s",
+             j->model_id);
+  if (rc == DECOMP_OK) {
+    if (sqlite3_step(st) != SQLITE_ROW)
+      rc = db_fail(s->w, "job model");
+    else if (sqlite3_column_int(st, 0) == 0)
+      rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", j->model_id);
+    sdone(s, st);
+  }
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, &n,
+              "INSERT INTO jobs (id, model_id, request_key, spec, policy, "
+              "state, created_at) VALUES (?,?,?,?,?,'queued',?) "
+              "ON CONFLICT (request_key) DO NOTHING",
+              "sssssi", id, j->model_id, request_key, j->spec, j->policy,
+              store_now_ms());
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",

@@ -53,7 +53,9 @@ typedef struct store_job_layer {
 
 /* Queue a job unless one with the same `request_key` exists: *created says
  * which; `j` is filled with the stored row (id made here). `j->spec` and
- * `j->policy` are borrowed on input and replaced by owned copies. */
+ * `j->policy` are borrowed on input and replaced by owned copies.
+ * DECOMP_ERR_NOT_FOUND when model `j->model_id` does not exist, checked in
+ * the same transaction (store_model_delete cannot slip in between). */
 int store_job_submit(store *s, const char *request_key, store_job *j,
                      bool *created);
 /* `with_spec`: also load spec and policy texts. */
