@@ -181,14 +181,17 @@ void http_reply_text(http_req *r, int status, const char *content_type,
 }
 
 void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
-  char raw[1024], detail[1024];
+  char raw[1024], scrubbed[1024], detail[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
-  /* The detail may echo what the client sent (an id, a header, a name from
-   * its file): any bytes, which JSON cannot carry; they go out escaped. */
-  text_escape(raw, detail, sizeof detail);
+  /* The client hears what failed, not where on this server (the log line
+   * below keeps the paths); and the detail may echo what the client sent
+   * (an id, a header, a name from its file): any bytes, which JSON cannot
+   * carry, so they go out escaped. */
+  store_scrub(r->srv->s, raw, scrubbed, sizeof scrubbed);
+  text_escape(scrubbed, detail, sizeof detail);
   int status = decomp_error_http_status(err);
   char type[128];
   snprintf(type, sizeof type, "urn:decompd:problem:%s", decomp_error_code(err));

@@ -194,8 +194,10 @@ static int serve(const config *c) {
     goto out;
   }
   LOG(LOG_INFO, "main", NULL,
-      "event=store_open data_dir=%s schema_version=%d requeued=%d",
-      log_q(c->data_dir), store_schema_version(s), requeued);
+      "event=store_open data_dir=%s schema_version=%d requeued=%d "
+      "reserve=%s",
+      log_q(c->data_dir), store_schema_version(s), requeued,
+      store_reserve_ok(s) ? "yes" : "no");
   worker_ts_limits ts = {.time_seconds = c->torchscript_timeout,
                          .memory_bytes = (uint64_t)c->torchscript_memory};
   if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &ts, &pool)) !=

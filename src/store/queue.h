@@ -87,6 +87,8 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
  * with store_blob_lock() held). */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       size_t n);
+/* These three (a running job's end) get through on a full disk too, as
+ * store_model_delete does: a job left running would hold its model. */
 int store_job_fail(store *s, const char *job_id, int err, const char *message);
 int store_job_cancelled(store *s, const char *job_id);
 /* Put a running job back in the queue (the daemon is stopping). */
@@ -98,7 +100,8 @@ int store_job_requeue(store *s, const char *job_id);
 int store_job_cancel(store *s, const char *id, store_job *out);
 /* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
  * while queued or running. The artifacts' digests are returned (*digests,
- * free()) for store_blob_gc(). */
+ * free()) for store_blob_gc(). Works on a full disk, as store_model_delete
+ * does. */
 int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
                      size_t *n);
 
