@@ -917,6 +917,26 @@ static void h_job_cancel(http_req *r) {
   store_job_clear(&j);
 }
 
+/* A failed or cancelled job runs again; submits are idempotent by content,
+ * so resubmitting it would only return it as it is. */
+static void h_job_retry(http_req *r) {
+  store_job j;
+  bool requeued = false;
+  int rc = store_job_retry(http_req_store(r), http_req_param(r, 0), &j,
+                           &requeued);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (requeued) {
+    worker_pool_wake();
+    LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_retried id=%s model=%s "
+        "attempts=%d", j.id, j.model_id, j.attempts);
+  }
+  reply_json(r, 200, job_json(http_req_store(r), &j, false));
+  store_job_clear(&j);
+}
+
 static void h_job_delete(http_req *r) {
   store *s = http_req_store(r);
   char(*digests)[STORE_DIGEST_LEN] = NULL;
@@ -1007,6 +1027,8 @@ const http_route HTTP_ROUTES[] = {
      h_job_delete, "delete a finished job and its artifacts"},
     {"POST", "/v1/jobs/{id}/cancel", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
      h_job_cancel, "cancel a job"},
+    {"POST", "/v1/jobs/{id}/retry", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
+     h_job_retry, "run a failed or cancelled job again"},
     {"GET", "/v1/jobs/{id}/artifacts/{name}", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_artifact_get, "download an artifact (ETag, Range)"},
     /* the dashboard: a static shell, open so it can ask for a token */

@@ -1,6 +1,7 @@
 /* queue.h — the persisted job queue, on the same handle as the store.
  *
- * A job moves queued → running → succeeded | failed | cancelled. Workers
+ * A job moves queued → running → succeeded | failed | cancelled, and a
+ * failed or cancelled one back to queued when retried. Workers
  * claim the oldest queued job atomically (store_job_claim), report each layer
  * (store_job_progress), and finish it (store_job_succeed/fail/cancelled) or put
  * it back (store_job_requeue) when the daemon stops. store_open() requeues
@@ -98,6 +99,14 @@ int store_job_requeue(store *s, const char *job_id);
  * flagged for its worker. DECOMP_ERR_CONFLICT for a finished job. `out` gets
  * the row after the change. */
 int store_job_cancel(store *s, const char *id, store_job *out);
+/* Run a failed or cancelled job again: it goes back to the queue, behind
+ * the jobs queued now, as a new attempt (its error, times and layer rows
+ * cleared; `attempts` keeps counting) and *requeued is set.
+ * DECOMP_ERR_CONFLICT for a succeeded job, a running one being cancelled,
+ * or one whose model has been deleted (checked in the same transaction); a
+ * queued or running job is left as it is (it is going to run). `out` gets
+ * the row after the change. */
+int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 /* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
  * while queued or running. The artifacts' digests are returned (*digests,
  * free()) for store_blob_gc(). Works on a full disk, as store_model_delete

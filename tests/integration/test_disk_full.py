@@ -139,3 +139,35 @@ def test_full_disk_answers_507_and_an_admin_delete_still_frees_space(daemon_fact
                                    token=tok["submit"])
     assert status == 200, body
     assert json.loads(body)["layers"][0]["name"] == "0"
+
+
+def test_a_job_that_failed_for_want_of_space_runs_again_once_retried(daemon_factory,
+                                                                      small_disk):
+    """The disk fills while a job runs: it fails disk_full (its message
+    naming no server path), the submit role retries it once space is back,
+    and it succeeds as its second attempt."""
+    d = daemon_factory(args=["--workers", "1"])
+    d.data_dir = str(small_disk / "var")
+    d.start()
+    net, data = weights(4, 512, 512)  # outputs of several MB each
+    status, m = d.upload(data)
+    assert status == 201, m
+    filler = str(small_disk / "filler")
+    fill(filler)
+    with open(filler, "r+b") as f:  # room for the index, not the outputs
+        f.truncate(os.path.getsize(filler) - (1 << 20))
+    status, j = d.json("POST", "/v1/jobs", {"model": m["id"], "spec": conv_spec(net),
+                                             "policy": {"name": "ratio", "ratio": 0.5}})
+    assert status == 201, j
+    failed = d.wait_job(j["id"])
+    assert failed["state"] == "failed", failed
+    assert failed["error"]["code"] == "disk_full", failed
+    msg = failed["error"]["message"]
+    assert str(small_disk) not in msg and "/tmp/" not in msg and "/var" not in msg, msg
+    assert os.listdir(os.path.join(d.data_dir, "tmp")) == []
+    os.unlink(filler)
+    status, r = d.json("POST", "/v1/jobs/%s/retry" % j["id"])
+    assert status == 200 and r["state"] in ("queued", "running"), r
+    done = d.wait_job(j["id"])
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done
+    assert len(done["artifacts"]) == 3
