@@ -374,7 +374,7 @@ done:
   return ex;
 }
 
-/* ---- status, wait, cancel, retry -------------------------------------------- */
+/* ---- status, wait, cancel, retry ------------------------------------------ */
 
 static void status_line(FILE *f, const decomp_client_job *j) {
   fprintf(f, "%s %s %lld/%lld layers", j->id, decomp_job_state_name(j->state),

@@ -1,6 +1,6 @@
 /* client.c — libdecompclient's handle and the REST calls of
- * api/openapi.yaml: upload, submit, get/list/cancel/retry jobs and wait. It builds
- * requests for the transport (transport.c), reads the JSON answers
+ * api/openapi.yaml: upload, submit, get/list/cancel/retry jobs and wait. It
+ * builds requests for the transport (transport.c), reads the JSON answers
  * (jansson) and turns error answers (problem+json) into decompd's codes
  * with the server's detail. Fetching lives in fetch.c. */
 #include <errno.h>

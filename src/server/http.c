@@ -19,11 +19,11 @@
 #include <pthread.h>
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,8 +78,8 @@ struct http_req {
   int nparams;
   char principal[256];
   int64_t t0_ns;
-  bool started;          /* on_request has seen it (see on_uri) */
-  bool nul_in_target;    /* the raw target holds %00 */
+  bool started;       /* on_request has seen it (see on_uri) */
+  bool nul_in_target; /* the raw target holds %00 */
   bool responded;
   /* body */
   char *body;

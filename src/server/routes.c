@@ -93,9 +93,8 @@ static void h_metrics(http_req *r) {
 static json_t *model_json(const store_model *m) {
   char self[64];
   snprintf(self, sizeof self, "/v1/models/%s", m->id);
-  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id",
-                   m->id, "name", text_json(m->name), "digest", m->digest,
-                   "format",
+  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id", m->id,
+                   "name", text_json(m->name), "digest", m->digest, "format",
                    m->format, "size", (json_int_t)m->size, "tensors",
                    (json_int_t)m->tensors, "has_spec", m->has_spec,
                    "created_at", time_json(m->created_at), "url", self);
