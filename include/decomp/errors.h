@@ -61,6 +61,7 @@ extern "C" {
   X(UNAVAILABLE, 50, "unavailable", "service unavailable", 503)                   \
   X(DB_TOO_NEW, 51, "db_too_new", "database schema is newer than this binary",    \
     500)                                                                          \
+  X(ENCODE, 52, "encode_failed", "could not encode the answer as JSON", 500)      \
   /* client */                                                                    \
   X(CONNECT, 60, "connect_failed", "could not connect to the server", 503)        \
   X(DIGEST_MISMATCH, 61, "digest_mismatch", "downloaded data failed its digest",  \
