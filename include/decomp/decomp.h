@@ -439,6 +439,17 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
                      const decomp_spec *spec, const decomp_policy *policy,
                      const decomp_options *opts, decomp_result **out);
 
+/* Check a calibration (a decompd.calibration weight set: the Gram matrices
+ * of layers' inputs, see decomp_options.calibration) against `spec`: its
+ * metadata, every layer it names exists in the spec as a Conv2d or Linear
+ * of the type it says, each Gram has the shape that layer's inputs give
+ * ([in, in]; a conv's [groups, (in/groups)·kh·kw, …]), is finite and
+ * symmetric, and each count is positive. DECOMP_ERR_BAD_CALIBRATION names
+ * the layer and what is wrong. *layers (may be NULL) gets how many layers
+ * it covers. decomp_decompose makes the same check. */
+int decomp_calibration_check(decomp_ctx *ctx, const decomp_weights *calibration,
+                             const decomp_spec *spec, size_t *layers);
+
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);
 /* decompose_info.json (version 1) as text. Borrowed. */

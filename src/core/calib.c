@@ -249,6 +249,19 @@ out:
 
 size_t core_calib_count(const core_calib *c) { return c ? c->n : 0; }
 
+int decomp_calibration_check(decomp_ctx *ctx, const decomp_weights *calibration,
+                             const decomp_spec *spec, size_t *layers) {
+  if (!calibration || !spec)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "decomp_calibration_check: NULL argument");
+  core_calib *c = NULL;
+  int rc = core_calib_open(ctx, calibration, spec, &c);
+  if (rc == DECOMP_OK && layers)
+    *layers = core_calib_count(c);
+  core_calib_free(c);
+  return rc;
+}
+
 const decomp_tensor *core_calib_gram(const core_calib *c, const decomp_layer *l,
                                      int64_t *samples) {
   for (size_t i = 0; c && i < c->n; i++)
