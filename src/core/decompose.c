@@ -355,7 +355,8 @@ ROUND_TO(double, f64)
  * (u·2^fa, v·2^fb) and brought back, then ‖a − u·vᵀ‖² measured into
  * *meas. `bound` gets how far (in norm) that measurement may honestly
  * sit from the SVD's own figure: the rounding to `dt` (‖δ(u·vᵀ)‖ ≤
- * 2u_dt·√(σ_1·Σσ)) and the residual's own arithmetic (ε·√R·‖a‖). */
+ * 2u_dt·√(σ_1·Σσ)) and the SVD's and residual's own arithmetic (a
+ * backward-stable SVD reconstructs to about ε·k·‖a‖). */
 #define FINISH_GROUP(T, SUFFIX, EPS)                                           \
   static int finish_##SUFFIX(decomp_ctx *ctx, const char *what,                \
                              const geom *gm, const T *a, double energy,        \
@@ -383,7 +384,7 @@ ROUND_TO(double, f64)
     }                                                                          \
     double top = r ? (double)(s[0] > 0 ? s[0] : 0) : 0;                        \
     *bound = 2 * unit * sqrt(top * (sum > 0 ? sum : 0)) +                      \
-             4 * EPS * sqrt((double)R) * sqrt(energy);                         \
+             2 * EPS * (double)gm->k * sqrt(energy);                           \
     return core_svd_residual_##SUFFIX(ctx, what, gm->m, gm->n, a, R, u, v,     \
                                       meas);                                   \
   }
