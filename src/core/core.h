@@ -95,6 +95,9 @@ bool core_tensor_to_f32(const decomp_tensor *t, float *dst);
 void core_f64_to_dtype(const double *src, size_t n, decomp_dtype dt,
                        void *dst);
 void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt, void *dst);
+/* The element of dtype `dt` (a floating dtype, I64 or I32) at `p`, as a
+ * double; 0 for other dtypes. */
+double core_load_f64(const void *p, decomp_dtype dt);
 /* v as the conversions above store it in the floating dtype `dt`, read
  * back: what a value becomes once written. */
 double core_dtype_round(decomp_dtype dt, double v);

@@ -40,15 +40,9 @@ struct core_profile {
   char *device_name, *dtype, *input_shape; /* for the info file */
 };
 
-static int bad(decomp_ctx *ctx, const char *fmt, ...) DECOMP_PRINTF(2, 3);
-static int bad(decomp_ctx *ctx, const char *fmt, ...) {
-  char msg[768];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  return core_fail(ctx, DECOMP_ERR_BAD_PROFILE, "profile: %s", msg);
-}
+/* Every failure here: BAD_PROFILE, its message starting so. */
+#define bad(ctx, ...)                                                          \
+  core_fail(ctx, DECOMP_ERR_BAD_PROFILE, "profile: " __VA_ARGS__)
 
 void core_profile_free(core_profile *p) {
   if (!p)
