@@ -7,6 +7,10 @@ detailed message, which says what and where. Bad input (a malformed spec,
 policy or info file, weights that do not match) is also a ValueError, memory
 exhaustion a MemoryError, the rest a RuntimeError, so callers that already
 catch the built-in types keep working.
+
+CalibrationError is the package's own: a calibration file (or Calibration)
+that is malformed or does not fit the model; it is a ValueError and its
+message names the file and the layer.
 """
 
 __all__ = [
@@ -15,6 +19,7 @@ __all__ = [
     "DecompRuntimeError",
     "DecompMemoryError",
     "EngineNotFoundError",
+    "CalibrationError",
     "error_class",
 ]
 
@@ -60,6 +65,12 @@ class DecompMemoryError(DecompError, MemoryError):
 
 class EngineNotFoundError(ImportError):
     """libdecomp.so could not be found or loaded."""
+
+
+class CalibrationError(ValueError):
+    """A calibration (decompd.calibrate's Gram matrices, or a file of them)
+    that is malformed or does not fit the model; the message names the
+    layer."""
 
 
 def error_class(code):
