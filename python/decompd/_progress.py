@@ -109,7 +109,7 @@ class Reporter:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
-        log.info("decomposed %d conv(s), left %d alone, in %.2f s",
+        log.info("decomposed %d layer(s), left %d alone, in %.2f s",
                  self.decomposed, self.skipped,
                  time.monotonic() - self.started)
 

@@ -975,8 +975,8 @@ class Client:
     def pull(self, model, job, *, progress=False):
         """Fetch a succeeded job's weights and info file, give `model` the
         decomposed structure (decompose_network) and load the weights;
-        (model, changes). Like decompose_network, a bare nn.Conv2d is left
-        untouched and its replacement returned."""
+        (model, changes). Like decompose_network, a bare nn.Conv2d or
+        nn.Linear is left untouched and its replacement returned."""
         import torch
         from .tensor_decompose import decompose_network
         paths = self.fetch(job, only=[ARTIFACT_WEIGHTS, ARTIFACT_INFO],
@@ -985,10 +985,11 @@ class Client:
         new, changes = decompose_network(model, paths[ARTIFACT_INFO])
         state = torch.load(paths[ARTIFACT_WEIGHTS], map_location="cpu",
                            weights_only=True)
-        if isinstance(model, torch.nn.Conv2d):
-            # Sent under the engine's name for a bare conv (module_payload).
-            state = {k[len(_ROOT) + 1:]: v for k, v in state.items()
-                     if k.startswith(_ROOT + ".")}
+        if _is_bare(model):
+            # Sent under the engine's name for a bare layer (module_payload).
+            root = _root(model)
+            state = {k[len(root) + 1:]: v for k, v in state.items()
+                     if k.startswith(root + ".")}
         new.load_state_dict(_with_aliases(state, aliases, changes))
         return new, changes
 
@@ -1009,19 +1010,26 @@ class Client:
         return new, changes
 
 
-# The name a bare nn.Conv2d's tensors and spec entry get (the engine needs a
-# non-empty layer name; decompd.tensor_decompose uses the same).
-_ROOT = "conv"
+def _is_bare(model):
+    import torch
+    return isinstance(model, (torch.nn.Conv2d, torch.nn.Linear))
+
+
+def _root(model):
+    """The name a bare nn.Conv2d's (nn.Linear's) tensors and spec entry get:
+    the engine needs a non-empty layer name; decompd.tensor_decompose uses
+    the same (decompd.spec.root_name)."""
+    from .spec import root_name
+    return root_name(model)
 
 
 def _conv_aliases(model):
-    """{first name: [other names]} of every Conv2d reachable under several
-    names (one object shared by two parents): the spec and the engine know
-    it by its first name only."""
-    import torch
+    """{first name: [other names]} of every Conv2d or Linear reachable under
+    several names (one object shared by two parents): the spec and the
+    engine know it by its first name only."""
     names = {}
     for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, torch.nn.Conv2d):
+        if _is_bare(m):
             names.setdefault(id(m), []).append(name)
     return {ns[0]: ns[1:] for ns in names.values() if len(ns) > 1}
 
@@ -1048,16 +1056,16 @@ def module_payload(model, example_input=None):
     """(spec dict, state dict) of a live module as the service gets it: the
     spec the in-process path makes (decompd.spec) and the module's state
     dict (every tensor, so the decomposed file loads with strict=True)."""
-    import torch
     from .spec import input_sizes, layer_spec, walk
     refs = walk(model)
     sizes = input_sizes(model, example_input) if example_input is not None \
         else None
-    bare = isinstance(model, torch.nn.Conv2d)
-    spec = layer_spec(refs, (lambda n: n or _ROOT), sizes)
+    bare = _is_bare(model)
+    root = _root(model)
+    spec = layer_spec(refs, (lambda n: n or root), sizes)
     state = {}
     for k, v in model.state_dict().items():
-        state[(_ROOT + "." + k) if bare else k] = v.detach()
+        state[(root + "." + k) if bare else k] = v.detach()
     return spec, state
 
 

@@ -33,6 +33,8 @@ _VALUE_CODES = frozenset({
     22,  # bad_policy
     23,  # nonfinite_weights
     24,  # bad_info
+    26,  # bad_calibration
+    27,  # target_out_of_reach
 })
 _NOMEM = 1
 
