@@ -709,3 +709,38 @@ def test_public_names():
     assert decompd.calibrate is calibrate
     assert decompd.Calibration is Calibration
     assert issubclass(decompd.CalibrationError, ValueError)
+
+
+# --- reporting and memory -------------------------------------------------------
+
+
+def test_progress_bar_and_summary_line(monkeypatch, capsys, caplog):
+    monkeypatch.setenv("DECOMPD_PROGRESS", "1")
+    caplog.set_level("INFO", logger="decompd")
+    calibrate(Block(), block_batches(3))
+    err = capsys.readouterr().err
+    assert "decompd calibrate [" in err and "3/3 batches" in err
+    assert err.endswith("\n")
+    assert any(r.getMessage().startswith(
+        "calibrated 10 layer(s) (6 Gram(s)) on 3 batch(es) in ")
+        for r in caplog.records)
+    monkeypatch.setenv("DECOMPD_PROGRESS", "0")
+    calibrate(Block(), iter(block_batches(2)))  # unknown length, no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_no_activation_outlives_its_forward():
+    import weakref
+    m = Block()
+    seen = []
+
+    def keep_ref(module, inputs, output):
+        seen.append(weakref.ref(output))
+
+    handles = [mod.register_forward_hook(keep_ref)
+               for mod in (m.q, m.norm, m.gate, m.a)]
+    cal = calibrate(m, block_batches(2))
+    for h in handles:
+        h.remove()
+    assert len(seen) == 8 and all(r() is None for r in seen)
+    assert len(cal.layers) == 10
