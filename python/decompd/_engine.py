@@ -111,6 +111,11 @@ class _Options(ctypes.Structure):
         # set whose metadata is the calibration file's __metadata__.
         ("calibration", ctypes.c_void_p),  # const decomp_weights *
         ("calibration_digest", ctypes.c_char_p),
+        # Issue 16's latency profile: not used by this package yet, but the
+        # engine reads every field its header declares, so the struct must
+        # be as long as the engine's (zero: none).
+        ("profile", ctypes.c_char_p),
+        ("profile_digest", ctypes.c_char_p),
     ]
 
 

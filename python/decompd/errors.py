@@ -35,6 +35,7 @@ _VALUE_CODES = frozenset({
     24,  # bad_info
     26,  # bad_calibration
     27,  # target_out_of_reach
+    28,  # bad_profile
 })
 _NOMEM = 1
 

@@ -744,3 +744,28 @@ def test_no_activation_outlives_its_forward():
         h.remove()
     assert len(seen) == 8 and all(r() is None for r in seen)
     assert len(cal.layers) == 10
+
+
+# --- the engine binding ----------------------------------------------------------
+
+
+def test_engine_options_struct_matches_the_header():
+    # The engine reads every field of decomp_options it declares; a ctypes
+    # struct shorter than the header's hands it whatever lies past its end
+    # (the calibration fields, and any field appended later).
+    import re
+    import ctypes
+    from decompd import _engine
+    from decomp_ctypes_engine import _Options as TestOptions
+    src = os.environ.get("DECOMPD_SOURCE_DIR",
+                         os.path.join(os.path.dirname(__file__), "..", ".."))
+    text = open(os.path.join(src, "include", "decomp", "decomp.h")).read()
+    body = text[text.index("typedef struct decomp_options {"):
+                text.index("} decomp_options;")]
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    names = re.findall(r"(\w+)\s*;", body.split("{", 1)[1])
+    assert names[:2] == ["progress", "progress_user"]
+    assert "calibration" in names and "calibration_digest" in names
+    for cls in (_engine._Options, TestOptions):
+        assert [f[0] for f in cls._fields_] == names, cls
+    assert dict(_engine._Options._fields_)["calibration"] is ctypes.c_void_p
