@@ -230,11 +230,13 @@ static void h_model_get(http_req *r) {
 
 static void h_model_delete(http_req *r) {
   store *s = http_req_store(r);
-  char digest[STORE_DIGEST_LEN];
+  char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN];
   store_blob_lock(s);
-  int rc = store_model_delete(s, http_req_param(r, 0), digest);
+  int rc = store_model_delete(s, http_req_param(r, 0), digest, calibration);
   if (rc == DECOMP_OK)
     store_blob_gc(s, digest);
+  if (rc == DECOMP_OK && calibration[0])
+    store_blob_gc(s, calibration);
   store_blob_unlock(s);
   if (rc != DECOMP_OK)
     store_problem(r, rc);
