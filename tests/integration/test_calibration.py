@@ -11,43 +11,17 @@ import hashlib
 import io
 import json
 import os
-import struct
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import assert_problem
+from conftest import assert_problem, calibration_bytes
 
 R = 6
 POLICY = {"name": "fixed", "rank": R, "types": ["Conv2d", "Linear"],
           "require_cheaper": False}
-
-
-def calibration_bytes(grams, layers=None, meta=None, dtype="<f8"):
-    """A decompd.calibration safetensors file: {key: gram} (a 2-D Gram for a
-    Linear, [groups, n, n] for a conv), each with its count."""
-    layers = layers or {k: {"gram": k, "type": "Linear" if g.ndim == 2
-                            else "Conv2d", "shape": list(g.shape)}
-                        for k, g in grams.items()}
-    tensors = {}
-    for k, g in grams.items():
-        tensors[k + ".gram"] = np.ascontiguousarray(g, dtype)
-        tensors[k + ".count"] = np.array(1000, "<i8")
-    header = {"__metadata__": meta or {"format": "decompd.calibration",
-                                       "version": "1",
-                                       "layers": json.dumps(layers)}}
-    blobs, off = [], 0
-    for k, a in tensors.items():
-        b = a.tobytes()
-        header[k] = {"dtype": {"f8": "F64", "f4": "F32", "i8": "I64"}[a.dtype.str[1:]],
-                     "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
 class Head(nn.Module):
