@@ -206,9 +206,9 @@ int decomp_client_spec_attach(decomp_client *c, const char *model_id,
 
 /* A calibration attached to a model: a decompd.calibration safetensors file
  * of the Gram matrices of layers' inputs (decompd's Python package writes
- * it; the format is in README.md, "Calibration file"). A job submitted with
- * it (decomp_client_submit_calibrated) decomposes the layers it covers to
- * keep their outputs on that data. */
+ * it; its format: README.md, decompctl decompose --calibration). A job
+ * submitted with it (decomp_client_submit_calibrated) decomposes the
+ * layers it covers to keep their outputs on that data. */
 typedef struct decomp_client_calibration {
   char model[DECOMP_CLIENT_ID_LEN];      /* the model it is attached to */
   char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" of the file */

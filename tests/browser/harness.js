@@ -319,8 +319,9 @@ function largeConv(seed = 7) {
 /* A head: a 3x3 conv 16->32 and a Linear 64->10 with their spec, as
  * safetensors; and a decompd.calibration file for both (Grams of
  * correlated random inputs: the conv's [1, 144, 144] patch Gram, the
- * Linear's [64, 64]), written here as README.md "Calibration file" gives
- * it: float64 Grams, int64 counts, the layer map in __metadata__. */
+ * Linear's [64, 64]), written here as README.md (decompctl decompose
+ * --calibration) gives it: float64 Grams, int64 counts, the layer map in
+ * __metadata__. */
 function calibratedHead(seed = 3) {
   const randn = rng(seed);
   const conv = convWeight(randn, 32, 16, 3, 3, 24);

@@ -186,10 +186,10 @@ def conv_spec(model):
 
 def calibration_bytes(grams, layers=None, meta=None, dtype="<f8"):
     """A decompd.calibration safetensors file, written here (JSON header +
-    numpy bytes, as /work/contract-13.md and README.md "Calibration file"
-    give it): {key: gram} (a 2-D Gram for a Linear, [groups, n, n] for a
-    conv), each with its count; `layers` (the metadata's layer map) and
-    `meta` (the whole metadata) replace the ones made from `grams`."""
+    numpy bytes, as README.md gives it under decompctl decompose
+    --calibration): {key: gram} (a 2-D Gram for a Linear, [groups, n, n]
+    for a conv), each with its count; `layers` (the metadata's layer map)
+    and `meta` (the whole metadata) replace the ones made from `grams`."""
     import numpy as np
     layers = layers or {k: {"gram": k, "type": "Linear" if g.ndim == 2
                             else "Conv2d", "shape": list(g.shape)}
