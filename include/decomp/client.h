@@ -193,7 +193,7 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
 int decomp_client_model_get(decomp_client *c, const char *model_id,
                             decomp_client_model *out, char **out_json);
 
-/* ---- layer specs and calibrations ----------------------------------------- */
+/* ---- layer specs and calibrations ---------------------------------------- */
 
 /* Attach the layer spec `spec_json` (a JSON object {"layers": [...]} or a
  * list) to model `model_id` (PUT /v1/models/{id}/spec), replacing any:
@@ -322,8 +322,7 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
 int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
                                     const char *spec_json, const char *policy,
                                     const char *calibration,
-                                    decomp_client_job *out,
-                                    bool *out_created);
+                                    decomp_client_job *out, bool *out_created);
 
 /* Get job `id` with its progress, error and artifacts. Offline: from the
  * cache's job record, OFFLINE_MISS when there is none. */

@@ -249,9 +249,10 @@ static int do_attach(const struct common *o, decomp_client *c, const char *id,
     if (!o->quiet) {
       char size[32];
       human_bytes(cal->size, size, sizeof size);
-      fprintf(stderr, "%s: calibration of %lld layers attached to model %s "
-              "(%s, %s)\n", cal_path, (long long)cal->layers, id, size,
-              cal->digest);
+      fprintf(stderr,
+              "%s: calibration of %lld layers attached to model %s "
+              "(%s, %s)\n",
+              cal_path, (long long)cal->layers, id, size, cal->digest);
     }
   }
   return CLI_EXIT_OK;
@@ -259,8 +260,8 @@ static int do_attach(const struct common *o, decomp_client *c, const char *id,
 
 static const char upload_usage[] =
     "usage: decompctl upload FILE [--name NAME] [--spec SPEC.json]\n"
-    "                        [--calibration CAL.safetensors] [--json] [--quiet]\n"
-    "                        [--url URL]\n"
+    "                        [--calibration CAL.safetensors] [--json]\n"
+    "                        [--quiet] [--url URL]\n"
     "       decompctl upload --model MODEL [--spec SPEC.json]\n"
     "                        [--calibration CAL.safetensors] [...]\n"
     "\n"
@@ -376,8 +377,8 @@ static const char submit_usage[] =
     "  --policy P          rank policy: a name (budget, amct, vbmf, energy,\n"
     "                      max_error, ratio, fixed), a JSON object, or @FILE;\n"
     "                      default the server's (budget). Linear layers are\n"
-    "                      decomposed when its \"types\" has them:\n"
-    "                      '{\"name\":\"budget\",\"types\":[\"Conv2d\",\"Linear\"]}'\n"
+    "                      decomposed when its \"types\" lists them:\n"
+    "                      {\"types\": [\"Conv2d\", \"Linear\"], …}\n"
     "  --calibration C     decompose the layers a calibration covers to keep\n"
     "                      their outputs on its data (whitened channel_svd /\n"
     "                      svd): a decompd.calibration safetensors FILE\n"

@@ -348,8 +348,10 @@ static int send_file(decomp_client *c, const char *what, const char *method,
     goto done;
   }
   const char *base = strrchr(path, '/');
-  ct_request rq = {.method = method, .path = rpath,
-                   .content_type = "application/octet-stream", .body_fd = fd,
+  ct_request rq = {.method = method,
+                   .path = rpath,
+                   .content_type = "application/octet-stream",
+                   .body_fd = fd,
                    .body_size = (int64_t)st.st_size,
                    .progress_name = base ? base + 1 : path,
                    .direction = DECOMP_CLIENT_UPLOAD,
@@ -435,7 +437,7 @@ int decomp_client_model_get(decomp_client *c, const char *model_id,
   return rc;
 }
 
-/* ---- layer specs and calibrations ----------------------------------------- */
+/* ---- layer specs and calibrations ---------------------------------------- */
 
 int decomp_client_spec_attach(decomp_client *c, const char *model_id,
                               const char *spec_json, char **out_json) {
@@ -522,8 +524,7 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
 int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
                                     const char *spec_json, const char *policy,
                                     const char *calibration,
-                                    decomp_client_job *out,
-                                    bool *out_created) {
+                                    decomp_client_job *out, bool *out_created) {
   json_error_t err;
   json_t *req = NULL, *doc = NULL;
   char *body = NULL;
@@ -558,12 +559,13 @@ int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
     json_object_set_new(req, "policy", pol);
   }
   if (calibration) {
-    bool attached = strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) == 0;
+    bool attached =
+        strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) == 0;
     if (!attached && strncmp(calibration, "sha256:", 7) != 0) {
       json_decref(req);
       return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
-                         "calibration '%s': a digest sha256:… or \""
-                         DECOMP_CLIENT_CALIBRATION_ATTACHED "\"",
+                         "calibration '%s': a digest sha256:… or "
+                         "\"" DECOMP_CLIENT_CALIBRATION_ATTACHED "\"",
                          calibration);
     }
     json_object_set_new(req, "calibration",

@@ -7,8 +7,8 @@
  * readers map it and check every size and offset, decomp_calibration_check
  * reads each Gram once: no decomposition); the SVD work
  * is the workers' alone, and so is loading a TorchScript archive (it runs
- * the archive's code, in a sandboxed reader process: worker.c). Bodies are JSON; errors application/problem+json
- * with the code from decomp/errors.h. */
+ * the archive's code, in a sandboxed reader process: worker.c). Bodies are
+ * JSON; errors application/problem+json with the code from decomp/errors.h. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -576,8 +576,8 @@ static void h_model_calibration_put(http_req *r) {
   }
   if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
       DECOMP_OK) {
-    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s",
-                       m.id, decomp_errmsg(ctx));
+    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s", m.id,
+                       decomp_errmsg(ctx));
     goto done;
   }
   if (calibration_open(r, ctx, store_upload_path(u), "the body", &cal) !=
@@ -648,8 +648,8 @@ static void h_model_calibration_delete(http_req *r) {
   store *s = http_req_store(r);
   char old[STORE_DIGEST_LEN];
   store_blob_lock(s);
-  int rc = store_model_set_calibration(s, http_req_param(r, 0), NULL, 0, 0,
-                                       old);
+  int rc =
+      store_model_set_calibration(s, http_req_param(r, 0), NULL, 0, 0, old);
   if (rc == DECOMP_OK)
     store_blob_gc(s, old);
   store_blob_unlock(s);
@@ -791,13 +791,13 @@ static int job_calibration_check(http_req *r, decomp_ctx *ctx,
   if (!spec) {
     rc = store_model_get_archive_spec(s, m->id, &archive_text);
     if (rc == DECOMP_OK && archive_text &&
-        decomp_spec_parse(ctx, archive_text, strlen(archive_text),
-                          &archive) == DECOMP_OK)
+        decomp_spec_parse(ctx, archive_text, strlen(archive_text), &archive) ==
+            DECOMP_OK)
       spec = archive;
     rc = DECOMP_OK;
   }
-  if (spec && (rc = decomp_calibration_check(ctx, cal, spec, NULL)) !=
-                  DECOMP_OK)
+  if (spec &&
+      (rc = decomp_calibration_check(ctx, cal, spec, NULL)) != DECOMP_OK)
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
   decomp_weights_free(cal);
   if (archive)
@@ -977,9 +977,11 @@ static void h_job_submit(http_req *r) {
     if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
       http_reply_problem(r, rc, "model '%s': no such model", m.id);
     else if (rc == DECOMP_ERR_CONFLICT)
-      http_reply_problem(r, rc, "%s (attach it again with PUT "
+      http_reply_problem(r, rc,
+                         "%s (attach it again with PUT "
                          "/v1/models/%s/calibration, or submit with "
-                         "\"calibration\": true)", store_errmsg(), m.id);
+                         "\"calibration\": true)",
+                         store_errmsg(), m.id);
     else
       store_problem(r, rc);
     goto done;

@@ -182,8 +182,8 @@ static int read_torchscript(struct run *r, decomp_ctx *ctx, const char *path,
   char *canon = decomp_spec_to_json(ts_spec);
   if (!canon ||
       store_model_set_archive_spec(p->s, r->job->model_id, canon) != DECOMP_OK)
-    LOG(LOG_WARN, "worker", r->job->id, "event=archive_spec_not_saved "
-        "error=%s", log_q(canon ? store_errmsg() : "out of memory"));
+    LOG(LOG_WARN, "worker", r->job->id, "event=archive_spec_not_saved error=%s",
+        log_q(canon ? store_errmsg() : "out of memory"));
   decomp_free(canon);
   if (!r->job->spec[0]) {
     *spec = ts_spec;

@@ -745,8 +745,8 @@ int store_model_set_archive_spec(store *s, const char *id, const char *spec) {
   int rc = wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
-  rc = EXEC(s->w, &n, "UPDATE models SET archive_spec=? WHERE id=?", "ss",
-            spec, id);
+  rc = EXEC(s->w, &n, "UPDATE models SET archive_spec=? WHERE id=?", "ss", spec,
+            id);
   if (rc == DECOMP_OK && n == 0)
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
   return wend(s, rc);
@@ -1000,7 +1000,7 @@ void store_job_clear(store_job *j) {
 #define JOB_COLS                                                               \
   "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
   "layers_done, error_code, error_message, created_at, "                       \
-  "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "      \
+  "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
   "current_step, COALESCE(current_fraction, 0), calibration"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 

@@ -171,7 +171,8 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
   char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+                   DECOMP_ERR_CONFLICT);
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
   ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
@@ -181,7 +182,8 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   ck_assert_int_eq(count_files("blobs"), 1);
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+                   DECOMP_ERR_NOT_FOUND);
   /* no job is queued on a model that is gone */
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
   j.spec = "{}";
