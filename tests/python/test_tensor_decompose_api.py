@@ -539,3 +539,34 @@ def test_no_progress_bar_off_a_terminal(capsys, monkeypatch):
     monkeypatch.setenv("DECOMPD_PROGRESS", "1")
     auto_decomposition(many_convs())
     assert "\rdecompd [" in capsys.readouterr().err
+
+
+def test_unreachable_budget_stops_at_the_quality_floor_warns_and_strict_raises(
+        tmp_path, caplog):
+    # mobilenet_v2's cost is in depthwise and 1x1 convs: 4x is out of reach
+    # (2x now is, through channel_svd). The call stops at the floor (no layer
+    # beyond relative error 0.75) instead of taking every layer to rank 1,
+    # and says how far it got.
+    import torchvision
+    x = torch.randn(1, 3, 224, 224)
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None)
+    path = tmp_path / "info.json"
+    with caplog.at_level("WARNING", logger="decompd"):
+        auto_decomposition(net, example_input=x, decompose_info_path=str(path),
+                           policy={"name": "budget", "macs_reduction": 4})
+    warned = [r.getMessage() for r in caplog.records
+              if "out of reach" in r.getMessage()]
+    assert warned and "quality floor" in warned[0], caplog.text
+    info = json.loads(path.read_text())
+    assert info["layers"], "nothing decomposed"
+    assert max(l["stats"]["relative_error"] for l in info["layers"]) <= 0.75
+    assert any(l["rank"] > 1 for l in info["layers"])
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None)
+    fp = [(k, v.clone()) for k, v in net.state_dict().items()]
+    with pytest.raises(ValueError, match="out of reach"):
+        auto_decomposition(net, example_input=x,
+                           policy={"name": "budget", "macs_reduction": 4,
+                                   "strict": True})
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fp)
