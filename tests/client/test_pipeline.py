@@ -175,7 +175,7 @@ def on_a_terminal(argv, env):
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
                          stdin=subprocess.DEVNULL, env=env)
     os.close(slave)
-    out, _ = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=600)
     err = b""
     while True:
         try:
