@@ -38,7 +38,44 @@ int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                   float *a);
 
+/* Cholesky factor of the symmetric positive definite n×n `a` in place: the
+ * lower triangle becomes L (a = L·Lᵀ), the upper one zeros. *pd is false
+ * (and `a` garbage) when `a` is not positive definite; that is not an
+ * error. */
+int core_chol_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
+                  bool *pd);
+int core_chol_f64(decomp_ctx *ctx, const char *what, int64_t n, double *a,
+                  bool *pd);
+/* b (n×k, ld n) ← op(L)·b (trmm) or op(L)⁻¹·b (trsm), L lower triangular
+ * n×n (ld n), op = transpose when `trans`. */
+void core_trmm_f32(bool trans, int64_t n, int64_t k, const float *l,
+                   float *b);
+void core_trsm_f32(bool trans, int64_t n, int64_t k, const float *l,
+                   float *b);
+void core_trmm_f64(bool trans, int64_t n, int64_t k, const double *l,
+                   double *b);
+void core_trsm_f64(bool trans, int64_t n, int64_t k, const double *l,
+                   double *b);
+
+/* --- calib.c: the whitening factor ------------------------------------- */
+
+/* S (n×n, ld n, lower) with S·Sᵀ = G_j/c for group j of `gram`, c the power
+ * of two nearest the mean diagonal of all its groups (whitening does not
+ * depend on the Gram's scale; one c keeps the groups' weights). When G_j is not positive definite a shift of 1e-6 of the
+ * mean diagonal (ten times more each try, up to 10%) is added and logged;
+ * *shift gets it relative to the mean diagonal (0 when none was needed). */
+int core_calib_factor_f32(decomp_ctx *ctx, const char *what,
+                          const decomp_tensor *gram, int64_t group, int64_t n,
+                          float *s, double *shift);
+int core_calib_factor_f64(decomp_ctx *ctx, const char *what,
+                          const decomp_tensor *gram, int64_t group, int64_t n,
+                          double *s, double *shift);
+
 /* --- svd.c ----------------------------------------------------------------- */
+
+/* The accuracy control's promise: a rank-R error at most this many times
+ * the optimum's (in norm) when the optimum is known. */
+#define CORE_SVD_TOLERANCE 1.01
 
 /* How a truncated SVD was computed and what it achieved. */
 typedef struct core_svd_report {
@@ -46,8 +83,13 @@ typedef struct core_svd_report {
   int iterations;    /* Krylov steps after the first block (randomized) */
   int64_t width;     /* the basis' final width (randomized) */
   int64_t block;     /* its block width (randomized) */
-  double discarded;  /* achieved ‖A − A_R‖², in double */
+  double discarded;  /* ‖A − A_R‖²: Σ σ_i², i > R, on the exact path; the
+                        Ritz values' estimate on the randomized one */
   double optimal;    /* Σ σ_i², i > R, when the spectrum was given; else -1 */
+  int64_t deflated;  /* basis columns restarted at random because the
+                        Krylov space was exhausted along them */
+  const char *fallback; /* why the randomized path handed over to the
+                           exact one (static), or NULL */
 } core_svd_report;
 
 /* Whether the singular values of an m×n matrix come from the Gram matrix
@@ -88,12 +130,19 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * SVD"): the basis [Q_0, Q_1, …] of span{A·Ω, (A·Aᵀ)·A·Ω, …} grows by
  * blocks of about R/8 columns, each orthonormalized against the last two
  * blocks and then against the whole basis (once more when that removed
- * much of it), and from R + two blocks on the Ritz values of the basis give
- * the rank-R error it achieves. It stops when that error is within 0.8% of
- * a known optimum (`sigma`), or when its extrapolated remaining gain is
- * below 1% of it; the factors come from a Rayleigh–Ritz step on BᵀB, B the
- * basis' projection of A. If a known optimum is still missed by more than
- * 1% at the largest basis (0.6·k), the exact path runs instead.
+ * much of it; a column that lies in the basis to rounding, as when the
+ * basis outgrows the matrix's rank, is restarted at random, so the basis
+ * stays orthonormal), and from R + two blocks on the Ritz values of the
+ * basis give the rank-R error it achieves. It stops when that error is
+ * within 0.8% of a known optimum (`sigma`), or when its extrapolated
+ * remaining gain is below 1% of it; the factors come from a Rayleigh–Ritz
+ * step on BᵀB, B the basis' projection of A. The exact path runs instead
+ * (rep->fallback says why) when the Ritz values keep more than ‖A‖² (the
+ * basis lost its orthogonality), when a known optimum is missed by more
+ * than 1%, or when the basis reached its largest width (0.6·k) with more
+ * than 1% (in norm) of the error still extrapolated to come.
+ * rep->discarded is the Ritz values' figure: decompose.c measures what the
+ * factors achieve (core_svd_residual) and checks it against that figure.
  * The sketch is drawn from `seed`, so equal inputs give equal bytes.
  * When the exact path ran (rep->randomized false) and `all` is not NULL,
  * all[k] gets every singular value. */
@@ -102,13 +151,31 @@ int core_svd_rank_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                       const double *sigma, float *s, float *u, float *v,
                       double *all, core_svd_report *rep);
 
-/* core_factorize (core.h) with the spectrum of phase 1 (`known`, g runs of
- * k values, or NULL) handed to the accuracy control and kept as the
- * factors' sigma, and a report of how the SVD ran (over the groups: any
- * randomized, the most iterations, the widest sketch). energy_discarded is
- * the achieved error², which equals the optimum on the exact path. */
+/* The exact path of core_svd_rank_f32 alone (gesdd), whatever the size:
+ * what the caller falls back to when a randomized result fails its check. */
+int core_svd_rank_exact_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                            int64_t n, const float *a, int64_t R, float *s,
+                            float *u, float *v, double *all,
+                            core_svd_report *rep);
+
+/* ‖A − F·Gᵀ‖² (in *out) for the column-major m×n `a`, F m×R (ld m) and G
+ * n×R (ld n), from the residual itself, formed 256 columns at a time and
+ * summed in double: one rank-R product's work, accurate to about ε·√R·‖A‖
+ * in norm. */
+int core_svd_residual_f32(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const float *a, int64_t R,
+                          const float *f, const float *g, double *out);
+
+/* core_factorize (core.h) for any method (and order, for spatial), with
+ * a layer's Gram (`gram`, or NULL: channel and Linear methods are then
+ * whitened, see decompose.c), the spectrum of phase 1 (`known`, g runs of k
+ * values, or NULL) handed to the accuracy control and kept as the factors'
+ * sigma, and a report of how the SVD ran (over the groups: any randomized,
+ * the most iterations, the widest sketch). energy_discarded is the
+ * achieved error², measured from the factors as written. */
 int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
-                      const decomp_tensor *weight, core_order order, int64_t R,
+                      const decomp_tensor *weight, core_method method,
+                      core_order order, const decomp_tensor *gram, int64_t R,
                       int bits, bool want_sigma, const double *known,
                       core_factors *out, core_svd_report *rep);
 
@@ -121,6 +188,13 @@ int core_svd_rank_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                       const double *a, int64_t R, uint64_t seed, double energy,
                       const double *sigma, double *s, double *u, double *v,
                       double *all, core_svd_report *rep);
+int core_svd_rank_exact_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                            int64_t n, const double *a, int64_t R, double *s,
+                            double *u, double *v, double *all,
+                            core_svd_report *rep);
+int core_svd_residual_f64(decomp_ctx *ctx, const char *what, int64_t m,
+                          int64_t n, const double *a, int64_t R,
+                          const double *f, const double *g, double *out);
 void core_dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                 double alpha, const double *a, int64_t lda, const double *b,
                 int64_t ldb, double beta, double *c, int64_t ldc);

@@ -80,6 +80,42 @@ out:
   return rc;
 }
 
+int SFX(core_svd_rank_exact)(decomp_ctx *ctx, const char *what, int64_t m,
+                            int64_t n, const T *a, int64_t R, T *s, T *u,
+                            T *v, double *all, core_svd_report *rep) {
+  int64_t k = m < n ? m : n;
+  *rep = (core_svd_report){.optimal = -1};
+  if (R < 1 || R > k)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: rank %lld of at most %lld",
+                     what, (long long)R, (long long)k);
+  return SFX(rank_exact)(ctx, what, m, n, a, R, s, u, v, all, rep);
+}
+
+/* ‖A − F·Gᵀ‖² of the m×n `a` (ld m), F m×R (ld m), G n×R (ld n): the
+ * residual formed slab by slab (256 columns: one GEMM into a copy of the
+ * slab) and its squares summed in double. Forming E itself, rather than
+ * expanding ‖A‖² − 2⟨A, F·Gᵀ⟩ + ‖F·Gᵀ‖², keeps the figure accurate to
+ * about ε·√R·‖A‖ in norm when the error is small. */
+int SFX(core_svd_residual)(decomp_ctx *ctx, const char *what, int64_t m,
+                           int64_t n, const T *a, int64_t R, const T *f,
+                           const T *g, double *out) {
+  size_t mm = (size_t)m, slab = 256;
+  T *e = malloc(mm * slab * sizeof *e);
+  if (!e)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  double sum = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += (int64_t)slab) {
+    int64_t cw = n - c0 < (int64_t)slab ? n - c0 : (int64_t)slab;
+    memcpy(e, a + mm * (size_t)c0, mm * (size_t)cw * sizeof *e);
+    GEMM(false, true, m, cw, R, -1, f, m, g + c0, n, 1, e, m);
+    for (size_t x = 0; x < mm * (size_t)cw; x++)
+      sum += (double)e[x] * (double)e[x];
+  }
+  free(e);
+  *out = sum;
+  return DECOMP_OK;
+}
+
 /* Uniform in [-1, 1) from splitmix64: no libm, same bits everywhere. */
 static void SFX(fill_random)(T *x, size_t n, uint64_t seed) {
   uint64_t st = seed;
@@ -102,10 +138,11 @@ static void SFX(sym_from_upper)(const T *t, size_t tl, size_t d, T *c) {
 
 /* The rank-R error² of the basis so far: ‖A‖² minus the R largest
  * eigenvalues of T = ZᵀZ (d×d, upper triangle of `t`, ld tl), values only
- * (c is d×d scratch, w d). */
+ * (c is d×d scratch, w d). *lost is set when those eigenvalues keep more
+ * than ‖A‖²: the basis lost its orthogonality and *out means nothing. */
 static int SFX(ritz_error)(decomp_ctx *ctx, const char *what, const T *t,
                            int64_t tl, int64_t d, int64_t R, double energy,
-                           T *c, T *w, double *out) {
+                           T *c, T *w, double *out, bool *lost) {
   SFX(sym_from_upper)(t, (size_t)tl, (size_t)d, c);
   int rc = SFX(core_eig_values)(ctx, what, d, c, w);
   if (rc != DECOMP_OK)
@@ -113,6 +150,7 @@ static int SFX(ritz_error)(decomp_ctx *ctx, const char *what, const T *t,
   double kept = 0;
   for (int64_t x = d - R; x < d; x++)
     kept += w[x] > 0 ? (double)w[x] : 0.0;
+  *lost = kept > energy * (1 + RITZ_SLACK);
   *out = energy - kept > 0 ? energy - kept : 0;
   return DECOMP_OK;
 }
@@ -129,6 +167,24 @@ static double SFX(min_column_norm)(int64_t p, int64_t b, const T *y) {
     least = s < least ? s : least;
   }
   return sqrt(least);
+}
+
+/* Replace each column of y (p×b, columns of length ≤ 1 after an
+ * orthonormalization and a projection) that kept less than DEFLATE of its
+ * length by uniform random numbers (drawn from `seed`); returns how many. */
+static int64_t SFX(deflate)(int64_t p, int64_t b, T *y, uint64_t seed) {
+  int64_t fresh = 0;
+  for (int64_t j = 0; j < b; j++) {
+    T *col = y + p * j;
+    double s = 0;
+    for (int64_t i = 0; i < p; i++)
+      s += (double)col[i] * (double)col[i];
+    if (sqrt(s) < DEFLATE) {
+      SFX(fill_random)(col, (size_t)p, seed * 0x100000001b3ull + (uint64_t)j);
+      fresh++;
+    }
+  }
+  return fresh;
 }
 
 /* y (p×b) ← y − Q·(Qᵀ·y) for the d orthonormal columns of Q (p×d); h is
@@ -200,6 +256,10 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
   if (d_est > dmax)
     d_est = dmax;
   int checks = 0;
+  int64_t deflated = 0; /* columns restarted at random */
+  bool lost = false;    /* the basis lost its orthogonality */
+  bool settled = false; /* the accuracy control was met */
+  bool near = false;    /* … or nearly, as the basis stopped growing */
   double prev = -1, last_gain = -1, e = -1;
   /* Block Lanczos with full reorthogonalization: Q_{j+1} = orth(op(A)·Z_j)
    * against every earlier block. From d ≥ R + 2b on, each step's Ritz
@@ -214,16 +274,24 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
     d += b;
     if (d >= R + 2 * b) {
       if ((rc = SFX(ritz_error)(ctx, what, Tm, dmax, d, R, energy, C, lam,
-                                &e)) != DECOMP_OK)
+                                &e, &lost)) != DECOMP_OK)
         goto out;
+      if (lost)
+        break;
       checks++;
       core_log(ctx, DECOMP_LOG_DEBUG, "svd",
                "matrix=\"%s\" basis=%lld error=%.6g optimal=%.6g", what,
                (long long)d, sqrt(e), opt >= 0 ? sqrt(opt) : -1.0);
-      if (opt >= 0 && e <= TARGET * TARGET * opt)
+      if (opt >= 0 && e <= TARGET * TARGET * opt) {
+        settled = true;
         break;
-      if (checks > 1 && converged(checks, prev, e, last_gain))
+      }
+      if (checks > 1 && converged(checks, prev, e, last_gain, REMAINING)) {
+        settled = true;
         break;
+      }
+      near = checks > 1 &&
+             converged(checks, prev, e, last_gain, REMAINING_AT_MAX);
       if (checks > 1)
         last_gain = prev - e;
       prev = e;
@@ -249,32 +317,60 @@ int SFX(core_svd_rank)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
       goto out;
     SFX(project_out)(p, d, Q, Qn, b, H);
     if (SFX(min_column_norm)(p, b, Qn) < 0.7) {
-      if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
-        goto out;
-      SFX(project_out)(p, d, Q, Qn, b, H);
+      /* A column left with almost nothing lies in the basis already: the
+       * Krylov space is exhausted along it (the matrix's rank is reached,
+       * or an invariant subspace is found), and what is left is rounding
+       * of the projection itself, which lies in the basis too; no number
+       * of passes makes it orthogonal. A fresh random direction takes its
+       * place (as ARPACK and PROPACK restart), so the basis stays
+       * orthonormal; directions outside the matrix's range add nothing to
+       * its Ritz values. */
+      int64_t fresh = SFX(deflate)(p, b, Qn, seed + (uint64_t)d);
+      if (fresh)
+        deflated += fresh;
+      for (int pass = 0; pass < (fresh ? 2 : 1); pass++) {
+        if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
+          goto out;
+        SFX(project_out)(p, d, Q, Qn, b, H);
+      }
     }
     if ((rc = SFX(core_orth)(ctx, what, p, b, Qn)) != DECOMP_OK)
       goto out;
   }
-  /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = T = W·Λ·Wᵀ. */
-  SFX(sym_from_upper)(Tm, (size_t)dmax, (size_t)d, C);
-  if ((rc = SFX(core_eig_top)(ctx, what, d, C, R, lam, W)) != DECOMP_OK)
-    goto out;
-  double kept = 0;
-  for (size_t x = 0; x < r; x++)
-    kept += lam[x] > 0 ? (double)lam[x] : 0.0;
-  rep->discarded = energy - kept > 0 ? energy - kept : 0;
   rep->iterations = (int)(d / b - 1);
   rep->width = d;
   rep->block = b;
-  /* A tiny λ_R would make Z·W·Λ^-½ lose the float32 precision of the Gram
-   * step; a known optimum still missed means the basis did not converge:
-   * either way the exact path decides. */
-  T lmax = lam[r - 1], lmin = lam[0];
-  if (!(lmin > (T)1e-6 * lmax) ||
-      (opt >= 0 && rep->discarded > TOLERANCE * TOLERANCE * opt)) {
-    core_log(ctx, DECOMP_LOG_DEBUG, "svd",
-             "matrix=\"%s\" fallback=exact basis=%lld", what, (long long)d);
+  rep->deflated = deflated;
+  /* Rayleigh–Ritz: B = Qᵀ·op(A) = Zᵀ; B·Bᵀ = T = W·Λ·Wᵀ. */
+  double kept = 0;
+  if (!lost) {
+    SFX(sym_from_upper)(Tm, (size_t)dmax, (size_t)d, C);
+    if ((rc = SFX(core_eig_top)(ctx, what, d, C, R, lam, W)) != DECOMP_OK)
+      goto out;
+    for (size_t x = 0; x < r; x++)
+      kept += lam[x] > 0 ? (double)lam[x] : 0.0;
+    lost = kept > energy * (1 + RITZ_SLACK);
+  }
+  rep->discarded = energy - kept > 0 ? energy - kept : 0;
+  /* A basis that lost its orthogonality gives factors and an error figure
+   * that mean nothing; a tiny λ_R would make Z·W·Λ^-½ lose the precision
+   * of the Gram step; a known optimum still missed means the basis did not
+   * converge: in each case the exact path decides. */
+  const char *why = NULL;
+  if (lost)
+    why = "the Krylov basis lost its orthogonality";
+  else if (!(lam[0] > (T)1e-6 * lam[r - 1]))
+    why = "the rank-R Ritz value is tiny";
+  else if (opt >= 0 && rep->discarded > TOLERANCE * TOLERANCE * opt)
+    why = "the known optimum was missed";
+  else if (!settled && !near)
+    why = "the basis reached its largest width before converging";
+  if (why) {
+    rep->fallback = why;
+    core_log(ctx, lost ? DECOMP_LOG_WARN : DECOMP_LOG_DEBUG, "svd",
+             "matrix=\"%s\" fallback=exact basis=%lld deflated=%lld "
+             "reason=\"%s\"",
+             what, (long long)d, (long long)deflated, why);
     rc = SFX(rank_exact)(ctx, what, m, n, a, R, s, u, v, all, rep);
     rep->optimal = opt;
     goto out;
