@@ -9,6 +9,9 @@
  * - browser(): Debian's /usr/bin/chromium, headless, with the flags this
  *   machine's closed network needs, and a fresh profile (Playwright makes
  *   one per launch).
+ * - context(browser, options): a browser context whose waits (selectors,
+ *   navigation, clicks) give up only after WAIT_MS: a test waits for what
+ *   it checks, not for a guess of how fast a busy machine is.
  * - watchConsole(page): every console error and uncaught exception.
  * - tinyModel(): a small CNN's weights as safetensors (written here: no
  *   torch needed) with its layer spec, spectra that decay like trained
@@ -29,6 +32,9 @@ const BIN = process.env.DECOMPD_BIN || '';
 const BUILD_DIR = process.env.DECOMPD_BUILD_DIR || path.join(HERE, '..', '..', 'build');
 const ARTIFACTS = path.join(BUILD_DIR, 'tests', 'browser', 'artifacts');
 const CHROMIUM = process.env.DECOMPD_CHROMIUM || '/usr/bin/chromium';
+/* How long any wait may take before the test fails: generous, since it
+ * only ends a test that would otherwise hang. */
+const WAIT_MS = 300000;
 
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
@@ -93,7 +99,7 @@ class Daemon {
     fs.closeSync(log);
     let exited = null;
     this.proc.on('exit', (code) => { exited = code; });
-    const deadline = Date.now() + 30000;
+    const deadline = Date.now() + WAIT_MS;
     while (Date.now() < deadline) {
       const m = this.log().match(/event=listening addr=127\.0\.0\.1:(\d+)/);
       if (m) {
@@ -151,7 +157,7 @@ class Daemon {
       {body: bytes, type: 'application/octet-stream', token});
   }
 
-  async waitJob(id, token, timeoutMs = 300000) {
+  async waitJob(id, token, timeoutMs = WAIT_MS) {
     const deadline = Date.now() + timeoutMs;
     let j;
     while (Date.now() < deadline) {
@@ -175,6 +181,13 @@ async function browser(pw) {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+}
+
+async function context(b, options = {}) {
+  const ctx = await b.newContext(options);
+  ctx.setDefaultTimeout(WAIT_MS);
+  ctx.setDefaultNavigationTimeout(WAIT_MS);
+  return ctx;
 }
 
 /* Console errors and uncaught exceptions of `page`, as strings. */
@@ -390,5 +403,5 @@ function calibrationFile(entries) {
   return Buffer.concat([len, Buffer.from(hjson, 'utf8'), ...parts]);
 }
 
-module.exports = {deps, Daemon, browser, watchConsole, shot, tinyModel, largeConv, sleep,
-  calibratedHead, calibrationFile, ARTIFACTS};
+module.exports = {deps, Daemon, browser, context, watchConsole, shot, tinyModel, largeConv,
+  sleep, calibratedHead, calibrationFile, ARTIFACTS, WAIT_MS};

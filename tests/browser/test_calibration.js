@@ -40,11 +40,11 @@ async function layerTable(page) {
 }
 
 async function jobPage(job) {
-  const ctx = await browser.newContext({viewport: {width: 1400, height: 900}});
+  const ctx = await H.context(browser, {viewport: {width: 1400, height: 900}});
   const page = await ctx.newPage();
   const errors = H.watchConsole(page);
   await page.goto(daemon.url + '/#/jobs/' + job.id);
-  await page.waitForSelector('.head .badge.state-succeeded', {timeout: 300000});
+  await page.waitForSelector('.head .badge.state-succeeded');
   await page.waitForSelector('#layers tbody tr');
   return {ctx, page, errors};
 }

@@ -32,7 +32,7 @@ test.after(async () => {
 });
 
 async function newPage() {
-  const ctx = await browser.newContext({viewport: {width: 1280, height: 900}});
+  const ctx = await H.context(browser, {viewport: {width: 1280, height: 900}});
   const page = await ctx.newPage();
   return {page, errors: H.watchConsole(page)};
 }
@@ -70,8 +70,8 @@ test('a job submitted over the API goes live to succeeded; its page shows every 
   const job = await daemon.json('POST', '/v1/jobs', {json: {model: m.id, spec, policy: 'budget'}, expect: 201});
 
   const row = `#jobs tr[data-job="${job.id}"]`;
-  await page.waitForSelector(row, {timeout: 15000});
-  await page.waitForSelector(`${row}[data-state="succeeded"]`, {timeout: 300000});
+  await page.waitForSelector(row);
+  await page.waitForSelector(`${row}[data-state="succeeded"]`);
   assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was not reloaded');
   const cells = await page.$$eval(`${row} td`, (tds) => tds.map((td) => td.textContent));
   assert.equal(cells[0], 'succeeded');
@@ -133,12 +133,12 @@ test('a long layer shows where it is inside it; Cancel on its page stops it ther
   page.on('request', (rq) => { if (rq.url().endsWith('/events')) streams.push(rq.url()); });
   await page.goto(daemon.url + '/#/jobs/' + job.id);
   // the engine's reports inside the layer reach the page: layer, step, share done
-  const cur = await page.waitForSelector('.progress .current', {timeout: 60000});
+  const cur = await page.waitForSelector('.progress .current');
   assert.match(await cur.textContent(), /^big: (spectrum|factors) \d+%$/);
   assert.equal(await page.$eval('.meta .progress .num', (n) => n.textContent), '0/1');
   await H.shot(page, 'job-inside-a-layer');
   await page.click('.actions button');
-  await page.waitForSelector('.head .badge.state-cancelled', {timeout: 60000});
+  await page.waitForSelector('.head .badge.state-cancelled');
   const j = await daemon.json('GET', '/v1/jobs/' + job.id, {expect: 200});
   assert.equal(j.state, 'cancelled');
   assert.equal(j.progress.layers_done, 0, 'stopped inside its only layer');
@@ -175,7 +175,7 @@ test('upload a weights file and submit a job from the page', async () => {
     const id = page.url().split('/').pop();
     const j = await daemon.json('GET', '/v1/jobs/' + id, {expect: 200});
     assert.deepEqual({name: j.policy.name, energy: j.policy.energy}, {name: 'energy', energy: 0.9});
-    await page.waitForSelector('#layers tbody tr', {timeout: 300000});
+    await page.waitForSelector('#layers tbody tr');
     assert.equal(await page.$$eval('#layers tbody tr', (rs) => rs.length), spec.layers.length);
     await H.shot(page, 'job-from-page');
 

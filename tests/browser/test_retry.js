@@ -26,7 +26,7 @@ test.after(async () => {
 });
 
 test('a failed job\'s page has Retry; it runs again and the page follows it to succeeded', async () => {
-  const ctx = await browser.newContext({viewport: {width: 1280, height: 900}});
+  const ctx = await H.context(browser, {viewport: {width: 1280, height: 900}});
   const page = await ctx.newPage();
   const errors = H.watchConsole(page);
   const {weights, spec} = H.tinyModel(4);
@@ -39,7 +39,7 @@ test('a failed job\'s page has Retry; it runs again and the page follows it to s
   const job = await daemon.json('POST', '/v1/jobs', {json: {model: m.id, spec}, expect: 201});
   try {
     await page.goto(daemon.url + '/#/jobs/' + job.id);
-    await page.waitForSelector('.head .badge.state-failed', {timeout: 120000});
+    await page.waitForSelector('.head .badge.state-failed');
   } finally {
     fs.unlinkSync(tmp);
     fs.renameSync(tmp + '.away', tmp);
@@ -51,7 +51,7 @@ test('a failed job\'s page has Retry; it runs again and the page follows it to s
   await page.evaluate(() => { window.__sameDocument = true; });
 
   await page.click('.head .actions button[data-action="retry"]');
-  await page.waitForSelector('.head .badge.state-succeeded', {timeout: 300000});
+  await page.waitForSelector('.head .badge.state-succeeded');
   await page.waitForSelector('#layers tbody tr');
   assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was not reloaded');
   assert.equal(await page.$('#view p.error'), null);

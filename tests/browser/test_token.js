@@ -36,7 +36,7 @@ test('the page asks for a token, refuses a wrong one, then works and keeps it', 
   const job = await daemon.json('POST', '/v1/jobs', {json: {model: m.id, spec}, token: admin, expect: 201});
   await daemon.waitJob(job.id, admin);
 
-  const ctx = await browser.newContext({viewport: {width: 1280, height: 800}, acceptDownloads: true});
+  const ctx = await H.context(browser, {viewport: {width: 1280, height: 800}, acceptDownloads: true});
   const page = await ctx.newPage();
   const errors = H.watchConsole(page);
   await page.goto(daemon.url + '/');
@@ -82,7 +82,7 @@ test('the page asks for a token, refuses a wrong one, then works and keeps it', 
   await ctx.close();
 
   // another browser context (another session) has no token
-  const ctx2 = await browser.newContext();
+  const ctx2 = await H.context(browser);
   const page2 = await ctx2.newPage();
   const errors2 = H.watchConsole(page2);
   await page2.goto(daemon.url + '/#/jobs/' + job.id);

@@ -106,7 +106,7 @@ def run_job(daemon, tmp_path, policy="budget"):
     r = ctl("submit", w, "--spec", s, "--policy", policy, env=env)
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip()
-    r = ctl("wait", job, "--timeout", "120", env=env)
+    r = ctl("wait", job, "--timeout", "600", env=env)
     assert r.returncode == 0, r.stderr
     return job
 

@@ -84,7 +84,7 @@ def test_decompctl_attaches_at_upload_and_submits_with_the_calibration(daemon, f
     r = ctl("submit", model, "--policy", "@%s" % (files / "policy.json"),
             "--calibration", cal, env=env)
     assert r.returncode == 0 and r.stdout.strip() == job, r.stderr
-    assert ctl("wait", job, "--timeout", "120", env=env).returncode == 0
+    assert ctl("wait", job, "--timeout", "600", env=env).returncode == 0
     r = ctl("fetch", job, "--out", files / "out", "--only", "decompose_info.json",
             env=env)
     assert r.returncode == 0, r.stderr

@@ -95,14 +95,30 @@ def test_shell_pipeline_then_training_pull(daemon, tmp_path):
         assert p.stat().st_size == a["size"], name
 
 
+def write_long_layer(tmp_path, seed=4):
+    """One conv that keeps the engine inside it for a long while (the amct
+    preset computes in float64: a 5120x5120 matrix): (weights, spec)."""
+    import torch
+    from decompd.spec import layer_spec, walk
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2,
+                                              bias=False))
+    torch.save(net.state_dict(), tmp_path / "big.pth")
+    (tmp_path / "big.json").write_text(json.dumps(layer_spec(walk(net))))
+    return tmp_path / "big.pth", tmp_path / "big.json"
+
+
 def test_cli_verbs_json_jobs_and_cancel(daemon_factory, tmp_path):
-    import io
     import torch
     import torchvision
     d = daemon_factory().start()
     env = client_env(d, tmp_path / "cache")
-    # resnet18 keeps the one worker busy for a while: the second job queues.
-    buf = io.BytesIO()
+    # One worker, held by a job on one long layer until the test cancels it:
+    # the jobs submitted after it stay queued however fast the machine is.
+    big, big_spec = write_long_layer(tmp_path)
+    r = ctl("submit", big, "--spec", big_spec, "--policy", "amct", env=env)
+    assert r.returncode == 0, r.stderr
+    blocker = r.stdout.strip()
     torch.manual_seed(0)
     net = torchvision.models.resnet18()
     torch.save(net.state_dict(), tmp_path / "r18.pth")
@@ -123,7 +139,7 @@ def test_cli_verbs_json_jobs_and_cancel(daemon_factory, tmp_path):
     r = ctl("jobs", "--json", env=env)
     assert r.returncode == 0, r.stderr
     ids = [j["id"] for j in json.loads(r.stdout)["jobs"]]
-    assert ids[:2] == [queued, busy]
+    assert ids[:3] == [queued, busy, blocker]
     r = ctl("jobs", "--limit", "1", env=env)
     assert r.stdout.startswith(queued) and "next:" in r.stderr
     r = ctl("cancel", queued, env=env)
@@ -132,13 +148,18 @@ def test_cli_verbs_json_jobs_and_cancel(daemon_factory, tmp_path):
     assert r.returncode == 9 and "cancelled" in r.stderr, (r.returncode, r.stderr)
     r = ctl("fetch", queued, env=env)
     assert r.returncode == 1 and "cancelled" in r.stderr
-    # A wait that runs out of time: exit 11, the job goes on.
+    # A wait that runs out of time: exit 11, the job goes on (it cannot
+    # finish: it is queued behind the blocker).
     r = ctl("wait", busy, "--timeout", "0.05", env=env)
-    if r.returncode != 0:  # (unless it finished already)
-        assert r.returncode == 11 and "still" in r.stderr, (r.returncode, r.stderr)
+    assert r.returncode == 11 and "still" in r.stderr, (r.returncode, r.stderr)
+    r = ctl("cancel", blocker, env=env)
+    assert r.returncode == 0, (r.stdout, r.stderr)
     r = ctl("wait", busy, "--timeout", "600", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["state"] == "succeeded"
+    r = ctl("wait", blocker, "--json", env=env)
+    assert r.returncode == 9 and json.loads(r.stdout)["state"] == "cancelled", \
+        (r.returncode, r.stdout, r.stderr)
     # Usage errors are 2; --help is 0 and lists the exit codes.
     assert ctl("wait", env=env).returncode == 2
     h = ctl("--help")
@@ -154,7 +175,7 @@ def on_a_terminal(argv, env):
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
                          stdin=subprocess.DEVNULL, env=env)
     os.close(slave)
-    out, _ = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=600)
     err = b""
     while True:
         try:
@@ -182,40 +203,72 @@ def test_wait_and_fetch_draw_a_bar_on_a_terminal(daemon, tmp_path):
         assert b"\r" not in out
 
 
+def read_pty_until(master, pattern, proc, deadline):
+    """Read the pty until `pattern` (bytes regex) shows up, the process
+    ends or the deadline passes; everything read."""
+    import re
+    import select
+    got = b""
+    while time.monotonic() < deadline and not re.search(pattern, got):
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # the other side closed
+                break
+            if not b:
+                break
+            got += b
+        elif proc.poll() is not None:
+            break
+    return got
+
+
 def test_wait_shows_where_a_long_layer_is(daemon, tmp_path):
     """A job on one long layer (amct, float64, 1024->1024 5x5): decompctl
     wait on a terminal and the Python client both say which layer the
     engine is in, its step and the share done, before the layer ends."""
+    import pty
     import re
-    import torch
+    import signal
     from decompd.client import Client
-    from decompd.spec import layer_spec, walk
-    torch.manual_seed(4)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2,
-                                              bias=False))
-    torch.save(net.state_dict(), tmp_path / "big.pth")
-    (tmp_path / "big.json").write_text(json.dumps(layer_spec(walk(net))))
+    big, big_spec = write_long_layer(tmp_path)
     env = dict(os.environ)
     env.update(client_env(daemon, tmp_path / "cache"))
-    r = ctl("submit", tmp_path / "big.pth", "--spec", tmp_path / "big.json",
-            "--policy", "amct", env=env)
+    r = ctl("submit", big, "--spec", big_spec, "--policy", "amct", env=env)
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip()
     c = Client(url_of(daemon), cache=str(tmp_path / "cache"))
-    deadline, j = time.time() + 120, None
-    while time.time() < deadline:
+    deadline, j = time.monotonic() + 600, None
+    while time.monotonic() < deadline:
         j = c.job(job)
-        if j.current:
+        if j.current or j.state not in ("queued", "running"):
             break
         time.sleep(0.1)
     assert j.state == "running" and j.layers_done == 0, j
     assert j.current["layer"] == "0" and j.current["step"] in (
         "spectrum", "factors") and 0 <= j.current["fraction"] < 1, j.current
-    code, _, err = on_a_terminal([DECOMPCTL, "wait", job, "--timeout", "2"],
-                                 env)
-    assert code == 11, err  # still running when the wait gave up
-    assert re.search(rb"running 0/1 layers [0-9.]+ s, 0: (spectrum|factors) "
-                     rb"\d+%", err), err
+    # decompctl wait on a terminal draws the place inside the layer; it is
+    # read as it comes, then the wait is interrupted (the job goes on).
+    master, slave = pty.openpty()
+    p = subprocess.Popen([DECOMPCTL, "wait", job], stdout=subprocess.PIPE,
+                         stderr=slave, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    try:
+        pattern = (rb"running 0/1 layers [0-9.]+ s, 0: (spectrum|factors) "
+                   rb"\d+%")
+        err = read_pty_until(master, pattern, p, time.monotonic() + 600)
+        assert p.poll() is None, (p.returncode, err)  # the layer goes on
+        assert re.search(pattern, err), err
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 130, (p.returncode, err)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    assert c.job(job).state == "running"  # a wait never stops the job
     assert ctl("cancel", job, env=env).returncode == 0
 
 
@@ -245,14 +298,14 @@ def test_wait_follows_the_event_stream_instead_of_polling(daemon, tmp_path):
 def asked_once(daemon, job_id):
     """The daemon's log has one events stream and one GET for the job."""
     path = "/v1/jobs/%s" % job_id
-    deadline = time.time() + 10  # a request is logged once its connection
-    while time.time() < deadline:  # is done, which trails the reply a bit
-        log = daemon.log()
-        # both lines: the GET follows the stream's end, and its line can
-        # trail the stream's on a busy machine
-        if 'path="%s/events"' % path in log and \
-                'method=GET path="%s" ' % path in log:
-            break
+    events = 'path="%s/events"' % path
+    get = 'method=GET path="%s" ' % path
+    # A request is logged once it is done, which trails the reply a bit:
+    # wait until both are there, then count.
+    deadline = time.monotonic() + 600
+    log = daemon.log()
+    while not (events in log and get in log) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert log.count('path="%s/events"' % path) == 1, log[-3000:]
-    assert log.count('method=GET path="%s" ' % path) == 1, log[-3000:]
+        log = daemon.log()
+    assert log.count(events) == 1, log[-3000:]
+    assert log.count(get) == 1, log[-3000:]

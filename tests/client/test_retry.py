@@ -43,7 +43,7 @@ def test_decompctl_retry_runs_a_failed_job_again(daemon, tmp_path):
     w, s = SmallNet.write(tmp_path)
     env = client_env(daemon, tmp_path / "cache")
     job, broken = failed_job(daemon, env, w, s)
-    r = ctl("wait", job, "--timeout", "120", env=env)
+    r = ctl("wait", job, "--timeout", "600", env=env)
     assert r.returncode == 9 and "failed" in r.stdout, (r.stdout, r.stderr)
     broken.restore()
     # the same input again is the same failed job
@@ -53,7 +53,7 @@ def test_decompctl_retry_runs_a_failed_job_again(daemon, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(job + " queued ") or r.stdout.startswith(job + " running "), \
         r.stdout
-    r = ctl("wait", job, "--timeout", "120", "--json", env=env)
+    r = ctl("wait", job, "--timeout", "600", "--json", env=env)
     assert r.returncode == 0, r.stderr
     done = json.loads(r.stdout)
     assert done["state"] == "succeeded" and done["attempts"] == 2, done

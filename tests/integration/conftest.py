@@ -37,7 +37,7 @@ class Daemon:
         self.port = None
 
     # -- lifecycle --------------------------------------------------------
-    def start(self, timeout=30):
+    def start(self, timeout=300):
         assert BIN and os.path.exists(BIN), "DECOMPD_BIN not set"
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
@@ -45,8 +45,8 @@ class Daemon:
             [BIN, "--data-dir", self.data_dir, "--listen", "127.0.0.1:0"] + self.args,
             stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         log.close()
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             with open(self.log_path, "rb") as f:
                 f.seek(offset)
                 m = re.search(rb"event=listening addr=127\.0\.0\.1:(\d+)", f.read())
@@ -58,7 +58,7 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError("decompd did not start:\n" + self.log())
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=300):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -149,13 +149,14 @@ class Daemon:
 
     def wait_job(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=300,
                  token=None):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        j = None
+        while time.monotonic() < deadline:
             _, j = self.json("GET", "/v1/jobs/" + job_id, token=token, expect=200)
             if j["state"] in states:
                 return j
             time.sleep(0.1)
-        raise AssertionError("job %s still %s:\n%s" % (job_id, j["state"], self.log()[-4000:]))
+        raise AssertionError("job %s still %s:\n%s" % (job_id, j and j["state"], self.log()[-4000:]))
 
 
 def assert_problem(status, hdrs, body, want_status, want_code):

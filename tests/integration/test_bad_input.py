@@ -67,7 +67,7 @@ def test_pickle_calling_os_system_has_no_effect(daemon, tmp_path):
 def test_upload_over_limit_is_refused_before_the_body(daemon_factory):
     d = daemon_factory(args=["--max-upload-bytes", "1M"]).start()
     # Declare 10 GiB and send no body at all: the answer must come anyway.
-    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=300)
     s.sendall(b"POST /v1/models HTTP/1.1\r\nHost: x\r\n"
               b"Content-Type: application/octet-stream\r\n"
               b"Content-Length: 10737418240\r\n\r\n")
@@ -89,7 +89,7 @@ def test_upload_over_limit_is_refused_before_the_body(daemon_factory):
 def send_chunked(port, head, total):
     """Send request `head` then a chunked body of `total` bytes, stopping
     at the first sign of an answer (or a reset); the whole answer."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s = socket.create_connection(("127.0.0.1", port), timeout=300)
     s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n" % 65536 + b"{" * 65536 + b"\r\n"
     sent = 0

@@ -24,11 +24,14 @@ def test_precedence_file_env_flags(tmp_path):
                          stderr=log, env=d.env)
     try:
         d.port = port
-        for _ in range(200):
+        deadline = time.monotonic() + 300
+        while True:  # until it listens
             try:
                 if d.request("GET", "/healthz")[0] == 200:
                     break
             except OSError:
+                assert p.poll() is None, "decompd exited %s" % p.returncode
+                assert time.monotonic() < deadline, "decompd did not start"
                 time.sleep(0.05)
         assert os.path.isdir(tmp_path / "from-file" / "blobs")  # file's data_dir
         # flag (2K) beats env (1K) beats file (1M)
@@ -38,7 +41,7 @@ def test_precedence_file_env_flags(tmp_path):
         assert hdrs["x-request-id"] == "abc-123"
     finally:
         p.terminate()
-        p.wait(30)
+        p.wait(300)
     text = (tmp_path / "log").read_text()
     line = [l for l in text.splitlines() if "req=abc-123" in l][0]
     assert re.match(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info topic=http "
@@ -59,7 +62,7 @@ def test_bad_settings_are_refused(tmp_path):
         ([], {"DECOMPD_TORCHSCRIPT_TIMEOUT": "soon"}, "DECOMPD_TORCHSCRIPT_TIMEOUT"),
     ]:
         r = subprocess.run([BIN, "--data-dir", str(tmp_path / "v")] + args,
-                           capture_output=True, text=True, timeout=30,
+                           capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, **env))
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
     bad = tmp_path / "bad.conf"

@@ -36,19 +36,18 @@ def submit_slow_job(d):
     return j["id"]
 
 
-def wait_running(d, job_id, secs=1.0, timeout=120):
-    """Wait until the job has been running for `secs` and is still running
-    (the engine reports layers in phases, so progress counts are no clock)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_running(d, job_id, timeout=600):
+    """Wait until the engine is at work on the job (it has reported from
+    inside a layer or finished one) with work still ahead; the job. The
+    caller acts at once: the model's jobs last seconds, a check far less."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
-        if j["state"] == "running":
-            time.sleep(secs)
-            _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
-            assert j["state"] == "running", \
-                "job finished too soon; make slow_model slower: %s" % j
+        p = j["progress"]
+        if j["state"] == "running" and (p["current"] or p["layers_done"]):
+            assert p["layers_done"] < p["layers_total"], j
             return j
-        assert j["state"] == "queued", j
+        assert j["state"] in ("queued", "running"), j
         time.sleep(0.02)
     raise AssertionError("job never ran")
 
@@ -71,9 +70,8 @@ def test_sigterm_requeues_at_layer_boundary(daemon_factory):
     d = daemon_factory(args=["--workers", "1"]).start()
     job_id = submit_slow_job(d)
     wait_running(d, job_id)
-    t0 = time.time()
-    assert d.stop(signal.SIGTERM) == 0
-    assert time.time() - t0 < 20
+    # The stop waits for the layer boundary, not the job: the job is queued.
+    assert d.stop(signal.SIGTERM, timeout=300) == 0
     log = d.log()
     assert "event=stopped status=0" in log and "state=queued" in log, log[-2000:]
     db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
@@ -90,7 +88,7 @@ def test_cancel_running_job_at_layer_boundary(daemon_factory):
     wait_running(d, job_id)
     status, j = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
     assert status == 202 and j["cancel_requested"], j
-    done = d.wait_job(job_id, timeout=60)
+    done = d.wait_job(job_id)
     assert done["state"] == "cancelled", done
     assert done["artifacts"] == []
     assert d.request("GET", "/v1/jobs/%s/artifacts/decompose_info.json" % job_id)[0] == 409
@@ -122,20 +120,20 @@ def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
     with its only layer not done."""
     d = daemon_factory(args=["--workers", "1"]).start()
     job_id = submit_one_long_layer(d)
-    wait_running(d, job_id, secs=0.5)
-    assert d.stop(signal.SIGTERM) == 0
+    wait_running(d, job_id)
+    assert d.stop(signal.SIGTERM, timeout=300) == 0
     db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
     (state,) = db.execute("SELECT state FROM jobs WHERE id=?",
                           (job_id,)).fetchone()
     db.close()
     assert state == "queued"
     d.start()
-    j = wait_running(d, job_id, secs=0.5)
+    j = wait_running(d, job_id)
     assert j["progress"]["layers_done"] == 0, j
     # GET /v1/jobs/{id} says where the job is inside the layer, and the
     # share done rises through each step.
-    seen, deadline = [], time.time() + 60
-    while len(set(seen)) < 3 and time.time() < deadline:
+    seen, deadline = [], time.monotonic() + 600
+    while len(set(seen)) < 3 and time.monotonic() < deadline:
         _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
         assert j["state"] == "running", j
         cur = j["progress"]["current"]
@@ -143,11 +141,11 @@ def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
         assert j["progress"]["layers_total"] == 1, j
         assert cur["step"] in ("spectrum", "factors") and 0 <= cur["fraction"] < 1
         seen.append((cur["step"] == "factors", cur["fraction"]))
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert len(set(seen)) >= 3 and seen == sorted(seen), seen
     status, j = d.json("POST", "/v1/jobs/%s/cancel" % job_id)
     assert status == 202, j
-    done = d.wait_job(job_id, timeout=60)
+    done = d.wait_job(job_id)
     assert done["state"] == "cancelled", done
     assert done["progress"]["layers_done"] == 0 and done["layers"] == [], done
     assert done["progress"]["current"] is None
@@ -160,11 +158,11 @@ def test_sigterm_with_event_streams_open_ends_them_and_exits(daemon_factory):
     import threading
     d = daemon_factory(args=["--workers", "1"]).start()
     job_id = submit_one_long_layer(d)
-    wait_running(d, job_id, secs=0.5)
+    wait_running(d, job_id)
     got, first = [], threading.Semaphore(0)
 
     def follow():
-        c = d.conn(60)
+        c = d.conn(300)
         try:
             c.request("GET", "/v1/jobs/%s/events" % job_id)
             r = c.getresponse()
@@ -188,11 +186,13 @@ def test_sigterm_with_event_streams_open_ends_them_and_exits(daemon_factory):
     for t in threads:
         t.start()
     for _ in threads:
-        assert first.acquire(timeout=30), "a stream gave no first event"
-    time.sleep(0.6)  # parked between events by now
-    assert d.stop(signal.SIGTERM) == 0
+        assert first.acquire(timeout=300), "a stream gave no first event"
+    # Most likely parked between events by now (if not, the stop must end
+    # them all the same: what is checked holds either way).
+    time.sleep(0.6)
+    assert d.stop(signal.SIGTERM, timeout=300) == 0
     for t in threads:
-        t.join(30)
+        t.join(300)
         assert not t.is_alive()
     assert len(got) == 3 and min(got) >= 1, got
 
@@ -204,12 +204,12 @@ def files_under(d, sub):
 def test_kill9_during_upload_leaves_nothing(daemon_factory):
     d = daemon_factory().start()
     _, data = slow_model()
-    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=300)
     s.sendall(b"POST /v1/models HTTP/1.1\r\nHost: x\r\n"
               b"Content-Length: %d\r\n\r\n" % len(data))
     s.sendall(data[:len(data) // 3])
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
         tmp = os.path.join(d.data_dir, "tmp")
         sizes = [os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)]
         if sizes and max(sizes) > 1 << 20:
@@ -239,7 +239,7 @@ def test_database_newer_than_binary_is_refused(daemon_factory):
     db.commit()
     db.close()
     try:
-        d.start(timeout=10)
+        d.start()
     except RuntimeError as e:
         assert "code=db_too_new" in str(e), e
     else:
@@ -252,7 +252,7 @@ def test_one_daemon_per_data_dir(daemon_factory):
     other.data_dir = d.data_dir
     other.log_path = d.log_path + ".2"
     try:
-        other.start(timeout=10)
+        other.start()
     except RuntimeError as e:
         assert "another decompd" in str(e), e
     else:

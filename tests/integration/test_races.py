@@ -29,12 +29,12 @@ def race(daemon, requests):
     out = [None] * len(requests)
 
     def run(i, method, path, body):
-        c = daemon.conn(60)
+        c = daemon.conn(300)
         try:
             c.connect()
             data = json.dumps(body).encode() if body is not None else None
             hdrs = {"Content-Type": "application/json"} if data else {}
-            barrier.wait(30)
+            barrier.wait(300)
             c.request(method, path, body=data, headers=hdrs)
             r = c.getresponse()
             out[i] = (r.status, r.read())
@@ -45,7 +45,7 @@ def race(daemon, requests):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(300)
     assert all(o is not None for o in out), out
     return out
 

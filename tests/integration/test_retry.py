@@ -86,9 +86,9 @@ def test_a_job_whose_model_was_deleted_cannot_be_retried(daemon):
     assert daemon.json("GET", "/v1/jobs/" + j["id"], expect=200)[1]["state"] == "failed"
 
 
-def wait_state(d, job_id, state, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_state(d, job_id, state, timeout=600):
+    deadline, j = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
         j = d.json("GET", "/v1/jobs/" + job_id, expect=200)[1]
         if j["state"] == state:
             return j

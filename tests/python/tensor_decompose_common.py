@@ -13,7 +13,7 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("DECOMPD_SOURCE_DIR",
                             os.path.abspath(os.path.join(HERE, "..", "..")))
-FIXTURES = os.path.abspath(os.path.join(SOURCE_DIR, "..", "shared", "fixtures"))
+FIXTURES = os.path.join(SOURCE_DIR, "tests", "fixtures")  # tests/fixtures/README.md
 
 
 class Net(nn.Module):

@@ -21,8 +21,8 @@ import torch.nn as nn
 from decomp_ctypes import Lib
 from decomp_ctypes_engine import Engine
 
-FIXTURES = os.path.join(os.environ.get("DECOMPD_SOURCE_DIR", "."), "..",
-                        "shared", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                        "fixtures")  # tests/fixtures/README.md
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ limits; the calling process (tests/ts_dump) survives to report it, and the
 private work folder is removed."""
 
 import os
-import time
 import zipfile
 from typing import Tuple
 
@@ -50,9 +49,7 @@ def read(archive, tmp_path, **kw):
     work = tmp_path / "tmp"
     work.mkdir(exist_ok=True)
     env = dict(kw.pop("env", {}), TMPDIR=str(work))
-    t0 = time.monotonic()
     r = tsutil.run_dump(archive, tmp_path / "out", env=env, **kw)
-    r["wall"] = time.monotonic() - t0
     assert os.listdir(work) == [], "work folder left behind"
     return r
 
@@ -79,20 +76,27 @@ def test_not_torchscript_says_why(files, tmp_path):
     assert "constants.pkl" in r["message"] or "code/" in r["message"], r
 
 
+# The time limit is a wall-clock deadline, and a busy machine runs the
+# reader slower: a test about another limit (or a cancel) sets one far
+# longer than its archive needs, so that only what it checks can stop the
+# reader, and no test bounds how long a read takes.
+FAR = 300
+
+
 def test_archive_that_loops_at_load_is_stopped(files, tmp_path):
     r = read(files["spin"], tmp_path, time=3)
     assert not r["ok"]
     assert r["code"] == "bad_torchscript"
     assert r["message"] == "TorchScript reader exceeded its 3 s time limit"
-    assert 2.9 <= r["seconds"] < 10, r
+    assert r["seconds"] >= 2.9, r  # not before its limit
 
 
 def test_archive_that_allocates_without_bound_is_stopped(files, tmp_path):
-    r = read(files["hog"], tmp_path, time=60, memory_mib=1536)
+    r = read(files["hog"], tmp_path, time=FAR, memory_mib=1536,
+             timeout=2 * FAR)
     assert not r["ok"]
     assert r["code"] == "bad_torchscript"
     assert "exceeded its memory limit (1536 MiB)" in r["message"], r
-    assert r["seconds"] < 60, r
 
 
 def test_missing_reader_is_reported(files, tmp_path):
@@ -104,10 +108,10 @@ def test_missing_reader_is_reported(files, tmp_path):
 
 
 def test_cancel_stops_the_reader(files, tmp_path):
-    r = read(files["spin"], tmp_path, time=30, cancel_after=1)
+    r = read(files["spin"], tmp_path, time=FAR, cancel_after=1,
+             timeout=2 * FAR)
     assert not r["ok"]
-    assert r["code"] == "cancelled", r
-    assert r["seconds"] < 5, r
+    assert r["code"] == "cancelled", r  # before its time limit, then
 
 
 def fake_reader(tmp_path, body):
@@ -130,11 +134,12 @@ def test_reader_crash_is_reported(files, tmp_path):
 
 
 def test_reader_flooding_stderr_still_meets_its_deadline(files, tmp_path):
+    # The flood never ends: only the deadline can stop this reader, and a
+    # supervisor kept busy reading it would never return.
     r = read(files["good"], tmp_path, time=2,
              env=fake_reader(tmp_path, "yes 'spam spam spam' >&2"))
     assert not r["ok"]
     assert r["message"] == "TorchScript reader exceeded its 2 s time limit"
-    assert r["seconds"] < 5, r
 
 
 def test_reader_output_is_checked(files, tmp_path):
