@@ -65,9 +65,8 @@
  * never opens a connection: job_get/wait/fetch answer from CACHE/jobs and the
  * blobs, anything else fails with DECOMP_ERR_OFFLINE_MISS.
  *
- * Live job events: the daemon offers none yet (api/openapi.yaml), so
- * decomp_client_wait() polls GET /v1/jobs/{id} with a backoff from 100 ms to
- * 2 s.
+ * Live job events: decomp_client_wait() follows a job's event stream
+ * (GET /v1/jobs/{id}/events), polling GET /v1/jobs/{id} where there is none.
  */
 #ifndef DECOMP_CLIENT_H
 #define DECOMP_CLIENT_H
@@ -256,6 +255,16 @@ int decomp_client_job_get(decomp_client *c, const char *id,
  * already finished otherwise. `out` may be NULL. */
 int decomp_client_job_cancel(decomp_client *c, const char *id,
                              decomp_client_job *out);
+
+/* Run failed or cancelled job `id` again (POST /v1/jobs/{id}/retry): it
+ * goes back to the server's queue as a new attempt (out->state queued,
+ * attempts kept counting). Submitting the same input again would only
+ * return the failed job: submits are idempotent by content. A queued or
+ * running job is left as it is (DECOMP_OK); CONFLICT for a succeeded job,
+ * a running one being cancelled, or one whose model was deleted.
+ * OFFLINE_MISS in offline mode. `out` may be NULL. */
+int decomp_client_job_retry(decomp_client *c, const char *id,
+                            decomp_client_job *out);
 
 /* One page of jobs, newest first: `state` (NULL: any) filters, `limit` 1 to
  * 500 (0: the server's 50), `cursor` (NULL: the first page) continues from

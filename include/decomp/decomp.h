@@ -238,8 +238,11 @@ typedef enum decomp_padding_kind {
   DECOMP_PADDING_VALID = 2,    /* padding='valid' (= 0, 0) */
 } decomp_padding_kind;
 
-/* One layer of the model as the layer spec gives it. For layers whose `type`
- * is not "Conv2d" only `name` and `type` are meaningful. */
+/* One layer of the model as the layer spec gives it. For a "Linear" layer
+ * in_channels/out_channels hold in_features/out_features, bias its bias,
+ * and the conv fields are a 1x1 conv's (kernel, stride, dilation 1,
+ * padding 0, groups 1). For layers whose `type` is neither "Conv2d" nor
+ * "Linear" only `name` and `type` are meaningful. */
 typedef struct decomp_layer {
   const char *name;        /* module name: "layer1.0.conv1" */
   const char *type;        /* "Conv2d", or the module's class name */
@@ -261,9 +264,10 @@ typedef struct decomp_spec decomp_spec;
  * bare list of layer objects, with DECOMP's fields (in_channels,
  * out_channels, kernel_size, stride, padding, dilation, groups, bias,
  * padding_mode, optional input_size; ints or [h, w] pairs; padding may be
- * "same" or "valid"). Every field is checked (positive sizes, channels
- * divisible by groups, a known padding mode, no duplicate names) and an error
- * names the layer and the field. */
+ * "same" or "valid"; a "Linear" has in_features, out_features and bias).
+ * Every field is checked (positive sizes, channels divisible by groups, a
+ * known padding mode, no duplicate names) and an error names the layer and
+ * the field. */
 int decomp_spec_parse(decomp_ctx *ctx, const char *json, size_t len,
                       decomp_spec **out);
 
@@ -279,9 +283,10 @@ const decomp_layer *decomp_spec_at(const decomp_spec *spec, size_t i);
 const decomp_layer *decomp_spec_find(const decomp_spec *spec,
                                      const char *name);
 
-/* Check every Conv2d of `spec` against `w`: NAME.weight exists with shape
- * [out, in/groups, kh, kw] and a floating dtype, NAME.bias exists with shape
- * [out] exactly when bias is true. The error names the layer and what is
+/* Check every Conv2d and Linear of `spec` against `w`: NAME.weight exists
+ * with shape [out, in/groups, kh, kw] ([out, in] for a Linear) and a
+ * floating dtype, NAME.bias exists with shape [out] exactly when bias is
+ * true. The error names the layer and what is
  * wrong ("layer3.1.conv2: weight has shape [64, 64, 3, 3], spec says
  * [128, 64, 3, 3]"). */
 int decomp_spec_check(decomp_ctx *ctx, const decomp_spec *spec,
@@ -404,6 +409,19 @@ typedef struct decomp_options {
                                   DONE in spec order as layers finish, all
                                   from the calling thread; a cancel lets the
                                   layers in flight finish. */
+  /* Appended after `threads`: */
+  const decomp_weights *calibration; /* the layers' input Gram matrices, a
+                                  decompd.calibration set (read from its
+                                  safetensors file with decomp_weights_open,
+                                  or built in memory): every layer it names
+                                  is decomposed by channel_svd / svd
+                                  whitened by its Gram (DESIGN "Beyond
+                                  spatial SVD"); NULL: weights only. It is
+                                  checked against the spec first
+                                  (DECOMP_ERR_BAD_CALIBRATION names the
+                                  layer). Borrowed for the call. */
+  const char *calibration_digest; /* "sha256:…" of that file, recorded in
+                                  the info file; may be NULL */
 } decomp_options;
 
 typedef struct decomp_result decomp_result;
@@ -420,6 +438,17 @@ typedef struct decomp_result decomp_result;
 int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
                      const decomp_spec *spec, const decomp_policy *policy,
                      const decomp_options *opts, decomp_result **out);
+
+/* Check a calibration (a decompd.calibration weight set: the Gram matrices
+ * of layers' inputs, see decomp_options.calibration) against `spec`: its
+ * metadata, every layer it names exists in the spec as a Conv2d or Linear
+ * of the type it says, each Gram has the shape that layer's inputs give
+ * ([in, in]; a conv's [groups, (in/groups)·kh·kw, …]), is finite and
+ * symmetric, and each count is positive. DECOMP_ERR_BAD_CALIBRATION names
+ * the layer and what is wrong. *layers (may be NULL) gets how many layers
+ * it covers. decomp_decompose makes the same check. */
+int decomp_calibration_check(decomp_ctx *ctx, const decomp_weights *calibration,
+                             const decomp_spec *spec, size_t *layers);
 
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);

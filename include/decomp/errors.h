@@ -42,6 +42,9 @@ extern "C" {
   X(NONFINITE, 23, "nonfinite_weights", "weights contain NaN or Inf", 422)        \
   X(BAD_INFO, 24, "bad_info", "invalid decompose_info file", 400)                 \
   X(SVD_FAILED, 25, "svd_failed", "SVD did not converge", 500)                    \
+  X(BAD_CALIBRATION, 26, "bad_calibration", "invalid calibration file", 422)      \
+  X(OUT_OF_REACH, 27, "target_out_of_reach",                                      \
+    "the policy's target is out of reach within its quality floor", 422)          \
   /* service */                                                                   \
   X(BAD_JSON, 40, "bad_json", "request body is not valid JSON", 400)              \
   X(BAD_REQUEST, 41, "bad_request", "bad request", 400)                           \
@@ -58,6 +61,7 @@ extern "C" {
   X(UNAVAILABLE, 50, "unavailable", "service unavailable", 503)                   \
   X(DB_TOO_NEW, 51, "db_too_new", "database schema is newer than this binary",    \
     500)                                                                          \
+  X(ENCODE, 52, "encode_failed", "could not encode the answer as JSON", 500)      \
   /* client */                                                                    \
   X(CONNECT, 60, "connect_failed", "could not connect to the server", 503)        \
   X(DIGEST_MISMATCH, 61, "digest_mismatch", "downloaded data failed its digest",  \

@@ -552,6 +552,17 @@ class Client:
         jid = _job_id(job)
         return Job(self._json("POST", f"/v1/jobs/{jid}/cancel")[1])
 
+    def retry(self, job):
+        """Run a failed or cancelled job again: it goes back to the
+        server's queue as a new attempt (``wait`` follows it). Submitting
+        the same input again would only return the failed job (submits are
+        idempotent by content). A queued or running job is left as it is; a
+        succeeded one raises ConflictError. The Job as the server
+        answered."""
+        jid = _job_id(job)
+        return Job(self._json("POST",
+                              f"/v1/jobs/{urllib.parse.quote(jid)}/retry")[1])
+
     def submit(self, model_or_path, spec=None, policy=None, *, name=None,
                example_input=None, progress=False):
         """Submit a decomposition job; a Job.

@@ -21,10 +21,12 @@ static const char usage[] =
     "usage: decompctl decompose --weights FILE --spec SPEC.json --out DIR\n"
     "       decompctl decompose --model SCRIPTED.pt --out DIR\n"
     "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
+    "                           [--calibration CAL.safetensors]\n"
     "                           [--spectra] [--json] [--quiet] [--verbose]\n"
     "\n"
-    "Decompose the Conv2d layers of a weight file (.pth or safetensors, found\n"
-    "by content) with the local engine.\n"
+    "Decompose the Conv2d (and, with the policy's \"types\", Linear) layers of\n"
+    "a weight file (.pth or safetensors, found by content) with the local\n"
+    "engine.\n"
     "\n"
     "  --weights FILE   the state dict to decompose\n"
     "  --spec FILE      the layer spec (JSON, as the Python package writes it)\n"
@@ -37,6 +39,9 @@ static const char usage[] =
     "                   max_error, ratio, fixed), a JSON object, or @FILE;\n"
     "                   default budget (2x fewer conv MACs)\n"
     "  --format F       output weights format: pth (default) or safetensors\n"
+    "  --calibration F  the layers' input Gram matrices (decompd.calibrate's\n"
+    "                   file): the layers it names are decomposed to keep\n"
+    "                   their outputs on that data (whitened channel_svd/svd)\n"
     "  --spectra        record each layer's singular values in the info file\n"
     "  --json           print the summary as one JSON object\n"
     "  --quiet          no per-layer lines\n"
@@ -188,6 +193,7 @@ int cmd_decompose(int argc, char **argv) {
       {"out", required_argument, NULL, 'o'},
       {"policy", required_argument, NULL, 'p'},
       {"format", required_argument, NULL, 'f'},
+      {"calibration", required_argument, NULL, 'c'},
       {"spectra", no_argument, NULL, 'S'},
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
@@ -196,7 +202,7 @@ int cmd_decompose(int argc, char **argv) {
       {0, 0, 0, 0},
   };
   const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
-  const char *model_path = NULL;
+  const char *model_path = NULL, *calib_path = NULL;
   const char *policy_arg = "budget", *format_arg = "pth";
   bool spectra = false, as_json = false, quiet = false, verbose = false;
   int c;
@@ -209,6 +215,7 @@ int cmd_decompose(int argc, char **argv) {
     case 'o': out_dir = optarg; break;
     case 'p': policy_arg = optarg; break;
     case 'f': format_arg = optarg; break;
+    case 'c': calib_path = optarg; break;
     case 'S': spectra = true; break;
     case 'j': as_json = true; break;
     case 'q': quiet = true; break;
@@ -245,7 +252,7 @@ int cmd_decompose(int argc, char **argv) {
   bool made_dir = false, wrote_weights = false;
   char *spec_text = NULL, *policy_text = NULL;
   char weights_out[4096] = "", info_out[4096] = "";
-  decomp_weights *w = NULL;
+  decomp_weights *w = NULL, *calib = NULL;
   decomp_spec *spec = NULL;
   decomp_policy *policy = NULL;
   decomp_result *result = NULL;
@@ -301,11 +308,23 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
 
-  char digest[72];
+  char digest[72], calib_digest[72];
   if (!cli_file_digest(weights_path, digest)) {
     cli_error("%s: %s", weights_path, strerror(errno));
     rc = CLI_EXIT_INPUT;
     goto done;
+  }
+  if (calib_path) {
+    if ((err = decomp_weights_open(ctx, calib_path, &calib))) {
+      cli_error("%s: %s", calib_path, decomp_errmsg(ctx));
+      rc = err == DECOMP_ERR_IO ? CLI_EXIT_INPUT : cli_exit_for(err);
+      goto done;
+    }
+    if (!cli_file_digest(calib_path, calib_digest)) {
+      cli_error("%s: %s", calib_path, strerror(errno));
+      rc = CLI_EXIT_INPUT;
+      goto done;
+    }
   }
 
   struct stat st;
@@ -333,7 +352,9 @@ int cmd_decompose(int argc, char **argv) {
   decomp_options o = {.progress = on_progress,
                       .progress_user = &ps,
                       .source_digest = digest,
-                      .record_spectra = spectra};
+                      .record_spectra = spectra,
+                      .calibration = calib,
+                      .calibration_digest = calib ? calib_digest : NULL};
   err = decomp_decompose(ctx, w, spec, policy, &o, &result);
   if (ps.partial)
     fputs("\r\033[K", stderr);
@@ -382,6 +403,7 @@ done:
   decomp_policy_free(policy);
   decomp_spec_free(spec);
   decomp_weights_free(w);
+  decomp_weights_free(calib);
   free(spec_text);
   free(policy_text);
   decomp_ctx_free(ctx);

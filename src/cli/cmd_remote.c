@@ -1,10 +1,11 @@
 /* cmd_remote.c — decompctl's service verbs over libdecompclient: upload,
- * submit, status, wait, fetch, jobs, cancel. The server comes from --url or
- * DECOMPD_URL, the token from DECOMPD_TOKEN (never from the command line,
- * where other users could read it), the cache from DECOMPD_CACHE, offline
- * mode from DECOMPD_OFFLINE. Results go to stdout (ids and paths alone, so a
- * shell script can capture them, or one JSON document with --json); progress
- * and messages to stderr (a bar on a terminal, plain lines otherwise). */
+ * submit, status, wait, fetch, jobs, cancel, retry. The server comes from
+ * --url or DECOMPD_URL, the token from DECOMPD_TOKEN (never from the command
+ * line, where other users could read it), the cache from DECOMPD_CACHE,
+ * offline mode from DECOMPD_OFFLINE. Results go to stdout (ids and paths
+ * alone, so a shell script can capture them, or one JSON document with
+ * --json); progress and messages to stderr (a bar on a terminal, plain
+ * lines otherwise). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -373,7 +374,7 @@ done:
   return ex;
 }
 
-/* ---- status, wait, cancel --------------------------------------------------- */
+/* ---- status, wait, cancel, retry ------------------------------------------ */
 
 static void status_line(FILE *f, const decomp_client_job *j) {
   fprintf(f, "%s %s %lld/%lld layers", j->id, decomp_job_state_name(j->state),
@@ -542,6 +543,37 @@ int cmd_cancel(int argc, char **argv) {
     return ex;
   decomp_client_job j = {0};
   int rc = decomp_client_job_cancel(c, argv[optind], &j);
+  if (rc != DECOMP_OK) {
+    ex = client_fail_exit(&o, c, rc);
+  } else if (o.json) {
+    print_json_text(j.json);
+  } else {
+    status_line(stdout, &j);
+  }
+  decomp_client_job_clear(&j);
+  decomp_client_free(c);
+  return ex;
+}
+
+static const char retry_usage[] =
+    "usage: decompctl retry JOB [--json] [--url URL]\n"
+    "\n"
+    "Run a failed or cancelled job again: it goes back to the server's queue\n"
+    "as a new attempt (decompctl wait JOB follows it), then print its state.\n"
+    "Submitting the same input again would only return the failed job. A\n"
+    "queued or running job is left as it is; a succeeded one is a conflict\n"
+    "(exit 1).\n";
+
+int cmd_retry(int argc, char **argv) {
+  struct common o = {.tty = isatty(2)};
+  int ex = parse_job_verb(argc, argv, retry_usage, &o, NULL);
+  if (ex != CLI_EXIT_OK)
+    return ex < 0 ? CLI_EXIT_OK : ex;
+  decomp_client *c = NULL;
+  if ((ex = open_client(&o, &c)) != CLI_EXIT_OK)
+    return ex;
+  decomp_client_job j = {0};
+  int rc = decomp_client_job_retry(c, argv[optind], &j);
   if (rc != DECOMP_OK) {
     ex = client_fail_exit(&o, c, rc);
   } else if (o.json) {

@@ -31,6 +31,7 @@ static const char usage[] =
     "              with DECOMPD_OFFLINE=1) and optionally into a folder\n"
     "  jobs        list jobs\n"
     "  cancel      cancel a job\n"
+    "  retry       run a failed or cancelled job again\n"
     "\n"
     "Exit codes:\n"
     "  0    success\n"
@@ -147,7 +148,7 @@ int main(int argc, char **argv) {
   } remote[] = {{"upload", cmd_upload}, {"submit", cmd_submit},
                 {"status", cmd_status}, {"wait", cmd_wait},
                 {"fetch", cmd_fetch},   {"jobs", cmd_jobs},
-                {"cancel", cmd_cancel}};
+                {"cancel", cmd_cancel}, {"retry", cmd_retry}};
   for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
     if (!strcmp(verb, remote[i].name))
       return remote[i].fn(argc - 1, argv + 1);

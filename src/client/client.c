@@ -1,6 +1,6 @@
 /* client.c — libdecompclient's handle and the REST calls of
- * api/openapi.yaml: upload, submit, get/list/cancel jobs and wait. It builds
- * requests for the transport (transport.c), reads the JSON answers
+ * api/openapi.yaml: upload, submit, get/list/cancel/retry jobs and wait. It
+ * builds requests for the transport (transport.c), reads the JSON answers
  * (jansson) and turns error answers (problem+json) into decompd's codes
  * with the server's detail. Fetching lives in fetch.c. */
 #include <errno.h>
@@ -499,6 +499,21 @@ int decomp_client_job_cancel(decomp_client *c, const char *id,
                        "valid", id ? id : "");
   char path[128];
   snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+  json_t *doc;
+  int rc = call_json(c, "POST", path, NULL, &doc);
+  if (rc == DECOMP_OK && out)
+    rc = client_job_from_json(c, doc, out);
+  json_decref(doc);
+  return rc;
+}
+
+int decomp_client_job_retry(decomp_client *c, const char *id,
+                            decomp_client_job *out) {
+  if (!id_ok(id))
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT, "job id '%s' is not "
+                       "valid", id ? id : "");
+  char path[128];
+  snprintf(path, sizeof path, "/v1/jobs/%s/retry", id);
   json_t *doc;
   int rc = call_json(c, "POST", path, NULL, &doc);
   if (rc == DECOMP_OK && out)

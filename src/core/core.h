@@ -107,10 +107,39 @@ typedef enum core_order {
   CORE_ORDER_HORIZONTAL_FIRST = 1, /* (1,kw) then (kh,1) */
 } core_order;
 
-/* What a policy knows of one Conv2d layer when it chooses a rank. */
+/* The factorizations (DESIGN "Beyond spatial SVD"). */
+typedef enum core_method {
+  CORE_METHOD_SPATIAL = 0, /* spatial_svd: a (kh,1) and a (1,kw) conv */
+  CORE_METHOD_CHANNEL = 1, /* channel_svd: a (kh,kw) conv to g·R, then 1x1 */
+  CORE_METHOD_LINEAR = 2,  /* svd: Linear(in, R) then Linear(R, out) */
+} core_method;
+
+/* The info file's name of a method: "spatial_svd", "channel_svd", "svd". */
+const char *core_method_name(core_method m);
+
+/* Policy "types" and "methods" as bits. */
+#define CORE_TYPE_CONV2D 1u
+#define CORE_TYPE_LINEAR 2u
+#define CORE_METHODS_SPATIAL 1u
+#define CORE_METHODS_CHANNEL 2u
+#define CORE_METHODS_LINEAR 4u /* implied for Linear layers */
+
+/* The budget's default quality floor: no layer is taken beyond this
+ * relative error (it keeps at least 75% of its energy), whatever the
+ * target. */
+#define CORE_BUDGET_MAX_LAYER_ERROR 0.75
+
+/* What a policy knows of one candidate decomposition of a layer (a Conv2d
+ * under one method and order, or a Linear) when it chooses a rank. A layer
+ * with several candidates (a k×k conv: spatial and channel) has them as
+ * adjacent views with the same `layer`: the policy decomposes it with one
+ * of them at most. */
 typedef struct core_layer_view {
   const decomp_layer *layer;
-  int64_t max_rank;      /* min(I·kh, O·kw) for the chosen order */
+  core_method method;
+  int64_t max_rank;      /* the reshape's smaller side: min(I·kh, O·kw)
+                            for spatial (in the order), min(I·kh·kw, O)
+                            for channel, min(in, out) for Linear */
   core_order order;      /* the cheaper order in MACs (or as the policy asks) */
   double macs_before;    /* per output pixel, or whole-layer when the spec
                             gives input_size */
@@ -125,7 +154,9 @@ typedef struct core_layer_view {
    * descending. NULL otherwise. */
   const double *sigma;
   int64_t groups;
-  double energy_total;   /* Σ σ² over all groups (the kernel's ‖W‖²) */
+  double energy_total;   /* Σ σ² over all groups (the kernel's ‖W‖², or
+                            ‖W·S‖² when whitened) */
+  bool whitened;         /* sigma is the spectrum of W·S (calibrated) */
 } core_layer_view;
 
 /* Without input_size the output area of a conv is estimated as
@@ -144,6 +175,22 @@ typedef struct core_rank_decision {
  * decomposed at all (kh == 1 or kw == 1), with the reason in `why`. */
 bool core_layer_view_init(const decomp_layer *layer, core_order order,
                           core_layer_view *v, char *why, size_t why_len);
+/* The same for any method (a Linear layer always takes CORE_METHOD_LINEAR;
+ * a conv asked for it gets channel). False, with the reason, when the
+ * method cannot split the layer. */
+bool core_layer_view_init_method(const decomp_layer *layer,
+                                 core_method method, core_order order,
+                                 core_layer_view *v, char *why,
+                                 size_t why_len);
+
+/* The rows (input side) and columns (output side) of one group's matrix
+ * for the view's method and order. */
+void core_view_matrix(const core_layer_view *v, int64_t *rows, int64_t *cols);
+
+/* The CORE_METHODS_* bits of the candidates the policy allows for `l`
+ * (0 when its type is not among the policy's types, or no allowed method
+ * applies). */
+unsigned core_policy_methods(const decomp_policy *p, const decomp_layer *l);
 
 /* Whether the policy chooses ranks from the singular values (energy,
  * max_error, vbmf, amct, budget) or not (fixed, ratio, and layers with a
@@ -190,6 +237,20 @@ int core_svd_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 int core_svd_f64(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                  double *a, double *s, double *u, double *vt);
 
+/* The calibration of a run (calib.c): every layer's Gram of its inputs,
+ * checked against the spec when opened (BAD_CALIBRATION names the layer and
+ * what is wrong). `w` and `spec` must outlive it. */
+typedef struct core_calib core_calib;
+int core_calib_open(decomp_ctx *ctx, const decomp_weights *w,
+                    const decomp_spec *spec, core_calib **out);
+void core_calib_free(core_calib *c);
+/* Layers with a Gram. */
+size_t core_calib_count(const core_calib *c);
+/* The Gram of layer `l` ([groups, n, n] or [n, n], borrowed) and its
+ * sample count, or NULL when the calibration has none for it. */
+const decomp_tensor *core_calib_gram(const core_calib *c, const decomp_layer *l,
+                                     int64_t *samples);
+
 /* One layer's spatial SVD (decompose.c). */
 typedef struct core_factors {
   int64_t groups, k;       /* sigma holds `groups` runs of k = max rank */
@@ -199,8 +260,11 @@ typedef struct core_factors {
                               groups: Σ σ² beyond the rank on the exact
                               path, within 1% (in error) of it on the
                               truncated one (svd.h) */
+  double out_total;        /* whitened (with a Gram): ‖W·S‖², and */
+  double out_discarded;    /* ‖(W − first·second)·S‖², measured; else 0 */
   decomp_dtype dtype;      /* of first/second: the weight's */
   void *first, *second;    /* dense new weights; NULL at rank 0 */
+  int ndim;                /* of both: 4 (convs) or 2 (Linear) */
   int64_t first_shape[4], second_shape[4];
 } core_factors;
 
@@ -221,7 +285,8 @@ const char *core_order_name(core_order o);
 /* What decompose.c hands info.c about one layer of the spec. */
 typedef struct core_info_layer {
   const decomp_layer *layer;
-  bool is_conv;            /* type is "Conv2d" */
+  bool considered;         /* a Conv2d, or a Linear the policy's types
+                              take: counted in the summary's totals */
   bool has_view;           /* the layer can be decomposed (view_init ok) */
   core_layer_view view;    /* cost model for the order used (for any
                               Conv2d; macs/params_before always valid) */
@@ -230,15 +295,29 @@ typedef struct core_info_layer {
   /* Singular values of every group (groups runs of view.max_rank values,
    * descending) when known, else NULL; borrowed. */
   const double *sigma;
-  double energy_total;     /* Σσ² (‖W‖²) when sigma is known */
-  double energy_discarded; /* Σ discarded σ² when decomposed */
+  double energy_total;     /* ‖W‖² */
+  double energy_discarded; /* ‖W − first·second‖² when decomposed, measured
+                              from the factors as written */
+  /* With a calibration (view.whitened): the output energies ‖W·S‖² and
+   * ‖(W − first·second)·S‖², measured likewise, and the Gram's count. */
+  double out_total, out_discarded;
+  int64_t samples;
 } core_info_layer;
 
-/* Build decompose_info.json (version 1) for a run over `spec`. `source_*`
- * may be NULL. Returns the text in *out (free with free()). */
+/* What the info file says of the run as a whole. */
+typedef struct core_info_run {
+  const char *source_digest;      /* may be NULL */
+  const char *source_format;      /* may be NULL */
+  bool record_spectra;
+  bool calibrated;                /* a calibration was given */
+  const char *calibration_digest; /* may be NULL */
+  size_t calibration_layers;      /* layers it has a Gram for */
+} core_info_run;
+
+/* Build decompose_info.json (version 1) for a run over `spec`. Returns the
+ * text in *out (free with free()). */
 int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
-                    const char *source_digest, const char *source_format,
-                    bool record_spectra, const core_info_layer *layers,
+                    const core_info_run *run, const core_info_layer *layers,
                     size_t n, char **out);
 
 /* --- small utilities ---------------------------------------------------- */
@@ -260,8 +339,17 @@ double core_now(void);
 /* --- layer spec and rank policies: helpers (spec.c, policy.c, vbmf.c) ---
  * Added by the spec/policy owner; the functions above keep their contract. */
 
-/* Whether the layer's type is "Conv2d". */
+/* Whether the layer's type is "Conv2d"; "Linear"; either of the two. */
 bool core_layer_is_conv(const decomp_layer *l);
+bool core_layer_is_linear(const decomp_layer *l);
+/* Whether the type is "Linear", described (in_features…) or not: a spec
+ * may give a Linear by name and type only, which is then not decomposable. */
+bool core_layer_names_linear(const decomp_layer *l);
+bool core_layer_is_decomposable(const decomp_layer *l);
+/* A Linear layer's conv fields as a 1x1 conv's (kernel, stride, dilation
+ * 1; padding 0; groups 1; no input size): in_channels/out_channels hold
+ * in_features/out_features. */
+void core_layer_linear_fields(decomp_layer *l);
 
 /* The padding torch applies before (lo) and after (hi) the input on each
  * axis (H, W): the numbers for EXPLICIT, 0 for VALID, and for SAME the total

@@ -61,8 +61,14 @@ struct layer {
   bool candidate;           /* eligible and decomposable: goes to choose */
   double seconds;           /* time spent on it (both phases) */
   const decomp_tensor *weight, *bias;
-  /* Spectrum and factors (owned until the factors move into the result);
-   * info.sigma points into it. */
+  const decomp_tensor *gram; /* its calibration's Gram, or NULL */
+  /* Its candidate decompositions (a k×k conv: spatial and channel) and
+   * each one's spectrum from phase 1; the policy picks one. */
+  core_layer_view cand[2];
+  core_factors cfac[2];
+  int ncand;
+  /* The chosen candidate's spectrum, then factors (owned until the factors
+   * move into the result); info.sigma points into it. */
   core_factors fac;
   core_svd_report rep;      /* how its SVD ran (phase 2) */
   /* The job of the current phase (run_phase): */
@@ -78,28 +84,72 @@ struct layer {
 
 enum { JOB_IDLE = 0, JOB_QUEUED = 1, JOB_DONE = 2 };
 
-/* The matrix shape of a layer's groups, for the order in `v`. */
+/* The matrix shape of a layer's groups for a method (and, spatial, an
+ * order). Row (i, pa) = i·ka + pa on the input side, column (o, pb) =
+ * o·kb + pb on the output side, where the kernel position (h, w) is
+ * (pa, pb) vertical-first, (pb, pa) horizontal-first, and pa = h·kw + w,
+ * pb = 0 for the channel method (and a Linear, a 1x1 conv here). */
 typedef struct geom {
   int64_t g, O, I, kh, kw;
-  int64_t ka, kb;  /* first conv's kernel extent, second conv's */
+  int64_t ka, kb;  /* kernel positions per row / column block */
   int64_t m, n, k; /* m = I·ka rows, n = O·kb columns, k = min(m, n) */
+  core_method method;
   bool vfirst;
 } geom;
 
-static geom geom_of(const decomp_layer *l, core_order order) {
+static geom geom_of(const decomp_layer *l, core_method method,
+                    core_order order) {
   geom gm;
   gm.g = l->groups;
   gm.O = l->out_channels / l->groups;
   gm.I = l->in_channels / l->groups;
   gm.kh = l->kernel_size[0];
   gm.kw = l->kernel_size[1];
+  gm.method = core_layer_is_linear(l) ? CORE_METHOD_LINEAR : method;
   gm.vfirst = order == CORE_ORDER_VERTICAL_FIRST;
-  gm.ka = gm.vfirst ? gm.kh : gm.kw;
-  gm.kb = gm.vfirst ? gm.kw : gm.kh;
+  if (gm.method != CORE_METHOD_SPATIAL) {
+    gm.ka = gm.kh * gm.kw;
+    gm.kb = 1;
+  } else {
+    gm.ka = gm.vfirst ? gm.kh : gm.kw;
+    gm.kb = gm.vfirst ? gm.kw : gm.kh;
+  }
   gm.m = gm.I * gm.ka;
   gm.n = gm.O * gm.kb;
   gm.k = gm.m < gm.n ? gm.m : gm.n;
   return gm;
+}
+
+static geom geom_view(const core_layer_view *v) {
+  return geom_of(v->layer, v->method, v->order);
+}
+
+/* The kernel position (h, w) of (pa, pb), and back. */
+static void hw_of(const geom *gm, size_t pa, size_t pb, size_t *h, size_t *w) {
+  if (gm->method != CORE_METHOD_SPATIAL) {
+    *h = pa / (size_t)gm->kw;
+    *w = pa % (size_t)gm->kw;
+  } else if (gm->vfirst) {
+    *h = pa;
+    *w = pb;
+  } else {
+    *h = pb;
+    *w = pa;
+  }
+}
+
+static void pa_pb_of(const geom *gm, size_t h, size_t w, size_t *pa,
+                     size_t *pb) {
+  if (gm->method != CORE_METHOD_SPATIAL) {
+    *pa = h * (size_t)gm->kw + w;
+    *pb = 0;
+  } else if (gm->vfirst) {
+    *pa = h;
+    *pb = w;
+  } else {
+    *pa = w;
+    *pb = h;
+  }
 }
 
 static char *join(const char *a, const char *b) {
@@ -251,7 +301,8 @@ SVD_STEP(double, f64)
         for (size_t y = 0; y < other; y++) {                                   \
           size_t row = cols ? y : c0 + x, col = cols ? c0 + x : y;             \
           size_t i = row / ka, pa = row % ka, o = col / kb, pb = col % kb;     \
-          size_t h = gm->vfirst ? pa : pb, w = gm->vfirst ? pb : pa;           \
+          size_t h, w;                                                         \
+          hw_of(gm, pa, pb, &h, &w);                                           \
           T v = W[(((j * O + o) * I + i) * kh + h) * kw + w] * sc;             \
           if (cols)                                                            \
             B[y + other * x] = v; /* m×cw, ld m */                             \
@@ -287,6 +338,17 @@ SVD_STEP(double, f64)
 GRAM_SPECTRUM(float, f32, core_ssyrk)
 GRAM_SPECTRUM(double, f64, core_dsyrk)
 
+/* x[n] rounded as it will be stored in `dt` at the scale 2^e it will be
+ * stored at, and brought back. */
+#define ROUND_TO(T, SUFFIX)                                                    \
+  static void round_to_##SUFFIX(T *x, size_t n, decomp_dtype dt, int e) {     \
+    for (size_t i = 0; i < n; i++)                                             \
+      x[i] = (T)ldexp(core_dtype_round(dt, ldexp((double)x[i], e)), -e);       \
+  }
+
+ROUND_TO(float, f32)
+ROUND_TO(double, f64)
+
 /* One group's factors as they will be written, and what they achieve:
  * u and v (m×R and n×R, of the scaled matrix `a`) times √σ, each element
  * rounded as it will be stored in `dt` at the scale it will be stored
@@ -316,10 +378,8 @@ GRAM_SPECTRUM(double, f64, core_dsyrk)
              : dt == DECOMP_DTYPE_BF16 ? 0x1p-8                                \
              : dt == DECOMP_DTYPE_F32  ? 0x1p-24                               \
                                        : 0x1p-53;                              \
-      for (size_t x = 0; x < m * r; x++)                                       \
-        u[x] = (T)ldexp(core_dtype_round(dt, ldexp((double)u[x], fa)), -fa);   \
-      for (size_t x = 0; x < n * r; x++)                                       \
-        v[x] = (T)ldexp(core_dtype_round(dt, ldexp((double)v[x], fb)), -fb);   \
+      round_to_##SUFFIX(u, m * r, dt, fa);                                     \
+      round_to_##SUFFIX(v, n * r, dt, fb);                                     \
     }                                                                          \
     double top = r ? (double)(s[0] > 0 ? s[0] : 0) : 0;                        \
     *bound = 2 * unit * sqrt(top * (sum > 0 ? sum : 0)) +                      \
@@ -345,14 +405,41 @@ static const char *group_mismatch(double meas, double est, double opt,
   return NULL;
 }
 
+/* Group j of the kernel W (dense, row-major [g·O, I, kh, kw]) as the
+ * column-major m×n matrix A of the geometry, times 2^sx when sx ≠ 0. */
+#define GATHER(T, SUFFIX)                                                      \
+  static void gather_##SUFFIX(const T *W, const geom *gm, size_t j, int sx,    \
+                              T *A) {                                          \
+    size_t m = (size_t)gm->m, I = (size_t)gm->I, O = (size_t)gm->O;            \
+    size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
+    size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb;                           \
+    for (size_t o = 0; o < O; o++)                                             \
+      for (size_t i = 0; i < I; i++)                                           \
+        for (size_t h = 0; h < kh; h++) {                                      \
+          const T *src = W + (((j * O + o) * I + i) * kh + h) * kw;            \
+          for (size_t w = 0; w < kw; w++) {                                    \
+            size_t pa, pb;                                                     \
+            pa_pb_of(gm, h, w, &pa, &pb);                                      \
+            A[(i * ka + pa) + m * (o * kb + pb)] = src[w];                     \
+          }                                                                    \
+        }                                                                      \
+    if (sx) {                                                                  \
+      T sc = (T)ldexp(1.0, sx);                                                \
+      for (size_t x = 0; x < m * (size_t)gm->n; x++)                           \
+        A[x] *= sc;                                                            \
+    }                                                                          \
+  }
+
+GATHER(float, f32)
+GATHER(double, f64)
+
 /* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
  * runs of k values when they are known (*have_sigma). With rank == 0 only
  * the values are computed; else the factors, scaled by Σ^½, land in new
- * buffers *first ([g·R, I, ka or 1, 1 or ka]) and *second ([O·g, R, …]) of
- * T. `known` (g runs of k, or NULL) is the spectrum of phase 1. The input
- * is checked for NaN/Inf first; ‖W‖² goes to *energy and the discarded
- * energy, measured from the factors as they will be written, to
- * *discarded.
+ * buffers *first ([g·R, I, …]) and *second ([O·g, R, …]) of T. `known` (g
+ * runs of k, or NULL) is the spectrum of phase 1. The input is checked for
+ * NaN/Inf first; ‖W‖² goes to *energy and the discarded energy, measured
+ * from the factors as they will be written, to *discarded.
  *
  * Any finite kernel works: the SVD runs on the kernel times 2^sx, a power
  * of two that brings its largest magnitude near 1 (exact, so it changes no
@@ -360,22 +447,31 @@ static const char *group_mismatch(double meas, double est, double opt,
  * 1e30 in float32) nor underflow (1e-25, subnormals); the values, energies
  * and factors come back in the kernel's own scale.
  *
+ * With a Gram (`gram`, channel and Linear methods: whitened, SVD-LLM) each
+ * group's matrix A (rows: the layer's inputs) is whitened, A' = Sᵀ·A with
+ * S·Sᵀ = G, and factored: the spectrum (and so every policy) is A''s, the
+ * input-side factor is S⁻ᵀ·U'·Σ^½ and the output side V'·Σ^½, which
+ * minimizes ‖(W − W̃)·X‖ over the calibration data. *out_total and
+ * *out_discarded get ‖A'‖² and ‖A' − Sᵀ·first·secondᵀ‖² over the groups.
+ *
  * Each group's factors are checked before they are kept: the error they
- * achieve, measured from the factors themselves (rounded as written), must
- * agree with the SVD's own figure and keep the accuracy control's promise;
- * a randomized result that does not is replaced by the exact one (logged
- * with the reason), and the figure reported is always the measured one. */
+ * achieve, measured from the factors themselves, must agree with the SVD's
+ * own figure and keep the accuracy control's promise; a randomized result
+ * that does not is replaced by the exact one (logged with the reason), and
+ * the figures reported are always measured ones. */
 #define LAYER_WORKER(T, SUFFIX, OWN, SCALE_MAX)                                \
   static int layer_##SUFFIX(decomp_ctx *ctx, const decomp_layer *l,            \
                             const decomp_tensor *wt, const geom *gm,           \
-                            int64_t R, const double *known, double *sigma,     \
+                            const decomp_tensor *gram, int64_t R,              \
+                            const double *known, double *sigma,                \
                             bool *have_sigma, double *energy,                  \
-                            double *discarded, core_svd_report *agg,           \
+                            double *discarded, double *out_total,              \
+                            double *out_discarded, core_svd_report *agg,       \
                             T **first, T **second) {                           \
     const char *name = l->name;                                                \
     const T *W = NULL;                                                         \
     T *owned = NULL, *A = NULL, *s = NULL, *V = NULL;                          \
-    T *F = NULL, *S = NULL;                                                    \
+    T *F = NULL, *S = NULL, *Sw = NULL, *Aw = NULL, *Fw = NULL;                \
     double *all = NULL, *kn = NULL;                                            \
     char what[256];                                                            \
     int rc = dense_##SUFFIX(ctx, wt, &W, &owned);                              \
@@ -387,10 +483,15 @@ static const char *group_mismatch(double meas, double est, double opt,
       double v = (double)W[x];                                                 \
       if (!isfinite(v)) {                                                      \
         size_t hw = (size_t)(gm->kh * gm->kw), ihw = (size_t)gm->I * hw;       \
-        rc = core_fail(ctx, DECOMP_ERR_NONFINITE,                              \
-                       "%s: weight holds %s at [%zu, %zu, %zu, %zu]", name,    \
-                       isnan(v) ? "NaN" : "Inf", x / ihw, x % ihw / hw,        \
-                       x % hw / (size_t)gm->kw, x % (size_t)gm->kw);           \
+        if (core_layer_is_linear(l))                                           \
+          rc = core_fail(ctx, DECOMP_ERR_NONFINITE,                            \
+                         "%s: weight holds %s at [%zu, %zu]", name,            \
+                         isnan(v) ? "NaN" : "Inf", x / ihw, x % ihw);          \
+        else                                                                   \
+          rc = core_fail(ctx, DECOMP_ERR_NONFINITE,                            \
+                         "%s: weight holds %s at [%zu, %zu, %zu, %zu]", name,  \
+                         isnan(v) ? "NaN" : "Inf", x / ihw, x % ihw / hw,      \
+                         x % hw / (size_t)gm->kw, x % (size_t)gm->kw);         \
         goto done;                                                             \
       }                                                                        \
       e += v * v;                                                              \
@@ -405,6 +506,7 @@ static const char *group_mismatch(double meas, double est, double opt,
     }                                                                          \
     *energy = e;                                                               \
     *discarded = 0;                                                            \
+    *out_total = *out_discarded = 0;                                           \
     *have_sigma = false;                                                       \
     /* The power of two the SVD works at (0 for everyday magnitudes), and      \
      * how the factors share it back: first·2^fa, second·2^fb. */              \
@@ -416,10 +518,9 @@ static const char *group_mismatch(double meas, double est, double opt,
         sx = -ex < -SCALE_MAX ? -SCALE_MAX : -ex > SCALE_MAX ? SCALE_MAX : -ex; \
     }                                                                          \
     int fa = -sx / 2, fb = -sx - fa;                                           \
-    T sc = (T)ldexp(1.0, sx);                                                  \
     if (!sigma && R == 0)                                                      \
       goto done;                                                               \
-    if (R == 0 && core_svd_spectrum_uses_gram(gm->m, gm->n)) {                 \
+    if (R == 0 && !gram && core_svd_spectrum_uses_gram(gm->m, gm->n)) {        \
       for (size_t j = 0; j < (size_t)gm->g; j++) {                             \
         snprintf(what, sizeof what, "%s group %zu", name, j);                  \
         core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);   \
@@ -441,33 +542,20 @@ static const char *group_mismatch(double meas, double est, double opt,
       F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
       kn = known ? malloc(k * sizeof *kn) : NULL;                              \
     }                                                                          \
-    if (!A || !all || (R > 0 && (!s || !V || !F || (known && !kn)))) {         \
+    if (gram) {                                                                \
+      Sw = malloc(m * m * sizeof *Sw);                                         \
+      Aw = malloc(m * n * sizeof *Aw);                                         \
+      Fw = R > 0 ? malloc(m * r * sizeof *Fw) : NULL;                          \
+    }                                                                          \
+    if (!A || !all || (R > 0 && (!s || !V || !F || (known && !kn))) ||         \
+        (gram && (!Sw || !Aw || (R > 0 && !Fw)))) {                            \
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
       goto done;                                                               \
     }                                                                          \
-    size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
-    size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
-    size_t kb = (size_t)gm->kb;                                                \
+    size_t O = (size_t)gm->O, kb = (size_t)gm->kb;                             \
     bool every = true;                                                         \
     for (size_t j = 0; j < (size_t)gm->g; j++) {                               \
-      /* A = M_j·2^sx, column-major: A[row + m·col]. */                        \
-      for (size_t o = 0; o < O; o++)                                           \
-        for (size_t i = 0; i < I; i++)                                         \
-          for (size_t h = 0; h < kh; h++) {                                    \
-            const T *src = W + (((j * O + o) * I + i) * kh + h) * kw;          \
-            if (gm->vfirst) {                                                  \
-              T *dst = A + (i * kh + h) + m * (o * kw);                        \
-              for (size_t w = 0; w < kw; w++)                                  \
-                dst[m * w] = src[w];                                           \
-            } else {                                                           \
-              T *dst = A + (i * kw) + m * (o * kh + h);                        \
-              for (size_t w = 0; w < kw; w++)                                  \
-                dst[w] = src[w];                                               \
-            }                                                                  \
-          }                                                                    \
-      if (sx)                                                                  \
-        for (size_t x = 0; x < m * n; x++)                                     \
-          A[x] *= sc;                                                          \
+      gather_##SUFFIX(W, gm, j, sx, A);                                        \
       /* A converted copy of the kernel is done with after the last            \
        * group's gather: release it before the SVD's own buffers exist. */     \
       if (j + 1 == (size_t)gm->g && owned) {                                   \
@@ -475,9 +563,27 @@ static const char *group_mismatch(double meas, double est, double opt,
         owned = NULL;                                                          \
         W = NULL;                                                              \
       }                                                                        \
+      snprintf(what, sizeof what, "%s group %zu", name, j);                    \
       double ej = 0;                                                           \
       for (size_t x = 0; x < m * n; x++)                                       \
         ej += (double)A[x] * (double)A[x];                                     \
+      /* The matrix the SVD factors: A, or A' = Sᵀ·A. */                       \
+      T *M = A;                                                                \
+      double em = ej;                                                          \
+      if (gram) {                                                              \
+        double shift;                                                          \
+        if ((rc = core_calib_factor_##SUFFIX(ctx, what, gram, (int64_t)j,      \
+                                             (int64_t)m, Sw, &shift)) !=       \
+            DECOMP_OK)                                                         \
+          goto done;                                                           \
+        memcpy(Aw, A, m * n * sizeof *Aw);                                     \
+        core_trmm_##SUFFIX(true, (int64_t)m, (int64_t)n, Sw, Aw);              \
+        M = Aw;                                                                \
+        em = 0;                                                                \
+        for (size_t x = 0; x < m * n; x++)                                     \
+          em += (double)Aw[x] * (double)Aw[x];                                 \
+        *out_total += ldexp(em, -2 * sx);                                      \
+      }                                                                        \
       double opt = -1;                                                         \
       if (kn) {                                                                \
         opt = 0;                                                               \
@@ -486,20 +592,22 @@ static const char *group_mismatch(double meas, double est, double opt,
           opt += x >= r ? kn[x] * kn[x] : 0;                                   \
         }                                                                      \
       }                                                                        \
-      snprintf(what, sizeof what, "%s group %zu", name, j);                    \
       bool have = false, exact = false;                                        \
       double dj = 0;                                                           \
       core_svd_report rep;                                                     \
       T *Uj = R > 0 ? F + j * r * m : NULL;                                    \
       core_tick_span(ctx, (double)j / (double)gm->g, 1.0 / (double)gm->g);     \
       for (;;) {                                                               \
-        rc = step_##SUFFIX(ctx, what, gm, A, R, core_svd_seed(name, (int64_t)j), \
-                           ej, kn, exact, all, &have, s, Uj, V, &dj, &rep);    \
+        rc = step_##SUFFIX(ctx, what, gm, M, R, core_svd_seed(name, (int64_t)j), \
+                           em, kn, exact, all, &have, s, Uj, V, &dj, &rep);    \
         if (rc != DECOMP_OK || R == 0)                                         \
           break;                                                               \
+        /* Whitened: the SVD is checked on A' before the factors are taken     \
+         * back through S⁻ᵀ and rounded. */                                    \
         double meas, bound;                                                    \
-        rc = finish_##SUFFIX(ctx, what, gm, A, ej, R, s, Uj, V, wt->dtype,     \
-                             OWN, fa, fb, &meas, &bound);                      \
+        rc = finish_##SUFFIX(ctx, what, gm, M, em, R, s, Uj, V,                \
+                             gram ? OWN : wt->dtype, OWN, fa, fb, &meas,       \
+                             &bound);                                          \
         if (rc != DECOMP_OK)                                                   \
           break;                                                               \
         const char *why = group_mismatch(meas, dj, opt, bound);                \
@@ -507,9 +615,9 @@ static const char *group_mismatch(double meas, double est, double opt,
           core_log(ctx, DECOMP_LOG_WARN, "svd",                                \
                    "matrix=\"%s\" fallback=exact measured=%.6g "               \
                    "estimated=%.6g optimal=%.6g reason=\"%s\"",                \
-                   what, sqrt(meas / (ej > 0 ? ej : 1)),                       \
-                   sqrt(dj / (ej > 0 ? ej : 1)),                               \
-                   opt >= 0 ? sqrt(opt / (ej > 0 ? ej : 1)) : -1.0, why);      \
+                   what, sqrt(meas / (em > 0 ? em : 1)),                       \
+                   sqrt(dj / (em > 0 ? em : 1)),                               \
+                   opt >= 0 ? sqrt(opt / (em > 0 ? em : 1)) : -1.0, why);      \
           exact = true;                                                        \
           continue;                                                            \
         }                                                                      \
@@ -517,11 +625,31 @@ static const char *group_mismatch(double meas, double est, double opt,
           core_log(ctx, DECOMP_LOG_WARN, "svd",                                \
                    "matrix=\"%s\" measured=%.6g estimated=%.6g reason=\"%s\" " \
                    "(the measured error is reported)",                         \
-                   what, sqrt(meas / (ej > 0 ? ej : 1)),                       \
-                   sqrt(dj / (ej > 0 ? ej : 1)), why);                         \
+                   what, sqrt(meas / (em > 0 ? em : 1)),                       \
+                   sqrt(dj / (em > 0 ? em : 1)), why);                         \
         if (exact && !rep.fallback)                                            \
           rep.fallback = "the factors failed their check";                     \
         dj = meas;                                                             \
+        if (gram) {                                                            \
+          /* first = S⁻ᵀ·U'·Σ^½, rounded as written; then what it achieves     \
+           * on the weights and on the outputs. */                             \
+          core_trsm_##SUFFIX(true, (int64_t)m, R, Sw, Uj);                     \
+          if (wt->dtype != OWN)                                                \
+            round_to_##SUFFIX(Uj, m * r, wt->dtype, fa);                       \
+          if (wt->dtype != OWN)                                                \
+            round_to_##SUFFIX(V, n * r, wt->dtype, fb);                        \
+          double dout;                                                         \
+          memcpy(Fw, Uj, m * r * sizeof *Fw);                                  \
+          core_trmm_##SUFFIX(true, (int64_t)m, R, Sw, Fw);                     \
+          if ((rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m,          \
+                                               (int64_t)n, Aw, R, Fw, V,       \
+                                               &dout)) != DECOMP_OK ||         \
+              (rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m,          \
+                                               (int64_t)n, A, R, Uj, V,        \
+                                               &dj)) != DECOMP_OK)             \
+            break;                                                             \
+          *out_discarded += ldexp(dout, -2 * sx);                              \
+        }                                                                      \
         break;                                                                 \
       }                                                                        \
       if (rc != DECOMP_OK)                                                     \
@@ -548,6 +676,8 @@ static const char *group_mismatch(double meas, double est, double opt,
       if (j + 1 == (size_t)gm->g) {                                            \
         free(A);                                                               \
         A = NULL;                                                              \
+        free(Aw);                                                              \
+        Aw = NULL;                                                             \
       }                                                                        \
       if (!S && !(S = malloc((size_t)gm->g * n * r * sizeof *S))) {            \
         rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);      \
@@ -556,11 +686,11 @@ static const char *group_mismatch(double meas, double est, double opt,
       /* Back to the kernel's scale (powers of two: exact). */                 \
       T ua = (T)ldexp(1.0, fa), vb = (T)ldexp(1.0, fb);                        \
       for (size_t q = 0; q < r; q++) {                                         \
-        /* first[(j·R+q), i, p] = U[(i·ka+p), q]·√σ_q, in place. */            \
+        /* first[(j·R+q), i, pa…] = U[(i·ka+pa), q]·√σ_q, in place. */         \
         T *fd = Uj + q * m;                                                    \
         for (size_t x = 0; fa && x < m; x++)                                   \
           fd[x] *= ua;                                                         \
-        /* second[(j·O+o), q, p'] = V[(o·kb+p'), q]·√σ_q. */                   \
+        /* second[(j·O+o), q, pb] = V[(o·kb+pb), q]·√σ_q. */                   \
         const T *vc = V + q * n;                                               \
         for (size_t o = 0; o < O; o++)                                         \
           for (size_t p = 0; p < kb; p++)                                      \
@@ -582,6 +712,9 @@ static const char *group_mismatch(double meas, double est, double opt,
     free(V);                                                                   \
     free(F);                                                                   \
     free(S);                                                                   \
+    free(Sw);                                                                  \
+    free(Aw);                                                                  \
+    free(Fw);                                                                  \
     return rc;                                                                 \
   }
 
@@ -601,15 +734,18 @@ int core_factorize(decomp_ctx *ctx, const decomp_layer *l,
                    const decomp_tensor *weight, core_order order, int64_t R,
                    int bits, bool want_sigma, core_factors *out) {
   core_svd_report rep;
-  return core_factorize_ex(ctx, l, weight, order, R, bits, want_sigma, NULL,
-                           out, &rep);
+  return core_factorize_ex(ctx, l, weight, CORE_METHOD_SPATIAL, order, NULL,
+                           R, bits, want_sigma, NULL, out, &rep);
 }
 
 int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
-                      const decomp_tensor *weight, core_order order, int64_t R,
+                      const decomp_tensor *weight, core_method method,
+                      core_order order, const decomp_tensor *gram, int64_t R,
                       int bits, bool want_sigma, const double *known,
                       core_factors *out, core_svd_report *rep) {
-  geom gm = geom_of(l, order);
+  geom gm = geom_of(l, method, order);
+  if (gm.method == CORE_METHOD_SPATIAL)
+    gram = NULL; /* spatial stays weight-only */
   core_factors f = {.groups = gm.g, .k = gm.k, .dtype = weight->dtype};
   *rep = (core_svd_report){.optimal = -1};
   if (R < 0 || R > gm.k)
@@ -624,13 +760,15 @@ int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
   bool have = false;
   int rc;
   if (bits == 64)
-    rc = layer_f64(ctx, l, weight, &gm, R, known, f.sigma, &have,
-                   &f.energy_total, &f.energy_discarded, rep,
-                   (double **)&first, (double **)&second);
+    rc = layer_f64(ctx, l, weight, &gm, gram, R, known, f.sigma, &have,
+                   &f.energy_total, &f.energy_discarded, &f.out_total,
+                   &f.out_discarded, rep, (double **)&first,
+                   (double **)&second);
   else
-    rc = layer_f32(ctx, l, weight, &gm, R, known, f.sigma, &have,
-                   &f.energy_total, &f.energy_discarded, rep,
-                   (float **)&first, (float **)&second);
+    rc = layer_f32(ctx, l, weight, &gm, gram, R, known, f.sigma, &have,
+                   &f.energy_total, &f.energy_discarded, &f.out_total,
+                   &f.out_discarded, rep, (float **)&first,
+                   (float **)&second);
   if (rc != DECOMP_OK)
     goto fail;
   if (f.sigma && !have) {
@@ -644,10 +782,18 @@ int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
   if (R > 0) {
     int64_t c1 = gm.g * R;
     int64_t *s0 = f.first_shape, *s1 = f.second_shape;
-    s0[0] = c1, s0[1] = gm.I, s0[2] = gm.vfirst ? gm.kh : 1;
-    s0[3] = gm.vfirst ? 1 : gm.kw;
-    s1[0] = l->out_channels, s1[1] = R, s1[2] = gm.vfirst ? 1 : gm.kh;
-    s1[3] = gm.vfirst ? gm.kw : 1;
+    f.ndim = gm.method == CORE_METHOD_LINEAR ? 2 : 4;
+    s0[0] = c1, s0[1] = gm.I;
+    s1[0] = l->out_channels, s1[1] = R;
+    if (gm.method == CORE_METHOD_CHANNEL) {
+      s0[2] = gm.kh, s0[3] = gm.kw; /* [g·R, I, kh, kw] */
+      s1[2] = s1[3] = 1;            /* [Cout, R, 1, 1] */
+    } else if (gm.method == CORE_METHOD_SPATIAL) {
+      s0[2] = gm.vfirst ? gm.kh : 1;
+      s0[3] = gm.vfirst ? 1 : gm.kw;
+      s1[2] = gm.vfirst ? 1 : gm.kh;
+      s1[3] = gm.vfirst ? gm.kw : 1;
+    }
     /* Into the input's dtype. */
     decomp_dtype dt = weight->dtype;
     decomp_dtype have = bits == 64 ? DECOMP_DTYPE_F64 : DECOMP_DTYPE_F32;
@@ -685,16 +831,37 @@ fail:
   return rc;
 }
 
-/* Run one layer in the policy's precision; the factors replace the layer's
- * earlier ones (the spectrum of phase 1, which the rank-R SVD is handed as
- * its known optimum and which stays the layer's sigma). */
+/* Run one layer in the policy's precision. Phase 1 (R == 0): every
+ * candidate's finiteness check, energy and (when asked) spectrum, into
+ * cand[]/cfac[]. Phase 2: the chosen candidate (info.view) at rank R; the
+ * factors replace its phase-1 spectrum, which the SVD is handed as its
+ * known optimum and which stays the layer's sigma. */
 static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
                      struct layer *L, int64_t R, bool want_sigma) {
+  int bits = core_policy_compute_bits(policy, L->weight->dtype);
+  if (R == 0) {
+    for (int c = 0; c < L->ncand; c++) {
+      core_layer_view *v = &L->cand[c];
+      core_factors f;
+      int rc = core_factorize_ex(ctx, L->info.layer, L->weight, v->method,
+                                 v->order, v->whitened ? L->gram : NULL, 0,
+                                 bits, want_sigma, NULL, &f, &L->rep);
+      if (rc != DECOMP_OK)
+        return rc;
+      core_factors_clear(&L->cfac[c]);
+      L->cfac[c] = f;
+      v->groups = f.groups;
+      v->energy_total = v->whitened ? f.out_total : f.energy_total;
+      v->sigma = f.sigma;
+      L->info.energy_total = f.energy_total;
+    }
+    return DECOMP_OK;
+  }
+  const core_layer_view *v = &L->info.view;
   core_factors f;
-  int rc = core_factorize_ex(
-      ctx, L->info.layer, L->weight, L->info.view.order, R,
-      core_policy_compute_bits(policy, L->weight->dtype), want_sigma,
-      R > 0 ? L->fac.sigma : NULL, &f, &L->rep);
+  int rc = core_factorize_ex(ctx, L->info.layer, L->weight, v->method,
+                             v->order, v->whitened ? L->gram : NULL, R, bits,
+                             want_sigma, L->fac.sigma, &f, &L->rep);
   if (rc != DECOMP_OK)
     return rc;
   core_factors_clear(&L->fac);
@@ -702,6 +869,8 @@ static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
   L->info.sigma = f.sigma;
   L->info.energy_total = f.energy_total;
   L->info.energy_discarded = f.energy_discarded;
+  L->info.out_total = f.out_total;
+  L->info.out_discarded = f.out_discarded;
   return DECOMP_OK;
 }
 
@@ -720,8 +889,12 @@ static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
  * matrices from about 1600 up (torchvision resnet50's largest, 1536, runs
  * in the pool). */
 static bool layer_heavy(const struct layer *L) {
-  geom gm = geom_of(L->info.layer, L->info.view.order);
-  return (double)gm.m * (double)gm.n * (double)gm.k >= 4294967296.0;
+  for (int c = 0; c < L->ncand; c++) {
+    geom gm = geom_view(&L->cand[c]);
+    if ((double)gm.m * (double)gm.n * (double)gm.k >= 4294967296.0)
+      return true;
+  }
+  return false;
 }
 
 struct pool {
@@ -877,6 +1050,12 @@ static int add_new(decomp_weights *rw, struct layer *L, const char *suffix,
       .stride = {shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3],
                  1},
       .data = data};
+  if (L->fac.ndim == 2) { /* a Linear's [R, in] and [out, R] */
+    t.ndim = 2;
+    t.stride[0] = shape[1];
+    t.stride[1] = 1;
+    t.shape[2] = t.shape[3] = t.stride[2] = t.stride[3] = 0;
+  }
   int rc = decomp_weights_add_owned(rw, &t, data);
   free(name);
   return rc;
@@ -1014,14 +1193,16 @@ static bool choose_view(const decomp_policy *policy, const decomp_layer *l,
 /* The relative error of the best rank-R pair (Eckart–Young) from the
  * layer's spectrum, or -1 when its spectrum is not known. */
 static double optimal_error(const struct layer *L) {
-  if (!L->info.sigma || !(L->info.energy_total > 0))
+  double total = L->info.view.whitened ? L->info.out_total
+                                       : L->info.energy_total;
+  if (!L->info.sigma || !(total > 0))
     return -1;
   size_t k = (size_t)L->fac.k, R = (size_t)L->info.rank;
   double tail = 0;
   for (size_t j = 0; j < (size_t)L->fac.groups; j++)
     for (size_t x = k; x-- > R;)
       tail += L->info.sigma[j * k + x] * L->info.sigma[j * k + x];
-  return sqrt(tail / L->info.energy_total);
+  return sqrt(tail / total);
 }
 
 /* What the calling thread does once a layer of the phase is done, in spec
@@ -1033,28 +1214,29 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
   if (L->job && L->rc != DECOMP_OK)
     return core_fail(ctx, L->rc, "%s", L->err ? L->err : "out of memory");
   if (phase == 1) {
-    L->info.view.groups = L->fac.groups;
-    L->info.view.energy_total = L->info.energy_total;
-    L->info.view.sigma = L->fac.sigma;
-    if (L->job_event)
+    for (int c = 0; L->job_event && c < L->ncand; c++) {
+      geom gm = geom_view(&L->cand[c]);
       core_log(ctx, DECOMP_LOG_DEBUG, "svd",
-               "layer=%s phase=spectrum max_rank=%lld sigma_max=%g "
-               "method=%s seconds=%.3f",
-               l->name, (long long)L->fac.k,
-               L->fac.sigma ? L->fac.sigma[0] : 0.0,
-               core_svd_spectrum_uses_gram(geom_of(l, L->info.view.order).m,
-                                           geom_of(l, L->info.view.order).n)
+               "layer=%s phase=spectrum candidate=%s max_rank=%lld "
+               "sigma_max=%g whitened=%d method=%s seconds=%.3f",
+               l->name, core_method_name(L->cand[c].method),
+               (long long)L->cfac[c].k,
+               L->cfac[c].sigma ? L->cfac[c].sigma[0] : 0.0,
+               (int)L->cand[c].whitened,
+               !L->cand[c].whitened && core_svd_spectrum_uses_gram(gm.m, gm.n)
                    ? "gram"
                    : "gesdd",
                L->seconds);
+    }
     return DECOMP_OK;
   }
   if (L->info.rank > 0)
     core_log(ctx, DECOMP_LOG_INFO, "svd",
-             "layer=%s rank=%lld max_rank=%lld order=%s "
+             "layer=%s decomposition=%s rank=%lld max_rank=%lld order=%s "
              "relative_error=%.6g method=%s steps=%d basis=%lld block=%lld "
              "deflated=%lld fallback=\"%s\" optimal_error=%.6g seconds=%.3f",
-             l->name, (long long)L->info.rank, (long long)L->info.view.max_rank,
+             l->name, core_method_name(L->info.view.method),
+             (long long)L->info.rank, (long long)L->info.view.max_rank,
              core_order_name(L->info.view.order),
              L->info.energy_total > 0
                  ? sqrt(L->info.energy_discarded / L->info.energy_total)
@@ -1078,7 +1260,7 @@ static int drain(decomp_ctx *ctx, const decomp_options *opts, struct pool *P,
                  int phase) {
   for (; *next < n; (*next)++) {
     struct layer *L = &Ls[*next];
-    if (!L->info.is_conv || (phase == 1 && !L->job))
+    if (!L->info.considered || (phase == 1 && !L->job))
       continue;
     if (layer_state(P, L) != JOB_DONE)
       return DECOMP_OK;
@@ -1107,7 +1289,7 @@ static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
     Ls[i].state = JOB_IDLE;
   for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
     struct layer *L = &Ls[i];
-    if (!L->info.is_conv)
+    if (!L->info.considered)
       continue;
     if (L->job) {
       if (phase == 1 && L->job_event)
@@ -1163,9 +1345,67 @@ static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
   return rc;
 }
 
+/* Whether a spec layer is one the run considers: a Conv2d, or a Linear
+ * when the policy's types take Linear layers. */
+static bool considered(const decomp_policy *policy, const decomp_layer *l) {
+  return core_layer_is_conv(l) ||
+         (core_layer_is_linear(l) &&
+          core_policy_methods(policy, l) == CORE_METHODS_LINEAR);
+}
+
+/* An eligible layer's candidate decompositions, in a fixed order (spatial,
+ * then channel; a Linear has one). A layer with a Gram takes the
+ * data-aware methods (channel, Linear) whitened, and leaves spatial out
+ * unless it is the only method the policy allows (then its Gram is not
+ * used: no data-aware spatial pair has a closed-form optimum). */
+static int candidates(decomp_ctx *ctx, const decomp_policy *policy,
+                      struct layer *L) {
+  const decomp_layer *l = L->info.layer;
+  unsigned m = core_policy_methods(policy, l);
+  if (L->gram && m == CORE_METHODS_SPATIAL) {
+    core_log(ctx, DECOMP_LOG_INFO, "calibration",
+             "layer=%s spatial_svd is weight-only: its Gram is not used "
+             "(\"methods\": [\"channel\"] uses it)",
+             l->name);
+    L->gram = NULL;
+    L->info.samples = 0;
+  }
+  if (L->gram)
+    m &= ~CORE_METHODS_SPATIAL;
+  char why[160];
+  L->ncand = 0;
+  if (m & CORE_METHODS_SPATIAL) {
+    if (choose_view(policy, l, &L->cand[L->ncand], why, sizeof why))
+      L->ncand++;
+  }
+  if (m & (CORE_METHODS_CHANNEL | CORE_METHODS_LINEAR)) {
+    core_layer_view *v = &L->cand[L->ncand];
+    if (core_layer_view_init_method(l, CORE_METHOD_CHANNEL,
+                                    CORE_ORDER_VERTICAL_FIRST, v, why,
+                                    sizeof why)) {
+      v->whitened = L->gram != NULL;
+      L->ncand++;
+    }
+  }
+  for (int c = 0; c < L->ncand; c++) {
+    geom gm = geom_view(&L->cand[c]);
+    if (L->cand[c].max_rank != gm.k)
+      return core_fail(ctx, DECOMP_ERR_INTERNAL,
+                       "%s: cost model says max rank %lld, the matrix %lld",
+                       l->name, (long long)L->cand[c].max_rank,
+                       (long long)gm.k);
+  }
+  if (L->ncand == 0)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL,
+                     "%s: eligible but no method applies", l->name);
+  return DECOMP_OK;
+}
+
 static void free_layers(struct layer *Ls, size_t n) {
   for (size_t i = 0; Ls && i < n; i++) {
     core_factors_clear(&Ls[i].fac);
+    core_factors_clear(&Ls[i].cfac[0]);
+    core_factors_clear(&Ls[i].cfac[1]);
     free(Ls[i].err);
   }
   free(Ls);
@@ -1182,7 +1422,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     return rc;
 
   size_t n = decomp_spec_count(spec), total = 0, conv = 0, ncand = 0;
-  size_t ndec = 0;
+  size_t ndec = 0, nviews = 0;
   struct layer *Ls = calloc(n ? n : 1, sizeof *Ls);
   core_layer_view *views = NULL;
   core_rank_decision *dec = NULL;
@@ -1190,14 +1430,20 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   core_info_layer *infos = NULL;
   decomp_result *res = NULL;
   decomp_weights *rw = NULL;
+  core_calib *calib = NULL;
   char *name = NULL;
   struct pool pool = {0}, *P = NULL;
   int threads = 0, blas_saved = 0;
   if (!Ls)
     goto nomem;
+  /* A calibration is checked whole before any work. */
+  if (opts && opts->calibration &&
+      (rc = core_calib_open(ctx, opts->calibration, spec, &calib)) !=
+          DECOMP_OK)
+    goto fail;
   double t_run = core_now();
   for (size_t i = 0; i < n; i++)
-    total += core_layer_is_conv(decomp_spec_at(spec, i));
+    total += considered(policy, decomp_spec_at(spec, i));
   /* threads ≥ 1: this call owns that many cores (decomp.h). */
   threads = opts && opts->threads > 0 ? opts->threads : 0;
   if (threads > 0) {
@@ -1212,27 +1458,34 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     P = &pool;
   }
 
-  /* Phase 1: eligibility, finiteness, spectra. */
+  /* Phase 1: eligibility, candidates, finiteness, spectra. */
   for (size_t i = 0; i < n; i++) {
     struct layer *L = &Ls[i];
     const decomp_layer *l = decomp_spec_at(spec, i);
     L->info.layer = l;
-    if (!core_layer_is_conv(l)) {
-      L->info.skip_reason = "not a Conv2d";
+    if (!considered(policy, l)) {
+      L->info.skip_reason =
+          core_layer_names_linear(l) && !core_layer_is_linear(l)
+              ? "Linear given without in_features/out_features in the spec"
+          : core_layer_is_linear(l)
+              ? "Linear layers are not among the policy's types (\"types\": "
+                "[\"Conv2d\", \"Linear\"] takes both)"
+              : "not a Conv2d or Linear";
       continue;
     }
-    L->info.is_conv = true;
+    L->info.considered = true;
     L->conv_index = conv++;
     double t0 = core_now();
     char why_view[160] = "";
     L->info.has_view =
         choose_view(policy, l, &L->info.view, why_view, sizeof why_view);
-    if (!core_policy_eligible(policy, l, L->why, sizeof L->why)) {
-      L->info.skip_reason = L->why;
-      continue;
+    if (!L->info.has_view && !core_layer_is_linear(l)) {
+      /* The summary's cost model for a conv with a side of 1. */
+      core_layer_view_init_method(l, CORE_METHOD_CHANNEL,
+                                  CORE_ORDER_VERTICAL_FIRST, &L->info.view,
+                                  why_view, sizeof why_view);
     }
-    if (!L->info.has_view) {
-      snprintf(L->why, sizeof L->why, "%s", why_view);
+    if (!core_policy_eligible(policy, l, L->why, sizeof L->why)) {
       L->info.skip_reason = L->why;
       continue;
     }
@@ -1250,18 +1503,19 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
       rc = core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: no weight", l->name);
       goto fail;
     }
-    geom gm = geom_of(l, L->info.view.order);
-    if (L->info.view.max_rank != gm.k) {
-      rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
-                     "%s: cost model says max rank %lld, the matrix %lld",
-                     l->name, (long long)L->info.view.max_rank,
-                     (long long)gm.k);
+    int64_t samples = 0;
+    L->gram = core_calib_gram(calib, l, &samples);
+    L->info.samples = L->gram ? samples : 0;
+    if ((rc = candidates(ctx, policy, L)) != DECOMP_OK)
       goto fail;
-    }
+    L->info.view = L->cand[0];
+    L->info.has_view = true;
     L->candidate = true;
     ncand++;
+    nviews += (size_t)L->ncand;
     /* Spectra the policy needs, and those the info file records that the
      * factorization would not give (large layers take the truncated SVD). */
+    geom gm = geom_view(&L->cand[0]);
     L->job = true;
     L->job_event = core_policy_needs_spectrum(policy, l);
     L->job_sigma = L->job_event || (opts && opts->record_spectra &&
@@ -1274,23 +1528,25 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   if (rc != DECOMP_OK)
     goto fail;
 
-  /* Ranks, all at once. */
-  views = calloc(ncand ? ncand : 1, sizeof *views);
-  dec = calloc(ncand ? ncand : 1, sizeof *dec);
+  /* Ranks, all at once: every candidate of every layer, each layer's
+   * candidates side by side. */
+  views = calloc(nviews ? nviews : 1, sizeof *views);
+  dec = calloc(nviews ? nviews : 1, sizeof *dec);
   if (!views || !dec)
     goto nomem;
-  /* The spec's other convs count at full cost in a whole-model budget. */
+  /* The spec's other layers count at full cost in a whole-model budget. */
   double rest_macs = 0, rest_params = 0;
   for (size_t i = 0, c = 0; i < n; i++) {
     if (Ls[i].candidate) {
-      views[c++] = Ls[i].info.view;
-    } else if (Ls[i].info.is_conv) {
+      for (int x = 0; x < Ls[i].ncand; x++)
+        views[c++] = Ls[i].cand[x];
+    } else if (Ls[i].info.considered) {
       rest_macs += Ls[i].info.view.macs_before;
       rest_params += Ls[i].info.view.params_before;
     }
   }
-  rc = core_policy_choose_in(ctx, policy, views, ncand, rest_macs, rest_params,
-                             dec);
+  rc = core_policy_choose_in(ctx, policy, views, nviews, rest_macs,
+                             rest_params, dec);
   if (rc != DECOMP_OK)
     goto fail;
 
@@ -1299,9 +1555,23 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     struct layer *L = &Ls[i];
     const decomp_layer *l = L->info.layer;
     L->job = false;
-    if (!L->info.is_conv || !L->candidate)
+    if (!L->info.considered || !L->candidate)
       continue;
-    core_rank_decision *d = &dec[c++];
+    /* The chosen candidate (at most one has a rank), else the first's
+     * reason; its spectrum becomes the layer's. */
+    int chosen = 0;
+    for (int x = 0; x < L->ncand; x++)
+      if (dec[c + (size_t)x].rank > 0)
+        chosen = x;
+    core_rank_decision *d = &dec[c + (size_t)chosen];
+    c += (size_t)L->ncand;
+    L->info.view = L->cand[chosen];
+    core_factors_clear(&L->fac);
+    L->fac = L->cfac[chosen];
+    L->cfac[chosen] = (core_factors){0};
+    L->info.sigma = L->fac.sigma;
+    if (L->info.view.whitened)
+      L->info.out_total = L->info.view.energy_total;
     if (d->rank < 0 || d->rank > L->info.view.max_rank) {
       rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
                      "%s: policy chose rank %lld of at most %lld", l->name,
@@ -1360,8 +1630,15 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   const char *fmt = opts && opts->source_format
                         ? opts->source_format
                         : decomp_format_name(decomp_weights_format(w));
-  rc = core_info_build(ctx, policy, opts ? opts->source_digest : NULL, fmt,
-                       opts && opts->record_spectra, infos, n, &res->info);
+  core_info_run run = {
+      .source_digest = opts ? opts->source_digest : NULL,
+      .source_format = fmt,
+      .record_spectra = opts && opts->record_spectra,
+      .calibrated = calib != NULL,
+      .calibration_digest = opts && calib ? opts->calibration_digest : NULL,
+      .calibration_layers = core_calib_count(calib),
+  };
+  rc = core_info_build(ctx, policy, &run, infos, n, &res->info);
   if (rc != DECOMP_OK)
     goto fail;
   core_log(ctx, DECOMP_LOG_INFO, "svd",
@@ -1387,6 +1664,7 @@ out:
   free(idx);
   free(views);
   free(dec);
+  core_calib_free(calib);
   free_layers(Ls, n);
   decomp_weights_free(rw);
   decomp_result_free(res);

@@ -37,9 +37,30 @@ static json_t *number(double x) {
   return json_real(x);
 }
 
-/* The conv's fields as the layer spec names them. */
+/* A Linear's fields as the layer spec names them. */
+static json_t *linear_json(const char *name, const decomp_layer *l) {
+  json_t *o = json_object();
+  if (!o)
+    return NULL;
+  int bad = 0;
+  if (name)
+    bad |= json_object_set_new(o, "name", json_string(name));
+  bad |= json_object_set_new(o, "type", json_string("Linear"));
+  bad |= json_object_set_new(o, "in_features", json_integer(l->in_channels));
+  bad |= json_object_set_new(o, "out_features", json_integer(l->out_channels));
+  bad |= json_object_set_new(o, "bias", json_boolean(l->bias));
+  if (bad) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+/* The conv's (or Linear's) fields as the layer spec names them. */
 static json_t *conv_json(const char *name, const decomp_layer *l,
                          unsigned known) {
+  if (core_layer_is_linear(l))
+    return linear_json(name, l);
   json_t *o = json_object();
   if (!o)
     return NULL;
@@ -73,11 +94,30 @@ static json_t *conv_json(const char *name, const decomp_layer *l,
   return o;
 }
 
-/* The two convs replacing `l` at rank R (DESIGN "The decomposition"): the
- * first keeps its own axis's kernel, stride, padding and dilation and gets
- * 1, 1, 0, 1 on the other; only the second has the bias. */
-static void info_modules(const decomp_layer *l, core_order order, int64_t R,
-                         decomp_layer out[2]) {
+/* The two modules replacing `l` at rank R (DESIGN "The decomposition",
+ * "Beyond spatial SVD"). Spatial: the first conv keeps its own axis's
+ * kernel, stride, padding and dilation and gets 1, 1, 0, 1 on the other.
+ * Channel: the first conv is the layer's own with g·R outputs, the second
+ * a 1x1 (stride 1, padding 0, dilation 1, zeros) with the same groups.
+ * Linear: in → R, then R → out. Only the second has the bias. */
+static void info_modules(const decomp_layer *l, core_method method,
+                         core_order order, int64_t R, decomp_layer out[2]) {
+  if (method != CORE_METHOD_SPATIAL) {
+    out[0] = out[1] = *l;
+    out[0].out_channels = out[1].in_channels = l->groups * R;
+    out[0].bias = false;
+    decomp_layer *m = &out[1];
+    m->kernel_size[0] = m->kernel_size[1] = 1;
+    m->stride[0] = m->stride[1] = 1;
+    m->padding[0] = m->padding[1] = 0;
+    m->padding_kind = DECOMP_PADDING_EXPLICIT;
+    m->dilation[0] = m->dilation[1] = 1;
+    m->padding_mode = DECOMP_PAD_ZEROS;
+    m->input_size[0] = m->input_size[1] = 0;
+    if (l->input_size[0] > 0 && !core_layer_is_linear(l))
+      core_layer_output_size(l, m->input_size);
+    return;
+  }
   int first_ax = order == CORE_ORDER_VERTICAL_FIRST ? 0 : 1;
   for (int c = 0; c < 2; c++) {
     decomp_layer *m = &out[c];
@@ -99,10 +139,10 @@ static void info_modules(const decomp_layer *l, core_order order, int64_t R,
   }
 }
 
-static json_t *modules_json(const decomp_layer *l, core_order order, int64_t R,
-                            unsigned known) {
+static json_t *modules_json(const decomp_layer *l, core_method method,
+                            core_order order, int64_t R, unsigned known) {
   decomp_layer m[2];
-  info_modules(l, order, R, m);
+  info_modules(l, method, order, R, m);
   json_t *arr = json_array();
   for (int c = 0; arr && c < 2; c++) {
     size_t len = strlen(l->name) + 3;
@@ -166,9 +206,11 @@ static int add_spectra(json_t *o, const core_info_layer *L) {
 }
 
 int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
-                    const char *source_digest, const char *source_format,
-                    bool record_spectra, const core_info_layer *layers,
+                    const core_info_run *run, const core_info_layer *layers,
                     size_t n, char **out) {
+  const char *source_digest = run->source_digest;
+  const char *source_format = run->source_format;
+  bool record_spectra = run->record_spectra;
   json_t *root = NULL, *arr = NULL, *skipped = NULL, *changes = NULL;
   json_t *pol = NULL;
   int bad = 0;
@@ -194,6 +236,11 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       json_pack("{s:s?,s:s?}", "digest", source_digest, "format",
                 source_format));
   bad |= json_object_set(root, "policy", pol);
+  if (run->calibrated)
+    bad |= json_object_set_new(
+        root, "calibration",
+        json_pack("{s:s?,s:I}", "digest", run->calibration_digest, "layers",
+                  (json_int_t)run->calibration_layers));
 
   double p_before = 0, p_after = 0, m_before = 0, m_after = 0, worst = 0;
   bool estimated = false; /* some conv had no input_size */
@@ -207,7 +254,7 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       if (s && record_spectra)
         bad |= add_spectra(s, L);
       bad |= json_array_append_new(skipped, s);
-      if (L->is_conv) { /* at full cost */
+      if (L->considered) { /* at full cost */
         estimated |= L->view.macs_estimated;
         p_before += L->view.params_before;
         p_after += L->view.params_before;
@@ -242,6 +289,18 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
         json_real(v->macs_before > 0 ? ma / v->macs_before : 0.0));
     bad |= json_object_set_new(stats, "relative_error", json_real(rel));
     bad |= json_object_set_new(stats, "energy_retained", json_real(kept));
+    if (v->whitened) {
+      double orel = L->out_total > 0 ? sqrt(L->out_discarded / L->out_total)
+                                     : 0.0;
+      bad |= json_object_set_new(stats, "output_relative_error",
+                                 json_real(orel));
+      bad |= json_object_set_new(
+          stats, "output_energy_retained",
+          json_real(L->out_total > 0 ? 1.0 - L->out_discarded / L->out_total
+                                     : 1.0));
+      bad |= json_object_set_new(stats, "samples",
+                                 json_integer((json_int_t)L->samples));
+    }
     if (record_spectra)
       bad |= add_spectra(stats, L);
     json_t *o = json_object();
@@ -250,15 +309,18 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       goto nomem;
     }
     bad |= json_object_set_new(o, "name", json_string(l->name));
-    bad |= json_object_set_new(o, "method", json_string("spatial_svd"));
+    bad |= json_object_set_new(o, "method",
+                               json_string(core_method_name(v->method)));
     bad |= json_object_set_new(o, "rank", json_integer(L->rank));
     bad |= json_object_set_new(o, "max_rank", json_integer(v->max_rank));
-    bad |= json_object_set_new(o, "order",
-                               json_string(core_order_name(v->order)));
+    if (v->method == CORE_METHOD_SPATIAL)
+      bad |= json_object_set_new(o, "order",
+                                 json_string(core_order_name(v->order)));
     bad |= json_object_set_new(o, "original",
                                conv_json(NULL, l, KNOW_ALL | KNOW_INPUT));
     bad |= json_object_set_new(
-        o, "modules", modules_json(l, v->order, L->rank, KNOW_ALL | KNOW_INPUT));
+        o, "modules",
+        modules_json(l, v->method, v->order, L->rank, KNOW_ALL | KNOW_INPUT));
     bad |= json_object_set_new(o, "stats", stats);
     bad |= json_array_append_new(arr, o);
     bad |= json_object_set_new(changes, l->name, changes_entry(l->name));
@@ -424,6 +486,10 @@ static int parse_conv(const reader *rd, json_t *obj, decomp_layer *l,
       return rc;
     *known |= KNOW_INPUT;
   }
+  return DECOMP_OK;
+}
+
+static int spatial_kernel(const reader *rd, const decomp_layer *l) {
   if (l->kernel_size[0] < 2 || l->kernel_size[1] < 2)
     return BAD(rd, "%s: a %lldx%lld kernel cannot be spatially decomposed",
                rd->where, (long long)l->kernel_size[0],
@@ -431,12 +497,37 @@ static int parse_conv(const reader *rd, json_t *obj, decomp_layer *l,
   return DECOMP_OK;
 }
 
-static int64_t max_rank_of(const decomp_layer *l, core_order order) {
-  int64_t I = l->in_channels / l->groups, O = l->out_channels / l->groups;
-  int64_t a = order == CORE_ORDER_VERTICAL_FIRST ? I * l->kernel_size[0]
-                                                 : I * l->kernel_size[1];
-  int64_t b = order == CORE_ORDER_VERTICAL_FIRST ? O * l->kernel_size[1]
-                                                 : O * l->kernel_size[0];
+/* A Linear's fields from `obj` into *l. */
+static int parse_linear(const reader *rd, json_t *obj, decomp_layer *l) {
+  if (!json_is_object(obj))
+    return BAD(rd, "%s: not a JSON object", rd->where);
+  *l = (decomp_layer){.type = "Linear", .bias = true};
+  json_t *t = json_object_get(obj, "type");
+  if (!(json_is_string(t) && strcmp(json_string_value(t), "Linear") == 0))
+    return BAD(rd, "%s: type is not Linear", rd->where);
+  if (!get_int(json_object_get(obj, "in_features"), &l->in_channels) ||
+      l->in_channels < 1)
+    return BAD(rd, "%s: in_features is missing or not a positive int",
+               rd->where);
+  if (!get_int(json_object_get(obj, "out_features"), &l->out_channels) ||
+      l->out_channels < 1)
+    return BAD(rd, "%s: out_features is missing or not a positive int",
+               rd->where);
+  json_t *b = json_object_get(obj, "bias");
+  if (b) {
+    if (!json_is_boolean(b))
+      return BAD(rd, "%s: bias is not true or false", rd->where);
+    l->bias = json_is_true(b);
+  }
+  core_layer_linear_fields(l);
+  return DECOMP_OK;
+}
+
+static int64_t max_rank_of(const decomp_layer *l, core_method method,
+                           core_order order) {
+  core_layer_view v = {.layer = l, .method = method, .order = order};
+  int64_t a, b;
+  core_view_matrix(&v, &a, &b);
   return a < b ? a : b;
 }
 
@@ -457,15 +548,25 @@ static int check_layer(decomp_ctx *ctx, json_t *o, size_t i,
     return BAD(&rd, "%s: listed twice", where);
   json_object_set_new(names, name, json_true());
   const char *method = json_string_value(json_object_get(o, "method"));
-  if (!method || strcmp(method, "spatial_svd") != 0)
-    return BAD(&rd, "%s: method is not \"spatial_svd\"", where);
+  core_method meth;
+  if (method && strcmp(method, "spatial_svd") == 0)
+    meth = CORE_METHOD_SPATIAL;
+  else if (method && strcmp(method, "channel_svd") == 0)
+    meth = CORE_METHOD_CHANNEL;
+  else if (method && strcmp(method, "svd") == 0)
+    meth = CORE_METHOD_LINEAR;
+  else
+    return BAD(&rd,
+               "%s: method is not \"spatial_svd\", \"channel_svd\" or "
+               "\"svd\"",
+               where);
   const char *ord = json_string_value(json_object_get(o, "order"));
-  core_order order;
+  core_order order = CORE_ORDER_VERTICAL_FIRST;
   if (ord && strcmp(ord, "vertical_first") == 0)
     order = CORE_ORDER_VERTICAL_FIRST;
   else if (ord && strcmp(ord, "horizontal_first") == 0)
     order = CORE_ORDER_HORIZONTAL_FIRST;
-  else
+  else if (meth == CORE_METHOD_SPATIAL || ord)
     return BAD(&rd, "%s: order is not vertical_first or horizontal_first",
                where);
   int64_t rank, mr;
@@ -475,12 +576,17 @@ static int check_layer(decomp_ctx *ctx, json_t *o, size_t i,
   snprintf(owhere, sizeof owhere, "%s: original", where);
   reader ord_rd = {ctx, owhere};
   decomp_layer l;
-  unsigned known;
-  int rc = parse_conv(&ord_rd, json_object_get(o, "original"), &l, &known);
+  unsigned known = KNOW_ALL;
+  json_t *orig = json_object_get(o, "original");
+  int rc = meth == CORE_METHOD_LINEAR
+               ? parse_linear(&ord_rd, orig, &l)
+               : parse_conv(&ord_rd, orig, &l, &known);
+  if (!rc && meth == CORE_METHOD_SPATIAL)
+    rc = spatial_kernel(&ord_rd, &l);
   if (rc)
     return rc;
   l.name = name;
-  int64_t max = max_rank_of(&l, order);
+  int64_t max = max_rank_of(&l, meth, order);
   if (rank > max)
     return BAD(&rd, "%s: rank %lld is above the largest rank %lld", where,
                (long long)rank, (long long)max);
@@ -490,10 +596,14 @@ static int check_layer(decomp_ctx *ctx, json_t *o, size_t i,
   json_t *mods = json_object_get(o, "modules");
   if (!json_is_array(mods) || json_array_size(mods) != 2)
     return BAD(&rd, "%s: modules is not a list of two convs", where);
-  json_t *want = modules_json(&l, order, rank, known);
+  json_t *want = modules_json(&l, meth, order, rank, known);
   if (!want)
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
   rc = DECOMP_OK;
+  static const char *const needed[] = {"name",         "type",
+                                       "in_channels",  "out_channels",
+                                       "kernel_size",  "in_features",
+                                       "out_features", NULL};
   for (size_t c = 0; c < 2 && !rc; c++) {
     json_t *got = json_array_get(mods, c), *exp = json_array_get(want, c);
     if (!json_is_object(got)) {
@@ -504,9 +614,10 @@ static int check_layer(decomp_ctx *ctx, json_t *o, size_t i,
     json_t *ev;
     json_object_foreach(exp, key, ev) {
       json_t *gv = json_object_get(got, key);
-      if (strcmp(key, "name") == 0 || strcmp(key, "type") == 0 ||
-          strcmp(key, "in_channels") == 0 || strcmp(key, "out_channels") == 0 ||
-          strcmp(key, "kernel_size") == 0) {
+      bool need = false;
+      for (const char *const *f = needed; *f; f++)
+        need = need || strcmp(*f, key) == 0;
+      if (need) {
         if (!gv) {
           rc = BAD(&rd, "%s: modules[%zu] lacks %s", where, c, key);
           break;
@@ -515,8 +626,8 @@ static int check_layer(decomp_ctx *ctx, json_t *o, size_t i,
       if (gv && !json_equal(gv, ev)) {
         char *g = json_dumps(gv, JSON_COMPACT | JSON_ENCODE_ANY);
         char *e = json_dumps(ev, JSON_COMPACT | JSON_ENCODE_ANY);
-        rc = BAD(&rd, "%s: modules[%zu].%s is %s, its original, order and "
-                      "rank make %s",
+        rc = BAD(&rd, "%s: modules[%zu].%s is %s, its original, method, "
+                      "order and rank make %s",
                  where, c, key, g ? g : "?", e ? e : "?");
         free(g);
         free(e);
@@ -657,6 +768,8 @@ static int convert_entry(decomp_ctx *ctx, json_t *e, size_t i, json_t *names,
   decomp_layer l;
   unsigned known;
   int rc = parse_conv(&ord, ori, &l, &known);
+  if (!rc)
+    rc = spatial_kernel(&ord, &l);
   if (rc)
     return rc;
   l.name = name;
@@ -675,7 +788,7 @@ static int convert_entry(decomp_ctx *ctx, json_t *e, size_t i, json_t *names,
                (long long)l.groups);
   int64_t R = f[0] / l.groups;
   decomp_layer m[2];
-  info_modules(&l, order, R, m);
+  info_modules(&l, CORE_METHOD_SPATIAL, order, R, m);
   int64_t wf[4] = {m[0].out_channels, m[0].in_channels / l.groups,
                    m[0].kernel_size[0], m[0].kernel_size[1]};
   int64_t ws[4] = {m[1].out_channels, m[1].in_channels / l.groups,
@@ -691,7 +804,7 @@ static int convert_entry(decomp_ctx *ctx, json_t *e, size_t i, json_t *names,
                  (long long)want[0], (long long)want[1], (long long)want[2],
                  (long long)want[3]);
   }
-  int64_t max = max_rank_of(&l, order);
+  int64_t max = max_rank_of(&l, CORE_METHOD_SPATIAL, order);
   if (R > max)
     return BAD(&rd, "%s: rank %lld is above the largest rank %lld", where,
                (long long)R, (long long)max);
@@ -705,7 +818,8 @@ static int convert_entry(decomp_ctx *ctx, json_t *e, size_t i, json_t *names,
   bad |= json_object_set_new(o, "max_rank", json_integer(max));
   bad |= json_object_set_new(o, "order", json_string(core_order_name(order)));
   bad |= json_object_set_new(o, "original", conv_json(NULL, &l, known));
-  bad |= json_object_set_new(o, "modules", modules_json(&l, order, R, known));
+  bad |= json_object_set_new(
+      o, "modules", modules_json(&l, CORE_METHOD_SPATIAL, order, R, known));
   bad |= json_object_set_new(o, "reference_mode", json_string(mode));
   if (bad) {
     json_decref(o);

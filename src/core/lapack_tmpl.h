@@ -176,3 +176,30 @@ out:
   free(s);
   return rc;
 }
+
+int SFX(core_chol)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
+                   bool *pd) {
+  int rc = check_sym(ctx, what, n);
+  if (rc != DECOMP_OK)
+    return rc;
+  lapack_int info = LA(potrf_work)(LAPACK_COL_MAJOR, 'L', (lapack_int)n, a,
+                                   (lapack_int)n);
+  if (info < 0)
+    return check_info(ctx, what, info, P "potrf");
+  *pd = info == 0;
+  for (int64_t j = 1; *pd && j < n; j++) /* the upper triangle: zeros */
+    memset(a + (size_t)n * (size_t)j, 0, (size_t)j * sizeof *a);
+  return DECOMP_OK;
+}
+
+void SFX(core_trmm)(bool trans, int64_t n, int64_t k, const T *l, T *b) {
+  CB(trmm)(CblasColMajor, CblasLeft, CblasLower,
+           trans ? CblasTrans : CblasNoTrans, CblasNonUnit, (blasint)n,
+           (blasint)k, (T)1, l, (blasint)n, b, (blasint)n);
+}
+
+void SFX(core_trsm)(bool trans, int64_t n, int64_t k, const T *l, T *b) {
+  CB(trsm)(CblasColMajor, CblasLeft, CblasLower,
+           trans ? CblasTrans : CblasNoTrans, CblasNonUnit, (blasint)n,
+           (blasint)k, (T)1, l, (blasint)n, b, (blasint)n);
+}

@@ -64,6 +64,10 @@ struct decomp_policy {
   bool require_cheaper;   /* skip a layer whose rank would not make it
                              cheaper (default; false keeps any rank, e.g.
                              full rank to check a model reproduces) */
+  unsigned types;         /* CORE_TYPE_* bits: the layer types considered */
+  unsigned methods;       /* CORE_METHODS_* bits: the candidates allowed */
+  double max_layer_error; /* budget: no layer beyond this relative error */
+  bool strict;            /* budget: an unreachable target is an error */
 };
 
 /* --- parsing ------------------------------------------------------------ */
@@ -117,6 +121,10 @@ static decomp_policy *policy_alloc(pol_kind k) {
   p->order = -1;
   p->require_cheaper = true;
   p->reduction = 2.0;
+  p->types = CORE_TYPE_CONV2D;
+  p->methods = k == POL_AMCT ? CORE_METHODS_SPATIAL
+                             : CORE_METHODS_SPATIAL | CORE_METHODS_CHANNEL;
+  p->max_layer_error = CORE_BUDGET_MAX_LAYER_ERROR;
   return p;
 }
 
@@ -228,9 +236,37 @@ static bool knob_of(pol_kind k, const char *field) {
 static const char *const knob_fields[] = {"rank", "ratio", "energy",
                                           "max_error", "macs_reduction",
                                           "params_reduction", NULL};
-static const char *const common_fields[] = {"name", "include", "exclude",
-                                            "overrides", "compute", "order",
-                                            "require_cheaper", NULL};
+static const char *const common_fields[] = {
+    "name",  "include",         "exclude", "overrides", "compute",
+    "order", "require_cheaper", "types",   "methods",   NULL};
+static const char *const budget_fields[] = {"max_layer_error", "strict",
+                                            NULL};
+
+/* A list of names (`what`) into bits: names[i] sets bit 1 << i. */
+static int get_names(decomp_ctx *ctx, const char *what, const json_t *v,
+                     const char *const *names, unsigned *out) {
+  if (!json_is_array(v) || json_array_size(v) == 0)
+    return bad(ctx, "%s must be a non-empty list", what);
+  unsigned bits = 0;
+  size_t i;
+  const json_t *e;
+  json_array_foreach(v, i, e) {
+    const char *s = json_is_string(e) ? json_string_value(e) : "";
+    unsigned b = 0;
+    for (unsigned k = 0; names[k]; k++)
+      if (strcmp(s, names[k]) == 0)
+        b = 1u << k;
+    if (!b)
+      return bad(ctx, "%s: unknown entry \"%.60s\" (one of %s%s%s)", what, s,
+                 names[0], names[1] ? ", " : "", names[1] ? names[1] : "");
+    bits |= b;
+  }
+  *out = bits;
+  return DECOMP_OK;
+}
+
+static const char *const type_names[] = {"Conv2d", "Linear", NULL};
+static const char *const method_names[] = {"spatial", "channel", NULL};
 
 static bool in_list(const char *const *list, const char *s) {
   for (; *list; list++)
@@ -253,6 +289,11 @@ static int parse_object(decomp_ctx *ctx, const json_t *obj, decomp_policy **out)
   json_object_foreach((json_t *)obj, key, val) {
     if (in_list(common_fields, key))
       continue;
+    if (in_list(budget_fields, key)) {
+      if (k != POL_BUDGET)
+        return bad(ctx, "field %s applies to policy budget only", key);
+      continue;
+    }
     if (in_list(knob_fields, key)) {
       if (!knob_of((pol_kind)k, key))
         return bad(ctx, "field %s does not apply to policy %s", key,
@@ -357,6 +398,24 @@ static int parse_object(decomp_ctx *ctx, const json_t *obj, decomp_policy **out)
       p->require_cheaper = json_is_true(v);
     else
       rc = bad(ctx, "require_cheaper must be true or false");
+  }
+  if (!rc && (v = json_object_get(obj, "types")))
+    rc = get_names(ctx, "types", v, type_names, &p->types);
+  if (!rc && (v = json_object_get(obj, "methods")))
+    rc = get_names(ctx, "methods", v, method_names, &p->methods);
+  if (!rc && p->kind == POL_AMCT &&
+      (p->types != CORE_TYPE_CONV2D || p->methods != CORE_METHODS_SPATIAL))
+    rc = bad(ctx, "policy amct is the reference tool's rules: spatial "
+                  "decomposition of Conv2d layers only (types [\"Conv2d\"], "
+                  "methods [\"spatial\"])");
+  if (!rc && (v = json_object_get(obj, "max_layer_error")))
+    rc = get_number(ctx, "max_layer_error", v, 0, true, 1, false,
+                    &p->max_layer_error);
+  if (!rc && (v = json_object_get(obj, "strict"))) {
+    if (json_is_boolean(v))
+      p->strict = json_is_true(v);
+    else
+      rc = bad(ctx, "strict must be true or false");
   }
   if (!rc && (v = json_object_get(obj, "order"))) {
     const char *s = json_is_string(v) ? json_string_value(v) : "";
@@ -508,6 +567,19 @@ static void sb_globs(struct sbuf *b, char **g, size_t n) {
   sb_cat(b, "]");
 }
 
+static void sb_bits(struct sbuf *b, unsigned bits, const char *const *names) {
+  sb_cat(b, "[");
+  bool first = true;
+  for (unsigned k = 0; names[k]; k++)
+    if (bits & (1u << k)) {
+      if (!first)
+        sb_cat(b, ", ");
+      sb_str(b, names[k]);
+      first = false;
+    }
+  sb_cat(b, "]");
+}
+
 char *decomp_policy_to_json(const decomp_policy *p) {
   if (!p)
     return NULL;
@@ -569,6 +641,16 @@ char *decomp_policy_to_json(const decomp_policy *p) {
                                                        : "auto");
   sb_key(&b, "require_cheaper");
   sb_cat(&b, p->require_cheaper ? "true" : "false");
+  sb_key(&b, "types");
+  sb_bits(&b, p->types, type_names);
+  sb_key(&b, "methods");
+  sb_bits(&b, p->methods, method_names);
+  if (p->kind == POL_BUDGET) {
+    sb_key(&b, "max_layer_error");
+    sb_real(&b, p->max_layer_error);
+    sb_key(&b, "strict");
+    sb_cat(&b, p->strict ? "true" : "false");
+  }
   sb_cat(&b, "}");
   if (b.oom) {
     free(b.s);
@@ -581,52 +663,89 @@ char *decomp_policy_to_json(const decomp_policy *p) {
 
 bool core_layer_view_init(const decomp_layer *l, core_order order,
                           core_layer_view *v, char *why, size_t why_len) {
+  return core_layer_view_init_method(l, CORE_METHOD_SPATIAL, order, v, why,
+                                     why_len);
+}
+
+bool core_layer_view_init_method(const decomp_layer *l, core_method method,
+                                 core_order order, core_layer_view *v,
+                                 char *why, size_t why_len) {
   memset(v, 0, sizeof *v);
   v->layer = l;
   v->order = order;
+  v->method = method;
+  if (core_layer_is_linear(l)) {
+    /* Linear(in, out) → Linear(in, R) + Linear(R, out): per input row
+     * (a token, or a sample of a classifier head). */
+    double in = (double)l->in_channels, out = (double)l->out_channels;
+    v->method = CORE_METHOD_LINEAR;
+    v->groups = 1;
+    v->params_bias = l->bias ? out : 0;
+    v->params_before = in * out + v->params_bias;
+    v->params_per_rank = in + out;
+    v->macs_before = in * out;
+    v->macs_per_rank = in + out;
+    v->max_rank = l->in_channels < l->out_channels ? l->in_channels
+                                                   : l->out_channels;
+    return true;
+  }
   if (!core_layer_is_conv(l)) {
-    snprintf(why, why_len, "not a Conv2d");
+    snprintf(why, why_len, "not a Conv2d or Linear");
     return false;
   }
+  if (method == CORE_METHOD_LINEAR)
+    method = v->method = CORE_METHOD_CHANNEL;
   double g = (double)l->groups;
   double I = (double)(l->in_channels / l->groups);
   double Cout = (double)l->out_channels;
   double kh = (double)l->kernel_size[0], kw = (double)l->kernel_size[1];
   double sh = (double)l->stride[0], sw = (double)l->stride[1];
   bool vert = order == CORE_ORDER_VERTICAL_FIRST;
+  bool chan = method == CORE_METHOD_CHANNEL;
   v->groups = l->groups;
   v->params_bias = l->bias ? Cout : 0;
   v->params_before = Cout * I * kh * kw + v->params_bias;
-  /* vertical weight [g·R, I, kh, 1] and horizontal [Cout, R, 1, kw], or the
-   * mirror for horizontal-first. */
-  v->params_per_rank = vert ? g * I * kh + Cout * kw : g * I * kw + Cout * kh;
+  /* spatial: vertical weight [g·R, I, kh, 1] and horizontal [Cout, R, 1,
+   * kw], or the mirror for horizontal-first; channel: [g·R, I, kh, kw] and
+   * [Cout, R, 1, 1]. */
+  v->params_per_rank = chan   ? g * I * kh * kw + Cout
+                       : vert ? g * I * kh + Cout * kw
+                              : g * I * kw + Cout * kh;
   int64_t out[2];
   if (core_layer_output_size(l, out)) {
-    /* Exact whole-layer MACs: the first conv keeps the other axis at its
-     * input size (no stride, no padding on it). */
+    /* Exact whole-layer MACs: a spatial pair's first conv keeps the other
+     * axis at its input size (no stride, no padding on it); a channel
+     * pair's first conv is strided as the layer is. */
     double Hi = (double)l->input_size[0], Wi = (double)l->input_size[1];
     double Ho = (double)out[0], Wo = (double)out[1];
     v->macs_before = Ho * Wo * Cout * I * kh * kw;
-    v->macs_per_rank = vert ? Ho * Wi * g * I * kh + Ho * Wo * Cout * kw
-                            : Hi * Wo * g * I * kw + Ho * Wo * Cout * kh;
+    v->macs_per_rank = chan   ? Ho * Wo * (g * I * kh * kw + Cout)
+                       : vert ? Ho * Wi * g * I * kh + Ho * Wo * Cout * kw
+                              : Hi * Wo * g * I * kw + Ho * Wo * Cout * kh;
   } else {
-    /* No input size: per output pixel (the first conv runs on the
-     * unstrided axis) times an estimated output area. Per-pixel figures
-     * alone would make the deepest layers look the most expensive by the
-     * square of their channel growth; CNNs halve the resolution as they
-     * double the channels, so the area is estimated as (side / Cout)² with
-     * side = 3584 (56x56 at 64 channels, 7x7 at 512: ResNets and VGG at
-     * 224x224). Then every 3x3 conv of such a net weighs what it really
+    /* No input size: per output pixel (a spatial pair's first conv runs on
+     * the unstrided axis) times an estimated output area. Per-pixel
+     * figures alone would make the deepest layers look the most expensive
+     * by the square of their channel growth; CNNs halve the resolution as
+     * they double the channels, so the area is estimated as (side / Cout)²
+     * with side = 3584 (56x56 at 64 channels, 7x7 at 512: ResNets and VGG
+     * at 224x224). Then every 3x3 conv of such a net weighs what it really
      * does, a 1x1 downsample 1/18 of it, and a whole-model budget spends
      * rank where the cost is. The info file marks these MACs as estimated;
      * input_size in the spec gives exact ones. */
     double side = CORE_MACS_EST_SIDE / Cout, area = side * side;
     v->macs_before = area * Cout * I * kh * kw;
-    v->macs_per_rank = area * (vert ? g * I * kh * sw + Cout * kw
-                                    : g * I * kw * sh + Cout * kh);
+    v->macs_per_rank = area * (chan   ? g * I * kh * kw + Cout
+                               : vert ? g * I * kh * sw + Cout * kw
+                                      : g * I * kw * sh + Cout * kh);
     v->macs_estimated = true;
   }
   int64_t Ii = l->in_channels / l->groups, Oi = l->out_channels / l->groups;
+  if (chan) {
+    int64_t a = Ii * l->kernel_size[0] * l->kernel_size[1];
+    v->max_rank = a < Oi ? a : Oi;
+    return true;
+  }
   int64_t a = vert ? Ii * l->kernel_size[0] : Ii * l->kernel_size[1];
   int64_t b = vert ? Oi * l->kernel_size[1] : Oi * l->kernel_size[0];
   if (l->kernel_size[0] == 1 || l->kernel_size[1] == 1) {
@@ -640,6 +759,31 @@ bool core_layer_view_init(const decomp_layer *l, core_order order,
   }
   v->max_rank = a < b ? a : b;
   return true;
+}
+
+void core_view_matrix(const core_layer_view *v, int64_t *rows,
+                      int64_t *cols) {
+  const decomp_layer *l = v->layer;
+  int64_t I = l->in_channels / l->groups, O = l->out_channels / l->groups;
+  int64_t kh = l->kernel_size[0], kw = l->kernel_size[1];
+  if (v->method != CORE_METHOD_SPATIAL) {
+    *rows = I * kh * kw;
+    *cols = O;
+  } else if (v->order == CORE_ORDER_VERTICAL_FIRST) {
+    *rows = I * kh;
+    *cols = O * kw;
+  } else {
+    *rows = I * kw;
+    *cols = O * kh;
+  }
+}
+
+const char *core_method_name(core_method m) {
+  switch (m) {
+  case CORE_METHOD_CHANNEL: return "channel_svd";
+  case CORE_METHOD_LINEAR: return "svd";
+  default: return "spatial_svd";
+  }
 }
 
 /* --- eligibility and order ---------------------------------------------- */
@@ -694,13 +838,33 @@ core_order core_amct_order(const decomp_layer *l) {
   return sc == fk ? CORE_ORDER_VERTICAL_FIRST : CORE_ORDER_HORIZONTAL_FIRST;
 }
 
+unsigned core_policy_methods(const decomp_policy *p, const decomp_layer *l) {
+  if (core_layer_is_linear(l))
+    return p->types & CORE_TYPE_LINEAR ? CORE_METHODS_LINEAR : 0;
+  if (!core_layer_is_conv(l) || !(p->types & CORE_TYPE_CONV2D))
+    return 0;
+  unsigned m = p->methods & CORE_METHODS_CHANNEL;
+  if (l->kernel_size[0] > 1 && l->kernel_size[1] > 1)
+    m |= p->methods & CORE_METHODS_SPATIAL;
+  return m;
+}
+
 bool core_policy_eligible(const decomp_policy *p, const decomp_layer *l,
                           char *why, size_t why_len) {
-  if (!core_layer_is_conv(l)) {
-    snprintf(why, why_len, "not a Conv2d");
+  if (!core_layer_is_decomposable(l)) {
+    snprintf(why, why_len, "not a Conv2d or Linear");
     return false;
   }
-  if (l->kernel_size[0] == 1 || l->kernel_size[1] == 1) {
+  bool linear = core_layer_is_linear(l);
+  if (!(p->types & (linear ? CORE_TYPE_LINEAR : CORE_TYPE_CONV2D))) {
+    snprintf(why, why_len,
+             "%s layers are not among the policy's types (\"types\": "
+             "[\"Conv2d\", \"Linear\"] takes both)",
+             linear ? "Linear" : "Conv2d");
+    return false;
+  }
+  if (!core_policy_methods(p, l)) {
+    /* A conv with a side of 1 and the spatial method only. */
     core_layer_view v;
     core_layer_view_init(l, CORE_ORDER_VERTICAL_FIRST, &v, why, why_len);
     return false;
@@ -841,11 +1005,8 @@ int64_t core_amct_rank(int64_t evbmf, const decomp_layer *l) {
 /* EVBMF count of a layer: the largest over its groups (the pair keeps one
  * rank for every group). */
 static int64_t layer_evbmf(const core_layer_view *v) {
-  const decomp_layer *l = v->layer;
-  int64_t I = l->in_channels / l->groups, O = l->out_channels / l->groups;
-  bool vert = v->order == CORE_ORDER_VERTICAL_FIRST;
-  int64_t rows = I * (vert ? l->kernel_size[0] : l->kernel_size[1]);
-  int64_t cols = O * (vert ? l->kernel_size[1] : l->kernel_size[0]);
+  int64_t rows, cols;
+  core_view_matrix(v, &rows, &cols);
   int64_t best = 0, g = v->groups > 0 ? v->groups : 1;
   for (int64_t j = 0; j < g; j++) {
     int64_t r = core_evbmf_rank(v->sigma + j * v->max_rank, v->max_rank, rows,
@@ -952,25 +1113,31 @@ static int choose_one(decomp_ctx *ctx, const decomp_policy *p,
 
 /* --- budget ------------------------------------------------------------- */
 
-/* One layer the budget manages: gains g[i] = e[i]/total (non-increasing),
- * prefix values V(R) = Σ_{i<R} g[i], cost per rank c (+ a fixed part a) and
- * the cost b of leaving it alone; ranks 1..rc make it cheaper. */
+/* One candidate the budget manages: gains g[i] = e[i]/total
+ * (non-increasing), prefix values V(R) = Σ_{i<R} g[i], cost per rank c (+ a
+ * fixed part a) and the cost b of leaving its layer alone; ranks r0..rc
+ * keep the quality floor and make it cheaper. Candidates of one layer are
+ * adjacent and share `group`. */
 struct bl {
-  size_t view;
+  size_t view, group;
   double *g, *V;
   double c, a, b;
-  int64_t rc;
+  int64_t r0, rc;
   bool lossless; /* all-zero kernel: any rank keeps everything */
-  int64_t R;     /* chosen: 0 alone, else rank */
 };
 
 static double bl_value(const struct bl *x, int64_t R) {
   return x->lossless ? 1.0 : x->V[R];
 }
 
-/* The layer's best choice at price λ: rank or 0 (alone). */
-static int64_t bl_choose(const struct bl *x, double lambda) {
-  /* Largest R ≤ rc with g[R−1] > λ·c, at least 1. */
+static double bl_cost(const struct bl *x, int64_t R) {
+  return R ? (double)R * x->c + x->a : x->b;
+}
+
+/* The candidate's best rank at price λ (at least its floor r0), and what
+ * that choice is worth: value − λ·cost. */
+static int64_t bl_choose(const struct bl *x, double lambda, double *worth) {
+  /* Largest R ≤ rc with g[R−1] > λ·c, at least r0. */
   int64_t lo = 0, hi = x->rc; /* count of gains above the price */
   double t = lambda * x->c;
   while (lo < hi) {
@@ -980,24 +1147,40 @@ static int64_t bl_choose(const struct bl *x, double lambda) {
     else
       hi = mid - 1;
   }
-  int64_t R = lo < 1 ? 1 : lo;
-  double dec = bl_value(x, R) - lambda * ((double)R * x->c + x->a);
-  double alone = 1.0 - lambda * x->b;
-  return dec > alone ? R : 0;
+  int64_t R = lo < x->r0 ? x->r0 : lo;
+  *worth = bl_value(x, R) - lambda * bl_cost(x, R);
+  return R;
 }
 
-static double bl_cost(const struct bl *x, int64_t R) {
-  return R ? (double)R * x->c + x->a : x->b;
-}
-
+/* Each layer's choice at price λ: the candidate and rank worth the most, or
+ * none (Rs all 0: left alone) when leaving it is worth more. Returns the
+ * total cost. */
 static double total_cost(const struct bl *bs, size_t m, double lambda,
                          int64_t *Rs) {
   double c = 0;
-  for (size_t i = 0; i < m; i++) {
-    int64_t R = bl_choose(&bs[i], lambda);
-    if (Rs)
-      Rs[i] = R;
-    c += bl_cost(&bs[i], R);
+  for (size_t i = 0; i < m;) {
+    size_t j = i, best = m;
+    double best_worth = 1.0 - lambda * bs[i].b; /* alone */
+    int64_t best_R = 0;
+    for (; j < m && bs[j].group == bs[i].group; j++) {
+      double w;
+      int64_t R = bl_choose(&bs[j], lambda, &w);
+      if (w > best_worth) {
+        best_worth = w;
+        best = j;
+        best_R = R;
+      }
+      if (Rs)
+        Rs[j] = 0;
+    }
+    if (best < m) {
+      if (Rs)
+        Rs[best] = best_R;
+      c += bl_cost(&bs[best], best_R);
+    } else {
+      c += bs[i].b;
+    }
+    i = j;
   }
   return c;
 }
@@ -1014,6 +1197,19 @@ static double bitsd(uint64_t u) {
   return x;
 }
 
+/* Views [i, j) are the candidates of one layer (the same `layer`). */
+static size_t group_end(const core_layer_view *views, size_t n, size_t i) {
+  size_t j = i + 1;
+  while (j < n && views[j].layer == views[i].layer)
+    j++;
+  return j;
+}
+
+static int choose_group(decomp_ctx *ctx, const decomp_policy *p,
+                        const core_layer_view *views, size_t i, size_t j,
+                        rule_kind kind, const struct override *o, double *e,
+                        core_rank_decision *out);
+
 static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
                          const core_layer_view *views, size_t n,
                          double rest_macs, double rest_params,
@@ -1024,7 +1220,7 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
   int64_t *Rs = calloc(n ? n : 1, sizeof *Rs);
   double *e = NULL;
   int64_t kmax = 1;
-  size_t m = 0;
+  size_t m = 0, groups = 0;
   int rc = DECOMP_OK;
   if (!bs || !Rs)
     goto nomem;
@@ -1034,97 +1230,134 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
     goto nomem;
 
   double before = params ? rest_params : rest_macs, fixed = before;
+  double floor_err2 = p->max_layer_error * p->max_layer_error;
   char why[160];
-  for (size_t i = 0; i < n; i++) {
-    const core_layer_view *v = &views[i];
-    core_rank_decision *d = &out[i];
-    double b = params ? v->params_before : v->macs_before;
+  for (size_t i = 0; i < n;) {
+    size_t j = group_end(views, n, i), gid = groups++;
+    const core_layer_view *v0 = &views[i];
+    double b = params ? v0->params_before : v0->macs_before;
     before += b;
-    d->rank = 0;
-    d->reason[0] = '\0';
-    bool ok = core_policy_eligible(p, v->layer, why, sizeof why);
-    if (!ok || v->max_rank <= 0) {
-      snprintf(d->reason, sizeof d->reason, "%s", ok ? "no rank to split" : why);
+    for (size_t c = i; c < j; c++) {
+      out[c].rank = 0;
+      out[c].reason[0] = '\0';
+    }
+    bool ok = core_policy_eligible(p, v0->layer, why, sizeof why);
+    if (!ok || v0->max_rank <= 0) {
+      for (size_t c = i; c < j; c++)
+        snprintf(out[c].reason, sizeof out[c].reason, "%s",
+                 ok ? "no rank to split" : why);
       fixed += b;
+      i = j;
       continue;
     }
     const struct override *o;
-    rule_kind kind = rule_for(p, v->layer, &o);
+    rule_kind kind = rule_for(p, v0->layer, &o);
     if (kind != RULE_POLICY) {
-      if ((rc = choose_one(ctx, p, v, kind, o, e, d)))
+      if ((rc = choose_group(ctx, p, views, i, j, kind, o, e, out)))
         goto fail;
-      fixed += d->rank ? (params ? (double)d->rank * v->params_per_rank +
-                                       v->params_bias
-                                 : (double)d->rank * v->macs_per_rank)
-                       : b;
+      double cost = b;
+      for (size_t c = i; c < j; c++)
+        if (out[c].rank)
+          cost = params ? (double)out[c].rank * views[c].params_per_rank +
+                              views[c].params_bias
+                        : (double)out[c].rank * views[c].macs_per_rank;
+      fixed += cost;
+      i = j;
       continue;
     }
-    if (!v->sigma) {
-      rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
-                     "%s: policy budget needs the singular values",
-                     v->layer->name);
-      goto fail;
-    }
-    struct bl *x = &bs[m];
-    x->view = i;
-    x->c = params ? v->params_per_rank : v->macs_per_rank;
-    x->a = params ? v->params_bias : 0;
-    x->b = b;
-    /* Ranks that make it cheaper: c·R + a < b. */
-    int64_t rc_ = v->max_rank;
-    while (rc_ >= 1 && !((double)rc_ * x->c + x->a < x->b))
-      rc_--;
-    if (rc_ < 1) {
-      not_cheaper(d, v, 1, params);
-      fixed += b;
-      continue;
-    }
-    x->rc = rc_;
-    if (!(x->g = malloc((size_t)v->max_rank * sizeof *x->g)) ||
-        !(x->V = malloc(((size_t)v->max_rank + 1) * sizeof *x->V))) {
-      free(x->g);
-      free(x->V);
-      x->g = x->V = NULL;
-      goto nomem;
-    }
-    double tot = rank_energies(v, x->g);
-    if (!isfinite(tot)) {
-      rc = core_fail(ctx, DECOMP_ERR_NONFINITE,
-                     "%s: singular values are not finite", v->layer->name);
+    size_t first = m;
+    for (size_t c = i; c < j; c++) {
+      const core_layer_view *v = &views[c];
+      core_rank_decision *d = &out[c];
+      if (!v->sigma) {
+        rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
+                       "%s: policy budget needs the singular values",
+                       v->layer->name);
+        goto fail;
+      }
+      struct bl *x = &bs[m];
+      x->view = c;
+      x->group = gid;
+      x->c = params ? v->params_per_rank : v->macs_per_rank;
+      x->a = params ? v->params_bias : 0;
+      x->b = b;
+      /* Ranks that make it cheaper: c·R + a < b. */
+      int64_t rc_ = v->max_rank;
+      while (rc_ >= 1 && !((double)rc_ * x->c + x->a < x->b))
+        rc_--;
+      if (rc_ < 1) {
+        not_cheaper(d, v, 1, params);
+        continue;
+      }
+      x->rc = rc_;
+      if (!(x->g = malloc((size_t)v->max_rank * sizeof *x->g)) ||
+          !(x->V = malloc(((size_t)v->max_rank + 1) * sizeof *x->V))) {
+        free(x->g);
+        free(x->V);
+        x->g = x->V = NULL;
+        goto nomem;
+      }
       m++;
-      goto fail;
+      double tot = rank_energies(v, x->g);
+      if (!isfinite(tot)) {
+        rc = core_fail(ctx, DECOMP_ERR_NONFINITE,
+                       "%s: singular values are not finite", v->layer->name);
+        goto fail;
+      }
+      x->lossless = !(tot > 0);
+      x->V[0] = 0;
+      for (int64_t r = 0; r < v->max_rank; r++) {
+        x->g[r] = x->lossless ? 0 : x->g[r] / tot;
+        x->V[r + 1] = x->V[r] + x->g[r];
+      }
+      /* The quality floor: the smallest rank whose relative error
+       * (√(1 − V(R))) is within max_layer_error. */
+      x->r0 = 1;
+      while (x->r0 < v->max_rank && 1.0 - bl_value(x, x->r0) > floor_err2)
+        x->r0++;
+      if (x->r0 > x->rc) {
+        snprintf(d->reason, sizeof d->reason,
+                 "budget: no rank within the quality floor (relative error "
+                 "<= %.3g) makes it cheaper",
+                 p->max_layer_error);
+        free(x->g);
+        free(x->V);
+        x->g = x->V = NULL;
+        m--;
+      }
     }
-    x->lossless = !(tot > 0);
-    x->V[0] = 0;
-    for (int64_t r = 0; r < v->max_rank; r++) {
-      x->g[r] = x->lossless ? 0 : x->g[r] / tot;
-      x->V[r + 1] = x->V[r] + x->g[r];
-    }
-    m++;
+    if (m == first)
+      fixed += b;
+    i = j;
   }
 
   double budget = before / p->reduction;
-  /* The cheapest configuration: every managed layer at rank 1. */
+  /* The cheapest configuration within the floor: every managed layer with
+   * its cheapest candidate at the floor rank. */
   double floor_cost = fixed;
-  for (size_t i = 0; i < m; i++)
-    floor_cost += bl_cost(&bs[i], 1);
+  for (size_t i = 0; i < m;) {
+    size_t j = i, cheapest = i;
+    for (; j < m && bs[j].group == bs[i].group; j++)
+      if (bl_cost(&bs[j], bs[j].r0) < bl_cost(&bs[cheapest], bs[cheapest].r0))
+        cheapest = j;
+    floor_cost += bl_cost(&bs[cheapest], bs[cheapest].r0);
+    for (size_t c = i; c < j; c++)
+      Rs[c] = c == cheapest ? bs[c].r0 : 0;
+    i = j;
+  }
   double lambda = 0;
+  bool reached = true;
   if (m == 0) {
     /* nothing to spend on */
   } else if (floor_cost > budget) {
-    for (size_t i = 0; i < m; i++)
-      Rs[i] = 1;
-    core_log(ctx, DECOMP_LOG_WARN, "policy",
-             "budget: target %.3gx in %s is out of reach; at most %.3gx with "
-             "every eligible layer at rank 1, which is what is used",
-             p->reduction, unit, floor_cost > 0 ? before / floor_cost : 0.0);
+    reached = false; /* Rs: the floor, as set above */
   } else {
-    /* A price high enough that every layer sits at rank 1. */
+    /* A price high enough that every layer sits at its floor. */
     double hi = 0;
     for (size_t i = 0; i < m; i++) {
       const struct bl *x = &bs[i];
-      double t1 = x->g[0] / x->c;
-      double t2 = (1.0 - bl_value(x, 1)) / (x->b - x->c - x->a);
+      double t1 = x->r0 < (int64_t)x->rc ? x->g[x->r0] / x->c : 0;
+      double t2 = (1.0 - bl_value(x, x->r0)) / (x->b - bl_cost(x, x->r0));
       hi = fmax(hi, fmax(t1, t2));
     }
     hi = hi * 4 + DBL_MIN;
@@ -1164,22 +1397,50 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
   }
 
   double after = fixed;
-  for (size_t i = 0; i < m; i++) {
-    const struct bl *x = &bs[i];
-    core_rank_decision *d = &out[x->view];
-    after += bl_cost(x, Rs[i]);
-    d->rank = Rs[i];
-    if (Rs[i] == 0)
-      snprintf(d->reason, sizeof d->reason,
-               "budget: target %.3gx reached without it (less energy kept "
-               "per %s saved than elsewhere)",
-               p->reduction, unit);
+  for (size_t i = 0; i < m;) {
+    size_t j = i, chosen = m;
+    for (; j < m && bs[j].group == bs[i].group; j++)
+      if (Rs[j])
+        chosen = j;
+    after += chosen < m ? bl_cost(&bs[chosen], Rs[chosen]) : bs[i].b;
+    for (size_t c = i; c < j; c++) {
+      core_rank_decision *d = &out[bs[c].view];
+      d->rank = Rs[c];
+      if (Rs[c])
+        d->reason[0] = '\0';
+      else if (chosen < m)
+        snprintf(d->reason, sizeof d->reason, "%s keeps more per %s saved",
+                 core_method_name(views[bs[chosen].view].method), unit);
+      else
+        snprintf(d->reason, sizeof d->reason,
+                 "budget: target %.3gx reached without it (less energy kept "
+                 "per %s saved than elsewhere)",
+                 p->reduction, unit);
+    }
+    i = j;
+  }
+  if (!reached) {
+    double got = after > 0 ? before / after : 0.0;
+    if (p->strict) {
+      rc = core_fail(ctx, DECOMP_ERR_OUT_OF_REACH,
+                     "budget: target %.3gx in %s is out of reach: at most "
+                     "%.3gx with no layer beyond relative error %.3g "
+                     "(max_layer_error)",
+                     p->reduction, unit, got, p->max_layer_error);
+      goto fail;
+    }
+    core_log(ctx, DECOMP_LOG_WARN, "policy",
+             "budget: target %.3gx in %s is out of reach; reached %.3gx "
+             "with every eligible layer at its quality floor (relative "
+             "error <= %.3g, max_layer_error); \"strict\": true makes this "
+             "an error",
+             p->reduction, unit, got, p->max_layer_error);
   }
   core_log(ctx, DECOMP_LOG_INFO, "policy",
            "budget: target=%.3gx metric=%s before=%.6g after=%.6g "
-           "reached=%.4gx layers=%zu price=%.6g",
+           "reached=%.4gx layers=%zu candidates=%zu price=%.6g",
            p->reduction, unit, before, after, after > 0 ? before / after : 0.0,
-           m, lambda);
+           groups, m, lambda);
   goto done;
 nomem:
   rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
@@ -1193,6 +1454,35 @@ done:
   free(Rs);
   free(e);
   return rc;
+}
+
+/* One layer's candidates [i, j) under a per-layer rule: each gets its
+ * rank; the one with the fewest MACs after keeps it (the first on a tie),
+ * the others are told why not. */
+static int choose_group(decomp_ctx *ctx, const decomp_policy *p,
+                        const core_layer_view *views, size_t i, size_t j,
+                        rule_kind kind, const struct override *o, double *e,
+                        core_rank_decision *out) {
+  size_t best = j;
+  double best_cost = INFINITY;
+  for (size_t c = i; c < j; c++) {
+    int rc = choose_one(ctx, p, &views[c], kind, o, e, &out[c]);
+    if (rc)
+      return rc;
+    double cost = (double)out[c].rank * views[c].macs_per_rank;
+    if (out[c].rank > 0 && cost < best_cost) {
+      best_cost = cost;
+      best = c;
+    }
+  }
+  for (size_t c = i; c < j; c++)
+    if (c != best && out[c].rank > 0) {
+      out[c].rank = 0;
+      snprintf(out[c].reason, sizeof out[c].reason,
+               "%s is cheaper at the rank the policy asks for",
+               core_method_name(views[best].method));
+    }
+  return DECOMP_OK;
 }
 
 /* --- choosing ----------------------------------------------------------- */
@@ -1214,17 +1504,19 @@ int core_policy_choose_in(decomp_ctx *ctx, const decomp_policy *p,
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
   int rc = DECOMP_OK;
   char why[160];
-  for (size_t i = 0; i < n && !rc; i++) {
+  for (size_t i = 0; i < n && !rc;) {
+    size_t j = group_end(views, n, i);
     const core_layer_view *v = &views[i];
-    core_rank_decision *d = &out[i];
-    d->rank = 0;
-    d->reason[0] = '\0';
-    if (!core_policy_eligible(p, v->layer, why, sizeof why)) {
-      snprintf(d->reason, sizeof d->reason, "%s", why);
-      continue;
+    for (size_t c = i; c < j; c++) {
+      out[c].rank = 0;
+      out[c].reason[0] = '\0';
     }
-    if (v->max_rank <= 0) {
-      snprintf(d->reason, sizeof d->reason, "no rank to split");
+    bool ok = core_policy_eligible(p, v->layer, why, sizeof why);
+    if (!ok || v->max_rank <= 0) {
+      for (size_t c = i; c < j; c++)
+        snprintf(out[c].reason, sizeof out[c].reason, "%s",
+                 ok ? "no rank to split" : why);
+      i = j;
       continue;
     }
     if (p->kind == POL_AMCT && p->order < 0 &&
@@ -1235,7 +1527,8 @@ int core_policy_choose_in(decomp_ctx *ctx, const decomp_policy *p,
                v->layer->name);
     const struct override *o;
     rule_kind kind = rule_for(p, v->layer, &o);
-    rc = choose_one(ctx, p, v, kind, o, e, d);
+    rc = choose_group(ctx, p, views, i, j, kind, o, e, out);
+    i = j;
   }
   free(e);
   return rc;

@@ -1,9 +1,10 @@
 /* spec.c — the layer spec: what each module of the model is (a Conv2d with
  * its channels, kernel, stride, padding, dilation, groups, bias, padding
- * mode and optional input size, or some other module known only by name and
- * type), parsed from JSON or built layer by layer, validated as torch's
- * nn.Conv2d would validate it, and checked against a weight set. Every error
- * names the layer and the field. */
+ * mode and optional input size; a Linear with its features and bias; or
+ * some other module known only by name and type), parsed from JSON or built
+ * layer by layer, validated as torch's nn.Conv2d / nn.Linear would validate
+ * it, and checked against a weight set. Every error names the layer and the
+ * field. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 /* Bounds well above any real network that keep every product the engine
  * forms (weight elements, MACs) inside int64 and exact in a double. */
 #define SPEC_MAX_CHANNELS ((int64_t)1 << 20)
+#define SPEC_MAX_FEATURES ((int64_t)1 << 24) /* vocabularies: 256k and more */
 #define SPEC_MAX_KERNEL ((int64_t)1024)
 #define SPEC_MAX_STRIDE ((int64_t)1 << 16)
 #define SPEC_MAX_DILATION ((int64_t)1 << 16)
@@ -41,6 +43,18 @@ const char *decomp_padding_mode_name(decomp_padding_mode m) {
 
 bool core_layer_is_conv(const decomp_layer *l) {
   return l && l->type && strcmp(l->type, "Conv2d") == 0;
+}
+
+bool core_layer_is_linear(const decomp_layer *l) {
+  return core_layer_names_linear(l) && l->in_channels > 0;
+}
+
+bool core_layer_names_linear(const decomp_layer *l) {
+  return l && l->type && strcmp(l->type, "Linear") == 0;
+}
+
+bool core_layer_is_decomposable(const decomp_layer *l) {
+  return core_layer_is_conv(l) || core_layer_is_linear(l);
 }
 
 void core_layer_padding(const decomp_layer *l, int64_t lo[2], int64_t hi[2]) {
@@ -168,6 +182,17 @@ static int layer_validate(decomp_ctx *ctx, const char *where,
     return bad(ctx, where, "name must be a non-empty string");
   if (!l->type || !*l->type)
     return bad(ctx, where, "type must be a non-empty string");
+  if (core_layer_names_linear(l) && (l->in_channels || l->out_channels)) {
+    if (l->in_channels < 1 || l->in_channels > SPEC_MAX_FEATURES)
+      return bad(ctx, where,
+                 "in_features %" PRId64 " is out of range [1, %" PRId64 "]",
+                 l->in_channels, SPEC_MAX_FEATURES);
+    if (l->out_channels < 1 || l->out_channels > SPEC_MAX_FEATURES)
+      return bad(ctx, where,
+                 "out_features %" PRId64 " is out of range [1, %" PRId64 "]",
+                 l->out_channels, SPEC_MAX_FEATURES);
+    return DECOMP_OK;
+  }
   if (!core_layer_is_conv(l))
     return DECOMP_OK;
   int rc;
@@ -279,7 +304,9 @@ static int spec_append(decomp_ctx *ctx, decomp_spec *spec, const char *where,
     free((char *)copy.type);
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
   }
-  if (!core_layer_is_conv(&copy)) {
+  if (core_layer_is_linear(&copy)) {
+    core_layer_linear_fields(&copy);
+  } else if (!core_layer_is_conv(&copy)) {
     /* Only name and type mean anything; keep the rest zero so that two
      * equal specs compare equal field by field. */
     const char *n = copy.name, *t = copy.type;
@@ -367,6 +394,70 @@ static const char *const conv_fields[] = {
     "stride",   "padding", "dilation",   "groups",       "bias",
     "padding_mode", "input_size", NULL};
 
+static const char *const linear_fields[] = {"name", "type", "in_features",
+                                            "out_features", "bias", NULL};
+
+/* Any field of `obj` not in `fields` is an error: a typo ("strides") must
+ * not silently become a default. */
+static int only_fields(decomp_ctx *ctx, const char *where, const json_t *obj,
+                       const char *const *fields) {
+  const char *key;
+  const json_t *val;
+  json_object_foreach((json_t *)obj, key, val) {
+    bool known = false;
+    for (const char *const *f = fields; *f; f++)
+      if (strcmp(*f, key) == 0)
+        known = true;
+    if (!known)
+      return bad(ctx, where, "unknown field %.100s", key);
+  }
+  return DECOMP_OK;
+}
+
+static int get_bias(decomp_ctx *ctx, const char *where, const json_t *obj,
+                    bool *bias) {
+  const json_t *v = json_object_get(obj, "bias");
+  if (!v)
+    return DECOMP_OK;
+  if (!json_is_boolean(v))
+    return bad(ctx, where, "bias must be true or false, not %s", json_kind(v));
+  *bias = json_is_true(v);
+  return DECOMP_OK;
+}
+
+/* A Linear layer: in_features, out_features, bias (default true, as in
+ * torch), held in in_channels/out_channels as a 1x1 conv's would be. */
+static int parse_linear(decomp_ctx *ctx, const char *where, const json_t *obj,
+                        decomp_layer *l) {
+  int rc = only_fields(ctx, where, obj, linear_fields);
+  if (rc)
+    return rc;
+  static const char *const required[] = {"in_features", "out_features"};
+  for (size_t r = 0; r < 2; r++)
+    if (!json_object_get(obj, required[r]))
+      return bad(ctx, where, "missing field %s", required[r]);
+  l->bias = true;
+  if ((rc = get_int(ctx, where, "in_features",
+                    json_object_get(obj, "in_features"), &l->in_channels)) ||
+      (rc = get_int(ctx, where, "out_features",
+                    json_object_get(obj, "out_features"), &l->out_channels)) ||
+      (rc = get_bias(ctx, where, obj, &l->bias)))
+    return rc;
+  core_layer_linear_fields(l);
+  return layer_validate(ctx, where, l);
+}
+
+void core_layer_linear_fields(decomp_layer *l) {
+  l->kernel_size[0] = l->kernel_size[1] = 1;
+  l->stride[0] = l->stride[1] = 1;
+  l->dilation[0] = l->dilation[1] = 1;
+  l->padding[0] = l->padding[1] = 0;
+  l->padding_kind = DECOMP_PADDING_EXPLICIT;
+  l->padding_mode = DECOMP_PAD_ZEROS;
+  l->groups = 1;
+  l->input_size[0] = l->input_size[1] = 0;
+}
+
 static int parse_layer(decomp_ctx *ctx, size_t i, const json_t *obj,
                        decomp_layer *l) {
   char where[256];
@@ -388,20 +479,16 @@ static int parse_layer(decomp_ctx *ctx, size_t i, const json_t *obj,
   memset(l, 0, sizeof *l);
   l->name = json_string_value(jn);
   l->type = json_string_value(jt);
+  /* A Linear given by name and type only (as specs written before Linear
+   * layers could be decomposed have it) stays a layer known by name. */
+  if (core_layer_names_linear(l) && json_object_size(obj) > 2)
+    return parse_linear(ctx, where, obj, l);
   if (!core_layer_is_conv(l))
     return DECOMP_OK; /* other modules: name and type only */
 
-  /* A typo ("strides") must not silently become a default. */
-  const char *key;
-  const json_t *val;
-  json_object_foreach((json_t *)obj, key, val) {
-    bool known = false;
-    for (const char *const *f = conv_fields; *f; f++)
-      if (strcmp(*f, key) == 0)
-        known = true;
-    if (!known)
-      return bad(ctx, where, "unknown field %.100s", key);
-  }
+  int rc = only_fields(ctx, where, obj, conv_fields);
+  if (rc)
+    return rc;
 
   /* Defaults of torch's nn.Conv2d. */
   l->stride[0] = l->stride[1] = 1;
@@ -411,7 +498,6 @@ static int parse_layer(decomp_ctx *ctx, size_t i, const json_t *obj,
   l->padding_kind = DECOMP_PADDING_EXPLICIT;
   l->padding_mode = DECOMP_PAD_ZEROS;
 
-  int rc;
   static const char *const required[] = {"in_channels", "out_channels",
                                          "kernel_size"};
   for (size_t r = 0; r < 3; r++)
@@ -450,11 +536,8 @@ static int parse_layer(decomp_ctx *ctx, size_t i, const json_t *obj,
       return rc;
     }
   }
-  if ((v = json_object_get(obj, "bias"))) {
-    if (!json_is_boolean(v))
-      return bad(ctx, where, "bias must be true or false, not %s", json_kind(v));
-    l->bias = json_is_true(v);
-  }
+  if ((rc = get_bias(ctx, where, obj, &l->bias)))
+    return rc;
   if ((v = json_object_get(obj, "padding_mode"))) {
     if (!json_is_string(v))
       return bad(ctx, where, "padding_mode must be a string, not %s",
@@ -546,7 +629,11 @@ char *decomp_spec_to_json(const decomp_spec *spec) {
   for (size_t i = 0; i < spec->n; i++) {
     const decomp_layer *l = &spec->layers[i];
     json_t *o;
-    if (!core_layer_is_conv(l)) {
+    if (core_layer_is_linear(l)) {
+      o = json_pack("{sssssIsIsb}", "name", l->name, "type", l->type,
+                    "in_features", (json_int_t)l->in_channels, "out_features",
+                    (json_int_t)l->out_channels, "bias", (int)l->bias);
+    } else if (!core_layer_is_conv(l)) {
       o = json_pack("{ssss}", "name", l->name, "type", l->type);
     } else {
       json_t *pad;
@@ -637,11 +724,12 @@ int decomp_spec_check(decomp_ctx *ctx, const decomp_spec *spec,
                      "decomp_spec_check: NULL argument");
   for (size_t i = 0; i < spec->n; i++) {
     const decomp_layer *l = &spec->layers[i];
-    if (!core_layer_is_conv(l))
+    if (!core_layer_is_decomposable(l))
       continue;
     int64_t wshape[4] = {l->out_channels, l->in_channels / l->groups,
                          l->kernel_size[0], l->kernel_size[1]};
-    int rc = check_tensor(ctx, l, w, "weight", wshape, 4);
+    int rc = check_tensor(ctx, l, w, "weight", wshape,
+                          core_layer_is_linear(l) ? 2 : 4);
     if (rc)
       return rc;
     if (l->bias) {

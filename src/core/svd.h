@@ -38,6 +38,39 @@ int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
 int core_orth_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                   float *a);
 
+/* Cholesky factor of the symmetric positive definite n×n `a` in place: the
+ * lower triangle becomes L (a = L·Lᵀ), the upper one zeros. *pd is false
+ * (and `a` garbage) when `a` is not positive definite; that is not an
+ * error. */
+int core_chol_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
+                  bool *pd);
+int core_chol_f64(decomp_ctx *ctx, const char *what, int64_t n, double *a,
+                  bool *pd);
+/* b (n×k, ld n) ← op(L)·b (trmm) or op(L)⁻¹·b (trsm), L lower triangular
+ * n×n (ld n), op = transpose when `trans`. */
+void core_trmm_f32(bool trans, int64_t n, int64_t k, const float *l,
+                   float *b);
+void core_trsm_f32(bool trans, int64_t n, int64_t k, const float *l,
+                   float *b);
+void core_trmm_f64(bool trans, int64_t n, int64_t k, const double *l,
+                   double *b);
+void core_trsm_f64(bool trans, int64_t n, int64_t k, const double *l,
+                   double *b);
+
+/* --- calib.c: the whitening factor ------------------------------------- */
+
+/* S (n×n, ld n, lower) with S·Sᵀ = G_j/c for group j of `gram`, c the power
+ * of two nearest the mean diagonal of all its groups (whitening does not
+ * depend on the Gram's scale; one c keeps the groups' weights). When G_j is not positive definite a shift of 1e-6 of the
+ * mean diagonal (ten times more each try, up to 10%) is added and logged;
+ * *shift gets it relative to the mean diagonal (0 when none was needed). */
+int core_calib_factor_f32(decomp_ctx *ctx, const char *what,
+                          const decomp_tensor *gram, int64_t group, int64_t n,
+                          float *s, double *shift);
+int core_calib_factor_f64(decomp_ctx *ctx, const char *what,
+                          const decomp_tensor *gram, int64_t group, int64_t n,
+                          double *s, double *shift);
+
 /* --- svd.c ----------------------------------------------------------------- */
 
 /* The accuracy control's promise: a rank-R error at most this many times
@@ -133,13 +166,16 @@ int core_svd_residual_f32(decomp_ctx *ctx, const char *what, int64_t m,
                           int64_t n, const float *a, int64_t R,
                           const float *f, const float *g, double *out);
 
-/* core_factorize (core.h) with the spectrum of phase 1 (`known`, g runs of
- * k values, or NULL) handed to the accuracy control and kept as the
- * factors' sigma, and a report of how the SVD ran (over the groups: any
- * randomized, the most iterations, the widest sketch). energy_discarded is
- * the achieved error², which equals the optimum on the exact path. */
+/* core_factorize (core.h) for any method (and order, for spatial), with
+ * a layer's Gram (`gram`, or NULL: channel and Linear methods are then
+ * whitened, see decompose.c), the spectrum of phase 1 (`known`, g runs of k
+ * values, or NULL) handed to the accuracy control and kept as the factors'
+ * sigma, and a report of how the SVD ran (over the groups: any randomized,
+ * the most iterations, the widest sketch). energy_discarded is the
+ * achieved error², measured from the factors as written. */
 int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
-                      const decomp_tensor *weight, core_order order, int64_t R,
+                      const decomp_tensor *weight, core_method method,
+                      core_order order, const decomp_tensor *gram, int64_t R,
                       int bits, bool want_sigma, const double *known,
                       core_factors *out, core_svd_report *rep);
 

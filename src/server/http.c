@@ -2,9 +2,11 @@
  * microhttpd.h.
  *
  * One MHD daemon with its own polling threads (epoll, a thread pool).
- * Per request: match the route table, check the token, refuse a declared
- * body over the limit before reading it (413), consume every upload_data
- * chunk (MHD answers 500 otherwise) into a JSON buffer or a store upload,
+ * Per request: refuse a target holding %00 (on_uri), match the route
+ * table, check the token, refuse a declared body over the limit before
+ * reading it (413) and a chunked one once it passes it (413 too, written
+ * by reply_over_limit), consume every upload_data chunk (MHD answers 500
+ * otherwise) into a JSON buffer or a store upload,
  * then call the handler once with the whole request and queue its one
  * reply. File replies go out with sendfile (MHD_create_response_from_fd_*;
  * no TLS here, so zero-copy holds). Streamed replies (server-sent events)
@@ -17,6 +19,7 @@
 #include <pthread.h>
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "text.h"
 
 #define MAX_PARAMS 4
 #define MAX_HEADERS 12
@@ -74,6 +78,8 @@ struct http_req {
   int nparams;
   char principal[256];
   int64_t t0_ns;
+  bool started;       /* on_request has seen it (see on_uri) */
+  bool nul_in_target; /* the raw target holds %00 */
   bool responded;
   /* body */
   char *body;
@@ -175,11 +181,17 @@ void http_reply_text(http_req *r, int status, const char *content_type,
 }
 
 void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
-  char detail[1024];
+  char raw[1024], scrubbed[1024], detail[1024];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(detail, sizeof detail, fmt, ap);
+  vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
+  /* The client hears what failed, not where on this server (the log line
+   * below keeps the paths); and the detail may echo what the client sent
+   * (an id, a header, a name from its file): any bytes, which JSON cannot
+   * carry, so they go out escaped. */
+  store_scrub(r->srv->s, raw, scrubbed, sizeof scrubbed);
+  text_escape(scrubbed, detail, sizeof detail);
   int status = decomp_error_http_status(err);
   char type[128];
   snprintf(type, sizeof type, "urn:decompd:problem:%s", decomp_error_code(err));
@@ -189,13 +201,22 @@ void http_reply_problem(http_req *r, int err, const char *fmt, ...) {
                         "request_id", r->id);
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
+  /* Never an empty problem: every field but the detail is ASCII we made. */
+  if (!body &&
+      asprintf(&body,
+               "{\"type\":\"%s\",\"title\":\"%s\",\"status\":%d,"
+               "\"detail\":\"the detail could not be encoded\",\"code\":"
+               "\"%s\",\"request_id\":\"%s\"}",
+               type, decomp_strerror(err), status, decomp_error_code(err),
+               r->id) < 0)
+    body = NULL;
   http_reply(r, status, "application/problem+json", body,
              body ? strlen(body) : 0);
   if (status == 401)
     http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"decompd\"");
   LOG(status >= 500 ? LOG_ERROR : LOG_INFO, "http", r->id,
       "event=problem status=%d code=%s detail=%s", status,
-      decomp_error_code(err), log_q(detail));
+      decomp_error_code(err), log_q(raw));
 }
 
 void http_reply_fd(http_req *r, int status, const char *content_type, int fd,
@@ -458,7 +479,7 @@ static bool on_headers(http_req *r, const char *url) {
   long long declared = cl ? strtoll(cl, NULL, 10) : -1;
   int64_t limit = rt->body == HTTP_BODY_STREAM ? srv->cfg->max_upload_bytes
                                                : srv->cfg->max_json_bytes;
-  if (rt->body != HTTP_BODY_NONE && declared > limit) {
+  if (declared > limit) {
     http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
                        "Content-Length %lld is over the limit of %lld bytes",
                        declared, (long long)limit);
@@ -474,14 +495,20 @@ static bool on_headers(http_req *r, const char *url) {
   return false;
 }
 
-/* One chunk of the body. Returns false to drop the connection. */
+/* One chunk of the body. Returns false when the body has gone over its
+ * limit (possible only without a Content-Length: a chunked body). */
 static bool on_body(http_req *r, const char *data, size_t n) {
   r->bytes_in += n;
   const config *cfg = r->srv->cfg;
   if (r->body_err)
     return true; /* already failed: consume and drop */
-  if (!r->route || r->route->body == HTTP_BODY_NONE)
-    return r->bytes_in <= (uint64_t)cfg->max_json_bytes;
+  if (!r->route || r->route->body == HTTP_BODY_NONE) {
+    if (r->bytes_in <= (uint64_t)cfg->max_json_bytes)
+      return true;
+    LOG(LOG_WARN, "http", r->id, "event=body_over_limit limit=%lld",
+        (long long)cfg->max_json_bytes);
+    return false;
+  }
   if (r->route->body == HTTP_BODY_JSON) {
     if (r->body_len + n > (uint64_t)cfg->max_json_bytes) {
       LOG(LOG_WARN, "http", r->id, "event=body_over_limit limit=%lld",
@@ -522,21 +549,108 @@ static bool on_body(http_req *r, const char *data, size_t n) {
   return true;
 }
 
+/* Write all of `buf` to the non-blocking socket `fd`, waiting a little
+ * for room; false when it could not. */
+static bool write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    if (n > 0) {
+      buf += n;
+      len -= (size_t)n;
+    } else if (n < 0 && errno == EAGAIN) {
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      if (poll(&p, 1, 1000) <= 0)
+        return false;
+    } else if (n < 0 && errno != EINTR) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The 413 for a body that went over its limit while it was read (a
+ * chunked body; a declared Content-Length over it is refused before the
+ * body, through MHD). MHD 0.9.75 takes no response once the body has
+ * started (MHD_queue_response refuses it in that state, and MHD_NO closes
+ * the connection with nothing said), so the answer is written to the
+ * socket here: nothing else has gone out on this connection (MHD sends at
+ * most a 100 Continue, before the body), and MHD closes it once we return
+ * MHD_NO. The client still sending may see the connection reset after
+ * the answer. */
+static enum MHD_Result reply_over_limit(http_req *r) {
+  int64_t limit = r->route && r->route->body == HTTP_BODY_STREAM
+                      ? r->srv->cfg->max_upload_bytes
+                      : r->srv->cfg->max_json_bytes;
+  http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
+                     "the body is over the limit of %lld bytes",
+                     (long long)limit);
+  store_upload_free(r->upload); /* gone before the client hears of it */
+  r->upload = NULL;
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
+  static const char *const DAYS[] = {"Sun", "Mon", "Tue", "Wed",
+                                     "Thu", "Fri", "Sat"};
+  static const char *const MONTHS[] = {"Jan", "Feb", "Mar", "Apr",
+                                       "May", "Jun", "Jul", "Aug",
+                                       "Sep", "Oct", "Nov", "Dec"};
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  char head[1024];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nDate: %s, %02d %s %04d %02d:%02d:%02d "
+                   "GMT\r\nConnection: close\r\nContent-Type: %s\r\n"
+                   "Content-Length: %zu\r\nX-Request-Id: %s\r\n\r\n",
+                   r->status, MHD_get_reason_phrase_for((unsigned)r->status),
+                   DAYS[tm.tm_wday], tm.tm_mday, MONTHS[tm.tm_mon],
+                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   r->ctype, r->rlen, r->id);
+  if (ci && n > 0 && (size_t)n < sizeof head &&
+      write_all(ci->connect_fd, head, (size_t)n) &&
+      write_all(ci->connect_fd, r->rbody ? r->rbody : "", r->rlen)) {
+    shutdown(ci->connect_fd, SHUT_WR);
+    r->responded = true;
+    r->bytes_out = (uint64_t)n + r->rlen;
+  }
+  return MHD_NO;
+}
+
+static http_req *req_new(http_server *srv, struct MHD_Connection *c) {
+  http_req *r = calloc(1, sizeof *r);
+  if (r) {
+    r->srv = srv;
+    r->c = c;
+    r->rfd = -1;
+    r->t0_ns = mono_ns();
+  }
+  return r;
+}
+
+/* MHD's URI log callback: the request target as it came, before MHD
+ * decodes it (the request is made here; MHD hands it to on_request and
+ * on_completed as *con_cls). MHD decodes %00 into the C strings it gives
+ * the handler, which then end there: "/v1/models/ID%00/content" would be
+ * routed as /v1/models/ID and "?name=a%00b" read as "a". So a NUL is looked
+ * for here, where it is still "%00" (the only way to send one in a
+ * target), and the request refused. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+  http_req *r = req_new(cls, c);
+  if (r)
+    r->nul_in_target = uri && strstr(uri, "%00") != NULL;
+  return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
   (void)version;
   http_req *r = *con_cls;
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r)
+  if (!r || !r->started) {
+    if (!r && !(r = req_new(cls, c)))
       return MHD_NO;
     *con_cls = r;
-    r->srv = cls;
-    r->c = c;
-    r->rfd = -1;
-    r->t0_ns = mono_ns();
+    r->started = true;
     snprintf(r->method, sizeof r->method, "%s", method);
     r->path = strdup(url);
     make_request_id(r, c);
@@ -545,6 +659,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
     /* An error is answered at once, without reading the body (MHD then
      * closes the connection); anything else waits for MHD's next call, as
      * a reply queued on this first call would also close the connection. */
+    if (r->nul_in_target) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "the path or query holds a NUL byte (%%00)");
+      return send_reply(r);
+    }
     if (on_headers(r, url))
       return send_reply(r);
     return MHD_YES;
@@ -556,7 +675,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
   if (*upload_data_size > 0) {
     bool keep = on_body(r, upload_data, *upload_data_size);
     *upload_data_size = 0;
-    return keep ? MHD_YES : MHD_NO;
+    return keep ? MHD_YES : reply_over_limit(r);
   }
   /* the whole request is in */
   if (r->body_err)
@@ -574,6 +693,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   if (!r)
     return;
   *con_cls = NULL;
+  if (!r->started) { /* MHD refused the request before the handler */
+    free(r);
+    return;
+  }
   int status = r->responded ? r->status : 0;
   double ms = (double)(mono_ns() - r->t0_ns) / 1e6;
   const char *route = r->route ? r->route->pattern : "unmatched";
@@ -643,8 +766,9 @@ int http_start(const config *cfg, store *s, http_server **out, int *port) {
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
-      MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED,
-      on_completed, h, MHD_OPTION_END);
+      MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_URI_LOG_CALLBACK,
+      on_uri, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+      MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!h->d) {
     LOG(LOG_ERROR, "http", NULL, "event=listen_failed host=%s port=%d",

@@ -20,12 +20,14 @@
 typedef struct http_req http_req;
 typedef struct http_server http_server;
 
+/* Every body has a limit: a declared Content-Length over it is answered
+ * 413 before the body is read; a chunked body gets the 413 as soon as it
+ * passes it, and the connection is closed. */
 typedef enum http_body {
-  HTTP_BODY_NONE = 0,   /* a body is read and dropped */
+  HTTP_BODY_NONE = 0,   /* a body is read and dropped, up to max_json_bytes */
   HTTP_BODY_JSON = 1,   /* buffered, up to max_json_bytes */
   HTTP_BODY_STREAM = 2, /* streamed into a store upload, up to
-                           max_upload_bytes; 413 up front when the declared
-                           Content-Length is over it */
+                           max_upload_bytes */
 } http_body;
 
 typedef struct http_route {

@@ -22,6 +22,7 @@
 #include "decomp/torchscript.h"
 #include "http.h"
 #include "log.h"
+#include "text.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -127,9 +128,15 @@ static int cmd_token(const config *c, char **rest, int n) {
     const char *role = opt(rest, n, "--role"), *name = opt(rest, n, "--name");
     int r = role ? store_role_from_name(role) : -1;
     char token[96];
-    if (r < 0 || !name || !*name || strlen(name) > 255) {
+    const char *why = NULL;
+    if (r < 0 || !name || !*name) {
       fprintf(stderr, "decompd: token create needs --role read|submit|admin "
                       "and --name NAME\n");
+      status = 2;
+    } else if (!text_label_ok(name, &why)) {
+      /* The name is echoed in answers (403 details) and logs. */
+      fprintf(stderr, "decompd: the token name %s (at most 255 bytes of "
+                      "UTF-8, no control characters)\n", why);
       status = 2;
     } else if ((rc = auth_token_create(s, name, r, token, sizeof token)) !=
                DECOMP_OK) {
@@ -187,8 +194,10 @@ static int serve(const config *c) {
     goto out;
   }
   LOG(LOG_INFO, "main", NULL,
-      "event=store_open data_dir=%s schema_version=%d requeued=%d",
-      log_q(c->data_dir), store_schema_version(s), requeued);
+      "event=store_open data_dir=%s schema_version=%d requeued=%d "
+      "reserve=%s",
+      log_q(c->data_dir), store_schema_version(s), requeued,
+      store_reserve_ok(s) ? "yes" : "no");
   worker_ts_limits ts = {.time_seconds = c->torchscript_timeout,
                          .memory_bytes = (uint64_t)c->torchscript_memory};
   if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &ts, &pool)) !=

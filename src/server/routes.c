@@ -24,15 +24,20 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "text.h"
 #include "worker.h"
 
 #define JSON_TYPE "application/json"
 
+/* Answer `o` (taken; NULL when building it failed). Stored text goes in
+ * through text_json, so a failure here is memory or a bug, not input: it is
+ * called what it is, encode_failed. */
 static void reply_json(http_req *r, int status, json_t *o) {
   char *text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
   json_decref(o);
   if (!text) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "could not build the reply");
+    http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode the %s answer",
+                       http_req_method(r));
     return;
   }
   http_reply(r, status, JSON_TYPE, text, strlen(text));
@@ -88,20 +93,11 @@ static void h_metrics(http_req *r) {
 static json_t *model_json(const store_model *m) {
   char self[64];
   snprintf(self, sizeof self, "/v1/models/%s", m->id);
-  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id",
-                   m->id, "name", m->name, "digest", m->digest, "format",
+  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id", m->id,
+                   "name", text_json(m->name), "digest", m->digest, "format",
                    m->format, "size", (json_int_t)m->size, "tensors",
                    (json_int_t)m->tensors, "has_spec", m->has_spec,
                    "created_at", time_json(m->created_at), "url", self);
-}
-
-static bool name_ok(const char *s) {
-  if (strlen(s) > 255)
-    return false;
-  for (; *s; s++)
-    if ((unsigned char)*s < 0x20 || *s == 0x7f)
-      return false;
-  return true;
 }
 
 static void h_model_upload(http_req *r) {
@@ -111,11 +107,15 @@ static void h_model_upload(http_req *r) {
   decomp_weights *w = NULL;
   const char *name = http_req_query(r, "name");
   char digest[STORE_DIGEST_LEN];
+  const char *why = NULL;
   if (!name)
     name = "";
-  if (!name_ok(name)) {
+  /* Checked before anything is stored: the name goes out in JSON. */
+  if (!text_label_ok(name, &why)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
-                       "name must be at most 255 printable characters");
+                       "name %s: it must be at most 255 bytes of UTF-8 "
+                       "without control characters",
+                       why);
     goto done;
   }
   int rc = store_upload_finish(u, digest);
@@ -208,10 +208,15 @@ static void h_models_list(http_req *r) {
     return;
   }
   json_t *a = json_array();
-  for (size_t i = 0; i < n; i++)
-    json_array_append_new(a, model_json(&v[i]));
+  bool ok = a != NULL;
+  for (size_t i = 0; i < n && ok; i++)
+    ok = json_array_append_new(a, model_json(&v[i])) == 0;
   free(v);
-  reply_json(r, 200, json_pack("{s:o}", "models", a));
+  if (!ok) {
+    json_decref(a);
+    a = NULL;
+  }
+  reply_json(r, 200, a ? json_pack("{s:o}", "models", a) : NULL);
 }
 
 static void h_model_get(http_req *r) {
@@ -260,10 +265,17 @@ static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
     return DECOMP_OK;
   }
   /* The spec must fit the weights: fail now, not in the queue. */
+  store_model now;
   rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
-  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK ||
+  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
+             store_model_get(http_req_store(r), m->id, &now) ==
+                 DECOMP_ERR_NOT_FOUND) {
+    /* deleted (and its blob collected) since it was read */
+    rc = DECOMP_ERR_NOT_FOUND;
+    http_reply_problem(r, rc, "model '%s': no such model", m->id);
+  } else if (rc != DECOMP_OK ||
              (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
   }
@@ -301,16 +313,20 @@ static void h_model_spec_put(http_req *r) {
     goto done;
   }
   ctx = decomp_ctx_new();
-  text = json_dumps(in, JSON_COMPACT);
-  if (!ctx || !text) {
+  if (!ctx) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if (!(text = json_dumps(in, JSON_COMPACT))) {
+    http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode the layer spec");
     goto done;
   }
   if (spec_validate(r, ctx, &m, text, &spec) != DECOMP_OK)
     goto done;
   canon = decomp_spec_to_json(spec);
   if (!canon) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    http_reply_problem(r, DECOMP_ERR_ENCODE,
+                       "could not encode the canonical layer spec");
     goto done;
   }
   if ((rc = store_model_set_spec(http_req_store(r), m.id, canon)) !=
@@ -458,6 +474,8 @@ static void h_model_content(http_req *r) {
 
 /* ---- jobs ------------------------------------------------------------- */
 
+/* The job as the API shows it; NULL when a part could not be built (every
+ * part counts: a job is never answered with a piece silently missing). */
 static json_t *job_json(store *s, const store_job *j, bool detail) {
   char self[64];
   snprintf(self, sizeof self, "/v1/jobs/%s", j->id);
@@ -471,65 +489,78 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
       time_json(j->finished_at), "url", self);
   if (!o)
     return NULL;
+  bool ok = true; /* json_object_set_new() fails (-1) on a NULL value */
   json_t *prog = json_object_get(o, "progress");
   if (j->state == STORE_JOB_RUNNING && j->current_layer[0])
-    json_object_set_new(prog, "current",
-                        json_pack("{s:s, s:s, s:f}", "layer", j->current_layer,
-                                  "step", j->current_step, "fraction",
-                                  j->current_fraction));
+    ok &= json_object_set_new(prog, "current",
+                              json_pack("{s:o, s:s, s:f}", "layer",
+                                        text_json(j->current_layer), "step",
+                                        j->current_step, "fraction",
+                                        j->current_fraction)) == 0;
   else
-    json_object_set_new(prog, "current", json_null());
+    ok &= json_object_set_new(prog, "current", json_null()) == 0;
   if (j->started_at > 0) {
     int64_t end = j->finished_at > 0 ? j->finished_at : store_now_ms();
-    json_object_set_new(o, "seconds",
-                        json_real((double)(end - j->started_at) / 1000.0));
+    ok &= json_object_set_new(
+              o, "seconds",
+              json_real((double)(end - j->started_at) / 1000.0)) == 0;
   }
   if (j->error_code[0])
-    json_object_set_new(o, "error",
-                        json_pack("{s:s, s:s}", "code", j->error_code,
-                                  "message",
-                                  j->error_message ? j->error_message : ""));
+    ok &= json_object_set_new(o, "error",
+                              json_pack("{s:s, s:o}", "code", j->error_code,
+                                        "message",
+                                        text_json(j->error_message))) == 0;
   else
-    json_object_set_new(o, "error", json_null());
-  if (!detail)
-    return o;
+    ok &= json_object_set_new(o, "error", json_null()) == 0;
+  if (!detail || !ok)
+    goto out;
   if (j->policy) {
     json_t *p = json_loads(j->policy, 0, NULL);
-    json_object_set_new(o, "policy", p ? p : json_string(j->policy));
+    ok &= json_object_set_new(o, "policy", p ? p : text_json(j->policy)) == 0;
   }
   store_job_layer *ls = NULL;
   size_t nl = 0;
   json_t *layers = json_array();
   if (store_job_layers(s, j->id, &ls, &nl) == DECOMP_OK) {
-    for (size_t i = 0; i < nl; i++) {
-      json_t *l = json_pack("{s:I, s:s, s:I, s:I, s:f}", "index",
-                            (json_int_t)ls[i].index, "name", ls[i].name,
-                            "rank", (json_int_t)ls[i].rank, "max_rank",
+    for (size_t i = 0; i < nl && layers; i++) {
+      json_t *l = json_pack("{s:I, s:o, s:I, s:I, s:f}", "index",
+                            (json_int_t)ls[i].index, "name",
+                            text_json(ls[i].name), "rank",
+                            (json_int_t)ls[i].rank, "max_rank",
                             (json_int_t)ls[i].max_rank, "seconds",
                             ls[i].seconds);
-      if (l && ls[i].skip_reason[0])
-        json_object_set_new(l, "skip_reason", json_string(ls[i].skip_reason));
-      json_array_append_new(layers, l);
+      if (l && ls[i].skip_reason[0] &&
+          json_object_set_new(l, "skip_reason",
+                              text_json(ls[i].skip_reason)) != 0) {
+        json_decref(l);
+        l = NULL;
+      }
+      ok &= json_array_append_new(layers, l) == 0;
     }
     free(ls);
   }
-  json_object_set_new(o, "layers", layers);
+  ok &= json_object_set_new(o, "layers", layers) == 0;
   store_artifact *as = NULL;
   size_t na = 0;
   json_t *arts = json_array();
   if (store_artifact_list(s, j->id, &as, &na) == DECOMP_OK) {
-    for (size_t i = 0; i < na; i++) {
+    for (size_t i = 0; i < na && arts; i++) {
       char url[160];
       snprintf(url, sizeof url, "/v1/jobs/%s/artifacts/%s", j->id, as[i].name);
-      json_array_append_new(
-          arts, json_pack("{s:s, s:s, s:I, s:s, s:s}", "name", as[i].name,
-                          "digest", as[i].digest, "size",
-                          (json_int_t)as[i].size, "media_type",
-                          as[i].media_type, "url", url));
+      ok &= json_array_append_new(
+                arts, json_pack("{s:s, s:s, s:I, s:s, s:s}", "name",
+                                as[i].name, "digest", as[i].digest, "size",
+                                (json_int_t)as[i].size, "media_type",
+                                as[i].media_type, "url", url)) == 0;
     }
     free(as);
   }
-  json_object_set_new(o, "artifacts", arts);
+  ok &= json_object_set_new(o, "artifacts", arts) == 0;
+out:
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
   return o;
 }
 
@@ -610,13 +641,19 @@ static void h_job_submit(http_req *r) {
    * the layer spec from the archive (the job's spec is stored empty). */
   bool spec_from_archive = !js && !spec_text;
   ctx = decomp_ctx_new();
-  if (js)
-    spec_text = json_dumps(js, JSON_COMPACT);
+  if (!ctx) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if (js && !(spec_text = json_dumps(js, JSON_COMPACT))) {
+    http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode 'spec'");
+    goto done;
+  }
   pol_text = !jp ? strdup("budget")
              : json_is_string(jp) ? strdup(json_string_value(jp))
                                   : json_dumps(jp, JSON_COMPACT);
-  if (!ctx || (!spec_text && !spec_from_archive) || !pol_text) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+  if (!pol_text) {
+    http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode 'policy'");
     goto done;
   }
   if (!spec_from_archive &&
@@ -630,7 +667,8 @@ static void h_job_submit(http_req *r) {
   spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
   pol_canon = decomp_policy_to_json(pol);
   if ((!spec_canon && !spec_from_archive) || !pol_canon) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    http_reply_problem(r, DECOMP_ERR_ENCODE,
+                       "could not encode the canonical spec and policy");
     goto done;
   }
   /* Identical input (model, canonical spec, canonical policy) is one job. */
@@ -656,7 +694,10 @@ static void h_job_submit(http_req *r) {
   rc = store_job_submit(s, key_hex, &job, &created);
   if (rc != DECOMP_OK) {
     job.spec = job.policy = NULL; /* still ours: freed below */
-    store_problem(r, rc);
+    if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
+      http_reply_problem(r, rc, "model '%s': no such model", m.id);
+    else
+      store_problem(r, rc);
     goto done;
   }
   if (created)
@@ -719,8 +760,14 @@ static void h_jobs_list(http_req *r) {
     return;
   }
   json_t *a = json_array();
-  for (size_t i = 0; i < n; i++)
-    json_array_append_new(a, job_json(http_req_store(r), &v[i], false));
+  bool ok = a != NULL;
+  for (size_t i = 0; i < n && ok; i++)
+    ok = json_array_append_new(a, job_json(http_req_store(r), &v[i],
+                                           false)) == 0;
+  if (!ok) {
+    json_decref(a);
+    a = NULL;
+  }
   json_t *next = json_null();
   if (n == (size_t)limit && n > 0) {
     char c[32];
@@ -731,7 +778,11 @@ static void h_jobs_list(http_req *r) {
   for (size_t i = 0; i < n; i++)
     store_job_clear(&v[i]);
   free(v);
-  reply_json(r, 200, json_pack("{s:o, s:o}", "jobs", a, "next_cursor", next));
+  if (!a)
+    json_decref(next);
+  reply_json(r, 200,
+             a ? json_pack("{s:o, s:o}", "jobs", a, "next_cursor", next)
+               : NULL);
 }
 
 static void h_job_get(http_req *r) {
@@ -865,6 +916,26 @@ static void h_job_cancel(http_req *r) {
   store_job_clear(&j);
 }
 
+/* A failed or cancelled job runs again; submits are idempotent by content,
+ * so resubmitting it would only return it as it is. */
+static void h_job_retry(http_req *r) {
+  store_job j;
+  bool requeued = false;
+  int rc = store_job_retry(http_req_store(r), http_req_param(r, 0), &j,
+                           &requeued);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (requeued) {
+    worker_pool_wake();
+    LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_retried id=%s model=%s "
+        "attempts=%d", j.id, j.model_id, j.attempts);
+  }
+  reply_json(r, 200, job_json(http_req_store(r), &j, false));
+  store_job_clear(&j);
+}
+
 static void h_job_delete(http_req *r) {
   store *s = http_req_store(r);
   char(*digests)[STORE_DIGEST_LEN] = NULL;
@@ -955,6 +1026,8 @@ const http_route HTTP_ROUTES[] = {
      h_job_delete, "delete a finished job and its artifacts"},
     {"POST", "/v1/jobs/{id}/cancel", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
      h_job_cancel, "cancel a job"},
+    {"POST", "/v1/jobs/{id}/retry", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
+     h_job_retry, "run a failed or cancelled job again"},
     {"GET", "/v1/jobs/{id}/artifacts/{name}", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_artifact_get, "download an artifact (ETag, Range)"},
     /* the dashboard: a static shell, open so it can ask for a token */

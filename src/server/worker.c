@@ -272,6 +272,27 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
   return rc;
 }
 
+/* `in` without server paths: the data dir's (store_scrub) and the
+ * TorchScript reader's. */
+static void worker_scrub(const worker_pool *p, const char *in, char *out,
+                         size_t outlen) {
+  char tmp[1200];
+  size_t n = strlen(p->ts_reader), o = 0;
+  for (const char *q = in; *q && o + 1 < sizeof tmp;) {
+    if (n > 0 && strncmp(q, p->ts_reader, n) == 0) {
+      o += (size_t)snprintf(tmp + o, sizeof tmp - o, "%s",
+                            "the TorchScript reader");
+      if (o >= sizeof tmp)
+        o = sizeof tmp - 1;
+      q += n;
+    } else {
+      tmp[o++] = *q++;
+    }
+  }
+  tmp[o] = '\0';
+  store_scrub(p->s, tmp, out, outlen);
+}
+
 static void run_job(worker_pool *p, store_job *job) {
   store *s = p->s;
   struct run r = {.p = p, .job = job};
@@ -346,7 +367,13 @@ done:
     state = "failed";
     if (!msg[0])
       snprintf(msg, sizeof msg, "%s", decomp_strerror(rc));
-    store_job_fail(s, job->id, rc, msg);
+    /* The job's error is shown to clients: what failed, not where on this
+     * server (the log line below keeps the paths). */
+    char shown[sizeof msg];
+    worker_scrub(p, msg, shown, sizeof shown);
+    if (store_job_fail(s, job->id, rc, shown) != DECOMP_OK)
+      LOG(LOG_ERROR, "worker", job->id, "event=fail_not_saved error=%s",
+          log_q(store_errmsg()));
   }
   if (strcmp(state, "queued") != 0)
     metrics_job_finished(state);

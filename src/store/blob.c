@@ -3,8 +3,11 @@
  * A blob is written to a temp file under DATA_DIR/tmp (same file system),
  * hashed on the fly, fsynced, then renamed into place and its folder fsynced,
  * so a crash leaves either the whole blob or none (plus a temp file that
- * store_open removes, as it removes a TorchScript reader's work folder left
- * by a daemon that was killed). Blob files are never modified after the rename.
+ * store_open removes). DATA_DIR/tmp holds nothing but what a live daemon is
+ * writing: uploads, a job's outputs (and the engine's ".NAME.tmp-XXXXXX"
+ * files behind them), a TorchScript reader's work folder; the owner empties
+ * it at start, dot-names included. Blob files are never modified after the
+ * rename.
  *
  * An upload's SHA-256 is computed by a helper thread that reads back what
  * the connection's thread has written (from the page cache), so hashing
@@ -86,12 +89,16 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
       snprintf(p->tmp, sizeof p->tmp, "%s/tmp", data_dir) >=
           (int)sizeof p->tmp ||
       snprintf(p->db, sizeof p->db, "%s/decompd.db", data_dir) >=
-          (int)sizeof p->db)
+          (int)sizeof p->db ||
+      snprintf(p->reserve, sizeof p->reserve, "%s/decompd.reserve",
+               data_dir) >= (int)sizeof p->reserve)
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "%s: path too long",
                       data_dir);
   int rc = mkdir_p(p->blobs);
   if (rc == DECOMP_OK)
     rc = mkdir_p(p->tmp);
+  if (rc == DECOMP_OK && !realpath(data_dir, p->real))
+    p->real[0] = '\0';
   if (rc != DECOMP_OK || !clean)
     return rc;
   DIR *d = opendir(p->tmp);
@@ -99,7 +106,9 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
     return store_fail(DECOMP_ERR_IO, "opendir %s: %s", p->tmp, strerror(errno));
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.')
+    /* Every entry but the folder's own: the engine writes a job's outputs
+     * as ".NAME.tmp-XXXXXX" first, as large as the output. */
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
       continue;
     if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno == EISDIR) {
       char sub[sizeof p->tmp + 256];
@@ -112,6 +121,108 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
 }
 
 const char *store_tmp_dir(store *s) { return store_paths_of(s)->tmp; }
+
+/* ---- the reserve (store_int.h) ----------------------------------------- */
+
+int store_reserve_fill(const store_paths *p) {
+  int fd = open(p->reserve, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0)
+    return store_fail(io_err(errno), "reserve: %s", strerror(errno));
+  struct stat st;
+  int rc = DECOMP_OK;
+  if (fstat(fd, &st) != 0 ||
+      (int64_t)st.st_blocks * 512 < (int64_t)STORE_RESERVE_BYTES) {
+    /* Allocated blocks, not a hole: the point is that they are taken. */
+    int e = posix_fallocate(fd, 0, STORE_RESERVE_BYTES);
+    if (e != 0)
+      rc = store_fail(io_err(e), "reserve: %s", strerror(e));
+    else if (fsync(fd) != 0)
+      rc = store_fail(io_err(errno), "reserve: %s", strerror(errno));
+  }
+  close(fd);
+  return rc;
+}
+
+bool store_reserve_release(const store_paths *p) {
+  struct stat st;
+  if (stat(p->reserve, &st) != 0 || st.st_blocks == 0)
+    return false;
+  return unlink(p->reserve) == 0;
+}
+
+/* ---- messages without server paths -------------------------------------- */
+
+/* A character that may be part of a path (so a root found after one is
+ * inside another path, not the start of ours). */
+static bool path_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '/' || c == '.' || c == '_' ||
+         c == '-' || c == '~' || c == '+';
+}
+
+/* Where a path ends in a message ("open PATH: No such file", "(PATH)"). */
+static bool path_end(char c) {
+  return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == ':' ||
+         c == ',' || c == ';' || c == '"' || c == '\'' || c == ')' || c == ']';
+}
+
+/* What the file at `rest` under the data dir is, for a message. */
+static void path_word(const char *rest, size_t n, char *w, size_t wlen) {
+  static const char BLOBS[] = "/blobs/sha256/";
+  size_t nb = sizeof BLOBS - 1;
+  if (n == 0)
+    snprintf(w, wlen, "the data dir");
+  else if (n > 12 && strncmp(rest, "/tmp/upload-", 12) == 0)
+    snprintf(w, wlen, "the upload");
+  else if (n > 5 && strncmp(rest, "/tmp/", 5) == 0)
+    snprintf(w, wlen, "a temp file");
+  else if (n == 4 && strncmp(rest, "/tmp", 4) == 0)
+    snprintf(w, wlen, "the temp folder");
+  else if (n == nb + 3 + 64 && strncmp(rest, BLOBS, nb) == 0 &&
+           rest[nb + 2] == '/')
+    snprintf(w, wlen, "blob sha256:%.64s", rest + nb + 3);
+  else if (n >= 6 && strncmp(rest, "/blobs", 6) == 0)
+    snprintf(w, wlen, "the blob folder");
+  else if (n >= 11 && strncmp(rest, "/decompd.db", 11) == 0)
+    snprintf(w, wlen, "the database");
+  else
+    snprintf(w, wlen, "a file in the data dir");
+}
+
+void store_scrub(store *s, const char *in, char *out, size_t outlen) {
+  const store_paths *p = store_paths_of(s);
+  /* the resolved root first: it is the longer one when they differ */
+  const char *roots[2] = {p->real, p->root};
+  size_t o = 0;
+  if (outlen == 0)
+    return;
+  for (size_t i = 0; in[i] && o + 1 < outlen;) {
+    size_t rlen = 0;
+    if (i == 0 || !path_char(in[i - 1]))
+      for (int k = 0; k < 2 && !rlen; k++) {
+        size_t n = strlen(roots[k]);
+        if (n > 0 && strncmp(in + i, roots[k], n) == 0 &&
+            (in[i + n] == '/' || path_end(in[i + n])))
+          rlen = n;
+      }
+    if (!rlen) {
+      out[o++] = in[i++];
+      continue;
+    }
+    size_t end = i + rlen;
+    while (!path_end(in[end]))
+      end++;
+    char word[96];
+    path_word(in + i + rlen, end - i - rlen, word, sizeof word);
+    size_t wn = strlen(word);
+    if (o + wn >= outlen)
+      break;
+    memcpy(out + o, word, wn);
+    o += wn;
+    i = end;
+  }
+  out[o] = '\0';
+}
 
 int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
   if (!store_digest_valid(digest))
@@ -263,14 +374,14 @@ int store_upload_begin(store *s, store_upload **out) {
   }
   u->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   if (u->fd < 0) {
-    int rc = store_fail(io_err(errno), "%s: %s", u->path, strerror(errno));
+    int rc = store_fail(io_err(errno), "temp file: %s", strerror(errno));
     u->path[0] = '\0';
     store_upload_free(u);
     return rc;
   }
   u->rfd = open(u->path, O_RDONLY | O_CLOEXEC);
   if (u->rfd < 0) {
-    int rc = store_fail(io_err(errno), "%s: %s", u->path, strerror(errno));
+    int rc = store_fail(io_err(errno), "temp file: %s", strerror(errno));
     store_upload_free(u);
     return rc;
   }
@@ -293,8 +404,7 @@ int store_upload_write(store_upload *u, const void *buf, size_t len) {
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      return store_fail(io_err(errno), "write %s: %s", u->path,
-                        strerror(errno));
+      return store_fail(io_err(errno), "upload write: %s", strerror(errno));
     }
     p += n;
     left -= (size_t)n;
@@ -323,10 +433,10 @@ int store_upload_finish(store_upload *u, char digest[STORE_DIGEST_LEN]) {
     int sync_err = fsync(u->fd) != 0 ? errno : 0;
     hasher_join(u, sync_err != 0);
     if (sync_err)
-      return store_fail(io_err(sync_err), "fsync %s: %s", u->path,
+      return store_fail(io_err(sync_err), "upload fsync: %s",
                         strerror(sync_err));
     if (u->hash_failed || !store_sha256_final(u->h, u->digest))
-      return store_fail(DECOMP_ERR_INTERNAL, "%s: hashing failed", u->path);
+      return store_fail(DECOMP_ERR_INTERNAL, "upload: hashing failed");
     close(u->fd);
     u->fd = -1;
     u->finished = true;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,6 +52,8 @@ struct store {
   struct reader *readers;
   int lock_fd;              /* owner's lock on DATA_DIR/decompd.lock */
   int version;
+  bool owner;               /* keeps the reserve (store_reserve_fill) */
+  pthread_mutex_t reserve_mu; /* one fill or release at a time */
 };
 
 const store_paths *store_paths_of(const store *s) { return &s->paths; }
@@ -61,14 +64,38 @@ int64_t store_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The code for the last failure on `db`: a full disk is DISK_FULL, as it
+ * is for blobs (SQLITE_FULL, which SQLite gives for ENOSPC on a write, or
+ * an I/O error whose errno is ENOSPC or EDQUOT: growing the -shm file,
+ * fsync), anything else STORE. */
+static int db_code(sqlite3 *db) {
+  int x = sqlite3_extended_errcode(db);
+  if ((x & 0xff) == SQLITE_FULL)
+    return DECOMP_ERR_DISK_FULL;
+  if ((x & 0xff) == SQLITE_IOERR) {
+    int e = sqlite3_system_errno(db);
+    if (e == ENOSPC || e == EDQUOT)
+      return DECOMP_ERR_DISK_FULL;
+  }
+  return DECOMP_ERR_STORE;
+}
+
 static int db_fail(sqlite3 *db, const char *what) {
-  return store_fail(DECOMP_ERR_STORE, "%s: %s", what, sqlite3_errmsg(db));
+  int code = db_code(db);
+  if (code == DECOMP_ERR_DISK_FULL)
+    return store_fail(code, "%s: no space left on device for the index (%s)",
+                      what, sqlite3_errmsg(db));
+  return store_fail(code, "%s: %s", what, sqlite3_errmsg(db));
 }
 
 static int db_exec(sqlite3 *db, const char *sql) {
   char *msg = NULL;
   if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = store_fail(DECOMP_ERR_STORE, "%s", msg ? msg : "sqlite error");
+    int code = db_code(db);
+    int rc = code == DECOMP_ERR_DISK_FULL
+                 ? store_fail(code, "no space left on device for the index "
+                                    "(%s)", msg ? msg : "sqlite error")
+                 : store_fail(code, "%s", msg ? msg : "sqlite error");
     sqlite3_free(msg);
     return rc;
   }
@@ -371,6 +398,7 @@ int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
   pthread_mutex_init(&s->wmu, NULL);
   pthread_mutex_init(&s->blob_mu, NULL);
   pthread_mutex_init(&s->rmu, NULL);
+  pthread_mutex_init(&s->reserve_mu, NULL);
   pthread_key_create(&s->rkey, reader_drop);
   int rc = store_blob_init(data_dir, false, &s->paths);
   if (rc != DECOMP_OK)
@@ -390,6 +418,10 @@ int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
     }
     if ((rc = store_blob_init(data_dir, true, &s->paths)) != DECOMP_OK)
       goto fail;
+    /* On a full disk it is not there yet: the next collected blob makes
+     * it (store_blob_gc). */
+    s->owner = true;
+    store_reserve_fill(&s->paths);
   }
   if ((rc = db_open(s->paths.db, &s->w)) != DECOMP_OK)
     goto fail;
@@ -439,6 +471,7 @@ void store_close(store *s) {
   pthread_mutex_destroy(&s->wmu);
   pthread_mutex_destroy(&s->blob_mu);
   pthread_mutex_destroy(&s->rmu);
+  pthread_mutex_destroy(&s->reserve_mu);
   free(s);
 }
 
@@ -481,7 +514,36 @@ int store_blob_gc(store *s, const char *digest) {
     return rc;
   if (unlink(path) != 0 && errno != ENOENT)
     return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
+  /* Space came free: the reserve first, if a delete used it. */
+  if (s->owner) {
+    pthread_mutex_lock(&s->reserve_mu);
+    store_reserve_fill(&s->paths);
+    pthread_mutex_unlock(&s->reserve_mu);
+  }
   return DECOMP_OK;
+}
+
+bool store_reserve_ok(store *s) {
+  struct stat st;
+  return s->owner && stat(s->paths.reserve, &st) == 0 &&
+         (int64_t)st.st_blocks * 512 >= (int64_t)STORE_RESERVE_BYTES;
+}
+
+/* Run `tx`; when it fails for want of space, free the reserve and run it
+ * once more. For the few writes that must get through on a full disk: a
+ * delete (how space comes back: it needs a few pages of the index to say
+ * so) and the end of a running job. */
+static int write_with_reserve(store *s, int (*tx)(store *, void *),
+                              void *arg) {
+  int rc = tx(s, arg);
+  if (rc == DECOMP_ERR_DISK_FULL && s->owner) {
+    pthread_mutex_lock(&s->reserve_mu);
+    bool freed = store_reserve_release(&s->paths);
+    pthread_mutex_unlock(&s->reserve_mu);
+    if (freed)
+      rc = tx(s, arg);
+  }
+  return rc;
 }
 
 /* ---- models ----------------------------------------------------------- */
@@ -589,8 +651,14 @@ int store_model_list(store *s, store_model **out, size_t *n) {
   return DECOMP_OK;
 }
 
-int store_model_delete(store *s, const char *id,
-                       char digest[STORE_DIGEST_LEN]) {
+struct model_delete {
+  const char *id;
+  char *digest;
+};
+
+static int model_delete_tx(store *s, void *arg) {
+  const char *id = ((struct model_delete *)arg)->id;
+  char *digest = ((struct model_delete *)arg)->digest;
   int rc = wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -616,6 +684,12 @@ int store_model_delete(store *s, const char *id,
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
   return wend(s, rc);
+}
+
+int store_model_delete(store *s, const char *id,
+                       char digest[STORE_DIGEST_LEN]) {
+  struct model_delete a = {id, digest};
+  return write_with_reserve(s, model_delete_tx, &a);
 }
 
 int store_model_set_spec(store *s, const char *id, const char *spec) {
@@ -912,12 +986,26 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
   int rc = wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
-  rc = EXEC(s->w, &n,
-            "INSERT INTO jobs (id, model_id, request_key, spec, policy, state, "
-            "created_at) VALUES (?,?,?,?,?,'queued',?) "
-            "ON CONFLICT (request_key) DO NOTHING",
-            "sssssi", id, j->model_id, request_key, j->spec, j->policy,
-            store_now_ms());
+  /* The model must exist in the transaction that queues the job: checked
+   * before it, a DELETE of the model could land in between and both
+   * succeed, leaving a queued job on a model that is gone. */
+  sqlite3_stmt *st = NULL;
+  rc = prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)", "s",
+             j->model_id);
+  if (rc == DECOMP_OK) {
+    if (sqlite3_step(st) != SQLITE_ROW)
+      rc = db_fail(s->w, "job model");
+    else if (sqlite3_column_int(st, 0) == 0)
+      rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", j->model_id);
+    sdone(s, st);
+  }
+  if (rc == DECOMP_OK)
+    rc = EXEC(s->w, &n,
+              "INSERT INTO jobs (id, model_id, request_key, spec, policy, "
+              "state, created_at) VALUES (?,?,?,?,?,'queued',?) "
+              "ON CONFLICT (request_key) DO NOTHING",
+              "sssssi", id, j->model_id, request_key, j->spec, j->policy,
+              store_now_ms());
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
@@ -1142,36 +1230,47 @@ int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
   return wend(s, rc);
 }
 
-int store_job_fail(store *s, const char *job_id, int err, const char *message) {
+/* A running job's end: failed or cancelled (finished now) or back in the
+ * queue. */
+struct job_end {
+  const char *id;
+  const char *state;
+  const char *code, *message; /* failed only */
+};
+
+static int job_end_tx(store *s, void *arg) {
+  const struct job_end *e = arg;
   int rc = wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
-  rc = EXEC(s->w, NULL,
-            "UPDATE jobs SET state='failed', finished_at=?, error_code=?, "
-            "error_message=? WHERE id=? AND state='running'",
-            "isss", store_now_ms(), decomp_error_code(err), message, job_id);
+  if (strcmp(e->state, "queued") == 0)
+    rc = EXEC(s->w, NULL,
+              "UPDATE jobs SET state='queued' WHERE id=? AND state='running'",
+              "s", e->id);
+  else
+    rc = EXEC(s->w, NULL,
+              "UPDATE jobs SET state=?1, finished_at=?2, error_code=?3, "
+              "error_message=?4 WHERE id=?5 AND state='running'",
+              "sisss", e->state, store_now_ms(), e->code, e->message, e->id);
   return wend(s, rc);
+}
+
+/* Ending a job may use the reserve too: on a full disk a job left
+ * `running` would hold its model (store_model_delete refuses) until the
+ * daemon restarts. */
+int store_job_fail(store *s, const char *job_id, int err, const char *message) {
+  struct job_end e = {job_id, "failed", decomp_error_code(err), message};
+  return write_with_reserve(s, job_end_tx, &e);
 }
 
 int store_job_cancelled(store *s, const char *job_id) {
-  int rc = wbegin(s);
-  if (rc != DECOMP_OK)
-    return rc;
-  rc = EXEC(s->w, NULL,
-            "UPDATE jobs SET state='cancelled', finished_at=? WHERE id=? AND "
-            "state='running'",
-            "is", store_now_ms(), job_id);
-  return wend(s, rc);
+  struct job_end e = {job_id, "cancelled", NULL, NULL};
+  return write_with_reserve(s, job_end_tx, &e);
 }
 
 int store_job_requeue(store *s, const char *job_id) {
-  int rc = wbegin(s);
-  if (rc != DECOMP_OK)
-    return rc;
-  rc = EXEC(s->w, NULL,
-            "UPDATE jobs SET state='queued' WHERE id=? AND state='running'",
-            "s", job_id);
-  return wend(s, rc);
+  struct job_end e = {job_id, "queued", NULL, NULL};
+  return write_with_reserve(s, job_end_tx, &e);
 }
 
 int store_job_cancel(store *s, const char *id, store_job *out) {
@@ -1201,8 +1300,80 @@ int store_job_cancel(store *s, const char *id, store_job *out) {
   return wend(s, rc);
 }
 
-int store_job_delete(store *s, const char *id,
-                     char (**digests)[STORE_DIGEST_LEN], size_t *n) {
+int store_job_retry(store *s, const char *id, store_job *out,
+                    bool *requeued) {
+  *requeued = false;
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_job j;
+  rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
+                &j);
+  if (rc == DECOMP_OK) {
+    if (j.state == STORE_JOB_FAILED || j.state == STORE_JOB_CANCELLED) {
+      /* As at submit: its model must exist in this transaction. */
+      sqlite3_stmt *st = NULL;
+      rc = prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
+                 "s", j.model_id);
+      if (rc == DECOMP_OK) {
+        if (sqlite3_step(st) != SQLITE_ROW)
+          rc = db_fail(s->w, "job model");
+        else if (sqlite3_column_int(st, 0) == 0)
+          rc = store_fail(DECOMP_ERR_CONFLICT,
+                          "job %s: its model %s has been deleted", id,
+                          j.model_id);
+        sdone(s, st);
+      }
+      /* A new attempt at the back of the queue (a new seq: the queue and
+       * the list go by it); attempts keep counting. */
+      if (rc == DECOMP_OK)
+        rc = EXEC(s->w, NULL,
+                  "UPDATE jobs SET seq=(SELECT MAX(seq) + 1 FROM jobs), "
+                  "state='queued', cancel_requested=0, layers_done=0, "
+                  "layers_total=0, error_code=NULL, error_message=NULL, "
+                  "started_at=NULL, finished_at=NULL, current_layer=NULL, "
+                  "current_step=NULL, current_fraction=NULL WHERE id=?",
+                  "s", id);
+      if (rc == DECOMP_OK)
+        rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s",
+                  id);
+      *requeued = rc == DECOMP_OK;
+    } else if (j.state == STORE_JOB_SUCCEEDED) {
+      rc = store_fail(DECOMP_ERR_CONFLICT,
+                      "job %s has succeeded: there is nothing to retry "
+                      "(delete it to run it again)",
+                      id);
+    } else if (j.cancel_requested) {
+      rc = store_fail(DECOMP_ERR_CONFLICT,
+                      "job %s is being cancelled; retry it once it has "
+                      "stopped",
+                      id);
+    } /* queued or running: it is going to run; nothing to do */
+    store_job_clear(&j);
+  }
+  bool filled = false;
+  if (rc == DECOMP_OK)
+    filled = (rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?",
+                            id, false, out)) == DECOMP_OK;
+  rc = wend(s, rc);
+  if (rc != DECOMP_OK) {
+    *requeued = false;
+    if (filled)
+      store_job_clear(out);
+  }
+  return rc;
+}
+
+struct job_delete {
+  const char *id;
+  char (**digests)[STORE_DIGEST_LEN];
+  size_t *n;
+};
+
+static int job_delete_tx(store *s, void *arg) {
+  const char *id = ((struct job_delete *)arg)->id;
+  char(**digests)[STORE_DIGEST_LEN] = ((struct job_delete *)arg)->digests;
+  size_t *n = ((struct job_delete *)arg)->n;
   int rc = wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -1244,4 +1415,10 @@ int store_job_delete(store *s, const char *id,
   *digests = v;
   *n = cnt;
   return DECOMP_OK;
+}
+
+int store_job_delete(store *s, const char *id,
+                     char (**digests)[STORE_DIGEST_LEN], size_t *n) {
+  struct job_delete a = {id, digests, n};
+  return write_with_reserve(s, job_delete_tx, &a);
 }

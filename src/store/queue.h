@@ -1,6 +1,7 @@
 /* queue.h — the persisted job queue, on the same handle as the store.
  *
- * A job moves queued → running → succeeded | failed | cancelled. Workers
+ * A job moves queued → running → succeeded | failed | cancelled, and a
+ * failed or cancelled one back to queued when retried. Workers
  * claim the oldest queued job atomically (store_job_claim), report each layer
  * (store_job_progress), and finish it (store_job_succeed/fail/cancelled) or put
  * it back (store_job_requeue) when the daemon stops. store_open() requeues
@@ -53,7 +54,9 @@ typedef struct store_job_layer {
 
 /* Queue a job unless one with the same `request_key` exists: *created says
  * which; `j` is filled with the stored row (id made here). `j->spec` and
- * `j->policy` are borrowed on input and replaced by owned copies. */
+ * `j->policy` are borrowed on input and replaced by owned copies.
+ * DECOMP_ERR_NOT_FOUND when model `j->model_id` does not exist, checked in
+ * the same transaction (store_model_delete cannot slip in between). */
 int store_job_submit(store *s, const char *request_key, store_job *j,
                      bool *created);
 /* `with_spec`: also load spec and policy texts. */
@@ -85,6 +88,8 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
  * with store_blob_lock() held). */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       size_t n);
+/* These three (a running job's end) get through on a full disk too, as
+ * store_model_delete does: a job left running would hold its model. */
 int store_job_fail(store *s, const char *job_id, int err, const char *message);
 int store_job_cancelled(store *s, const char *job_id);
 /* Put a running job back in the queue (the daemon is stopping). */
@@ -94,9 +99,18 @@ int store_job_requeue(store *s, const char *job_id);
  * flagged for its worker. DECOMP_ERR_CONFLICT for a finished job. `out` gets
  * the row after the change. */
 int store_job_cancel(store *s, const char *id, store_job *out);
+/* Run a failed or cancelled job again: it goes back to the queue, behind
+ * the jobs queued now, as a new attempt (its error, times and layer rows
+ * cleared; `attempts` keeps counting) and *requeued is set.
+ * DECOMP_ERR_CONFLICT for a succeeded job, a running one being cancelled,
+ * or one whose model has been deleted (checked in the same transaction); a
+ * queued or running job is left as it is (it is going to run). `out` gets
+ * the row after the change. */
+int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 /* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
  * while queued or running. The artifacts' digests are returned (*digests,
- * free()) for store_blob_gc(). */
+ * free()) for store_blob_gc(). Works on a full disk, as store_model_delete
+ * does. */
 int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
                      size_t *n);
 

@@ -27,17 +27,30 @@ typedef struct store store;
 /* Open (creating when needed) the store under `data_dir`: the folders, the
  * database, the migrations in order (DECOMP_ERR_DB_TOO_NEW for a schema newer
  * than this binary). An `owner` (the serving daemon; one per DATA_DIR, held
- * by a lock file, DECOMP_ERR_UNAVAILABLE if another has it) also removes
- * leftovers of uploads cut short and puts jobs a dead process left `running`
- * back in the queue (`requeued` says how many; may be NULL). Tools such as
+ * by a lock file, DECOMP_ERR_UNAVAILABLE if another has it) also empties
+ * DATA_DIR/tmp of what a killed daemon left there (uploads cut short, job
+ * outputs and the engine's dot-named temp files behind them, TorchScript
+ * work folders) and puts jobs a dead process left `running` back in the
+ * queue (`requeued` says how many; may be NULL). Tools such as
  * `decompd token` open without owning. */
 int store_open(const char *data_dir, bool owner, store **out, int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.
  * Call after every thread using the store has stopped. */
 void store_close(store *s);
 
-/* The detail of the last failure on this thread ("" when none). */
+/* The detail of the last failure on this thread ("" when none). It may
+ * name the store's files; see store_scrub before showing it to a client. */
 const char *store_errmsg(void);
+
+/* Copy the message `in` into `out` (`outlen` > 0, always NUL-terminated)
+ * with every path into this store's data dir (as configured or resolved)
+ * replaced by what it is: "the upload", "a temp file", "blob sha256:…",
+ * "the database", "the data dir"…: answers never show server paths. */
+void store_scrub(store *s, const char *in, char *out, size_t outlen);
+
+/* Whether the owner's reserve is in place (it is made at start-up, and
+ * again when a blob is collected after a delete used it). */
+bool store_reserve_ok(store *s);
 
 /* Schema version of the open database. */
 int store_schema_version(store *s);
@@ -80,8 +93,9 @@ int store_blob_place_file(store *s, const char *path, const char *digest);
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
-/* Remove the blob when no model or artifact row refers to it any more. Call
- * with store_blob_lock() held. */
+/* Remove the blob when no model or artifact row refers to it any more (and
+ * then remake the reserve, if a delete used it). Call with
+ * store_blob_lock() held. */
 int store_blob_gc(store *s, const char *digest);
 /* Serialises "blob exists + row refers to it" against garbage collection. */
 void store_blob_lock(store *s);
@@ -111,7 +125,10 @@ int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
 int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
- * it. The caller collects the blob with store_blob_gc(). */
+ * it. The caller collects the blob with store_blob_gc(). On a full disk it
+ * still works: the owner keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB)
+ * that a delete frees when it needs the room, and that the next collected
+ * blob gives back. */
 int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN]);
 
 /* Attach a layer spec (canonical JSON) to a model, replacing any;

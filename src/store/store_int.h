@@ -9,10 +9,15 @@
 
 typedef struct store_paths {
   char root[STORE_PATH_MAX];  /* DATA_DIR */
+  char real[STORE_PATH_MAX];  /* DATA_DIR resolved (realpath), or "" */
   char blobs[STORE_PATH_MAX]; /* DATA_DIR/blobs/sha256 */
   char tmp[STORE_PATH_MAX];   /* DATA_DIR/tmp: uploads and job outputs */
   char db[STORE_PATH_MAX];    /* DATA_DIR/decompd.db */
+  char reserve[STORE_PATH_MAX]; /* DATA_DIR/decompd.reserve */
 } store_paths;
+
+/* Bytes the reserve file holds (see store_reserve_fill). */
+#define STORE_RESERVE_BYTES (4 << 20)
 
 const store_paths *store_paths_of(const store *s);
 
@@ -20,8 +25,19 @@ const store_paths *store_paths_of(const store *s);
 int store_fail(int err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Make the folders; with `clean`, empty the temp folder (uploads cut short
- * by a crash leave their temp files there; nothing else does). */
+/* Make the folders; with `clean`, empty the temp folder: every file and
+ * folder in it, dot-names included (a daemon killed while writing leaves
+ * uploads, job outputs, the engine's ".NAME.tmp-XXXXXX" files and
+ * TorchScript work folders there; nothing else is kept there). */
 int store_blob_init(const char *data_dir, bool clean, store_paths *p);
+
+/* The reserve: STORE_RESERVE_BYTES of allocated blocks in p->reserve, kept
+ * by the owner so that on a full disk a delete (the way out) still finds
+ * room for its few database pages. Fill allocates it (DECOMP_ERR_DISK_FULL
+ * when the disk has not the room yet; what was allocated stays); release
+ * removes it, returning whether it held anything. index.c calls them one
+ * at a time (at start-up, then under the store's reserve lock). */
+int store_reserve_fill(const store_paths *p);
+bool store_reserve_release(const store_paths *p);
 
 #endif

@@ -103,7 +103,10 @@ def test_default_policy_writes_weights_torch_loads_and_info_matching_them(model_
         assert name + ".weight" not in sd
         assert name + ".0.weight" in sd and name + ".1.weight" in sd
     skipped = {s["name"] for s in info["skipped"]}
-    assert {"d", "fc", "bn"} <= skipped
+    assert {"fc", "bn"} <= skipped  # fc: a Linear the spec gives by name only
+    for layer in info["layers"]:  # the 1x1 "d" has the channel method only
+        assert layer["method"] == ("channel_svd" if layer["name"] == "d"
+                                   else layer["method"])
     # The decomposed model runs and stays close to the original.
     x = torch.randn(2, 16, 12, 12)
     ref = net(x)
@@ -117,7 +120,10 @@ def test_full_rank_reproduces_the_model_output(model_files, tmp_path):
     run("decompose", "--weights", wpath, "--spec", spath, "--out", out,
         "--policy", '{"name": "ratio", "ratio": 1.0, "require_cheaper": false}', check=0)
     info = json.loads((out / "decompose_info.json").read_text())
-    assert set(info["changes"]) == {"a", "b", "c"}
+    # Every conv at full rank, the 1x1 "d" through channel_svd.
+    assert set(info["changes"]) == {"a", "b", "c", "d"}
+    assert next(l for l in info["layers"] if l["name"] == "d")["method"] == \
+        "channel_svd"
     sd = torch.load(out / "decomposed_weights.pth", weights_only=True)
     x = torch.randn(2, 16, 12, 12)
     ref = net(x)

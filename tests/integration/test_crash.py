@@ -1,7 +1,8 @@
 """Crashes and restarts: a job running when the daemon is killed runs again
 after restart and completes; an upload cut by kill -9 leaves no blob and no
-row and can be repeated; SIGTERM requeues at the layer boundary and exits
-cleanly; a database newer than the binary is refused."""
+row and can be repeated; a restart removes every temp file a killed daemon
+can leave; SIGTERM requeues at the layer boundary and exits cleanly; a
+database newer than the binary is refused."""
 import io
 import os
 import signal
@@ -256,3 +257,40 @@ def test_one_daemon_per_data_dir(daemon_factory):
         assert "another decompd" in str(e), e
     else:
         raise AssertionError("two daemons on one data dir")
+
+
+def test_restart_removes_every_temp_file_a_killed_daemon_can_leave(daemon_factory):
+    """What a kill -9 leaves in DATA_DIR/tmp, planted under the names the
+    daemon gives them: an upload, a job's output and the engine's dot-named
+    temp file behind it (as large as the output; the start-up cleanup used
+    to skip dot-names, so it stayed for good), a TorchScript work folder,
+    dot-named folders too. A restart removes them all; blobs are kept."""
+    d = daemon_factory().start()
+    torch.manual_seed(4)
+    buf = io.BytesIO()
+    torch.save(torch.nn.Conv2d(32, 64, 3).state_dict(), buf)
+    data = buf.getvalue()
+    status, m = d.upload(data)
+    assert status == 201, m
+    assert d.stop() == 0
+    tmp = os.path.join(d.data_dir, "tmp")
+    job = "j_0123456789abcdef"
+    planted = {
+        ".%s-out.pth.tmp-Ab3dE9" % job: 4 << 20,
+        ".%s-out.safetensors.tmp-x1Y2z3" % job: 1 << 20,
+        "%s-out.json" % job: 100,
+        "upload-0123456789abcdef01234567": 1 << 20,
+        ".hidden": 10,
+    }
+    for name, size in planted.items():
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(b"\0" * size)
+    for folder in ("decompd-ts-Qw3rTy", ".decompd-ts-.x"):
+        os.makedirs(os.path.join(tmp, folder, "sub"))
+        with open(os.path.join(tmp, folder, "sub", ".weights.safetensors"), "wb") as f:
+            f.write(b"\0" * 1000)
+    assert len(os.listdir(tmp)) == len(planted) + 2
+    d.start()
+    assert os.listdir(tmp) == []
+    assert len(files_under(d, "blobs")) == 1
+    assert d.json("GET", "/v1/models/" + m["id"], expect=200)[1]["size"] == len(data)

@@ -1,12 +1,14 @@
 """The differential campaign: decompctl against numpy's float64 SVD.
 
-Kernels with the structures real checkpoints have (zero taps, pruned
-channels, duplicated filters, exact low rank, zero and identity-like
-kernels, tiny, huge and subnormal scales, fp16/bf16 extremes, trained-like
-spectra) are crossed with groups, orders, dtypes, compute precisions, output
-formats and every rank policy, at sizes that send the engine down each of
-its SVD paths (gesdd for small matrices; the Gram-matrix spectrum, the block
-Krylov truncated SVD and its exact fallback for large ones; float64).
+Kernels (convs and Linear layers) with the structures real checkpoints have
+(zero taps, pruned channels, duplicated filters, exact low rank, zero and
+identity-like kernels, tiny, huge and subnormal scales, fp16/bf16 extremes,
+trained-like spectra) are crossed with groups, orders, dtypes, compute
+precisions, output formats, every rank policy, the methods (spatial_svd,
+channel_svd, svd) and calibrations (whitened decomposition), at sizes that
+send the engine down each of its SVD paths (gesdd for small matrices; the
+Gram-matrix spectrum, the block Krylov truncated SVD and its exact fallback
+for large ones; float64).
 
 Each case writes a model with `torch.save`, runs the real `decompctl
 decompose` on it, reads the written factors back (torch.load, or an
@@ -14,9 +16,11 @@ independent safetensors reader here), rebuilds each layer's effective kernel
 in float64 and checks, from those factors and not from the info file:
 
 - the kernel's relative error is within 1.01 of numpy's float64
-  Eckart–Young optimum for the layer's reshape (plus what storing the
+  Eckart–Young optimum for the method's reshape (plus what storing the
   factors in an fp16/bf16/float32 file and computing in float32 can cost,
   bounded from numpy's singular values, never from the engine's figures);
+  with a calibration, the output error ‖Sᵀ(M − M̃)‖ is within 1.01 of the
+  whitened optimum and never worse than plain SVD's at the same rank;
 - the info file's relative_error and energy_retained equal the measured
   ones;
 - the policy's own promise (max_error, energy) holds on the measured error;
@@ -171,7 +175,7 @@ def read_safetensors(path):
             a = bits.view(np.float32)
         else:
             a = np.frombuffer(raw, {"F32": "<f4", "F16": "<f2",
-                                    "F64": "<f8"}[dt])
+                                    "F64": "<f8", "I64": "<i8"}[dt])
         out[name] = a.astype(np.float64).reshape(e["shape"])
     return out
 
@@ -184,35 +188,47 @@ def read_pth(path):
 # --- one case --------------------------------------------------------------
 
 
-def reshape_groups(W, groups, vertical):
-    """The per-group matrices of the spatial reshape for the order."""
+def reshape_groups(W, groups, method, vertical):
+    """The per-group matrices the method factors, rows on the input side:
+    spatial M[(i,h),(o,w)] (vertical-first) or M[(i,w),(o,h)]; channel
+    M[(i,h,w), o]; a Linear's Wᵀ."""
+    if W.ndim == 2:
+        return [W.T]
     cout, I, kh, kw = W.shape
     O = cout // groups
     Ms = []
     for j in range(groups):
         B = W[j * O:(j + 1) * O]
-        if vertical:  # M[(i,h),(o,w)]
+        if method == "channel_svd":
+            Ms.append(B.reshape(O, I * kh * kw).T)
+        elif vertical:
             Ms.append(B.transpose(1, 2, 0, 3).reshape(I * kh, O * kw))
-        else:  # M[(i,w),(o,h)]
+        else:
             Ms.append(B.transpose(1, 3, 0, 2).reshape(I * kw, O * kh))
     return Ms
 
 
-def effective(first, second, groups, vertical):
-    """The [cout, I, kh, kw] kernel the two written convs compute."""
+def effective(first, second, groups, method, vertical):
+    """The kernel ([cout, I, kh, kw], or a Linear's [out, in]) the two
+    written modules compute."""
+    if first.ndim == 2:
+        return second @ first
     cout, R = second.shape[:2]
     O = cout // groups
     parts = []
     for j in range(groups):
         f = first[j * R:(j + 1) * R]
         s = second[j * O:(j + 1) * O]
-        if vertical:  # f [R, I, kh, 1], s [O, R, 1, kw]
+        if method == "channel_svd":  # f [R, I, kh, kw], s [O, R, 1, 1]
+            parts.append(np.einsum("or,rihw->oihw", s[:, :, 0, 0], f))
+        elif vertical:  # f [R, I, kh, 1], s [O, R, 1, kw]
             parts.append(np.einsum("orw,rih->oihw", s[:, :, 0, :],
                                    f[:, :, :, 0]))
         else:  # f [R, I, 1, kw], s [O, R, kh, 1]
             parts.append(np.einsum("orh,riw->oihw", s[:, :, :, 0],
                                    f[:, :, 0, :]))
     return np.concatenate(parts, axis=0)
+
 
 
 def draw_case(seed, index, large=None):
@@ -240,11 +256,18 @@ def draw_case(seed, index, large=None):
             groups = int(rng.choice([1, 1, 1, 2, 4]))
             cin = int(rng.integers(1, 24)) * groups * int(rng.choice([1, 4]))
             cout = int(rng.integers(1, 24)) * groups * int(rng.choice([1, 4]))
-        layers.append({"name": f"l{x}", "kind": kind, "cin": cin,
-                       "cout": cout, "kh": kh, "kw": kw, "groups": groups,
-                       "dtype": str(rng.choice(["F32", "F32", "F32", "F16",
-                                                "BF16", "F64"])),
-                       "seed": int(rng.integers(0, 2 ** 31))})
+        layer = {"name": f"l{x}", "kind": kind, "cin": cin,
+                 "cout": cout, "kh": kh, "kw": kw, "groups": groups,
+                 "dtype": str(rng.choice(["F32", "F32", "F32", "F16",
+                                          "BF16", "F64"])),
+                 "seed": int(rng.integers(0, 2 ** 31))}
+        if rng.random() < 0.3:  # a Linear: out × in
+            layer.update(type="Linear", kh=1, kw=1, groups=1,
+                         kind=kind if kind != "padded5" else "trained")
+            if large:
+                layer["cin"] = int(rng.integers(520, 1400))
+                layer["cout"] = int(rng.integers(520, 1400))
+        layers.append(layer)
     pname = str(rng.choice(["fixed", "ratio", "energy", "max_error", "vbmf",
                             "amct", "budget"]))
     policy = {"name": pname}
@@ -268,6 +291,20 @@ def draw_case(seed, index, large=None):
                                           "horizontal_first"]))
     if rng.random() < 0.25:
         policy["compute"] = "float64"
+    if pname != "amct":
+        if any(L.get("type") == "Linear" for L in layers) and \
+                rng.random() < 0.8:
+            policy["types"] = ["Conv2d", "Linear"]
+        r = rng.random()
+        if r < 0.2:
+            policy["methods"] = ["spatial"]
+        elif r < 0.4:
+            policy["methods"] = ["channel"]
+        calibrate = rng.random() < 0.35
+        for L in layers:  # a calibration for some of the layers
+            n = L["cin"] // L["groups"] * L["kh"] * L["kw"]
+            L["calibrated"] = bool(calibrate and rng.random() < 0.7 and
+                                   L["kind"] != "zero" and n <= 1400)
     fmt = str(rng.choice(["pth", "safetensors"]))
     return {"seed": seed, "index": index, "layers": layers, "policy": policy,
             "format": fmt}
@@ -277,37 +314,86 @@ class CaseFailure(AssertionError):
     pass
 
 
+def make_gram(rng, n):
+    """A Gram matrix XᵀX of correlated inputs (decaying scales, as real
+    activations have), full rank: more samples than dimensions."""
+    scales = 1.0 / (1.0 + np.arange(n) / max(1.0, rng.uniform(0.02, 0.5) * n))
+    mix = rng.standard_normal((n, n)) * scales
+    X = rng.standard_normal((2 * n + 16, n)) @ mix.T
+    return X.T @ X
+
+
+def write_calibration(path, grams):
+    """A decompd.calibration safetensors file, written here: {layer name:
+    [g, n, n] or [n, n] float64}."""
+    layers, tensors = {}, {}
+    for name, G in grams.items():
+        layers[name] = {"gram": name, "type": "Linear" if G.ndim == 2
+                        else "Conv2d", "shape": list(G.shape)}
+        tensors[name + ".gram"] = np.ascontiguousarray(G, dtype="<f8")
+        tensors[name + ".count"] = np.array(2 * G.shape[-1] + 16, "<i8")
+    header = {"__metadata__": {"format": "decompd.calibration",
+                               "version": "1", "layers": json.dumps(layers)}}
+    blobs, off = [], 0
+    for k, a in tensors.items():
+        b = a.tobytes()
+        header[k] = {"dtype": "F64" if a.dtype.kind == "f" else "I64",
+                     "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
 def run_case(case, decompctl, workdir, stats):
     """Build, decompose and check one case; raises CaseFailure naming the
     case and layer. Adds to `stats` what ran."""
     tag = f"seed {case['seed']} case {case['index']}"
-    sd, spec, kernels = {}, [], {}
+    sd, spec, kernels, grams = {}, [], {}, {}
     for L in case["layers"]:
         rng = np.random.default_rng(L["seed"])
+        linear = L.get("type") == "Linear"
         W, forced = make_kernel(rng, L["kind"], L["cout"], L["cin"],
                                 L["kh"], L["kw"], L["groups"])
+        if linear:
+            W = W[:, :, 0, 0]
         dt = forced or L["dtype"]
         L["stored"] = dt
         t = torch.from_numpy(np.ascontiguousarray(W)).to(TORCH_DTYPE[dt])
         sd[L["name"] + ".weight"] = t
         kernels[L["name"]] = t.double().numpy()  # what the file holds
-        spec.append({"name": L["name"], "type": "Conv2d",
-                     "in_channels": L["cin"], "out_channels": L["cout"],
-                     "kernel_size": [L["kh"], L["kw"]], "stride": [1, 1],
-                     "padding": [L["kh"] // 2, L["kw"] // 2],
-                     "dilation": [1, 1], "groups": L["groups"],
-                     "bias": False, "padding_mode": "zeros"})
+        if linear:
+            spec.append({"name": L["name"], "type": "Linear",
+                         "in_features": L["cin"], "out_features": L["cout"],
+                         "bias": False})
+        else:
+            spec.append({"name": L["name"], "type": "Conv2d",
+                         "in_channels": L["cin"], "out_channels": L["cout"],
+                         "kernel_size": [L["kh"], L["kw"]], "stride": [1, 1],
+                         "padding": [L["kh"] // 2, L["kw"] // 2],
+                         "dilation": [1, 1], "groups": L["groups"],
+                         "bias": False, "padding_mode": "zeros"})
+        if L.get("calibrated"):
+            n = L["cin"] // L["groups"] * L["kh"] * L["kw"]
+            G = np.stack([make_gram(rng, n) for _ in range(L["groups"])])
+            grams[L["name"]] = G[0] if linear else G
     d = tempfile.mkdtemp(dir=workdir)
     try:
         torch.save(sd, os.path.join(d, "in.pth"))
         with open(os.path.join(d, "spec.json"), "w") as f:
             json.dump({"layers": spec}, f)
         out = os.path.join(d, "out")
+        extra = []
+        if grams:
+            write_calibration(os.path.join(d, "cal.safetensors"), grams)
+            extra = ["--calibration", os.path.join(d, "cal.safetensors")]
         p = subprocess.run(
             [decompctl, "decompose", "--weights", os.path.join(d, "in.pth"),
              "--spec", os.path.join(d, "spec.json"), "--out", out,
              "--policy", json.dumps(case["policy"]), "--format",
-             case["format"], "--verbose", "--quiet"],
+             case["format"], "--verbose", "--quiet", *extra],
             capture_output=True, text=True, timeout=600)
         if p.returncode != 0:
             raise CaseFailure(f"{tag}: decompctl exit {p.returncode}: "
@@ -339,37 +425,60 @@ def run_case(case, decompctl, workdir, stats):
                                       "weight changed")
                 stats["skipped"] = stats.get("skipped", 0) + 1
                 continue
-            check_layer(tag, case, L, W, done[name], got, stats)
+            G = grams.get(name)
+            if G is not None and G.ndim == 2:
+                G = G[None]
+            whitened = G is not None and (
+                done[name]["method"] != "spatial_svd")
+            check_layer(tag, case, L, W, done[name], got, stats,
+                        G if whitened else None)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def check_layer(tag, case, L, W, entry, got, stats):
+def check_layer(tag, case, L, W, entry, got, stats, gram=None):
     name, g = L["name"], L["groups"]
     first, second = got[name + ".0.weight"], got[name + ".1.weight"]
-    vertical = first.shape[3] == 1  # (kh, 1) first: kh, kw > 1 here
+    method = entry["method"]
+    vertical = method != "spatial_svd" or first.shape[3] == 1
     R = entry["rank"]
     where = (f"{tag}: {name} ({L['kind']}, {L['stored']}, "
-             f"{L['cout']}x{L['cin']}/{g}x{L['kh']}x{L['kw']}, rank {R}, "
+             f"{L.get('type', 'Conv2d')} {L['cout']}x{L['cin']}/{g}"
+             f"x{L['kh']}x{L['kw']}, {method} rank {R}"
+             f"{', whitened' if gram is not None else ''}, "
              f"policy {json.dumps(case['policy'])})")
+    if (gram is not None) != ("output_relative_error" in entry["stats"]):
+        raise CaseFailure(f"{where}: whitened in the info file: "
+                          f"{'output_relative_error' in entry['stats']}")
+    stats[method] = stats.get(method, 0) + 1
     norm = math.sqrt(float((W * W).sum()))
-    diff = W - effective(first, second, g, vertical)
+    diff = W - effective(first, second, g, method, vertical)
     err_abs = math.sqrt(float((diff * diff).sum()))
-    tail2, top_sum = 0.0, 0.0
-    k = 0
-    for M in reshape_groups(W, g, vertical):
-        s = np.linalg.svd(M, compute_uv=False)
-        k = max(k, len(s))
-        tail2 += float((s[R:] ** 2).sum())
-        # How far storing the factors (√σ·u, √σ·v) may move the product.
-        top_sum += (2 * UNIT[L["stored"]]) ** 2 * float(s[0] * s[:R].sum())
-    opt_abs = math.sqrt(tail2)
     comp = "F64" if (case["policy"].get("compute") == "float64"
                      or L["stored"] == "F64") else "F32"
-    slack = math.sqrt(top_sum) + 64 * UNIT[comp] * math.sqrt(k) * norm
-    if err_abs > 1.01 * opt_abs + slack:
-        raise CaseFailure(f"{where}: error {err_abs / norm if norm else err_abs:.6g} "
-                          f"vs optimum {opt_abs / norm if norm else 0:.6g}")
+    Ms = reshape_groups(W, g, method, vertical)
+    Ds = reshape_groups(diff, g, method, vertical)
+    k = max(min(M.shape) for M in Ms)
+    if gram is not None:
+        check_whitened(where, case, L, entry, Ms, Ds, gram, R, comp, stats)
+    else:
+        tail2, top_sum = 0.0, 0.0
+        for M in Ms:
+            s = np.linalg.svd(M, compute_uv=False)
+            tail2 += float((s[R:] ** 2).sum())
+            # How far storing the factors (√σ·u, √σ·v) may move the product.
+            top_sum += (2 * UNIT[L["stored"]]) ** 2 * float(s[0] * s[:R].sum())
+        opt_abs = math.sqrt(tail2)
+        slack = math.sqrt(top_sum) + 64 * UNIT[comp] * math.sqrt(k) * norm
+        if err_abs > 1.01 * opt_abs + slack:
+            raise CaseFailure(
+                f"{where}: error {err_abs / norm if norm else err_abs:.6g} "
+                f"vs optimum {opt_abs / norm if norm else 0:.6g}")
+        stats["worst_ratio"] = max(stats.get("worst_ratio", 0),
+                                   err_abs / (opt_abs + slack)
+                                   if opt_abs + slack > 0 else 0)
+        check_promise(where, case["policy"], err_abs / norm if norm else 0,
+                      slack / norm if norm > 0 else 0.0)
     measured = err_abs / norm if norm > 0 else 0.0
     st = entry["stats"]
     info_tol = 2e-4 * measured + 16 * UNIT[comp] * math.sqrt(R) + 1e-9
@@ -383,18 +492,65 @@ def check_layer(tag, case, L, W, entry, got, stats):
                           f"{st['energy_retained']:.10g}, measured "
                           f"{kept:.10g}")
     pol = case["policy"]
-    rel_slack = slack / norm if norm > 0 else 0.0
-    if pol["name"] == "max_error" and \
-            measured > 1.01 * pol["max_error"] + rel_slack:
-        raise CaseFailure(f"{where}: error {measured:.6g} over the bound")
-    if pol["name"] == "energy" and \
-            kept < pol["energy"] - 0.021 * (1 - pol["energy"]) - 2 * rel_slack:
-        raise CaseFailure(f"{where}: energy {kept:.6g} under the target")
     if pol["name"] == "fixed" and R != min(pol["rank"], k):
         raise CaseFailure(f"{where}: rank {R}, asked {pol['rank']}")
     stats["layers"] = stats.get("layers", 0) + 1
-    worst = err_abs / (opt_abs + slack) if opt_abs + slack > 0 else 0
-    stats["worst_ratio"] = max(stats.get("worst_ratio", 0), worst)
+
+
+def check_promise(where, pol, err, rel_slack):
+    """The policy's own promise on the error it works on (the weights', or
+    with a calibration the outputs')."""
+    kept = 1.0 - err * err
+    if pol["name"] == "max_error" and err > 1.01 * pol["max_error"] + rel_slack:
+        raise CaseFailure(f"{where}: error {err:.6g} over the bound")
+    if pol["name"] == "energy" and \
+            kept < pol["energy"] - 0.021 * (1 - pol["energy"]) - 2 * rel_slack:
+        raise CaseFailure(f"{where}: energy {kept:.6g} under the target")
+
+
+def check_whitened(where, case, L, entry, Ms, Ds, grams, R, comp, stats):
+    """With a Gram G = S·Sᵀ per group: the output error ‖Sᵀ·(M − M̃)‖ is
+    within 1.01 of numpy's whitened optimum (the tail of the singular values
+    of Sᵀ·M), never worse than plain SVD's at the same rank, and the info
+    file's output_relative_error is the measured one."""
+    out2 = tot2 = tail2 = plain2 = 0.0
+    for M, D, G in zip(Ms, Ds, grams):
+        S = np.linalg.cholesky(G)
+        Mw = S.T @ M
+        out2 += float(np.sum((S.T @ D) ** 2))
+        sw = np.linalg.svd(Mw, compute_uv=False)
+        tot2 += float((sw ** 2).sum())
+        tail2 += float((sw[R:] ** 2).sum())
+        u, s, vt = np.linalg.svd(M, full_matrices=False)
+        P = (u[:, :R] * s[:R]) @ vt[:R]
+        plain2 += float(np.sum((S.T @ (M - P)) ** 2))
+    if tot2 == 0:
+        return
+    out, opt, plain = (math.sqrt(x / tot2) for x in (out2, tail2, plain2))
+    k = max(min(M.shape) for M in Ms)
+    # Storing the factors and float32 arithmetic through S⁻ᵀ: relative
+    # slack from the stored dtype and the compute precision, times the
+    # whitening's condition (√ of the Gram's).
+    cond = 1.0
+    for G in grams:
+        ev = np.linalg.eigvalsh(G)
+        cond = max(cond, math.sqrt(ev[-1] / max(ev[0], ev[-1] * 1e-16)))
+    slack = (8 * UNIT[L["stored"]] + 64 * UNIT[comp] * math.sqrt(k)) * \
+        min(cond, 1e4)
+    if out > 1.01 * opt + slack:
+        raise CaseFailure(f"{where}: output error {out:.6g} vs whitened "
+                          f"optimum {opt:.6g}")
+    if out > plain * 1.0001 + slack:
+        raise CaseFailure(f"{where}: output error {out:.6g} worse than plain "
+                          f"SVD's {plain:.6g}")
+    got = entry["stats"]["output_relative_error"]
+    if abs(got - out) > 2e-3 * out + slack:
+        raise CaseFailure(f"{where}: info output_relative_error {got:.10g}, "
+                          f"measured {out:.10g}")
+    check_promise(where, case["policy"], out, slack)
+    stats["whitened"] = stats.get("whitened", 0) + 1
+    stats["worst_whitened_ratio"] = max(stats.get("worst_whitened_ratio", 0),
+                                        out / (opt + slack))
 
 
 # The cases every bounded run starts with, so each path runs whatever the
@@ -441,6 +597,26 @@ COVERAGE = [
                  "kh": 3, "kw": 3, "groups": 1, "dtype": "F32",
                  "seed": 10}],
      "policy": {"name": "amct"}, "format": "pth"},
+    # channel_svd and Linear svd, whitened by a calibration, both paths
+    {"layers": [{"name": "lin", "type": "Linear", "kind": "trained",
+                 "cin": 800, "cout": 600, "kh": 1, "kw": 1, "groups": 1,
+                 "dtype": "F32", "seed": 13, "calibrated": True},
+                {"name": "pw", "kind": "pruned_in", "cin": 64, "cout": 96,
+                 "kh": 1, "kw": 1, "groups": 2, "dtype": "F16", "seed": 14,
+                 "calibrated": True},
+                {"name": "c", "kind": "centre_only", "cin": 64, "cout": 64,
+                 "kh": 3, "kw": 3, "groups": 1, "dtype": "F32", "seed": 15,
+                 "calibrated": True}],
+     "policy": {"name": "fixed", "rank": 120, "types": ["Conv2d", "Linear"],
+                "require_cheaper": False}, "format": "safetensors"},
+    {"layers": [{"name": "lin", "type": "Linear", "kind": "exact_rank",
+                 "cin": 700, "cout": 560, "kh": 1, "kw": 1, "groups": 1,
+                 "dtype": "F32", "seed": 16},
+                {"name": "c", "kind": "trained", "cin": 96, "cout": 96,
+                 "kh": 3, "kw": 3, "groups": 1, "dtype": "BF16", "seed": 17,
+                 "calibrated": True}],
+     "policy": {"name": "budget", "types": ["Conv2d", "Linear"]},
+     "format": "pth"},
     {"layers": [{"name": "c", "kind": "duplicated", "cin": 48, "cout": 96,
                  "kh": 3, "kw": 5, "groups": 4, "dtype": "F16", "seed": 11},
                 {"name": "d", "kind": "zero", "cin": 16, "cout": 16,

@@ -176,7 +176,10 @@ START_TEST(equal_policies_give_equal_json) {
   ck_assert_str_eq(t, "{\"name\": \"budget\", \"macs_reduction\": 2.0,"
                       " \"include\": [\"*\"], \"exclude\": [],"
                       " \"overrides\": {}, \"compute\": \"auto\","
-                      " \"order\": \"auto\", \"require_cheaper\": true}");
+                      " \"order\": \"auto\", \"require_cheaper\": true,"
+                      " \"types\": [\"Conv2d\"],"
+                      " \"methods\": [\"spatial\", \"channel\"],"
+                      " \"max_layer_error\": 0.75, \"strict\": false}");
   ck_assert_str_eq(decomp_policy_name(p), "budget");
   decomp_free(t);
   decomp_policy_free(p);
@@ -189,7 +192,8 @@ START_TEST(equal_policies_give_equal_json) {
       " \"*\": {\"skip\": false}, \"a\": {\"ratio\": 0.25},"
       " \"b\": {\"max_error\": 0.3}},"
       " \"compute\": \"float64\", \"order\": \"horizontal_first\","
-      " \"require_cheaper\": false}";
+      " \"require_cheaper\": false, \"types\": [\"Conv2d\", \"Linear\"],"
+      " \"methods\": [\"channel\"]}";
   p = parse_ok(full);
   t = decomp_policy_to_json(p);
   ck_assert_str_eq(t, full);
@@ -270,9 +274,9 @@ START_TEST(cost_model_per_pixel_and_exact) {
   decomp_layer h = conv("h", 64, 64, 1, 3, 1, 1);
   ck_assert(!core_layer_view_init(&h, CORE_ORDER_HORIZONTAL_FIRST, &v, why, sizeof why));
   ck_assert_str_eq(why, "kernel is 1x3: nothing to split");
-  decomp_layer o = {.name = "fc", .type = "Linear"};
+  decomp_layer o = {.name = "fc", .type = "Linear"}; /* no features given */
   ck_assert(!core_layer_view_init(&o, CORE_ORDER_VERTICAL_FIRST, &v, why, sizeof why));
-  ck_assert_str_eq(why, "not a Conv2d");
+  ck_assert_str_eq(why, "not a Conv2d or Linear");
 }
 END_TEST
 
@@ -337,7 +341,7 @@ START_TEST(overrides_and_globs_decide_first) {
   ck_assert(!core_policy_eligible(p, &ds, why, sizeof why));
   ck_assert_str_eq(why, "excluded by \"*.downsample.*\"");
   ck_assert(!core_policy_eligible(p, &fc, why, sizeof why));
-  ck_assert_str_eq(why, "not a Conv2d");
+  ck_assert_str_eq(why, "not a Conv2d or Linear");
   decomp_layer other = conv("conv1", 64, 64, 3, 3, 1, 1);
   ck_assert(!core_policy_eligible(p, &other, why, sizeof why));
   ck_assert_str_eq(why, "not matched by include");
@@ -639,7 +643,11 @@ START_TEST(budget_reaches_its_target_preferring_fast_decay) {
   decomp_ctx *ctx = decomp_ctx_new();
   for (size_t t = 0; t < sizeof targets / sizeof targets[0]; t++) {
     char text[128];
-    snprintf(text, sizeof text, "{\"name\": \"budget\", \"macs_reduction\": %g}",
+    /* No quality floor: the allocation alone (the floor's own test is
+     * below). */
+    snprintf(text, sizeof text,
+             "{\"name\": \"budget\", \"macs_reduction\": %g, "
+             "\"max_layer_error\": 1}",
              targets[t]);
     decomp_policy *p = parse_ok(text);
     core_rank_decision d[N], d2[N];
@@ -697,9 +705,11 @@ START_TEST(budget_out_of_reach_goes_as_far_as_it_can) {
   char log[512] = "";
   decomp_ctx *ctx = decomp_ctx_new();
   decomp_ctx_set_log(ctx, capture_log, log, DECOMP_LOG_WARN);
-  decomp_policy *p = parse_ok("{\"name\": \"budget\", \"macs_reduction\": 4}");
+  decomp_policy *p = parse_ok("{\"name\": \"budget\", \"macs_reduction\": 4,"
+                              " \"max_layer_error\": 1}");
   core_rank_decision d[1];
-  /* 1x1 convs elsewhere hold 10x this layer's MACs: 4x cannot be reached */
+  /* 1x1 convs elsewhere hold 10x this layer's MACs: 4x cannot be reached;
+   * without a floor the layer goes to rank 1 */
   ck_assert_int_eq(core_policy_choose_in(ctx, p, v, 1, 10 * v[0].macs_before,
                                          0, d),
                    DECOMP_OK);
@@ -727,6 +737,60 @@ START_TEST(budget_out_of_reach_goes_as_far_as_it_can) {
   ck_assert_int_eq(core_policy_choose(ctx, p, v2, 2, d2), DECOMP_OK);
   ck_assert_int_eq(d2[1].rank, 50);
   decomp_policy_free(p);
+  decomp_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(budget_out_of_reach_stops_at_the_quality_floor_or_fails_when_strict) {
+  /* The same unreachable 4x: by default no layer goes beyond relative
+   * error 0.75 (energy kept 0.4375); "strict" makes it an error. */
+  decomp_layer a = conv("a", 64, 64, 3, 3, 1, 1);
+  static double s[192];
+  double total = 0;
+  for (int r = 0; r < 192; r++) {
+    s[r] = 1.0 / (1 + r);
+    total += s[r] * s[r];
+  }
+  core_layer_view v[1] = {view_of(&a, CORE_ORDER_VERTICAL_FIRST, s)};
+  char log[512] = "";
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_ctx_set_log(ctx, capture_log, log, DECOMP_LOG_WARN);
+  const char *const texts[] = {
+      "{\"name\": \"budget\", \"macs_reduction\": 4}",
+      "{\"name\": \"budget\", \"macs_reduction\": 4, \"max_layer_error\": 0.3}"};
+  const double bounds[] = {0.75, 0.3};
+  for (int t = 0; t < 2; t++) {
+    decomp_policy *p = parse_ok(texts[t]);
+    core_rank_decision d[1];
+    log[0] = '\0';
+    ck_assert_int_eq(core_policy_choose_in(ctx, p, v, 1,
+                                           10 * v[0].macs_before, 0, d),
+                     DECOMP_OK);
+    /* the smallest rank within the bound */
+    double tail = 0;
+    for (int r = (int)d[0].rank; r < 192; r++)
+      tail += s[r] * s[r];
+    ck_assert(sqrt(tail / total) <= bounds[t]);
+    ck_assert(sqrt((tail + s[d[0].rank - 1] * s[d[0].rank - 1]) / total) >
+              bounds[t]);
+    ck_assert_ptr_nonnull(strstr(log, "quality floor"));
+    decomp_policy_free(p);
+  }
+  decomp_policy *p = parse_ok("{\"name\": \"budget\", \"macs_reduction\": 4,"
+                              " \"strict\": true}");
+  core_rank_decision d[1];
+  ck_assert_int_eq(core_policy_choose_in(ctx, p, v, 1, 10 * v[0].macs_before,
+                                         0, d),
+                   DECOMP_ERR_OUT_OF_REACH);
+  ck_assert_ptr_nonnull(strstr(decomp_errmsg(ctx), "out of reach"));
+  decomp_policy_free(p);
+  /* max_layer_error and strict are budget's own */
+  expect_bad("{\"name\": \"energy\", \"energy\": 0.9, \"strict\": true}",
+             "applies to policy budget only");
+  expect_bad("{\"name\": \"amct\", \"methods\": [\"channel\"]}",
+             "reference tool's rules");
+  expect_bad("{\"name\": \"budget\", \"types\": [\"Conv3d\"]}",
+             "unknown entry");
   decomp_ctx_free(ctx);
 }
 END_TEST
@@ -778,6 +842,8 @@ int main(void) {
   tcase_add_test(tc, amct_eligibility_on_resnet18_and_the_modes_model);
   tcase_add_test(tc, budget_reaches_its_target_preferring_fast_decay);
   tcase_add_test(tc, budget_out_of_reach_goes_as_far_as_it_can);
+  tcase_add_test(
+      tc, budget_out_of_reach_stops_at_the_quality_floor_or_fails_when_strict);
   tcase_add_test(tc, budget_by_params_meets_its_target);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

@@ -181,6 +181,12 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
   ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_ERR_NOT_FOUND);
+  /* no job is queued on a model that is gone */
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "key2", &j, &created),
+                   DECOMP_ERR_NOT_FOUND);
   store_close(s);
 }
 END_TEST
@@ -211,10 +217,22 @@ START_TEST(tokens_are_found_by_hash_with_their_role) {
 }
 END_TEST
 
+/* A model for jobs to run on; its id. */
+static void some_model(store *s, char id[24]) {
+  store_model m = {0};
+  bool created;
+  put_blob(s, "some weights", m.digest);
+  snprintf(m.format, sizeof m.format, "pth");
+  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  memcpy(id, m.id, 24);
+}
+
+static char model_x[24];
+
 static void submit(store *s, const char *key, char id[24], bool want_created) {
   store_job j = {0};
   bool created;
-  snprintf(j.model_id, sizeof j.model_id, "m_x");
+  snprintf(j.model_id, sizeof j.model_id, "%s", model_x);
   j.spec = "{\"layers\":[]}";
   j.policy = "{\"name\":\"budget\"}";
   ck_assert_int_eq(store_job_submit(s, key, &j, &created), DECOMP_OK);
@@ -228,6 +246,7 @@ static void submit(store *s, const char *key, char id[24], bool want_created) {
 START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   store *s = open_owner(NULL);
   char a[24], b[24], again[24];
+  some_model(s, model_x);
   submit(s, "ka", a, true);
   submit(s, "kb", b, true);
   submit(s, "ka", again, false);

@@ -4,7 +4,8 @@
  *
  * Views by hash: #/jobs[?state=S] (the list, polled every POLL_MS),
  * #/jobs/ID (one job: polled while queued or running, then its
- * decompose_info.json), #/new (upload a weights file, submit a job).
+ * decompose_info.json; Cancel while it runs, Retry once it failed or was
+ * cancelled), #/new (upload a weights file, submit a job).
  * When the API answers 401 the page asks for a token and keeps it in
  * sessionStorage (this tab only), sending it as Authorization: Bearer.
  * All text from the API goes into the page as text nodes, never as HTML. */
@@ -487,6 +488,20 @@ function jobHeader(j) {
       ev.target.disabled = true;
       try { await api('/v1/jobs/' + j.id + '/cancel', {method: 'POST'}); } catch (e) { flash(e.message); }
     }}, j.cancel_requested ? 'Cancelling…' : 'Cancel job'));
+  }
+  /* Submits are idempotent by content: submitting a failed job's input
+   * again only returns it. Retry runs it again, as a new attempt. */
+  if (j.state === 'failed' || j.state === 'cancelled') {
+    actions.append(h('button', {type: 'button', 'data-action': 'retry', onclick: async (ev) => {
+      ev.target.disabled = true;
+      try {
+        await api('/v1/jobs/' + j.id + '/retry', {method: 'POST'});
+        route(); /* follow it again: polling and its event stream */
+      } catch (e) {
+        flash(e.message);
+        ev.target.disabled = false;
+      }
+    }}, 'Retry'));
   }
   const m = models.get(j.model);
   const dl = (k, ...v) => [h('dt', {}, k), h('dd', {}, ...v)];
