@@ -422,6 +422,19 @@ typedef struct decomp_options {
                                   layer). Borrowed for the call. */
   const char *calibration_digest; /* "sha256:…" of that file, recorded in
                                   the info file; may be NULL */
+  const char *profile;         /* a latency profile (decompd.profile's JSON
+                                  text: per layer the time of the layer and
+                                  of each candidate pair over a grid of
+                                  ranks, on the user's device), or NULL.
+                                  With it the budget can take
+                                  latency_reduction, every policy leaves
+                                  alone a layer the profile says would get
+                                  slower (max_slowdown, default 1.0), and
+                                  the info file records predicted
+                                  latencies. Checked against the spec first
+                                  (DECOMP_ERR_BAD_PROFILE names the layer). */
+  const char *profile_digest;  /* "sha256:…" of it, for the info file; may
+                                  be NULL */
 } decomp_options;
 
 typedef struct decomp_result decomp_result;
@@ -449,6 +462,14 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
  * it covers. decomp_decompose makes the same check. */
 int decomp_calibration_check(decomp_ctx *ctx, const decomp_weights *calibration,
                              const decomp_spec *spec, size_t *layers);
+
+/* Check a latency profile (JSON text, see decomp_options.profile) against
+ * `spec`: every layer exists with the profile's type and weight shape, each
+ * candidate's method applies, ranks increase within its largest rank, times
+ * are finite and non-negative, no grid is empty. DECOMP_ERR_BAD_PROFILE
+ * names the layer. *layers (may be NULL) gets how many layers it has. */
+int decomp_profile_check(decomp_ctx *ctx, const char *profile,
+                         const decomp_spec *spec, size_t *layers);
 
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);

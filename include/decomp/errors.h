@@ -45,6 +45,7 @@ extern "C" {
   X(BAD_CALIBRATION, 26, "bad_calibration", "invalid calibration file", 422)      \
   X(OUT_OF_REACH, 27, "target_out_of_reach",                                      \
     "the policy's target is out of reach within its quality floor", 422)          \
+  X(BAD_PROFILE, 28, "bad_profile", "invalid latency profile", 422)               \
   /* service */                                                                   \
   X(BAD_JSON, 40, "bad_json", "request body is not valid JSON", 400)              \
   X(BAD_REQUEST, 41, "bad_request", "bad request", 400)                           \

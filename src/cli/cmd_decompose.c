@@ -21,7 +21,7 @@ static const char usage[] =
     "usage: decompctl decompose --weights FILE --spec SPEC.json --out DIR\n"
     "       decompctl decompose --model SCRIPTED.pt --out DIR\n"
     "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
-    "                           [--calibration CAL.safetensors]\n"
+    "                           [--calibration CAL.safetensors] [--profile P.json]\n"
     "                           [--spectra] [--json] [--quiet] [--verbose]\n"
     "\n"
     "Decompose the Conv2d (and, with the policy's \"types\", Linear) layers of\n"
@@ -42,6 +42,9 @@ static const char usage[] =
     "  --calibration F  the layers' input Gram matrices (decompd.calibrate's\n"
     "                   file): the layers it names are decomposed to keep\n"
     "                   their outputs on that data (whitened channel_svd/svd)\n"
+    "  --profile F      a latency profile (decompd.profile's JSON): the budget\n"
+    "                   can then take latency_reduction, and no layer is made\n"
+    "                   slower than the profile says it is (max_slowdown)\n"
     "  --spectra        record each layer's singular values in the info file\n"
     "  --json           print the summary as one JSON object\n"
     "  --quiet          no per-layer lines\n"
@@ -194,6 +197,7 @@ int cmd_decompose(int argc, char **argv) {
       {"policy", required_argument, NULL, 'p'},
       {"format", required_argument, NULL, 'f'},
       {"calibration", required_argument, NULL, 'c'},
+      {"profile", required_argument, NULL, 'P'},
       {"spectra", no_argument, NULL, 'S'},
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
@@ -202,7 +206,7 @@ int cmd_decompose(int argc, char **argv) {
       {0, 0, 0, 0},
   };
   const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
-  const char *model_path = NULL, *calib_path = NULL;
+  const char *model_path = NULL, *calib_path = NULL, *profile_path = NULL;
   const char *policy_arg = "budget", *format_arg = "pth";
   bool spectra = false, as_json = false, quiet = false, verbose = false;
   int c;
@@ -216,6 +220,7 @@ int cmd_decompose(int argc, char **argv) {
     case 'p': policy_arg = optarg; break;
     case 'f': format_arg = optarg; break;
     case 'c': calib_path = optarg; break;
+    case 'P': profile_path = optarg; break;
     case 'S': spectra = true; break;
     case 'j': as_json = true; break;
     case 'q': quiet = true; break;
@@ -250,7 +255,7 @@ int cmd_decompose(int argc, char **argv) {
 
   int rc = CLI_EXIT_FAILURE, err;
   bool made_dir = false, wrote_weights = false;
-  char *spec_text = NULL, *policy_text = NULL;
+  char *spec_text = NULL, *policy_text = NULL, *profile_text = NULL;
   char weights_out[4096] = "", info_out[4096] = "";
   decomp_weights *w = NULL, *calib = NULL;
   decomp_spec *spec = NULL;
@@ -308,9 +313,16 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
 
-  char digest[72], calib_digest[72];
+  char digest[72], calib_digest[72], profile_digest[72];
   if (!cli_file_digest(weights_path, digest)) {
     cli_error("%s: %s", weights_path, strerror(errno));
+    rc = CLI_EXIT_INPUT;
+    goto done;
+  }
+  if (profile_path &&
+      (!(profile_text = cli_read_file(profile_path, NULL)) ||
+       !cli_file_digest(profile_path, profile_digest))) {
+    cli_error("%s: %s", profile_path, strerror(errno));
     rc = CLI_EXIT_INPUT;
     goto done;
   }
@@ -354,7 +366,9 @@ int cmd_decompose(int argc, char **argv) {
                       .source_digest = digest,
                       .record_spectra = spectra,
                       .calibration = calib,
-                      .calibration_digest = calib ? calib_digest : NULL};
+                      .calibration_digest = calib ? calib_digest : NULL,
+                      .profile = profile_text,
+                      .profile_digest = profile_text ? profile_digest : NULL};
   err = decomp_decompose(ctx, w, spec, policy, &o, &result);
   if (ps.partial)
     fputs("\r\033[K", stderr);
@@ -406,6 +420,7 @@ done:
   decomp_weights_free(calib);
   free(spec_text);
   free(policy_text);
+  free(profile_text);
   decomp_ctx_free(ctx);
   return rc;
 }

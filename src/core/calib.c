@@ -31,15 +31,9 @@ struct core_calib {
   size_t n;
 };
 
-static int bad(decomp_ctx *ctx, const char *fmt, ...) DECOMP_PRINTF(2, 3);
-static int bad(decomp_ctx *ctx, const char *fmt, ...) {
-  char msg[768];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  return core_fail(ctx, DECOMP_ERR_BAD_CALIBRATION, "calibration: %s", msg);
-}
+/* Every failure here: BAD_CALIBRATION, its message starting so. */
+#define bad(ctx, ...)                                                          \
+  core_fail(ctx, DECOMP_ERR_BAD_CALIBRATION, "calibration: " __VA_ARGS__)
 
 void core_calib_free(core_calib *c) {
   if (!c)
@@ -70,41 +64,7 @@ static double element(const decomp_tensor *t, int64_t i) {
     off += (rem % t->shape[d]) * t->stride[d];
     rem /= t->shape[d];
   }
-  p += (size_t)off * sz;
-  switch (t->dtype) {
-  case DECOMP_DTYPE_F64: {
-    double v;
-    memcpy(&v, p, 8);
-    return v;
-  }
-  case DECOMP_DTYPE_F32: {
-    float v;
-    memcpy(&v, p, 4);
-    return v;
-  }
-  case DECOMP_DTYPE_F16: {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return core_half_to_float(v);
-  }
-  case DECOMP_DTYPE_BF16: {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return core_bf16_to_float(v);
-  }
-  case DECOMP_DTYPE_I64: {
-    int64_t v;
-    memcpy(&v, p, 8);
-    return (double)v;
-  }
-  case DECOMP_DTYPE_I32: {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-  }
-  default:
-    return NAN;
-  }
+  return core_load_f64(p + (size_t)off * sz, t->dtype);
 }
 
 /* One layer's entry: its Gram and count, checked against the layer. */

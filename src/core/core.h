@@ -95,6 +95,9 @@ bool core_tensor_to_f32(const decomp_tensor *t, float *dst);
 void core_f64_to_dtype(const double *src, size_t n, decomp_dtype dt,
                        void *dst);
 void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt, void *dst);
+/* The element of dtype `dt` (a floating dtype, I64 or I32) at `p`, as a
+ * double; 0 for other dtypes. */
+double core_load_f64(const void *p, decomp_dtype dt);
 /* v as the conversions above store it in the floating dtype `dt`, read
  * back: what a value becomes once written. */
 double core_dtype_round(decomp_dtype dt, double v);
@@ -157,6 +160,12 @@ typedef struct core_layer_view {
   double energy_total;   /* Σ σ² over all groups (the kernel's ‖W‖², or
                             ‖W·S‖² when whitened) */
   bool whitened;         /* sigma is the spectrum of W·S (calibrated) */
+  /* With a latency profile: whether the layer was profiled, its own
+   * measured time, and this candidate's predicted time by rank (NULL when
+   * the profile did not measure it). */
+  bool profiled;
+  double latency_before;
+  const struct core_curve *latency;
 } core_layer_view;
 
 /* Without input_size the output area of a conv is estimated as
@@ -187,6 +196,8 @@ bool core_layer_view_init_method(const decomp_layer *layer,
  * for the view's method and order. */
 void core_view_matrix(const core_layer_view *v, int64_t *rows, int64_t *cols);
 
+typedef struct core_curve core_curve;
+
 /* The CORE_METHODS_* bits of the candidates the policy allows for `l`
  * (0 when its type is not among the policy's types, or no allowed method
  * applies). */
@@ -215,6 +226,22 @@ int core_policy_compute_bits(const decomp_policy *p, decomp_dtype weights);
 int core_policy_choose(decomp_ctx *ctx, const decomp_policy *p,
                        const core_layer_view *views, size_t n,
                        core_rank_decision *out);
+
+/* What a whole-model budget counts of the layers that are not candidates
+ * (left alone: at full cost). */
+typedef struct core_rest {
+  double macs, params;
+  double latency; /* profiled ones, at their measured time */
+} core_rest;
+int core_policy_choose_rest(decomp_ctx *ctx, const decomp_policy *p,
+                            const core_layer_view *views, size_t n,
+                            const core_rest *rest, core_rank_decision *out);
+
+/* The largest predicted slowdown a policy accepts for a profiled layer
+ * (its "max_slowdown", 1.0 by default when there is a profile). */
+double core_policy_max_slowdown(const decomp_policy *p);
+/* Whether the policy is a budget over latency (needs a profile). */
+bool core_policy_by_latency(const decomp_policy *p);
 
 /* --- decomposition: SVD, factorization, info file ------------------------
  * (lapack.c, decompose.c, info.c) */
@@ -250,6 +277,29 @@ size_t core_calib_count(const core_calib *c);
  * sample count, or NULL when the calibration has none for it. */
 const decomp_tensor *core_calib_gram(const core_calib *c, const decomp_layer *l,
                                      int64_t *samples);
+
+/* The latency profile of a run (profile.c): checked against the spec when
+ * opened (BAD_PROFILE names the layer); `spec` must outlive it. */
+typedef struct core_profile core_profile;
+int core_profile_open(decomp_ctx *ctx, const char *text,
+                      const decomp_spec *spec, core_profile **out);
+void core_profile_free(core_profile *p);
+/* Whether layer `l` was profiled; the curve of one of its candidates (NULL
+ * when not measured) and the layer's own time in *time. */
+bool core_profile_has(const core_profile *p, const decomp_layer *l);
+const core_curve *core_profile_curve(const core_profile *p,
+                                     const decomp_layer *l, core_method m,
+                                     core_order o, double *time);
+/* The profile's device name, dtype and input shape (JSON text), or NULL. */
+const char *core_profile_device(const core_profile *p);
+const char *core_profile_dtype(const core_profile *p);
+const char *core_profile_input_shape(const core_profile *p);
+/* A candidate's predicted seconds at rank R (isotonic in rank, linear
+ * between grid points, the first point's below them, the last segment's
+ * slope above them), and the largest rank it was measured at (the budget
+ * offers none above it). */
+double core_curve_at(const core_curve *c, int64_t R);
+int64_t core_curve_max_rank(const core_curve *c);
 
 /* One layer's spatial SVD (decompose.c). */
 typedef struct core_factors {
@@ -312,6 +362,11 @@ typedef struct core_info_run {
   bool calibrated;                /* a calibration was given */
   const char *calibration_digest; /* may be NULL */
   size_t calibration_layers;      /* layers it has a Gram for */
+  bool profiled;                  /* a latency profile was given */
+  const char *profile_digest;     /* may be NULL */
+  const char *profile_device;     /* its device name, or NULL */
+  const char *profile_dtype;      /* or NULL */
+  const char *profile_input_shape; /* JSON text, or NULL */
 } core_info_run;
 
 /* Build decompose_info.json (version 1) for a run over `spec`. Returns the

@@ -355,7 +355,8 @@ ROUND_TO(double, f64)
  * (u·2^fa, v·2^fb) and brought back, then ‖a − u·vᵀ‖² measured into
  * *meas. `bound` gets how far (in norm) that measurement may honestly
  * sit from the SVD's own figure: the rounding to `dt` (‖δ(u·vᵀ)‖ ≤
- * 2u_dt·√(σ_1·Σσ)) and the residual's own arithmetic (ε·√R·‖a‖). */
+ * 2u_dt·√(σ_1·Σσ)) and the SVD's and residual's own arithmetic (a
+ * backward-stable SVD reconstructs to about ε·k·‖a‖). */
 #define FINISH_GROUP(T, SUFFIX, EPS)                                           \
   static int finish_##SUFFIX(decomp_ctx *ctx, const char *what,                \
                              const geom *gm, const T *a, double energy,        \
@@ -383,7 +384,7 @@ ROUND_TO(double, f64)
     }                                                                          \
     double top = r ? (double)(s[0] > 0 ? s[0] : 0) : 0;                        \
     *bound = 2 * unit * sqrt(top * (sum > 0 ? sum : 0)) +                      \
-             4 * EPS * sqrt((double)R) * sqrt(energy);                         \
+             2 * EPS * (double)gm->k * sqrt(energy);                           \
     return core_svd_residual_##SUFFIX(ctx, what, gm->m, gm->n, a, R, u, v,     \
                                       meas);                                   \
   }
@@ -1358,8 +1359,20 @@ static bool considered(const decomp_policy *policy, const decomp_layer *l) {
  * data-aware methods (channel, Linear) whitened, and leaves spatial out
  * unless it is the only method the policy allows (then its Gram is not
  * used: no data-aware spatial pair has a closed-form optimum). */
+/* A view's latency from the profile (when there is one): whether the layer
+ * was profiled, its own time, and this candidate's curve. */
+static void view_latency(const core_profile *prof, core_layer_view *v) {
+  double t0 = 0;
+  v->profiled = core_profile_has(prof, v->layer);
+  v->latency = core_profile_curve(prof, v->layer, v->method, v->order, &t0);
+  v->latency_before = v->profiled ? t0 : 0;
+  if (v->profiled && !v->latency) /* the layer's own time all the same */
+    core_profile_curve(prof, v->layer, CORE_METHOD_CHANNEL,
+                       CORE_ORDER_VERTICAL_FIRST, &v->latency_before);
+}
+
 static int candidates(decomp_ctx *ctx, const decomp_policy *policy,
-                      struct layer *L) {
+                      const core_profile *prof, struct layer *L) {
   const decomp_layer *l = L->info.layer;
   unsigned m = core_policy_methods(policy, l);
   if (L->gram && m == CORE_METHODS_SPATIAL) {
@@ -1389,6 +1402,7 @@ static int candidates(decomp_ctx *ctx, const decomp_policy *policy,
   }
   for (int c = 0; c < L->ncand; c++) {
     geom gm = geom_view(&L->cand[c]);
+    view_latency(prof, &L->cand[c]);
     if (L->cand[c].max_rank != gm.k)
       return core_fail(ctx, DECOMP_ERR_INTERNAL,
                        "%s: cost model says max rank %lld, the matrix %lld",
@@ -1431,6 +1445,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   decomp_result *res = NULL;
   decomp_weights *rw = NULL;
   core_calib *calib = NULL;
+  core_profile *prof = NULL;
   char *name = NULL;
   struct pool pool = {0}, *P = NULL;
   int threads = 0, blas_saved = 0;
@@ -1440,6 +1455,9 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   if (opts && opts->calibration &&
       (rc = core_calib_open(ctx, opts->calibration, spec, &calib)) !=
           DECOMP_OK)
+    goto fail;
+  if (opts && opts->profile &&
+      (rc = core_profile_open(ctx, opts->profile, spec, &prof)) != DECOMP_OK)
     goto fail;
   double t_run = core_now();
   for (size_t i = 0; i < n; i++)
@@ -1485,6 +1503,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
                                   CORE_ORDER_VERTICAL_FIRST, &L->info.view,
                                   why_view, sizeof why_view);
     }
+    view_latency(prof, &L->info.view);
     if (!core_policy_eligible(policy, l, L->why, sizeof L->why)) {
       L->info.skip_reason = L->why;
       continue;
@@ -1506,7 +1525,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     int64_t samples = 0;
     L->gram = core_calib_gram(calib, l, &samples);
     L->info.samples = L->gram ? samples : 0;
-    if ((rc = candidates(ctx, policy, L)) != DECOMP_OK)
+    if ((rc = candidates(ctx, policy, prof, L)) != DECOMP_OK)
       goto fail;
     L->info.view = L->cand[0];
     L->info.has_view = true;
@@ -1535,18 +1554,18 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   if (!views || !dec)
     goto nomem;
   /* The spec's other layers count at full cost in a whole-model budget. */
-  double rest_macs = 0, rest_params = 0;
+  core_rest rest = {0};
   for (size_t i = 0, c = 0; i < n; i++) {
     if (Ls[i].candidate) {
       for (int x = 0; x < Ls[i].ncand; x++)
         views[c++] = Ls[i].cand[x];
     } else if (Ls[i].info.considered) {
-      rest_macs += Ls[i].info.view.macs_before;
-      rest_params += Ls[i].info.view.params_before;
+      rest.macs += Ls[i].info.view.macs_before;
+      rest.params += Ls[i].info.view.params_before;
+      rest.latency += Ls[i].info.view.latency_before;
     }
   }
-  rc = core_policy_choose_in(ctx, policy, views, nviews, rest_macs,
-                             rest_params, dec);
+  rc = core_policy_choose_rest(ctx, policy, views, nviews, &rest, dec);
   if (rc != DECOMP_OK)
     goto fail;
 
@@ -1637,6 +1656,11 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
       .calibrated = calib != NULL,
       .calibration_digest = opts && calib ? opts->calibration_digest : NULL,
       .calibration_layers = core_calib_count(calib),
+      .profiled = prof != NULL,
+      .profile_digest = opts && prof ? opts->profile_digest : NULL,
+      .profile_device = core_profile_device(prof),
+      .profile_dtype = core_profile_dtype(prof),
+      .profile_input_shape = core_profile_input_shape(prof),
   };
   rc = core_info_build(ctx, policy, &run, infos, n, &res->info);
   if (rc != DECOMP_OK)
@@ -1665,6 +1689,7 @@ out:
   free(views);
   free(dec);
   core_calib_free(calib);
+  core_profile_free(prof);
   free_layers(Ls, n);
   decomp_weights_free(rw);
   decomp_result_free(res);

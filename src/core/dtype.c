@@ -114,7 +114,7 @@ uint16_t core_float_to_bf16(float f) {
   return (uint16_t)(x >> 16);
 }
 
-static double load_f64(const void *p, decomp_dtype dt) {
+double core_load_f64(const void *p, decomp_dtype dt) {
   switch (dt) {
   case DECOMP_DTYPE_F32: {
     float v;
@@ -135,6 +135,16 @@ static double load_f64(const void *p, decomp_dtype dt) {
     uint16_t v;
     memcpy(&v, p, 2);
     return core_bf16_to_float(v);
+  }
+  case DECOMP_DTYPE_I64: {
+    int64_t v;
+    memcpy(&v, p, 8);
+    return (double)v;
+  }
+  case DECOMP_DTYPE_I32: {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
   }
   default:
     return 0;
@@ -160,7 +170,7 @@ static bool gather(const decomp_tensor *t, double *d64, float *d32) {
   int64_t idx[DECOMP_MAX_DIMS] = {0};
   int64_t off = 0;
   for (int64_t k = 0; k < n; k++) {
-    double v = load_f64(base + (size_t)off * isz, t->dtype);
+    double v = core_load_f64(base + (size_t)off * isz, t->dtype);
     if (d64)
       d64[k] = v;
     else
@@ -231,5 +241,5 @@ void core_f32_to_dtype(const float *src, size_t n, decomp_dtype dt,
 double core_dtype_round(decomp_dtype dt, double v) {
   unsigned char b[8];
   store(v, dt, b);
-  return load_f64(b, dt);
+  return core_load_f64(b, dt);
 }

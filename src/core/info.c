@@ -236,6 +236,17 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
       json_pack("{s:s?,s:s?}", "digest", source_digest, "format",
                 source_format));
   bad |= json_object_set(root, "policy", pol);
+  if (run->profiled) {
+    json_t *shape = run->profile_input_shape
+                        ? json_loads(run->profile_input_shape,
+                                     JSON_DECODE_ANY, NULL)
+                        : NULL;
+    bad |= json_object_set_new(
+        root, "profile",
+        json_pack("{s:s?,s:s?,s:s?,s:o?}", "digest", run->profile_digest,
+                  "device_name", run->profile_device, "dtype",
+                  run->profile_dtype, "input_shape", shape));
+  }
   if (run->calibrated)
     bad |= json_object_set_new(
         root, "calibration",
@@ -243,6 +254,7 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
                   (json_int_t)run->calibration_layers));
 
   double p_before = 0, p_after = 0, m_before = 0, m_after = 0, worst = 0;
+  double t_before = 0, t_after = 0; /* predicted, over profiled layers */
   bool estimated = false; /* some conv had no input_size */
   size_t ndec = 0;
   for (size_t i = 0; i < n && !bad; i++) {
@@ -255,6 +267,8 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
         bad |= add_spectra(s, L);
       bad |= json_array_append_new(skipped, s);
       if (L->considered) { /* at full cost */
+        t_before += L->view.latency_before;
+        t_after += L->view.latency_before;
         estimated |= L->view.macs_estimated;
         p_before += L->view.params_before;
         p_after += L->view.params_before;
@@ -289,6 +303,15 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
         json_real(v->macs_before > 0 ? ma / v->macs_before : 0.0));
     bad |= json_object_set_new(stats, "relative_error", json_real(rel));
     bad |= json_object_set_new(stats, "energy_retained", json_real(kept));
+    if (v->profiled) {
+      double ta = v->latency ? core_curve_at(v->latency, L->rank)
+                             : v->latency_before;
+      bad |= json_object_set_new(stats, "latency_before",
+                                 json_real(v->latency_before));
+      bad |= json_object_set_new(stats, "latency_after", json_real(ta));
+      t_before += v->latency_before;
+      t_after += ta;
+    }
     if (v->whitened) {
       double orel = L->out_total > 0 ? sqrt(L->out_discarded / L->out_total)
                                      : 0.0;
@@ -345,6 +368,10 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
   bad |= json_object_set_new(summary, "macs_after", number(m_after));
   if (estimated)
     bad |= json_object_set_new(summary, "macs_estimated", json_true());
+  if (run->profiled) {
+    bad |= json_object_set_new(summary, "latency_before", json_real(t_before));
+    bad |= json_object_set_new(summary, "latency_after", json_real(t_after));
+  }
   bad |= json_object_set_new(summary, "worst_relative_error", json_real(worst));
   bad |= json_object_set(root, "layers", arr);
   bad |= json_object_set(root, "skipped", skipped);

@@ -67,6 +67,8 @@ struct decomp_policy {
   unsigned types;         /* CORE_TYPE_* bits: the layer types considered */
   unsigned methods;       /* CORE_METHODS_* bits: the candidates allowed */
   double max_layer_error; /* budget: no layer beyond this relative error */
+  bool by_latency;        /* budget: latency_reduction (needs a profile) */
+  double max_slowdown;    /* 0: unset (1.0 where a layer is profiled) */
   bool strict;            /* budget: an unreachable target is an error */
 };
 
@@ -228,17 +230,19 @@ static bool knob_of(pol_kind k, const char *field) {
   case POL_MAX_ERROR: return strcmp(field, "max_error") == 0;
   case POL_BUDGET:
     return strcmp(field, "macs_reduction") == 0 ||
-           strcmp(field, "params_reduction") == 0;
+           strcmp(field, "params_reduction") == 0 ||
+           strcmp(field, "latency_reduction") == 0;
   default: return false;
   }
 }
 
-static const char *const knob_fields[] = {"rank", "ratio", "energy",
-                                          "max_error", "macs_reduction",
-                                          "params_reduction", NULL};
+static const char *const knob_fields[] = {
+    "rank",           "ratio",            "energy",            "max_error",
+    "macs_reduction", "params_reduction", "latency_reduction", NULL};
 static const char *const common_fields[] = {
     "name",  "include",         "exclude", "overrides", "compute",
-    "order", "require_cheaper", "types",   "methods",   NULL};
+    "order", "require_cheaper", "types",   "methods",   "max_slowdown",
+    NULL};
 static const char *const budget_fields[] = {"max_layer_error", "strict",
                                             NULL};
 
@@ -335,10 +339,15 @@ static int parse_object(decomp_ctx *ctx, const json_t *obj, decomp_policy **out)
   case POL_BUDGET: {
     const json_t *m = json_object_get(obj, "macs_reduction");
     const json_t *pr = json_object_get(obj, "params_reduction");
-    if (m && pr)
-      rc = bad(ctx, "budget takes macs_reduction or params_reduction, not "
-                    "both");
-    else if (m)
+    const json_t *lr = json_object_get(obj, "latency_reduction");
+    if ((m != NULL) + (pr != NULL) + (lr != NULL) > 1)
+      rc = bad(ctx, "budget takes one of macs_reduction, params_reduction "
+                    "and latency_reduction");
+    else if (lr) {
+      p->by_latency = true;
+      rc = get_number(ctx, "latency_reduction", lr, 1, true, 1e6, false,
+                      &p->reduction);
+    } else if (m)
       rc = get_number(ctx, "macs_reduction", m, 1, true, 1e6, false,
                       &p->reduction);
     else if (pr) {
@@ -411,6 +420,9 @@ static int parse_object(decomp_ctx *ctx, const json_t *obj, decomp_policy **out)
   if (!rc && (v = json_object_get(obj, "max_layer_error")))
     rc = get_number(ctx, "max_layer_error", v, 0, true, 1, false,
                     &p->max_layer_error);
+  if (!rc && (v = json_object_get(obj, "max_slowdown")))
+    rc = get_number(ctx, "max_slowdown", v, 0, true, 1e6, false,
+                    &p->max_slowdown);
   if (!rc && (v = json_object_get(obj, "strict"))) {
     if (json_is_boolean(v))
       p->strict = json_is_true(v);
@@ -597,7 +609,9 @@ char *decomp_policy_to_json(const decomp_policy *p) {
   case POL_ENERGY: sb_key(&b, "energy"); sb_real(&b, p->energy); break;
   case POL_MAX_ERROR: sb_key(&b, "max_error"); sb_real(&b, p->max_error); break;
   case POL_BUDGET:
-    sb_key(&b, p->by_params ? "params_reduction" : "macs_reduction");
+    sb_key(&b, p->by_latency  ? "latency_reduction"
+               : p->by_params ? "params_reduction"
+                              : "macs_reduction");
     sb_real(&b, p->reduction);
     break;
   default:
@@ -645,6 +659,10 @@ char *decomp_policy_to_json(const decomp_policy *p) {
   sb_bits(&b, p->types, type_names);
   sb_key(&b, "methods");
   sb_bits(&b, p->methods, method_names);
+  if (p->max_slowdown > 0) {
+    sb_key(&b, "max_slowdown");
+    sb_real(&b, p->max_slowdown);
+  }
   if (p->kind == POL_BUDGET) {
     sb_key(&b, "max_layer_error");
     sb_real(&b, p->max_layer_error);
@@ -893,6 +911,14 @@ bool core_policy_eligible(const decomp_policy *p, const decomp_layer *l,
 
 int core_policy_order(const decomp_policy *p) { return p->order; }
 
+double core_policy_max_slowdown(const decomp_policy *p) {
+  return p->max_slowdown > 0 ? p->max_slowdown : 1.0;
+}
+
+bool core_policy_by_latency(const decomp_policy *p) {
+  return p->kind == POL_BUDGET && p->by_latency;
+}
+
 int core_policy_layer_order(const decomp_policy *p, const decomp_layer *l) {
   if (p->order >= 0)
     return p->order;
@@ -1122,6 +1148,7 @@ struct bl {
   size_t view, group;
   double *g, *V;
   double c, a, b;
+  const core_curve *curve; /* latency budget: the cost by rank, not c·R + a */
   int64_t r0, rc;
   bool lossless; /* all-zero kernel: any rank keeps everything */
 };
@@ -1131,12 +1158,27 @@ static double bl_value(const struct bl *x, int64_t R) {
 }
 
 static double bl_cost(const struct bl *x, int64_t R) {
-  return R ? (double)R * x->c + x->a : x->b;
+  if (!R)
+    return x->b;
+  return x->curve ? core_curve_at(x->curve, R) : (double)R * x->c + x->a;
 }
 
 /* The candidate's best rank at price λ (at least its floor r0), and what
  * that choice is worth: value − λ·cost. */
 static int64_t bl_choose(const struct bl *x, double lambda, double *worth) {
+  if (x->curve) { /* a measured curve: no closed form, scan its ranks */
+    int64_t best = x->r0;
+    double bw = bl_value(x, best) - lambda * bl_cost(x, best);
+    for (int64_t R = x->r0 + 1; R <= x->rc; R++) {
+      double w = bl_value(x, R) - lambda * bl_cost(x, R);
+      if (w > bw) {
+        bw = w;
+        best = R;
+      }
+    }
+    *worth = bw;
+    return best;
+  }
   /* Largest R ≤ rc with g[R−1] > λ·c, at least r0. */
   int64_t lo = 0, hi = x->rc; /* count of gains above the price */
   double t = lambda * x->c;
@@ -1212,10 +1254,9 @@ static int choose_group(decomp_ctx *ctx, const decomp_policy *p,
 
 static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
                          const core_layer_view *views, size_t n,
-                         double rest_macs, double rest_params,
-                         core_rank_decision *out) {
-  bool params = p->by_params;
-  const char *unit = params ? "params" : "MACs";
+                         const core_rest *rest, core_rank_decision *out) {
+  bool params = p->by_params, timed = p->by_latency;
+  const char *unit = timed ? "seconds" : params ? "params" : "MACs";
   struct bl *bs = calloc(n ? n : 1, sizeof *bs);
   int64_t *Rs = calloc(n ? n : 1, sizeof *Rs);
   double *e = NULL;
@@ -1229,18 +1270,38 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
   if (!(e = malloc((size_t)kmax * sizeof *e)))
     goto nomem;
 
-  double before = params ? rest_params : rest_macs, fixed = before;
+  bool any_profile = false;
+  for (size_t i = 0; i < n; i++)
+    any_profile = any_profile || views[i].profiled;
+  if (timed && n && !any_profile) {
+    rc = core_fail(ctx, DECOMP_ERR_BAD_POLICY,
+                   "policy: budget latency_reduction needs a latency profile "
+                   "(decompd.profile) of the model");
+    goto fail;
+  }
+  double before = timed ? rest->latency : params ? rest->params : rest->macs;
+  double fixed = before;
   double floor_err2 = p->max_layer_error * p->max_layer_error;
   char why[160];
   for (size_t i = 0; i < n;) {
     size_t j = group_end(views, n, i), gid = groups++;
     const core_layer_view *v0 = &views[i];
-    double b = params ? v0->params_before : v0->macs_before;
-    before += b;
     for (size_t c = i; c < j; c++) {
       out[c].rank = 0;
       out[c].reason[0] = '\0';
     }
+    if (timed && !v0->profiled) {
+      /* Its time is unknown: not in the target, left alone. */
+      for (size_t c = i; c < j; c++)
+        snprintf(out[c].reason, sizeof out[c].reason,
+                 "budget: not in the latency profile");
+      i = j;
+      continue;
+    }
+    double b = timed    ? v0->latency_before
+               : params ? v0->params_before
+                        : v0->macs_before;
+    before += b;
     bool ok = core_policy_eligible(p, v0->layer, why, sizeof why);
     if (!ok || v0->max_rank <= 0) {
       for (size_t c = i; c < j; c++)
@@ -1258,9 +1319,12 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
       double cost = b;
       for (size_t c = i; c < j; c++)
         if (out[c].rank)
-          cost = params ? (double)out[c].rank * views[c].params_per_rank +
-                              views[c].params_bias
-                        : (double)out[c].rank * views[c].macs_per_rank;
+          cost = timed    ? (views[c].latency ? core_curve_at(views[c].latency,
+                                                              out[c].rank)
+                                              : b)
+                 : params ? (double)out[c].rank * views[c].params_per_rank +
+                                views[c].params_bias
+                          : (double)out[c].rank * views[c].macs_per_rank;
       fixed += cost;
       i = j;
       continue;
@@ -1275,18 +1339,34 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
                        v->layer->name);
         goto fail;
       }
+      if (timed && !v->latency) {
+        snprintf(d->reason, sizeof d->reason,
+                 "budget: the profile did not measure %s",
+                 core_method_name(v->method));
+        continue;
+      }
       struct bl *x = &bs[m];
       x->view = c;
       x->group = gid;
       x->c = params ? v->params_per_rank : v->macs_per_rank;
       x->a = params ? v->params_bias : 0;
       x->b = b;
-      /* Ranks that make it cheaper: c·R + a < b. */
-      int64_t rc_ = v->max_rank;
-      while (rc_ >= 1 && !((double)rc_ * x->c + x->a < x->b))
+      x->curve = timed ? v->latency : NULL;
+      /* Ranks that make it cheaper (for a measured curve: faster, and
+       * within the ranks it was measured at). */
+      int64_t rc_ = x->curve ? min64(v->max_rank, core_curve_max_rank(x->curve))
+                             : v->max_rank;
+      while (rc_ >= 1 && !(bl_cost(x, rc_) < x->b))
         rc_--;
       if (rc_ < 1) {
-        not_cheaper(d, v, 1, params);
+        if (x->curve)
+          snprintf(d->reason, sizeof d->reason,
+                   "the profile predicts %s at rank 1 takes %.3g ms, the "
+                   "layer %.3g ms: never faster",
+                   core_method_name(v->method), bl_cost(x, 1) * 1e3,
+                   b * 1e3);
+        else
+          not_cheaper(d, v, 1, params);
         continue;
       }
       x->rc = rc_;
@@ -1356,7 +1436,16 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
     double hi = 0;
     for (size_t i = 0; i < m; i++) {
       const struct bl *x = &bs[i];
-      double t1 = x->r0 < (int64_t)x->rc ? x->g[x->r0] / x->c : 0;
+      double t1 = 0;
+      if (x->curve) { /* the steepest gain per second along the curve */
+        for (int64_t R = x->r0; R < x->rc; R++) {
+          double dc = bl_cost(x, R + 1) - bl_cost(x, R);
+          if (dc > 0)
+            t1 = fmax(t1, x->g[R] / dc);
+        }
+      } else if (x->r0 < x->rc) {
+        t1 = x->g[x->r0] / x->c;
+      }
       double t2 = (1.0 - bl_value(x, x->r0)) / (x->b - bl_cost(x, x->r0));
       hi = fmax(hi, fmax(t1, t2));
     }
@@ -1379,20 +1468,25 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
     for (;;) {
       size_t best = m;
       double best_ratio = -1;
+      double best_dc = 0;
       for (size_t i = 0; i < m; i++) {
         const struct bl *x = &bs[i];
-        if (Rs[i] == 0 || Rs[i] >= x->rc || cost + x->c > budget)
+        if (Rs[i] == 0 || Rs[i] >= x->rc)
           continue;
-        double r = x->g[Rs[i]] / x->c;
+        double dc = bl_cost(x, Rs[i] + 1) - bl_cost(x, Rs[i]);
+        if (cost + dc > budget)
+          continue;
+        double r = dc > 0 ? x->g[Rs[i]] / dc : INFINITY;
         if (r > best_ratio) {
           best_ratio = r;
           best = i;
+          best_dc = dc;
         }
       }
       if (best == m || best_ratio <= 0)
         break;
       Rs[best]++;
-      cost += bs[best].c;
+      cost += best_dc;
     }
   }
 
@@ -1465,11 +1559,31 @@ static int choose_group(decomp_ctx *ctx, const decomp_policy *p,
                         core_rank_decision *out) {
   size_t best = j;
   double best_cost = INFINITY;
+  /* With a profile of every candidate, "cheaper" is the predicted time. */
+  bool timed = true;
+  for (size_t c = i; c < j; c++)
+    timed = timed && views[c].latency;
   for (size_t c = i; c < j; c++) {
     int rc = choose_one(ctx, p, &views[c], kind, o, e, &out[c]);
     if (rc)
       return rc;
-    double cost = (double)out[c].rank * views[c].macs_per_rank;
+    const core_layer_view *v = &views[c];
+    if (out[c].rank > 0 && v->latency) {
+      double t = core_curve_at(v->latency, out[c].rank);
+      double limit = core_policy_max_slowdown(p) * v->latency_before;
+      if (t > limit) {
+        snprintf(out[c].reason, sizeof out[c].reason,
+                 "the profile predicts %s at rank %" PRId64 " takes %.3g ms, "
+                 "the layer %.3g ms (max_slowdown %.3g)",
+                 core_method_name(v->method), out[c].rank, t * 1e3,
+                 v->latency_before * 1e3, core_policy_max_slowdown(p));
+        out[c].rank = 0;
+        continue;
+      }
+    }
+    double cost = timed && out[c].rank > 0
+                      ? core_curve_at(v->latency, out[c].rank)
+                      : (double)out[c].rank * v->macs_per_rank;
     if (out[c].rank > 0 && cost < best_cost) {
       best_cost = cost;
       best = c;
@@ -1494,8 +1608,18 @@ int core_policy_choose_in(decomp_ctx *ctx, const decomp_policy *p,
   if (!p || (n && (!views || !out)))
     return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "core_policy_choose: NULL argument");
+  core_rest rest = {.macs = rest_macs, .params = rest_params};
+  return core_policy_choose_rest(ctx, p, views, n, &rest, out);
+}
+
+int core_policy_choose_rest(decomp_ctx *ctx, const decomp_policy *p,
+                            const core_layer_view *views, size_t n,
+                            const core_rest *rest, core_rank_decision *out) {
+  if (!p || !rest || (n && (!views || !out)))
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "core_policy_choose: NULL argument");
   if (p->kind == POL_BUDGET)
-    return choose_budget(ctx, p, views, n, rest_macs, rest_params, out);
+    return choose_budget(ctx, p, views, n, rest, out);
   int64_t kmax = 1;
   for (size_t i = 0; i < n; i++)
     kmax = max64(kmax, views[i].max_rank);

@@ -46,6 +46,13 @@ static json_t *pair(const int64_t v[2]) {
 
 static json_t *layer_json(const ts_layer *l) {
   json_t *o = json_pack("{s:s, s:s}", "name", l->name, "type", l->type);
+  if (o && l->is_linear &&
+      (json_object_set_new(o, "in_features", json_integer(l->in_channels)) |
+       json_object_set_new(o, "out_features", json_integer(l->out_channels)) |
+       json_object_set_new(o, "bias", json_boolean(l->bias)))) {
+    json_decref(o);
+    return NULL;
+  }
   if (!o || !l->is_conv)
     return o;
   json_t *padding = l->padding_kind == DECOMP_PADDING_SAME ? json_string("same")

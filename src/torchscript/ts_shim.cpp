@@ -44,6 +44,7 @@
 namespace {
 
 const char kTorchConv2d[] = "__torch__.torch.nn.modules.conv.Conv2d";
+const char kTorchLinear[] = "__torch__.torch.nn.modules.linear.Linear";
 const char kRootName[] = "conv";
 
 /* The conv2d calls a traced Conv2d's forward can hold. */
@@ -233,6 +234,17 @@ bool has_tensor_slot(const torch::jit::Module &m, const char *name) {
 
 bool padding_mode_ok(const std::string &s) {
   return s == "zeros" || s == "reflect" || s == "replicate" || s == "circular";
+}
+
+/* A Linear's features from its weight [out, in], and its bias. */
+bool linear_from_weight(const torch::jit::Module &m, ts_layer *l) {
+  at::Tensor w = m.attr("weight").toTensor();
+  if (w.dim() != 2)
+    return false;
+  l->out_channels = w.size(0);
+  l->in_channels = w.size(1);
+  l->bias = has_tensor_slot(m, "bias");
+  return true;
 }
 
 /* Conv2d fields from a scripted module's constants. */
@@ -465,6 +477,12 @@ void walk_layers(const torch::jit::Module &m, const std::string &name,
             name + ": a Conv2d whose fields the archive does not record "
                    "(a traced module never called?); left alone");
       }
+    } else if (cls == kTorchLinear && plain_param &&
+               linear_from_weight(m, &l)) {
+      /* A Linear is its weight's shape and its bias, scripted or traced
+       * alike: its forward is F.linear whatever the archive recorded. */
+      l.type = "Linear";
+      l.is_linear = true;
     } else if (last == "Conv2d") {
       l.type = model->keep(cls == kTorchConv2d
                                ? std::string("Conv2d(weight reparametrized)")

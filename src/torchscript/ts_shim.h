@@ -39,6 +39,8 @@ typedef struct ts_layer {
   const char *name; /* "layer1.0.conv1"; "" for the root module */
   const char *type; /* "Conv2d", or the module's class name */
   bool is_conv;     /* type is "Conv2d" and the fields below are set */
+  bool is_linear;   /* type is "Linear": in_channels/out_channels hold its
+                       in_features/out_features, and bias is set */
   int64_t in_channels, out_channels;
   int64_t kernel_size[2], stride[2], padding[2], dilation[2];
   decomp_padding_kind padding_kind;

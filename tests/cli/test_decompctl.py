@@ -260,3 +260,133 @@ def test_model_flag_with_a_file_that_is_not_torchscript_exits_3(model_files, tmp
     p = run("decompose", "--model", wpath, "--out", tmp_path / "o")
     assert p.returncode == 3, p.stderr
     assert_nothing_left(tmp_path / "o")
+
+
+# --- calibration (whitened decomposition) -----------------------------------
+
+def write_calibration(path, grams, layers=None, meta=None):
+    """A decompd.calibration safetensors file, written here: {key: gram}."""
+    layers = layers or {k: {"gram": k, "type": "Linear" if g.ndim == 2
+                            else "Conv2d", "shape": list(g.shape)}
+                        for k, g in grams.items()}
+    tensors = {}
+    for k, g in grams.items():
+        tensors[k + ".gram"] = np.ascontiguousarray(g, "<f8")
+        tensors[k + ".count"] = np.array(1000, "<i8")
+    header = {"__metadata__": meta or {"format": "decompd.calibration",
+                                       "version": "1",
+                                       "layers": json.dumps(layers)}}
+    blobs, off = [], 0
+    for k, a in tensors.items():
+        b = a.tobytes()
+        header[k] = {"dtype": "F64" if a.dtype.kind == "f" else "I64",
+                     "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.fc = nn.Linear(48, 24)
+
+
+@pytest.fixture
+def calibrated(tmp_path):
+    """A conv and a Linear, their specs, and Grams of correlated inputs."""
+    torch.manual_seed(0)
+    net = Head()
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    spec = {"layers": [
+        conv_spec("conv", net.conv),
+        {"name": "fc", "type": "Linear", "in_features": 48,
+         "out_features": 24, "bias": True}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 48)) @ (rng.standard_normal((48, 48)) *
+                                          np.logspace(0, -2, 48))
+    P = rng.standard_normal((2, 300, 36)) @ (rng.standard_normal((36, 36)) *
+                                             np.logspace(0, -1.5, 36))
+    grams = {"fc": X.T @ X, "conv": np.stack([p.T @ p for p in P])}
+    return net, tmp_path, grams
+
+
+def test_calibration_whitens_conv_and_linear_to_numpys_optimum(calibrated):
+    net, d, grams = calibrated
+    write_calibration(d / "cal.safetensors", grams)
+    R = 6
+    policy = json.dumps({"name": "fixed", "rank": R, "require_cheaper": False,
+                         "types": ["Conv2d", "Linear"], "methods": ["channel"]})
+    run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+        "--out", d / "out", "--policy", policy, "--calibration",
+        d / "cal.safetensors", check=0)
+    info = json.loads((d / "out" / "decompose_info.json").read_text())
+    sd = torch.load(d / "out" / "decomposed_weights.pth", weights_only=True)
+    assert info["calibration"]["digest"].startswith("sha256:")
+    assert info["calibration"]["layers"] == 2
+    layers = {l["name"]: l for l in info["layers"]}
+    assert layers["fc"]["method"] == "svd"
+    assert layers["conv"]["method"] == "channel_svd"
+    # Linear: ‖(W − W̃)S‖/‖WS‖ from the written factors = numpy's optimum.
+    W = net.fc.weight.detach().double().numpy()
+    Wt = sd["fc.1.weight"].double().numpy() @ sd["fc.0.weight"].double().numpy()
+    S = np.linalg.cholesky(grams["fc"])
+    s = np.linalg.svd(W @ S, compute_uv=False)
+    opt = np.sqrt((s[R:] ** 2).sum() / (s ** 2).sum())
+    got = np.linalg.norm((W - Wt) @ S) / np.linalg.norm(W @ S)
+    assert got <= 1.01 * opt + 1e-6
+    assert abs(layers["fc"]["stats"]["output_relative_error"] - got) <= 1e-4
+    # and better on the data than plain SVD at the same rank
+    u, sv, vt = np.linalg.svd(W)
+    plain = np.linalg.norm((W - (u[:, :R] * sv[:R]) @ vt[:R]) @ S) / \
+        np.linalg.norm(W @ S)
+    assert got < plain
+    # Conv, group by group over the patch Grams, through the pair's weights.
+    Wc = net.conv.weight.detach().double().numpy().reshape(2, 8, 36)
+    f = sd["conv.0.weight"].double().numpy().reshape(2, R, 36)
+    g = sd["conv.1.weight"].double().numpy().reshape(2, 8, R)
+    tot = tail = err = 0.0
+    for j in range(2):
+        Sj = np.linalg.cholesky(grams["conv"][j])
+        sj = np.linalg.svd(Wc[j] @ Sj, compute_uv=False)
+        tot += (sj ** 2).sum()
+        tail += (sj[R:] ** 2).sum()
+        err += np.linalg.norm((Wc[j] - g[j] @ f[j]) @ Sj) ** 2
+    assert np.sqrt(err / tot) <= 1.01 * np.sqrt(tail / tot) + 1e-6
+
+
+BAD_CALIBRATIONS = {
+    "wrong_size": (lambda g: {**g, "fc": g["fc"][:40, :40]}, None, "fc"),
+    "not_finite": (lambda g: {**g, "fc": np.where(np.eye(48) > 0, np.nan,
+                                                  g["fc"])}, None, "fc"),
+    "not_symmetric": (lambda g: {**g, "fc": g["fc"] + np.triu(
+        np.ones((48, 48)), 1)}, None, "not symmetric"),
+    "unknown_layer": (lambda g: g, {"ghost": {"gram": "fc", "type": "Linear"}},
+                      "ghost"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALIBRATIONS))
+def test_a_bad_calibration_exits_3_naming_the_layer_and_leaves_nothing(
+        case, calibrated):
+    net, d, grams = calibrated
+    edit, layers, needle = BAD_CALIBRATIONS[case]
+    write_calibration(d / "cal.safetensors", edit(grams), layers)
+    p = run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+            "--out", d / "out", "--calibration", d / "cal.safetensors",
+            "--policy", '{"name": "fixed", "rank": 4, "types": ["Conv2d", "Linear"]}',
+            check=3)
+    assert "calibration" in p.stderr and needle in p.stderr, p.stderr
+    assert not (d / "out").exists()
+
+
+def test_a_weight_file_is_not_a_calibration(calibrated):
+    net, d, grams = calibrated
+    p = run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+            "--out", d / "out", "--calibration", d / "w.pth", check=3)
+    assert "not a decompd calibration" in p.stderr, p.stderr
+    assert not (d / "out").exists()

@@ -81,7 +81,8 @@ def _pair(v):
 def spec_from_module(model):
     """The layer spec of a live module, written here independently of the
     Python package: each module holding parameters of its own, once, under
-    its first name; plain nn.Conv2d with its fields, others by class name."""
+    its first name; plain nn.Conv2d and nn.Linear with their fields, others by
+    class name."""
     layers = []
     for name, m in model.named_modules():
         if not any(p is not None for p in m._parameters.values()):
@@ -104,6 +105,12 @@ def spec_from_module(model):
                 "groups": m.groups, "bias": m.bias is not None,
                 "padding_mode": m.padding_mode,
             })
+        elif type(m) is nn.Linear and isinstance(
+                m._parameters.get("weight"), nn.Parameter):
+            layers.append({"name": name, "type": "Linear",
+                           "in_features": m.in_features,
+                           "out_features": m.out_features,
+                           "bias": m.bias is not None})
         else:
             cls = type(m)
             t = cls.__name__

@@ -123,7 +123,7 @@ START_TEST(parse_errors_name_what_is_wrong) {
              "macs_reduction 1 is out of range (1,");
   expect_bad("{\"name\": \"budget\", \"macs_reduction\": 2,"
              " \"params_reduction\": 2}",
-             "not both");
+             "one of macs_reduction");
   expect_bad("{\"name\": \"budget\", \"macs_reduction\": \"2\"}",
              "macs_reduction must be a number");
   expect_bad("{\"name\": \"vbmf\", \"include\": \"layer*\"}",
@@ -795,6 +795,189 @@ START_TEST(budget_out_of_reach_stops_at_the_quality_floor_or_fails_when_strict) 
 }
 END_TEST
 
+/* --- latency ------------------------------------------------------------ */
+
+/* A profile of three 64→64 3x3 convs: "a" and "b" take 10 ms and get
+ * faster with rank, along known curves; every candidate of "slow" (1 ms)
+ * is slower than the layer itself. */
+static const char latency_profile[] =
+    "{\"format\": \"decompd.profile\", \"version\": 1,"
+    " \"device_name\": \"test cpu\", \"dtype\": \"float32\","
+    " \"input_shape\": [8, 64, 56, 56], \"layers\": {"
+    " \"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+    "  \"time\": 0.010, \"candidates\": ["
+    "   {\"method\": \"channel_svd\", \"ranks\": [1, 16, 32, 64],"
+    "    \"times\": [0.001, 0.004, 0.007, 0.013]},"
+    "   {\"method\": \"spatial_svd\", \"order\": \"vertical_first\","
+    "    \"ranks\": [1, 96, 192], \"times\": [0.002, 0.008, 0.014]}]},"
+    " \"b\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+    "  \"time\": 0.010, \"candidates\": ["
+    "   {\"method\": \"channel_svd\", \"ranks\": [1, 64],"
+    "    \"times\": [0.0005, 0.0125]}]},"
+    " \"slow\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+    "  \"time\": 0.001, \"candidates\": ["
+    "   {\"method\": \"channel_svd\", \"ranks\": [1, 64],"
+    "    \"times\": [0.002, 0.009]},"
+    "   {\"method\": \"spatial_svd\", \"order\": \"vertical_first\","
+    "    \"ranks\": [1, 192], \"times\": [0.003, 0.02]}]}}}";
+
+START_TEST(latency_budget_meets_its_target_on_the_predicted_curves) {
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_spec *spec;
+  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
+  const char *names[] = {"a", "b", "slow"};
+  for (int i = 0; i < 3; i++) {
+    decomp_layer l = conv(names[i], 64, 64, 3, 3, 1, 1);
+    ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
+  }
+  core_profile *prof;
+  ck_assert_int_eq(core_profile_open(ctx, latency_profile, spec, &prof),
+                   DECOMP_OK);
+  static double s[192];
+  for (int r = 0; r < 192; r++)
+    s[r] = exp(-0.03 * r);
+  /* Candidates: a: spatial + channel; b: channel; slow: spatial + channel. */
+  core_layer_view v[5];
+  size_t n = 0;
+  for (int i = 0; i < 3; i++) {
+    const decomp_layer *l = decomp_spec_find(spec, names[i]);
+    for (int m = 0; m < 2; m++) {
+      if (i == 1 && m == 0)
+        continue;
+      char why[160];
+      ck_assert(core_layer_view_init_method(
+          l, m ? CORE_METHOD_CHANNEL : CORE_METHOD_SPATIAL,
+          CORE_ORDER_VERTICAL_FIRST, &v[n], why, sizeof why));
+      v[n].sigma = s;
+      v[n].energy_total = sum_sq(s, v[n].max_rank);
+      v[n].profiled = true;
+      v[n].latency = core_profile_curve(prof, l, v[n].method, v[n].order,
+                                        &v[n].latency_before);
+      ck_assert_ptr_nonnull(v[n].latency);
+      n++;
+    }
+  }
+  /* isotonic, linear between grid points */
+  ck_assert_double_eq_tol(core_curve_at(v[1].latency, 24), 0.0055, 1e-12);
+  ck_assert_double_eq_tol(core_curve_at(v[1].latency, 0), 0.001, 1e-12);
+  const double targets[] = {1.3, 1.5, 2.5};
+  for (int t = 0; t < 3; t++) {
+    char text[160];
+    snprintf(text, sizeof text,
+             "{\"name\": \"budget\", \"latency_reduction\": %g, "
+             "\"max_layer_error\": 1}",
+             targets[t]);
+    decomp_policy *p = parse_ok(text);
+    core_rank_decision d[5];
+    core_rest rest = {0};
+    ck_assert_int_eq(core_policy_choose_rest(ctx, p, v, n, &rest, d),
+                     DECOMP_OK);
+    /* "slow" is left alone: every candidate is slower than the layer */
+    ck_assert_int_eq(d[3].rank, 0);
+    ck_assert_int_eq(d[4].rank, 0);
+    ck_assert_ptr_nonnull(strstr(d[4].reason, "never faster"));
+    double before = 0.021, after = 0.001;
+    int chosen_a = 0;
+    for (size_t c = 0; c < 3; c++)
+      if (d[c].rank) {
+        after += core_curve_at(v[c].latency, d[c].rank);
+        chosen_a += c < 2;
+      }
+    if (!d[2].rank)
+      after += 0.010;
+    ck_assert_int_le(chosen_a, 1); /* one method per layer */
+    ck_assert_msg(before / after >= targets[t], "target %g: %g", targets[t],
+                  before / after);
+    /* met on the curve: one more rank of any chosen candidate would miss */
+    bool tight = false;
+    for (size_t c = 0; c < 3; c++)
+      if (d[c].rank && d[c].rank < v[c].max_rank &&
+          d[c].rank < 64 * (c == 0 ? 3 : 1))
+        tight = tight || before / (after + core_curve_at(v[c].latency,
+                                                         d[c].rank + 1) -
+                                   core_curve_at(v[c].latency, d[c].rank)) <
+                             targets[t];
+    ck_assert_msg(tight, "target %g: %g is not tight", targets[t],
+                  before / after);
+    decomp_policy_free(p);
+  }
+  /* Other policies: max_slowdown (1.0 with a profile) leaves "slow" alone. */
+  decomp_policy *p = parse_ok("{\"name\": \"fixed\", \"rank\": 8}");
+  core_rank_decision d[5];
+  core_rest rest = {0};
+  ck_assert_int_eq(core_policy_choose_rest(ctx, p, v, n, &rest, d), DECOMP_OK);
+  ck_assert_int_eq(d[3].rank + d[4].rank, 0);
+  ck_assert_ptr_nonnull(strstr(d[3].reason, "max_slowdown"));
+  ck_assert_int_gt(d[2].rank, 0);
+  decomp_policy_free(p);
+  p = parse_ok("{\"name\": \"fixed\", \"rank\": 8, \"max_slowdown\": 4}");
+  ck_assert_int_eq(core_policy_choose_rest(ctx, p, v, n, &rest, d), DECOMP_OK);
+  ck_assert_int_gt(d[3].rank + d[4].rank, 0);
+  decomp_policy_free(p);
+  /* a latency budget without a profile is refused */
+  core_layer_view bare = view_of(decomp_spec_find(spec, "a"),
+                                 CORE_ORDER_VERTICAL_FIRST, s);
+  p = parse_ok("{\"name\": \"budget\", \"latency_reduction\": 1.5}");
+  ck_assert_int_eq(core_policy_choose_rest(ctx, p, &bare, 1, &rest, d),
+                   DECOMP_ERR_BAD_POLICY);
+  decomp_policy_free(p);
+  core_profile_free(prof);
+  decomp_spec_free(spec);
+  decomp_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(bad_profiles_are_refused_naming_the_layer) {
+  decomp_ctx *ctx = decomp_ctx_new();
+  decomp_spec *spec;
+  ck_assert_int_eq(decomp_spec_new(ctx, &spec), DECOMP_OK);
+  decomp_layer l = conv("a", 64, 64, 3, 3, 1, 1);
+  ck_assert_int_eq(decomp_spec_add(ctx, spec, &l), DECOMP_OK);
+  static const struct {
+    const char *layer, *want;
+  } bad[] = {
+      {"\"ghost\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+       " \"time\": 1, \"candidates\": []}",
+       "layer ghost is not in the model"},
+      {"\"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 32, 3, 3],"
+       " \"time\": 1, \"candidates\": []}",
+       "layer a: the profile's weight_shape"},
+      {"\"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+       " \"time\": -1, \"candidates\": []}",
+       "layer a: time"},
+      {"\"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+       " \"time\": 1, \"candidates\": []}",
+       "layer a: no candidates"},
+      {"\"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+       " \"time\": 1, \"candidates\": [{\"method\": \"channel_svd\","
+       " \"ranks\": [8, 4], \"times\": [1, 2]}]}",
+       "ranks[1]"},
+      {"\"a\": {\"type\": \"Conv2d\", \"weight_shape\": [64, 64, 3, 3],"
+       " \"time\": 1, \"candidates\": [{\"method\": \"channel_svd\","
+       " \"ranks\": [8], \"times\": [\"x\"]}]}",
+       "times[0]"},
+      {"\"a\": {\"type\": \"Linear\", \"weight_shape\": [64, 64],"
+       " \"time\": 1, \"candidates\": []}",
+       "the profile says Linear"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"format\": \"decompd.profile\", \"version\": 1,"
+             " \"layers\": {%s}}",
+             bad[i].layer);
+    ck_assert_int_eq(decomp_profile_check(ctx, text, spec, NULL),
+                     DECOMP_ERR_BAD_PROFILE);
+    ck_assert_msg(strstr(decomp_errmsg(ctx), bad[i].want), "%zu: %s", i,
+                  decomp_errmsg(ctx));
+  }
+  ck_assert_int_eq(decomp_profile_check(ctx, "{}", spec, NULL),
+                   DECOMP_ERR_BAD_PROFILE);
+  decomp_spec_free(spec);
+  decomp_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(budget_by_params_meets_its_target) {
   enum { N = 3, K = 192 };
   static double s[N][K];
@@ -845,6 +1028,8 @@ int main(void) {
   tcase_add_test(
       tc, budget_out_of_reach_stops_at_the_quality_floor_or_fails_when_strict);
   tcase_add_test(tc, budget_by_params_meets_its_target);
+  tcase_add_test(tc, latency_budget_meets_its_target_on_the_predicted_curves);
+  tcase_add_test(tc, bad_profiles_are_refused_naming_the_layer);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
