@@ -739,7 +739,12 @@ def main():
     ap.add_argument("--speed", action="store_true",
                     help="also time whitened decomposition of 4096x4096 and "
                     "11008x4096 Linear layers (slow)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads for training, fine-tuning and evaluation "
+                    "(on a loaded machine 1 can be many times faster: small ops "
+                    "wait for a second thread that is not scheduled)")
+    ap.add_argument("--speed-threads", type=int, default=2,
+                    help="threads of both sides in --speed (torch and the engine)")
     ap.add_argument("--speed-repeat", type=int, default=2,
                     help="runs per --speed measurement, fastest kept")
     ap.add_argument("--only", choices=["lm", "digits"], help=argparse.SUPPRESS)
@@ -991,10 +996,11 @@ def run_speed(args):
     import numpy as np
     api, why = decompd_api()
     log("\n--speed: Linear layers at 20% fewer parameters, "
-        f"{args.threads} threads, one child process per measurement")
+        f"{args.speed_threads} threads, one child process per measurement")
     if api is None:
         log(f"--speed: skipped, {why}")
         return []
+    torch.set_num_threads(args.speed_threads)
     rows = []
     for out, inn in SPEED_CASES:
         wp, gp = speed_inputs(np, args.cache, out, inn)
@@ -1007,7 +1013,7 @@ def run_speed(args):
         for rep in range(args.speed_repeat):
             for mode in ("decompd_plain", "decompd_whitened", "torch_svd"):
                 job = {"mode": mode, "w": wp, "g": gp, "cal": cal, "rank": R,
-                       "threads": args.threads, "factors": fac + "." + mode}
+                       "threads": args.speed_threads, "factors": fac + "." + mode}
                 p = subprocess.run([sys.executable, os.path.abspath(__file__),
                                     "--speed-child", json.dumps(job)],
                                    capture_output=True, text=True)
