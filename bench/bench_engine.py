@@ -60,7 +60,13 @@ class Options(ctypes.Structure):
     _fields_ = [("progress", ctypes.c_void_p), ("progress_user", ctypes.c_void_p),
                 ("source_digest", ctypes.c_char_p),
                 ("source_format", ctypes.c_char_p),
-                ("record_spectra", ctypes.c_bool), ("threads", ctypes.c_int)]
+                ("record_spectra", ctypes.c_bool), ("threads", ctypes.c_int),
+                # every field of include/decomp/decomp.h's decomp_options: the
+                # engine reads them all
+                ("calibration", ctypes.c_void_p),
+                ("calibration_digest", ctypes.c_char_p),
+                ("profile", ctypes.c_char_p),
+                ("profile_digest", ctypes.c_char_p)]
 
 
 def find_lib(arg):

@@ -1,8 +1,9 @@
 /* decomp/client.h — libdecompclient: talk to a decompd service.
  *
- * Upload weight files, submit decomposition jobs, follow them, and fetch
- * their artifacts (decomposed weights, decompose_info.json) into a local,
- * content-addressed cache that the Python package (decompd.client) shares.
+ * Upload weight files and calibrations, submit decomposition jobs, follow
+ * them, and fetch their artifacts (decomposed weights, decompose_info.json)
+ * into a local, content-addressed cache that the Python package
+ * (decompd.client) shares.
  *
  *   decomp_client *c;
  *   decomp_client_new(NULL, NULL, &c);            // DECOMPD_URL, DECOMPD_TOKEN
@@ -10,6 +11,12 @@
  *   decomp_client_upload(c, "resnet.pth", "resnet", &m, NULL, NULL);
  *   decomp_client_job j = {0};
  *   decomp_client_submit(c, m.id, spec_json, "budget", &j, NULL);
+ *   // or, to keep the layers' outputs on data: attach its calibration
+ *   // (the model needs its layer spec first) and submit with it
+ *   //   decomp_client_calibration_attach(c, m.id, "cal.safetensors", NULL,
+ *   //                                    NULL);
+ *   //   decomp_client_submit_calibrated(c, m.id, NULL, policy,
+ *   //       DECOMP_CLIENT_CALIBRATION_ATTACHED, &j, NULL);
  *   decomp_client_wait(c, j.id, 0, NULL, NULL, &j);
  *   decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
  *   size_t n;
@@ -180,6 +187,57 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
                          decomp_client_model *out, bool *out_created,
                          char **out_json);
 
+/* Get model `model_id` (GET /v1/models/{id}): `out` (optional) and
+ * *out_json (optional; the server's answer, with has_spec and its
+ * calibration, freed with decomp_client_string_free()). NOT_FOUND. */
+int decomp_client_model_get(decomp_client *c, const char *model_id,
+                            decomp_client_model *out, char **out_json);
+
+/* ---- layer specs and calibrations ---------------------------------------- */
+
+/* Attach the layer spec `spec_json` (a JSON object {"layers": [...]} or a
+ * list) to model `model_id` (PUT /v1/models/{id}/spec), replacing any:
+ * jobs may then omit theirs, and a calibration is checked against it. The
+ * server checks it against the weights (bad_spec, spec_mismatch);
+ * NOT_FOUND. *out_json (optional) gets the canonical spec as stored, freed
+ * with decomp_client_string_free(). */
+int decomp_client_spec_attach(decomp_client *c, const char *model_id,
+                              const char *spec_json, char **out_json);
+
+/* A calibration attached to a model: a decompd.calibration safetensors file
+ * of the Gram matrices of layers' inputs (decompd's Python package writes
+ * it; its format: README.md, decompctl decompose --calibration). A job
+ * submitted with it (decomp_client_submit_calibrated) decomposes the
+ * layers it covers to keep their outputs on that data. */
+typedef struct decomp_client_calibration {
+  char model[DECOMP_CLIENT_ID_LEN];      /* the model it is attached to */
+  char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" of the file */
+  int64_t layers;                        /* layers it covers */
+  int64_t size;                          /* bytes */
+} decomp_client_calibration;
+
+/* Attach the calibration file at `path` to model `model_id` (PUT
+ * /v1/models/{id}/calibration), streamed from disk, replacing any attached
+ * before (jobs submitted with that one keep it). The server checks it
+ * against the model's layer spec before it keeps it: BAD_CALIBRATION when
+ * it is not a calibration file, or a Gram does not fit its layer, is not
+ * finite or symmetric, or names a layer the model lacks (the message names
+ * the layer); CONFLICT when the model has no layer spec yet (attach one, or
+ * submit it with the job first); NOT_FOUND; PAYLOAD_TOO_LARGE; IO when the
+ * file cannot be read; OFFLINE_MISS in offline mode. `out` (optional) gets
+ * what was attached; *out_json (optional) the server's answer, freed with
+ * decomp_client_string_free(). The progress callback sees
+ * DECOMP_CLIENT_UPLOAD. */
+int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
+                                     const char *path,
+                                     decomp_client_calibration *out,
+                                     char **out_json);
+
+/* Detach model `model_id`'s calibration (DELETE
+ * /v1/models/{id}/calibration); jobs submitted with it keep it. NOT_FOUND
+ * when the model has none (or there is no such model). */
+int decomp_client_calibration_detach(decomp_client *c, const char *model_id);
+
 /* ---- jobs ---------------------------------------------------------------- */
 
 typedef enum decomp_job_state {
@@ -244,6 +302,27 @@ void decomp_client_job_clear(decomp_client_job *j);
 int decomp_client_submit(decomp_client *c, const char *model_id,
                          const char *spec_json, const char *policy,
                          decomp_client_job *out, bool *out_created);
+
+/* For decomp_client_submit_calibrated: the calibration attached to the
+ * model when the job is submitted. */
+#define DECOMP_CLIENT_CALIBRATION_ATTACHED "attached"
+
+/* decomp_client_submit with a calibration: NULL none (exactly
+ * decomp_client_submit), DECOMP_CLIENT_CALIBRATION_ATTACHED the one
+ * attached to the model now, or its digest "sha256:<hex>" (as
+ * decomp_client_calibration_attach gave it; it must still be the model's
+ * for a new job, so that a calibration replaced meanwhile is not used
+ * unknowingly). The calibration is part of the job's identity: the same
+ * input with another calibration, or none, is another job. The server
+ * checks it against the job's layer spec before queueing
+ * (BAD_CALIBRATION); CONFLICT when the model has no calibration attached,
+ * or another one than the digest given; INVALID_ARGUMENT for a
+ * `calibration` that is neither. The job's JSON (out->json) says which
+ * calibration it runs with ("calibration": digest or null). */
+int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
+                                    const char *spec_json, const char *policy,
+                                    const char *calibration,
+                                    decomp_client_job *out, bool *out_created);
 
 /* Get job `id` with its progress, error and artifacts. Offline: from the
  * cache's job record, OFFLINE_MISS when there is none. */

@@ -382,7 +382,9 @@ typedef struct decomp_options {
   bool record_spectra;         /* record each layer's singular values in the
                                   info file (for charts) */
   /* Fields below were appended after 0.1.0's first release; a caller that
-   * zero-initializes the struct (or passes NULL) gets the old behaviour. */
+   * zero-initializes the struct (or passes NULL) gets the old behaviour.
+   * The engine reads every field declared here: a binding that declares
+   * the struct itself (ctypes) must declare all of them, in this order. */
   int threads;                 /* cores this call may use. 0 (default): run
                                   the layers one by one on the calling
                                   thread and leave OpenBLAS's thread count

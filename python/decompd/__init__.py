@@ -1,16 +1,23 @@
-"""decompd: low-rank (spatial SVD) decomposition of PyTorch Conv2d layers.
+"""decompd: low-rank (SVD) decomposition of PyTorch Conv2d and Linear layers.
 
 The AMCT-compatible API lives in decompd.tensor_decompose:
 
     from decompd.tensor_decompose import auto_decomposition, decompose_network
+
+Calibration-aware (whitened) decomposition reads the Gram matrices of each
+layer's inputs, computed here on the user's data (decompd.calibration):
+
+    cal = decompd.calibrate(model, batches)     # cal.save("cal.safetensors")
+    net, changes = auto_decomposition(model, calibration=cal, policy=...)
 
 It runs decompd's C engine (libdecomp.so) in-process through ctypes; the
 engine is found through DECOMPD_LIBRARY or the system's library path (see
 decompd._engine) and loaded on first use.
 """
 
-from .errors import (DecompError, DecompMemoryError, DecompRuntimeError,
-                     DecompValueError, EngineNotFoundError)
+from .errors import (CalibrationError, DecompError, DecompMemoryError,
+                     DecompRuntimeError, DecompValueError,
+                     EngineNotFoundError)
 
 __version__ = "0.1.0"
 
@@ -21,8 +28,11 @@ __all__ = [
     "DecompRuntimeError",
     "DecompMemoryError",
     "EngineNotFoundError",
+    "CalibrationError",
     "auto_decomposition",
     "decompose_network",
+    "calibrate",
+    "Calibration",
 ]
 
 
@@ -31,4 +41,7 @@ def __getattr__(name):
     if name in ("auto_decomposition", "decompose_network"):
         from . import tensor_decompose
         return getattr(tensor_decompose, name)
+    if name in ("calibrate", "Calibration"):
+        from . import calibration
+        return getattr(calibration, name)
     raise AttributeError(f"module 'decompd' has no attribute {name!r}")

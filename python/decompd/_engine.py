@@ -23,6 +23,7 @@ and the error, when it comes, says how to fix it.
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import sys
@@ -97,6 +98,8 @@ _LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int,
 
 
 class _Options(ctypes.Structure):
+    # decomp_options; fields are only ever appended (the engine reads the
+    # prefix it knows: an engine older than a field ignores it).
     _fields_ = [
         ("progress", _PROGRESS_FN),
         ("progress_user", ctypes.c_void_p),
@@ -104,6 +107,15 @@ class _Options(ctypes.Structure):
         ("source_format", ctypes.c_char_p),
         ("record_spectra", ctypes.c_bool),
         ("threads", ctypes.c_int),
+        # contract-13: the Gram matrices of decompd.calibrate, as a weight
+        # set whose metadata is the calibration file's __metadata__.
+        ("calibration", ctypes.c_void_p),  # const decomp_weights *
+        ("calibration_digest", ctypes.c_char_p),
+        # Issue 16's latency profile: not used by this package yet, but the
+        # engine reads every field its header declares, so the struct must
+        # be as long as the engine's (zero: none).
+        ("profile", ctypes.c_char_p),
+        ("profile_digest", ctypes.c_char_p),
     ]
 
 
@@ -148,6 +160,7 @@ _PROTOTYPES = {
     "decomp_weights_count": (ctypes.c_size_t, [_P]),
     "decomp_weights_at": (ctypes.POINTER(_Tensor), [_P, ctypes.c_size_t]),
     "decomp_weights_free": (None, [_P]),
+    "decomp_weights_set_metadata": (ctypes.c_int, [_P, ctypes.c_char_p]),
     "decomp_spec_parse": (ctypes.c_int,
                           [_P, ctypes.c_char_p, ctypes.c_size_t, _PP]),
     "decomp_spec_free": (None, [_P]),
@@ -420,16 +433,56 @@ def normalize_info(text):
         return _take_string(ctx.lib, out)
 
 
-def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
+def _add_tensors(ctx, w, tensors, keep, what):
+    """Append (name, torch.Tensor) pairs to weight set `w`, in place for CPU
+    tensors; `keep` holds what must outlive the set. Tensors whose dtype the
+    engine has no equivalent for are left out."""
+    ct = _Tensor()
+    for name, t in tensors:
+        et = _as_engine_tensor(t)
+        if et is None:
+            continue
+        name_bytes = name.encode("utf-8")
+        keep.append((et, name_bytes))
+        _fill_tensor(ct, name_bytes, et)
+        ctx.check(ctx.lib.decomp_weights_add(w, ctypes.byref(ct)),
+                  f"{what}: {name}")
+
+
+def _calibration_set(ctx, calibration, keep):
+    """A weight set holding a Calibration's tensors, its metadata the
+    calibration file's __metadata__ (contract-13.md), as the engine would
+    read it from the saved file with decomp_weights_open."""
+    cw = ctypes.c_void_p()
+    ctx.check(ctx.lib.decomp_weights_new(ctx.ptr, ctypes.byref(cw)),
+              "calibration")
+    try:
+        _add_tensors(ctx, cw, calibration.tensors(), keep, "calibration")
+        ctx.check(ctx.lib.decomp_weights_set_metadata(
+            cw, calibration.metadata_json().encode("utf-8")),
+            "calibration metadata")
+    except BaseException:
+        ctx.lib.decomp_weights_free(cw)
+        raise
+    return cw
+
+
+def decompose(tensors, spec_json, policy_text, *, progress=None, want=None,
+              calibration=None):
     """Run the engine.
 
-    tensors: iterable of (name, torch.Tensor) — the weights the spec's convs
-      refer to; handed over in place when they are CPU tensors.
+    tensors: iterable of (name, torch.Tensor) — the weights the spec's
+      layers refer to; handed over in place when they are CPU tensors.
     spec_json: the layer spec text; policy_text: a name or JSON object text.
     progress: called with a dict per engine progress report; may raise to
       cancel the run (the exception is re-raised here).
     want: a predicate on tensor names; only those are copied back (default:
       all).
+    calibration: a decompd.Calibration or None; handed to the engine as
+      decomp_options.calibration (a weight set of its tensors and metadata)
+      and calibration_digest. An engine that predates calibrations ignores
+      those fields; its info file then lacks "calibration", and this raises
+      RuntimeError rather than return an unwhitened result.
 
     Returns (dict name -> CPU tensor, info JSON text).
     """
@@ -437,22 +490,18 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
         lib = ctx.lib
         keep = []  # tensors (and names) that must outlive the call
         w = ctypes.c_void_p()
+        cw = ctypes.c_void_p()
         spec = ctypes.c_void_p()
         pol = ctypes.c_void_p()
         res = ctypes.c_void_p()
         try:
             ctx.check(lib.decomp_weights_new(ctx.ptr, ctypes.byref(w)),
                       "weights")
-            ct = _Tensor()
-            for name, t in tensors:
-                et = _as_engine_tensor(t)
-                if et is None:
-                    continue
-                name_bytes = name.encode("utf-8")
-                keep.append((et, name_bytes))
-                _fill_tensor(ct, name_bytes, et)
-                ctx.check(lib.decomp_weights_add(w, ctypes.byref(ct)),
-                          f"weights: {name}")
+            _add_tensors(ctx, w, tensors, keep, "weights")
+            digest = None
+            if calibration is not None:
+                cw = _calibration_set(ctx, calibration, keep)
+                digest = calibration.digest.encode("ascii")
             spec_bytes = spec_json.encode("utf-8")
             ctx.check(lib.decomp_spec_parse(ctx.ptr, spec_bytes,
                                             len(spec_bytes),
@@ -491,11 +540,19 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
             opts.source_format = None
             opts.record_spectra = False
             opts.threads = engine_threads()
+            opts.calibration = cw.value
+            opts.calibration_digest = digest
             ctx.check(lib.decomp_decompose(ctx.ptr, w, spec, pol,
                                            ctypes.byref(opts),
                                            ctypes.byref(res)),
                       "decompose")
             info = lib.decomp_result_info(res).decode("utf-8")
+            if calibration is not None and "calibration" not in json.loads(
+                    info):
+                raise RuntimeError(
+                    f"{_lib_path}: this libdecomp ignored the calibration "
+                    f"(it predates calibration-aware decomposition); "
+                    f"install a newer engine. {_HOW_TO_FIX}")
             rw = lib.decomp_result_weights(res)
             out = {}
             for i in range(lib.decomp_weights_count(rw)):
@@ -508,5 +565,6 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None):
             lib.decomp_result_free(res)
             lib.decomp_policy_free(pol)
             lib.decomp_spec_free(spec)
+            lib.decomp_weights_free(cw)
             lib.decomp_weights_free(w)
             del keep

@@ -5,7 +5,10 @@ The engine reports each layer through its progress callback (SPECTRUM, START,
 DONE, and WORKING inside a long layer); this file turns those reports into
 one INFO line per finished layer and, when stderr is a terminal and the
 model has at least BAR_MIN_LAYERS convs or a layer takes long, a one-line
-bar redrawn in place. No dependency (no tqdm).
+bar redrawn in place. decompd.calibrate reports its batches the same way
+(BatchReporter: a DEBUG line per batch, one INFO line at the end, and the bar
+on a terminal for runs of at least BAR_MIN_LAYERS batches or of an unknown
+number). No dependency (no tqdm).
 
 DECOMPD_PROGRESS=0 turns the bar off, =1 forces it on (even off a
 terminal).
@@ -16,7 +19,7 @@ import os
 import sys
 import time
 
-__all__ = ["Reporter", "BAR_MIN_LAYERS"]
+__all__ = ["Reporter", "BatchReporter", "BAR_MIN_LAYERS"]
 
 BAR_MIN_LAYERS = 8
 _BAR_WIDTH = 24
@@ -80,10 +83,15 @@ class Reporter:
     def _draw(self, done, total, layer, part=None):
         total = max(total, 1)
         filled = int(_BAR_WIDTH * (done + (part or 0.0)) / total)
-        text = (f"\rdecompd [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
+        text = (f"decompd [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
                 f"{done}/{total} {layer}")
         if part is not None:
             text += f" {100 * part:.0f}%"
+        self._write_line(text)
+
+    def _write_line(self, text):
+        """Redraw the bar's line in place with `text`."""
+        text = "\r" + text
         if len(text) > 79:
             text = text[:79]
         pad = max(0, self._last_len - len(text))
@@ -101,6 +109,42 @@ class Reporter:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
-        log.info("decomposed %d conv(s), left %d alone, in %.2f s",
+        log.info("decomposed %d layer(s), left %d alone, in %.2f s",
                  self.decomposed, self.skipped,
                  time.monotonic() - self.started)
+
+
+class BatchReporter(Reporter):
+    """decompd.calibrate's batches: step() after each batch, close() with
+    the run's summary line. `total` is the number of batches when known
+    (len() of the batches, or max_batches), else None."""
+
+    def __init__(self, total=None, stream=None):
+        super().__init__(stream)
+        self.total = total
+        self.bar = _bar_wanted(BAR_MIN_LAYERS if total is None else total,
+                               self.stream)
+
+    def step(self, done, samples):
+        log.debug("calibrate: batch %d%s, %d samples so far", done,
+                  f" of {self.total}" if self.total else "", samples)
+        if not self.bar:
+            return
+        if self.total:
+            filled = min(_BAR_WIDTH, int(_BAR_WIDTH * done / self.total))
+            self._write_line(f"decompd calibrate [{'#' * filled}"
+                             f"{'.' * (_BAR_WIDTH - filled)}] "
+                             f"{done}/{self.total} batches")
+        else:
+            self._write_line(f"decompd calibrate: {done} batches")
+
+    def close(self, summary=None):
+        if self.bar:
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        if summary:
+            log.info("%s in %.2f s", summary,
+                     time.monotonic() - self.started)

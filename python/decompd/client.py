@@ -7,6 +7,12 @@
     c.wait(job)                         # progress on stderr
     model, changes = c.pull(model, job) # fetch + decompose_network + load
 
+    # keep the layers' outputs on data: a decompd.calibration file (a path
+    # or its bytes) is attached to the model and the job runs with it
+    job = c.submit("w.pth", spec, {"name": "budget",
+                                   "types": ["Conv2d", "Linear"]},
+                   calibration="cal.safetensors")
+
 or, with the AMCT-style API, ``auto_decomposition(model, server=URL)`` (or
 DECOMPD_URL set), which does the same and gives exactly what the in-process
 engine gives.
@@ -311,6 +317,8 @@ class Job:
         # layer (the engine's progress reports); None otherwise.
         self.current = p.get("current")
         self.error = doc.get("error")
+        # The digest of the calibration the job runs with, or None.
+        self.calibration = doc.get("calibration")
         self.artifacts = {a["name"]: a for a in doc.get("artifacts") or []}
 
     @property
@@ -493,13 +501,19 @@ class Client:
 
     # -- models and jobs ----------------------------------------------------
 
-    def upload(self, path, name=None, progress=False):
-        """Upload a weight file (streamed); the server's model dict."""
-        self._no_offline(f"upload {path}")
-        size = os.path.getsize(path)
-        q = "?name=" + urllib.parse.quote(name) if name else ""
+    def _send(self, what, method, rpath, source, progress):
+        """Send `source` (a file path, streamed, or bytes) as the raw body
+        of `method` `rpath`; the answer's JSON. Errors name `what`."""
+        self._no_offline(f"{what} {rpath}")
         bar = _Progress(progress)
-        fname = os.path.basename(path)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            label, size, f = f"{len(data)} bytes", len(data), io.BytesIO(data)
+        else:
+            label = os.fspath(source)
+            size = os.path.getsize(label)
+            f = open(label, "rb")
+        fname = os.path.basename(label)
 
         class Reader(io.RawIOBase):
             def __init__(self, f):
@@ -511,13 +525,13 @@ class Client:
             def read(self, n=-1):
                 b = self.f.read(n)
                 self.done += len(b)
-                bar.show(f"upload {fname} {self.done}/{size} bytes",
+                bar.show(f"{what} {fname} {self.done}/{size} bytes",
                          self.done / size if size else 1)
                 return b
 
-        with open(path, "rb") as f:
+        with f:
             conn, r = self._open(
-                "POST", "/v1/models" + q, Reader(f),
+                method, rpath, Reader(f),
                 {"Content-Type": "application/octet-stream",
                  "Content-Length": str(size)})
             try:
@@ -526,11 +540,49 @@ class Client:
                 conn.close()
                 bar.end()
         if r.status not in (200, 201):
-            e = self._error("POST", "/v1/models", r.status, data)
-            e.detail = f"upload {path}: {e.detail}"
+            e = self._error(method, rpath.split("?")[0], r.status, data)
+            e.detail = f"{what} {label}: {e.detail}"
             e.args = (f"{e.detail} [{e.code_name}]",)
             raise e
         return json.loads(data)
+
+    def upload(self, path, name=None, progress=False):
+        """Upload a weight file (streamed); the server's model dict."""
+        q = "?name=" + urllib.parse.quote(name) if name else ""
+        return self._send("upload", "POST", "/v1/models" + q,
+                          os.fspath(path), progress)
+
+    def model(self, model_id):
+        """The server's model dict (with has_spec and calibration)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        return self._json("GET", f"/v1/models/{urllib.parse.quote(mid)}")[1]
+
+    def attach_spec(self, model_id, spec):
+        """Attach a layer spec (a dict or JSON text) to a model, replacing
+        any: jobs on it may omit theirs, and a calibration is checked
+        against it. The canonical spec as stored."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        doc = json.loads(spec) if isinstance(spec, (str, bytes)) else spec
+        return self._json("PUT", f"/v1/models/{urllib.parse.quote(mid)}/spec",
+                          doc)[1]
+
+    def attach_calibration(self, model_id, calibration, progress=False):
+        """Attach a calibration — a decompd.calibration safetensors file
+        (a path, streamed, or its bytes: the Gram matrices of layers'
+        inputs) — to a model, replacing any; {"digest", "layers", "size",
+        "url"}. The server checks it against the model's layer spec first
+        (ServiceValueError bad_calibration naming the layer; ConflictError
+        when the model has no spec yet: attach_spec first)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        return self._send("calibration", "PUT",
+                          f"/v1/models/{urllib.parse.quote(mid)}/calibration",
+                          calibration, progress)
+
+    def detach_calibration(self, model_id):
+        """Detach a model's calibration (jobs submitted with it keep it)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        self._json("DELETE",
+                   f"/v1/models/{urllib.parse.quote(mid)}/calibration")
 
     def job(self, job):
         """The job (a Job) from the server, or offline from the cache."""
@@ -564,7 +616,7 @@ class Client:
                               f"/v1/jobs/{urllib.parse.quote(jid)}/retry")[1])
 
     def submit(self, model_or_path, spec=None, policy=None, *, name=None,
-               example_input=None, progress=False):
+               example_input=None, progress=False, calibration=None):
         """Submit a decomposition job; a Job.
 
         model_or_path: a live nn.Module (its state dict is uploaded and its
@@ -573,8 +625,18 @@ class Client:
         text, unless the server has one for the model), or a TorchScript
         file (the server reads it where it can; else it is loaded here and
         its weights and spec are sent). policy: a name, a dict or JSON text
-        (default: the server's, budget). example_input: with a module, one
-        forward pass records each conv's input size for the spec.
+        (default: the server's, budget; Linear layers are decomposed when
+        its "types" has them). example_input: with a module, one forward
+        pass records each conv's input size for the spec.
+
+        calibration: keep the layers' outputs on data — a decompd.calibration
+        safetensors file (a path or its bytes) is attached to the model
+        (with the job's spec, which the server checks it against) and the
+        job runs with it (whitened channel_svd / svd; the info file records
+        each layer's output_relative_error); True: the calibration attached
+        to the model; "sha256:…": that one. It is part of the job's
+        identity: the same input with another calibration, or none, is
+        another job.
         """
         spec_doc = None
         if spec is not None:
@@ -582,10 +644,11 @@ class Client:
                 else spec
         if isinstance(policy, (bytes, str)) and str(policy).lstrip().startswith("{"):
             policy = json.loads(policy)
+        cal = (calibration, progress)
         if hasattr(model_or_path, "state_dict") and callable(
                 getattr(model_or_path, "named_modules", None)):
             return self._submit_module(model_or_path, policy, name,
-                                       example_input, progress)
+                                       example_input, progress, cal)
         path = os.fspath(model_or_path)
         if spec_doc is None and _is_torchscript(path):
             try:
@@ -597,9 +660,10 @@ class Client:
                 import torch
                 m = torch.jit.load(path, map_location="cpu")
                 return self._submit_script(m, policy, name or
-                                           os.path.basename(path), progress)
+                                           os.path.basename(path), progress,
+                                           cal)
             try:
-                return self._submit_id(model["id"], None, policy)
+                return self._submit_id(model["id"], None, policy, cal)
             except ServiceValueError as e:
                 if e.code_name != "bad_spec":
                     raise
@@ -608,19 +672,34 @@ class Client:
                 import torch
                 m = torch.jit.load(path, map_location="cpu")
                 return self._submit_script(m, policy, name or
-                                           os.path.basename(path), progress)
+                                           os.path.basename(path), progress,
+                                           cal)
         model = self.upload(path, name=name, progress=progress)
-        return self._submit_id(model["id"], spec_doc, policy)
+        return self._submit_id(model["id"], spec_doc, policy, cal)
 
-    def _submit_id(self, model_id, spec_doc, policy):
+    def _submit_id(self, model_id, spec_doc, policy, cal=(None, False)):
         req = {"model": model_id}
         if spec_doc is not None:
             req["spec"] = spec_doc
         if policy is not None:
             req["policy"] = policy
+        calibration, progress = cal
+        if calibration is True or (isinstance(calibration, str) and
+                                   calibration.startswith("sha256:")):
+            req["calibration"] = calibration
+        elif calibration is not None and calibration is not False:
+            # A file or its bytes: attached first (with the job's spec: the
+            # server checks the calibration against the model's), then
+            # named by its digest, so that a calibration attached meanwhile
+            # by someone else is never used in its place (a 409 instead).
+            if spec_doc is not None:
+                self.attach_spec(model_id, spec_doc)
+            req["calibration"] = self.attach_calibration(
+                model_id, calibration, progress)["digest"]
         return Job(self._json("POST", "/v1/jobs", req)[1])
 
-    def _submit_module(self, model, policy, name, example_input, progress):
+    def _submit_module(self, model, policy, name, example_input, progress,
+                       cal=(None, False)):
         spec_doc, tensors = module_payload(model, example_input)
         import torch
         fd, tmp = tempfile.mkstemp(prefix="decompd-upload.", suffix=".pth")
@@ -631,9 +710,9 @@ class Client:
                             progress=progress)
         finally:
             os.unlink(tmp)
-        return self._submit_id(m["id"], spec_doc, policy)
+        return self._submit_id(m["id"], spec_doc, policy, cal)
 
-    def _submit_script(self, m, policy, name, progress):
+    def _submit_script(self, m, policy, name, progress, cal=(None, False)):
         """A TorchScript module the server cannot read: its Conv2d
         submodules (original_name "Conv2d") make the spec here."""
         import torch
@@ -659,7 +738,7 @@ class Client:
             model = self.upload(tmp, name=name, progress=progress)
         finally:
             os.unlink(tmp)
-        return self._submit_id(model["id"], {"layers": layers}, policy)
+        return self._submit_id(model["id"], {"layers": layers}, policy, cal)
 
     def _events(self, jid, deadline):
         """The job's live events (GET /v1/jobs/{id}/events): a Job per
@@ -975,8 +1054,8 @@ class Client:
     def pull(self, model, job, *, progress=False):
         """Fetch a succeeded job's weights and info file, give `model` the
         decomposed structure (decompose_network) and load the weights;
-        (model, changes). Like decompose_network, a bare nn.Conv2d is left
-        untouched and its replacement returned."""
+        (model, changes). Like decompose_network, a bare nn.Conv2d or
+        nn.Linear is left untouched and its replacement returned."""
         import torch
         from .tensor_decompose import decompose_network
         paths = self.fetch(job, only=[ARTIFACT_WEIGHTS, ARTIFACT_INFO],
@@ -985,10 +1064,11 @@ class Client:
         new, changes = decompose_network(model, paths[ARTIFACT_INFO])
         state = torch.load(paths[ARTIFACT_WEIGHTS], map_location="cpu",
                            weights_only=True)
-        if isinstance(model, torch.nn.Conv2d):
-            # Sent under the engine's name for a bare conv (module_payload).
-            state = {k[len(_ROOT) + 1:]: v for k, v in state.items()
-                     if k.startswith(_ROOT + ".")}
+        if _is_bare(model):
+            # Sent under the engine's name for a bare layer (module_payload).
+            root = _root(model)
+            state = {k[len(root) + 1:]: v for k, v in state.items()
+                     if k.startswith(root + ".")}
         new.load_state_dict(_with_aliases(state, aliases, changes))
         return new, changes
 
@@ -1009,19 +1089,26 @@ class Client:
         return new, changes
 
 
-# The name a bare nn.Conv2d's tensors and spec entry get (the engine needs a
-# non-empty layer name; decompd.tensor_decompose uses the same).
-_ROOT = "conv"
+def _is_bare(model):
+    import torch
+    return isinstance(model, (torch.nn.Conv2d, torch.nn.Linear))
+
+
+def _root(model):
+    """The name a bare nn.Conv2d's (nn.Linear's) tensors and spec entry get:
+    the engine needs a non-empty layer name; decompd.tensor_decompose uses
+    the same (decompd.spec.root_name)."""
+    from .spec import root_name
+    return root_name(model)
 
 
 def _conv_aliases(model):
-    """{first name: [other names]} of every Conv2d reachable under several
-    names (one object shared by two parents): the spec and the engine know
-    it by its first name only."""
-    import torch
+    """{first name: [other names]} of every Conv2d or Linear reachable under
+    several names (one object shared by two parents): the spec and the
+    engine know it by its first name only."""
     names = {}
     for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, torch.nn.Conv2d):
+        if _is_bare(m):
             names.setdefault(id(m), []).append(name)
     return {ns[0]: ns[1:] for ns in names.values() if len(ns) > 1}
 
@@ -1048,16 +1135,16 @@ def module_payload(model, example_input=None):
     """(spec dict, state dict) of a live module as the service gets it: the
     spec the in-process path makes (decompd.spec) and the module's state
     dict (every tensor, so the decomposed file loads with strict=True)."""
-    import torch
     from .spec import input_sizes, layer_spec, walk
     refs = walk(model)
     sizes = input_sizes(model, example_input) if example_input is not None \
         else None
-    bare = isinstance(model, torch.nn.Conv2d)
-    spec = layer_spec(refs, (lambda n: n or _ROOT), sizes)
+    bare = _is_bare(model)
+    root = _root(model)
+    spec = layer_spec(refs, (lambda n: n or root), sizes)
     state = {}
     for k, v in model.state_dict().items():
-        state[(_ROOT + "." + k) if bare else k] = v.detach()
+        state[(root + "." + k) if bare else k] = v.detach()
     return spec, state
 
 

@@ -7,6 +7,10 @@ detailed message, which says what and where. Bad input (a malformed spec,
 policy or info file, weights that do not match) is also a ValueError, memory
 exhaustion a MemoryError, the rest a RuntimeError, so callers that already
 catch the built-in types keep working.
+
+CalibrationError is the package's own: a calibration file (or Calibration)
+that is malformed or does not fit the model; it is a ValueError and its
+message names the file and the layer.
 """
 
 __all__ = [
@@ -15,6 +19,7 @@ __all__ = [
     "DecompRuntimeError",
     "DecompMemoryError",
     "EngineNotFoundError",
+    "CalibrationError",
     "error_class",
 ]
 
@@ -28,6 +33,9 @@ _VALUE_CODES = frozenset({
     22,  # bad_policy
     23,  # nonfinite_weights
     24,  # bad_info
+    26,  # bad_calibration
+    27,  # target_out_of_reach
+    28,  # bad_profile
 })
 _NOMEM = 1
 
@@ -60,6 +68,12 @@ class DecompMemoryError(DecompError, MemoryError):
 
 class EngineNotFoundError(ImportError):
     """libdecomp.so could not be found or loaded."""
+
+
+class CalibrationError(ValueError):
+    """A calibration (decompd.calibrate's Gram matrices, or a file of them)
+    that is malformed or does not fit the model; the message names the
+    layer."""
 
 
 def error_class(code):

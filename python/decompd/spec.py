@@ -7,17 +7,21 @@ file owns reading that structure off a live module:
 - ``walk(model)``: every submodule under every name it is reachable by, with
   the (parent, attribute) slot holding it, so a module shared by two parents
   can be replaced in both;
-- ``conv_fields(conv)``: an nn.Conv2d's fields as the spec spells them;
-- ``layer_spec(model)``: the spec — every decomposable nn.Conv2d under its
-  first name, and every other module holding parameters with its type, so
-  the info file records why it was left alone;
+- ``conv_fields(conv)``, ``linear_fields(linear)``: an nn.Conv2d's or an
+  nn.Linear's fields as the spec spells them;
+- ``layer_spec(model)``: the spec — every decomposable nn.Conv2d and
+  nn.Linear under its first name, and every other module holding parameters
+  with its type, so the info file records why it was left alone;
 - ``input_sizes(model, x)``: each conv's input size from one forward pass,
   for the spec's optional ``input_size`` (exact MACs for the budget).
 
-Only modules whose class is exactly ``torch.nn.Conv2d`` are decomposable: a
-subclass may override ``forward`` (weight standardization, quantization
-stubs…), and a conv whose ``weight`` is not a plain parameter (old-style
-``weight_norm``) would lose its reparametrization.
+Only modules whose class is exactly ``torch.nn.Conv2d`` or
+``torch.nn.Linear`` are decomposable: a subclass may override ``forward``
+(weight standardization, quantization stubs, or
+``NonDynamicallyQuantizableLinear``, whose weight nn.MultiheadAttention reads
+directly), and a layer whose ``weight`` is not a plain parameter (old-style
+``weight_norm``) would lose its reparametrization. Whether the policy
+decomposes Linear layers is the policy's ``types`` (default Conv2d only).
 """
 
 import json
@@ -26,8 +30,10 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-__all__ = ["ModuleRef", "walk", "is_plain_conv", "conv_fields", "type_name",
-           "input_sizes", "layer_spec", "layer_spec_json"]
+__all__ = ["ModuleRef", "walk", "is_plain_conv", "is_plain_linear",
+           "is_decomposable", "conv_fields", "linear_fields", "layer_fields",
+           "root_name", "type_name", "input_sizes", "layer_spec",
+           "layer_spec_json"]
 
 
 class ModuleRef:
@@ -86,18 +92,46 @@ def is_plain_conv(module):
             and isinstance(module._parameters.get("weight"), nn.Parameter))
 
 
+def is_plain_linear(module):
+    """Whether `module` is a decomposable nn.Linear (see the file comment)."""
+    return (type(module) is nn.Linear
+            and isinstance(module._parameters.get("weight"), nn.Parameter))
+
+
+def is_decomposable(module):
+    """A plain nn.Conv2d or a plain nn.Linear."""
+    return is_plain_conv(module) or is_plain_linear(module)
+
+
+_PLAIN = {nn.Conv2d: "Conv2d", nn.Linear: "Linear"}
+
+
 def type_name(module):
     """The spec's `type` for a module: its class name, qualified when it
-    would otherwise read "Conv2d" without being a plain torch Conv2d."""
+    would otherwise read "Conv2d" or "Linear" without being a plain torch
+    Conv2d or Linear."""
     cls = type(module)
     if is_plain_conv(module):
         return "Conv2d"
+    if is_plain_linear(module):
+        return "Linear"
     name = cls.__name__
-    if name == "Conv2d":
-        if cls is nn.Conv2d:
-            return "Conv2d(weight reparametrized)"
+    if name in _PLAIN.values():
+        if _PLAIN.get(cls) == name:
+            return f"{name}(weight reparametrized)"
         return f"{cls.__module__}.{cls.__qualname__}"
     return name
+
+
+# The engine wants non-empty layer names: a bare Conv2d or Linear (the root,
+# named "" in `changes`) is called this in the spec, the info file and a
+# calibration file. It has no children, so the name cannot collide.
+ROOT_NAMES = {"Conv2d": "conv", "Linear": "linear"}
+
+
+def root_name(module):
+    """The engine's name for `module` when it is the model itself."""
+    return ROOT_NAMES.get(type_name(module), "conv")
 
 
 def _pair(v):
@@ -122,6 +156,21 @@ def conv_fields(conv):
         "bias": conv.bias is not None,
         "padding_mode": conv.padding_mode,
     }
+
+
+def linear_fields(linear):
+    """The spec fields of an nn.Linear (without name and type)."""
+    return {
+        "in_features": int(linear.in_features),
+        "out_features": int(linear.out_features),
+        "bias": linear.bias is not None,
+    }
+
+
+def layer_fields(module):
+    """conv_fields or linear_fields, by the module's kind."""
+    return linear_fields(module) if is_plain_linear(module) \
+        else conv_fields(module)
 
 
 def _has_own_parameters(module):
@@ -176,6 +225,9 @@ def layer_spec(refs, engine_name=None, sizes=None):
             layer.update(conv_fields(m))
             if sizes and id(m) in sizes:
                 layer["input_size"] = sizes[id(m)]
+        elif is_plain_linear(m):
+            layer = {"name": name, "type": "Linear"}
+            layer.update(linear_fields(m))
         else:
             layer = {"name": name, "type": type_name(m)}
         layers.append(layer)

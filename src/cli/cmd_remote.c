@@ -220,26 +220,89 @@ static int do_upload(const struct common *o, decomp_client *c,
   return CLI_EXIT_OK;
 }
 
+/* Attach the layer spec in `spec` (JSON text, from `spec_path`) and then
+ * the calibration file `cal_path` (either may be NULL) to model `id`, with
+ * progress; *cal gets what was attached. An exit code. */
+static int do_attach(const struct common *o, decomp_client *c, const char *id,
+                     const char *spec, const char *spec_path,
+                     const char *cal_path, decomp_client_calibration *cal) {
+  if (spec) {
+    int rc = decomp_client_spec_attach(c, id, spec, NULL);
+    if (rc != DECOMP_OK) {
+      char pre[DECOMP_CLIENT_PATH_LEN + 32];
+      snprintf(pre, sizeof pre, "spec %s: ", spec_path);
+      char m[sizeof pre + 1024];
+      snprintf(m, sizeof m, "%s%s", pre, decomp_client_errmsg(c));
+      return fail(o, rc, m);
+    }
+    if (!o->quiet)
+      fprintf(stderr, "%s: layer spec attached to model %s\n", spec_path, id);
+  }
+  if (cal_path) {
+    struct bar b = {o, false};
+    decomp_client_set_progress(c, on_transfer, &b);
+    int rc = decomp_client_calibration_attach(c, id, cal_path, cal, NULL);
+    bar_end(&b);
+    decomp_client_set_progress(c, NULL, NULL);
+    if (rc != DECOMP_OK)
+      return client_fail_exit(o, c, rc);
+    if (!o->quiet) {
+      char size[32];
+      human_bytes(cal->size, size, sizeof size);
+      fprintf(stderr,
+              "%s: calibration of %lld layers attached to model %s "
+              "(%s, %s)\n",
+              cal_path, (long long)cal->layers, id, size, cal->digest);
+    }
+  }
+  return CLI_EXIT_OK;
+}
+
 static const char upload_usage[] =
-    "usage: decompctl upload FILE [--name NAME] [--json] [--quiet] [--url URL]\n"
+    "usage: decompctl upload FILE [--name NAME] [--spec SPEC.json]\n"
+    "                        [--calibration CAL.safetensors] [--json]\n"
+    "                        [--quiet] [--url URL]\n"
+    "       decompctl upload --model MODEL [--spec SPEC.json]\n"
+    "                        [--calibration CAL.safetensors] [...]\n"
     "\n"
     "Upload a weight file (.pth state dict or safetensors), streamed from\n"
     "disk. The server validates it and deduplicates it by digest. Prints the\n"
-    "model id (m_…), or the model as JSON with --json.\n"
+    "model id (m_…), or the model as JSON with --json. With --model, attach\n"
+    "to a model uploaded before instead.\n"
     "\n"
-    "  --name NAME  a label for the model\n";
+    "  --name NAME          a label for the model\n"
+    "  --spec FILE          attach this layer spec (JSON) to the model: jobs\n"
+    "                       may then omit theirs\n"
+    "  --calibration FILE   attach this calibration (the layers' input Gram\n"
+    "                       matrices, decompd.calibration safetensors) to the\n"
+    "                       model, replacing any; it is checked against the\n"
+    "                       model's layer spec (give --spec the first time);\n"
+    "                       submit --calibration attached then uses it\n"
+    "  --model MODEL        an id (m_…) of a model uploaded before\n";
 
 int cmd_upload(int argc, char **argv) {
   struct common o = {.tty = isatty(2)};
-  const char *name = NULL;
+  const char *name = NULL, *spec_path = NULL, *cal_path = NULL,
+             *model_id = NULL;
   static const struct option opts[] = {
-      {"name", required_argument, NULL, 'n'}, COMMON_LONG_OPTS, {0, 0, 0, 0}};
+      {"name", required_argument, NULL, 'n'},
+      {"spec", required_argument, NULL, 's'},
+      {"calibration", required_argument, NULL, 'c'},
+      {"model", required_argument, NULL, 'm'},
+      COMMON_LONG_OPTS,
+      {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     if (common_opt(&o, opt))
       continue;
     if (opt == 'n') {
       name = optarg;
+    } else if (opt == 's') {
+      spec_path = optarg;
+    } else if (opt == 'c') {
+      cal_path = optarg;
+    } else if (opt == 'm') {
+      model_id = optarg;
     } else if (opt == OPT_HELP) {
       printf("%s%s", upload_usage, common_help);
       return CLI_EXIT_OK;
@@ -248,18 +311,51 @@ int cmd_upload(int argc, char **argv) {
       return CLI_EXIT_USAGE;
     }
   }
-  if (optind != argc - 1) {
+  if (model_id ? (optind != argc || name || (!spec_path && !cal_path))
+               : optind != argc - 1) {
     fprintf(stderr, "%s", upload_usage);
     return CLI_EXIT_USAGE;
   }
+  char *spec = NULL, *json = NULL;
   decomp_client *c = NULL;
-  int ex = open_client(&o, &c);
-  if (ex != CLI_EXIT_OK)
-    return ex;
+  int ex;
+  if (spec_path && !(spec = cli_read_file(spec_path, NULL))) {
+    char m[4200];
+    snprintf(m, sizeof m, "%s: %s", spec_path, strerror(errno));
+    ex = fail(&o, DECOMP_ERR_BAD_SPEC, m);
+    goto done;
+  }
+  if ((ex = open_client(&o, &c)) != CLI_EXIT_OK)
+    goto done;
   cli_catch_signals();
   decomp_client_model m;
-  ex = do_upload(&o, c, argv[optind], name, &m, true);
+  bool attaching = spec || cal_path;
+  if (!model_id) {
+    /* Printed here only when nothing is attached after it. */
+    if ((ex = do_upload(&o, c, argv[optind], name, &m, !attaching)) !=
+        CLI_EXIT_OK)
+      goto done;
+    model_id = m.id;
+  }
+  if (!attaching)
+    goto done;
+  decomp_client_calibration cal;
+  if ((ex = do_attach(&o, c, model_id, spec, spec_path, cal_path, &cal)) !=
+      CLI_EXIT_OK)
+    goto done;
+  int rc = decomp_client_model_get(c, model_id, &m, o.json ? &json : NULL);
+  if (rc != DECOMP_OK) {
+    ex = client_fail_exit(&o, c, rc);
+    goto done;
+  }
+  if (o.json)
+    print_json_text(json);
+  else
+    puts(m.id);
+done:
+  decomp_client_string_free(json);
   decomp_client_free(c);
+  free(spec);
   return ex;
 }
 
@@ -267,19 +363,30 @@ int cmd_upload(int argc, char **argv) {
 
 static const char submit_usage[] =
     "usage: decompctl submit MODEL|FILE [--spec SPEC.json] [--policy P]\n"
+    "                        [--calibration CAL.safetensors|attached|DIGEST]\n"
     "                        [--name NAME] [--json] [--quiet] [--url URL]\n"
     "\n"
     "Submit a decomposition job for model MODEL (an id m_… from upload), or\n"
     "upload FILE first. Prints the job id (j_…), or the job as JSON with\n"
-    "--json. The same model, spec and policy again give the same job.\n"
+    "--json. The same model, spec, policy and calibration again give the\n"
+    "same job.\n"
     "\n"
-    "  --spec FILE   the layer spec (JSON, as the Python package writes it);\n"
-    "                without it the server uses the spec it has for the\n"
-    "                model, if any\n"
-    "  --policy P    rank policy: a name (budget, amct, vbmf, energy,\n"
-    "                max_error, ratio, fixed), a JSON object, or @FILE;\n"
-    "                default the server's (budget)\n"
-    "  --name NAME   the model's label when FILE is uploaded\n";
+    "  --spec FILE         the layer spec (JSON, as the Python package writes\n"
+    "                      it); without it the server uses the spec it has\n"
+    "                      for the model, if any\n"
+    "  --policy P          rank policy: a name (budget, amct, vbmf, energy,\n"
+    "                      max_error, ratio, fixed), a JSON object, or @FILE;\n"
+    "                      default the server's (budget). Linear layers are\n"
+    "                      decomposed when its \"types\" lists them:\n"
+    "                      {\"types\": [\"Conv2d\", \"Linear\"], …}\n"
+    "  --calibration C     decompose the layers a calibration covers to keep\n"
+    "                      their outputs on its data (whitened channel_svd /\n"
+    "                      svd): a decompd.calibration safetensors FILE\n"
+    "                      (attached to the model first, and with --spec that\n"
+    "                      spec too: the server checks one against the\n"
+    "                      other), \"attached\" for the model's attached one,\n"
+    "                      or its digest sha256:…\n"
+    "  --name NAME         the model's label when FILE is uploaded\n";
 
 static bool is_model_id(const char *s) {
   if (strncmp(s, "m_", 2) != 0 || strlen(s) != 18)
@@ -292,12 +399,15 @@ static bool is_model_id(const char *s) {
 
 int cmd_submit(int argc, char **argv) {
   struct common o = {.tty = isatty(2)};
-  const char *spec_path = NULL, *policy = NULL, *name = NULL;
-  static const struct option opts[] = {{"spec", required_argument, NULL, 's'},
-                                       {"policy", required_argument, NULL, 'p'},
-                                       {"name", required_argument, NULL, 'n'},
-                                       COMMON_LONG_OPTS,
-                                       {0, 0, 0, 0}};
+  const char *spec_path = NULL, *policy = NULL, *name = NULL,
+             *calibration = NULL;
+  static const struct option opts[] = {
+      {"spec", required_argument, NULL, 's'},
+      {"policy", required_argument, NULL, 'p'},
+      {"name", required_argument, NULL, 'n'},
+      {"calibration", required_argument, NULL, 'c'},
+      COMMON_LONG_OPTS,
+      {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     if (common_opt(&o, opt))
@@ -308,6 +418,8 @@ int cmd_submit(int argc, char **argv) {
       policy = optarg;
     } else if (opt == 'n') {
       name = optarg;
+    } else if (opt == 'c') {
+      calibration = optarg;
     } else if (opt == OPT_HELP) {
       printf("%s%s", submit_usage, common_help);
       return CLI_EXIT_OK;
@@ -349,16 +461,30 @@ int cmd_submit(int argc, char **argv) {
       goto done;
     model = m.id;
   }
+  /* A calibration file is attached first (its digest then names it); the
+   * server checks it against the model's spec, so the job's goes first. */
+  decomp_client_calibration cal;
+  bool cal_file = calibration &&
+                  strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) &&
+                  strncmp(calibration, "sha256:", 7) != 0;
+  if (cal_file) {
+    if ((ex = do_attach(&o, c, model, spec, spec_path, calibration, &cal)) !=
+        CLI_EXIT_OK)
+      goto done;
+    calibration = cal.digest;
+  }
   bool created = false;
-  int rc = decomp_client_submit(c, model, spec, policy, &j, &created);
+  int rc = decomp_client_submit_calibrated(c, model, spec, policy, calibration,
+                                           &j, &created);
   if (rc != DECOMP_OK) {
     ex = client_fail_exit(&o, c, rc);
     goto done;
   }
   if (!o.quiet)
-    fprintf(stderr, "job %s %s (model %s)\n", j.id,
-            created ? "queued" : "already submitted, now",
-            model);
+    fprintf(stderr, "job %s %s (model %s%s%s)\n", j.id,
+            created ? "queued" : "already submitted, now", model,
+            calibration ? ", calibration " : "",
+            calibration ? calibration : "");
   if (!o.quiet && !created)
     fprintf(stderr, "job %s is %s\n", j.id, decomp_job_state_name(j.state));
   if (o.json)

@@ -1,5 +1,6 @@
 /* client.c — libdecompclient's handle and the REST calls of
  * api/openapi.yaml: upload, submit, get/list/cancel/retry jobs and wait. It
+ * attach and detach calibrations. It
  * builds requests for the transport (transport.c), reads the JSON answers
  * (jansson) and turns error answers (problem+json) into decompd's codes
  * with the server's detail. Fetching lives in fetch.c. */
@@ -314,27 +315,77 @@ static bool id_ok(const char *id) {
 
 /* ---- models --------------------------------------------------------------- */
 
-int decomp_client_upload(decomp_client *c, const char *path, const char *name,
-                         decomp_client_model *out, bool *out_created,
-                         char **out_json) {
-  int rc = DECOMP_OK, fd = -1;
-  char *ename = NULL, *rpath = NULL;
-  json_t *doc = NULL;
+static void model_from_json(json_t *doc, decomp_client_model *out) {
+  memset(out, 0, sizeof *out);
+  copy_str(out->id, sizeof out->id, json_object_get(doc, "id"));
+  copy_str(out->name, sizeof out->name, json_object_get(doc, "name"));
+  copy_str(out->digest, sizeof out->digest, json_object_get(doc, "digest"));
+  copy_str(out->format, sizeof out->format, json_object_get(doc, "format"));
+  out->size = (int64_t)json_integer_value(json_object_get(doc, "size"));
+  out->tensors = (int64_t)json_integer_value(json_object_get(doc, "tensors"));
+}
+
+/* Send the file at `path` as the raw body of `method` `rpath`, streamed
+ * from disk (progress as an upload). On a 200 or 201 *doc gets the answer
+ * (a JSON object) and *status its status; an error answer, or a file that
+ * cannot be read, fails with the message naming the file (`what` PATH). */
+static int send_file(decomp_client *c, const char *what, const char *method,
+                     const char *rpath, const char *path, json_t **doc,
+                     long *status) {
+  int rc = DECOMP_OK;
   ct_response rs = {0};
-  if (out_json)
-    *out_json = NULL;
+  *doc = NULL;
   if (c->offline)
     return client_fail(c, DECOMP_ERR_OFFLINE_MISS,
-                       "upload %s: offline mode (DECOMPD_OFFLINE) makes no "
+                       "%s %s: offline mode (DECOMPD_OFFLINE) makes no "
                        "requests",
-                       path);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
+                       what, path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     rc = client_fail(c, DECOMP_ERR_IO, "%s: %s", path,
                      fd < 0 ? strerror(errno) : "not a regular file");
     goto done;
   }
+  const char *base = strrchr(path, '/');
+  ct_request rq = {.method = method,
+                   .path = rpath,
+                   .content_type = "application/octet-stream",
+                   .body_fd = fd,
+                   .body_size = (int64_t)st.st_size,
+                   .progress_name = base ? base + 1 : path,
+                   .direction = DECOMP_CLIENT_UPLOAD,
+                   .progress_total = (int64_t)st.st_size};
+  rc = ct_perform(c, &rq, &rs);
+  if (rc != DECOMP_OK)
+    goto done;
+  if (rs.status != 200 && rs.status != 201) {
+    rc = client_http_error(c, method, rpath, &rs);
+    /* Say which file. */
+    char pre[DECOMP_CLIENT_PATH_LEN + 32];
+    snprintf(pre, sizeof pre, "%s %s: ", what, path);
+    client_errmsg_wrap(c, pre, NULL);
+    goto done;
+  }
+  if (!(*doc = answer_json(c, method, rpath, &rs)))
+    rc = DECOMP_ERR_SERVER;
+  *status = rs.status;
+done:
+  ct_response_clear(&rs);
+  if (fd >= 0)
+    close(fd);
+  return rc;
+}
+
+int decomp_client_upload(decomp_client *c, const char *path, const char *name,
+                         decomp_client_model *out, bool *out_created,
+                         char **out_json) {
+  int rc = DECOMP_OK;
+  char *ename = NULL, *rpath = NULL;
+  json_t *doc = NULL;
+  long status = 0;
+  if (out_json)
+    *out_json = NULL;
   size_t plen = 64;
   if (name && name[0]) {
     if (!(ename = ct_escape(c, name))) {
@@ -349,49 +400,115 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
   }
   snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
            ename ? ename : "");
-  const char *base = strrchr(path, '/');
-  ct_request rq = {.method = "POST", .path = rpath,
-                   .content_type = "application/octet-stream", .body_fd = fd,
-                   .body_size = (int64_t)st.st_size,
-                   .progress_name = base ? base + 1 : path,
-                   .direction = DECOMP_CLIENT_UPLOAD,
-                   .progress_total = (int64_t)st.st_size};
-  rc = ct_perform(c, &rq, &rs);
-  if (rc != DECOMP_OK)
+  if ((rc = send_file(c, "upload", "POST", rpath, path, &doc, &status)) !=
+      DECOMP_OK)
     goto done;
-  if (rs.status != 200 && rs.status != 201) {
-    rc = client_http_error(c, "POST", rpath, &rs);
-    /* Say which file. */
-    char pre[DECOMP_CLIENT_PATH_LEN + 16];
-    snprintf(pre, sizeof pre, "upload %s: ", path);
-    client_errmsg_wrap(c, pre, NULL);
-    goto done;
-  }
-  if (!(doc = answer_json(c, "POST", rpath, &rs))) {
-    rc = DECOMP_ERR_SERVER;
-    goto done;
-  }
-  if (out) {
-    memset(out, 0, sizeof *out);
-    copy_str(out->id, sizeof out->id, json_object_get(doc, "id"));
-    copy_str(out->name, sizeof out->name, json_object_get(doc, "name"));
-    copy_str(out->digest, sizeof out->digest, json_object_get(doc, "digest"));
-    copy_str(out->format, sizeof out->format, json_object_get(doc, "format"));
-    out->size = (int64_t)json_integer_value(json_object_get(doc, "size"));
-    out->tensors = (int64_t)json_integer_value(json_object_get(doc, "tensors"));
-  }
+  if (out)
+    model_from_json(doc, out);
   if (out_created)
-    *out_created = rs.status == 201;
+    *out_created = status == 201;
   if (out_json && !(*out_json = json_dumps(doc, JSON_COMPACT |
                                                      JSON_PRESERVE_ORDER)))
     rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
 done:
   json_decref(doc);
-  ct_response_clear(&rs);
   free(rpath);
   free(ename);
-  if (fd >= 0)
-    close(fd);
+  return rc;
+}
+
+int decomp_client_model_get(decomp_client *c, const char *model_id,
+                            decomp_client_model *out, char **out_json) {
+  if (out_json)
+    *out_json = NULL;
+  if (!id_ok(model_id))
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                       "model id '%s' is not valid", model_id ? model_id : "");
+  char rpath[128];
+  snprintf(rpath, sizeof rpath, "/v1/models/%s", model_id);
+  json_t *doc = NULL;
+  int rc = call_json(c, "GET", rpath, NULL, &doc);
+  if (rc == DECOMP_OK && out)
+    model_from_json(doc, out);
+  if (rc == DECOMP_OK && out_json &&
+      !(*out_json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+    rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  json_decref(doc);
+  return rc;
+}
+
+/* ---- layer specs and calibrations ---------------------------------------- */
+
+int decomp_client_spec_attach(decomp_client *c, const char *model_id,
+                              const char *spec_json, char **out_json) {
+  if (out_json)
+    *out_json = NULL;
+  if (!id_ok(model_id))
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                       "model id '%s' is not valid", model_id ? model_id : "");
+  json_error_t err;
+  json_t *spec = spec_json ? json_loads(spec_json, 0, &err) : NULL;
+  if (!spec)
+    return client_fail(c, DECOMP_ERR_BAD_SPEC,
+                       "layer spec: line %d column %d: %s",
+                       spec_json ? err.line : 0, spec_json ? err.column : 0,
+                       spec_json ? err.text : "none given");
+  char *body = json_dumps(spec, JSON_COMPACT);
+  json_decref(spec);
+  if (!body)
+    return client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  char rpath[128];
+  snprintf(rpath, sizeof rpath, "/v1/models/%s/spec", model_id);
+  json_t *doc = NULL;
+  int rc = call_json(c, "PUT", rpath, body, &doc);
+  free(body);
+  if (rc == DECOMP_OK && out_json &&
+      !(*out_json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+    rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  json_decref(doc);
+  return rc;
+}
+
+int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
+                                     const char *path,
+                                     decomp_client_calibration *out,
+                                     char **out_json) {
+  if (out_json)
+    *out_json = NULL;
+  if (!id_ok(model_id))
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                       "model id '%s' is not valid", model_id ? model_id : "");
+  char rpath[128];
+  snprintf(rpath, sizeof rpath, "/v1/models/%s/calibration", model_id);
+  json_t *doc = NULL;
+  long status = 0;
+  int rc = send_file(c, "calibration", "PUT", rpath, path, &doc, &status);
+  if (rc == DECOMP_OK && out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->model, sizeof out->model, "%s", model_id);
+    copy_str(out->digest, sizeof out->digest, json_object_get(doc, "digest"));
+    out->layers = (int64_t)json_integer_value(json_object_get(doc, "layers"));
+    out->size = (int64_t)json_integer_value(json_object_get(doc, "size"));
+    if (!out->digest[0])
+      rc = client_fail(c, DECOMP_ERR_SERVER,
+                       "PUT %s: the answer names no digest", rpath);
+  }
+  if (rc == DECOMP_OK && out_json &&
+      !(*out_json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+    rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  json_decref(doc);
+  return rc;
+}
+
+int decomp_client_calibration_detach(decomp_client *c, const char *model_id) {
+  if (!id_ok(model_id))
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                       "model id '%s' is not valid", model_id ? model_id : "");
+  char rpath[128];
+  snprintf(rpath, sizeof rpath, "/v1/models/%s/calibration", model_id);
+  json_t *doc = NULL;
+  int rc = call_json(c, "DELETE", rpath, NULL, &doc);
+  json_decref(doc);
   return rc;
 }
 
@@ -400,6 +517,14 @@ done:
 int decomp_client_submit(decomp_client *c, const char *model_id,
                          const char *spec_json, const char *policy,
                          decomp_client_job *out, bool *out_created) {
+  return decomp_client_submit_calibrated(c, model_id, spec_json, policy, NULL,
+                                         out, out_created);
+}
+
+int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
+                                    const char *spec_json, const char *policy,
+                                    const char *calibration,
+                                    decomp_client_job *out, bool *out_created) {
   json_error_t err;
   json_t *req = NULL, *doc = NULL;
   char *body = NULL;
@@ -432,6 +557,19 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
                          err.column, err.text);
     }
     json_object_set_new(req, "policy", pol);
+  }
+  if (calibration) {
+    bool attached =
+        strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) == 0;
+    if (!attached && strncmp(calibration, "sha256:", 7) != 0) {
+      json_decref(req);
+      return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                         "calibration '%s': a digest sha256:… or "
+                         "\"" DECOMP_CLIENT_CALIBRATION_ATTACHED "\"",
+                         calibration);
+    }
+    json_object_set_new(req, "calibration",
+                        attached ? json_true() : json_string(calibration));
   }
   body = json_dumps(req, JSON_COMPACT);
   json_decref(req);

@@ -47,7 +47,7 @@ typedef struct ct_sink {
 } ct_sink;
 
 typedef struct ct_request {
-  const char *method; /* "GET", "POST", "DELETE" */
+  const char *method; /* "GET", "POST", "PUT", "DELETE" */
   const char *path;   /* appended to the base URL ("/v1/jobs?limit=5") */
   const char *content_type;
   const char *body; /* in-memory body, body_len bytes */

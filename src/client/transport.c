@@ -318,8 +318,11 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
   curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, &x);
 
-  if (strcmp(rq->method, "POST") == 0) {
+  if (strcmp(rq->method, "POST") == 0 || strcmp(rq->method, "PUT") == 0) {
+    /* A PUT is sent as a POST is (a body, its size), under its own name. */
     curl_easy_setopt(e, CURLOPT_POST, 1L);
+    if (strcmp(rq->method, "PUT") == 0)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
     if (rq->body_fd >= 0) {
       curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
       curl_easy_setopt(e, CURLOPT_READDATA, &x);

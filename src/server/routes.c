@@ -3,11 +3,12 @@
  * the two).
  *
  * Handlers read the request, talk to the store and queue, and answer. They
- * may open a weight file to validate it (the engine's readers map it and
- * check every size and offset: milliseconds, no decomposition); the SVD work
+ * may open a weight file or a calibration to validate it (the engine's
+ * readers map it and check every size and offset, decomp_calibration_check
+ * reads each Gram once: no decomposition); the SVD work
  * is the workers' alone, and so is loading a TorchScript archive (it runs
- * the archive's code, in a sandboxed reader process: worker.c). Bodies are JSON; errors application/problem+json
- * with the code from decomp/errors.h. */
+ * the archive's code, in a sandboxed reader process: worker.c). Bodies are
+ * JSON; errors application/problem+json with the code from decomp/errors.h. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,14 +91,27 @@ static void h_metrics(http_req *r) {
 
 /* ---- models ----------------------------------------------------------- */
 
+/* The attached calibration as the API shows it: null, or its digest, the
+ * layers it covers, its size and where to download it. */
+static json_t *calibration_json(const store_model *m) {
+  if (!m->calibration[0])
+    return json_null();
+  char url[80];
+  snprintf(url, sizeof url, "/v1/models/%s/calibration", m->id);
+  return json_pack("{s:s, s:I, s:I, s:s}", "digest", m->calibration, "layers",
+                   (json_int_t)m->calibration_layers, "size",
+                   (json_int_t)m->calibration_size, "url", url);
+}
+
 static json_t *model_json(const store_model *m) {
   char self[64];
   snprintf(self, sizeof self, "/v1/models/%s", m->id);
-  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:s}", "id", m->id,
-                   "name", text_json(m->name), "digest", m->digest, "format",
-                   m->format, "size", (json_int_t)m->size, "tensors",
+  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "id",
+                   m->id, "name", text_json(m->name), "digest", m->digest,
+                   "format", m->format, "size", (json_int_t)m->size, "tensors",
                    (json_int_t)m->tensors, "has_spec", m->has_spec,
-                   "created_at", time_json(m->created_at), "url", self);
+                   "calibration", calibration_json(m), "created_at",
+                   time_json(m->created_at), "url", self);
 }
 
 static void h_model_upload(http_req *r) {
@@ -230,11 +244,13 @@ static void h_model_get(http_req *r) {
 
 static void h_model_delete(http_req *r) {
   store *s = http_req_store(r);
-  char digest[STORE_DIGEST_LEN];
+  char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN];
   store_blob_lock(s);
-  int rc = store_model_delete(s, http_req_param(r, 0), digest);
+  int rc = store_model_delete(s, http_req_param(r, 0), digest, calibration);
   if (rc == DECOMP_OK)
     store_blob_gc(s, digest);
+  if (rc == DECOMP_OK && calibration[0])
+    store_blob_gc(s, calibration);
   store_blob_unlock(s);
   if (rc != DECOMP_OK)
     store_problem(r, rc);
@@ -472,6 +488,181 @@ static void h_model_content(http_req *r) {
   serve_blob(r, m.digest, "application/octet-stream", fn);
 }
 
+/* ---- calibrations ------------------------------------------------------ */
+
+/* Open the calibration file at `path` (a weight set: safetensors with the
+ * decompd.calibration metadata); anything that is not a weight file is
+ * answered 422 bad_calibration, as a weight file that is not a
+ * calibration is by decomp_calibration_check. `what` names it. */
+static int calibration_open(http_req *r, decomp_ctx *ctx, const char *path,
+                            const char *what, decomp_weights **out) {
+  int rc = decomp_weights_open(ctx, path, out);
+  if (rc != DECOMP_OK) {
+    const char *m = decomp_errmsg(ctx);
+    /* The reader's message starts with the path: say what it is instead. */
+    if (strncmp(m, path, strlen(path)) == 0)
+      m += strlen(path);
+    while (*m == ':' || *m == ' ')
+      m++;
+    http_reply_problem(r, DECOMP_ERR_BAD_CALIBRATION,
+                       "calibration: %s is not a decompd calibration (a "
+                       "safetensors file of Gram matrices): %s",
+                       what, m[0] ? m : decomp_strerror(rc));
+    return DECOMP_ERR_BAD_CALIBRATION;
+  }
+  return DECOMP_OK;
+}
+
+/* The layer spec a calibration attached to `m` is checked against: the
+ * attached spec, else (TorchScript) the one its archive gave the first job
+ * that loaded it. *out NULL (and DECOMP_OK) when the model has none yet. */
+static int model_layer_spec(store *s, const store_model *m, char **out) {
+  int rc = store_model_get_spec(s, m->id, out);
+  if (rc == DECOMP_OK && !*out && is_torchscript(m))
+    rc = store_model_get_archive_spec(s, m->id, out);
+  return rc;
+}
+
+/* PUT /v1/models/{id}/calibration: the body (streamed to a temp file and
+ * hashed on the way, as uploads are) is checked against the model's layer
+ * spec before it is stored, content-addressed, and attached in place of
+ * any calibration before. */
+static void h_model_calibration_put(http_req *r) {
+  store *s = http_req_store(r);
+  store_upload *u = http_req_take_upload(r);
+  decomp_ctx *ctx = NULL;
+  decomp_weights *cal = NULL;
+  decomp_spec *spec = NULL;
+  char *spec_text = NULL;
+  char digest[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN] = "";
+  size_t layers = 0;
+  store_model m;
+  int rc = store_model_get(s, http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if ((rc = store_upload_finish(u, digest)) != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if (store_upload_size(u) == 0) {
+    http_reply_problem(r, DECOMP_ERR_BAD_CALIBRATION,
+                       "calibration: the body is empty");
+    goto done;
+  }
+  if ((rc = model_layer_spec(s, &m, &spec_text)) != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if (!spec_text) {
+    /* A TorchScript model's spec is in its archive, which is read when a
+     * job runs (never in a request handler). */
+    http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                       "model %s has no layer spec to check a calibration "
+                       "against yet: attach one first (PUT "
+                       "/v1/models/%s/spec)%s",
+                       m.id, m.id,
+                       is_torchscript(&m)
+                           ? ", or run a job on it (the spec of its "
+                             "TorchScript archive is recorded when a job "
+                             "reads it)"
+                           : "");
+    goto done;
+  }
+  if (!(ctx = decomp_ctx_new())) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
+      DECOMP_OK) {
+    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s", m.id,
+                       decomp_errmsg(ctx));
+    goto done;
+  }
+  if (calibration_open(r, ctx, store_upload_path(u), "the body", &cal) !=
+      DECOMP_OK)
+    goto done;
+  if ((rc = decomp_calibration_check(ctx, cal, spec, &layers)) != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  decomp_weights_free(cal); /* unmapped before its file is renamed */
+  cal = NULL;
+  int64_t size = store_upload_size(u);
+  store_blob_lock(s);
+  rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = store_model_set_calibration(s, m.id, digest, (int64_t)layers, size,
+                                     old);
+  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
+    store_blob_gc(s, old);
+  else if (rc != DECOMP_OK) /* deleted meanwhile: the blob is no one's */
+    store_blob_gc(s, digest);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=calibration_attached model=%s digest=%s layers=%zu size=%lld "
+      "replaced=%s",
+      m.id, digest, layers, (long long)size, old[0] ? old : "none");
+  snprintf(m.calibration, sizeof m.calibration, "%s", digest);
+  m.calibration_layers = (int64_t)layers;
+  m.calibration_size = size;
+  char loc[80];
+  snprintf(loc, sizeof loc, "/v1/models/%s/calibration", m.id);
+  http_reply_header(r, "Location", loc);
+  reply_json(r, 200, calibration_json(&m));
+done:
+  decomp_weights_free(cal);
+  if (spec)
+    decomp_spec_free(spec);
+  free(spec_text);
+  decomp_ctx_free(ctx);
+  store_upload_free(u);
+}
+
+static void h_model_calibration_get(http_req *r) {
+  store_model m;
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (!m.calibration[0]) {
+    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
+                       "model %s has no calibration (PUT "
+                       "/v1/models/%s/calibration)",
+                       m.id, m.id);
+    return;
+  }
+  char fn[64];
+  snprintf(fn, sizeof fn, "%s.calibration.safetensors", m.id);
+  serve_blob(r, m.calibration, "application/octet-stream", fn);
+}
+
+/* Detach: jobs submitted with it keep it (and its blob) as they are. */
+static void h_model_calibration_delete(http_req *r) {
+  store *s = http_req_store(r);
+  char old[STORE_DIGEST_LEN];
+  store_blob_lock(s);
+  int rc =
+      store_model_set_calibration(s, http_req_param(r, 0), NULL, 0, 0, old);
+  if (rc == DECOMP_OK)
+    store_blob_gc(s, old);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=calibration_detached model=%s digest=%s", http_req_param(r, 0),
+      old);
+  http_reply(r, 204, NULL, NULL, 0);
+}
+
 /* ---- jobs ------------------------------------------------------------- */
 
 /* The job as the API shows it; NULL when a part could not be built (every
@@ -490,6 +681,9 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
   if (!o)
     return NULL;
   bool ok = true; /* json_object_set_new() fails (-1) on a NULL value */
+  ok &= json_object_set_new(o, "calibration",
+                            j->calibration[0] ? json_string(j->calibration)
+                                              : json_null()) == 0;
   json_t *prog = json_object_get(o, "progress");
   if (j->state == STORE_JOB_RUNNING && j->current_layer[0])
     ok &= json_object_set_new(prog, "current",
@@ -564,6 +758,54 @@ out:
   return o;
 }
 
+/* A job's calibration (`digest`) checked against the layer spec it will
+ * run with (`spec`; NULL for a TorchScript model whose spec comes from its
+ * archive: the one recorded from it, when a job has read it, else the
+ * engine checks it when the job runs). A digest that is not the model's
+ * attached calibration is looked for among the blobs (an identical job
+ * submitted before keeps it); when it is gone, 409. */
+static int job_calibration_check(http_req *r, decomp_ctx *ctx,
+                                 const store_model *m, const char *digest,
+                                 const decomp_spec *spec) {
+  store *s = http_req_store(r);
+  decomp_weights *cal = NULL;
+  decomp_spec *archive = NULL;
+  char *archive_text = NULL;
+  char path[4200];
+  int rc = store_blob_path(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return rc;
+  }
+  if (access(path, R_OK) != 0) {
+    rc = DECOMP_ERR_CONFLICT;
+    http_reply_problem(r, rc,
+                       "calibration %s is not attached to model %s (it has "
+                       "%s%s; attach it with PUT /v1/models/%s/calibration)",
+                       digest, m->id, m->calibration[0] ? "" : "none",
+                       m->calibration, m->id);
+    return rc;
+  }
+  if ((rc = calibration_open(r, ctx, path, digest, &cal)) != DECOMP_OK)
+    return rc;
+  if (!spec) {
+    rc = store_model_get_archive_spec(s, m->id, &archive_text);
+    if (rc == DECOMP_OK && archive_text &&
+        decomp_spec_parse(ctx, archive_text, strlen(archive_text), &archive) ==
+            DECOMP_OK)
+      spec = archive;
+    rc = DECOMP_OK;
+  }
+  if (spec &&
+      (rc = decomp_calibration_check(ctx, cal, spec, NULL)) != DECOMP_OK)
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+  decomp_weights_free(cal);
+  if (archive)
+    decomp_spec_free(archive);
+  free(archive_text);
+  return rc;
+}
+
 static void h_job_submit(http_req *r) {
   store *s = http_req_store(r);
   size_t len = 0;
@@ -590,9 +832,11 @@ static void h_job_submit(http_req *r) {
   const char *key;
   json_t *val;
   json_object_foreach(in, key, val) {
-    if (strcmp(key, "model") && strcmp(key, "spec") && strcmp(key, "policy")) {
+    if (strcmp(key, "model") && strcmp(key, "spec") && strcmp(key, "policy") &&
+        strcmp(key, "calibration")) {
       http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
-                         "unknown field '%s' (expected model, spec, policy)",
+                         "unknown field '%s' (expected model, spec, policy, "
+                         "calibration)",
                          key);
       goto done;
     }
@@ -600,6 +844,7 @@ static void h_job_submit(http_req *r) {
   json_t *jm = json_object_get(in, "model");
   json_t *js = json_object_get(in, "spec");
   json_t *jp = json_object_get(in, "policy");
+  json_t *jc = json_object_get(in, "calibration");
   if (!json_is_string(jm)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "'model' must be a model id string");
@@ -637,6 +882,34 @@ static void h_job_submit(http_req *r) {
                        "'policy' must be a policy name or object");
     goto done;
   }
+  /* "calibration": true takes the model's attached one, a digest names it
+   * (and must be the attached one for a new job: store_job_submit checks
+   * that where no replacement can slip in); false or null: none. */
+  if (json_is_true(jc)) {
+    if (!m.calibration[0]) {
+      http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                         "'calibration': true, but model %s has no "
+                         "calibration attached (PUT "
+                         "/v1/models/%s/calibration)",
+                         m.id, m.id);
+      goto done;
+    }
+    snprintf(job.calibration, sizeof job.calibration, "%s", m.calibration);
+  } else if (json_is_string(jc)) {
+    if (!store_digest_valid(json_string_value(jc))) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "'calibration' must be true or a digest "
+                         "\"sha256:<64 lowercase hex>\"");
+      goto done;
+    }
+    snprintf(job.calibration, sizeof job.calibration, "%s",
+             json_string_value(jc));
+  } else if (jc && !json_is_false(jc) && !json_is_null(jc)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "'calibration' must be true, false or a digest "
+                       "\"sha256:…\"");
+    goto done;
+  }
   /* A TorchScript model with no spec given nor attached: the worker takes
    * the layer spec from the archive (the job's spec is stored empty). */
   bool spec_from_archive = !js && !spec_text;
@@ -663,6 +936,9 @@ static void h_job_submit(http_req *r) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
     goto done;
   }
+  if (job.calibration[0] &&
+      job_calibration_check(r, ctx, &m, job.calibration, spec) != DECOMP_OK)
+    goto done;
   static char no_spec[1] = "";
   spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
   pol_canon = decomp_policy_to_json(pol);
@@ -671,16 +947,20 @@ static void h_job_submit(http_req *r) {
                        "could not encode the canonical spec and policy");
     goto done;
   }
-  /* Identical input (model, canonical spec, canonical policy) is one job. */
+  /* Identical input (model, canonical spec, canonical policy, the
+   * calibration's digest) is one job; without a calibration the key is
+   * what it was before calibrations existed. */
   const char *spec_key = spec_canon ? spec_canon : no_spec;
-  size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) + 3;
+  size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) +
+                strlen(job.calibration) + 4;
   char *kin = malloc(klen);
   char key_hex[65];
   if (!kin) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  snprintf(kin, klen, "%s\n%s\n%s", m.id, spec_key, pol_canon);
+  snprintf(kin, klen, "%s\n%s\n%s%s%s", m.id, spec_key, pol_canon,
+           job.calibration[0] ? "\n" : "", job.calibration);
   bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
   free(kin);
   if (!hashed) {
@@ -696,15 +976,23 @@ static void h_job_submit(http_req *r) {
     job.spec = job.policy = NULL; /* still ours: freed below */
     if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
       http_reply_problem(r, rc, "model '%s': no such model", m.id);
+    else if (rc == DECOMP_ERR_CONFLICT)
+      http_reply_problem(r, rc,
+                         "%s (attach it again with PUT "
+                         "/v1/models/%s/calibration, or submit with "
+                         "\"calibration\": true)",
+                         store_errmsg(), m.id);
     else
       store_problem(r, rc);
     goto done;
   }
   if (created)
     worker_pool_wake();
-  LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_%s id=%s model=%s policy=%s",
+  LOG(LOG_INFO, "jobs", http_req_id(r),
+      "event=job_%s id=%s model=%s policy=%s calibration=%s",
       created ? "queued" : "existing", job.id, m.id,
-      log_q(decomp_policy_name(pol)));
+      log_q(decomp_policy_name(pol)),
+      job.calibration[0] ? job.calibration : "none");
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%s", job.id);
   http_reply_header(r, "Location", loc);
@@ -1014,8 +1302,16 @@ const http_route HTTP_ROUTES[] = {
      h_model_spec_put, "attach a layer spec to a model"},
     {"GET", "/v1/models/{id}/spec", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_model_spec_get, "get a model's layer spec"},
+    {"PUT", "/v1/models/{id}/calibration", STORE_ROLE_SUBMIT,
+     HTTP_BODY_STREAM, h_model_calibration_put,
+     "attach a calibration to a model (raw body: its safetensors file)"},
+    {"GET", "/v1/models/{id}/calibration", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_model_calibration_get, "download a model's calibration"},
+    {"DELETE", "/v1/models/{id}/calibration", STORE_ROLE_SUBMIT,
+     HTTP_BODY_NONE, h_model_calibration_delete,
+     "detach a model's calibration"},
     {"POST", "/v1/jobs", STORE_ROLE_SUBMIT, HTTP_BODY_JSON, h_job_submit,
-     "submit a job {model, spec, policy}"},
+     "submit a job {model, spec, policy, calibration}"},
     {"GET", "/v1/jobs", STORE_ROLE_READ, HTTP_BODY_NONE, h_jobs_list,
      "list jobs (?state=&limit=&cursor=)"},
     {"GET", "/v1/jobs/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_job_get,

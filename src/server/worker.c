@@ -1,7 +1,8 @@
 /* worker.c — the decomposition workers (see worker.h): claim, decompose,
  * store, repeat. The only server file that calls the engine's decomposition;
  * it tells the engine how many cores each run may use
- * (decomp_options.threads), and the engine sets BLAS to match.
+ * (decomp_options.threads), and the engine sets BLAS to match, and hands it
+ * the job's calibration (the blob its digest names, mapped).
  *
  * A TorchScript model is read here, never in a request handler: loading it
  * runs code the archive carries, so decomp_torchscript_read runs the
@@ -176,6 +177,14 @@ static int read_torchscript(struct run *r, decomp_ctx *ctx, const char *path,
       "spec=%s",
       secs, decomp_weights_count(*w), decomp_spec_count(ts_spec),
       r->job->spec[0] ? "job" : "archive");
+  /* The archive's spec, recorded on the model: a calibration attached to
+   * it later is checked against it (routes.c). */
+  char *canon = decomp_spec_to_json(ts_spec);
+  if (!canon ||
+      store_model_set_archive_spec(p->s, r->job->model_id, canon) != DECOMP_OK)
+    LOG(LOG_WARN, "worker", r->job->id, "event=archive_spec_not_saved error=%s",
+        log_q(canon ? store_errmsg() : "out of memory"));
+  decomp_free(canon);
   if (!r->job->spec[0]) {
     *spec = ts_spec;
     return DECOMP_OK;
@@ -301,14 +310,16 @@ static void run_job(worker_pool *p, store_job *job) {
   decomp_spec *spec = NULL;
   decomp_policy *pol = NULL;
   decomp_result *res = NULL;
+  decomp_weights *cal = NULL;
   store_model m;
   char msg[1200] = "";
   char path[4200];
   int rc;
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  LOG(LOG_INFO, "worker", job->id, "event=job_start model=%s attempt=%d",
-      job->model_id, job->attempts);
+  LOG(LOG_INFO, "worker", job->id,
+      "event=job_start model=%s attempt=%d calibration=%s", job->model_id,
+      job->attempts, job->calibration[0] ? job->calibration : "none");
   if (!ctx) {
     rc = DECOMP_ERR_NOMEM;
     snprintf(msg, sizeof msg, "out of memory");
@@ -330,6 +341,23 @@ static void run_job(worker_pool *p, store_job *job) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
     goto done;
   }
+  /* The job's calibration: its row keeps the blob (store_blob_gc). The
+   * engine checks it against the spec before any work. */
+  if (job->calibration[0]) {
+    char cpath[4200];
+    if ((rc = store_blob_path(s, job->calibration, cpath, sizeof cpath)) !=
+        DECOMP_OK) {
+      snprintf(msg, sizeof msg, "calibration %s: %s", job->calibration,
+               store_errmsg());
+      goto done;
+    }
+    if ((rc = decomp_weights_open(ctx, cpath, &cal)) != DECOMP_OK) {
+      snprintf(msg, sizeof msg, "calibration %s: %s", job->calibration,
+               decomp_errmsg(ctx));
+      rc = DECOMP_ERR_BAD_CALIBRATION;
+      goto done;
+    }
+  }
   decomp_options opts = {0};
   opts.progress = on_progress;
   opts.progress_user = &r;
@@ -341,6 +369,8 @@ static void run_job(worker_pool *p, store_job *job) {
   /* Each layer's singular values go into the info file: the dashboard draws
    * retained energy against rank from them. */
   opts.record_spectra = true;
+  opts.calibration = cal;
+  opts.calibration_digest = cal ? job->calibration : NULL;
   rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
   if (rc != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
@@ -387,6 +417,7 @@ done:
     decomp_policy_free(pol);
   if (spec)
     decomp_spec_free(spec);
+  decomp_weights_free(cal);
   decomp_weights_free(w);
   decomp_ctx_free(ctx);
 }

@@ -499,6 +499,8 @@ int store_blob_gc(store *s, const char *digest) {
   sqlite3_stmt *st = NULL;
   int rc = prepf(db, &st,
                  "SELECT EXISTS(SELECT 1 FROM models WHERE digest=?1) OR "
+                 "EXISTS(SELECT 1 FROM models WHERE calibration=?1) OR "
+                 "EXISTS(SELECT 1 FROM jobs WHERE calibration=?1) OR "
                  "EXISTS(SELECT 1 FROM artifacts WHERE digest=?1)",
                  "s", digest);
   int used = 1;
@@ -549,7 +551,9 @@ static int write_with_reserve(store *s, int (*tx)(store *, void *),
 /* ---- models ----------------------------------------------------------- */
 
 #define MODEL_COLS "id, digest, name, format, size, tensors, created_at"
-#define MODEL_READ_COLS MODEL_COLS ", spec IS NOT NULL"
+#define MODEL_READ_COLS                                                        \
+  MODEL_COLS ", spec IS NOT NULL, calibration, "                               \
+             "COALESCE(calibration_layers, 0), COALESCE(calibration_size, 0)"
 
 static void model_row(sqlite3_stmt *st, store_model *m) {
   col_copy(st, 0, m->id, sizeof m->id);
@@ -560,6 +564,9 @@ static void model_row(sqlite3_stmt *st, store_model *m) {
   m->tensors = sqlite3_column_int64(st, 5);
   m->created_at = sqlite3_column_int64(st, 6);
   m->has_spec = sqlite3_column_int(st, 7) != 0;
+  col_copy(st, 8, m->calibration, sizeof m->calibration);
+  m->calibration_layers = sqlite3_column_int64(st, 9);
+  m->calibration_size = sqlite3_column_int64(st, 10);
 }
 
 int store_model_put(store *s, store_model *m, bool *created) {
@@ -653,24 +660,27 @@ int store_model_list(store *s, store_model **out, size_t *n) {
 
 struct model_delete {
   const char *id;
-  char *digest;
+  char *digest, *calibration;
 };
 
 static int model_delete_tx(store *s, void *arg) {
   const char *id = ((struct model_delete *)arg)->id;
   char *digest = ((struct model_delete *)arg)->digest;
+  char *calibration = ((struct model_delete *)arg)->calibration;
   int rc = wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
   sqlite3_stmt *st = NULL;
   rc = prepf(s->w, &st,
              "SELECT digest, (SELECT COUNT(*) FROM jobs WHERE model_id=?1 AND "
-             "state IN ('queued','running')) FROM models WHERE id=?1",
+             "state IN ('queued','running')), calibration FROM models "
+             "WHERE id=?1",
              "s", id);
   if (rc == DECOMP_OK) {
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW) {
       col_copy(st, 0, digest, STORE_DIGEST_LEN);
+      col_copy(st, 2, calibration, STORE_DIGEST_LEN);
       if (sqlite3_column_int64(st, 1) > 0)
         rc = store_fail(DECOMP_ERR_CONFLICT,
                         "model %s is used by a queued or running job", id);
@@ -686,9 +696,10 @@ static int model_delete_tx(store *s, void *arg) {
   return wend(s, rc);
 }
 
-int store_model_delete(store *s, const char *id,
-                       char digest[STORE_DIGEST_LEN]) {
-  struct model_delete a = {id, digest};
+int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
+                       char calibration[STORE_DIGEST_LEN]) {
+  digest[0] = calibration[0] = '\0';
+  struct model_delete a = {id, digest, calibration};
   return write_with_reserve(s, model_delete_tx, &a);
 }
 
@@ -702,22 +713,79 @@ int store_model_set_spec(store *s, const char *id, const char *spec) {
   return wend(s, rc);
 }
 
-int store_model_get_spec(store *s, const char *id, char **spec) {
+/* One text column of a model row (`sql` selects it by id). */
+static int model_text(store *s, const char *sql, const char *id, char **out) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = rdb(s, &db);
   if (rc == DECOMP_OK)
-    rc = sprep(s, db, &st, "SELECT spec FROM models WHERE id=?", "s", id);
+    rc = sprep(s, db, &st, sql, "s", id);
   if (rc != DECOMP_OK)
     return rc;
   int r = sqlite3_step(st);
   if (r == SQLITE_ROW)
-    *spec = col_dup(st, 0);
+    *out = col_dup(st, 0);
   else if (r == SQLITE_DONE)
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
   else
     rc = db_fail(db, "model spec");
   sdone(s, st);
+  return rc;
+}
+
+int store_model_get_spec(store *s, const char *id, char **spec) {
+  return model_text(s, "SELECT spec FROM models WHERE id=?", id, spec);
+}
+
+int store_model_get_archive_spec(store *s, const char *id, char **spec) {
+  return model_text(s, "SELECT archive_spec FROM models WHERE id=?", id, spec);
+}
+
+int store_model_set_archive_spec(store *s, const char *id, const char *spec) {
+  int rc = wbegin(s), n = 0;
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, &n, "UPDATE models SET archive_spec=? WHERE id=?", "ss", spec,
+            id);
+  if (rc == DECOMP_OK && n == 0)
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+  return wend(s, rc);
+}
+
+int store_model_set_calibration(store *s, const char *id, const char *digest,
+                                int64_t layers, int64_t size,
+                                char old[STORE_DIGEST_LEN]) {
+  old[0] = '\0';
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  sqlite3_stmt *st = NULL;
+  rc = prepf(s->w, &st, "SELECT calibration FROM models WHERE id=?", "s", id);
+  if (rc == DECOMP_OK) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+      col_copy(st, 0, old, STORE_DIGEST_LEN);
+    else if (r == SQLITE_DONE)
+      rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
+    else
+      rc = db_fail(s->w, "model calibration");
+    sdone(s, st);
+  }
+  if (rc == DECOMP_OK && !digest && !old[0])
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "model %s has no calibration", id);
+  if (rc == DECOMP_OK)
+    rc = digest ? EXEC(s->w, NULL,
+                       "UPDATE models SET calibration=?, calibration_layers=?, "
+                       "calibration_size=? WHERE id=?",
+                       "siis", digest, layers, size, id)
+                : EXEC(s->w, NULL,
+                       "UPDATE models SET calibration=NULL, "
+                       "calibration_layers=NULL, calibration_size=NULL "
+                       "WHERE id=?",
+                       "s", id);
+  rc = wend(s, rc);
+  if (rc != DECOMP_OK)
+    old[0] = '\0';
   return rc;
 }
 
@@ -932,8 +1000,8 @@ void store_job_clear(store_job *j) {
 #define JOB_COLS                                                               \
   "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
   "layers_done, error_code, error_message, created_at, "                       \
-  "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "      \
-  "current_step, COALESCE(current_fraction, 0)"
+  "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
+  "current_step, COALESCE(current_fraction, 0), calibration"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
@@ -954,9 +1022,10 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
   col_copy(st, 13, j->current_layer, sizeof j->current_layer);
   col_copy(st, 14, j->current_step, sizeof j->current_step);
   j->current_fraction = sqlite3_column_double(st, 15);
+  col_copy(st, 16, j->calibration, sizeof j->calibration);
   if (with_spec) {
-    j->spec = col_dup(st, 16);
-    j->policy = col_dup(st, 17);
+    j->spec = col_dup(st, 17);
+    j->policy = col_dup(st, 18);
   }
 }
 
@@ -999,13 +1068,37 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
       rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", j->model_id);
     sdone(s, st);
   }
+  /* So must its calibration, for a new job: attached to the model now (a
+   * replacement landing just before would have collected its blob; once
+   * the row is in, the row keeps it). An existing job is returned as it
+   * is, whatever the model has attached since. */
+  if (rc == DECOMP_OK && j->calibration[0]) {
+    rc = prepf(s->w, &st,
+               "SELECT COALESCE((SELECT calibration FROM models WHERE id=?1), "
+               "''), EXISTS(SELECT 1 FROM jobs WHERE request_key=?2)",
+               "ss", j->model_id, request_key);
+    if (rc == DECOMP_OK) {
+      if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = db_fail(s->w, "job calibration");
+      } else if (sqlite3_column_int(st, 1) == 0) {
+        const char *now = (const char *)sqlite3_column_text(st, 0);
+        if (!now || strcmp(now, j->calibration) != 0)
+          rc = store_fail(DECOMP_ERR_CONFLICT,
+                          "model %s has %s%s attached, not calibration %s",
+                          j->model_id, now && now[0] ? "calibration " : "",
+                          now && now[0] ? now : "no calibration",
+                          j->calibration);
+      }
+      sdone(s, st);
+    }
+  }
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, &n,
               "INSERT INTO jobs (id, model_id, request_key, spec, policy, "
-              "state, created_at) VALUES (?,?,?,?,?,'queued',?) "
+              "calibration, state, created_at) VALUES (?,?,?,?,?,?,'queued',?) "
               "ON CONFLICT (request_key) DO NOTHING",
-              "sssssi", id, j->model_id, request_key, j->spec, j->policy,
-              store_now_ms());
+              "ssssssi", id, j->model_id, request_key, j->spec, j->policy,
+              j->calibration[0] ? j->calibration : NULL, store_now_ms());
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
@@ -1379,6 +1472,7 @@ static int job_delete_tx(store *s, void *arg) {
     return rc;
   store_job j;
   char(*v)[STORE_DIGEST_LEN] = NULL;
+  char calibration[STORE_DIGEST_LEN] = "";
   size_t cnt = 0;
   rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                 &j);
@@ -1386,6 +1480,7 @@ static int job_delete_tx(store *s, void *arg) {
     if (j.state == STORE_JOB_QUEUED || j.state == STORE_JOB_RUNNING)
       rc = store_fail(DECOMP_ERR_CONFLICT, "job %s is %s; cancel it first", id,
                       store_job_state_name(j.state));
+    memcpy(calibration, j.calibration, sizeof calibration);
     store_job_clear(&j);
   }
   if (rc == DECOMP_OK) {
@@ -1393,12 +1488,14 @@ static int job_delete_tx(store *s, void *arg) {
     rc = prepf(s->w, &st, "SELECT digest FROM artifacts WHERE job_id=?", "s",
                id);
     if (rc == DECOMP_OK) {
-      v = calloc(8, sizeof *v);
+      v = calloc(9, sizeof *v); /* the artifacts, then the calibration */
       while (v && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
         col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
       sdone(s, st);
       if (!v)
         rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+      else if (calibration[0])
+        memcpy(v[cnt++], calibration, STORE_DIGEST_LEN);
     }
   }
   if (rc == DECOMP_OK)

@@ -93,9 +93,9 @@ int store_blob_place_file(store *s, const char *path, const char *digest);
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
-/* Remove the blob when no model or artifact row refers to it any more (and
- * then remake the reserve, if a delete used it). Call with
- * store_blob_lock() held. */
+/* Remove the blob when no model (its weights or its calibration), job (its
+ * calibration) or artifact row refers to it any more (and then remake the
+ * reserve, if a delete used it). Call with store_blob_lock() held. */
 int store_blob_gc(store *s, const char *digest);
 /* Serialises "blob exists + row refers to it" against garbage collection. */
 void store_blob_lock(store *s);
@@ -115,6 +115,11 @@ typedef struct store_model {
   int64_t tensors;                /* tensors in the state dict */
   int64_t created_at;             /* Unix ms */
   bool has_spec;                  /* a layer spec is attached */
+  /* The attached calibration (store_model_set_calibration): its blob's
+   * digest ("" when none), the layers it covers and its size in bytes. */
+  char calibration[STORE_DIGEST_LEN];
+  int64_t calibration_layers;
+  int64_t calibration_size;
 } store_model;
 
 /* Insert a model for `m->digest` unless one exists: *created says which; `m`
@@ -125,11 +130,13 @@ int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
 int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
- * it. The caller collects the blob with store_blob_gc(). On a full disk it
- * still works: the owner keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB)
- * that a delete frees when it needs the room, and that the next collected
- * blob gives back. */
-int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN]);
+ * it. `digest` gets its weights' digest and `calibration` its attached
+ * calibration's ("" when none): the caller collects both blobs with
+ * store_blob_gc(). On a full disk it still works: the owner keeps a reserve
+ * (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it needs the
+ * room, and that the next collected blob gives back. */
+int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
+                       char calibration[STORE_DIGEST_LEN]);
 
 /* Attach a layer spec (canonical JSON) to a model, replacing any;
  * DECOMP_ERR_NOT_FOUND when there is no such model. */
@@ -137,6 +144,25 @@ int store_model_set_spec(store *s, const char *id, const char *spec);
 /* The model's spec (*spec malloc'd, NULL when none); DECOMP_ERR_NOT_FOUND
  * when there is no such model. */
 int store_model_get_spec(store *s, const char *id, char **spec);
+
+/* A TorchScript model's layer spec as its archive gave it (canonical JSON),
+ * recorded by the worker that loaded the archive; kept apart from the
+ * attached spec, which jobs use instead of the archive's. Set replaces any;
+ * get gives *spec malloc'd, NULL when none was recorded yet.
+ * DECOMP_ERR_NOT_FOUND when there is no such model. */
+int store_model_set_archive_spec(store *s, const char *id, const char *spec);
+int store_model_get_archive_spec(store *s, const char *id, char **spec);
+
+/* Attach the calibration whose blob is `digest` (committed, with
+ * store_blob_lock() held as for any row naming a blob) to a model, with
+ * the layers it covers and its size, replacing any; `digest` NULL detaches
+ * it (DECOMP_ERR_NOT_FOUND when none is attached). `old` gets the digest
+ * it replaced ("" when none): collect it with store_blob_gc() under the
+ * same lock (a job that runs with it keeps it). DECOMP_ERR_NOT_FOUND when
+ * there is no such model. */
+int store_model_set_calibration(store *s, const char *id, const char *digest,
+                                int64_t layers, int64_t size,
+                                char old[STORE_DIGEST_LEN]);
 
 /* ---- artifacts -------------------------------------------------------- */
 

@@ -14,6 +14,8 @@
  *   torch needed) with its layer spec, spectra that decay like trained
  *   weights, a 1x1 conv and a Linear that the engine leaves alone.
  * - largeConv(): one 1024->1024 5x5 conv as safetensors, for a long layer.
+ * - calibratedHead(): a conv and a Linear with their spec and a
+ *   decompd.calibration file for both (calibrationFile() writes one).
  * - shot(page, name): a screenshot in BUILD/tests/browser/artifacts/. */
 'use strict';
 
@@ -314,5 +316,79 @@ function largeConv(seed = 7) {
   return {weights: safetensors([['big.weight', {shape: [cout, cin, k, k], data}]]), spec};
 }
 
+/* A head: a 3x3 conv 16->32 and a Linear 64->10 with their spec, as
+ * safetensors; and a decompd.calibration file for both (Grams of
+ * correlated random inputs: the conv's [1, 144, 144] patch Gram, the
+ * Linear's [64, 64]), written here as README.md (decompctl decompose
+ * --calibration) gives it: float64 Grams, int64 counts, the layer map in
+ * __metadata__. */
+function calibratedHead(seed = 3) {
+  const randn = rng(seed);
+  const conv = convWeight(randn, 32, 16, 3, 3, 24);
+  const fc = new Float32Array(10 * 64).map(() => 0.1 * randn());
+  const weights = safetensors([
+    ['conv.weight', {shape: [32, 16, 3, 3], data: conv}],
+    ['conv.bias', {shape: [32], data: new Float32Array(32)}],
+    ['fc.weight', {shape: [10, 64], data: fc}],
+    ['fc.bias', {shape: [10], data: new Float32Array(10).map(() => 0.1 * randn())}],
+  ]);
+  const spec = {layers: [
+    {name: 'conv', type: 'Conv2d', in_channels: 16, out_channels: 32, kernel_size: [3, 3],
+      stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1, bias: true,
+      padding_mode: 'zeros'},
+    {name: 'fc', type: 'Linear', in_features: 64, out_features: 10, bias: true},
+  ]};
+  /* X = Z·M (rows of correlated inputs), G = XᵀX, exactly symmetric */
+  const gram = (n, rows) => {
+    const mix = Array.from({length: n * n}, (_, i) => randn() * Math.exp(-(i % n) / (n / 4)));
+    const x = new Float64Array(rows * n);
+    for (let r = 0; r < rows; r++) {
+      const z = Array.from({length: n}, randn);
+      for (let j = 0; j < n; j++) {
+        let v = 0;
+        for (let k = 0; k < n; k++) v += z[k] * mix[k * n + j];
+        x[r * n + j] = v;
+      }
+    }
+    const g = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      for (let j = i; j < n; j++) {
+        let v = 0;
+        for (let r = 0; r < rows; r++) v += x[r * n + i] * x[r * n + j];
+        g[i * n + j] = v;
+        g[j * n + i] = v;
+      }
+    }
+    return g;
+  };
+  const calibration = calibrationFile([
+    ['conv', 'Conv2d', [1, 144, 144], gram(144, 400)],
+    ['fc', 'Linear', [64, 64], gram(64, 300)],
+  ]);
+  return {weights, spec, calibration};
+}
+
+/* A decompd.calibration safetensors file from [name, type, shape, Float64Array]. */
+function calibrationFile(entries) {
+  const header = {__metadata__: {format: 'decompd.calibration', version: '1', layers: JSON.stringify(
+    Object.fromEntries(entries.map(([name, type, shape]) => [name, {gram: name, type, shape}])))}};
+  const parts = [];
+  let off = 0;
+  for (const [name, , shape, g] of entries) {
+    header[name + '.gram'] = {dtype: 'F64', shape, data_offsets: [off, off + g.byteLength]};
+    off += g.byteLength;
+    parts.push(Buffer.from(g.buffer, g.byteOffset, g.byteLength));
+    const count = new BigInt64Array([1000n]);
+    header[name + '.count'] = {dtype: 'I64', shape: [], data_offsets: [off, off + 8]};
+    off += 8;
+    parts.push(Buffer.from(count.buffer));
+  }
+  let hjson = JSON.stringify(header);
+  while ((8 + hjson.length) % 8) hjson += ' ';
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(hjson)), 0);
+  return Buffer.concat([len, Buffer.from(hjson, 'utf8'), ...parts]);
+}
+
 module.exports = {deps, Daemon, browser, watchConsole, shot, tinyModel, largeConv, sleep,
-  ARTIFACTS};
+  calibratedHead, calibrationFile, ARTIFACTS};

@@ -24,6 +24,7 @@ _spec = importlib.util.spec_from_file_location(
 _harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_harness)
 Daemon = _harness.Daemon
+calibration_bytes = _harness.calibration_bytes
 
 # The daemon's workers and the in-process engine use the same BLAS thread
 # count (see test_identity.py): one each.

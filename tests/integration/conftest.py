@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -181,6 +182,35 @@ def conv_spec(model):
                 "dilation": list(m.dilation), "groups": m.groups,
                 "bias": m.bias is not None, "padding_mode": m.padding_mode})
     return {"layers": layers}
+
+
+def calibration_bytes(grams, layers=None, meta=None, dtype="<f8"):
+    """A decompd.calibration safetensors file, written here (JSON header +
+    numpy bytes, as README.md gives it under decompctl decompose
+    --calibration): {key: gram} (a 2-D Gram for a Linear, [groups, n, n]
+    for a conv), each with its count; `layers` (the metadata's layer map)
+    and `meta` (the whole metadata) replace the ones made from `grams`."""
+    import numpy as np
+    layers = layers or {k: {"gram": k, "type": "Linear" if g.ndim == 2
+                            else "Conv2d", "shape": list(g.shape)}
+                        for k, g in grams.items()}
+    tensors = {}
+    for k, g in grams.items():
+        tensors[k + ".gram"] = np.ascontiguousarray(g, dtype)
+        tensors[k + ".count"] = np.array(1000, "<i8")
+    header = {"__metadata__": meta or {"format": "decompd.calibration",
+                                       "version": "1",
+                                       "layers": json.dumps(layers)}}
+    blobs, off = [], 0
+    for k, a in tensors.items():
+        b = a.tobytes()
+        header[k] = {"dtype": {"f8": "F64", "f4": "F32", "i8": "I64"}[a.dtype.str[1:]],
+                     "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
 def free_port():

@@ -33,12 +33,20 @@ _PROGRESS_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(_Progress))
 
 
 class _Options(C.Structure):
+    # Every field of include/decomp/decomp.h's decomp_options, in order: the
+    # engine reads them all, so a shorter struct here would hand it whatever
+    # lies past the end (ctypes zero-fills the ones set to nothing).
     _fields_ = [
         ("progress", _PROGRESS_FN),
         ("progress_user", C.c_void_p),
         ("source_digest", C.c_char_p),
         ("source_format", C.c_char_p),
         ("record_spectra", C.c_bool),
+        ("threads", C.c_int),
+        ("calibration", C.c_void_p),
+        ("calibration_digest", C.c_char_p),
+        ("profile", C.c_char_p),
+        ("profile_digest", C.c_char_p),
     ]
 
 

@@ -18,9 +18,12 @@ from decompd.tensor_decompose import auto_decomposition, decompose_network
 from tensor_decompose_common import (ModesNet, Net, conv_macs, lowrank_policy,
                                      project_low_rank, rel_err, run_python)
 
-SMALL_RANK = {"name": "fixed", "rank": 2}
+# Spatial pairs only: these tests are about the k x k convs' spatial SVD
+# (channel_svd and Linear layers: test_channel_linear_torch.py).
+SMALL_RANK = {"name": "fixed", "rank": 2, "methods": ["spatial"]}
 # Full rank is never cheaper: the engine keeps it only when told to.
-FULL_RANK = {"name": "ratio", "ratio": 1.0, "require_cheaper": False}
+FULL_RANK = {"name": "ratio", "ratio": 1.0, "require_cheaper": False,
+             "methods": ["spatial"]}
 
 
 def resnet18():
@@ -192,8 +195,8 @@ def test_bare_conv_is_left_untouched():
 
 
 def test_bare_conv_not_decomposed_is_returned_as_is():
-    conv = nn.Conv2d(32, 64, 1)
-    new, changes = auto_decomposition(conv)
+    conv = nn.Conv2d(32, 64, 1)  # amct: spatial only, so never a 1x1
+    new, changes = auto_decomposition(conv, policy="amct")
     assert new is conv and changes == {}
 
 
@@ -296,7 +299,7 @@ def test_only_plain_conv2d_is_decomposed(tmp_path):
     assert type(net[1]) is MyConv and type(net[2]) is nn.Conv2d
     skipped = {s["name"]: s["reason"]
                for s in json.loads(path.read_text())["skipped"]}
-    assert "not a Conv2d" in skipped["4"]
+    assert "types" in skipped["4"]  # a Linear, not among the policy's types
     assert "1" in skipped and "2" in skipped
 
 
@@ -310,7 +313,9 @@ def test_info_file_records_every_layer(tmp_path):
     names = [layer["name"] for layer in info["layers"]]
     assert names == list(changes)
     for layer in info["layers"]:
-        assert layer["order"] in ("vertical_first", "horizontal_first")
+        assert layer["method"] in ("spatial_svd", "channel_svd")
+        if layer["method"] == "spatial_svd":
+            assert layer["order"] in ("vertical_first", "horizontal_first")
         assert len(layer["modules"]) == 2
         assert layer["original"]["type"] == "Conv2d"
     assert info["policy"]["name"] == "budget"

@@ -35,11 +35,14 @@ def assert_unchanged(model, fp):
 
 @pytest.fixture(scope="module")
 def net_info(tmp_path_factory):
-    """An info file of ours for Net, every 3x3+ conv decomposed at rank 2."""
+    """An info file of ours for Net, every 3x3+ conv decomposed at rank 2
+    (spatial pairs: the policy's methods are pinned, so the 1x1 proj is left
+    alone)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("info") / "decompose_info.json"
     _, changes = auto_decomposition(Net(), decompose_info_path=str(path),
-                                    policy={"name": "fixed", "rank": 2})
+                                    policy={"name": "fixed", "rank": 2,
+                                            "methods": ["spatial"]})
     assert list(changes) == ["conv1", "conv2", "conv3", "conv4"]
     return path
 

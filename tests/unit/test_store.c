@@ -1,7 +1,8 @@
 /* test_store.c — decompd's store (src/store): blobs (hash on the fly,
  * commit, dedup, nothing left by an aborted upload), migrations and the
- * too-new refusal, models, tokens, and the job queue (idempotent submit,
- * FIFO claim, progress, cancel, requeue after a crash, delete). */
+ * too-new refusal, models and their calibrations, tokens, and the job
+ * queue (idempotent submit, FIFO claim, progress, cancel, requeue after a
+ * crash, delete). */
 #include <check.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -169,24 +170,105 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.spec = "{}";
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_ERR_CONFLICT);
+  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+                   DECOMP_ERR_CONFLICT);
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
   ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
   store_job_clear(&c);
   store_job_clear(&j);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 1);
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest), DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+                   DECOMP_ERR_NOT_FOUND);
   /* no job is queued on a model that is gone */
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
   j.spec = "{}";
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key2", &j, &created),
                    DECOMP_ERR_NOT_FOUND);
+  store_close(s);
+}
+END_TEST
+
+/* A calibration is a blob the model names; a job submitted with it names
+ * it too, so replacing or detaching it (or deleting the model) leaves it
+ * for the job, and the last row to go lets it be collected. */
+START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
+  store *s = open_owner(NULL);
+  store_model m = {0}, got;
+  bool created;
+  char cal1[STORE_DIGEST_LEN], cal2[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN];
+  put_blob(s, "weights", m.digest);
+  snprintf(m.format, sizeof m.format, "pth");
+  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_str_eq(m.calibration, "");
+  ck_assert_int_eq(store_model_set_calibration(s, m.id, NULL, 0, 0, old),
+                   DECOMP_ERR_NOT_FOUND); /* none to detach */
+  put_blob(s, "gram one", cal1);
+  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal1, 2, 8, old),
+                   DECOMP_OK);
+  ck_assert_str_eq(old, "");
+  ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
+  ck_assert_str_eq(got.calibration, cal1);
+  ck_assert_int_eq(got.calibration_layers, 2);
+  ck_assert_int_eq(got.calibration_size, 8);
+  ck_assert_int_eq(store_model_set_calibration(s, "m_nope", cal1, 2, 8, old),
+                   DECOMP_ERR_NOT_FOUND);
+
+  /* a job with it, then the model's calibration replaced */
+  store_job j = {0};
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  snprintf(j.calibration, sizeof j.calibration, "%s", cal1);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "kc1", &j, &created), DECOMP_OK);
+  ck_assert(created);
+  ck_assert_str_eq(j.calibration, cal1);
+  char job1[24];
+  snprintf(job1, sizeof job1, "%s", j.id);
+  store_job_clear(&j);
+  put_blob(s, "gram two", cal2);
+  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal2, 1, 8, old),
+                   DECOMP_OK);
+  ck_assert_str_eq(old, cal1);
+  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 3); /* the job keeps cal1 */
+  /* a new job naming the old one: conflict; the same job again: itself */
+  memset(&j, 0, sizeof j);
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  snprintf(j.calibration, sizeof j.calibration, "%s", cal1);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "kc1-other", &j, &created),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), cal2));
+  ck_assert_int_eq(store_job_submit(s, "kc1", &j, &created), DECOMP_OK);
+  ck_assert(!created);
+  ck_assert_str_eq(j.id, job1);
+  store_job_clear(&j);
+
+  /* deleting the model returns its calibration; the job still holds cal1 */
+  store_job c;
+  ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
+  store_job_clear(&c);
+  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_OK);
+  ck_assert_str_eq(calib, cal2);
+  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 1);
+  char(*dg)[STORE_DIGEST_LEN] = NULL;
+  size_t nd = 0;
+  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
+  ck_assert_uint_eq(nd, 1);
+  ck_assert_str_eq(dg[0], cal1);
+  ck_assert_int_eq(store_blob_gc(s, dg[0]), DECOMP_OK);
+  free(dg);
+  ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
 END_TEST
@@ -378,6 +460,7 @@ int main(void) {
   tcase_add_test(tc, migrations_apply_once_and_a_newer_db_is_refused);
   tcase_add_test(tc, one_owner_per_data_dir);
   tcase_add_test(tc, models_dedup_by_digest_and_delete_collects_the_blob);
+  tcase_add_test(tc, calibration_blobs_live_while_a_model_or_job_names_them);
   tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
   tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
   tcase_add_test(tc, digests_and_ids_are_well_formed);

@@ -4,7 +4,9 @@
  *
  * Views by hash: #/jobs[?state=S] (the list, polled every POLL_MS),
  * #/jobs/ID (one job: polled while queued or running, then its
- * decompose_info.json; Cancel while it runs, Retry once it failed or was
+ * decompose_info.json: per layer its shape, method (spatial_svd,
+ * channel_svd, svd) and errors, the output error where a calibration was
+ * used; Cancel while it runs, Retry once it failed or was
  * cancelled), #/new (upload a weights file, submit a job).
  * When the API answers 401 the page asks for a token and keeps it in
  * sessionStorage (this tab only), sending it as Authorization: Bearer.
@@ -509,6 +511,8 @@ function jobHeader(j) {
     dl('Model', m ? m.name || '(unnamed)' : '', ' ', h('span.mono.dim', {}, j.model),
       m ? h('span.dim', {}, ' · ' + m.format + ' · ' + fmtBytes(m.size)) : ''),
     dl('Policy', policyText(j.policy) || '—', ' ', h('span.mono.dim.small', {}, j.policy ? JSON.stringify(j.policy) : '')),
+    dl('Calibration', j.calibration ? h('span.mono', {id: 'job-calibration', title: j.calibration},
+      j.calibration.slice(0, 19) + '…') : 'none (weights only)'),
     dl('Progress', progressBar(j.progress.layers_done, j.progress.layers_total, j.state,
       j.progress.current)),
     dl('Created', fmtTime(j.created_at)),
@@ -580,12 +584,30 @@ function infoRows(info, j) {
   return rows;
 }
 
+/* A layer's shape from the info file's `original` (its spec entry):
+ * "in→out 3×3" for a conv (with its stride and groups when not 1),
+ * "in→out" features for a Linear; "" when the entry does not say. */
+function shapeText(o) {
+  if (!o) return '';
+  if (o.type === 'Linear') return o.in_features + '→' + o.out_features;
+  if (o.in_channels === undefined) return o.type || '';
+  const k = o.kernel_size || [];
+  let t = o.in_channels + '→' + o.out_channels + (k.length ? ' ' + k.join('×') : '');
+  if (o.stride && o.stride.some((v) => v !== 1)) t += ' /' + o.stride.join('×');
+  if (o.groups > 1) t += ' g' + o.groups;
+  return t;
+}
+
 function infoSections(info, j) {
   const rows = infoRows(info, j);
   const sum = info.summary || {};
   const card = (k, v, sub) => h('div.card', {}, h('div.k', {}, k), h('div.v', {}, v),
     sub ? h('div.sub', {}, sub) : '');
   const macsRatio = sum.macs_after > 0 ? sum.macs_before / sum.macs_after : null;
+  /* A calibrated run: its layers' errors on the data (output error). */
+  const cal = info.calibration || null;
+  const outErrs = (info.layers || []).map((l) => (l.stats || {}).output_relative_error)
+    .filter((x) => x !== undefined);
   const cards = h('div.cards', {},
     card('Layers decomposed', String(sum.layers_decomposed ?? (info.layers || []).length),
       'of ' + rows.length + ' (' + (sum.layers_skipped ?? (info.skipped || []).length) + ' left alone)'),
@@ -593,11 +615,19 @@ function infoSections(info, j) {
       macsRatio ? '×' + macsRatio.toFixed(2) + ' fewer' : ''),
     card('Parameters', fmtCount(sum.params_before) + ' → ' + fmtCount(sum.params_after),
       sum.params_after > 0 ? '×' + (sum.params_before / sum.params_after).toFixed(2) + ' fewer' : ''),
-    card('Worst relative error', sum.worst_relative_error !== undefined ? fmtPct(sum.worst_relative_error, 2) : '—'));
+    card('Worst relative error', sum.worst_relative_error !== undefined ? fmtPct(sum.worst_relative_error, 2) : '—'),
+    cal ? h('div.card', {id: 'calibration-card'}, h('div.k', {}, 'Calibration'),
+      h('div.v', {}, outErrs.length ? fmtPct(Math.max(...outErrs), 2) : '—'),
+      h('div.sub', {}, 'worst output error · ' + cal.layers + ' layer' + (cal.layers === 1 ? '' : 's') + ' · ',
+        h('span.mono', {title: cal.digest || ''}, cal.digest ? cal.digest.slice(0, 19) + '…' : 'in memory')))
+      : '');
 
   const table = h('table.layers', {id: 'layers', 'data-rows': rows.length},
-    h('thead', {}, h('tr', {}, ['Layer', 'Rank', 'Params', 'MACs', 'Rel. error', 'Energy kept', 'Note']
-      .map((c) => h('th', {}, c)))),
+    h('thead', {}, h('tr', {}, ['Layer', 'Shape', 'Method', 'Rank', 'Params', 'MACs', 'Rel. error',
+      'Output error', 'Energy kept', 'Note']
+      .map((c) => h('th', {title: c === 'Output error'
+        ? 'relative error of the layer\'s output on the calibration data: ‖(W − W̃)S‖/‖WS‖, SSᵀ = the inputs\' Gram'
+        : c === 'Rel. error' ? 'relative error of the weights: ‖W − W̃‖/‖W‖' : null}, c)))),
     h('tbody', {}, rows.map(layerRow)));
 
   const curves = rows.filter((r) => spectraOf(r.e));
@@ -607,6 +637,7 @@ function infoSections(info, j) {
     h('section', {}, h('h2', {}, 'Layers'), h('div.scroll', {}, table)),
     h('section', {}, h('h2', {}, 'Retained energy versus rank'),
       h('p.dim', {}, 'cumsum(σ²)/Σσ² per layer; the marked point is the chosen rank.'),
+      cal ? h('p.dim', {}, 'Calibrated layers chart the spectrum whitened by their inputs\' Gram: the energy kept is of their output on the data.') : '',
       curves.length ? h('div.curves', {id: 'curves'}, curves.map(energyChart))
         : h('p.empty', {}, 'This info file records no singular values.')),
   ];
@@ -614,20 +645,28 @@ function infoSections(info, j) {
 
 function layerRow(r) {
   const l = r.e;
+  const o = l.original || null;
+  const shapeCell = h('td.shape', {title: o ? o.type : null},
+    o && o.type === 'Linear' ? h('span.dim', {}, 'Linear ') : '', shapeText(o));
   if (r.kind === 'skipped') {
     return h('tr.skipped', {'data-layer': l.name},
-      h('td.mono', {}, l.name), h('td.num', {}, '—'),
-      h('td.note', {colspan: 5}, 'left alone: ' + (l.reason || 'no reason given')));
+      h('td.mono', {}, l.name), shapeCell, h('td.method', {}, '—'), h('td.num', {}, '—'),
+      h('td.note', {colspan: 6}, 'left alone: ' + (l.reason || 'no reason given')));
   }
   const st = l.stats || {};
   const rankCell = h('td.num', {}, String(l.rank), h('span.dim', {}, ' / ' + l.max_rank));
   const arrow = (a, b) => [fmtCount(a), h('span.dim', {}, ' → '), fmtCount(b)];
-  return h('tr', {'data-layer': l.name},
-    h('td.mono', {}, l.name), rankCell,
+  const out = st.output_relative_error;
+  return h('tr', {'data-layer': l.name, 'data-method': l.method || 'spatial_svd'},
+    h('td.mono', {}, l.name), shapeCell,
+    h('td.method.mono', {}, l.method || 'spatial_svd'), rankCell,
     h('td.num', {}, arrow(st.params_before, st.params_after)),
     h('td.num', {}, arrow(st.macs_before, st.macs_after),
       st.macs_ratio !== undefined ? h('span.dim', {}, ' (' + fmtPct(st.macs_ratio, 0) + ')') : ''),
     h('td.num', {}, fmtPct(st.relative_error, 2)),
+    h('td.num.output-error', {title: out !== undefined && st.samples !== undefined
+      ? 'on ' + fmtCount(st.samples) + ' calibration samples' : null},
+    out !== undefined ? fmtPct(out, 2) : h('span.dim', {}, '—')),
     h('td.num', {}, fmtPct(st.energy_retained, 2)),
     h('td.dim', {}, l.order ? l.order.replace('_', ' ') : ''));
 }
@@ -697,7 +736,11 @@ function energyChart(r) {
      * decomposition kept (the info file's figure), which a truncated SVD
      * may put a little under the curve. */
     const rk = Math.min(l.rank, k);
-    const kept = l.stats && l.stats.energy_retained !== undefined ? l.stats.energy_retained : e[rk];
+    /* A calibrated layer's spectrum is its whitened one: what it keeps is
+     * its output's energy on the data. */
+    const st = l.stats || {};
+    const kept = st.output_energy_retained !== undefined ? st.output_energy_retained
+      : st.energy_retained !== undefined ? st.energy_retained : e[rk];
     svg.append(
       s('line', {x1: x(rk), x2: x(rk), y1: T, y2: H - B, class: 'chosen'}),
       s('circle', {cx: x(rk), cy: y(e[rk]), r: 3.5, class: 'chosen'},
@@ -818,7 +861,8 @@ function newView(view, gen) {
     const list = await refreshModels();
     const keep = select || model.value;
     model.replaceChildren(...(list.length ? list.map((m) => h('option', {value: m.id},
-      (m.name || '(unnamed)') + ' · ' + m.id + ' · ' + m.format + (m.has_spec ? ' · has spec' : '')))
+      (m.name || '(unnamed)') + ' · ' + m.id + ' · ' + m.format + (m.has_spec ? ' · has spec' : '') +
+      (m.calibration ? ' · calibrated' : '')))
       : [h('option', {value: ''}, 'no models yet: upload one above')]));
     if (keep && models.has(keep)) model.value = keep;
     showSpecNote();
