@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import assert_problem
+from conftest import assert_problem, latency_profile
 
 POLICY = {"name": "fixed", "rank": 4}
 
@@ -41,27 +41,11 @@ def pair_spec():
 
 
 def pair_profile():
-    """A profile of Pair made from its spec: `fast` (10 ms) gets faster
-    with every candidate at low rank; every candidate of `slow` (1 ms) is
-    slower than the layer itself. Channel ranks go to min(O, I*kh*kw) = 16,
-    spatial ones to min(I*kh, O*kw) = 48."""
-    layers = {}
-    for l in pair_spec()["layers"]:
-        shape = [l["out_channels"], l["in_channels"] // l["groups"]] + l["kernel_size"]
-        if l["name"] == "fast":
-            time, chan, spat = 0.010, [0.001, 0.004, 0.012], [0.002, 0.006, 0.014]
-        else:
-            time, chan, spat = 0.001, [0.002, 0.005, 0.009], [0.003, 0.01, 0.02]
-        layers[l["name"]] = {
-            "type": "Conv2d", "weight_shape": shape, "time": time,
-            "candidates": [
-                {"method": "channel_svd", "ranks": [1, 8, 16], "times": chan},
-                {"method": "spatial_svd", "order": "vertical_first",
-                 "ranks": [1, 24, 48], "times": spat}]}
-    return {"format": "decompd.profile", "version": 1,
-            "device_name": "test cpu", "torch_version": "2.x",
-            "dtype": "float32", "input_shape": [8, 16, 32, 32],
-            "layers": layers}
+    """A profile of Pair made from its spec (conftest.latency_profile):
+    `fast` (10 ms) gets faster with every candidate at low rank; every
+    candidate of `slow` (1 ms) is slower than the layer itself. Channel
+    ranks go to min(O, I*kh*kw) = 16, spatial ones to min(I*kh, O*kw) = 48."""
+    return latency_profile(pair_spec(), slow=("slow",))
 
 
 def body_of(profile):
