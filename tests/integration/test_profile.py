@@ -251,7 +251,8 @@ def test_a_bad_profile_is_422_naming_the_layer_and_nothing_is_stored(
 def test_what_is_not_json_is_400_and_an_empty_body_422(daemon, pair):
     before = blob_files(daemon)
     for body in (b"{\"format\": \"decompd.profile\"", b"\x00\x01 not json",
-                 b'{"time": NaN}'):
+                 b'{"time": NaN}', body_of(pair_profile()) + b"\x00",
+                 b'{"format": "decompd.profile\x00", "version": 1}'):
         assert_problem(*put_profile(daemon, pair["id"], body), 400, "bad_json")
     doc = assert_problem(*put_profile(daemon, pair["id"], b""), 422, "bad_profile")
     assert "empty" in doc["detail"]
@@ -379,3 +380,30 @@ def test_profiles_are_behind_the_token_and_attaching_needs_the_submit_role(
     assert_problem(*daemon.request("DELETE", url, token=tokens["read"]),
                    403, "forbidden")
     assert daemon.request("DELETE", url, token=tokens["submit"])[0] == 204
+
+
+@pytest.mark.skipif(os.environ.get("DECOMPD_TS_ENABLED") != "1",
+                    reason="a build without the torchscript feature")
+def test_a_torchscript_model_takes_a_profile_once_a_job_has_read_its_spec(
+        daemon_factory):
+    d = daemon_factory(args=["--workers", "1"]).start()
+
+    class Net(Pair):
+        def forward(self, x):
+            return self.slow(self.fast(x))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Net()), buf)
+    _, m = d.upload(buf.getvalue())
+    assert m["format"] == "torchscript"
+    body = body_of(pair_profile())
+    assert_problem(*put_profile(d, m["id"], body), 409, "conflict")
+    first = submit(d, m["id"], 201)
+    assert d.wait_job(first["id"])["state"] == "succeeded"
+    p = attach(d, m["id"], body)  # checked against the archive's spec
+    assert p["layers"] == 2
+    job = submit(d, m["id"], 201, profile=True)
+    _, info = info_of(d, job["id"])
+    assert info["profile"]["digest"] == p["digest"]
+    assert [l["name"] for l in info["layers"]] == ["fast"]
