@@ -1,10 +1,9 @@
 /* decomp/client.h — libdecompclient: talk to a decompd service.
  *
  * Upload weight files, calibrations and latency profiles, submit
- * decomposition jobs, follow
- * them, and fetch their artifacts (decomposed weights, decompose_info.json)
- * into a local, content-addressed cache that the Python package
- * (decompd.client) shares.
+ * decomposition jobs, follow them, and fetch their artifacts (decomposed
+ * weights, decompose_info.json) into a local, content-addressed cache that
+ * the Python package (decompd.client) shares.
  *
  *   decomp_client *c;
  *   decomp_client_new(NULL, NULL, &c);            // DECOMPD_URL, DECOMPD_TOKEN
@@ -18,6 +17,12 @@
  *   //                                    NULL);
  *   //   decomp_client_submit_calibrated(c, m.id, NULL, policy,
  *   //       DECOMP_CLIENT_CALIBRATION_ATTACHED, &j, NULL);
+ *   // or, to aim at a latency measured on the target device: attach its
+ *   // latency profile and submit with it (and a calibration, if any)
+ *   //   decomp_client_profile_attach(c, m.id, "profile.json", NULL, NULL);
+ *   //   decomp_client_submit_options o = {.profile = DECOMP_CLIENT_ATTACHED};
+ *   //   decomp_client_submit_with(c, m.id, NULL,
+ *   //       "{\"name\": \"budget\", \"latency_reduction\": 1.3}", &o, &j, NULL);
  *   decomp_client_wait(c, j.id, 0, NULL, NULL, &j);
  *   decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
  *   size_t n;
