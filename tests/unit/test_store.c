@@ -195,6 +195,33 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
 }
 END_TEST
 
+/* store_blob_read gives a small blob whole, NUL-terminated, and refuses
+ * one over its bound or one that is not there. */
+START_TEST(blob_read_is_bounded) {
+  store *s = open_owner(NULL);
+  char digest[STORE_DIGEST_LEN];
+  put_blob(s, "{\"format\": \"decompd.profile\"}", digest);
+  char *text = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(store_blob_read(s, digest, 64, &text, &len), DECOMP_OK);
+  ck_assert_str_eq(text, "{\"format\": \"decompd.profile\"}");
+  ck_assert_uint_eq(len, strlen(text));
+  free(text);
+  ck_assert_int_eq(store_blob_read(s, digest, 28, &text, NULL),
+                   DECOMP_ERR_TOO_LARGE);
+  ck_assert_ptr_null(text);
+  ck_assert_int_eq(store_blob_read(s, digest, 29, &text, NULL), DECOMP_OK);
+  free(text);
+  ck_assert_int_eq(store_blob_read(s, "sha256:"
+                                      "0000000000000000000000000000000000000000"
+                                      "000000000000000000000000",
+                                   64, &text, NULL),
+                   DECOMP_ERR_NOT_FOUND);
+  ck_assert_ptr_null(text);
+  store_close(s);
+}
+END_TEST
+
 /* A latency profile is attached the way a calibration is, beside it: a job
  * naming it keeps its blob through a replace, a detach and the model's
  * delete; a job's profile must be the model's attached one when the job is
@@ -571,6 +598,7 @@ int main(void) {
   tcase_add_test(tc, models_dedup_by_digest_and_delete_collects_the_blob);
   tcase_add_test(tc, calibration_blobs_live_while_a_model_or_job_names_them);
   tcase_add_test(tc, profile_blobs_live_while_a_model_or_job_names_them);
+  tcase_add_test(tc, blob_read_is_bounded);
   tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
   tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
   tcase_add_test(tc, digests_and_ids_are_well_formed);
