@@ -22,7 +22,8 @@
  *   //   decomp_client_profile_attach(c, m.id, "profile.json", NULL, NULL);
  *   //   decomp_client_submit_options o = {.profile = DECOMP_CLIENT_ATTACHED};
  *   //   decomp_client_submit_with(c, m.id, NULL,
- *   //       "{\"name\": \"budget\", \"latency_reduction\": 1.3}", &o, &j, NULL);
+ *   //       "{\"name\": \"budget\", \"latency_reduction\": 1.3}", &o,
+ *   //       &j, NULL);
  *   decomp_client_wait(c, j.id, 0, NULL, NULL, &j);
  *   decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
  *   size_t n;
@@ -347,9 +348,9 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
 /* For decomp_client_submit_calibrated and decomp_client_submit_options:
  * the calibration (profile) attached to the model when the job is
  * submitted. */
-#define DECOMP_CLIENT_ATTACHED "attached"
+#define DECOMP_CLIENT_ATTACHED             "attached"
 #define DECOMP_CLIENT_CALIBRATION_ATTACHED DECOMP_CLIENT_ATTACHED
-#define DECOMP_CLIENT_PROFILE_ATTACHED DECOMP_CLIENT_ATTACHED
+#define DECOMP_CLIENT_PROFILE_ATTACHED     DECOMP_CLIENT_ATTACHED
 
 /* decomp_client_submit with a calibration: NULL none (exactly
  * decomp_client_submit), DECOMP_CLIENT_CALIBRATION_ATTACHED the one

@@ -335,9 +335,9 @@ int cmd_upload(int argc, char **argv) {
       return CLI_EXIT_USAGE;
     }
   }
-  if (model_id ? (optind != argc || name ||
-                  (!spec_path && !cal_path && !prof_path))
-               : optind != argc - 1) {
+  if (model_id
+          ? (optind != argc || name || (!spec_path && !cal_path && !prof_path))
+          : optind != argc - 1) {
     fprintf(stderr, "%s", upload_usage);
     return CLI_EXIT_USAGE;
   }
@@ -504,8 +504,7 @@ int cmd_submit(int argc, char **argv) {
    * job's goes first. */
   decomp_client_calibration cal;
   decomp_client_profile prof;
-  bool cal_file = calibration &&
-                  strcmp(calibration, DECOMP_CLIENT_ATTACHED) &&
+  bool cal_file = calibration && strcmp(calibration, DECOMP_CLIENT_ATTACHED) &&
                   strncmp(calibration, "sha256:", 7) != 0;
   bool prof_file = profile && strcmp(profile, DECOMP_CLIENT_ATTACHED) &&
                    strncmp(profile, "sha256:", 7) != 0;
@@ -530,9 +529,8 @@ int cmd_submit(int argc, char **argv) {
   if (!o.quiet)
     fprintf(stderr, "job %s %s (model %s%s%s%s%s)\n", j.id,
             created ? "queued" : "already submitted, now", model,
-            calibration ? ", calibration " : "",
-            calibration ? calibration : "", profile ? ", profile " : "",
-            profile ? profile : "");
+            calibration ? ", calibration " : "", calibration ? calibration : "",
+            profile ? ", profile " : "", profile ? profile : "");
   if (!o.quiet && !created)
     fprintf(stderr, "job %s is %s\n", j.id, decomp_job_state_name(j.state));
   if (o.json)

@@ -326,9 +326,9 @@ static void model_from_json(json_t *doc, decomp_client_model *out) {
 }
 
 /* Send the file at `path` as the raw body (`type`) of `method` `rpath`,
- * streamed from disk (progress as an upload). On a 200 or 201 *doc gets the answer
- * (a JSON object) and *status its status; an error answer, or a file that
- * cannot be read, fails with the message naming the file (`what` PATH). */
+ * streamed from disk (progress as an upload). On a 200 or 201 *doc gets the
+ * answer (a JSON object) and *status its status; an error answer, or a file
+ * that cannot be read, fails with the message naming the file (`what` PATH). */
 static int send_file(decomp_client *c, const char *what, const char *method,
                      const char *rpath, const char *type, const char *path,
                      json_t **doc, long *status) {
@@ -400,9 +400,8 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
   }
   snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
            ename ? ename : "");
-  if ((rc = send_file(c, "upload", "POST", rpath,
-                      "application/octet-stream", path, &doc, &status)) !=
-      DECOMP_OK)
+  if ((rc = send_file(c, "upload", "POST", rpath, "application/octet-stream",
+                      path, &doc, &status)) != DECOMP_OK)
     goto done;
   if (out)
     model_from_json(doc, out);
@@ -559,7 +558,7 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
                          const char *spec_json, const char *policy,
                          decomp_client_job *out, bool *out_created) {
   return decomp_client_submit_with(c, model_id, spec_json, policy, NULL, out,
-                                    out_created);
+                                   out_created);
 }
 
 int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
@@ -626,11 +625,10 @@ int decomp_client_submit_with(decomp_client *c, const char *model_id,
     }
     json_object_set_new(req, "policy", pol);
   }
-  if (opts &&
-      ((rc = attachment_field(c, req, "calibration", opts->calibration)) !=
-           DECOMP_OK ||
-       (rc = attachment_field(c, req, "profile", opts->profile)) !=
-           DECOMP_OK)) {
+  if (opts && ((rc = attachment_field(c, req, "calibration",
+                                      opts->calibration)) != DECOMP_OK ||
+               (rc = attachment_field(c, req, "profile", opts->profile)) !=
+                   DECOMP_OK)) {
     json_decref(req);
     return rc;
   }

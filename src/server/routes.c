@@ -259,8 +259,8 @@ static void h_model_delete(http_req *r) {
   char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN],
       profile[STORE_DIGEST_LEN];
   store_blob_lock(s);
-  int rc = store_model_delete(s, http_req_param(r, 0), digest, calibration,
-                              profile);
+  int rc =
+      store_model_delete(s, http_req_param(r, 0), digest, calibration, profile);
   if (rc == DECOMP_OK)
     store_blob_gc(s, digest);
   if (rc == DECOMP_OK && calibration[0])
@@ -749,8 +749,8 @@ static void h_model_profile_put(http_req *r) {
   store_blob_lock(s);
   rc = store_upload_commit(u);
   if (rc == DECOMP_OK)
-    rc = store_model_set_profile(s, m.id, digest, (int64_t)layers,
-                                 (int64_t)len, old);
+    rc = store_model_set_profile(s, m.id, digest, (int64_t)layers, (int64_t)len,
+                                 old);
   if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
     store_blob_gc(s, old);
   else if (rc != DECOMP_OK) /* deleted meanwhile: the blob is no one's */
@@ -966,14 +966,13 @@ static int job_calibration_check(http_req *r, decomp_ctx *ctx,
 /* A job's profile (`digest`) checked against the layer spec it will run
  * with, as job_calibration_check does for a calibration: read whole (it
  * was accepted under max_json_bytes; a larger blob is not a profile). */
-static int job_profile_check(http_req *r, decomp_ctx *ctx,
-                             const store_model *m, const char *digest,
-                             const decomp_spec *spec) {
+static int job_profile_check(http_req *r, decomp_ctx *ctx, const store_model *m,
+                             const char *digest, const decomp_spec *spec) {
   store *s = http_req_store(r);
   decomp_spec *archive = NULL;
   char *archive_text = NULL, *text = NULL;
-  int rc = store_blob_read(s, digest, http_req_config(r)->max_json_bytes,
-                           &text, NULL);
+  int rc = store_blob_read(s, digest, http_req_config(r)->max_json_bytes, &text,
+                           NULL);
   if (rc == DECOMP_ERR_NOT_FOUND) {
     http_reply_problem(r, DECOMP_ERR_CONFLICT,
                        "profile %s is not attached to model %s (it has "

@@ -554,9 +554,10 @@ static int write_with_reserve(store *s, int (*tx)(store *, void *),
 
 #define MODEL_COLS "id, digest, name, format, size, tensors, created_at"
 #define MODEL_READ_COLS                                                        \
-  MODEL_COLS ", spec IS NOT NULL, calibration, "                               \
-             "COALESCE(calibration_layers, 0), COALESCE(calibration_size, 0), " \
-             "profile, COALESCE(profile_layers, 0), COALESCE(profile_size, 0)"
+  MODEL_COLS                                                                   \
+      ", spec IS NOT NULL, calibration, "                                      \
+      "COALESCE(calibration_layers, 0), COALESCE(calibration_size, 0), "       \
+      "profile, COALESCE(profile_layers, 0), COALESCE(profile_size, 0)"
 
 static void model_row(sqlite3_stmt *st, store_model *m) {
   col_copy(st, 0, m->id, sizeof m->id);

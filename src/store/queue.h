@@ -114,8 +114,8 @@ int store_job_cancel(store *s, const char *id, store_job *out);
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 /* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
  * while queued or running. The artifacts' digests, and its calibration's and
- * profile's, are returned (*digests, free()) for store_blob_gc(). Works on a full
- * disk, as store_model_delete does. */
+ * profile's, are returned (*digests, free()) for store_blob_gc(). Works on a
+ * full disk, as store_model_delete does. */
 int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
                      size_t *n);
 

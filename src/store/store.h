@@ -143,9 +143,9 @@ int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
  * it. `digest` gets its weights' digest, `calibration` and `profile` its
  * attached calibration's and profile's ("" when none): the caller collects
- * those blobs with store_blob_gc(). On a full disk it still works: the owner keeps a reserve
- * (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it needs the
- * room, and that the next collected blob gives back. */
+ * those blobs with store_blob_gc(). On a full disk it still works: the owner
+ * keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it
+ * needs the room, and that the next collected blob gives back. */
 int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
                        char calibration[STORE_DIGEST_LEN],
                        char profile[STORE_DIGEST_LEN]);

@@ -212,9 +212,10 @@ START_TEST(blob_read_is_bounded) {
   ck_assert_ptr_null(text);
   ck_assert_int_eq(store_blob_read(s, digest, 29, &text, NULL), DECOMP_OK);
   free(text);
-  ck_assert_int_eq(store_blob_read(s, "sha256:"
-                                      "0000000000000000000000000000000000000000"
-                                      "000000000000000000000000",
+  ck_assert_int_eq(store_blob_read(s,
+                                   "sha256:"
+                                   "0000000000000000000000000000000000000000"
+                                   "000000000000000000000000",
                                    64, &text, NULL),
                    DECOMP_ERR_NOT_FOUND);
   ck_assert_ptr_null(text);
@@ -240,8 +241,7 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
   put_blob(s, "{\"profile\": 1}", p1);
   put_blob(s, "gram", cal);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old),
-                   DECOMP_OK);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
   ck_assert_str_eq(old, "");
   ck_assert_int_eq(store_model_set_calibration(s, m.id, cal, 1, 4, old),
                    DECOMP_OK);
@@ -273,8 +273,7 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
 
   /* replaced: the job keeps p1; a new job naming p1 is a conflict */
   put_blob(s, "{\"profile\": 2}", p2);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p2, 1, 14, old),
-                   DECOMP_OK);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p2, 1, 14, old), DECOMP_OK);
   ck_assert_str_eq(old, p1);
   ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 4);
@@ -302,12 +301,10 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old),
-                   DECOMP_OK);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
   char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
       prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
-                   DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
   ck_assert_str_eq(prof, p1);
   ck_assert_str_eq(calib, cal);
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
