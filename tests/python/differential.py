@@ -90,7 +90,8 @@ def make_kernel(rng, kind, cout, cin, kh, kw, groups):
             m, n = I * kh, O * kw
             k = min(m, n)
             if kind == "exact_rank":
-                r = int(rng.integers(1, k))
+                # rank 1 to k-1 (a 1-wide reshape can only be rank 1)
+                r = int(rng.integers(1, k)) if k > 1 else 1
                 s = np.zeros(k)
                 s[:r] = rng.uniform(0.5, 2.0, r)
             else:  # a power law over a noise floor, as trained layers have
