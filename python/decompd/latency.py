@@ -296,8 +296,11 @@ def _engine_text(obj):
         path = os.fsdecode(obj)
         with open(path, "rb") as f:
             raw = f.read()
-        Profile.from_json(raw.decode("utf-8", "replace"), where=path)
-        text = raw.decode("utf-8")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProfileError(f"{path}: not UTF-8 text ({e})") from None
+        Profile.from_json(text, where=path)
     else:
         raise TypeError(f"profile must be a decompd.Profile or the path of a "
                         f"profile file, not {type(obj).__name__}")
