@@ -1,9 +1,9 @@
 /* decomp/client.h — libdecompclient: talk to a decompd service.
  *
- * Upload weight files and calibrations, submit decomposition jobs, follow
- * them, and fetch their artifacts (decomposed weights, decompose_info.json)
- * into a local, content-addressed cache that the Python package
- * (decompd.client) shares.
+ * Upload weight files, calibrations and latency profiles, submit
+ * decomposition jobs, follow them, and fetch their artifacts (decomposed
+ * weights, decompose_info.json) into a local, content-addressed cache that
+ * the Python package (decompd.client) shares.
  *
  *   decomp_client *c;
  *   decomp_client_new(NULL, NULL, &c);            // DECOMPD_URL, DECOMPD_TOKEN
@@ -17,6 +17,13 @@
  *   //                                    NULL);
  *   //   decomp_client_submit_calibrated(c, m.id, NULL, policy,
  *   //       DECOMP_CLIENT_CALIBRATION_ATTACHED, &j, NULL);
+ *   // or, to aim at a latency measured on the target device: attach its
+ *   // latency profile and submit with it (and a calibration, if any)
+ *   //   decomp_client_profile_attach(c, m.id, "profile.json", NULL, NULL);
+ *   //   decomp_client_submit_options o = {.profile = DECOMP_CLIENT_ATTACHED};
+ *   //   decomp_client_submit_with(c, m.id, NULL,
+ *   //       "{\"name\": \"budget\", \"latency_reduction\": 1.3}", &o,
+ *   //       &j, NULL);
  *   decomp_client_wait(c, j.id, 0, NULL, NULL, &j);
  *   decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
  *   size_t n;
@@ -193,7 +200,7 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
 int decomp_client_model_get(decomp_client *c, const char *model_id,
                             decomp_client_model *out, char **out_json);
 
-/* ---- layer specs and calibrations ---------------------------------------- */
+/* ---- layer specs, calibrations and latency profiles ---------------------- */
 
 /* Attach the layer spec `spec_json` (a JSON object {"layers": [...]} or a
  * list) to model `model_id` (PUT /v1/models/{id}/spec), replacing any:
@@ -237,6 +244,41 @@ int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
  * /v1/models/{id}/calibration); jobs submitted with it keep it. NOT_FOUND
  * when the model has none (or there is no such model). */
 int decomp_client_calibration_detach(decomp_client *c, const char *model_id);
+
+/* A latency profile attached to a model: a decompd.profile JSON document
+ * (decompd's Python package measures it with decompd.profile on the
+ * device the model will run on: per layer its time and each candidate
+ * pair's over a grid of ranks; the format is in README.md, decompctl
+ * decompose --profile). A job submitted with it (decomp_client_submit_with)
+ * can aim its budget at a latency_reduction, leaves alone the layers it
+ * says would get slower, and its info file records predicted latencies. */
+typedef struct decomp_client_profile {
+  char model[DECOMP_CLIENT_ID_LEN];      /* the model it is attached to */
+  char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" of the file */
+  int64_t layers;                        /* layers it times */
+  int64_t size;                          /* bytes */
+} decomp_client_profile;
+
+/* Attach the profile file at `path` to model `model_id` (PUT
+ * /v1/models/{id}/profile, the file sent as it is), replacing any attached
+ * before (jobs submitted with that one keep it). The server checks it
+ * against the model's layer spec before it keeps it: BAD_PROFILE when a
+ * layer it names is not in the model or has another type or weight shape,
+ * a candidate's method does not apply or its ranks or times are wrong, or
+ * a grid is empty (the message names the layer); BAD_JSON when it is not
+ * JSON; CONFLICT when the model has no layer spec yet; NOT_FOUND;
+ * PAYLOAD_TOO_LARGE (over the server's max_json_bytes); IO when the file
+ * cannot be read; OFFLINE_MISS in offline mode. `out` (optional) gets what
+ * was attached; *out_json (optional) the server's answer, freed with
+ * decomp_client_string_free(). */
+int decomp_client_profile_attach(decomp_client *c, const char *model_id,
+                                 const char *path, decomp_client_profile *out,
+                                 char **out_json);
+
+/* Detach model `model_id`'s profile (DELETE /v1/models/{id}/profile); jobs
+ * submitted with it keep it. NOT_FOUND when the model has none (or there
+ * is no such model). */
+int decomp_client_profile_detach(decomp_client *c, const char *model_id);
 
 /* ---- jobs ---------------------------------------------------------------- */
 
@@ -303,9 +345,12 @@ int decomp_client_submit(decomp_client *c, const char *model_id,
                          const char *spec_json, const char *policy,
                          decomp_client_job *out, bool *out_created);
 
-/* For decomp_client_submit_calibrated: the calibration attached to the
- * model when the job is submitted. */
-#define DECOMP_CLIENT_CALIBRATION_ATTACHED "attached"
+/* For decomp_client_submit_calibrated and decomp_client_submit_options:
+ * the calibration (profile) attached to the model when the job is
+ * submitted. */
+#define DECOMP_CLIENT_ATTACHED             "attached"
+#define DECOMP_CLIENT_CALIBRATION_ATTACHED DECOMP_CLIENT_ATTACHED
+#define DECOMP_CLIENT_PROFILE_ATTACHED     DECOMP_CLIENT_ATTACHED
 
 /* decomp_client_submit with a calibration: NULL none (exactly
  * decomp_client_submit), DECOMP_CLIENT_CALIBRATION_ATTACHED the one
@@ -323,6 +368,30 @@ int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
                                     const char *spec_json, const char *policy,
                                     const char *calibration,
                                     decomp_client_job *out, bool *out_created);
+
+/* What a job runs with beside its spec and policy, for
+ * decomp_client_submit_with. Each is NULL (none), DECOMP_CLIENT_ATTACHED
+ * (the one attached to the model now) or a digest "sha256:<hex>" (which
+ * must still be the model's for a new job). Zero it before use: fields may
+ * be appended. */
+typedef struct decomp_client_submit_options {
+  const char *calibration; /* see decomp_client_submit_calibrated */
+  const char *profile;     /* the latency profile (decomp_client_profile) */
+} decomp_client_submit_options;
+
+/* decomp_client_submit with a calibration and/or a latency profile (`opts`
+ * NULL: exactly decomp_client_submit). Each is part of the job's identity:
+ * the same input with another profile, or none, is another job. The
+ * server checks the profile against the job's layer spec before queueing
+ * (BAD_PROFILE naming the layer); CONFLICT when the model has no profile
+ * attached, or another one than the digest given; BAD_POLICY for a
+ * latency_reduction budget without a profile; INVALID_ARGUMENT for a
+ * field that is neither "attached" nor a digest. The job's JSON
+ * (out->json) says which it runs with ("profile": digest or null). */
+int decomp_client_submit_with(decomp_client *c, const char *model_id,
+                              const char *spec_json, const char *policy,
+                              const decomp_client_submit_options *opts,
+                              decomp_client_job *out, bool *out_created);
 
 /* Get job `id` with its progress, error and artifacts. Offline: from the
  * cache's job record, OFFLINE_MISS when there is none. */

@@ -13,6 +13,12 @@
                                    "types": ["Conv2d", "Linear"]},
                    calibration="cal.safetensors")
 
+    # aim at a latency measured on the target device: a decompd.profile
+    # document (a path, JSON text, a dict, or a Profile) is attached to the
+    # model and the job runs with it
+    job = c.submit(model, policy={"name": "budget", "latency_reduction": 1.3},
+                   profile=decompd.profile(model, example_input))
+
 or, with the AMCT-style API, ``auto_decomposition(model, server=URL)`` (or
 DECOMPD_URL set), which does the same and gives exactly what the in-process
 engine gives.
@@ -319,6 +325,8 @@ class Job:
         self.error = doc.get("error")
         # The digest of the calibration the job runs with, or None.
         self.calibration = doc.get("calibration")
+        # The digest of the latency profile the job runs with, or None.
+        self.profile = doc.get("profile")
         self.artifacts = {a["name"]: a for a in doc.get("artifacts") or []}
 
     @property
@@ -501,7 +509,8 @@ class Client:
 
     # -- models and jobs ----------------------------------------------------
 
-    def _send(self, what, method, rpath, source, progress):
+    def _send(self, what, method, rpath, source, progress,
+              content_type="application/octet-stream"):
         """Send `source` (a file path, streamed, or bytes) as the raw body
         of `method` `rpath`; the answer's JSON. Errors name `what`."""
         self._no_offline(f"{what} {rpath}")
@@ -532,7 +541,7 @@ class Client:
         with f:
             conn, r = self._open(
                 method, rpath, Reader(f),
-                {"Content-Type": "application/octet-stream",
+                {"Content-Type": content_type,
                  "Content-Length": str(size)})
             try:
                 data = r.read()
@@ -553,7 +562,8 @@ class Client:
                           os.fspath(path), progress)
 
     def model(self, model_id):
-        """The server's model dict (with has_spec and calibration)."""
+        """The server's model dict (with has_spec, calibration and
+        profile)."""
         mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
         return self._json("GET", f"/v1/models/{urllib.parse.quote(mid)}")[1]
 
@@ -583,6 +593,37 @@ class Client:
         mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
         self._json("DELETE",
                    f"/v1/models/{urllib.parse.quote(mid)}/calibration")
+
+    def attach_profile(self, model_id, profile, progress=False):
+        """Attach a latency profile — a decompd.profile JSON document, as a
+        file path, JSON text (a str starting with "{", or bytes), a dict,
+        or any object with a ``to_json()`` method (decompd.profile's
+        Profile) — to a model, replacing any; {"digest", "layers", "size",
+        "url"} (the digest is the SHA-256 of the bytes sent: a file's
+        own). The server checks it against the model's layer spec first
+        (ServiceValueError bad_profile naming the layer; ConflictError when
+        the model has no spec yet: attach_spec first)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        return self._send("profile", "PUT",
+                          f"/v1/models/{urllib.parse.quote(mid)}/profile",
+                          _profile_body(profile), progress,
+                          content_type="application/json")
+
+    # The route's own verb (PUT /v1/models/{id}/profile).
+    put_profile = attach_profile
+
+    def get_profile(self, model_id):
+        """The model's attached latency profile, as the dict it was
+        attached as (NotFoundError when it has none)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        return self._json("GET",
+                          f"/v1/models/{urllib.parse.quote(mid)}/profile")[1]
+
+    def detach_profile(self, model_id):
+        """Detach a model's latency profile (jobs submitted with it keep
+        it)."""
+        mid = model_id["id"] if isinstance(model_id, dict) else str(model_id)
+        self._json("DELETE", f"/v1/models/{urllib.parse.quote(mid)}/profile")
 
     def job(self, job):
         """The job (a Job) from the server, or offline from the cache."""
@@ -616,7 +657,8 @@ class Client:
                               f"/v1/jobs/{urllib.parse.quote(jid)}/retry")[1])
 
     def submit(self, model_or_path, spec=None, policy=None, *, name=None,
-               example_input=None, progress=False, calibration=None):
+               example_input=None, progress=False, calibration=None,
+               profile=None):
         """Submit a decomposition job; a Job.
 
         model_or_path: a live nn.Module (its state dict is uploaded and its
@@ -637,6 +679,16 @@ class Client:
         to the model; "sha256:…": that one. It is part of the job's
         identity: the same input with another calibration, or none, is
         another job.
+
+        profile: a latency profile measured on the device the model will
+        run on (decompd.profile) — a file path, JSON text, a dict or an
+        object with ``to_json()`` (a Profile) — is attached to the model
+        (after the job's spec and the calibration) and the job runs with
+        it: the budget may then take "latency_reduction", every policy
+        leaves alone a layer it says would get slower, and the info file
+        records each layer's predicted latency_before/latency_after and the
+        whole model's in its summary; True: the profile attached to the
+        model; "sha256:…": that one. Part of the job's identity too.
         """
         spec_doc = None
         if spec is not None:
@@ -644,7 +696,8 @@ class Client:
                 else spec
         if isinstance(policy, (bytes, str)) and str(policy).lstrip().startswith("{"):
             policy = json.loads(policy)
-        cal = (calibration, progress)
+        cal = {"calibration": calibration, "profile": profile,
+               "progress": progress}
         if hasattr(model_or_path, "state_dict") and callable(
                 getattr(model_or_path, "named_modules", None)):
             return self._submit_module(model_or_path, policy, name,
@@ -677,29 +730,38 @@ class Client:
         model = self.upload(path, name=name, progress=progress)
         return self._submit_id(model["id"], spec_doc, policy, cal)
 
-    def _submit_id(self, model_id, spec_doc, policy, cal=(None, False)):
+    def _submit_id(self, model_id, spec_doc, policy, cal=None):
+        """POST the job; `cal` holds its "calibration" and "profile" (each
+        None/False, True, a digest, or something to attach) and
+        "progress"."""
+        cal = cal or {}
         req = {"model": model_id}
         if spec_doc is not None:
             req["spec"] = spec_doc
         if policy is not None:
             req["policy"] = policy
-        calibration, progress = cal
-        if calibration is True or (isinstance(calibration, str) and
-                                   calibration.startswith("sha256:")):
-            req["calibration"] = calibration
-        elif calibration is not None and calibration is not False:
-            # A file or its bytes: attached first (with the job's spec: the
-            # server checks the calibration against the model's), then
-            # named by its digest, so that a calibration attached meanwhile
-            # by someone else is never used in its place (a 409 instead).
-            if spec_doc is not None:
+        progress = cal.get("progress", False)
+        spec_attached = False
+        for field, attach in (("calibration", self.attach_calibration),
+                              ("profile", self.attach_profile)):
+            v = cal.get(field)
+            if v is None or v is False:
+                continue
+            if v is True or (isinstance(v, str) and v.startswith("sha256:")):
+                req[field] = v
+                continue
+            # A file (or its contents): attached first (with the job's spec:
+            # the server checks it against the model's), then named by its
+            # digest, so that one attached meanwhile by someone else is
+            # never used in its place (a 409 instead).
+            if spec_doc is not None and not spec_attached:
                 self.attach_spec(model_id, spec_doc)
-            req["calibration"] = self.attach_calibration(
-                model_id, calibration, progress)["digest"]
+                spec_attached = True
+            req[field] = attach(model_id, v, progress)["digest"]
         return Job(self._json("POST", "/v1/jobs", req)[1])
 
     def _submit_module(self, model, policy, name, example_input, progress,
-                       cal=(None, False)):
+                       cal=None):
         spec_doc, tensors = module_payload(model, example_input)
         import torch
         fd, tmp = tempfile.mkstemp(prefix="decompd-upload.", suffix=".pth")
@@ -712,7 +774,7 @@ class Client:
             os.unlink(tmp)
         return self._submit_id(m["id"], spec_doc, policy, cal)
 
-    def _submit_script(self, m, policy, name, progress, cal=(None, False)):
+    def _submit_script(self, m, policy, name, progress, cal=None):
         """A TorchScript module the server cannot read: its Conv2d
         submodules (original_name "Conv2d") make the spec here."""
         import torch
@@ -1074,11 +1136,14 @@ class Client:
 
 
     def decompose(self, model, decompose_info_path=None, *, policy=None,
-                  example_input=None, progress=True):
-        """auto_decomposition on the service: submit the live module, wait,
-        pull; (model, changes). decompose_info_path gets a copy of the info
-        file (its folder is made)."""
-        job = self.submit(model, policy=policy, example_input=example_input)
+                  example_input=None, progress=True, calibration=None,
+                  profile=None):
+        """auto_decomposition on the service: submit the live module (with
+        a calibration and a latency profile, as ``submit`` takes them),
+        wait, pull; (model, changes). decompose_info_path gets a copy of
+        the info file (its folder is made)."""
+        job = self.submit(model, policy=policy, example_input=example_input,
+                          calibration=calibration, profile=profile)
         job = self.wait(job, progress=progress)
         new, changes = self.pull(model, job)
         if decompose_info_path is not None:
@@ -1087,6 +1152,24 @@ class Client:
             _copy_atomic(self.fetch(job, only=ARTIFACT_INFO)[ARTIFACT_INFO],
                          path)
         return new, changes
+
+
+def _profile_body(profile):
+    """What attach_profile sends: a file path as it is (streamed), else the
+    document's JSON bytes (JSON text as given; a dict, or what an object's
+    to_json() gives, encoded)."""
+    if callable(getattr(profile, "to_json", None)):
+        profile = profile.to_json()
+    if isinstance(profile, dict):
+        return json.dumps(profile, allow_nan=False).encode()
+    if isinstance(profile, (bytes, bytearray, memoryview)):
+        return bytes(profile)
+    if isinstance(profile, str) and profile.lstrip().startswith("{"):
+        return profile.encode()
+    if isinstance(profile, (str, os.PathLike)):
+        return os.fspath(profile)
+    raise TypeError("profile: a file path, JSON text, a dict or an object "
+                    "with to_json(), not %s" % type(profile).__name__)
 
 
 def _is_bare(model):

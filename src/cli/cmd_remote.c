@@ -220,12 +220,14 @@ static int do_upload(const struct common *o, decomp_client *c,
   return CLI_EXIT_OK;
 }
 
-/* Attach the layer spec in `spec` (JSON text, from `spec_path`) and then
- * the calibration file `cal_path` (either may be NULL) to model `id`, with
- * progress; *cal gets what was attached. An exit code. */
+/* Attach the layer spec in `spec` (JSON text, from `spec_path`), then the
+ * calibration file `cal_path` and the latency profile file `prof_path` (any
+ * may be NULL) to model `id`, with progress; *cal and *prof get what was
+ * attached. An exit code. */
 static int do_attach(const struct common *o, decomp_client *c, const char *id,
                      const char *spec, const char *spec_path,
-                     const char *cal_path, decomp_client_calibration *cal) {
+                     const char *cal_path, decomp_client_calibration *cal,
+                     const char *prof_path, decomp_client_profile *prof) {
   if (spec) {
     int rc = decomp_client_spec_attach(c, id, spec, NULL);
     if (rc != DECOMP_OK) {
@@ -255,15 +257,27 @@ static int do_attach(const struct common *o, decomp_client *c, const char *id,
               cal_path, (long long)cal->layers, id, size, cal->digest);
     }
   }
+  if (prof_path) {
+    int rc = decomp_client_profile_attach(c, id, prof_path, prof, NULL);
+    if (rc != DECOMP_OK)
+      return client_fail_exit(o, c, rc);
+    if (!o->quiet)
+      fprintf(stderr,
+              "%s: latency profile of %lld layers attached to model %s "
+              "(%s)\n",
+              prof_path, (long long)prof->layers, id, prof->digest);
+  }
   return CLI_EXIT_OK;
 }
 
 static const char upload_usage[] =
     "usage: decompctl upload FILE [--name NAME] [--spec SPEC.json]\n"
-    "                        [--calibration CAL.safetensors] [--json]\n"
+    "                        [--calibration CAL.safetensors]\n"
+    "                        [--profile PROFILE.json] [--json]\n"
     "                        [--quiet] [--url URL]\n"
     "       decompctl upload --model MODEL [--spec SPEC.json]\n"
-    "                        [--calibration CAL.safetensors] [...]\n"
+    "                        [--calibration CAL.safetensors]\n"
+    "                        [--profile PROFILE.json] [...]\n"
     "\n"
     "Upload a weight file (.pth state dict or safetensors), streamed from\n"
     "disk. The server validates it and deduplicates it by digest. Prints the\n"
@@ -278,16 +292,24 @@ static const char upload_usage[] =
     "                       model, replacing any; it is checked against the\n"
     "                       model's layer spec (give --spec the first time);\n"
     "                       submit --calibration attached then uses it\n"
+    "  --profile FILE       attach this latency profile (decompd.profile's\n"
+    "                       JSON: each layer's time and its candidates' over\n"
+    "                       a grid of ranks, measured on the target device)\n"
+    "                       to the model, replacing any; it is checked\n"
+    "                       against the model's layer spec (give --spec the\n"
+    "                       first time); submit --profile attached then uses\n"
+    "                       it\n"
     "  --model MODEL        an id (m_…) of a model uploaded before\n";
 
 int cmd_upload(int argc, char **argv) {
   struct common o = {.tty = isatty(2)};
   const char *name = NULL, *spec_path = NULL, *cal_path = NULL,
-             *model_id = NULL;
+             *prof_path = NULL, *model_id = NULL;
   static const struct option opts[] = {
       {"name", required_argument, NULL, 'n'},
       {"spec", required_argument, NULL, 's'},
       {"calibration", required_argument, NULL, 'c'},
+      {"profile", required_argument, NULL, 'l'},
       {"model", required_argument, NULL, 'm'},
       COMMON_LONG_OPTS,
       {0, 0, 0, 0}};
@@ -301,6 +323,8 @@ int cmd_upload(int argc, char **argv) {
       spec_path = optarg;
     } else if (opt == 'c') {
       cal_path = optarg;
+    } else if (opt == 'l') {
+      prof_path = optarg;
     } else if (opt == 'm') {
       model_id = optarg;
     } else if (opt == OPT_HELP) {
@@ -311,8 +335,9 @@ int cmd_upload(int argc, char **argv) {
       return CLI_EXIT_USAGE;
     }
   }
-  if (model_id ? (optind != argc || name || (!spec_path && !cal_path))
-               : optind != argc - 1) {
+  if (model_id
+          ? (optind != argc || name || (!spec_path && !cal_path && !prof_path))
+          : optind != argc - 1) {
     fprintf(stderr, "%s", upload_usage);
     return CLI_EXIT_USAGE;
   }
@@ -329,7 +354,7 @@ int cmd_upload(int argc, char **argv) {
     goto done;
   cli_catch_signals();
   decomp_client_model m;
-  bool attaching = spec || cal_path;
+  bool attaching = spec || cal_path || prof_path;
   if (!model_id) {
     /* Printed here only when nothing is attached after it. */
     if ((ex = do_upload(&o, c, argv[optind], name, &m, !attaching)) !=
@@ -340,8 +365,9 @@ int cmd_upload(int argc, char **argv) {
   if (!attaching)
     goto done;
   decomp_client_calibration cal;
-  if ((ex = do_attach(&o, c, model_id, spec, spec_path, cal_path, &cal)) !=
-      CLI_EXIT_OK)
+  decomp_client_profile prof;
+  if ((ex = do_attach(&o, c, model_id, spec, spec_path, cal_path, &cal,
+                      prof_path, &prof)) != CLI_EXIT_OK)
     goto done;
   int rc = decomp_client_model_get(c, model_id, &m, o.json ? &json : NULL);
   if (rc != DECOMP_OK) {
@@ -364,12 +390,13 @@ done:
 static const char submit_usage[] =
     "usage: decompctl submit MODEL|FILE [--spec SPEC.json] [--policy P]\n"
     "                        [--calibration CAL.safetensors|attached|DIGEST]\n"
+    "                        [--profile PROFILE.json|attached|DIGEST]\n"
     "                        [--name NAME] [--json] [--quiet] [--url URL]\n"
     "\n"
     "Submit a decomposition job for model MODEL (an id m_… from upload), or\n"
     "upload FILE first. Prints the job id (j_…), or the job as JSON with\n"
-    "--json. The same model, spec, policy and calibration again give the\n"
-    "same job.\n"
+    "--json. The same model, spec, policy, calibration and profile again\n"
+    "give the same job.\n"
     "\n"
     "  --spec FILE         the layer spec (JSON, as the Python package writes\n"
     "                      it); without it the server uses the spec it has\n"
@@ -386,6 +413,14 @@ static const char submit_usage[] =
     "                      spec too: the server checks one against the\n"
     "                      other), \"attached\" for the model's attached one,\n"
     "                      or its digest sha256:…\n"
+    "  --profile P         a latency profile measured on the target device\n"
+    "                      (decompd.profile's JSON): the budget may then take\n"
+    "                      \"latency_reduction\", every policy leaves alone a\n"
+    "                      layer it says would get slower, and the info file\n"
+    "                      records predicted latencies; a FILE (attached to\n"
+    "                      the model first, after --spec and --calibration),\n"
+    "                      \"attached\" for the model's attached one, or its\n"
+    "                      digest sha256:…\n"
     "  --name NAME         the model's label when FILE is uploaded\n";
 
 static bool is_model_id(const char *s) {
@@ -400,12 +435,13 @@ static bool is_model_id(const char *s) {
 int cmd_submit(int argc, char **argv) {
   struct common o = {.tty = isatty(2)};
   const char *spec_path = NULL, *policy = NULL, *name = NULL,
-             *calibration = NULL;
+             *calibration = NULL, *profile = NULL;
   static const struct option opts[] = {
       {"spec", required_argument, NULL, 's'},
       {"policy", required_argument, NULL, 'p'},
       {"name", required_argument, NULL, 'n'},
       {"calibration", required_argument, NULL, 'c'},
+      {"profile", required_argument, NULL, 'l'},
       COMMON_LONG_OPTS,
       {0, 0, 0, 0}};
   int opt;
@@ -420,6 +456,8 @@ int cmd_submit(int argc, char **argv) {
       name = optarg;
     } else if (opt == 'c') {
       calibration = optarg;
+    } else if (opt == 'l') {
+      profile = optarg;
     } else if (opt == OPT_HELP) {
       printf("%s%s", submit_usage, common_help);
       return CLI_EXIT_OK;
@@ -461,30 +499,38 @@ int cmd_submit(int argc, char **argv) {
       goto done;
     model = m.id;
   }
-  /* A calibration file is attached first (its digest then names it); the
-   * server checks it against the model's spec, so the job's goes first. */
+  /* A calibration or profile file is attached first (its digest then
+   * names it); the server checks it against the model's spec, so the
+   * job's goes first. */
   decomp_client_calibration cal;
-  bool cal_file = calibration &&
-                  strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) &&
+  decomp_client_profile prof;
+  bool cal_file = calibration && strcmp(calibration, DECOMP_CLIENT_ATTACHED) &&
                   strncmp(calibration, "sha256:", 7) != 0;
-  if (cal_file) {
-    if ((ex = do_attach(&o, c, model, spec, spec_path, calibration, &cal)) !=
-        CLI_EXIT_OK)
+  bool prof_file = profile && strcmp(profile, DECOMP_CLIENT_ATTACHED) &&
+                   strncmp(profile, "sha256:", 7) != 0;
+  if (cal_file || prof_file) {
+    if ((ex = do_attach(&o, c, model, spec, spec_path,
+                        cal_file ? calibration : NULL, &cal,
+                        prof_file ? profile : NULL, &prof)) != CLI_EXIT_OK)
       goto done;
-    calibration = cal.digest;
+    if (cal_file)
+      calibration = cal.digest;
+    if (prof_file)
+      profile = prof.digest;
   }
   bool created = false;
-  int rc = decomp_client_submit_calibrated(c, model, spec, policy, calibration,
-                                           &j, &created);
+  decomp_client_submit_options so = {.calibration = calibration,
+                                     .profile = profile};
+  int rc = decomp_client_submit_with(c, model, spec, policy, &so, &j, &created);
   if (rc != DECOMP_OK) {
     ex = client_fail_exit(&o, c, rc);
     goto done;
   }
   if (!o.quiet)
-    fprintf(stderr, "job %s %s (model %s%s%s)\n", j.id,
+    fprintf(stderr, "job %s %s (model %s%s%s%s%s)\n", j.id,
             created ? "queued" : "already submitted, now", model,
-            calibration ? ", calibration " : "",
-            calibration ? calibration : "");
+            calibration ? ", calibration " : "", calibration ? calibration : "",
+            profile ? ", profile " : "", profile ? profile : "");
   if (!o.quiet && !created)
     fprintf(stderr, "job %s is %s\n", j.id, decomp_job_state_name(j.state));
   if (o.json)

@@ -1,7 +1,7 @@
 /* client.c — libdecompclient's handle and the REST calls of
- * api/openapi.yaml: upload, submit, get/list/cancel/retry jobs and wait. It
- * attach and detach calibrations. It
- * builds requests for the transport (transport.c), reads the JSON answers
+ * api/openapi.yaml: upload, attach and detach specs, calibrations and
+ * latency profiles, submit, get/list/cancel/retry jobs and wait. It builds
+ * requests for the transport (transport.c), reads the JSON answers
  * (jansson) and turns error answers (problem+json) into decompd's codes
  * with the server's detail. Fetching lives in fetch.c. */
 #include <errno.h>
@@ -325,13 +325,13 @@ static void model_from_json(json_t *doc, decomp_client_model *out) {
   out->tensors = (int64_t)json_integer_value(json_object_get(doc, "tensors"));
 }
 
-/* Send the file at `path` as the raw body of `method` `rpath`, streamed
- * from disk (progress as an upload). On a 200 or 201 *doc gets the answer
- * (a JSON object) and *status its status; an error answer, or a file that
- * cannot be read, fails with the message naming the file (`what` PATH). */
+/* Send the file at `path` as the raw body (`type`) of `method` `rpath`,
+ * streamed from disk (progress as an upload). On a 200 or 201 *doc gets the
+ * answer (a JSON object) and *status its status; an error answer, or a file
+ * that cannot be read, fails with the message naming the file (`what` PATH). */
 static int send_file(decomp_client *c, const char *what, const char *method,
-                     const char *rpath, const char *path, json_t **doc,
-                     long *status) {
+                     const char *rpath, const char *type, const char *path,
+                     json_t **doc, long *status) {
   int rc = DECOMP_OK;
   ct_response rs = {0};
   *doc = NULL;
@@ -350,7 +350,7 @@ static int send_file(decomp_client *c, const char *what, const char *method,
   const char *base = strrchr(path, '/');
   ct_request rq = {.method = method,
                    .path = rpath,
-                   .content_type = "application/octet-stream",
+                   .content_type = type,
                    .body_fd = fd,
                    .body_size = (int64_t)st.st_size,
                    .progress_name = base ? base + 1 : path,
@@ -400,8 +400,8 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
   }
   snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
            ename ? ename : "");
-  if ((rc = send_file(c, "upload", "POST", rpath, path, &doc, &status)) !=
-      DECOMP_OK)
+  if ((rc = send_file(c, "upload", "POST", rpath, "application/octet-stream",
+                      path, &doc, &status)) != DECOMP_OK)
     goto done;
   if (out)
     model_from_json(doc, out);
@@ -469,29 +469,35 @@ int decomp_client_spec_attach(decomp_client *c, const char *model_id,
   return rc;
 }
 
-int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
-                                     const char *path,
-                                     decomp_client_calibration *out,
-                                     char **out_json) {
+/* PUT the file at `path` (`type`) to model `model_id`'s attachment `kind`
+ * ("calibration", "profile"): the digest, layers and size the server
+ * answers go to the out parameters (each may be NULL). */
+static int attach_file(decomp_client *c, const char *kind, const char *type,
+                       const char *model_id, const char *path,
+                       char digest[DECOMP_CLIENT_DIGEST_LEN], int64_t *layers,
+                       int64_t *size, char **out_json) {
   if (out_json)
     *out_json = NULL;
   if (!id_ok(model_id))
     return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
                        "model id '%s' is not valid", model_id ? model_id : "");
   char rpath[128];
-  snprintf(rpath, sizeof rpath, "/v1/models/%s/calibration", model_id);
+  snprintf(rpath, sizeof rpath, "/v1/models/%s/%s", model_id, kind);
   json_t *doc = NULL;
   long status = 0;
-  int rc = send_file(c, "calibration", "PUT", rpath, path, &doc, &status);
-  if (rc == DECOMP_OK && out) {
-    memset(out, 0, sizeof *out);
-    snprintf(out->model, sizeof out->model, "%s", model_id);
-    copy_str(out->digest, sizeof out->digest, json_object_get(doc, "digest"));
-    out->layers = (int64_t)json_integer_value(json_object_get(doc, "layers"));
-    out->size = (int64_t)json_integer_value(json_object_get(doc, "size"));
-    if (!out->digest[0])
+  int rc = send_file(c, kind, "PUT", rpath, type, path, &doc, &status);
+  if (rc == DECOMP_OK) {
+    char d[DECOMP_CLIENT_DIGEST_LEN] = "";
+    copy_str(d, sizeof d, json_object_get(doc, "digest"));
+    if (!d[0])
       rc = client_fail(c, DECOMP_ERR_SERVER,
                        "PUT %s: the answer names no digest", rpath);
+    if (digest)
+      memcpy(digest, d, sizeof d);
+    if (layers)
+      *layers = (int64_t)json_integer_value(json_object_get(doc, "layers"));
+    if (size)
+      *size = (int64_t)json_integer_value(json_object_get(doc, "size"));
   }
   if (rc == DECOMP_OK && out_json &&
       !(*out_json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER)))
@@ -500,16 +506,50 @@ int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
   return rc;
 }
 
-int decomp_client_calibration_detach(decomp_client *c, const char *model_id) {
+/* DELETE model `model_id`'s attachment `kind`. */
+static int detach(decomp_client *c, const char *kind, const char *model_id) {
   if (!id_ok(model_id))
     return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
                        "model id '%s' is not valid", model_id ? model_id : "");
   char rpath[128];
-  snprintf(rpath, sizeof rpath, "/v1/models/%s/calibration", model_id);
+  snprintf(rpath, sizeof rpath, "/v1/models/%s/%s", model_id, kind);
   json_t *doc = NULL;
   int rc = call_json(c, "DELETE", rpath, NULL, &doc);
   json_decref(doc);
   return rc;
+}
+
+int decomp_client_calibration_attach(decomp_client *c, const char *model_id,
+                                     const char *path,
+                                     decomp_client_calibration *out,
+                                     char **out_json) {
+  if (out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->model, sizeof out->model, "%s", model_id ? model_id : "");
+  }
+  return attach_file(c, "calibration", "application/octet-stream", model_id,
+                     path, out ? out->digest : NULL, out ? &out->layers : NULL,
+                     out ? &out->size : NULL, out_json);
+}
+
+int decomp_client_calibration_detach(decomp_client *c, const char *model_id) {
+  return detach(c, "calibration", model_id);
+}
+
+int decomp_client_profile_attach(decomp_client *c, const char *model_id,
+                                 const char *path, decomp_client_profile *out,
+                                 char **out_json) {
+  if (out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->model, sizeof out->model, "%s", model_id ? model_id : "");
+  }
+  return attach_file(c, "profile", "application/json", model_id, path,
+                     out ? out->digest : NULL, out ? &out->layers : NULL,
+                     out ? &out->size : NULL, out_json);
+}
+
+int decomp_client_profile_detach(decomp_client *c, const char *model_id) {
+  return detach(c, "profile", model_id);
 }
 
 /* ---- jobs ----------------------------------------------------------------- */
@@ -517,14 +557,41 @@ int decomp_client_calibration_detach(decomp_client *c, const char *model_id) {
 int decomp_client_submit(decomp_client *c, const char *model_id,
                          const char *spec_json, const char *policy,
                          decomp_client_job *out, bool *out_created) {
-  return decomp_client_submit_calibrated(c, model_id, spec_json, policy, NULL,
-                                         out, out_created);
+  return decomp_client_submit_with(c, model_id, spec_json, policy, NULL, out,
+                                   out_created);
 }
 
 int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
                                     const char *spec_json, const char *policy,
                                     const char *calibration,
                                     decomp_client_job *out, bool *out_created) {
+  decomp_client_submit_options o = {.calibration = calibration};
+  return decomp_client_submit_with(c, model_id, spec_json, policy, &o, out,
+                                   out_created);
+}
+
+/* Set the job request's `field` from `v`: NULL none, "attached" true, a
+ * digest itself. */
+static int attachment_field(decomp_client *c, json_t *req, const char *field,
+                            const char *v) {
+  if (!v)
+    return DECOMP_OK;
+  bool attached = strcmp(v, DECOMP_CLIENT_ATTACHED) == 0;
+  if (!attached && strncmp(v, "sha256:", 7) != 0)
+    return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
+                       "%s '%s': a digest sha256:… or \"" DECOMP_CLIENT_ATTACHED
+                       "\"",
+                       field, v);
+  if (json_object_set_new(req, field,
+                          attached ? json_true() : json_string(v)) != 0)
+    return client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  return DECOMP_OK;
+}
+
+int decomp_client_submit_with(decomp_client *c, const char *model_id,
+                              const char *spec_json, const char *policy,
+                              const decomp_client_submit_options *opts,
+                              decomp_client_job *out, bool *out_created) {
   json_error_t err;
   json_t *req = NULL, *doc = NULL;
   char *body = NULL;
@@ -558,18 +625,12 @@ int decomp_client_submit_calibrated(decomp_client *c, const char *model_id,
     }
     json_object_set_new(req, "policy", pol);
   }
-  if (calibration) {
-    bool attached =
-        strcmp(calibration, DECOMP_CLIENT_CALIBRATION_ATTACHED) == 0;
-    if (!attached && strncmp(calibration, "sha256:", 7) != 0) {
-      json_decref(req);
-      return client_fail(c, DECOMP_ERR_INVALID_ARGUMENT,
-                         "calibration '%s': a digest sha256:… or "
-                         "\"" DECOMP_CLIENT_CALIBRATION_ATTACHED "\"",
-                         calibration);
-    }
-    json_object_set_new(req, "calibration",
-                        attached ? json_true() : json_string(calibration));
+  if (opts && ((rc = attachment_field(c, req, "calibration",
+                                      opts->calibration)) != DECOMP_OK ||
+               (rc = attachment_field(c, req, "profile", opts->profile)) !=
+                   DECOMP_OK)) {
+    json_decref(req);
+    return rc;
   }
   body = json_dumps(req, JSON_COMPACT);
   json_decref(req);

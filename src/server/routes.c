@@ -3,9 +3,10 @@
  * the two).
  *
  * Handlers read the request, talk to the store and queue, and answer. They
- * may open a weight file or a calibration to validate it (the engine's
- * readers map it and check every size and offset, decomp_calibration_check
- * reads each Gram once: no decomposition); the SVD work
+ * may open a weight file, a calibration or a latency profile to validate it
+ * (the engine's readers map it and check every size and offset,
+ * decomp_calibration_check reads each Gram once, decomp_profile_check reads
+ * the profile's JSON: no decomposition); the SVD work
  * is the workers' alone, and so is loading a TorchScript archive (it runs
  * the archive's code, in a sandboxed reader process: worker.c). Bodies are
  * JSON; errors application/problem+json with the code from decomp/errors.h. */
@@ -103,15 +104,26 @@ static json_t *calibration_json(const store_model *m) {
                    (json_int_t)m->calibration_size, "url", url);
 }
 
+/* The attached latency profile, the same way. */
+static json_t *profile_json(const store_model *m) {
+  if (!m->profile[0])
+    return json_null();
+  char url[80];
+  snprintf(url, sizeof url, "/v1/models/%s/profile", m->id);
+  return json_pack("{s:s, s:I, s:I, s:s}", "digest", m->profile, "layers",
+                   (json_int_t)m->profile_layers, "size",
+                   (json_int_t)m->profile_size, "url", url);
+}
+
 static json_t *model_json(const store_model *m) {
   char self[64];
   snprintf(self, sizeof self, "/v1/models/%s", m->id);
-  return json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "id",
-                   m->id, "name", text_json(m->name), "digest", m->digest,
-                   "format", m->format, "size", (json_int_t)m->size, "tensors",
-                   (json_int_t)m->tensors, "has_spec", m->has_spec,
-                   "calibration", calibration_json(m), "created_at",
-                   time_json(m->created_at), "url", self);
+  return json_pack(
+      "{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:o, s:o, s:s}", "id", m->id,
+      "name", text_json(m->name), "digest", m->digest, "format", m->format,
+      "size", (json_int_t)m->size, "tensors", (json_int_t)m->tensors,
+      "has_spec", m->has_spec, "calibration", calibration_json(m), "profile",
+      profile_json(m), "created_at", time_json(m->created_at), "url", self);
 }
 
 static void h_model_upload(http_req *r) {
@@ -244,13 +256,17 @@ static void h_model_get(http_req *r) {
 
 static void h_model_delete(http_req *r) {
   store *s = http_req_store(r);
-  char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN];
+  char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN],
+      profile[STORE_DIGEST_LEN];
   store_blob_lock(s);
-  int rc = store_model_delete(s, http_req_param(r, 0), digest, calibration);
+  int rc =
+      store_model_delete(s, http_req_param(r, 0), digest, calibration, profile);
   if (rc == DECOMP_OK)
     store_blob_gc(s, digest);
   if (rc == DECOMP_OK && calibration[0])
     store_blob_gc(s, calibration);
+  if (rc == DECOMP_OK && profile[0])
+    store_blob_gc(s, profile);
   store_blob_unlock(s);
   if (rc != DECOMP_OK)
     store_problem(r, rc);
@@ -523,6 +539,21 @@ static int model_layer_spec(store *s, const store_model *m, char **out) {
   return rc;
 }
 
+/* The 409 of an attachment PUT on a model with no layer spec to check it
+ * against yet. */
+static void no_spec_yet(http_req *r, const store_model *m, const char *what) {
+  /* A TorchScript model's spec is in its archive, which is read when a job
+   * runs (never in a request handler). */
+  http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                     "model %s has no layer spec to check a %s against yet: "
+                     "attach one first (PUT /v1/models/%s/spec)%s",
+                     m->id, what, m->id,
+                     is_torchscript(m)
+                         ? ", or run a job on it (the spec of its TorchScript "
+                           "archive is recorded when a job reads it)"
+                         : "");
+}
+
 /* PUT /v1/models/{id}/calibration: the body (streamed to a temp file and
  * hashed on the way, as uploads are) is checked against the model's layer
  * spec before it is stored, content-addressed, and attached in place of
@@ -556,18 +587,7 @@ static void h_model_calibration_put(http_req *r) {
     goto done;
   }
   if (!spec_text) {
-    /* A TorchScript model's spec is in its archive, which is read when a
-     * job runs (never in a request handler). */
-    http_reply_problem(r, DECOMP_ERR_CONFLICT,
-                       "model %s has no layer spec to check a calibration "
-                       "against yet: attach one first (PUT "
-                       "/v1/models/%s/spec)%s",
-                       m.id, m.id,
-                       is_torchscript(&m)
-                           ? ", or run a job on it (the spec of its "
-                             "TorchScript archive is recorded when a job "
-                             "reads it)"
-                           : "");
+    no_spec_yet(r, &m, "calibration");
     goto done;
   }
   if (!(ctx = decomp_ctx_new())) {
@@ -663,6 +683,140 @@ static void h_model_calibration_delete(http_req *r) {
   http_reply(r, 204, NULL, NULL, 0);
 }
 
+/* ---- latency profiles ------------------------------------------------- */
+
+/* PUT /v1/models/{id}/profile: the body, a decompd.profile JSON document
+ * (buffered up to max_json_bytes), is checked against the model's layer
+ * spec with decomp_profile_check before it is stored as it came, content-
+ * addressed, and attached in place of any profile before. */
+static void h_model_profile_put(http_req *r) {
+  store *s = http_req_store(r);
+  size_t len = 0;
+  const char *body = http_req_body(r, &len);
+  json_error_t jerr;
+  json_t *in = NULL;
+  decomp_ctx *ctx = NULL;
+  decomp_spec *spec = NULL;
+  store_upload *u = NULL;
+  char *spec_text = NULL, *text = NULL;
+  char digest[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN] = "";
+  size_t layers = 0;
+  store_model m;
+  int rc = store_model_get(s, http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if (len == 0) {
+    http_reply_problem(r, DECOMP_ERR_BAD_PROFILE, "profile: the body is empty");
+    goto done;
+  }
+  /* Valid JSON holds no NUL byte: the text the engine reads (up to the
+   * first NUL) is then the whole body that is stored. */
+  if (!(in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr))) {
+    http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
+                       jerr.line, jerr.column, jerr.text);
+    goto done;
+  }
+  if ((rc = model_layer_spec(s, &m, &spec_text)) != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  if (!spec_text) {
+    no_spec_yet(r, &m, "profile");
+    goto done;
+  }
+  if (!(ctx = decomp_ctx_new()) || !(text = strndup(body, len))) {
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
+      DECOMP_OK) {
+    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s", m.id,
+                       decomp_errmsg(ctx));
+    goto done;
+  }
+  if ((rc = decomp_profile_check(ctx, text, spec, &layers)) != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  if ((rc = store_upload_begin(s, &u)) != DECOMP_OK ||
+      (rc = store_upload_write(u, body, len)) != DECOMP_OK ||
+      (rc = store_upload_finish(u, digest)) != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  store_blob_lock(s);
+  rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = store_model_set_profile(s, m.id, digest, (int64_t)layers, (int64_t)len,
+                                 old);
+  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
+    store_blob_gc(s, old);
+  else if (rc != DECOMP_OK) /* deleted meanwhile: the blob is no one's */
+    store_blob_gc(s, digest);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    goto done;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=profile_attached model=%s digest=%s layers=%zu size=%zu "
+      "replaced=%s",
+      m.id, digest, layers, len, old[0] ? old : "none");
+  snprintf(m.profile, sizeof m.profile, "%s", digest);
+  m.profile_layers = (int64_t)layers;
+  m.profile_size = (int64_t)len;
+  char loc[80];
+  snprintf(loc, sizeof loc, "/v1/models/%s/profile", m.id);
+  http_reply_header(r, "Location", loc);
+  reply_json(r, 200, profile_json(&m));
+done:
+  json_decref(in);
+  if (spec)
+    decomp_spec_free(spec);
+  free(spec_text);
+  free(text);
+  decomp_ctx_free(ctx);
+  store_upload_free(u);
+}
+
+static void h_model_profile_get(http_req *r) {
+  store_model m;
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (!m.profile[0]) {
+    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
+                       "model %s has no profile (PUT /v1/models/%s/profile)",
+                       m.id, m.id);
+    return;
+  }
+  char fn[64];
+  snprintf(fn, sizeof fn, "%s.profile.json", m.id);
+  serve_blob(r, m.profile, JSON_TYPE, fn);
+}
+
+/* Detach: jobs submitted with it keep it (and its blob) as they are. */
+static void h_model_profile_delete(http_req *r) {
+  store *s = http_req_store(r);
+  char old[STORE_DIGEST_LEN];
+  store_blob_lock(s);
+  int rc = store_model_set_profile(s, http_req_param(r, 0), NULL, 0, 0, old);
+  if (rc == DECOMP_OK)
+    store_blob_gc(s, old);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=profile_detached model=%s digest=%s", http_req_param(r, 0), old);
+  http_reply(r, 204, NULL, NULL, 0);
+}
+
 /* ---- jobs ------------------------------------------------------------- */
 
 /* The job as the API shows it; NULL when a part could not be built (every
@@ -684,6 +838,9 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
   ok &= json_object_set_new(o, "calibration",
                             j->calibration[0] ? json_string(j->calibration)
                                               : json_null()) == 0;
+  ok &= json_object_set_new(o, "profile",
+                            j->profile[0] ? json_string(j->profile)
+                                          : json_null()) == 0;
   json_t *prog = json_object_get(o, "progress");
   if (j->state == STORE_JOB_RUNNING && j->current_layer[0])
     ok &= json_object_set_new(prog, "current",
@@ -806,6 +963,86 @@ static int job_calibration_check(http_req *r, decomp_ctx *ctx,
   return rc;
 }
 
+/* A job's profile (`digest`) checked against the layer spec it will run
+ * with, as job_calibration_check does for a calibration: read whole (it
+ * was accepted under max_json_bytes; a larger blob is not a profile). */
+static int job_profile_check(http_req *r, decomp_ctx *ctx, const store_model *m,
+                             const char *digest, const decomp_spec *spec) {
+  store *s = http_req_store(r);
+  decomp_spec *archive = NULL;
+  char *archive_text = NULL, *text = NULL;
+  int rc = store_blob_read(s, digest, http_req_config(r)->max_json_bytes, &text,
+                           NULL);
+  if (rc == DECOMP_ERR_NOT_FOUND) {
+    http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                       "profile %s is not attached to model %s (it has "
+                       "%s%s; attach it with PUT /v1/models/%s/profile)",
+                       digest, m->id, m->profile[0] ? "" : "none", m->profile,
+                       m->id);
+    return DECOMP_ERR_CONFLICT;
+  }
+  if (rc == DECOMP_ERR_TOO_LARGE) {
+    http_reply_problem(r, DECOMP_ERR_BAD_PROFILE,
+                       "profile: %s is not a decompd profile", digest);
+    return DECOMP_ERR_BAD_PROFILE;
+  }
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return rc;
+  }
+  if (!spec) {
+    rc = store_model_get_archive_spec(s, m->id, &archive_text);
+    if (rc == DECOMP_OK && archive_text &&
+        decomp_spec_parse(ctx, archive_text, strlen(archive_text), &archive) ==
+            DECOMP_OK)
+      spec = archive;
+    rc = DECOMP_OK;
+  }
+  if (spec && (rc = decomp_profile_check(ctx, text, spec, NULL)) != DECOMP_OK)
+    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+  free(text);
+  if (archive)
+    decomp_spec_free(archive);
+  free(archive_text);
+  return rc;
+}
+
+/* A job's "calibration" or "profile" field `v` into `out` (its digest, ""
+ * for none): true takes the model's attached one (`attached`; 409 when
+ * there is none), a digest names it (and must be the attached one for a
+ * new job: store_job_submit checks that where no replacement can slip in),
+ * false or null: none. */
+static bool job_attachment(http_req *r, const store_model *m, const char *what,
+                           const json_t *v, const char *attached,
+                           char out[STORE_DIGEST_LEN]) {
+  out[0] = '\0';
+  if (json_is_true(v)) {
+    if (!attached[0]) {
+      http_reply_problem(r, DECOMP_ERR_CONFLICT,
+                         "'%s': true, but model %s has no %s attached (PUT "
+                         "/v1/models/%s/%s)",
+                         what, m->id, what, m->id, what);
+      return false;
+    }
+    snprintf(out, STORE_DIGEST_LEN, "%s", attached);
+  } else if (json_is_string(v)) {
+    if (!store_digest_valid(json_string_value(v))) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "'%s' must be true or a digest "
+                         "\"sha256:<64 lowercase hex>\"",
+                         what);
+      return false;
+    }
+    snprintf(out, STORE_DIGEST_LEN, "%s", json_string_value(v));
+  } else if (v && !json_is_false(v) && !json_is_null(v)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "'%s' must be true, false or a digest \"sha256:…\"",
+                       what);
+    return false;
+  }
+  return true;
+}
+
 static void h_job_submit(http_req *r) {
   store *s = http_req_store(r);
   size_t len = 0;
@@ -833,10 +1070,10 @@ static void h_job_submit(http_req *r) {
   json_t *val;
   json_object_foreach(in, key, val) {
     if (strcmp(key, "model") && strcmp(key, "spec") && strcmp(key, "policy") &&
-        strcmp(key, "calibration")) {
+        strcmp(key, "calibration") && strcmp(key, "profile")) {
       http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                          "unknown field '%s' (expected model, spec, policy, "
-                         "calibration)",
+                         "calibration, profile)",
                          key);
       goto done;
     }
@@ -845,6 +1082,7 @@ static void h_job_submit(http_req *r) {
   json_t *js = json_object_get(in, "spec");
   json_t *jp = json_object_get(in, "policy");
   json_t *jc = json_object_get(in, "calibration");
+  json_t *jl = json_object_get(in, "profile");
   if (!json_is_string(jm)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "'model' must be a model id string");
@@ -882,34 +1120,10 @@ static void h_job_submit(http_req *r) {
                        "'policy' must be a policy name or object");
     goto done;
   }
-  /* "calibration": true takes the model's attached one, a digest names it
-   * (and must be the attached one for a new job: store_job_submit checks
-   * that where no replacement can slip in); false or null: none. */
-  if (json_is_true(jc)) {
-    if (!m.calibration[0]) {
-      http_reply_problem(r, DECOMP_ERR_CONFLICT,
-                         "'calibration': true, but model %s has no "
-                         "calibration attached (PUT "
-                         "/v1/models/%s/calibration)",
-                         m.id, m.id);
-      goto done;
-    }
-    snprintf(job.calibration, sizeof job.calibration, "%s", m.calibration);
-  } else if (json_is_string(jc)) {
-    if (!store_digest_valid(json_string_value(jc))) {
-      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
-                         "'calibration' must be true or a digest "
-                         "\"sha256:<64 lowercase hex>\"");
-      goto done;
-    }
-    snprintf(job.calibration, sizeof job.calibration, "%s",
-             json_string_value(jc));
-  } else if (jc && !json_is_false(jc) && !json_is_null(jc)) {
-    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
-                       "'calibration' must be true, false or a digest "
-                       "\"sha256:…\"");
+  if (!job_attachment(r, &m, "calibration", jc, m.calibration,
+                      job.calibration) ||
+      !job_attachment(r, &m, "profile", jl, m.profile, job.profile))
     goto done;
-  }
   /* A TorchScript model with no spec given nor attached: the worker takes
    * the layer spec from the archive (the job's spec is stored empty). */
   bool spec_from_archive = !js && !spec_text;
@@ -939,6 +1153,9 @@ static void h_job_submit(http_req *r) {
   if (job.calibration[0] &&
       job_calibration_check(r, ctx, &m, job.calibration, spec) != DECOMP_OK)
     goto done;
+  if (job.profile[0] &&
+      job_profile_check(r, ctx, &m, job.profile, spec) != DECOMP_OK)
+    goto done;
   static char no_spec[1] = "";
   spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
   pol_canon = decomp_policy_to_json(pol);
@@ -947,20 +1164,38 @@ static void h_job_submit(http_req *r) {
                        "could not encode the canonical spec and policy");
     goto done;
   }
+  /* A latency target needs the times it is measured in: said now rather
+   * than by a job that fails when it runs. */
+  if (!job.profile[0]) {
+    json_t *pc = json_loads(pol_canon, 0, NULL);
+    bool by_latency = json_object_get(pc, "latency_reduction") != NULL;
+    json_decref(pc);
+    if (by_latency) {
+      http_reply_problem(r, DECOMP_ERR_BAD_POLICY,
+                         "policy: latency_reduction needs a latency profile "
+                         "(PUT /v1/models/%s/profile, then submit with "
+                         "\"profile\": true)",
+                         m.id);
+      goto done;
+    }
+  }
   /* Identical input (model, canonical spec, canonical policy, the
-   * calibration's digest) is one job; without a calibration the key is
-   * what it was before calibrations existed. */
+   * calibration's and the profile's digests) is one job; without them the
+   * key is what it was before calibrations and profiles existed. A profile
+   * is its own "profile "-tagged line: a calibration line is a bare
+   * digest. */
   const char *spec_key = spec_canon ? spec_canon : no_spec;
   size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) +
-                strlen(job.calibration) + 4;
+                strlen(job.calibration) + strlen(job.profile) + 16;
   char *kin = malloc(klen);
   char key_hex[65];
   if (!kin) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  snprintf(kin, klen, "%s\n%s\n%s%s%s", m.id, spec_key, pol_canon,
-           job.calibration[0] ? "\n" : "", job.calibration);
+  snprintf(kin, klen, "%s\n%s\n%s%s%s%s%s", m.id, spec_key, pol_canon,
+           job.calibration[0] ? "\n" : "", job.calibration,
+           job.profile[0] ? "\nprofile " : "", job.profile);
   bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
   free(kin);
   if (!hashed) {
@@ -976,23 +1211,26 @@ static void h_job_submit(http_req *r) {
     job.spec = job.policy = NULL; /* still ours: freed below */
     if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
       http_reply_problem(r, rc, "model '%s': no such model", m.id);
-    else if (rc == DECOMP_ERR_CONFLICT)
+    else if (rc == DECOMP_ERR_CONFLICT) {
+      /* the store's message names which: "… not calibration sha256:…" */
+      const char *what =
+          strstr(store_errmsg(), "not profile ") ? "profile" : "calibration";
       http_reply_problem(r, rc,
-                         "%s (attach it again with PUT "
-                         "/v1/models/%s/calibration, or submit with "
-                         "\"calibration\": true)",
-                         store_errmsg(), m.id);
-    else
+                         "%s (attach it again with PUT /v1/models/%s/%s, or "
+                         "submit with \"%s\": true)",
+                         store_errmsg(), m.id, what, what);
+    } else
       store_problem(r, rc);
     goto done;
   }
   if (created)
     worker_pool_wake();
   LOG(LOG_INFO, "jobs", http_req_id(r),
-      "event=job_%s id=%s model=%s policy=%s calibration=%s",
+      "event=job_%s id=%s model=%s policy=%s calibration=%s profile=%s",
       created ? "queued" : "existing", job.id, m.id,
       log_q(decomp_policy_name(pol)),
-      job.calibration[0] ? job.calibration : "none");
+      job.calibration[0] ? job.calibration : "none",
+      job.profile[0] ? job.profile : "none");
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%s", job.id);
   http_reply_header(r, "Location", loc);
@@ -1310,8 +1548,15 @@ const http_route HTTP_ROUTES[] = {
     {"DELETE", "/v1/models/{id}/calibration", STORE_ROLE_SUBMIT,
      HTTP_BODY_NONE, h_model_calibration_delete,
      "detach a model's calibration"},
+    {"PUT", "/v1/models/{id}/profile", STORE_ROLE_SUBMIT, HTTP_BODY_JSON,
+     h_model_profile_put,
+     "attach a latency profile to a model (body: its JSON document)"},
+    {"GET", "/v1/models/{id}/profile", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_model_profile_get, "get a model's latency profile"},
+    {"DELETE", "/v1/models/{id}/profile", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,
+     h_model_profile_delete, "detach a model's latency profile"},
     {"POST", "/v1/jobs", STORE_ROLE_SUBMIT, HTTP_BODY_JSON, h_job_submit,
-     "submit a job {model, spec, policy, calibration}"},
+     "submit a job {model, spec, policy, calibration, profile}"},
     {"GET", "/v1/jobs", STORE_ROLE_READ, HTTP_BODY_NONE, h_jobs_list,
      "list jobs (?state=&limit=&cursor=)"},
     {"GET", "/v1/jobs/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_job_get,

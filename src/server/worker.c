@@ -2,7 +2,8 @@
  * store, repeat. The only server file that calls the engine's decomposition;
  * it tells the engine how many cores each run may use
  * (decomp_options.threads), and the engine sets BLAS to match, and hands it
- * the job's calibration (the blob its digest names, mapped).
+ * the job's calibration (the blob its digest names, mapped) and latency
+ * profile (its JSON text, read whole).
  *
  * A TorchScript model is read here, never in a request handler: loading it
  * runs code the archive carries, so decomp_torchscript_read runs the
@@ -311,6 +312,7 @@ static void run_job(worker_pool *p, store_job *job) {
   decomp_policy *pol = NULL;
   decomp_result *res = NULL;
   decomp_weights *cal = NULL;
+  char *profile = NULL;
   store_model m;
   char msg[1200] = "";
   char path[4200];
@@ -318,8 +320,10 @@ static void run_job(worker_pool *p, store_job *job) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   LOG(LOG_INFO, "worker", job->id,
-      "event=job_start model=%s attempt=%d calibration=%s", job->model_id,
-      job->attempts, job->calibration[0] ? job->calibration : "none");
+      "event=job_start model=%s attempt=%d calibration=%s profile=%s",
+      job->model_id, job->attempts,
+      job->calibration[0] ? job->calibration : "none",
+      job->profile[0] ? job->profile : "none");
   if (!ctx) {
     rc = DECOMP_ERR_NOMEM;
     snprintf(msg, sizeof msg, "out of memory");
@@ -358,6 +362,17 @@ static void run_job(worker_pool *p, store_job *job) {
       goto done;
     }
   }
+  /* The job's profile, the same way: the engine checks it against the spec
+   * before any work. Accepted by PUT under max_json_bytes (16 MiB by
+   * default); this bound only keeps a worker from reading any blob whole. */
+  if (job->profile[0] &&
+      (rc = store_blob_read(s, job->profile, (int64_t)1 << 30, &profile,
+                            NULL)) != DECOMP_OK) {
+    snprintf(msg, sizeof msg, "profile %s: %s", job->profile, store_errmsg());
+    if (rc == DECOMP_ERR_TOO_LARGE)
+      rc = DECOMP_ERR_BAD_PROFILE;
+    goto done;
+  }
   decomp_options opts = {0};
   opts.progress = on_progress;
   opts.progress_user = &r;
@@ -371,6 +386,8 @@ static void run_job(worker_pool *p, store_job *job) {
   opts.record_spectra = true;
   opts.calibration = cal;
   opts.calibration_digest = cal ? job->calibration : NULL;
+  opts.profile = profile;
+  opts.profile_digest = profile ? job->profile : NULL;
   rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
   if (rc != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
@@ -418,6 +435,7 @@ done:
   if (spec)
     decomp_spec_free(spec);
   decomp_weights_free(cal);
+  free(profile);
   decomp_weights_free(w);
   decomp_ctx_free(ctx);
 }

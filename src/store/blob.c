@@ -254,6 +254,45 @@ int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   return DECOMP_OK;
 }
 
+int store_blob_read(store *s, const char *digest, int64_t max, char **out,
+                    size_t *len) {
+  *out = NULL;
+  int fd;
+  int64_t size;
+  int rc = store_blob_open(s, digest, &fd, &size);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (size > max) {
+    close(fd);
+    return store_fail(DECOMP_ERR_TOO_LARGE, "blob %s is %lld bytes, over %lld",
+                      digest, (long long)size, (long long)max);
+  }
+  char *buf = malloc((size_t)size + 1);
+  size_t got = 0;
+  if (!buf)
+    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  while (rc == DECOMP_OK && got < (size_t)size) {
+    ssize_t n = read(fd, buf + got, (size_t)size - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      rc = store_fail(DECOMP_ERR_IO, "blob %s: %s", digest,
+                      n < 0 ? strerror(errno) : "shorter than it was");
+    else
+      got += (size_t)n;
+  }
+  close(fd);
+  if (rc != DECOMP_OK) {
+    free(buf);
+    return rc;
+  }
+  buf[got] = '\0';
+  *out = buf;
+  if (len)
+    *len = got;
+  return DECOMP_OK;
+}
+
 /* Rename `tmp` (complete and fsynced) to the blob of `digest`. */
 static int blob_place(store *s, const char *tmp, const char *digest) {
   char dir[STORE_PATH_MAX + 8], path[STORE_PATH_MAX + 80];

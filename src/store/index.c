@@ -501,6 +501,8 @@ int store_blob_gc(store *s, const char *digest) {
                  "SELECT EXISTS(SELECT 1 FROM models WHERE digest=?1) OR "
                  "EXISTS(SELECT 1 FROM models WHERE calibration=?1) OR "
                  "EXISTS(SELECT 1 FROM jobs WHERE calibration=?1) OR "
+                 "EXISTS(SELECT 1 FROM models WHERE profile=?1) OR "
+                 "EXISTS(SELECT 1 FROM jobs WHERE profile=?1) OR "
                  "EXISTS(SELECT 1 FROM artifacts WHERE digest=?1)",
                  "s", digest);
   int used = 1;
@@ -552,8 +554,10 @@ static int write_with_reserve(store *s, int (*tx)(store *, void *),
 
 #define MODEL_COLS "id, digest, name, format, size, tensors, created_at"
 #define MODEL_READ_COLS                                                        \
-  MODEL_COLS ", spec IS NOT NULL, calibration, "                               \
-             "COALESCE(calibration_layers, 0), COALESCE(calibration_size, 0)"
+  MODEL_COLS                                                                   \
+      ", spec IS NOT NULL, calibration, "                                      \
+      "COALESCE(calibration_layers, 0), COALESCE(calibration_size, 0), "       \
+      "profile, COALESCE(profile_layers, 0), COALESCE(profile_size, 0)"
 
 static void model_row(sqlite3_stmt *st, store_model *m) {
   col_copy(st, 0, m->id, sizeof m->id);
@@ -567,6 +571,9 @@ static void model_row(sqlite3_stmt *st, store_model *m) {
   col_copy(st, 8, m->calibration, sizeof m->calibration);
   m->calibration_layers = sqlite3_column_int64(st, 9);
   m->calibration_size = sqlite3_column_int64(st, 10);
+  col_copy(st, 11, m->profile, sizeof m->profile);
+  m->profile_layers = sqlite3_column_int64(st, 12);
+  m->profile_size = sqlite3_column_int64(st, 13);
 }
 
 int store_model_put(store *s, store_model *m, bool *created) {
@@ -660,27 +667,29 @@ int store_model_list(store *s, store_model **out, size_t *n) {
 
 struct model_delete {
   const char *id;
-  char *digest, *calibration;
+  char *digest, *calibration, *profile;
 };
 
 static int model_delete_tx(store *s, void *arg) {
   const char *id = ((struct model_delete *)arg)->id;
   char *digest = ((struct model_delete *)arg)->digest;
   char *calibration = ((struct model_delete *)arg)->calibration;
+  char *profile = ((struct model_delete *)arg)->profile;
   int rc = wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
   sqlite3_stmt *st = NULL;
   rc = prepf(s->w, &st,
              "SELECT digest, (SELECT COUNT(*) FROM jobs WHERE model_id=?1 AND "
-             "state IN ('queued','running')), calibration FROM models "
-             "WHERE id=?1",
+             "state IN ('queued','running')), calibration, profile FROM "
+             "models WHERE id=?1",
              "s", id);
   if (rc == DECOMP_OK) {
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW) {
       col_copy(st, 0, digest, STORE_DIGEST_LEN);
       col_copy(st, 2, calibration, STORE_DIGEST_LEN);
+      col_copy(st, 3, profile, STORE_DIGEST_LEN);
       if (sqlite3_column_int64(st, 1) > 0)
         rc = store_fail(DECOMP_ERR_CONFLICT,
                         "model %s is used by a queued or running job", id);
@@ -697,9 +706,10 @@ static int model_delete_tx(store *s, void *arg) {
 }
 
 int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN]) {
-  digest[0] = calibration[0] = '\0';
-  struct model_delete a = {id, digest, calibration};
+                       char calibration[STORE_DIGEST_LEN],
+                       char profile[STORE_DIGEST_LEN]) {
+  digest[0] = calibration[0] = profile[0] = '\0';
+  struct model_delete a = {id, digest, calibration, profile};
   return write_with_reserve(s, model_delete_tx, &a);
 }
 
@@ -752,7 +762,33 @@ int store_model_set_archive_spec(store *s, const char *id, const char *spec) {
   return wend(s, rc);
 }
 
-int store_model_set_calibration(store *s, const char *id, const char *digest,
+/* The SQL of one kind of model attachment (a blob with its layers and
+ * size, in columns named after it); `what` names it in messages. */
+struct attachment_sql {
+  const char *what, *select, *set, *clear;
+  const char *submit; /* (model id, request key) → (attached digest or '',
+                         whether that job exists) */
+};
+
+static const struct attachment_sql CALIBRATION_SQL = {
+    "calibration", "SELECT calibration FROM models WHERE id=?",
+    "UPDATE models SET calibration=?, calibration_layers=?, "
+    "calibration_size=? WHERE id=?",
+    "UPDATE models SET calibration=NULL, calibration_layers=NULL, "
+    "calibration_size=NULL WHERE id=?",
+    "SELECT COALESCE((SELECT calibration FROM models WHERE id=?1), ''), "
+    "EXISTS(SELECT 1 FROM jobs WHERE request_key=?2)"};
+
+static const struct attachment_sql PROFILE_SQL = {
+    "profile", "SELECT profile FROM models WHERE id=?",
+    "UPDATE models SET profile=?, profile_layers=?, profile_size=? WHERE id=?",
+    "UPDATE models SET profile=NULL, profile_layers=NULL, profile_size=NULL "
+    "WHERE id=?",
+    "SELECT COALESCE((SELECT profile FROM models WHERE id=?1), ''), "
+    "EXISTS(SELECT 1 FROM jobs WHERE request_key=?2)"};
+
+static int model_set_attachment(store *s, const struct attachment_sql *q,
+                                const char *id, const char *digest,
                                 int64_t layers, int64_t size,
                                 char old[STORE_DIGEST_LEN]) {
   old[0] = '\0';
@@ -760,7 +796,7 @@ int store_model_set_calibration(store *s, const char *id, const char *digest,
   if (rc != DECOMP_OK)
     return rc;
   sqlite3_stmt *st = NULL;
-  rc = prepf(s->w, &st, "SELECT calibration FROM models WHERE id=?", "s", id);
+  rc = prepf(s->w, &st, q->select, "s", id);
   if (rc == DECOMP_OK) {
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW)
@@ -768,25 +804,31 @@ int store_model_set_calibration(store *s, const char *id, const char *digest,
     else if (r == SQLITE_DONE)
       rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", id);
     else
-      rc = db_fail(s->w, "model calibration");
+      rc = db_fail(s->w, q->what);
     sdone(s, st);
   }
   if (rc == DECOMP_OK && !digest && !old[0])
-    rc = store_fail(DECOMP_ERR_NOT_FOUND, "model %s has no calibration", id);
+    rc = store_fail(DECOMP_ERR_NOT_FOUND, "model %s has no %s", id, q->what);
   if (rc == DECOMP_OK)
-    rc = digest ? EXEC(s->w, NULL,
-                       "UPDATE models SET calibration=?, calibration_layers=?, "
-                       "calibration_size=? WHERE id=?",
-                       "siis", digest, layers, size, id)
-                : EXEC(s->w, NULL,
-                       "UPDATE models SET calibration=NULL, "
-                       "calibration_layers=NULL, calibration_size=NULL "
-                       "WHERE id=?",
-                       "s", id);
+    rc = digest ? EXEC(s->w, NULL, q->set, "siis", digest, layers, size, id)
+                : EXEC(s->w, NULL, q->clear, "s", id);
   rc = wend(s, rc);
   if (rc != DECOMP_OK)
     old[0] = '\0';
   return rc;
+}
+
+int store_model_set_calibration(store *s, const char *id, const char *digest,
+                                int64_t layers, int64_t size,
+                                char old[STORE_DIGEST_LEN]) {
+  return model_set_attachment(s, &CALIBRATION_SQL, id, digest, layers, size,
+                              old);
+}
+
+int store_model_set_profile(store *s, const char *id, const char *digest,
+                            int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]) {
+  return model_set_attachment(s, &PROFILE_SQL, id, digest, layers, size, old);
 }
 
 /* ---- artifacts -------------------------------------------------------- */
@@ -1001,7 +1043,7 @@ void store_job_clear(store_job *j) {
   "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
   "layers_done, error_code, error_message, created_at, "                       \
   "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
-  "current_step, COALESCE(current_fraction, 0), calibration"
+  "current_step, COALESCE(current_fraction, 0), calibration, profile"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
@@ -1023,9 +1065,10 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
   col_copy(st, 14, j->current_step, sizeof j->current_step);
   j->current_fraction = sqlite3_column_double(st, 15);
   col_copy(st, 16, j->calibration, sizeof j->calibration);
+  col_copy(st, 17, j->profile, sizeof j->profile);
   if (with_spec) {
-    j->spec = col_dup(st, 17);
-    j->policy = col_dup(st, 18);
+    j->spec = col_dup(st, 18);
+    j->policy = col_dup(st, 19);
   }
 }
 
@@ -1043,6 +1086,32 @@ static int job_read(store *s, sqlite3 *db, const char *sql, const char *key,
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "no job %s", key);
   else
     rc = db_fail(db, "job");
+  sdone(s, st);
+  return rc;
+}
+
+/* Inside store_job_submit's transaction: unless a job with `request_key`
+ * exists, `digest` must be the model's attached one of kind `q`. */
+static int job_attachment_check(store *s, const struct attachment_sql *q,
+                                const char *model_id, const char *request_key,
+                                const char *digest) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepf(s->w, &st, q->submit, "ss", model_id, request_key);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    rc = db_fail(s->w, q->what);
+  } else if (sqlite3_column_int(st, 1) == 0) {
+    const char *now = (const char *)sqlite3_column_text(st, 0);
+    if (!now || !now[0])
+      rc = store_fail(DECOMP_ERR_CONFLICT,
+                      "model %s has no %s attached, not %s %s", model_id,
+                      q->what, q->what, digest);
+    else if (strcmp(now, digest) != 0)
+      rc = store_fail(DECOMP_ERR_CONFLICT,
+                      "model %s has %s %s attached, not %s %s", model_id,
+                      q->what, now, q->what, digest);
+  }
   sdone(s, st);
   return rc;
 }
@@ -1068,37 +1137,25 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
       rc = store_fail(DECOMP_ERR_NOT_FOUND, "no model %s", j->model_id);
     sdone(s, st);
   }
-  /* So must its calibration, for a new job: attached to the model now (a
-   * replacement landing just before would have collected its blob; once
-   * the row is in, the row keeps it). An existing job is returned as it
-   * is, whatever the model has attached since. */
-  if (rc == DECOMP_OK && j->calibration[0]) {
-    rc = prepf(s->w, &st,
-               "SELECT COALESCE((SELECT calibration FROM models WHERE id=?1), "
-               "''), EXISTS(SELECT 1 FROM jobs WHERE request_key=?2)",
-               "ss", j->model_id, request_key);
-    if (rc == DECOMP_OK) {
-      if (sqlite3_step(st) != SQLITE_ROW) {
-        rc = db_fail(s->w, "job calibration");
-      } else if (sqlite3_column_int(st, 1) == 0) {
-        const char *now = (const char *)sqlite3_column_text(st, 0);
-        if (!now || strcmp(now, j->calibration) != 0)
-          rc = store_fail(DECOMP_ERR_CONFLICT,
-                          "model %s has %s%s attached, not calibration %s",
-                          j->model_id, now && now[0] ? "calibration " : "",
-                          now && now[0] ? now : "no calibration",
-                          j->calibration);
-      }
-      sdone(s, st);
-    }
-  }
+  /* So must its calibration and its profile, for a new job: attached to
+   * the model now (a replacement landing just before would have collected
+   * its blob; once the row is in, the row keeps it). An existing job is
+   * returned as it is, whatever the model has attached since. */
+  if (rc == DECOMP_OK && j->calibration[0])
+    rc = job_attachment_check(s, &CALIBRATION_SQL, j->model_id, request_key,
+                              j->calibration);
+  if (rc == DECOMP_OK && j->profile[0])
+    rc = job_attachment_check(s, &PROFILE_SQL, j->model_id, request_key,
+                              j->profile);
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, &n,
               "INSERT INTO jobs (id, model_id, request_key, spec, policy, "
-              "calibration, state, created_at) VALUES (?,?,?,?,?,?,'queued',?) "
+              "calibration, profile, state, created_at) "
+              "VALUES (?,?,?,?,?,?,?,'queued',?) "
               "ON CONFLICT (request_key) DO NOTHING",
-              "ssssssi", id, j->model_id, request_key, j->spec, j->policy,
-              j->calibration[0] ? j->calibration : NULL, store_now_ms());
+              "sssssssi", id, j->model_id, request_key, j->spec, j->policy,
+              j->calibration[0] ? j->calibration : NULL,
+              j->profile[0] ? j->profile : NULL, store_now_ms());
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
@@ -1472,7 +1529,7 @@ static int job_delete_tx(store *s, void *arg) {
     return rc;
   store_job j;
   char(*v)[STORE_DIGEST_LEN] = NULL;
-  char calibration[STORE_DIGEST_LEN] = "";
+  char calibration[STORE_DIGEST_LEN] = "", profile[STORE_DIGEST_LEN] = "";
   size_t cnt = 0;
   rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                 &j);
@@ -1481,6 +1538,7 @@ static int job_delete_tx(store *s, void *arg) {
       rc = store_fail(DECOMP_ERR_CONFLICT, "job %s is %s; cancel it first", id,
                       store_job_state_name(j.state));
     memcpy(calibration, j.calibration, sizeof calibration);
+    memcpy(profile, j.profile, sizeof profile);
     store_job_clear(&j);
   }
   if (rc == DECOMP_OK) {
@@ -1488,14 +1546,16 @@ static int job_delete_tx(store *s, void *arg) {
     rc = prepf(s->w, &st, "SELECT digest FROM artifacts WHERE job_id=?", "s",
                id);
     if (rc == DECOMP_OK) {
-      v = calloc(9, sizeof *v); /* the artifacts, then the calibration */
+      v = calloc(10, sizeof *v); /* the artifacts, calibration, profile */
       while (v && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
         col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
       sdone(s, st);
       if (!v)
         rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
-      else if (calibration[0])
+      if (v && calibration[0])
         memcpy(v[cnt++], calibration, STORE_DIGEST_LEN);
+      if (v && profile[0])
+        memcpy(v[cnt++], profile, STORE_DIGEST_LEN);
     }
   }
   if (rc == DECOMP_OK)

@@ -36,6 +36,7 @@ typedef struct store_job {
   char *spec;               /* owned; canonical spec JSON (with spec) */
   char *policy;             /* owned; canonical policy JSON (with spec) */
   char calibration[STORE_DIGEST_LEN]; /* the calibration's digest, "" none */
+  char profile[STORE_DIGEST_LEN];     /* the latency profile's, "" none */
   int64_t created_at, started_at, finished_at; /* Unix ms; 0 = not yet */
   char current_layer[256];  /* the layer under way, or "" (running jobs) */
   char current_step[16];    /* "spectrum" or "factors" */
@@ -58,8 +59,9 @@ typedef struct store_job_layer {
  * `j->policy` are borrowed on input and replaced by owned copies. For a new
  * job, checked in the same transaction (so that no delete or replacement
  * slips in between): DECOMP_ERR_NOT_FOUND when model `j->model_id` does not
- * exist, DECOMP_ERR_CONFLICT when `j->calibration` is set and is not the
- * model's attached calibration (the job's row then keeps that blob). */
+ * exist, DECOMP_ERR_CONFLICT when `j->calibration` (or `j->profile`) is
+ * set and is not the model's attached calibration (profile); the job's row
+ * then keeps those blobs. */
 int store_job_submit(store *s, const char *request_key, store_job *j,
                      bool *created);
 /* `with_spec`: also load spec and policy texts. */
@@ -111,9 +113,9 @@ int store_job_cancel(store *s, const char *id, store_job *out);
  * the row after the change. */
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 /* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
- * while queued or running. The artifacts' digests, and its calibration's,
- * are returned (*digests, free()) for store_blob_gc(). Works on a full
- * disk, as store_model_delete does. */
+ * while queued or running. The artifacts' digests, and its calibration's and
+ * profile's, are returned (*digests, free()) for store_blob_gc(). Works on a
+ * full disk, as store_model_delete does. */
 int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
                      size_t *n);
 

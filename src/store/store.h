@@ -91,11 +91,18 @@ int store_blob_place_file(store *s, const char *path, const char *digest);
 
 /* Open a blob read-only (O_CLOEXEC); *size its length. */
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);
+/* Read a whole blob of at most `max` bytes into memory (*out malloc'd,
+ * NUL-terminated, *len its length; `len` may be NULL), for small blobs the
+ * server reads itself (a latency profile). DECOMP_ERR_NOT_FOUND when there
+ * is no such blob, DECOMP_ERR_TOO_LARGE when it is longer than `max`. */
+int store_blob_read(store *s, const char *digest, int64_t max, char **out,
+                    size_t *len);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
-/* Remove the blob when no model (its weights or its calibration), job (its
- * calibration) or artifact row refers to it any more (and then remake the
- * reserve, if a delete used it). Call with store_blob_lock() held. */
+/* Remove the blob when no model (its weights, calibration or profile), job
+ * (its calibration or profile) or artifact row refers to it any more (and
+ * then remake the reserve, if a delete used it). Call with store_blob_lock()
+ * held. */
 int store_blob_gc(store *s, const char *digest);
 /* Serialises "blob exists + row refers to it" against garbage collection. */
 void store_blob_lock(store *s);
@@ -120,6 +127,10 @@ typedef struct store_model {
   char calibration[STORE_DIGEST_LEN];
   int64_t calibration_layers;
   int64_t calibration_size;
+  /* The attached latency profile (store_model_set_profile), the same way. */
+  char profile[STORE_DIGEST_LEN];
+  int64_t profile_layers;
+  int64_t profile_size;
 } store_model;
 
 /* Insert a model for `m->digest` unless one exists: *created says which; `m`
@@ -130,13 +141,14 @@ int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
 int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
- * it. `digest` gets its weights' digest and `calibration` its attached
- * calibration's ("" when none): the caller collects both blobs with
- * store_blob_gc(). On a full disk it still works: the owner keeps a reserve
- * (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it needs the
- * room, and that the next collected blob gives back. */
+ * it. `digest` gets its weights' digest, `calibration` and `profile` its
+ * attached calibration's and profile's ("" when none): the caller collects
+ * those blobs with store_blob_gc(). On a full disk it still works: the owner
+ * keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it
+ * needs the room, and that the next collected blob gives back. */
 int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN]);
+                       char calibration[STORE_DIGEST_LEN],
+                       char profile[STORE_DIGEST_LEN]);
 
 /* Attach a layer spec (canonical JSON) to a model, replacing any;
  * DECOMP_ERR_NOT_FOUND when there is no such model. */
@@ -163,6 +175,11 @@ int store_model_get_archive_spec(store *s, const char *id, char **spec);
 int store_model_set_calibration(store *s, const char *id, const char *digest,
                                 int64_t layers, int64_t size,
                                 char old[STORE_DIGEST_LEN]);
+/* The same for a latency profile (a JSON blob): attach `digest` with the
+ * layers it covers and its size, or detach it (`digest` NULL). */
+int store_model_set_profile(store *s, const char *id, const char *digest,
+                            int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]);
 
 /* ---- artifacts -------------------------------------------------------- */
 

@@ -390,3 +390,77 @@ def test_a_weight_file_is_not_a_calibration(calibrated):
             "--out", d / "out", "--calibration", d / "w.pth", check=3)
     assert "not a decompd calibration" in p.stderr, p.stderr
     assert not (d / "out").exists()
+
+
+# --- latency profile -----------------------------------------------------------
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fast = nn.Conv2d(16, 16, 3, padding=1)
+        self.slow = nn.Conv2d(16, 16, 3, padding=1)
+
+
+def pair_profile():
+    """`fast` (10 ms) gets faster with every candidate at low rank; every
+    candidate of `slow` (1 ms) is slower than the layer itself."""
+    def layer(time, chan, spat):
+        return {"type": "Conv2d", "weight_shape": [16, 16, 3, 3], "time": time,
+                "candidates": [
+                    {"method": "channel_svd", "ranks": [1, 8, 16], "times": chan},
+                    {"method": "spatial_svd", "order": "vertical_first",
+                     "ranks": [1, 24, 48], "times": spat}]}
+    return {"format": "decompd.profile", "version": 1, "device_name": "test cpu",
+            "dtype": "float32", "input_shape": [8, 16, 32, 32],
+            "layers": {"fast": layer(0.010, [0.001, 0.004, 0.012], [0.002, 0.006, 0.014]),
+                       "slow": layer(0.001, [0.002, 0.005, 0.009], [0.003, 0.01, 0.02])}}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    torch.manual_seed(0)
+    net = Pair()
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    spec = {"layers": [conv_spec("fast", net.fast), conv_spec("slow", net.slow)]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return tmp_path
+
+
+def test_profile_leaves_the_slower_layer_alone_and_records_latencies(pair):
+    d = pair
+    (d / "profile.json").write_text(json.dumps(pair_profile()))
+    run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+        "--out", d / "out", "--policy", '{"name": "fixed", "rank": 4}',
+        "--profile", d / "profile.json", check=0)
+    info = json.loads((d / "out" / "decompose_info.json").read_text())
+    import hashlib
+    digest = "sha256:" + hashlib.sha256((d / "profile.json").read_bytes()).hexdigest()
+    assert info["profile"]["digest"] == digest
+    assert info["profile"]["device_name"] == "test cpu"
+    assert [l["name"] for l in info["layers"]] == ["fast"]
+    assert "max_slowdown" in {s["name"]: s["reason"] for s in info["skipped"]}["slow"]
+    st = info["layers"][0]["stats"]
+    assert st["latency_before"] == pytest.approx(0.010)
+    assert 0 < st["latency_after"] < 0.010
+    assert info["summary"]["latency_before"] == pytest.approx(0.011)
+    assert info["summary"]["latency_after"] == pytest.approx(st["latency_after"] + 0.001)
+    # without the profile the same policy decomposes both
+    run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+        "--out", d / "plain", "--policy", '{"name": "fixed", "rank": 4}', check=0)
+    plain = json.loads((d / "plain" / "decompose_info.json").read_text())
+    assert sorted(l["name"] for l in plain["layers"]) == ["fast", "slow"]
+
+
+def test_a_bad_profile_exits_3_naming_the_layer_and_leaves_nothing(pair):
+    d = pair
+    for edit, needle in (
+            (lambda p: p["layers"].update(ghost=p["layers"].pop("slow")), "ghost"),
+            (lambda p: p["layers"]["fast"].update(time=-1), "layer fast"),
+            (lambda p: p["layers"]["slow"].update(candidates=[]), "layer slow")):
+        prof = pair_profile()
+        edit(prof)
+        (d / "profile.json").write_text(json.dumps(prof))
+        p = run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+                "--out", d / "out", "--profile", d / "profile.json", check=3)
+        assert "profile" in p.stderr and needle in p.stderr, p.stderr
+        assert not (d / "out").exists()

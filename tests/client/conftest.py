@@ -25,6 +25,7 @@ _harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_harness)
 Daemon = _harness.Daemon
 calibration_bytes = _harness.calibration_bytes
+latency_profile = _harness.latency_profile
 
 # The daemon's workers and the in-process engine use the same BLAS thread
 # count (see test_identity.py): one each.

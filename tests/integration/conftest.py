@@ -214,6 +214,44 @@ def calibration_bytes(grams, layers=None, meta=None, dtype="<f8"):
     return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
+def latency_profile(spec, slow=(), device="test cpu"):
+    """A decompd.profile document for the Conv2d (groups 1) and Linear
+    layers of `spec`, made here from their shapes: each layer takes 10 ms
+    and every candidate is faster at low rank (channel_svd / svd at ranks
+    1, max/2, max: 1, 4, 12 ms; spatial_svd vertical-first at 1, max/2,
+    max: 2, 6, 14 ms); a layer named in `slow` takes 1 ms and every
+    candidate is slower than that (2, 5, 9 and 3, 10, 20 ms)."""
+    layers = {}
+    for l in spec["layers"]:
+        if l["type"] == "Linear":
+            shape = [l["out_features"], l["in_features"]]
+            cands = [("svd", None, min(shape))]
+        else:
+            kh, kw = l["kernel_size"]
+            i, o = l["in_channels"], l["out_channels"]
+            shape = [o, i, kh, kw]
+            cands = [("channel_svd", None, min(o, i * kh * kw))]
+            if kh > 1 and kw > 1:
+                cands.append(("spatial_svd", "vertical_first", min(i * kh, o * kw)))
+        is_slow = l["name"] in slow
+        entry = {"type": l["type"], "weight_shape": shape,
+                 "time": 0.001 if is_slow else 0.010, "candidates": []}
+        for method, order, top in cands:
+            spatial = method == "spatial_svd"
+            times = ([0.003, 0.01, 0.02] if spatial else [0.002, 0.005, 0.009]) \
+                if is_slow else \
+                ([0.002, 0.006, 0.014] if spatial else [0.001, 0.004, 0.012])
+            c = {"method": method, "ranks": [1, max(2, top // 2), top],
+                 "times": times}
+            if order:
+                c["order"] = order
+            entry["candidates"].append(c)
+        layers[l["name"]] = entry
+    return {"format": "decompd.profile", "version": 1, "device_name": device,
+            "torch_version": "2.x", "dtype": "float32",
+            "input_shape": [8, 16, 32, 32], "layers": layers}
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -170,19 +170,20 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.spec = "{}";
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
+      prof[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
                    DECOMP_ERR_CONFLICT);
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
   ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
   store_job_clear(&c);
   store_job_clear(&j);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 1);
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib),
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
                    DECOMP_ERR_NOT_FOUND);
   /* no job is queued on a model that is gone */
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
@@ -190,6 +191,136 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key2", &j, &created),
                    DECOMP_ERR_NOT_FOUND);
+  store_close(s);
+}
+END_TEST
+
+/* store_blob_read gives a small blob whole, NUL-terminated, and refuses
+ * one over its bound or one that is not there. */
+START_TEST(blob_read_is_bounded) {
+  store *s = open_owner(NULL);
+  char digest[STORE_DIGEST_LEN];
+  put_blob(s, "{\"format\": \"decompd.profile\"}", digest);
+  char *text = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(store_blob_read(s, digest, 64, &text, &len), DECOMP_OK);
+  ck_assert_str_eq(text, "{\"format\": \"decompd.profile\"}");
+  ck_assert_uint_eq(len, strlen(text));
+  free(text);
+  ck_assert_int_eq(store_blob_read(s, digest, 28, &text, NULL),
+                   DECOMP_ERR_TOO_LARGE);
+  ck_assert_ptr_null(text);
+  ck_assert_int_eq(store_blob_read(s, digest, 29, &text, NULL), DECOMP_OK);
+  free(text);
+  ck_assert_int_eq(store_blob_read(s,
+                                   "sha256:"
+                                   "0000000000000000000000000000000000000000"
+                                   "000000000000000000000000",
+                                   64, &text, NULL),
+                   DECOMP_ERR_NOT_FOUND);
+  ck_assert_ptr_null(text);
+  store_close(s);
+}
+END_TEST
+
+/* A latency profile is attached the way a calibration is, beside it: a job
+ * naming it keeps its blob through a replace, a detach and the model's
+ * delete; a job's profile must be the model's attached one when the job is
+ * new; the job's delete hands back its calibration and its profile. */
+START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
+  store *s = open_owner(NULL);
+  store_model m = {0}, got;
+  bool created;
+  char cal[STORE_DIGEST_LEN], p1[STORE_DIGEST_LEN], p2[STORE_DIGEST_LEN],
+      old[STORE_DIGEST_LEN];
+  put_blob(s, "weights", m.digest);
+  snprintf(m.format, sizeof m.format, "pth");
+  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_str_eq(m.profile, "");
+  ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
+                   DECOMP_ERR_NOT_FOUND); /* none to detach */
+  put_blob(s, "{\"profile\": 1}", p1);
+  put_blob(s, "gram", cal);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
+  ck_assert_str_eq(old, "");
+  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal, 1, 4, old),
+                   DECOMP_OK);
+  ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
+  ck_assert_str_eq(got.profile, p1);
+  ck_assert_int_eq(got.profile_layers, 3);
+  ck_assert_int_eq(got.profile_size, 14);
+  ck_assert_str_eq(got.calibration, cal); /* two attachments, apart */
+  ck_assert_int_eq(store_model_set_profile(s, "m_nope", p1, 3, 14, old),
+                   DECOMP_ERR_NOT_FOUND);
+
+  /* a job with the profile and the calibration */
+  store_job j = {0};
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  snprintf(j.profile, sizeof j.profile, "%s", p1);
+  snprintf(j.calibration, sizeof j.calibration, "%s", cal);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "kp1", &j, &created), DECOMP_OK);
+  ck_assert(created);
+  ck_assert_str_eq(j.profile, p1);
+  ck_assert_str_eq(j.calibration, cal);
+  char job1[24];
+  snprintf(job1, sizeof job1, "%s", j.id);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_get(s, job1, false, &j), DECOMP_OK);
+  ck_assert_str_eq(j.profile, p1);
+  store_job_clear(&j);
+
+  /* replaced: the job keeps p1; a new job naming p1 is a conflict */
+  put_blob(s, "{\"profile\": 2}", p2);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p2, 1, 14, old), DECOMP_OK);
+  ck_assert_str_eq(old, p1);
+  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 4);
+  memset(&j, 0, sizeof j);
+  snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
+  snprintf(j.profile, sizeof j.profile, "%s", p1);
+  j.spec = "{}";
+  j.policy = "{}";
+  ck_assert_int_eq(store_job_submit(s, "kp1-other", &j, &created),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "profile"));
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), p2));
+  /* detached: a new job naming any profile is a conflict */
+  ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
+                   DECOMP_OK);
+  ck_assert_str_eq(old, p2);
+  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 3); /* p2 was no job's */
+  snprintf(j.profile, sizeof j.profile, "%s", p2);
+  ck_assert_int_eq(store_job_submit(s, "kp2", &j, &created),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "no profile"));
+
+  /* the model's delete, then the job's: the job hands back both */
+  store_job c;
+  ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
+  store_job_clear(&c);
+  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
+  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
+      prof[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
+  ck_assert_str_eq(prof, p1);
+  ck_assert_str_eq(calib, cal);
+  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, prof), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), 2); /* the job's p1 and cal */
+  char(*dg)[STORE_DIGEST_LEN] = NULL;
+  size_t nd = 0;
+  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
+  ck_assert_uint_eq(nd, 2);
+  ck_assert_str_eq(dg[0], cal);
+  ck_assert_str_eq(dg[1], p1);
+  for (size_t i = 0; i < nd; i++)
+    ck_assert_int_eq(store_blob_gc(s, dg[i]), DECOMP_OK);
+  free(dg);
+  ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
 END_TEST
@@ -255,9 +386,11 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib), DECOMP_OK);
+  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
+      prof[STORE_DIGEST_LEN];
+  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
   ck_assert_str_eq(calib, cal2);
+  ck_assert_str_eq(prof, "");
   ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
   ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 1);
@@ -461,6 +594,8 @@ int main(void) {
   tcase_add_test(tc, one_owner_per_data_dir);
   tcase_add_test(tc, models_dedup_by_digest_and_delete_collects_the_blob);
   tcase_add_test(tc, calibration_blobs_live_while_a_model_or_job_names_them);
+  tcase_add_test(tc, profile_blobs_live_while_a_model_or_job_names_them);
+  tcase_add_test(tc, blob_read_is_bounded);
   tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
   tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
   tcase_add_test(tc, digests_and_ids_are_well_formed);

@@ -6,7 +6,8 @@
  * #/jobs/ID (one job: polled while queued or running, then its
  * decompose_info.json: per layer its shape, method (spatial_svd,
  * channel_svd, svd) and errors, the output error where a calibration was
- * used; Cancel while it runs, Retry once it failed or was
+ * used, the predicted latency before and after (per layer and for the
+ * whole model) where a latency profile was; Cancel while it runs, Retry once it failed or was
  * cancelled), #/new (upload a weights file, submit a job).
  * When the API answers 401 the page asks for a token and keeps it in
  * sessionStorage (this tab only), sending it as Authorization: Bearer.
@@ -84,6 +85,16 @@ function fmtCount(n) {
 function fmtPct(x, digits = 1) {
   if (x === undefined || x === null) return '—';
   return (x * 100).toFixed(digits) + ' %';
+}
+
+/* A short time from a profile's seconds: "850 µs", "1.23 ms", "2.5 s". */
+function fmtLatency(sec) {
+  if (sec === undefined || sec === null || Number.isNaN(sec)) return '—';
+  const a = Math.abs(sec);
+  if (a === 0) return '0 ms';
+  if (a < 1e-3) return Number((sec * 1e6).toPrecision(3)) + ' µs';
+  if (a < 1) return Number((sec * 1e3).toPrecision(3)) + ' ms';
+  return Number(sec.toPrecision(3)) + ' s';
 }
 
 function fmtSeconds(sec) {
@@ -513,6 +524,8 @@ function jobHeader(j) {
     dl('Policy', policyText(j.policy) || '—', ' ', h('span.mono.dim.small', {}, j.policy ? JSON.stringify(j.policy) : '')),
     dl('Calibration', j.calibration ? h('span.mono', {id: 'job-calibration', title: j.calibration},
       j.calibration.slice(0, 19) + '…') : 'none (weights only)'),
+    dl('Latency profile', j.profile ? h('span.mono', {id: 'job-profile', title: j.profile},
+      j.profile.slice(0, 19) + '…') : 'none (MACs only)'),
     dl('Progress', progressBar(j.progress.layers_done, j.progress.layers_total, j.state,
       j.progress.current)),
     dl('Created', fmtTime(j.created_at)),
@@ -608,6 +621,10 @@ function infoSections(info, j) {
   const cal = info.calibration || null;
   const outErrs = (info.layers || []).map((l) => (l.stats || {}).output_relative_error)
     .filter((x) => x !== undefined);
+  /* A profiled run: the latencies its profile predicts, in seconds. */
+  const prof = info.profile || null;
+  const timed = prof && sum.latency_before !== undefined;
+  const speedup = timed && sum.latency_after > 0 ? sum.latency_before / sum.latency_after : null;
   const cards = h('div.cards', {},
     card('Layers decomposed', String(sum.layers_decomposed ?? (info.layers || []).length),
       'of ' + rows.length + ' (' + (sum.layers_skipped ?? (info.skipped || []).length) + ' left alone)'),
@@ -620,20 +637,33 @@ function infoSections(info, j) {
       h('div.v', {}, outErrs.length ? fmtPct(Math.max(...outErrs), 2) : '—'),
       h('div.sub', {}, 'worst output error · ' + cal.layers + ' layer' + (cal.layers === 1 ? '' : 's') + ' · ',
         h('span.mono', {title: cal.digest || ''}, cal.digest ? cal.digest.slice(0, 19) + '…' : 'in memory')))
+      : '',
+    timed ? h('div.card', {id: 'latency-card'}, h('div.k', {}, 'Predicted latency'),
+      h('div.v', {}, fmtLatency(sum.latency_before) + ' → ' + fmtLatency(sum.latency_after)),
+      h('div.sub', {}, (speedup ? '×' + speedup.toFixed(2) + ' faster' : '—') +
+        ' · profiled on ' + (prof.device_name || 'an unnamed device') + ' · ',
+      h('span.mono', {title: prof.digest || ''}, prof.digest ? prof.digest.slice(0, 19) + '…' : 'in memory')))
       : '');
 
   const table = h('table.layers', {id: 'layers', 'data-rows': rows.length},
-    h('thead', {}, h('tr', {}, ['Layer', 'Shape', 'Method', 'Rank', 'Params', 'MACs', 'Rel. error',
-      'Output error', 'Energy kept', 'Note']
+    h('thead', {}, h('tr', {}, ['Layer', 'Shape', 'Method', 'Rank', 'Params', 'MACs']
+      .concat(timed ? ['Latency'] : [], ['Rel. error', 'Output error', 'Energy kept', 'Note'])
       .map((c) => h('th', {title: c === 'Output error'
         ? 'relative error of the layer\'s output on the calibration data: ‖(W − W̃)S‖/‖WS‖, SSᵀ = the inputs\' Gram'
-        : c === 'Rel. error' ? 'relative error of the weights: ‖W − W̃‖/‖W‖' : null}, c)))),
-    h('tbody', {}, rows.map(layerRow)));
+        : c === 'Rel. error' ? 'relative error of the weights: ‖W − W̃‖/‖W‖'
+          : c === 'Latency' ? 'predicted from the latency profile: the layer as it is → the chosen pair at its rank'
+            : null}, c)))),
+    h('tbody', {}, rows.map((r) => layerRow(r, timed))));
 
   const curves = rows.filter((r) => spectraOf(r.e));
   return [
     cards,
-    h('section', {}, h('h2', {}, 'Model MACs, before and after'), macsChart(info, rows)),
+    h('section', {}, h('h2', {}, 'Model MACs, before and after'), compareChart(info, rows, MACS_CHART)),
+    timed ? h('section', {id: 'latency'}, h('h2', {}, 'Predicted latency, before and after'),
+      h('p.dim', {}, 'From the latency profile measured on ' + (prof.device_name || 'an unnamed device') +
+        (prof.input_shape ? ' with input ' + JSON.stringify(prof.input_shape) : '') +
+        ': the whole model over its profiled layers (a layer left alone counts at its own time), then per decomposed layer.'),
+      compareChart(info, rows, LATENCY_CHART)) : '',
     h('section', {}, h('h2', {}, 'Layers'), h('div.scroll', {}, table)),
     h('section', {}, h('h2', {}, 'Retained energy versus rank'),
       h('p.dim', {}, 'cumsum(σ²)/Σσ² per layer; the marked point is the chosen rank.'),
@@ -643,7 +673,9 @@ function infoSections(info, j) {
   ];
 }
 
-function layerRow(r) {
+/* A layer's row; `timed`: the run had a latency profile (a Latency
+ * column). */
+function layerRow(r, timed) {
   const l = r.e;
   const o = l.original || null;
   const shapeCell = h('td.shape', {title: o ? o.type : null},
@@ -651,7 +683,7 @@ function layerRow(r) {
   if (r.kind === 'skipped') {
     return h('tr.skipped', {'data-layer': l.name},
       h('td.mono', {}, l.name), shapeCell, h('td.method', {}, '—'), h('td.num', {}, '—'),
-      h('td.note', {colspan: 6}, 'left alone: ' + (l.reason || 'no reason given')));
+      h('td.note', {colspan: timed ? 7 : 6}, 'left alone: ' + (l.reason || 'no reason given')));
   }
   const st = l.stats || {};
   const rankCell = h('td.num', {}, String(l.rank), h('span.dim', {}, ' / ' + l.max_rank));
@@ -663,6 +695,10 @@ function layerRow(r) {
     h('td.num', {}, arrow(st.params_before, st.params_after)),
     h('td.num', {}, arrow(st.macs_before, st.macs_after),
       st.macs_ratio !== undefined ? h('span.dim', {}, ' (' + fmtPct(st.macs_ratio, 0) + ')') : ''),
+    timed ? h('td.num.latency', {}, st.latency_before !== undefined
+      ? [fmtLatency(st.latency_before), h('span.dim', {}, ' → '), fmtLatency(st.latency_after),
+        st.latency_before > 0 ? h('span.dim', {}, ' (' + fmtPct(st.latency_after / st.latency_before, 0) + ')') : '']
+      : h('span.dim', {}, '—')) : '',
     h('td.num', {}, fmtPct(st.relative_error, 2)),
     h('td.num.output-error', {title: out !== undefined && st.samples !== undefined
       ? 'on ' + fmtCount(st.samples) + ' calibration samples' : null},
@@ -673,17 +709,25 @@ function layerRow(r) {
 
 /* ---- charts (hand-written SVG) ---------------------------------------- */
 
-/* The whole model's MACs before and after, then per decomposed layer. */
-function macsChart(info, rows) {
+/* What compareChart draws: the info file's fields (summary and per layer
+ * stats), how to show a value, the chart's class and what it is of. */
+const MACS_CHART = {before: 'macs_before', after: 'macs_after', fmt: fmtCount,
+  unit: ' MACs', cls: 'macs', of: 'MACs'};
+const LATENCY_CHART = {before: 'latency_before', after: 'latency_after', fmt: fmtLatency,
+  unit: '', cls: 'latency', of: 'predicted latency'};
+
+/* The whole model's figure (q: MACS_CHART, LATENCY_CHART) before and
+ * after, then per decomposed layer. */
+function compareChart(info, rows, q) {
   const sum = info.summary || {};
-  const layers = rows.filter((r) => r.kind === 'layer' && r.e.stats);
+  const layers = rows.filter((r) => r.kind === 'layer' && r.e.stats && r.e.stats[q.before] !== undefined);
   const W = 720, labelW = 170, barW = W - labelW - 90, rowH = 16, gap = 4;
-  const bars = [{label: 'whole model', before: sum.macs_before, after: sum.macs_after, total: true}]
-    .concat(layers.map((r) => ({label: r.e.name, before: r.e.stats.macs_before, after: r.e.stats.macs_after})));
+  const bars = [{label: 'whole model', before: sum[q.before], after: sum[q.after], total: true}]
+    .concat(layers.map((r) => ({label: r.e.name, before: r.e.stats[q.before], after: r.e.stats[q.after]})));
   const H = 24 + bars.length * (rowH + gap) + (bars.length > 1 ? 10 : 0);
-  const svg = s('svg', {class: 'chart macs', viewBox: `0 0 ${W} ${H}`, role: 'img',
-    'aria-label': 'MACs before and after, whole model and per layer'});
-  const maxLayer = Math.max(1, ...layers.map((r) => r.e.stats.macs_before));
+  const svg = s('svg', {class: 'chart ' + q.cls, viewBox: `0 0 ${W} ${H}`, role: 'img',
+    'aria-label': q.of + ' before and after, whole model and per layer'});
+  const maxLayer = Math.max(1e-30, ...layers.map((r) => r.e.stats[q.before]));
   svg.append(
     s('rect', {x: labelW, y: 4, width: 10, height: 10, class: 'before'}),
     s('text', {x: labelW + 14, y: 13, class: 'legend'}, 'before'),
@@ -692,16 +736,19 @@ function macsChart(info, rows) {
   let y = 24;
   bars.forEach((b, i) => {
     if (i === 1) y += 10; /* the whole model apart from its layers */
-    const scale = b.total ? barW / Math.max(1, b.before) : barW / maxLayer;
+    /* A layer may be slower after (a policy told to allow it): its bar
+     * then runs past its before bar, never past the chart. */
+    const top = b.total ? Math.max(1e-30, b.before, b.after) : Math.max(maxLayer, b.after);
+    const scale = barW / top;
     const wb = Math.max(1, b.before * scale), wa = Math.max(1, b.after * scale);
     const label = b.label.length > 26 ? '…' + b.label.slice(-25) : b.label;
-    svg.append(s('g', {class: b.total ? 'total' : 'layer'},
-      s('title', {}, `${b.label}: ${fmtCount(b.before)} → ${fmtCount(b.after)} MACs`),
+    svg.append(s('g', {class: b.total ? 'total' : 'layer', 'data-layer': b.total ? null : b.label},
+      s('title', {}, `${b.label}: ${q.fmt(b.before)} → ${q.fmt(b.after)}${q.unit}`),
       s('text', {x: labelW - 6, y: y + rowH - 4, class: 'label', 'text-anchor': 'end'}, label),
       s('path', {d: `M${labelW} ${y}h${wb.toFixed(1)}v${rowH}h${(-wb).toFixed(1)}z`, class: 'before'}),
       s('path', {d: `M${labelW} ${y + 3}h${wa.toFixed(1)}v${rowH - 6}h${(-wa).toFixed(1)}z`, class: 'after'}),
-      s('text', {x: labelW + wb + 4, y: y + rowH - 4, class: 'value'},
-        fmtCount(b.after) + (b.before > 0 ? ' (' + fmtPct(b.after / b.before, 0) + ')' : ''))));
+      s('text', {x: labelW + Math.max(wb, wa) + 4, y: y + rowH - 4, class: 'value'},
+        q.fmt(b.after) + (b.before > 0 ? ' (' + fmtPct(b.after / b.before, 0) + ')' : ''))));
     y += rowH + gap;
   });
   return svg;
@@ -862,7 +909,7 @@ function newView(view, gen) {
     const keep = select || model.value;
     model.replaceChildren(...(list.length ? list.map((m) => h('option', {value: m.id},
       (m.name || '(unnamed)') + ' · ' + m.id + ' · ' + m.format + (m.has_spec ? ' · has spec' : '') +
-      (m.calibration ? ' · calibrated' : '')))
+      (m.calibration ? ' · calibrated' : '') + (m.profile ? ' · profiled' : '')))
       : [h('option', {value: ''}, 'no models yet: upload one above')]));
     if (keep && models.has(keep)) model.value = keep;
     showSpecNote();
