@@ -10,6 +10,14 @@ layer's inputs, computed here on the user's data (decompd.calibration):
     cal = decompd.calibrate(model, batches)     # cal.save("cal.safetensors")
     net, changes = auto_decomposition(model, calibration=cal, policy=...)
 
+A latency profile times each layer and its candidate pairs on the user's
+device (decompd.latency), so the budget can aim at a latency target:
+
+    prof = decompd.profile(model, example_input)   # prof.save("p.json")
+    net, changes = auto_decomposition(model, profile=prof,
+                                      policy={"name": "budget",
+                                              "latency_reduction": 1.3})
+
 It runs decompd's C engine (libdecomp.so) in-process through ctypes; the
 engine is found through DECOMPD_LIBRARY or the system's library path (see
 decompd._engine) and loaded on first use.
@@ -17,7 +25,7 @@ decompd._engine) and loaded on first use.
 
 from .errors import (CalibrationError, DecompError, DecompMemoryError,
                      DecompRuntimeError, DecompValueError,
-                     EngineNotFoundError)
+                     EngineNotFoundError, ProfileError)
 
 __version__ = "0.1.0"
 
@@ -29,10 +37,13 @@ __all__ = [
     "DecompMemoryError",
     "EngineNotFoundError",
     "CalibrationError",
+    "ProfileError",
     "auto_decomposition",
     "decompose_network",
     "calibrate",
     "Calibration",
+    "profile",
+    "Profile",
 ]
 
 
@@ -44,4 +55,7 @@ def __getattr__(name):
     if name in ("calibrate", "Calibration"):
         from . import calibration
         return getattr(calibration, name)
+    if name in ("profile", "Profile"):
+        from . import latency
+        return getattr(latency, name)
     raise AttributeError(f"module 'decompd' has no attribute {name!r}")

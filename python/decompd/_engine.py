@@ -111,9 +111,8 @@ class _Options(ctypes.Structure):
         # set whose metadata is the calibration file's __metadata__.
         ("calibration", ctypes.c_void_p),  # const decomp_weights *
         ("calibration_digest", ctypes.c_char_p),
-        # Issue 16's latency profile: not used by this package yet, but the
-        # engine reads every field its header declares, so the struct must
-        # be as long as the engine's (zero: none).
+        # Issue 16's latency profile (decompd.latency): its JSON text and
+        # "sha256:<hex>" digest, NULL for none.
         ("profile", ctypes.c_char_p),
         ("profile_digest", ctypes.c_char_p),
     ]
@@ -468,7 +467,7 @@ def _calibration_set(ctx, calibration, keep):
 
 
 def decompose(tensors, spec_json, policy_text, *, progress=None, want=None,
-              calibration=None):
+              calibration=None, profile=None):
     """Run the engine.
 
     tensors: iterable of (name, torch.Tensor) — the weights the spec's
@@ -483,6 +482,9 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None,
       and calibration_digest. An engine that predates calibrations ignores
       those fields; its info file then lacks "calibration", and this raises
       RuntimeError rather than return an unwhitened result.
+    profile: (JSON text, "sha256:<hex>") of a latency profile, or None;
+      handed over as decomp_options.profile and profile_digest (an engine
+      that ignores them: RuntimeError, as for a calibration).
 
     Returns (dict name -> CPU tensor, info JSON text).
     """
@@ -542,6 +544,11 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None,
             opts.threads = engine_threads()
             opts.calibration = cw.value
             opts.calibration_digest = digest
+            if profile is not None:
+                profile_text = profile[0].encode("utf-8")
+                profile_digest = profile[1].encode("ascii")
+                opts.profile = profile_text
+                opts.profile_digest = profile_digest
             ctx.check(lib.decomp_decompose(ctx.ptr, w, spec, pol,
                                            ctypes.byref(opts),
                                            ctypes.byref(res)),
@@ -553,6 +560,11 @@ def decompose(tensors, spec_json, policy_text, *, progress=None, want=None,
                     f"{_lib_path}: this libdecomp ignored the calibration "
                     f"(it predates calibration-aware decomposition); "
                     f"install a newer engine. {_HOW_TO_FIX}")
+            if profile is not None and "profile" not in json.loads(info):
+                raise RuntimeError(
+                    f"{_lib_path}: this libdecomp ignored the latency profile "
+                    f"(it predates latency profiles); install a newer "
+                    f"engine. {_HOW_TO_FIX}")
             rw = lib.decomp_result_weights(res)
             out = {}
             for i in range(lib.decomp_weights_count(rw)):

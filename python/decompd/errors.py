@@ -8,9 +8,10 @@ policy or info file, weights that do not match) is also a ValueError, memory
 exhaustion a MemoryError, the rest a RuntimeError, so callers that already
 catch the built-in types keep working.
 
-CalibrationError is the package's own: a calibration file (or Calibration)
-that is malformed or does not fit the model; it is a ValueError and its
-message names the file and the layer.
+CalibrationError and ProfileError are the package's own: a calibration
+file (or Calibration) that is malformed or does not fit the model, a
+latency profile that is malformed; each is a ValueError and its message
+names the file and the layer.
 """
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DecompMemoryError",
     "EngineNotFoundError",
     "CalibrationError",
+    "ProfileError",
     "error_class",
 ]
 
@@ -74,6 +76,13 @@ class CalibrationError(ValueError):
     """A calibration (decompd.calibrate's Gram matrices, or a file of them)
     that is malformed or does not fit the model; the message names the
     layer."""
+
+
+class ProfileError(ValueError):
+    """A latency profile (decompd.profile's result, or a file of it) that is
+    malformed: not JSON, a non-finite or negative time, an empty grid,
+    ranks that do not increase; the message names the file and the layer.
+    (Whether it fits a model is the engine's check: bad_profile.)"""
 
 
 def error_class(code):

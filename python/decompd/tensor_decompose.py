@@ -77,6 +77,7 @@ from . import _engine
 from ._progress import Reporter
 from .calibration import _as_calibration
 from .errors import CalibrationError, DecompError
+from .latency import _engine_text as _profile_text
 from .spec import (conv_fields, input_sizes, is_decomposable, layer_fields,
                    layer_spec_json, root_name, type_name, walk)
 
@@ -439,7 +440,8 @@ def _check_calibration(cal, refs, engine_name):
 
 
 def auto_decomposition(model, decompose_info_path=None, *, policy=None,
-                       server=None, example_input=None, calibration=None):
+                       server=None, example_input=None, calibration=None,
+                       profile=None):
     """Decompose the model's Conv2d (and, when the policy says so, Linear)
     layers with the in-process engine.
 
@@ -468,6 +470,15 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
       or svd), and the policy reads the whitened spectrum. Every calibrated
       layer must be one of the model's (CalibrationError otherwise).
       In-process only for now (with server=: ValueError).
+    profile: optional, a decompd.Profile (decompd.profile) or the path of a
+      profile file: each layer's measured time and its candidates' times
+      over a grid of ranks on the target device. With it the budget takes
+      "latency_reduction" (a target over the profiled layers), and every
+      policy leaves alone a layer the profile says would get slower
+      ("max_slowdown", default 1.0). The engine checks it against the
+      model: a layer the model lacks, another weight shape, a bad time or
+      an empty grid raise ValueError naming the layer. In-process only for
+      now (with server=: ValueError).
 
     Returns (model, changes) with changes {name: [name.0, name.1], …}.
     Raises ValueError (decompd.DecompValueError) for a bad policy or input,
@@ -477,11 +488,13 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     policy_text = _policy_text(policy)
     url = _service_url(server)
     cal = _as_calibration(calibration) if calibration is not None else None
+    prof = _profile_text(profile) if profile is not None else None
     if url:
-        if cal is not None:
-            raise ValueError("calibration= is not supported with a decompd "
-                             "service yet; run in-process (server=None, "
-                             "DECOMPD_URL unset)")
+        for what, given in (("calibration", cal), ("profile", prof)):
+            if given is not None:
+                raise ValueError(f"{what}= is not supported with a decompd "
+                                 f"service yet; run in-process "
+                                 f"(server=None, DECOMPD_URL unset)")
         from .client import Client
         return Client(url).decompose(model, decompose_info_path,
                                      policy=policy_text,
@@ -522,7 +535,7 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
                 tensors,
                 layer_spec_json(refs, lambda n: n or root_ename, sizes),
                 policy_text, progress=reporter, want=wanted.__contains__,
-                calibration=cal)
+                calibration=cal, profile=prof)
     finally:
         reporter.close()
     info = json.loads(info_text)
