@@ -1358,6 +1358,25 @@ static int choose_budget(decomp_ctx *ctx, const decomp_policy *p,
                              : v->max_rank;
       while (rc_ >= 1 && !(bl_cost(x, rc_) < x->b))
         rc_--;
+      /* A MAC or parameter budget on a profiled layer: no rank the
+       * profile predicts slower than max_slowdown × the layer (the
+       * predicted time grows with rank, so that caps the rank). */
+      double limit = core_policy_max_slowdown(p) * v->latency_before;
+      bool too_slow = false;
+      if (!timed && v->latency)
+        while (rc_ >= 1 && core_curve_at(v->latency, rc_) > limit) {
+          rc_--;
+          too_slow = true;
+        }
+      if (rc_ < 1 && too_slow) {
+        snprintf(d->reason, sizeof d->reason,
+                 "the profile predicts %s at rank 1 takes %.3g ms, the layer "
+                 "%.3g ms (max_slowdown %.3g)",
+                 core_method_name(v->method),
+                 core_curve_at(v->latency, 1) * 1e3, v->latency_before * 1e3,
+                 core_policy_max_slowdown(p));
+        continue;
+      }
       if (rc_ < 1) {
         if (x->curve)
           snprintf(d->reason, sizeof d->reason,

@@ -914,6 +914,33 @@ START_TEST(latency_budget_meets_its_target_on_the_predicted_curves) {
   ck_assert_int_eq(core_policy_choose_rest(ctx, p, v, n, &rest, d), DECOMP_OK);
   ck_assert_int_gt(d[3].rank + d[4].rank, 0);
   decomp_policy_free(p);
+  /* A MAC budget (and a parameter one) reads the profile too: no rank it
+   * predicts slower than the layer, so "slow" is left alone and a low
+   * target, which would keep high ranks, is capped where a curve crosses
+   * its layer's time (channel on "a": rank 48). */
+  const char *mac_budgets[] = {
+      "{\"name\": \"budget\", \"macs_reduction\": 1.05, "
+      "\"max_layer_error\": 1}",
+      "{\"name\": \"budget\", \"params_reduction\": 1.05, "
+      "\"max_layer_error\": 1}"};
+  for (int t = 0; t < 2; t++) {
+    p = parse_ok(mac_budgets[t]);
+    ck_assert_int_eq(core_policy_choose_rest(ctx, p, v, n, &rest, d),
+                     DECOMP_OK);
+    ck_assert_int_eq(d[3].rank + d[4].rank, 0);
+    ck_assert_ptr_nonnull(strstr(d[3].reason, "max_slowdown"));
+    ck_assert_ptr_nonnull(strstr(d[4].reason, "max_slowdown"));
+    int chosen = 0;
+    for (size_t c = 0; c < 3; c++)
+      if (d[c].rank) {
+        chosen++;
+        ck_assert_double_le(core_curve_at(v[c].latency, d[c].rank), 0.010);
+      }
+    ck_assert_int_gt(chosen, 0);
+    if (d[1].rank)
+      ck_assert_int_le(d[1].rank, 48);
+    decomp_policy_free(p);
+  }
   /* a latency budget without a profile is refused */
   core_layer_view bare = view_of(decomp_spec_find(spec, "a"),
                                  CORE_ORDER_VERTICAL_FIRST, s);
