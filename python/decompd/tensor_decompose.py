@@ -469,7 +469,8 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
       minimize their output error on that data (whitened SVD: channel_svd
       or svd), and the policy reads the whitened spectrum. Every calibrated
       layer must be one of the model's (CalibrationError otherwise).
-      In-process only for now (with server=: ValueError).
+      With server=, it is attached to the model on the service and the
+      job runs with it.
     profile: optional, a decompd.Profile (decompd.profile) or the path of a
       profile file: each layer's measured time and its candidates' times
       over a grid of ranks on the target device. With it the budget takes
@@ -477,8 +478,9 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
       policy leaves alone a layer the profile says would get slower
       ("max_slowdown", default 1.0). The engine checks it against the
       model: a layer the model lacks, another weight shape, a bad time or
-      an empty grid raise ValueError naming the layer. In-process only for
-      now (with server=: ValueError).
+      an empty grid raise ValueError naming the layer. With server=, it is
+      attached to the model on the service (checked there the same way)
+      and the job runs with it.
 
     Returns (model, changes) with changes {name: [name.0, name.1], …}.
     Raises ValueError (decompd.DecompValueError) for a bad policy or input,
@@ -490,15 +492,23 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     cal = _as_calibration(calibration) if calibration is not None else None
     prof = _profile_text(profile) if profile is not None else None
     if url:
-        for what, given in (("calibration", cal), ("profile", prof)):
-            if given is not None:
-                raise ValueError(f"{what}= is not supported with a decompd "
-                                 f"service yet; run in-process "
-                                 f"(server=None, DECOMPD_URL unset)")
         from .client import Client
-        return Client(url).decompose(model, decompose_info_path,
-                                     policy=policy_text,
-                                     example_input=example_input)
+        if cal is not None:  # checked here first, as in-process
+            _check_calibration(cal, walk(model), lambda r: r.name or
+                               root_name(r.module))
+        with tempfile.TemporaryDirectory(prefix="decompd-cal-") as tmp:
+            if cal is None:
+                cal_file = None
+            elif isinstance(calibration, (str, bytes, os.PathLike)):
+                cal_file = os.fsdecode(calibration)  # a path, streamed
+            else:  # a Calibration in memory: streamed from a file
+                cal_file = os.path.join(tmp, "calibration.safetensors")
+                cal.save(cal_file)
+            return Client(url).decompose(model, decompose_info_path,
+                                         policy=policy_text,
+                                         example_input=example_input,
+                                         calibration=cal_file,
+                                         profile=prof and prof[0])
 
     refs = walk(model)
     layers = [ref for ref in refs.values() if is_decomposable(ref.module)]

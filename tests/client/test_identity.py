@@ -149,3 +149,53 @@ def test_defaults_match_a_one_worker_daemon_without_pinning(daemon_factory, tmp_
     assert lch == rch and lch
     same(local, remote, "defaults")
     assert layers(tmp_path / "local.json") == layers(tmp_path / "remote.json")
+
+
+def test_service_equals_in_process_with_a_profile_and_a_calibration(daemon, tmp_path):
+    """auto_decomposition(server=, profile=, calibration=) attaches both on
+    the service and gives the in-process result bit for bit: a Calibration
+    and a Profile in memory, and the same as files."""
+    import numpy as np
+    import torch.nn as nn
+    from conftest import calibration_bytes, latency_profile
+    from decompd import Calibration, Profile
+    from decompd.tensor_decompose import auto_decomposition
+
+    def make():
+        torch.manual_seed(2)
+        return nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1))
+    conv = {"type": "Conv2d", "in_channels": 16, "out_channels": 16,
+            "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1],
+            "dilation": [1, 1], "groups": 1, "bias": True,
+            "padding_mode": "zeros"}
+    spec = {"layers": [dict(conv, name="0"), dict(conv, name="2")]}
+    prof_path = tmp_path / "profile.json"
+    prof_path.write_text(json.dumps(latency_profile(spec, slow=("2",))))
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((300, 144)) @ rng.standard_normal((144, 144))
+    cal_path = tmp_path / "cal.safetensors"
+    cal_path.write_bytes(calibration_bytes({"0": (P.T @ P)[None]}))
+    policy = {"name": "fixed", "rank": 4}
+    local, lch = auto_decomposition(make(), tmp_path / "local.json",
+                                    policy=policy, profile=str(prof_path),
+                                    calibration=str(cal_path))
+    assert list(lch) == ["0"]  # "2" is slower decomposed: left alone
+    os.environ["DECOMPD_CACHE"] = str(tmp_path / "cache")
+    try:
+        for tag, prof, cal in (
+                ("objects", Profile.load(str(prof_path)),
+                 Calibration.load(str(cal_path))),
+                ("files", str(prof_path), str(cal_path))):
+            remote, rch = auto_decomposition(
+                make(), tmp_path / f"{tag}.json", policy=policy,
+                server=url_of(daemon), profile=prof, calibration=cal)
+            assert rch == lch, tag
+            same(local, remote, tag)
+            assert layers(tmp_path / "local.json") == \
+                layers(tmp_path / f"{tag}.json"), tag
+            info = json.loads((tmp_path / f"{tag}.json").read_text())
+            assert info["profile"]["device_name"] == "test cpu", tag
+            assert info["calibration"]["digest"], tag
+    finally:
+        del os.environ["DECOMPD_CACHE"]

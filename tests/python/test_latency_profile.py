@@ -381,11 +381,6 @@ def test_engine_refuses_a_rank_above_the_largest_naming_the_layer():
     assert e.value.code_name == "bad_profile"
 
 
-def test_profile_with_a_service_is_not_supported_yet():
-    prof = quick_profile(small())
-    with pytest.raises(ValueError, match="profile= is not supported with a "
-                                         "decompd service yet"):
-        auto_decomposition(small(), profile=prof,
-                           server="http://127.0.0.1:9")
+def test_profile_of_another_type_is_refused():
     with pytest.raises(TypeError, match="profile must be"):
         auto_decomposition(small(), profile=42)
