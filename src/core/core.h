@@ -231,7 +231,8 @@ int core_policy_choose(decomp_ctx *ctx, const decomp_policy *p,
  * (left alone: at full cost). */
 typedef struct core_rest {
   double macs, params;
-  double latency; /* profiled ones, at their measured time */
+  double latency; /* profiled ones, at their measured time, and the rest of
+                     the model (model_time less the considered layers) */
 } core_rest;
 int core_policy_choose_rest(decomp_ctx *ctx, const decomp_policy *p,
                             const core_layer_view *views, size_t n,
@@ -290,6 +291,9 @@ bool core_profile_has(const core_profile *p, const decomp_layer *l);
 const core_curve *core_profile_curve(const core_profile *p,
                                      const decomp_layer *l, core_method m,
                                      core_order o, double *time);
+/* The whole model's measured forward time ("model_time"), or -1 when the
+ * profile has none. */
+double core_profile_model_time(const core_profile *p);
 /* The profile's device name, dtype and input shape (JSON text), or NULL. */
 const char *core_profile_device(const core_profile *p);
 const char *core_profile_dtype(const core_profile *p);
@@ -367,6 +371,9 @@ typedef struct core_info_run {
   const char *profile_device;     /* its device name, or NULL */
   const char *profile_dtype;      /* or NULL */
   const char *profile_input_shape; /* JSON text, or NULL */
+  double latency_other;           /* seconds of the model outside the
+                                     considered layers (model_time less
+                                     theirs), or -1 without model_time */
 } core_info_run;
 
 /* Build decompose_info.json (version 1) for a run over `spec`. Returns the

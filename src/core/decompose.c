@@ -1565,6 +1565,26 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
       rest.latency += Ls[i].info.view.latency_before;
     }
   }
+  /* With the whole model's time, what the considered layers do not take
+   * (other modules: norms, activations, pooling; layers of other types)
+   * counts at its measured time too, so latency_reduction is the whole
+   * model's. */
+  double other = -1, model_time = core_profile_model_time(prof);
+  if (model_time >= 0) {
+    double in_layers = 0;
+    for (size_t i = 0; i < n; i++)
+      if (Ls[i].info.considered && Ls[i].info.view.profiled)
+        in_layers += Ls[i].info.view.latency_before;
+    other = model_time - in_layers;
+    if (other < 0) {
+      core_log(ctx, DECOMP_LOG_WARN, "policy",
+               "profile: model_time %.6g s is below its considered layers' "
+               "%.6g s; the rest of the model counts as 0",
+               model_time, in_layers);
+      other = 0;
+    }
+    rest.latency += other;
+  }
   rc = core_policy_choose_rest(ctx, policy, views, nviews, &rest, dec);
   if (rc != DECOMP_OK)
     goto fail;
@@ -1661,6 +1681,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
       .profile_device = core_profile_device(prof),
       .profile_dtype = core_profile_dtype(prof),
       .profile_input_shape = core_profile_input_shape(prof),
+      .latency_other = other,
   };
   rc = core_info_build(ctx, policy, &run, infos, n, &res->info);
   if (rc != DECOMP_OK)

@@ -37,6 +37,7 @@ struct profile_entry {
 struct core_profile {
   struct profile_entry *e;
   size_t n;
+  double model_time; /* the whole forward pass, or -1 when not measured */
   char *device_name, *dtype, *input_shape; /* for the info file */
 };
 
@@ -278,6 +279,13 @@ int core_profile_open(decomp_ctx *ctx, const char *text,
     if (rc)
       goto out;
   }
+  const json_t *mt = json_object_get(root, "model_time");
+  p->model_time = -1;
+  if (mt && (p->model_time = seconds(mt)) < 0) {
+    rc = bad(ctx, "model_time is not a finite, non-negative number of "
+                  "seconds");
+    goto out;
+  }
   p->device_name = dup_json(json_object_get(root, "device_name"));
   p->dtype = dup_json(json_object_get(root, "dtype"));
   p->input_shape = dup_json(json_object_get(root, "input_shape"));
@@ -310,6 +318,10 @@ bool core_profile_has(const core_profile *p, const decomp_layer *l) {
     if (p->e[i].layer == l)
       return true;
   return false;
+}
+
+double core_profile_model_time(const core_profile *p) {
+  return p ? p->model_time : -1;
 }
 
 const char *core_profile_device(const core_profile *p) {

@@ -338,6 +338,60 @@ def test_latency_target_is_met_on_the_predicted_curve(tmp_path):
             layer["rank"] / top)
 
 
+def test_latency_target_counts_the_rest_of_the_model_at_its_measured_time(
+        tmp_path):
+    """With the whole forward pass's time (model_time), what the profiled
+    layers do not take counts at its time: a 2x target on a model of 5 s
+    whose three layers take 3 s needs them down to 0.5 s, not 1.5 s."""
+    model = small()
+    curves, times = {}, {}
+    for name in ("c1", "c2", "c3"):
+        top = max_rank(model.get_submodule(name), "channel_svd")
+        curves[name] = ([1, top], [1.0 / top, 1.0])
+        times[name] = 1.0
+    doc = synthetic(model, curves, times).to_dict()
+    doc["model_time"] = 5.0
+    info_path = tmp_path / "info.json"
+    auto_decomposition(small(), info_path, profile=Profile(doc),
+                       example_input=example(),
+                       policy={"name": "budget", "latency_reduction": 2.0,
+                               "methods": ["channel"],
+                               "max_layer_error": 1.0})
+    summary = read_info(info_path)["summary"]
+    assert summary["latency_other"] == pytest.approx(2.0)
+    assert summary["latency_before"] == pytest.approx(5.0)
+    step = max(1.0 / max_rank(model.get_submodule(n), "channel_svd")
+               for n in curves)
+    assert 2.5 - step <= summary["latency_after"] <= 2.5 + 1e-9
+    # Out of reach (every layer at rank 1 still leaves 2 s): the floor,
+    # reported as reached.
+    doc["model_time"] = 30.0
+    auto_decomposition(small(), info_path, profile=Profile(doc),
+                       example_input=example(),
+                       policy={"name": "budget", "latency_reduction": 2.0,
+                               "methods": ["channel"],
+                               "max_layer_error": 1.0})
+    summary = read_info(info_path)["summary"]
+    assert summary["latency_before"] == pytest.approx(30.0)
+    assert summary["latency_after"] > 15.0
+    # Below the layers' own sum (noise): the rest counts as nothing.
+    doc["model_time"] = 2.0
+    auto_decomposition(small(), info_path, profile=Profile(doc),
+                       example_input=example(),
+                       policy={"name": "budget", "latency_reduction": 2.0,
+                               "methods": ["channel"],
+                               "max_layer_error": 1.0})
+    summary = read_info(info_path)["summary"]
+    assert summary["latency_other"] == 0
+    assert summary["latency_before"] == pytest.approx(3.0)
+    for bad in (-1.0, "fast"):
+        doc["model_time"] = bad
+        with pytest.raises(ValueError, match="model_time"):
+            auto_decomposition(small(), profile=Profile(doc),
+                               policy={"name": "budget",
+                                       "latency_reduction": 2.0})
+
+
 def test_profile_of_another_model_is_refused_naming_the_layer(tmp_path):
     model = small()
     prof = quick_profile(model).to_dict()
