@@ -11,7 +11,8 @@ PyTorch and the real engine; no assertion depends on how long anything took:
   each Conv2d/Linear call advances by its MACs times the current load), each
   candidate's time relative to its layer, and each layer's relative to the
   others, stay what the MACs make them (the layer and its candidates are
-  timed in interleaved rounds; the layers together in forward passes);
+  timed in interleaved rounds, in one group or a group per pair; the
+  layers together in forward passes);
 - save -> load gives an equal Profile, the file is to_json(), the digest is
   the file's sha256;
 - the engine takes a measured profile under a latency budget and records
@@ -239,9 +240,13 @@ class DriftingClock:
             self.t, self.frozen = t, False
 
 
+@pytest.mark.parametrize("group_bytes", [None, 1],
+                         ids=["one_group", "a_group_per_pair"])
 def test_interleaved_timing_keeps_ratios_right_under_a_drifting_load(
-        monkeypatch):
+        monkeypatch, group_bytes):
     import decompd.latency as latency
+    if group_bytes is not None:   # every pair timed in a group of its own
+        monkeypatch.setattr(latency, "_GROUP_BYTES", group_bytes)
     clock = DriftingClock()
     model = small()
     inputs = {}
