@@ -17,10 +17,31 @@ src/core/profile.c reads; decomp_options.profile):
   the same pairs decompd builds (tensor_decompose._derive_*): spatial
   vertical-first (kh,1) then (1,kw) and its horizontal-first mirror,
   channel kh×kw → R then 1×1, Linear in → R → out. Weights are random (the
-  values do not change the time, no SVD is needed). Each time is the median
-  of ``repeats`` samples after ``warmup`` runs, the device synchronised
-  around every sample (torch.cuda.synchronize, torch.<device>.synchronize,
-  else reading one element of the output back).
+  values do not change the time, no SVD is needed). The device is
+  synchronised after every sample (torch.cuda.synchronize,
+  torch.<device>.synchronize, else reading one element of the output back).
+- How the times are taken, so that a change in the machine's load over the
+  minutes a profile takes does not skew them (a shared machine's load
+  drifts; a budget choosing the candidates that happened to measure fast
+  would inherit the noise):
+  1. Within a layer, round-robin: after ``warmup`` runs of each, the layer
+     and every candidate pair are sampled once per round, in an order
+     shuffled each round (seeded: the same for every run), for ``repeats``
+     rounds. A candidate's *ratio* is the median over the rounds of its
+     sample divided by the layer's sample in the same round, so it compares
+     the two at the same moments. A layer whose pairs hold more than
+     _GROUP_BYTES of weights is timed in groups of pairs, each group with
+     the layer in every round (memory stays within one layer's pairs).
+  2. Across layers, after that: ``repeats`` more forward passes of
+     example_input, each timing every profiled layer once (the first call
+     of each, with its real input), so each pass is a round over all the
+     layers' originals within a second or so. A layer's ``time`` is the
+     median over these passes; each candidate's time is its ratio times
+     that. The layers' times are then consistent with each other (taken at
+     the same moments) and with the model they sum into; the load of the
+     last passes sets the scale of every time.
+  A layer that did not run again in those passes keeps the median of its
+  own rounds (logged).
 - ``Profile``: the result, ``.save``/``.load`` (JSON), ``.to_json()``,
   ``.digest``; loading checks the file's structure (a clear ProfileError,
   naming the layer, for a non-finite or negative time, an empty grid, ranks
@@ -41,7 +62,11 @@ The format (version 1):
 
 A Linear's weight_shape is [out, in] and its one candidate is "svd". Times
 are seconds per forward call of the whole batch; a layer called several
-times in one forward counts each call ("calls").
+times in one forward counts each call ("calls"). decompd.profile also
+writes "timing": "interleaved" (the scheme above) and per layer
+"round_time", the layer's median in its own rounds before the rescaling (a
+round_time far from time says the load moved while profiling); the engine
+ignores both.
 """
 
 import hashlib
@@ -50,6 +75,7 @@ import logging
 import math
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -76,6 +102,13 @@ _GRID_SPAN = 1.25
 # One timing sample lasts at least this long (tiny layers run several times
 # per sample, so the timer's resolution does not dominate).
 _MIN_SAMPLE = 1e-3
+# The candidate pairs of one layer timed together hold at most this many
+# bytes of weights (beyond it they are timed in groups, see the file
+# comment; the next group's first pair is built before the last is freed); a
+# single larger pair is a group of its own.
+_GROUP_BYTES = 1 << 30
+# The clock every sample reads (a seam: tests drive a fake one).
+_clock = time.perf_counter
 
 _METHOD_NAMES = {"spatial": "spatial_svd", "spatial_svd": "spatial_svd",
                  "channel": "channel_svd", "channel_svd": "channel_svd",
@@ -348,26 +381,28 @@ def _synchronizer(device):
     return lambda out: out.reshape(-1)[:1].cpu()
 
 
-def _median_time(fn, sync, warmup, repeats):
-    """Median seconds of one call of fn() over `repeats` samples, after
-    `warmup` calls; a sample runs fn() enough times to last _MIN_SAMPLE."""
+def _calls_per_sample(fn, sync, warmup):
+    """Run fn() `warmup` times, then once timed: how many calls one sample
+    makes so that it lasts _MIN_SAMPLE."""
     out = None
     for _ in range(warmup):
         out = fn()
     sync(out)
-    t0 = time.perf_counter()
+    t0 = _clock()
     out = fn()
     sync(out)
-    once = time.perf_counter() - t0
-    inner = max(1, min(1000, math.ceil(_MIN_SAMPLE / max(once, 1e-9))))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            out = fn()
-        sync(out)
-        samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
+    once = _clock() - t0
+    return max(1, min(1000, math.ceil(_MIN_SAMPLE / max(once, 1e-9))))
+
+
+def _sample(fn, inner, sync):
+    """Seconds per call of fn() over `inner` calls (the device idle before:
+    every sample ends synchronised)."""
+    t0 = _clock()
+    for _ in range(inner):
+        out = fn()
+    sync(out)
+    return (_clock() - t0) / inner
 
 
 def _candidates(module, methods):
@@ -515,9 +550,10 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
 
     model: an nn.Module (not changed; train/eval flags are restored).
     example_input: a tensor, or a tuple of forward arguments: the batch and
-      size the model will run at. It runs once through the model (eval
-      mode, no grad); each plain nn.Conv2d / nn.Linear that runs is timed
-      there, with its own input.
+      size the model will run at. It runs through the model (eval mode, no
+      grad) once to time each plain nn.Conv2d / nn.Linear that runs, with
+      its own input, against its candidates, then `repeats` times more to
+      time all those layers together (see the file comment).
     device: where to time (default: example_input's device, else the
       model's); any torch device. dtype: default the model's floating dtype.
     methods: restrict the candidates ("spatial_svd", "channel_svd", "svd";
@@ -526,7 +562,10 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
       evenly up to 1.25x the rank at which the pair has the layer's MACs,
       within the method's largest rank), a list of ranks (ints, clipped to
       the largest), or a list of fractions of the largest rank in (0, 1].
-    repeats: samples per time (the median is kept); warmup: runs before.
+    repeats: rounds per layer (one sample of the layer and of each
+      candidate per round; the median ratio to the layer is kept) and
+      forward passes timing the layers together (the median is kept);
+      warmup: runs of the layer and of each candidate before its rounds.
 
     Returns a Profile. TypeError/ValueError for bad arguments; RuntimeError
     when example_input does not run through the model.
@@ -560,7 +599,10 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
         if is_decomposable(m) and _candidates(m, wanted):
             targets[id(m)] = ref.name or root_name(m)
     layers = {}
+    ratios = {}    # name -> per candidate, per rank: time / the layer's
+    timers = {}    # name -> (the module timed, calls per sample)
     calls = {}
+    together = {}  # name -> the layer's samples in the passes over all
     reporter = _ProfileReporter(len(targets))
 
     busy = []  # timing a layer calls it again: those calls are not counted
@@ -581,11 +623,29 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
             return
         busy.append(name)
         try:
-            layers[name] = _measure(name, module, x.detach(), device, dtype,
-                                    wanted, grid_spec, warmup, repeats, sync,
-                                    reporter)
+            layers[name], ratios[name], timers[name] = _measure(
+                name, module, x.detach(), device, dtype, wanted, grid_spec,
+                warmup, repeats, sync, reporter)
         finally:
             busy.pop()
+
+    seen = set()
+
+    def pass_hook(module, inputs, _output):
+        # One sample of each profiled layer per forward pass: its first call.
+        name = targets.get(id(module))
+        if name is None or name not in timers or name in seen:
+            return
+        seen.add(name)
+        layer, inner = timers[name]
+        try:
+            x = inputs[0].detach().to(device=device, dtype=dtype)
+            sync(x)   # the model's own work so far is not this sample's
+            t = _sample(lambda: layer(x), inner, sync)
+        except Exception as e:  # noqa: BLE001 - named and carried out
+            raise _Measuring(RuntimeError(
+                f"{name}: profiling failed: {type(e).__name__}: {e}")) from e
+        together.setdefault(name, []).append(t)
 
     modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(hook) for m in model.modules()
@@ -593,13 +653,15 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
     try:
         model.eval()
         with torch.no_grad():
-            try:
-                model(*args)
-            except _Measuring as e:
-                raise e.error from None
-            except Exception as e:  # noqa: BLE001 - re-raised with context
-                raise RuntimeError(f"example_input does not run through the "
-                                   f"model: {type(e).__name__}: {e}") from e
+            _forward(model, args)
+            for h in handles:
+                h.remove()
+            handles = [m.register_forward_hook(pass_hook)
+                       for m in model.modules() if id(m) in targets]
+            for k in range(repeats if layers else 0):
+                seen.clear()
+                reporter.together(k / repeats)
+                _forward(model, args)
     finally:
         for h in handles:
             h.remove()
@@ -609,23 +671,41 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
     if not layers:
         raise ValueError("no Conv2d or Linear layer of the model ran on "
                          "example_input: nothing to profile")
+    timers.clear()   # the copies made for another device or dtype
     for name, entry in layers.items():
+        if together.get(name):
+            t = statistics.median(together[name])
+        else:
+            log.info("%s: did not run again in the passes over all layers: "
+                     "its time is its own rounds' median", name)
+            t = entry["round_time"]
         n = calls.get(name, 1)
         if n > 1:  # each call costs the time measured for one
             entry["calls"] = n
-            entry["time"] *= n
-            for c in entry["candidates"]:
-                c["times"] = [t * n for t in c["times"]]
+        entry["time"] = t * n
+        entry["round_time"] *= n
+        for c, rs in zip(entry["candidates"], ratios[name]):
+            c["times"] = [r * t * n for r in rs]
     data = {
         "format": FORMAT, "version": VERSION,
         "device": str(device), "device_name": device_name(device),
         "torch_version": torch.__version__,
         "dtype": str(dtype).replace("torch.", ""),
         "input_shape": list(first.shape),
-        "warmup": warmup, "repeats": repeats,
+        "warmup": warmup, "repeats": repeats, "timing": "interleaved",
         "layers": layers,
     }
     return Profile(data)
+
+
+def _forward(model, args):
+    try:
+        model(*args)
+    except _Measuring as e:
+        raise e.error from None
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise RuntimeError(f"example_input does not run through the "
+                           f"model: {type(e).__name__}: {e}") from e
 
 
 class _Measuring(Exception):
@@ -639,7 +719,12 @@ class _Measuring(Exception):
 
 def _measure(name, module, x, device, dtype, methods, grid_spec, warmup,
              repeats, sync, reporter):
-    """One layer's profile entry, timed with input x."""
+    """(entry, ratios, timer) for one layer, timed with input x: its profile
+    entry with "time" and "round_time" the layer's median over its rounds
+    (profile() sets "time" from the passes over all layers, and the
+    candidates' times from `ratios`: per candidate, per rank, the median
+    ratio of the pair's time to the layer's in the same rounds); the timer
+    (the module timed, calls per sample) for those passes."""
     try:
         x = x.to(device=device, dtype=dtype)
         w = module.weight
@@ -651,44 +736,94 @@ def _measure(name, module, x, device, dtype, methods, grid_spec, warmup,
                          and x.is_contiguous(memory_format=torch.channels_last))
         with torch.no_grad():
             y = layer(x)
-            t0 = _median_time(lambda: layer(x), sync, warmup, repeats)
             cands = _candidates(module, methods)
             grids = []
             for method, order, max_rank in cands:
                 before, per = _macs(module, method, order, x, y)
                 grids.append(_grid(grid_spec, max_rank, before, per))
-            total = sum(len(g) for g in grids)
-            done = 0
+            del y
+            # Every (candidate, rank) in a fixed order; grouped by weight
+            # bytes as they are built.
+            wanted = [(i, rank) for i, g in enumerate(grids) for rank in g]
+            inner0 = _calls_per_sample(lambda: layer(x), sync, warmup)
+            base = []            # the layer's samples, every round
+            by_key = {}          # (i, rank) -> median ratio to the layer
+            rng = random.Random(name)
+            progress = [0, len(wanted) * repeats]
+
+            def run(group):
+                _rounds(group, layer, inner0, x, sync, warmup, repeats, rng,
+                        base, by_key)
+                progress[0] += len(group) * repeats
+                reporter.inside(name, progress[0] / progress[1])
+
+            group, size = [], 0
+            for i, rank in wanted:
+                method, order, _ = cands[i]
+                pair = _pair(module, method, order, rank, device, dtype)
+                if channels_last:
+                    pair = pair.to(memory_format=torch.channels_last)
+                nbytes = sum(p.numel() * p.element_size()
+                             for p in pair.parameters())
+                if group and size + nbytes > _GROUP_BYTES:
+                    run(group)
+                    group, size = [], 0
+                group.append(((i, rank), pair))
+                size += nbytes
+            if group:
+                run(group)
+            del group
+            t0 = statistics.median(base)
             entry = {
                 "type": "Linear" if isinstance(module, nn.Linear)
                 else "Conv2d",
                 "weight_shape": list(module.weight.shape),
                 "input_shape": list(x.shape),
-                "time": t0, "candidates": [],
+                "time": t0, "round_time": t0, "candidates": [],
             }
+            ratios = []
             best = None
-            for (method, order, _), grid in zip(cands, grids):
-                times = []
-                for rank in grid:
-                    pair = _pair(module, method, order, rank, device, dtype)
-                    if channels_last:
-                        pair = pair.to(memory_format=torch.channels_last)
-                    t = _median_time(lambda: pair(x), sync, warmup, repeats)
-                    times.append(t)
-                    if best is None or t < best[0]:
-                        best = (t, method, order, rank)
-                    done += 1
-                    reporter.inside(name, done / total)
+            for i, ((method, order, _), grid) in enumerate(zip(cands, grids)):
+                rs = [by_key[(i, rank)] for rank in grid]
+                for rank, r in zip(grid, rs):
+                    if best is None or r < best[0]:
+                        best = (r, method, order, rank)
                 c = {"method": method}
                 if order:
                     c["order"] = order
-                c.update(ranks=grid, times=times)
+                c.update(ranks=grid, times=[r * t0 for r in rs])
                 entry["candidates"].append(c)
+                ratios.append(rs)
     except Exception as e:  # noqa: BLE001 - named and carried out
         raise _Measuring(RuntimeError(f"{name}: profiling failed: "
                                       f"{type(e).__name__}: {e}")) from e
     reporter.layer_done(name, t0, best)
-    return entry
+    return entry, ratios, (layer, inner0)
+
+
+def _rounds(group, layer, inner0, x, sync, warmup, repeats, rng, base,
+            ratios):
+    """Time `layer` and each pair of `group` ([(key, pair)]) round-robin:
+    `repeats` rounds of one sample each, in an order shuffled per round.
+    Appends the layer's samples to `base`; sets ratios[key] to the median
+    over the rounds of the pair's sample over the layer's in that round."""
+    runs = [(None, lambda: layer(x), inner0)]
+    for key, pair in group:
+        fn = (lambda p: lambda: p(x))(pair)
+        runs.append((key, fn, _calls_per_sample(fn, sync, warmup)))
+    per = {key: [] for key, _, _ in runs[1:]}
+    for _ in range(repeats):
+        order = list(runs)
+        rng.shuffle(order)
+        got = {key: _sample(fn, inner, sync) for key, fn, inner in order}
+        # A sample lasts _MIN_SAMPLE; the guard is for a clock that did not
+        # move.
+        t0 = max(got[None], 1e-12)
+        base.append(got[None])
+        for key in per:
+            per[key].append(got[key] / t0)
+    for key, rs in per.items():
+        ratios[key] = statistics.median(rs)
 
 
 def _copy_empty(module, device, dtype):
@@ -721,20 +856,32 @@ class _ProfileReporter(Reporter):
         if best is None:
             log.info("%s: %.3f ms", name, t0 * 1e3)
         else:
-            t, method, order, rank = best
+            ratio, method, order, rank = best
             log.info("%s: %.3f ms; fastest candidate %s%s at rank %d: "
-                     "%.3f ms", name, t0 * 1e3, method,
-                     f" {order}" if order else "", rank, t * 1e3)
+                     "%.3f ms (%.2f of the layer in the same rounds)", name,
+                     t0 * 1e3, method, f" {order}" if order else "", rank,
+                     ratio * t0 * 1e3, ratio)
         if self.bar:
             self._bar(name, 0.0)
 
-    def _bar(self, name, part):
+    def together(self, fraction):
+        """The passes timing every profiled layer together, `fraction`
+        done."""
+        if fraction == 0.0:
+            self.total = self.done   # the layers that never ran are not
+            log.info("timing the %d layer(s) together over forward passes",
+                     self.done)
+        if self.bar:
+            self._bar("all layers together", 0.0, fraction)
+
+    def _bar(self, name, part, together=None):
         total = max(self.total, 1)
         width = 24
         filled = min(width, int(width * (self.done + part) / total))
+        tail = "" if together is None else f" {together:.0%}"
         self._write_line(f"decompd profile [{'#' * filled}"
                          f"{'.' * (width - filled)}] {self.done}/{total} "
-                         f"{name}")
+                         f"{name}{tail}")
 
     def close(self):
         if self.bar and self.done:

@@ -7,6 +7,12 @@ PyTorch and the real engine; no assertion depends on how long anything took:
   kh, kw > 1; channel; svd for a Linear) over increasing grids within each
   method's largest rank; ranks= and methods= shape the grid; the model's
   modes and hooks are as before;
+- under a load that drifts several-fold while profiling (a fake clock that
+  each Conv2d/Linear call advances by its MACs times the current load), each
+  candidate's time relative to its layer, and each layer's relative to the
+  others, stay what the MACs make them (the layer and its candidates are
+  timed in interleaved rounds, in one group or a group per pair; the
+  layers together in forward passes);
 - save -> load gives an equal Profile, the file is to_json(), the digest is
   the file's sha256;
 - the engine takes a measured profile under a latency budget and records
@@ -192,6 +198,111 @@ def test_progress_bar_and_per_layer_lines_appear(monkeypatch, capsys,
     for name in ("c1", "c2", "c3", "c4", "fc"):
         assert any(m.startswith(f"{name}: ") and "ms" in m for m in lines)
     assert any(m.startswith("profiled 5 layer(s)") for m in lines)
+
+
+class DriftingClock:
+    """A fake decompd.latency._clock: every Conv2d/Linear call (of any
+    module, the model's and the candidates' alike) advances it by the
+    call's MACs times UNIT times the load, and the load grows with the
+    clock: load = 1 + t / RAMP. A module's true cost is its MACs; a profile
+    that compares samples taken at different moments sees the load too."""
+
+    UNIT = 1e-8     # seconds per MAC at load 1 (c1: about 2 ms)
+    RAMP = 1.0      # seconds of fake time per unit of added load
+
+    def __init__(self):
+        self.t = 0.0
+        self.frozen = False   # cost() reads MACs at load 1, clock unmoved
+
+    def load(self):
+        return 1.0 + self.t / self.RAMP
+
+    def __call__(self):
+        return self.t
+
+    def hook(self, module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs = output.numel() * module.in_channels // module.groups \
+                * kh * kw
+        elif isinstance(module, nn.Linear):
+            macs = output.numel() * module.in_features
+        else:
+            return
+        self.t += macs * self.UNIT * (1.0 if self.frozen else self.load())
+
+    def cost(self, fn):
+        t, self.frozen = self.t, True
+        try:
+            fn()
+            return self.t - t
+        finally:
+            self.t, self.frozen = t, False
+
+
+@pytest.mark.parametrize("group_bytes", [None, 1],
+                         ids=["one_group", "a_group_per_pair"])
+def test_interleaved_timing_keeps_ratios_right_under_a_drifting_load(
+        monkeypatch, group_bytes):
+    import decompd.latency as latency
+    if group_bytes is not None:   # every pair timed in a group of its own
+        monkeypatch.setattr(latency, "_GROUP_BYTES", group_bytes)
+    clock = DriftingClock()
+    model = small()
+    inputs = {}
+
+    def keep(name):
+        def hook(_module, args, _output):
+            inputs[name] = args[0]   # (returning it would replace the output)
+        return hook
+
+    saved = [model.get_submodule(n).register_forward_hook(keep(n))
+             for n in ("c1", "c2", "c3", "c4", "fc")]
+    with torch.no_grad():
+        model(example())
+    for h in saved:
+        h.remove()
+    monkeypatch.setattr(latency, "_clock", clock)
+    handle = nn.modules.module.register_module_forward_hook(clock.hook)
+    try:
+        prof = decompd.profile(model, example(), ranks=6, repeats=7,
+                               warmup=1)
+        end_load = clock.load()
+        with torch.no_grad():
+            cost = {n: clock.cost(lambda n=n: model.get_submodule(n)(x))
+                    for n, x in inputs.items()}
+            pair_cost = {}
+            for n, entry in prof.layers.items():
+                m = model.get_submodule(n)
+                for c in entry["candidates"]:
+                    for r in c["ranks"]:
+                        pair = latency._pair(m, c["method"], c.get("order"),
+                                             r, torch.device("cpu"),
+                                             torch.float32)
+                        pair_cost[n, c["method"], c.get("order"), r] = \
+                            clock.cost(lambda: pair(inputs[n]))
+    finally:
+        handle.remove()
+    # The load grew over 4x during the profile, and the layers' own rounds
+    # saw loads up to 3x apart (the same layer's time in its rounds and in
+    # the final passes): times taken one after the other would carry that.
+    # What is left is the load's growth within one round or one pass (up
+    # to ~3% here), hence the 5% allowed.
+    assert end_load > 4.0
+    drift = [e["time"] / e["round_time"] for e in prof.layers.values()]
+    assert max(drift) / min(drift) > 2.5
+    # Each candidate against its layer: the MAC ratio.
+    for n, entry in prof.layers.items():
+        for c in entry["candidates"]:
+            for r, t in zip(c["ranks"], c["times"]):
+                want = pair_cost[n, c["method"], c.get("order"), r] / cost[n]
+                assert t / entry["time"] == pytest.approx(want, rel=0.05), \
+                    (n, c["method"], c.get("order"), r)
+    # Layers against each other: their MAC ratios.
+    for n, entry in prof.layers.items():
+        want = cost[n] / cost["c1"]
+        got = entry["time"] / prof.layers["c1"]["time"]
+        assert got == pytest.approx(want, rel=0.05), n
 
 
 # --- files ----------------------------------------------------------------------
