@@ -20,7 +20,8 @@ a change in the machine's load hits them alike. Each setting's relative
 energy kept comes from its info file (per-layer stats.energy_retained, the
 weights' spectrum: no calibration here; layers left alone keep 1.0). Whether
 a target is reachable is the profile's verdict: the info file's predicted
-latency over the profiled layers (summary.latency_before / latency_after);
+latency of the whole model (summary.latency_before / latency_after: the
+profiled layers, and the rest at the profile's model_time less theirs);
 when the budget falls short of the target it reports the best it reached.
 The verdict of issue 16: at 1.3, the measured speed-up within 10% of 1.3
 wherever the profile says 1.3 is reachable.
@@ -273,7 +274,7 @@ def report(results, digits, args):
       f"warm-up, grid {args.ranks} ranks")
     p("")
     p("| model | setting | conv MACs ↓ | layers decomposed | energy kept "
-      "(mean / worst) | predicted (profiled convs) | latency | speed-up |")
+      "(mean / worst) | predicted (whole model) | latency | speed-up |")
     p("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         for row in r["rows"]:
@@ -314,7 +315,7 @@ def report(results, digits, args):
             else:
                 p(f"  - target {t}×: out of reach per the profile (within "
                   f"the quality floor); best reachable "
-                  f"{row['predicted']:.2f}× over the profiled convs, "
+                  f"{row['predicted']:.2f}× (the info file, whole model), "
                   f"{row['predicted_whole']:.2f}× predicted for the whole "
                   f"model; measured {row['speedup']:.2f}×")
     if digits:

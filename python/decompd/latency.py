@@ -39,7 +39,13 @@ src/core/profile.c reads; decomp_options.profile):
      median over these passes; each candidate's time is its ratio times
      that. The layers' times are then consistent with each other (taken at
      the same moments) and with the model they sum into; the load of the
-     last passes sets the scale of every time.
+     last passes sets the scale of every time. Each of these passes is
+     followed by a plain forward pass, timed whole: their median is
+     ``model_time``, with which the engine counts the rest of the model
+     (norms, activations, pooling, layers the policy leaves out) at its
+     measured time, so a ``latency_reduction`` is the whole model's. It is
+     measured only when the model's parameters are on the profiled device
+     and dtype (otherwise the target covers the profiled layers).
   A layer that did not run again in those passes keeps the median of its
   own rounds (logged).
 - ``Profile``: the result, ``.save``/``.load`` (JSON), ``.to_json()``,
@@ -53,6 +59,7 @@ The format (version 1):
     {"format": "decompd.profile", "version": 1, "device": "cpu",
      "device_name": "...", "torch_version": "...", "dtype": "float32",
      "input_shape": [8, 3, 224, 224], "warmup": 2, "repeats": 5,
+     "model_time": seconds,
      "layers": {NAME: {"type": "Conv2d", "weight_shape": [O, I/g, kh, kw],
                        "input_shape": [...], "calls": 1, "time": seconds,
                        "candidates": [{"method": "spatial_svd",
@@ -150,6 +157,9 @@ def _check(data, where):
     layers = data.get("layers")
     if not isinstance(layers, Mapping) or not layers:
         raise bad('"layers" is not a non-empty object')
+    if "model_time" in data and _seconds(data["model_time"]) is None:
+        raise bad(f"model_time {data['model_time']!r} is not a finite, "
+                  f"non-negative number of seconds")
     for name, layer in layers.items():
         def lbad(msg, name=name):
             return ProfileError(f"{where}: layer {name}: {msg}")
@@ -242,6 +252,13 @@ class Profile:
     def total_time(self):
         """The summed time of the profiled layers, as they are (seconds)."""
         return sum(float(v["time"]) for v in self.layers.values())
+
+    @property
+    def model_time(self):
+        """The whole forward pass's time (seconds), or None when it was
+        not measured (the model not on the profiled device and dtype)."""
+        t = self._data.get("model_time")
+        return None if t is None else float(t)
 
     def to_dict(self):
         return json.loads(json.dumps(self._data))
@@ -647,6 +664,18 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
                 f"{name}: profiling failed: {type(e).__name__}: {e}")) from e
         together.setdefault(name, []).append(t)
 
+    # The whole forward pass as it is, beside each pass over the layers
+    # (model_time: the engine counts what the layers do not take at its
+    # time) — when the model itself runs on the profiled device and dtype.
+    whole = []
+    own = all(p.device == device and (not p.is_floating_point()
+                                      or p.dtype == dtype)
+              for p in model.parameters())
+
+    def plain_pass():
+        out = _forward(model, args)
+        sync(out if isinstance(out, torch.Tensor) else first)
+
     modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if id(m) in targets]
@@ -662,6 +691,8 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
                 seen.clear()
                 reporter.together(k / repeats)
                 _forward(model, args)
+                if own:  # the hooks are idle now: every layer is seen
+                    whole.append(_sample(plain_pass, 1, lambda out: None))
     finally:
         for h in handles:
             h.remove()
@@ -695,12 +726,18 @@ def profile(model, example_input, *, device=None, dtype=None, methods=None,
         "warmup": warmup, "repeats": repeats, "timing": "interleaved",
         "layers": layers,
     }
+    if whole:
+        data["model_time"] = statistics.median(whole)
+    else:
+        log.info("the model's parameters are not on %s in %s: no "
+                 "model_time (latency_reduction then counts the profiled "
+                 "layers only)", device, dtype)
     return Profile(data)
 
 
 def _forward(model, args):
     try:
-        model(*args)
+        return model(*args)
     except _Measuring as e:
         raise e.error from None
     except Exception as e:  # noqa: BLE001 - re-raised with context

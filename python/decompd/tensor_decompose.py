@@ -474,7 +474,7 @@ def auto_decomposition(model, decompose_info_path=None, *, policy=None,
     profile: optional, a decompd.Profile (decompd.profile) or the path of a
       profile file: each layer's measured time and its candidates' times
       over a grid of ranks on the target device. With it the budget takes
-      "latency_reduction" (a target over the profiled layers), and every
+      "latency_reduction" (a target for the whole model), and every
       policy leaves alone a layer the profile says would get slower
       ("max_slowdown", default 1.0). The engine checks it against the
       model: a layer the model lacks, another weight shape, a bad time or

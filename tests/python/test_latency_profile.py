@@ -388,8 +388,13 @@ def test_engine_takes_a_measured_profile_under_a_latency_budget(tmp_path):
         assert info["profile"]["digest"] == prof.digest
         assert info["profile"]["device_name"] == prof.device_name
         summary = info["summary"]
+        # The whole model's: the layers and the rest at its measured time
+        # (model_time, which noise may put below the layers' sum).
+        assert prof.model_time is not None
         assert summary["latency_before"] == pytest.approx(
-            prof.total_time, rel=1e-6)
+            max(prof.model_time, prof.total_time), rel=1e-6)
+        assert summary["latency_other"] == pytest.approx(
+            max(0.0, prof.model_time - prof.total_time), rel=1e-6, abs=1e-12)
         assert summary["latency_after"] <= summary["latency_before"]
         for layer in info["layers"]:
             assert layer["stats"]["latency_after"] < \
