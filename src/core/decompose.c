@@ -15,7 +15,11 @@
  * layers of each phase run on a small pool (see "layers in parallel"
  * below); memory is bounded by the layers in flight plus the new factors.
  * Only the new tensors are kept; everything else in the result is borrowed
- * from the input. */
+ * from the input. decomp_decompose_save streams instead: between the two
+ * phases it plans the output files (shard_write.c) and copies the tensors
+ * that pass through, and each layer's factors are written and freed as it
+ * is reported done, so memory is the layers in flight alone; the input
+ * pages each layer read are given back after it (core_weights_drop_pages). */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
