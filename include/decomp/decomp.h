@@ -164,9 +164,40 @@ decomp_format decomp_detect_format(const void *buf, size_t len);
 
 /* Read a weight file (format found from its content). The file is mapped
  * read-only; nothing in it is executed; every size and offset is checked.
- * A TorchScript archive fails with DECOMP_ERR_TORCHSCRIPT. */
+ * A TorchScript archive fails with DECOMP_ERR_TORCHSCRIPT.
+ *
+ * `path` may also be a sharded safetensors checkpoint as the Hugging Face
+ * tools write it: a folder holding model.safetensors.index.json, or an
+ * index file (a name ending in ".json"). The shards are looked up by their
+ * plain names in the index's folder, and a file there that looks like a
+ * shard (NAME-…-of-….safetensors) but that the index does not name is an
+ * error; see decomp_weights_open_sharded for the checks. */
 int decomp_weights_open(decomp_ctx *ctx, const char *path,
                         decomp_weights **out);
+
+/* Read a sharded safetensors checkpoint from its index document (the text
+ * of model.safetensors.index.json: {"metadata": {"total_size": N},
+ * "weight_map": {tensor: shard name}}) and the `nshards` shard files it
+ * names, shard names[i] being at paths[i] (as a service keeps each shard as
+ * its own blob). Every shard is mapped and checked as a safetensors file
+ * (a defect keeps that reader's code, the message starts with the shard's
+ * name). The index is checked, DECOMP_ERR_BAD_SHARD_INDEX naming the tensor
+ * and the shard: shard names are plain file names (no '/', no "..", ending
+ * in ".safetensors"; never used as a path); every shard the map names is
+ * given and every one given is named; every tensor is in exactly one shard,
+ * the one the map says, and every mapped tensor is there; total_size, when
+ * given, equals the tensors' bytes. The set holds the shards' tensors, shard
+ * by shard in the order the map first names them, each in its file's order,
+ * all mapped; __metadata__ is the shards' when they all carry the same. */
+int decomp_weights_open_sharded(decomp_ctx *ctx, const char *index_json,
+                                size_t len, size_t nshards,
+                                const char *const *names,
+                                const char *const *paths,
+                                decomp_weights **out);
+
+/* How many shards the set was read from: 0 for a single file or a built
+ * set. */
+size_t decomp_weights_shard_count(const decomp_weights *w);
 
 /* Same as decomp_weights_open on a buffer the caller keeps alive and
  * unchanged for the life of the returned set. */
@@ -472,6 +503,49 @@ int decomp_calibration_check(decomp_ctx *ctx, const decomp_weights *calibration,
  * names the layer. *layers (may be NULL) gets how many layers it has. */
 int decomp_profile_check(decomp_ctx *ctx, const char *profile,
                          const decomp_spec *spec, size_t *layers);
+
+/* Where and how decomp_decompose_save writes. Zero-initialized (or NULL):
+ * one file model.safetensors, shards of DECOMP_SHARD_BYTES_DEFAULT. */
+typedef struct decomp_save_options {
+  uint64_t shard_bytes;    /* a shard's size limit in bytes (a tensor larger
+                              than it gets a shard of its own); 0: the
+                              default, 5 GB as the Hub's tools use */
+  bool sharded;            /* write the sharded layout even when everything
+                              fits one shard (for a sharded input) */
+  const char *single_name; /* the file's name when not sharded (a plain
+                              name); NULL: "model.safetensors" */
+} decomp_save_options;
+
+#define DECOMP_SHARD_BYTES_DEFAULT 5000000000ull
+
+/* Decompose as decomp_decompose does, writing the decomposed state dict to
+ * the folder `out_dir` (which must exist) as safetensors while it is made,
+ * never holding it whole: in one file, or — when `save->sharded`, or when
+ * it does not fit one shard of `save->shard_bytes` — as the Hub's sharded
+ * layout, model-00001-of-0000N.safetensors … plus
+ * model.safetensors.index.json (weight_map and total_size), tensors packed
+ * in order. The files' headers are written once the ranks are chosen (the
+ * factors' shapes follow from them); tensors that pass through are copied
+ * from the input's mapping slice by slice; each decomposed layer's factors
+ * are written as soon as it is done and freed; the input's mapped pages a
+ * layer read are given back after it. Peak memory is then the layers in
+ * flight (with `threads` ≥ 2, at most a few more done layers waiting for
+ * their turn in spec order) plus a constant, whatever the model's size;
+ * the info file's summary records the process's peak RSS so far as
+ * `peak_rss_bytes` (getrusage's high-water mark: in a long-running process
+ * it also covers earlier work). The bytes are those decomp_weights_save
+ * writes for decomp_decompose's result (for one file, the same file).
+ *
+ * Files are written as temporaries in `out_dir` and renamed at the end,
+ * the index last; on failure nothing is left. *out_info gets
+ * decompose_info.json, *out_files (may be NULL) a JSON array of the file
+ * names written, shards then index; free both with decomp_free. */
+int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
+                          const decomp_spec *spec,
+                          const decomp_policy *policy,
+                          const decomp_options *opts, const char *out_dir,
+                          const decomp_save_options *save, char **out_info,
+                          char **out_files);
 
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);

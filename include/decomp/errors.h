@@ -34,6 +34,8 @@ extern "C" {
     "TorchScript archive: this build cannot read TorchScript", 422)               \
   X(BAD_TORCHSCRIPT, 18, "bad_torchscript", "TorchScript archive failed to load", \
     422)                                                                          \
+  X(BAD_SHARD_INDEX, 19, "bad_shard_index",                                      \
+    "invalid sharded checkpoint (index or shards)", 422)                          \
   /* spec, policy, decomposition, info */                                         \
   X(BAD_SPEC, 20, "bad_spec", "invalid layer spec", 400)                          \
   X(SPEC_MISMATCH, 21, "spec_mismatch", "layer spec does not match the weights",  \

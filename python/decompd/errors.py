@@ -30,6 +30,7 @@ _VALUE_CODES = frozenset({
     3,   # invalid_argument
     6,   # too_large
     10, 11, 12, 13, 14, 15, 16, 17, 18,  # weight formats
+    19,  # bad_shard_index
     20,  # bad_spec
     21,  # spec_mismatch
     22,  # bad_policy

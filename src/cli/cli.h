@@ -37,6 +37,13 @@ char *cli_read_file(const char *path, size_t *out_len);
  * I/O failure. */
 bool cli_file_digest(const char *path, char out[72]);
 
+/* The digest decompose records for its input: the file's, or for a sharded
+ * checkpoint (a folder or its index .json) the SHA-256 of its manifest,
+ * lines "<sha256:…> <name>\n" for the index file and then every shard by
+ * name. False on I/O failure or an index that cannot be read (errno may be
+ * 0: the engine's open says what is wrong). */
+bool cli_weights_digest(const char *path, char out[72]);
+
 /* Set by SIGINT/SIGTERM handlers installed by cli_catch_signals(). */
 extern volatile int cli_interrupted;
 void cli_catch_signals(void);

@@ -1,7 +1,10 @@
 /* cmd_decompose.c — `decompctl decompose`: run the engine locally on a weight
- * file and a layer spec, write DIR/decomposed_weights.{pth,safetensors} and
- * DIR/decompose_info.json, and print a summary. On any failure nothing is
- * left in DIR (and DIR itself is removed if this run made it). */
+ * file (or a sharded safetensors checkpoint) and a layer spec, write
+ * DIR/decomposed_weights.{pth,safetensors} (or the sharded layout) and
+ * DIR/decompose_info.json, and print a summary. Safetensors output is
+ * streamed as the layers are done (decomp_decompose_save); .pth is built in
+ * memory and saved. On any failure nothing is left in DIR (and DIR itself
+ * is removed if this run made it). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -18,9 +21,10 @@
 #include "decomp/torchscript.h"
 
 static const char usage[] =
-    "usage: decompctl decompose --weights FILE --spec SPEC.json --out DIR\n"
+    "usage: decompctl decompose --weights FILE|DIR|INDEX --spec SPEC.json --out DIR\n"
     "       decompctl decompose --model SCRIPTED.pt --out DIR\n"
     "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
+    "                           [--shard-bytes N]\n"
     "                           [--calibration CAL.safetensors] [--profile P.json]\n"
     "                           [--spectra] [--json] [--quiet] [--verbose]\n"
     "\n"
@@ -28,17 +32,30 @@ static const char usage[] =
     "a weight file (.pth or safetensors, found by content) with the local\n"
     "engine.\n"
     "\n"
-    "  --weights FILE   the state dict to decompose\n"
+    "  --weights FILE   the state dict to decompose; or a sharded safetensors\n"
+    "                   checkpoint: its folder, or its\n"
+    "                   model.safetensors.index.json (shards are read from\n"
+    "                   the index's folder, each mapped, never loaded whole)\n"
     "  --spec FILE      the layer spec (JSON, as the Python package writes it)\n"
     "  --model FILE     a TorchScript archive (torch.jit.save, scripted or\n"
     "                   traced): its weights and layer spec are read from it\n"
     "                   in a sandboxed reader process, so no --spec is needed\n"
     "  --out DIR        where to write decomposed_weights.pth (or .safetensors)\n"
-    "                   and decompose_info.json; made if missing\n"
+    "                   and decompose_info.json; made if missing. A sharded\n"
+    "                   input, or safetensors output over --shard-bytes, is\n"
+    "                   written as model-0000i-of-0000N.safetensors plus\n"
+    "                   model.safetensors.index.json instead\n"
     "  --policy P       rank policy: a name (budget, amct, vbmf, energy,\n"
     "                   max_error, ratio, fixed), a JSON object, or @FILE;\n"
     "                   default budget (2x fewer conv MACs)\n"
     "  --format F       output weights format: pth (default) or safetensors\n"
+    "                   (the default, and the only one, for a sharded input);\n"
+    "                   safetensors is written as the layers are done, so\n"
+    "                   memory stays at the layers in flight\n"
+    "  --shard-bytes N  safetensors shard size limit: bytes, or with a suffix\n"
+    "                   K M G T (powers of 1000) or KiB MiB GiB TiB;\n"
+    "                   default 5G, as the Hugging Face Hub's tools;\n"
+    "                   implies --format safetensors\n"
     "  --calibration F  the layers' input Gram matrices (decompd.calibrate's\n"
     "                   file): the layers it names are decomposed to keep\n"
     "                   their outputs on that data (whitened channel_svd/svd)\n"
@@ -188,6 +205,50 @@ static void print_summary(const char *info_text, const char *weights_path,
   json_decref(info);
 }
 
+/* A byte size: digits with an optional K M G T (powers of 1000, as the
+ * Hub's "5GB"; a trailing B is allowed) or KiB MiB GiB TiB suffix. */
+static bool parse_bytes(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (*s < '0' || *s > '9')
+    return false;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || v == 0)
+    return false;
+  static const char *const dec[] = {"K", "M", "G", "T"};
+  static const char *const bin[] = {"KiB", "MiB", "GiB", "TiB"};
+  uint64_t mul = 1;
+  bool ok = *end == '\0' || strcmp(end, "B") == 0;
+  for (int i = 0; !ok && i < 4; i++) {
+    uint64_t d = 1, b = 1;
+    for (int j = 0; j <= i; j++)
+      d *= 1000, b *= 1024;
+    size_t k = strlen(dec[i]);
+    if (strcmp(end, bin[i]) == 0)
+      mul = b, ok = true;
+    else if (strncmp(end, dec[i], k) == 0 &&
+             (end[k] == '\0' || strcmp(end + k, "B") == 0))
+      mul = d, ok = true;
+  }
+  if (!ok || v > UINT64_MAX / mul)
+    return false;
+  *out = (uint64_t)v * mul;
+  return true;
+}
+
+/* Remove the files a save wrote (a JSON array of names in `dir`). */
+static void unlink_files(const char *dir, const char *files_json) {
+  json_t *a = files_json ? json_loads(files_json, 0, NULL) : NULL;
+  size_t i;
+  json_t *v;
+  json_array_foreach(a, i, v) {
+    char p[8192];
+    snprintf(p, sizeof p, "%s/%s", dir, json_string_value(v));
+    unlink(p);
+  }
+  json_decref(a);
+}
+
 int cmd_decompose(int argc, char **argv) {
   static const struct option opts[] = {
       {"weights", required_argument, NULL, 'w'},
@@ -196,6 +257,7 @@ int cmd_decompose(int argc, char **argv) {
       {"out", required_argument, NULL, 'o'},
       {"policy", required_argument, NULL, 'p'},
       {"format", required_argument, NULL, 'f'},
+      {"shard-bytes", required_argument, NULL, 'B'},
       {"calibration", required_argument, NULL, 'c'},
       {"profile", required_argument, NULL, 'P'},
       {"spectra", no_argument, NULL, 'S'},
@@ -207,7 +269,7 @@ int cmd_decompose(int argc, char **argv) {
   };
   const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
   const char *model_path = NULL, *calib_path = NULL, *profile_path = NULL;
-  const char *policy_arg = "budget", *format_arg = "pth";
+  const char *policy_arg = "budget", *format_arg = NULL, *shard_arg = NULL;
   bool spectra = false, as_json = false, quiet = false, verbose = false;
   int c;
   optind = 1;
@@ -219,6 +281,7 @@ int cmd_decompose(int argc, char **argv) {
     case 'o': out_dir = optarg; break;
     case 'p': policy_arg = optarg; break;
     case 'f': format_arg = optarg; break;
+    case 'B': shard_arg = optarg; break;
     case 'c': calib_path = optarg; break;
     case 'P': profile_path = optarg; break;
     case 'S': spectra = true; break;
@@ -246,16 +309,28 @@ int cmd_decompose(int argc, char **argv) {
     fputs(usage, stderr);
     return CLI_EXIT_USAGE;
   }
-  decomp_format fmt = decomp_format_from_name(format_arg);
+  decomp_format fmt = decomp_format_from_name(format_arg ? format_arg : "pth");
   if (fmt != DECOMP_FORMAT_PTH && fmt != DECOMP_FORMAT_SAFETENSORS) {
     cli_error("decompose: --format must be pth or safetensors, not '%s'",
               format_arg);
+    return CLI_EXIT_USAGE;
+  }
+  uint64_t shard_bytes = 0;
+  if (shard_arg && !parse_bytes(shard_arg, &shard_bytes)) {
+    cli_error("decompose: --shard-bytes takes a positive size (5G, 500MiB, "
+              "1000000), not '%s'",
+              shard_arg);
+    return CLI_EXIT_USAGE;
+  }
+  if (shard_arg && fmt == DECOMP_FORMAT_PTH && format_arg) {
+    cli_error("decompose: --shard-bytes applies to safetensors output");
     return CLI_EXIT_USAGE;
   }
 
   int rc = CLI_EXIT_FAILURE, err;
   bool made_dir = false, wrote_weights = false;
   char *spec_text = NULL, *policy_text = NULL, *profile_text = NULL;
+  char *info_text = NULL, *files = NULL;
   char weights_out[4096] = "", info_out[4096] = "";
   decomp_weights *w = NULL, *calib = NULL;
   decomp_spec *spec = NULL;
@@ -313,8 +388,18 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
 
+  bool sharded = decomp_weights_shard_count(w) > 0;
+  if (sharded && fmt == DECOMP_FORMAT_PTH && format_arg) {
+    cli_error("decompose: --format pth is for single-file models; a sharded "
+              "checkpoint is written as sharded safetensors");
+    rc = CLI_EXIT_USAGE;
+    goto done;
+  }
+  if (sharded || shard_arg)
+    fmt = DECOMP_FORMAT_SAFETENSORS;
+
   char digest[72], calib_digest[72], profile_digest[72];
-  if (!cli_file_digest(weights_path, digest)) {
+  if (!cli_weights_digest(weights_path, digest)) {
     cli_error("%s: %s", weights_path, strerror(errno));
     rc = CLI_EXIT_INPUT;
     goto done;
@@ -369,7 +454,14 @@ int cmd_decompose(int argc, char **argv) {
                       .calibration_digest = calib ? calib_digest : NULL,
                       .profile = profile_text,
                       .profile_digest = profile_text ? profile_digest : NULL};
-  err = decomp_decompose(ctx, w, spec, policy, &o, &result);
+  decomp_save_options so = {.shard_bytes = shard_bytes,
+                            .sharded = sharded,
+                            .single_name = "decomposed_weights.safetensors"};
+  if (fmt == DECOMP_FORMAT_SAFETENSORS)
+    err = decomp_decompose_save(ctx, w, spec, policy, &o, out_dir, &so,
+                                &info_text, &files);
+  else
+    err = decomp_decompose(ctx, w, spec, policy, &o, &result);
   if (ps.partial)
     fputs("\r\033[K", stderr);
   if (err) {
@@ -381,18 +473,33 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
 
-  snprintf(weights_out, sizeof weights_out, "%s/decomposed_weights.%s",
-           out_dir, fmt == DECOMP_FORMAT_PTH ? "pth" : "safetensors");
   snprintf(info_out, sizeof info_out, "%s/decompose_info.json", out_dir);
-  if ((err = decomp_weights_save(ctx, decomp_result_weights(result),
-                                 weights_out, fmt))) {
-    cli_error("%s: %s", weights_out, decomp_errmsg(ctx));
-    rc = cli_exit_for(err);
-    goto done;
+  if (files) {
+    /* Streamed: written already; the last file named is the index when
+     * sharded, else the one file. */
+    json_t *a = json_loads(files, 0, NULL);
+    size_t nf = json_array_size(a);
+    snprintf(weights_out, sizeof weights_out, "%s/%s", out_dir,
+             nf ? json_string_value(json_array_get(a, nf - 1)) : "?");
+    json_decref(a);
+    wrote_weights = true;
+  } else {
+    snprintf(weights_out, sizeof weights_out, "%s/decomposed_weights.pth",
+             out_dir);
+    if ((err = decomp_weights_save(ctx, decomp_result_weights(result),
+                                   weights_out, fmt))) {
+      cli_error("%s: %s", weights_out, decomp_errmsg(ctx));
+      rc = cli_exit_for(err);
+      goto done;
+    }
+    wrote_weights = true;
+    info_text = strdup(decomp_result_info(result));
+    if (!info_text) {
+      cli_error("out of memory");
+      goto done;
+    }
   }
-  wrote_weights = true;
-  if ((err = write_text_atomic(out_dir, "decompose_info.json",
-                               decomp_result_info(result)))) {
+  if ((err = write_text_atomic(out_dir, "decompose_info.json", info_text))) {
     cli_error("%s: %s", info_out, strerror(err));
     rc = CLI_EXIT_OUTPUT;
     goto done;
@@ -403,12 +510,14 @@ int cmd_decompose(int argc, char **argv) {
     unlink(info_out);
     goto done;
   }
-  print_summary(decomp_result_info(result), weights_out, info_out, as_json);
+  print_summary(info_text, weights_out, info_out, as_json);
   rc = CLI_EXIT_OK;
 
 done:
   if (rc != CLI_EXIT_OK) {
-    if (wrote_weights)
+    if (wrote_weights && files)
+      unlink_files(out_dir, files);
+    else if (wrote_weights)
       unlink(weights_out);
     if (made_dir)
       rmdir(out_dir);
@@ -421,6 +530,8 @@ done:
   free(spec_text);
   free(policy_text);
   free(profile_text);
+  decomp_free(info_text);
+  decomp_free(files);
   decomp_ctx_free(ctx);
   return rc;
 }

@@ -6,6 +6,7 @@
 #define DECOMP_CORE_H
 
 #include <stdarg.h>
+#include <sys/types.h>
 
 #include "decomp/decomp.h"
 
@@ -59,6 +60,30 @@ decomp_ctx *core_weights_ctx(const decomp_weights *w);
  * with a zero dimension needs 0. */
 bool core_tensor_extent(const decomp_tensor *t, size_t *out_bytes);
 
+/* The number of shards a set was read from (0: one file, or built). */
+void core_weights_set_shards(decomp_weights *w, size_t n);
+
+/* Give back the resident pages of `t`'s data when they belong to a file
+ * mapping the set `w` keeps (madvise MADV_DONTNEED on the whole pages
+ * inside it: the data stays valid, read again from the page cache if
+ * touched), so a long run over a mapped model keeps in RSS only the layers
+ * it works on. A no-op for data the set does not map from a file (built
+ * sets, caller buffers). Safe from any thread. */
+void core_weights_drop_pages(const decomp_weights *w, const void *data,
+                             size_t len);
+
+/* Sharded checkpoints (shard_read.c). Whether `name` is a plain shard file
+ * name (else *why says what is wrong); parse and check an index document
+ * (weight_map of plain names, metadata.total_size), giving its root and
+ * total_size (-1 when absent); open the index file at `path` with the
+ * shards of its folder. */
+struct json_t;
+bool core_shard_name_ok(const char *name, const char **why);
+int core_shard_index_parse(decomp_ctx *ctx, const char *text, size_t len,
+                           struct json_t **out_root, int64_t *out_total);
+int core_shard_open_index_file(decomp_ctx *ctx, const char *index_path,
+                               decomp_weights **out);
+
 /* Readers: map a whole file read-only. */
 int core_map_file(decomp_ctx *ctx, const char *path, void **out,
                   size_t *out_len);
@@ -74,6 +99,57 @@ int core_safetensors_read(decomp_ctx *ctx, const void *buf, size_t len,
 int core_pth_write(decomp_ctx *ctx, const decomp_weights *w, int fd,
                    const char *stem);
 int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd);
+
+/* The safetensors writer's parts (safetensors.c), shared with the
+ * streaming writer (shard_write.c). An item is one tensor as the header
+ * describes it; its data is `nbytes` bytes, row-major. */
+typedef struct core_st_item {
+  const char *name;       /* borrowed */
+  decomp_dtype dtype;
+  int ndim;
+  int64_t shape[DECOMP_MAX_DIMS];
+  uint64_t nbytes;
+} core_st_item;
+/* The item describing `t` as written (DECOMP_ERR_TOO_LARGE when its byte
+ * size overflows). */
+int core_st_item_of(decomp_ctx *ctx, const decomp_tensor *t, core_st_item *it);
+/* The header JSON of a file holding `items` in this order, data offsets
+ * tiling from 0: *out_text (free()), its length, and the padded length
+ * (a multiple of 8, what the 8-byte prefix says). */
+int core_st_header(decomp_ctx *ctx, const core_st_item *items, size_t n,
+                   const char *metadata, char **out_text, size_t *out_len,
+                   size_t *out_hlen);
+/* Write `t`'s elements row-major to fd's current position, gathering a
+ * strided view through `gbuf` (1 MiB). */
+int core_safetensors_write_tensor(decomp_ctx *ctx, int fd,
+                                  const decomp_tensor *t, unsigned char *gbuf);
+#define CORE_GATHER_BYTES ((size_t)1 << 20)
+
+/* The streaming safetensors writer (shard_write.c): one file named
+ * `single_name` in `dir`, or, when `sharded` or the items do not fit one
+ * shard of `shard_bytes`, model-0000i-of-0000N.safetensors plus
+ * model.safetensors.index.json. Open plans the layout, creates every file
+ * as a temporary with its header; write/copy put one item's data at its
+ * place (any order; write takes exactly its bytes, row-major; copy streams
+ * a tensor of `src` in slices, giving each slice's mapped pages back);
+ * commit fsyncs and renames them all, the index last, and gives the file
+ * names written as a JSON array text (free()); free without a commit (or
+ * after a failed one) removes everything. */
+typedef struct core_st_out core_st_out;
+int core_st_out_open(decomp_ctx *ctx, const char *dir, const char *single_name,
+                     const core_st_item *items, size_t n,
+                     const char *metadata, uint64_t shard_bytes, bool sharded,
+                     core_st_out **out);
+uint64_t core_st_out_nbytes(const core_st_out *o, size_t item);
+int core_st_out_write(core_st_out *o, size_t item, const void *buf,
+                      size_t len);
+int core_st_out_copy(core_st_out *o, size_t item, const decomp_tensor *t,
+                     const decomp_weights *src);
+int core_st_out_commit(core_st_out *o, char **files_json);
+void core_st_out_free(core_st_out *o);
+
+/* The mode a new file gets: 0666 less the process umask. */
+mode_t core_new_file_mode(void);
 
 /* Write all of buf to fd (retrying short writes); DECOMP_ERR_IO or
  * DECOMP_ERR_DISK_FULL on failure, with errno text in the message. */
@@ -374,6 +450,7 @@ typedef struct core_info_run {
   double latency_other;           /* seconds of the model outside the
                                      considered layers (model_time less
                                      theirs), or -1 without model_time */
+  int64_t peak_rss_bytes;         /* > 0: the summary records it */
 } core_info_run;
 
 /* Build decompose_info.json (version 1) for a run over `spec`. Returns the
@@ -397,6 +474,10 @@ static inline bool core_add_size(size_t a, size_t b, size_t *out) {
 
 /* Monotonic seconds. */
 double core_now(void);
+
+/* The process's peak resident set so far, in bytes (getrusage's
+ * ru_maxrss: a high-water mark over the process's life). */
+int64_t core_peak_rss_bytes(void);
 
 /* --- layer spec and rank policies: helpers (spec.c, policy.c, vbmf.c) ---
  * Added by the spec/policy owner; the functions above keep their contract. */

@@ -15,7 +15,11 @@
  * layers of each phase run on a small pool (see "layers in parallel"
  * below); memory is bounded by the layers in flight plus the new factors.
  * Only the new tensors are kept; everything else in the result is borrowed
- * from the input. */
+ * from the input. decomp_decompose_save streams instead: between the two
+ * phases it plans the output files (shard_write.c) and copies the tensors
+ * that pass through, and each layer's factors are written and freed as it
+ * is reported done, so memory is the layers in flight alone; the input
+ * pages each layer read are given back after it (core_weights_drop_pages). */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -62,6 +66,11 @@ struct layer {
   double seconds;           /* time spent on it (both phases) */
   const decomp_tensor *weight, *bias;
   const decomp_tensor *gram; /* its calibration's Gram, or NULL */
+  const decomp_weights *src, *calib_src; /* the sets they live in */
+  /* Streamed output (decomp_decompose_save): where the factors go as soon
+   * as the layer is done (items out_item, out_item + 1), or NULL. */
+  core_st_out *out;
+  size_t out_item;
   /* Its candidate decompositions (a k×k conv: spatial and channel) and
    * each one's spectrum from phase 1; the policy picks one. */
   core_layer_view cand[2];
@@ -118,6 +127,25 @@ static geom geom_of(const decomp_layer *l, core_method method,
   gm.n = gm.O * gm.kb;
   gm.k = gm.m < gm.n ? gm.m : gm.n;
   return gm;
+}
+
+/* The shapes of the two new weights at rank R: [g·R, I, ka-ish…] and
+ * [Cout, R, …] (4-d for convs, 2-d [R, in] and [out, R] for a Linear). */
+static void factor_shapes(const decomp_layer *l, const geom *gm, int64_t R,
+                          int *ndim, int64_t s0[4], int64_t s1[4]) {
+  *ndim = gm->method == CORE_METHOD_LINEAR ? 2 : 4;
+  s0[0] = gm->g * R, s0[1] = gm->I;
+  s1[0] = l->out_channels, s1[1] = R;
+  s0[2] = s0[3] = s1[2] = s1[3] = 0;
+  if (gm->method == CORE_METHOD_CHANNEL) {
+    s0[2] = gm->kh, s0[3] = gm->kw; /* [g·R, I, kh, kw] */
+    s1[2] = s1[3] = 1;              /* [Cout, R, 1, 1] */
+  } else if (gm->method == CORE_METHOD_SPATIAL) {
+    s0[2] = gm->vfirst ? gm->kh : 1;
+    s0[3] = gm->vfirst ? 1 : gm->kw;
+    s1[2] = gm->vfirst ? 1 : gm->kh;
+    s1[3] = gm->vfirst ? gm->kw : 1;
+  }
 }
 
 static geom geom_view(const core_layer_view *v) {
@@ -782,19 +810,7 @@ int core_factorize_ex(decomp_ctx *ctx, const decomp_layer *l,
   }
   if (R > 0) {
     int64_t c1 = gm.g * R;
-    int64_t *s0 = f.first_shape, *s1 = f.second_shape;
-    f.ndim = gm.method == CORE_METHOD_LINEAR ? 2 : 4;
-    s0[0] = c1, s0[1] = gm.I;
-    s1[0] = l->out_channels, s1[1] = R;
-    if (gm.method == CORE_METHOD_CHANNEL) {
-      s0[2] = gm.kh, s0[3] = gm.kw; /* [g·R, I, kh, kw] */
-      s1[2] = s1[3] = 1;            /* [Cout, R, 1, 1] */
-    } else if (gm.method == CORE_METHOD_SPATIAL) {
-      s0[2] = gm.vfirst ? gm.kh : 1;
-      s0[3] = gm.vfirst ? 1 : gm.kw;
-      s1[2] = gm.vfirst ? 1 : gm.kh;
-      s1[3] = gm.vfirst ? gm.kw : 1;
-    }
+    factor_shapes(l, &gm, R, &f.ndim, f.first_shape, f.second_shape);
     /* Into the input's dtype. */
     decomp_dtype dt = weight->dtype;
     decomp_dtype have = bits == 64 ? DECOMP_DTYPE_F64 : DECOMP_DTYPE_F32;
@@ -837,8 +853,25 @@ fail:
  * cand[]/cfac[]. Phase 2: the chosen candidate (info.view) at rank R; the
  * factors replace its phase-1 spectrum, which the SVD is handed as its
  * known optimum and which stays the layer's sigma. */
+static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
+                      struct layer *L, int64_t R, bool want_sigma);
+
+/* A layer's work, after which the pages of its weight (and Gram) that the
+ * SVD touched in the input's file mapping are given back: a run over a
+ * mapped model keeps only the layers in flight in RSS. */
 static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
                      struct layer *L, int64_t R, bool want_sigma) {
+  int rc = layer_run_(ctx, policy, L, R, want_sigma);
+  core_weights_drop_pages(L->src, L->weight->storage,
+                          L->weight->storage_nbytes);
+  if (L->gram)
+    core_weights_drop_pages(L->calib_src, L->gram->storage,
+                            L->gram->storage_nbytes);
+  return rc;
+}
+
+static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
+                      struct layer *L, int64_t R, bool want_sigma) {
   int bits = core_policy_compute_bits(policy, L->weight->dtype);
   if (R == 0) {
     for (int c = 0; c < L->ncand; c++) {
@@ -980,6 +1013,14 @@ static void pool_stop(struct pool *P) {
 static void pool_wait(struct pool *P, size_t limit) {
   pthread_mutex_lock(&P->mu);
   while (P->busy > limit)
+    pthread_cond_wait(&P->done, &P->mu);
+  pthread_mutex_unlock(&P->mu);
+}
+
+/* Wait until layer L (queued, running or done) is done. */
+static void pool_wait_layer(struct pool *P, const struct layer *L) {
+  pthread_mutex_lock(&P->mu);
+  while (L->state == JOB_QUEUED)
     pthread_cond_wait(&P->done, &P->mu);
   pthread_mutex_unlock(&P->mu);
 }
@@ -1231,6 +1272,22 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
     }
     return DECOMP_OK;
   }
+  if (L->info.rank > 0 && L->out) {
+    /* Streamed: the factors go to their planned place and are freed. */
+    size_t isz = decomp_dtype_size(L->fac.dtype), n0 = isz, n1 = isz;
+    for (int d = 0; d < L->fac.ndim; d++) {
+      n0 *= (size_t)L->fac.first_shape[d];
+      n1 *= (size_t)L->fac.second_shape[d];
+    }
+    int rc = core_st_out_write(L->out, L->out_item, L->fac.first, n0);
+    if (rc == DECOMP_OK)
+      rc = core_st_out_write(L->out, L->out_item + 1, L->fac.second, n1);
+    free(L->fac.first);
+    free(L->fac.second);
+    L->fac.first = L->fac.second = NULL;
+    if (rc != DECOMP_OK)
+      return rc;
+  }
   if (L->info.rank > 0)
     core_log(ctx, DECOMP_LOG_INFO, "svd",
              "layer=%s decomposition=%s rank=%lld max_rank=%lld order=%s "
@@ -1324,6 +1381,16 @@ static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
           break;
         L->state = JOB_DONE;
       } else {
+        /* Done layers wait to be reported (and, streamed, written) in
+         * spec order: behind a slow one, at most a few more pile up. */
+        while (i > next + 2 * (size_t)P->started) {
+          pool_wait_layer(P, &Ls[next]);
+          if ((rc = drain(ctx, opts, P, Ls, n, &next, total, phase)) !=
+              DECOMP_OK)
+            break;
+        }
+        if (rc != DECOMP_OK)
+          break;
         pool_wait(P, (size_t)P->started - 1);
         pthread_mutex_lock(&P->mu);
         L->state = JOB_QUEUED;
@@ -1425,12 +1492,104 @@ static void free_layers(struct layer *Ls, size_t n) {
   free(Ls);
 }
 
-int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
-                     const decomp_spec *spec, const decomp_policy *policy,
-                     const decomp_options *opts, decomp_result **out) {
-  if (!w || !spec || !policy || !out)
-    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
-                     "decompose: weights, spec, policy and out are required");
+/* Where a streamed run writes (decomp_decompose_save). */
+struct save_req {
+  const char *dir;
+  const decomp_save_options *o;
+};
+
+/* The streamed output's plan: every tensor of the result in its order
+ * (the input's, decomposed layers' tensors replaced in place), as items;
+ * src[i] is the input tensor an item copies, NULL for a new factor (whose
+ * layer gets out/out_item). Names it makes go to *names (free each). */
+static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
+                       const struct by_name *idx, size_t ndec,
+                       const struct save_req *save, core_st_out **out,
+                       const decomp_tensor ***out_src, char ***out_names,
+                       size_t *out_n) {
+  size_t nt = decomp_weights_count(w), cap = nt + 2 * ndec, n = 0, nn = 0;
+  core_st_item *items = calloc(cap ? cap : 1, sizeof *items);
+  const decomp_tensor **src = calloc(cap ? cap : 1, sizeof *src);
+  char **names = calloc(3 * ndec + 1, sizeof *names);
+  decomp_weights *mw = NULL;
+  int rc = DECOMP_OK;
+  *out_names = names;
+  *out_src = src;
+  if (!items || !src || !names)
+    goto nomem;
+  for (size_t i = 0; i < nt; i++) {
+    const decomp_tensor *t = decomp_weights_at(w, i);
+    struct layer *L = lookup(idx, ndec, t->name, ".weight");
+    if (L && t == L->weight) {
+      static const char *const sfx[] = {".0.weight", ".1.weight", ".1.bias"};
+      geom gm = geom_view(&L->info.view);
+      int ndim;
+      int64_t shp[2][4];
+      factor_shapes(L->info.layer, &gm, L->info.rank, &ndim, shp[0], shp[1]);
+      L->out_item = n;
+      for (int c = 0; c < (L->bias ? 3 : 2); c++) {
+        if (!(names[nn] = join(L->info.layer->name, sfx[c])))
+          goto nomem;
+        if (c == 2) {
+          if ((rc = core_st_item_of(ctx, L->bias, &items[n])) != DECOMP_OK)
+            goto fail;
+          items[n].name = names[nn++];
+          src[n++] = L->bias;
+          continue;
+        }
+        core_st_item *it = &items[n++];
+        *it = (core_st_item){.name = names[nn++], .dtype = t->dtype,
+                             .ndim = ndim};
+        it->nbytes = decomp_dtype_size(t->dtype);
+        for (int d = 0; d < ndim; d++) {
+          it->shape[d] = shp[c][d];
+          it->nbytes *= (uint64_t)shp[c][d];
+        }
+      }
+      continue;
+    }
+    L = lookup(idx, ndec, t->name, ".bias");
+    if (L && t == L->bias)
+      continue; /* written as NAME.1.bias with the weight */
+    if ((rc = core_st_item_of(ctx, t, &items[n])) != DECOMP_OK)
+      goto fail;
+    src[n++] = t;
+  }
+  /* The metadata the in-memory result would carry. */
+  if ((rc = decomp_weights_new(ctx, &mw)) != DECOMP_OK ||
+      (rc = build_metadata(ctx, decomp_weights_metadata(w), idx, ndec, mw)) !=
+          DECOMP_OK)
+    goto fail;
+  uint64_t shard_bytes = save->o && save->o->shard_bytes
+                             ? save->o->shard_bytes
+                             : DECOMP_SHARD_BYTES_DEFAULT;
+  rc = core_st_out_open(ctx, save->dir, save->o ? save->o->single_name : NULL,
+                        items, n, decomp_weights_metadata(mw), shard_bytes,
+                        save->o && save->o->sharded, out);
+  if (rc != DECOMP_OK)
+    goto fail;
+  for (size_t i = 0; i < ndec; i++)
+    idx[i].L->out = *out;
+  /* The tensors that pass through, streamed now. */
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++)
+    if (src[i])
+      rc = core_st_out_copy(*out, i, src[i], w);
+  *out_n = n;
+  goto done;
+nomem:
+  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+fail:
+done:
+  decomp_weights_free(mw);
+  free(items);
+  return rc;
+}
+
+static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
+                         const decomp_spec *spec, const decomp_policy *policy,
+                         const decomp_options *opts,
+                         const struct save_req *save, decomp_result **out,
+                         char **out_info, char **out_files) {
   int rc = decomp_spec_check(ctx, spec, w);
   if (rc != DECOMP_OK)
     return rc;
@@ -1446,6 +1605,10 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   decomp_weights *rw = NULL;
   core_calib *calib = NULL;
   core_profile *prof = NULL;
+  core_st_out *sout = NULL;
+  const decomp_tensor **ssrc = NULL;
+  char **snames = NULL, *info = NULL;
+  size_t nitems = 0;
   char *name = NULL;
   struct pool pool = {0}, *P = NULL;
   int threads = 0, blas_saved = 0;
@@ -1518,6 +1681,8 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     if (!name)
       goto nomem;
     L->bias = l->bias ? decomp_weights_find(w, name) : NULL;
+    L->src = w;
+    L->calib_src = opts ? opts->calibration : NULL;
     if (!L->weight) { /* decomp_spec_check guarantees it */
       rc = core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: no weight", l->name);
       goto fail;
@@ -1627,11 +1792,7 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     L->job_sigma = true;
     ndec++;
   }
-  rc = run_phase(ctx, opts, policy, Ls, n, total, 2, P, threads);
-  if (rc != DECOMP_OK)
-    goto fail;
-
-  /* The result: input order, decomposed layers' tensors replaced in place. */
+  /* The decomposed layers by name: where their tensors go. */
   idx = calloc(ndec ? ndec : 1, sizeof *idx);
   if (!idx)
     goto nomem;
@@ -1639,6 +1800,19 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
     if (Ls[i].info.rank > 0)
       idx[c++] = (struct by_name){Ls[i].info.layer->name, &Ls[i]};
   qsort(idx, ndec, sizeof *idx, cmp_by_name);
+  /* Streamed: the output's files, planned now that the ranks are known;
+   * each layer's factors are written as it is done. */
+  if (save && (rc = stream_open(ctx, w, idx, ndec, save, &sout, &ssrc,
+                                &snames, &nitems)) != DECOMP_OK)
+    goto fail;
+
+  rc = run_phase(ctx, opts, policy, Ls, n, total, 2, P, threads);
+  if (rc != DECOMP_OK)
+    goto fail;
+
+  /* The result: input order, decomposed layers' tensors replaced in place. */
+  if (save)
+    goto info;
   rc = decomp_weights_new(ctx, &rw);
   if (rc != DECOMP_OK)
     goto fail;
@@ -1660,9 +1834,9 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
   if (rc != DECOMP_OK)
     goto fail;
 
+info:
   infos = calloc(n ? n : 1, sizeof *infos);
-  res = calloc(1, sizeof *res);
-  if (!infos || !res)
+  if (!infos || (!save && !(res = calloc(1, sizeof *res))))
     goto nomem;
   for (size_t i = 0; i < n; i++)
     infos[i] = Ls[i].info;
@@ -1682,13 +1856,24 @@ int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
       .profile_dtype = core_profile_dtype(prof),
       .profile_input_shape = core_profile_input_shape(prof),
       .latency_other = other,
+      .peak_rss_bytes = save ? core_peak_rss_bytes() : 0,
   };
-  rc = core_info_build(ctx, policy, &run, infos, n, &res->info);
+  rc = core_info_build(ctx, policy, &run, infos, n, &info);
   if (rc != DECOMP_OK)
     goto fail;
   core_log(ctx, DECOMP_LOG_INFO, "svd",
-           "done layers=%zu decomposed=%zu seconds=%.3f", total, ndec,
-           core_now() - t_run);
+           "done layers=%zu decomposed=%zu seconds=%.3f peak_rss_bytes=%lld",
+           total, ndec, core_now() - t_run, (long long)run.peak_rss_bytes);
+  if (save) {
+    if ((rc = core_st_out_commit(sout, out_files)) != DECOMP_OK)
+      goto fail;
+    *out_info = info;
+    info = NULL;
+    rc = DECOMP_OK;
+    goto out;
+  }
+  res->info = info;
+  info = NULL;
   res->weights = rw;
   *out = res;
   res = NULL;
@@ -1714,5 +1899,48 @@ out:
   free_layers(Ls, n);
   decomp_weights_free(rw);
   decomp_result_free(res);
+  core_st_out_free(sout);
+  for (size_t i = 0; snames && snames[i]; i++)
+    free(snames[i]);
+  free(snames);
+  free(ssrc);
+  free(info);
+  return rc;
+}
+
+int decomp_decompose(decomp_ctx *ctx, const decomp_weights *w,
+                     const decomp_spec *spec, const decomp_policy *policy,
+                     const decomp_options *opts, decomp_result **out) {
+  if (!w || !spec || !policy || !out)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "decompose: weights, spec, policy and out are required");
+  return decompose_run(ctx, w, spec, policy, opts, NULL, out, NULL, NULL);
+}
+
+int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
+                          const decomp_spec *spec,
+                          const decomp_policy *policy,
+                          const decomp_options *opts, const char *out_dir,
+                          const decomp_save_options *save, char **out_info,
+                          char **out_files) {
+  if (!w || !spec || !policy || !out_dir || !*out_dir || !out_info)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "decompose_save: weights, spec, policy, out_dir and "
+                     "out_info are required");
+  if (save && save->single_name) {
+    const char *why;
+    if (!core_shard_name_ok(save->single_name, &why))
+      return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                       "decompose_save: file name \"%s\" %s",
+                       save->single_name, why);
+  }
+  struct save_req req = {.dir = out_dir, .o = save};
+  char *files = NULL;
+  int rc = decompose_run(ctx, w, spec, policy, opts, &req, NULL, out_info,
+                         &files);
+  if (rc == DECOMP_OK && out_files)
+    *out_files = files;
+  else
+    free(files);
   return rc;
 }

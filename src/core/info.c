@@ -379,6 +379,9 @@ int core_info_build(decomp_ctx *ctx, const decomp_policy *policy,
     bad |= json_object_set_new(summary, "latency_after", json_real(t_after));
   }
   bad |= json_object_set_new(summary, "worst_relative_error", json_real(worst));
+  if (run->peak_rss_bytes > 0)
+    bad |= json_object_set_new(summary, "peak_rss_bytes",
+                               json_integer((json_int_t)run->peak_rss_bytes));
   bad |= json_object_set(root, "layers", arr);
   bad |= json_object_set(root, "skipped", skipped);
   bad |= json_object_set(root, "changes", changes);

@@ -18,7 +18,7 @@
 #include "core.h"
 
 #define HEADER_MAX ((size_t)100 * 1000 * 1000)
-#define GATHER_BYTES ((size_t)1 << 20)
+#define GATHER_BYTES CORE_GATHER_BYTES
 
 static uint64_t rd64(const unsigned char *p) {
   uint64_t v = 0;
@@ -290,8 +290,8 @@ static json_t *metadata_strings(const char *text) {
   return out;
 }
 
-static int write_tensor(decomp_ctx *ctx, int fd, const decomp_tensor *t,
-                        unsigned char *gbuf) {
+int core_safetensors_write_tensor(decomp_ctx *ctx, int fd,
+                                  const decomp_tensor *t, unsigned char *gbuf) {
   size_t isz = decomp_dtype_size(t->dtype);
   int64_t numel = decomp_tensor_numel(t);
   if (numel == 0)
@@ -340,16 +340,16 @@ static int write_tensor(decomp_ctx *ctx, int fd, const decomp_tensor *t,
   return fill ? core_write_all(ctx, fd, gbuf, fill) : DECOMP_OK;
 }
 
-int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
+int core_st_header(decomp_ctx *ctx, const core_st_item *items, size_t n,
+                   const char *metadata, char **out_text, size_t *out_len,
+                   size_t *out_hlen) {
   int rc = DECOMP_OK;
   json_t *root = json_object();
   char *text = NULL;
-  unsigned char *gbuf = NULL;
   if (!root)
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
-  const char *mtext = decomp_weights_metadata(w);
-  if (mtext) {
-    json_t *m = metadata_strings(mtext);
+  if (metadata) {
+    json_t *m = metadata_strings(metadata);
     if (!m || json_object_set_new(root, "__metadata__", m)) {
       rc = core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "metadata is not a JSON object");
@@ -357,20 +357,17 @@ int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
     }
   }
   uint64_t pos = 0;
-  size_t n = decomp_weights_count(w);
   for (size_t i = 0; i < n; i++) {
-    const decomp_tensor *t = decomp_weights_at(w, i);
+    const core_st_item *t = &items[i];
     if (strcmp(t->name, "__metadata__") == 0) {
       rc = core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "a tensor named __metadata__ cannot be saved as "
                      "safetensors");
       goto done;
     }
-    size_t nbytes, end;
-    if (!core_mul_size((size_t)decomp_tensor_numel(t),
-                       decomp_dtype_size(t->dtype), &nbytes) ||
-        !core_add_size((size_t)pos, nbytes, &end) || end > (size_t)INT64_MAX) {
-      /* A broadcast view can name more elements than memory holds. */
+    size_t end;
+    if (!core_add_size((size_t)pos, (size_t)t->nbytes, &end) ||
+        end > (size_t)INT64_MAX) {
       rc = core_fail(ctx, DECOMP_ERR_TOO_LARGE,
                      "%s: too large to write contiguously", t->name);
       goto done;
@@ -388,8 +385,7 @@ int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
     }
   }
   text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  gbuf = malloc(GATHER_BYTES);
-  if (!text || !gbuf) {
+  if (!text) {
     rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
@@ -401,6 +397,52 @@ int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
                    hlen);
     goto done;
   }
+  *out_text = text;
+  *out_len = tlen;
+  *out_hlen = hlen;
+  text = NULL;
+done:
+  free(text);
+  json_decref(root);
+  return rc;
+}
+
+int core_st_item_of(decomp_ctx *ctx, const decomp_tensor *t,
+                    core_st_item *it) {
+  size_t nbytes;
+  /* A broadcast view can name more elements than memory holds. */
+  if (!core_mul_size((size_t)decomp_tensor_numel(t),
+                     decomp_dtype_size(t->dtype), &nbytes) ||
+      nbytes > (size_t)INT64_MAX)
+    return core_fail(ctx, DECOMP_ERR_TOO_LARGE,
+                     "%s: too large to write contiguously", t->name);
+  *it = (core_st_item){.name = t->name, .dtype = t->dtype, .ndim = t->ndim,
+                       .nbytes = nbytes};
+  for (int d = 0; d < t->ndim; d++)
+    it->shape[d] = t->shape[d];
+  return DECOMP_OK;
+}
+
+int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
+  size_t n = decomp_weights_count(w);
+  core_st_item *items = calloc(n ? n : 1, sizeof *items);
+  char *text = NULL;
+  unsigned char *gbuf = NULL;
+  size_t tlen = 0, hlen = 0;
+  int rc = DECOMP_OK;
+  if (!items)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++)
+    rc = core_st_item_of(ctx, decomp_weights_at(w, i), &items[i]);
+  if (rc == DECOMP_OK)
+    rc = core_st_header(ctx, items, n, decomp_weights_metadata(w), &text,
+                        &tlen, &hlen);
+  if (rc != DECOMP_OK)
+    goto done;
+  if (!(gbuf = malloc(GATHER_BYTES))) {
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+    goto done;
+  }
   unsigned char head[8];
   for (int i = 0; i < 8; i++)
     head[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
@@ -409,11 +451,12 @@ int core_safetensors_write(decomp_ctx *ctx, const decomp_weights *w, int fd) {
       (rc = core_write_all(ctx, fd, "        ", hlen - tlen)))
     goto done;
   for (size_t i = 0; i < n; i++)
-    if ((rc = write_tensor(ctx, fd, decomp_weights_at(w, i), gbuf)))
+    if ((rc = core_safetensors_write_tensor(ctx, fd, decomp_weights_at(w, i),
+                                            gbuf)))
       goto done;
 done:
   free(gbuf);
   free(text);
-  json_decref(root);
+  free(items);
   return rc;
 }

@@ -2,8 +2,10 @@
  * writes, globs, the clock, tensor extents. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -153,4 +155,25 @@ bool core_tensor_extent(const decomp_tensor *t, size_t *out_bytes) {
       !core_mul_size(n, decomp_dtype_size(t->dtype), out_bytes))
     return false;
   return true;
+}
+
+int64_t core_peak_rss_bytes(void) {
+  /* VmHWM: the high-water mark of this address space. getrusage's
+   * ru_maxrss also keeps, across exec, the peak of whatever ran before in
+   * the process (a large parent that forked us), so it is the fallback. */
+  FILE *f = fopen("/proc/self/status", "re");
+  if (f) {
+    char line[256];
+    long long kb = -1;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "VmHWM: %lld kB", &kb) == 1)
+        break;
+    fclose(f);
+    if (kb >= 0)
+      return (int64_t)kb * 1024;
+  }
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0)
+    return 0;
+  return (int64_t)ru.ru_maxrss * 1024; /* Linux counts kilobytes */
 }

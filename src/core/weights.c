@@ -4,6 +4,8 @@
  * result the same way. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -25,6 +27,7 @@ struct decomp_weights {
   struct keep *keeps;
   size_t nkeep, capkeep;
   char *metadata;           /* JSON object text or NULL */
+  size_t shards;            /* files it was read from, when sharded */
 };
 
 int decomp_weights_new(decomp_ctx *ctx, decomp_weights **out) {
@@ -75,6 +78,30 @@ int core_weights_keep(decomp_weights *w, void *p, size_t len,
   }
   w->keeps[w->nkeep++] = (struct keep){p, len, release};
   return DECOMP_OK;
+}
+
+void core_weights_set_shards(decomp_weights *w, size_t n) { w->shards = n; }
+
+size_t decomp_weights_shard_count(const decomp_weights *w) {
+  return w ? w->shards : 0;
+}
+
+void core_weights_drop_pages(const decomp_weights *w, const void *data,
+                             size_t len) {
+  if (!w || !data || !len)
+    return;
+  uintptr_t a = (uintptr_t)data, b = a + len;
+  for (size_t i = 0; i < w->nkeep; i++) {
+    const struct keep *k = &w->keeps[i];
+    uintptr_t lo = (uintptr_t)k->p, hi = lo + k->len;
+    if (k->release != core_unmap || a < lo || b > hi)
+      continue;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = (a + page - 1) & ~(page - 1), to = b & ~(page - 1);
+    if (to > from) /* a read-only file mapping: the data stays valid */
+      madvise((void *)from, to - from, MADV_DONTNEED);
+    return;
+  }
 }
 
 void core_weights_set_format(decomp_weights *w, decomp_format f) {

@@ -100,10 +100,47 @@ int decomp_weights_open_memory(decomp_ctx *ctx, const void *buf, size_t len,
   return DECOMP_OK;
 }
 
+#define INDEX_NAME "model.safetensors.index.json"
+
+/* A sharded checkpoint: a folder holding INDEX_NAME, or an index file
+ * (a name ending in ".json": no weight file starts like JSON text). */
+static int open_sharded_path(decomp_ctx *ctx, const char *path, bool is_dir,
+                             decomp_weights **out) {
+  char *index = malloc(strlen(path) + sizeof INDEX_NAME + 1);
+  if (!index)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+  if (is_dir)
+    sprintf(index, "%s/%s", path, INDEX_NAME);
+  else
+    strcpy(index, path);
+  struct stat st;
+  int rc;
+  if (is_dir && stat(index, &st) != 0)
+    rc = core_fail(ctx, DECOMP_ERR_IO,
+                   "%s: a folder without %s (a sharded checkpoint needs its "
+                   "index)",
+                   path, INDEX_NAME);
+  else
+    rc = core_shard_open_index_file(ctx, index, out);
+  if (rc != DECOMP_OK && strncmp(decomp_errmsg(ctx), index, strlen(index))) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
+    core_fail(ctx, rc, "%s: %s", index, msg);
+  }
+  free(index);
+  return rc;
+}
+
 int decomp_weights_open(decomp_ctx *ctx, const char *path,
                         decomp_weights **out) {
   if (!path || !out)
     return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT, "no path");
+  struct stat st;
+  size_t plen = strlen(path);
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return open_sharded_path(ctx, path, true, out);
+  if (plen > 5 && strcmp(path + plen - 5, ".json") == 0)
+    return open_sharded_path(ctx, path, false, out);
   void *map;
   size_t len;
   int rc = core_map_file(ctx, path, &map, &len);
@@ -150,7 +187,7 @@ static void path_stem(const char *path, char *out, size_t cap) {
 /* The mode a new file gets: 0666 less the process umask (read from /proc,
  * since umask(2) cannot be read without changing it, racing other
  * threads). */
-static mode_t new_file_mode(void) {
+mode_t core_new_file_mode(void) {
   mode_t mask = 022;
   FILE *f = fopen("/proc/self/status", "re");
   if (f) {
@@ -200,7 +237,7 @@ int decomp_weights_save(decomp_ctx *ctx, const decomp_weights *w,
   } else {
     rc = core_safetensors_write(ctx, w, fd);
   }
-  if (rc == DECOMP_OK && fchmod(fd, new_file_mode()) != 0)
+  if (rc == DECOMP_OK && fchmod(fd, core_new_file_mode()) != 0)
     rc = core_fail(ctx, DECOMP_ERR_IO, "%s: chmod: %s", path, strerror(errno));
   if (rc == DECOMP_OK && fsync(fd) != 0)
     rc = core_fail(ctx, errno == ENOSPC ? DECOMP_ERR_DISK_FULL : DECOMP_ERR_IO,
