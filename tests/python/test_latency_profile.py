@@ -554,3 +554,55 @@ def test_engine_refuses_a_rank_above_the_largest_naming_the_layer():
 def test_profile_of_another_type_is_refused():
     with pytest.raises(TypeError, match="profile must be"):
         auto_decomposition(small(), profile=42)
+
+
+class TwoHeads(nn.Module):
+    """Two Linear layers of the same weights and times, reading different
+    halves of the input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.fa = nn.Linear(32, 32)
+        self.fb = nn.Linear(32, 32)
+        with torch.no_grad():
+            self.fb.weight.copy_(self.fa.weight)
+
+    def forward(self, x):
+        return self.fa(x[:, :32]) + self.fb(x[:, 32:])
+
+
+def test_with_a_calibration_the_latency_budget_spends_rank_on_output_energy(
+        tmp_path):
+    """The latency budget with a calibration weighs each layer's output
+    energy per second saved: fa's inputs lie near a 4-dimensional subspace,
+    so its outputs lose almost nothing at rank 4 and it is cut deep, while
+    fb (inputs in every direction, the same weights and times) keeps more
+    rank; without the calibration the two are alike."""
+    model = TwoHeads()
+    g = torch.Generator().manual_seed(6)
+    basis = torch.randn(4, 32, generator=g)
+    batches = []
+    for _ in range(8):
+        low = torch.randn(64, 4, generator=g) @ basis
+        low += 1e-3 * torch.randn(64, 32, generator=g)
+        batches.append(torch.cat([low, torch.randn(64, 32, generator=g)], 1))
+    cal = decompd.calibrate(model, batches)
+    curves = {n: ([1, 32], [1.0 / 32, 1.0]) for n in ("fa", "fb")}
+    prof = synthetic(model, curves, {"fa": 1.0, "fb": 1.0})
+    policy = {"name": "budget", "latency_reduction": 1.4,
+              "types": ["Linear"], "max_layer_error": 1.0}
+    ranks = {}
+    for tag, c in (("calibrated", cal), ("plain", None)):
+        info_path = tmp_path / f"{tag}.json"
+        auto_decomposition(TwoHeads(), info_path, profile=prof,
+                           calibration=c, policy=policy)
+        info = read_info(info_path)
+        ranks[tag] = {l["name"]: l["rank"] for l in info["layers"]}
+        summary = info["summary"]
+        assert summary["latency_before"] / summary["latency_after"] >= 1.4
+    cal_r, plain_r = ranks["calibrated"], ranks["plain"]
+    print(ranks)
+    # fa alone carries the cut (its output barely notices); fb keeps all
+    assert "fa" in cal_r and cal_r.get("fb", 32) > cal_r["fa"] + 8, cal_r
+    assert abs(plain_r.get("fa", 32) - plain_r.get("fb", 32)) <= 1, plain_r
