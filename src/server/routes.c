@@ -92,27 +92,121 @@ static void h_metrics(http_req *r) {
 
 /* ---- models ----------------------------------------------------------- */
 
-/* The attached calibration as the API shows it: null, or its digest, the
- * layers it covers, its size and where to download it. */
-static json_t *calibration_json(const store_model *m) {
-  if (!m->calibration[0])
-    return json_null();
-  char url[80];
-  snprintf(url, sizeof url, "/v1/models/%s/calibration", m->id);
-  return json_pack("{s:s, s:I, s:I, s:s}", "digest", m->calibration, "layers",
-                   (json_int_t)m->calibration_layers, "size",
-                   (json_int_t)m->calibration_size, "url", url);
+/* A model's attachments — its calibration and its latency profile: one
+ * blob each, named on the model by its digest with the layers it covers
+ * and its size; attached, fetched and detached the same way. */
+typedef struct attachment {
+  const char *what; /* "calibration", "profile": the route's last part */
+  const char *file; /* the download's name after the model's id */
+  const char *type; /* its content type */
+  int (*set)(store *s, const char *id, const char *digest, int64_t layers,
+             int64_t size, char old[STORE_DIGEST_LEN]);
+  size_t digest, layers, size; /* offsets of the fields in store_model */
+} attachment;
+
+static const attachment CALIBRATION = {
+    "calibration", "calibration.safetensors", "application/octet-stream",
+    store_model_set_calibration, offsetof(store_model, calibration),
+    offsetof(store_model, calibration_layers),
+    offsetof(store_model, calibration_size)};
+static const attachment PROFILE = {
+    "profile", "profile.json", JSON_TYPE, store_model_set_profile,
+    offsetof(store_model, profile), offsetof(store_model, profile_layers),
+    offsetof(store_model, profile_size)};
+
+static char *att_digest(store_model *m, const attachment *a) {
+  return (char *)m + a->digest;
+}
+static int64_t *att_field(store_model *m, size_t off) {
+  return (int64_t *)(void *)((char *)m + off);
 }
 
-/* The attached latency profile, the same way. */
-static json_t *profile_json(const store_model *m) {
-  if (!m->profile[0])
+/* The attachment as the API shows it: null, or its digest, the layers it
+ * covers, its size and where to fetch it. */
+static json_t *attachment_json(const store_model *cm, const attachment *a) {
+  store_model *m = (store_model *)cm;
+  if (!att_digest(m, a)[0])
     return json_null();
-  char url[80];
-  snprintf(url, sizeof url, "/v1/models/%s/profile", m->id);
-  return json_pack("{s:s, s:I, s:I, s:s}", "digest", m->profile, "layers",
-                   (json_int_t)m->profile_layers, "size",
-                   (json_int_t)m->profile_size, "url", url);
+  char url[96];
+  snprintf(url, sizeof url, "/v1/models/%s/%s", m->id, a->what);
+  return json_pack("{s:s, s:I, s:I, s:s}", "digest", att_digest(m, a),
+                   "layers", (json_int_t)*att_field(m, a->layers), "size",
+                   (json_int_t)*att_field(m, a->size), "url", url);
+}
+
+/* Attach the checked upload `u` (its blob `digest`) to model m in place of
+ * the one before (whose blob is collected), and answer with it; a model
+ * deleted meanwhile leaves the blob to no one (collected too). */
+static void attach(http_req *r, store_model *m, const attachment *a,
+                   store_upload *u, const char *digest, size_t layers,
+                   int64_t size) {
+  store *s = http_req_store(r);
+  char old[STORE_DIGEST_LEN] = "";
+  store_blob_lock(s);
+  int rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = a->set(s, m->id, digest, (int64_t)layers, size, old);
+  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
+    store_blob_gc(s, old);
+  else if (rc != DECOMP_OK)
+    store_blob_gc(s, digest);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r),
+      "event=%s_attached model=%s digest=%s layers=%zu size=%lld "
+      "replaced=%s",
+      a->what, m->id, digest, layers, (long long)size, old[0] ? old : "none");
+  snprintf(att_digest(m, a), STORE_DIGEST_LEN, "%s", digest);
+  *att_field(m, a->layers) = (int64_t)layers;
+  *att_field(m, a->size) = size;
+  char loc[96];
+  snprintf(loc, sizeof loc, "/v1/models/%s/%s", m->id, a->what);
+  http_reply_header(r, "Location", loc);
+  reply_json(r, 200, attachment_json(m, a));
+}
+
+static void serve_blob(http_req *r, const char *digest, const char *media_type,
+                       const char *filename);
+
+/* GET /v1/models/{id}/{what}: the attached blob as it was sent. */
+static void attachment_get(http_req *r, const attachment *a) {
+  store_model m;
+  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  if (!att_digest(&m, a)[0]) {
+    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
+                       "model %s has no %s (PUT /v1/models/%s/%s)", m.id,
+                       a->what, m.id, a->what);
+    return;
+  }
+  char fn[96];
+  snprintf(fn, sizeof fn, "%s.%s", m.id, a->file);
+  serve_blob(r, att_digest(&m, a), a->type, fn);
+}
+
+/* DELETE /v1/models/{id}/{what}: detached; jobs submitted with it keep it
+ * (and its blob) as they are. */
+static void attachment_delete(http_req *r, const attachment *a) {
+  store *s = http_req_store(r);
+  char old[STORE_DIGEST_LEN];
+  store_blob_lock(s);
+  int rc = a->set(s, http_req_param(r, 0), NULL, 0, 0, old);
+  if (rc == DECOMP_OK)
+    store_blob_gc(s, old);
+  store_blob_unlock(s);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  LOG(LOG_INFO, "models", http_req_id(r), "event=%s_detached model=%s digest=%s",
+      a->what, http_req_param(r, 0), old);
+  http_reply(r, 204, NULL, NULL, 0);
 }
 
 static json_t *model_json(const store_model *m) {
@@ -122,8 +216,8 @@ static json_t *model_json(const store_model *m) {
       "{s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:o, s:o, s:o, s:s}", "id", m->id,
       "name", text_json(m->name), "digest", m->digest, "format", m->format,
       "size", (json_int_t)m->size, "tensors", (json_int_t)m->tensors,
-      "has_spec", m->has_spec, "calibration", calibration_json(m), "profile",
-      profile_json(m), "created_at", time_json(m->created_at), "url", self);
+      "has_spec", m->has_spec, "calibration", attachment_json(m, &CALIBRATION),
+      "profile", attachment_json(m, &PROFILE), "created_at", time_json(m->created_at), "url", self);
 }
 
 static void h_model_upload(http_req *r) {
@@ -565,7 +659,7 @@ static void h_model_calibration_put(http_req *r) {
   decomp_weights *cal = NULL;
   decomp_spec *spec = NULL;
   char *spec_text = NULL;
-  char digest[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN] = "";
+  char digest[STORE_DIGEST_LEN];
   size_t layers = 0;
   store_model m;
   int rc = store_model_get(s, http_req_param(r, 0), &m);
@@ -609,32 +703,7 @@ static void h_model_calibration_put(http_req *r) {
   }
   decomp_weights_free(cal); /* unmapped before its file is renamed */
   cal = NULL;
-  int64_t size = store_upload_size(u);
-  store_blob_lock(s);
-  rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = store_model_set_calibration(s, m.id, digest, (int64_t)layers, size,
-                                     old);
-  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
-    store_blob_gc(s, old);
-  else if (rc != DECOMP_OK) /* deleted meanwhile: the blob is no one's */
-    store_blob_gc(s, digest);
-  store_blob_unlock(s);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=calibration_attached model=%s digest=%s layers=%zu size=%lld "
-      "replaced=%s",
-      m.id, digest, layers, (long long)size, old[0] ? old : "none");
-  snprintf(m.calibration, sizeof m.calibration, "%s", digest);
-  m.calibration_layers = (int64_t)layers;
-  m.calibration_size = size;
-  char loc[80];
-  snprintf(loc, sizeof loc, "/v1/models/%s/calibration", m.id);
-  http_reply_header(r, "Location", loc);
-  reply_json(r, 200, calibration_json(&m));
+  attach(r, &m, &CALIBRATION, u, digest, layers, store_upload_size(u));
 done:
   decomp_weights_free(cal);
   if (spec)
@@ -645,42 +714,11 @@ done:
 }
 
 static void h_model_calibration_get(http_req *r) {
-  store_model m;
-  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  if (!m.calibration[0]) {
-    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
-                       "model %s has no calibration (PUT "
-                       "/v1/models/%s/calibration)",
-                       m.id, m.id);
-    return;
-  }
-  char fn[64];
-  snprintf(fn, sizeof fn, "%s.calibration.safetensors", m.id);
-  serve_blob(r, m.calibration, "application/octet-stream", fn);
+  attachment_get(r, &CALIBRATION);
 }
 
-/* Detach: jobs submitted with it keep it (and its blob) as they are. */
 static void h_model_calibration_delete(http_req *r) {
-  store *s = http_req_store(r);
-  char old[STORE_DIGEST_LEN];
-  store_blob_lock(s);
-  int rc =
-      store_model_set_calibration(s, http_req_param(r, 0), NULL, 0, 0, old);
-  if (rc == DECOMP_OK)
-    store_blob_gc(s, old);
-  store_blob_unlock(s);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=calibration_detached model=%s digest=%s", http_req_param(r, 0),
-      old);
-  http_reply(r, 204, NULL, NULL, 0);
+  attachment_delete(r, &CALIBRATION);
 }
 
 /* ---- latency profiles ------------------------------------------------- */
@@ -699,7 +737,7 @@ static void h_model_profile_put(http_req *r) {
   decomp_spec *spec = NULL;
   store_upload *u = NULL;
   char *spec_text = NULL, *text = NULL;
-  char digest[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN] = "";
+  char digest[STORE_DIGEST_LEN];
   size_t layers = 0;
   store_model m;
   int rc = store_model_get(s, http_req_param(r, 0), &m);
@@ -746,31 +784,7 @@ static void h_model_profile_put(http_req *r) {
     store_problem(r, rc);
     goto done;
   }
-  store_blob_lock(s);
-  rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = store_model_set_profile(s, m.id, digest, (int64_t)layers, (int64_t)len,
-                                 old);
-  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
-    store_blob_gc(s, old);
-  else if (rc != DECOMP_OK) /* deleted meanwhile: the blob is no one's */
-    store_blob_gc(s, digest);
-  store_blob_unlock(s);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=profile_attached model=%s digest=%s layers=%zu size=%zu "
-      "replaced=%s",
-      m.id, digest, layers, len, old[0] ? old : "none");
-  snprintf(m.profile, sizeof m.profile, "%s", digest);
-  m.profile_layers = (int64_t)layers;
-  m.profile_size = (int64_t)len;
-  char loc[80];
-  snprintf(loc, sizeof loc, "/v1/models/%s/profile", m.id);
-  http_reply_header(r, "Location", loc);
-  reply_json(r, 200, profile_json(&m));
+  attach(r, &m, &PROFILE, u, digest, layers, (int64_t)len);
 done:
   json_decref(in);
   if (spec)
@@ -782,39 +796,11 @@ done:
 }
 
 static void h_model_profile_get(http_req *r) {
-  store_model m;
-  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  if (!m.profile[0]) {
-    http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
-                       "model %s has no profile (PUT /v1/models/%s/profile)",
-                       m.id, m.id);
-    return;
-  }
-  char fn[64];
-  snprintf(fn, sizeof fn, "%s.profile.json", m.id);
-  serve_blob(r, m.profile, JSON_TYPE, fn);
+  attachment_get(r, &PROFILE);
 }
 
-/* Detach: jobs submitted with it keep it (and its blob) as they are. */
 static void h_model_profile_delete(http_req *r) {
-  store *s = http_req_store(r);
-  char old[STORE_DIGEST_LEN];
-  store_blob_lock(s);
-  int rc = store_model_set_profile(s, http_req_param(r, 0), NULL, 0, 0, old);
-  if (rc == DECOMP_OK)
-    store_blob_gc(s, old);
-  store_blob_unlock(s);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=profile_detached model=%s digest=%s", http_req_param(r, 0), old);
-  http_reply(r, 204, NULL, NULL, 0);
+  attachment_delete(r, &PROFILE);
 }
 
 /* ---- jobs ------------------------------------------------------------- */
