@@ -648,6 +648,35 @@ static void no_spec_yet(http_req *r, const store_model *m, const char *what) {
                          : "");
 }
 
+/* The layer spec an attachment (`what`) of model m is checked against,
+ * parsed in a new context: DECOMP_OK, or the problem answered (no spec yet
+ * is 409). */
+static int attachment_spec(http_req *r, const store_model *m,
+                           const char *what, decomp_ctx **ctx,
+                           decomp_spec **spec) {
+  char *text = NULL;
+  int rc = model_layer_spec(http_req_store(r), m, &text);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return rc;
+  }
+  if (!text) {
+    no_spec_yet(r, m, what);
+    return DECOMP_ERR_CONFLICT;
+  }
+  if (!(*ctx = decomp_ctx_new())) {
+    free(text);
+    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    return DECOMP_ERR_NOMEM;
+  }
+  rc = decomp_spec_parse(*ctx, text, strlen(text), spec);
+  free(text);
+  if (rc != DECOMP_OK)
+    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s",
+                       m->id, decomp_errmsg(*ctx));
+  return rc;
+}
+
 /* PUT /v1/models/{id}/calibration: the body (streamed to a temp file and
  * hashed on the way, as uploads are) is checked against the model's layer
  * spec before it is stored, content-addressed, and attached in place of
@@ -658,7 +687,6 @@ static void h_model_calibration_put(http_req *r) {
   decomp_ctx *ctx = NULL;
   decomp_weights *cal = NULL;
   decomp_spec *spec = NULL;
-  char *spec_text = NULL;
   char digest[STORE_DIGEST_LEN];
   size_t layers = 0;
   store_model m;
@@ -676,24 +704,8 @@ static void h_model_calibration_put(http_req *r) {
                        "calibration: the body is empty");
     goto done;
   }
-  if ((rc = model_layer_spec(s, &m, &spec_text)) != DECOMP_OK) {
-    store_problem(r, rc);
+  if (attachment_spec(r, &m, "calibration", &ctx, &spec) != DECOMP_OK)
     goto done;
-  }
-  if (!spec_text) {
-    no_spec_yet(r, &m, "calibration");
-    goto done;
-  }
-  if (!(ctx = decomp_ctx_new())) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
-      DECOMP_OK) {
-    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s", m.id,
-                       decomp_errmsg(ctx));
-    goto done;
-  }
   if (calibration_open(r, ctx, store_upload_path(u), "the body", &cal) !=
       DECOMP_OK)
     goto done;
@@ -708,7 +720,6 @@ done:
   decomp_weights_free(cal);
   if (spec)
     decomp_spec_free(spec);
-  free(spec_text);
   decomp_ctx_free(ctx);
   store_upload_free(u);
 }
@@ -736,7 +747,7 @@ static void h_model_profile_put(http_req *r) {
   decomp_ctx *ctx = NULL;
   decomp_spec *spec = NULL;
   store_upload *u = NULL;
-  char *spec_text = NULL, *text = NULL;
+  char *text = NULL;
   char digest[STORE_DIGEST_LEN];
   size_t layers = 0;
   store_model m;
@@ -756,22 +767,10 @@ static void h_model_profile_put(http_req *r) {
                        jerr.line, jerr.column, jerr.text);
     goto done;
   }
-  if ((rc = model_layer_spec(s, &m, &spec_text)) != DECOMP_OK) {
-    store_problem(r, rc);
+  if (attachment_spec(r, &m, "profile", &ctx, &spec) != DECOMP_OK)
     goto done;
-  }
-  if (!spec_text) {
-    no_spec_yet(r, &m, "profile");
-    goto done;
-  }
-  if (!(ctx = decomp_ctx_new()) || !(text = strndup(body, len))) {
+  if (!(text = strndup(body, len))) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  if ((rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec)) !=
-      DECOMP_OK) {
-    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s", m.id,
-                       decomp_errmsg(ctx));
     goto done;
   }
   if ((rc = decomp_profile_check(ctx, text, spec, &layers)) != DECOMP_OK) {
@@ -789,7 +788,6 @@ done:
   json_decref(in);
   if (spec)
     decomp_spec_free(spec);
-  free(spec_text);
   free(text);
   decomp_ctx_free(ctx);
   store_upload_free(u);
