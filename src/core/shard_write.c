@@ -11,6 +11,7 @@
  * order, as they become available, so nothing is held until the end. Commit
  * fsyncs and renames every file (the index last); on failure or free
  * without commit nothing is left behind. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include "core.h"
 
 #define COPY_CHUNK ((size_t)8 << 20)
+#define SHARD_INDEX_NAME "model.safetensors.index.json"
 
 struct st_file {
   char *final, *tmp;  /* paths */
@@ -232,7 +234,7 @@ int core_st_out_open(decomp_ctx *ctx, const char *dir, const char *single_name,
   }
   if (o->sharded) {
     struct st_file *ix = &o->files[nf];
-    if (!(ix->name = strdup("model.safetensors.index.json")))
+    if (!(ix->name = strdup(SHARD_INDEX_NAME)))
       goto nomem;
     if ((rc = build_index(o)) != DECOMP_OK ||
         (rc = file_create(ctx, dir, ix)) != DECOMP_OK ||
@@ -314,6 +316,41 @@ static int file_finish(core_st_out *o, struct st_file *f) {
   return DECOMP_OK;
 }
 
+/* Whether `name` is one of the shards this writer names
+ * (model-00001-of-00003.safetensors). */
+static bool own_shard_name(const char *name) {
+  unsigned a, b;
+  int end = 0;
+  return strlen(name) == strlen("model-00001-of-00001.safetensors") &&
+         sscanf(name, "model-%5u-of-%5u.safetensors%n", &a, &b, &end) == 2 &&
+         name[end] == '\0';
+}
+
+/* After a commit: the shards and index an earlier run wrote in the folder
+ * that this output does not have (more shards before, or sharded before and
+ * one file now) are removed, so the folder holds one checkpoint. Only this
+ * writer's own names are touched. */
+static void remove_stale(core_st_out *o) {
+  DIR *d = opendir(o->dir);
+  if (!d)
+    return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    bool stale = own_shard_name(e->d_name) ||
+                 (!o->sharded && strcmp(e->d_name, SHARD_INDEX_NAME) == 0);
+    for (size_t i = 0; stale && i < o->nfiles + (o->sharded ? 1 : 0); i++)
+      stale = strcmp(e->d_name, o->files[i].name) != 0;
+    if (!stale)
+      continue;
+    char *p = path_join(o->dir, e->d_name);
+    if (p && unlink(p) == 0)
+      core_log(o->ctx, DECOMP_LOG_INFO, "io",
+               "removed %s, left by an earlier run", e->d_name);
+    free(p);
+  }
+  closedir(d);
+}
+
 int core_st_out_commit(core_st_out *o, char **files_json) {
   size_t all = o->nfiles + (o->sharded ? 1 : 0);
   int rc = DECOMP_OK;
@@ -333,6 +370,7 @@ int core_st_out_commit(core_st_out *o, char **files_json) {
       rc = core_fail(o->ctx, DECOMP_ERR_NOMEM, "out of memory");
   }
   if (rc == DECOMP_OK) {
+    remove_stale(o);
     int dfd = open(o->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
       fsync(dfd);

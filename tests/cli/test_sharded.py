@@ -369,3 +369,36 @@ def test_a_sharded_checkpoint_larger_than_the_memory_bound_decomposes_within_it(
     assert got.keys() == want.keys()
     for name in want:
         assert got[name] == want[name], name
+
+
+def test_a_rerun_into_the_same_folder_leaves_one_checkpoint(sharded, tmp_path):
+    """Shards an earlier run left in --out that this run does not write
+    (more shards before; sharded before and one file now) are removed, so
+    the folder reads back as the new checkpoint."""
+    ckpt, spec, _ = sharded
+    out = tmp_path / "out"
+    keep = tmp_path / "out" / "notes.txt"
+
+    def decompose(*extra):
+        rc, _, err = run("decompose", "--weights", ckpt, "--spec", spec,
+                         "--out", out, "--policy", POLICY, "--quiet", *extra)
+        assert rc == 0, err
+
+    def shards():
+        return sorted(f for f in os.listdir(out) if f.startswith("model-"))
+
+    decompose("--shard-bytes", "100K")
+    many = shards()
+    assert len(many) >= 3, many
+    keep.write_text("mine")
+    decompose("--shard-bytes", "1G")
+    assert shards() == ["model-00001-of-00001.safetensors"]
+    assert len(read_sharded(out)) == 6 * 4 + 2
+    # the folder is a valid input again (a stale shard beside the index
+    # would be refused as unreferenced)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"layers": []}))
+    rc, _, err = run("decompose", "--weights", out, "--spec", empty, "--out",
+                     tmp_path / "again", "--quiet")
+    assert rc == 0, err
+    assert keep.read_text() == "mine"
