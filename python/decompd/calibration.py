@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._files import write_atomic
 from ._progress import BatchReporter
 from .errors import CalibrationError
 from .spec import is_plain_conv, is_plain_linear, root_name, walk
@@ -215,27 +215,8 @@ class Calibration:
         `path`: a temporary file in the same folder, fsynced, then renamed,
         so `path` is either the whole new file or untouched. Returns the
         digest."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calibration.", dir=folder)
-        h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in self._chunks():
-                    f.write(chunk)
-                    h.update(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        digest = "sha256:" + h.hexdigest()
+        digest = "sha256:" + write_atomic(path, self._chunks(),
+                                            ".calibration.")
         self._digest = digest
         return digest
 

@@ -84,13 +84,13 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 
+from ._files import write_atomic
 from ._progress import Reporter, _bar_wanted
 from .errors import ProfileError
 from .spec import (conv_fields, is_decomposable, is_plain_conv, root_name,
@@ -295,25 +295,8 @@ class Profile:
     def save(self, path):
         """Write to_json() to `path` atomically (a temporary file in the same
         folder, fsynced, renamed). Returns the digest."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".profile.", dir=folder)
-        text = self.to_json()
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return self.digest
+        return "sha256:" + write_atomic(
+            path, [self.to_json().encode("utf-8")], ".profile.")
 
     @classmethod
     def load(cls, path):

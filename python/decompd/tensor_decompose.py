@@ -74,6 +74,7 @@ import torch
 import torch.nn as nn
 
 from . import _engine
+from ._files import write_atomic
 from ._progress import Reporter
 from .calibration import _as_calibration
 from .errors import CalibrationError, DecompError
@@ -361,25 +362,9 @@ def _sub(name, i):
 
 
 def _write_text_atomic(path, text):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".decompose_info.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            if not text.endswith("\n"):
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if not text.endswith("\n"):
+        text += "\n"
+    write_atomic(path, [text.encode("utf-8")], ".decompose_info.")
 
 
 def _read_info(path):
