@@ -70,7 +70,7 @@ RATIOS = [0.10, 0.20, 0.30, 0.40]
 METHODS = ["plain", "asvd", "whitened"]
 # A diagnostic fourth row, reference only and outside the verdict: the same
 # W̃ as whitened, its factors split with S = chol(G) of the Gram as summed
-# (contract-13's formula taken literally). S then scales with √N, so the
+# (issue 13's formula taken literally). S then scales with √N, so the
 # input-side factor Σ½VᵀS⁻¹ shrinks as N^-¼ and the output side grows as
 # N^¼: the split, not W̃, depends on how much calibration data there was,
 # and one epoch of Adam fine-tuning (steps of about lr on every weight,
@@ -449,7 +449,8 @@ def factors(W, R, method, stat):
 
 
 def pair_module(mod, A, B):
-    """The nn.Sequential decompd builds for the layer (contract-13)."""
+    """The nn.Sequential decompd builds for the layer (README, "The
+    decomposition")."""
     R = A.shape[0]
     dt = mod.weight.dtype
     if type(mod) is nn.Linear:
@@ -913,7 +914,7 @@ def speed_inputs(np, cache, out, inn):
 
 
 def write_calibration(np, path, name, G, count):
-    """A calibration file of contract-13 for one Linear layer `name`
+    """A decompd.calibration file for one Linear layer `name`
     (safetensors, written here: the benchmark's Gram is synthetic)."""
     gram = np.ascontiguousarray(G, dtype="<f8").tobytes()
     cnt = np.array(count, dtype="<i8").tobytes()

@@ -107,7 +107,7 @@ class _Options(ctypes.Structure):
         ("source_format", ctypes.c_char_p),
         ("record_spectra", ctypes.c_bool),
         ("threads", ctypes.c_int),
-        # contract-13: the Gram matrices of decompd.calibrate, as a weight
+        # The Gram matrices of decompd.calibrate, as a weight
         # set whose metadata is the calibration file's __metadata__.
         ("calibration", ctypes.c_void_p),  # const decomp_weights *
         ("calibration_digest", ctypes.c_char_p),
@@ -450,7 +450,7 @@ def _add_tensors(ctx, w, tensors, keep, what):
 
 def _calibration_set(ctx, calibration, keep):
     """A weight set holding a Calibration's tensors, its metadata the
-    calibration file's __metadata__ (contract-13.md), as the engine would
+    calibration file's __metadata__ (decompd.calibration), as the engine would
     read it from the saved file with decomp_weights_open."""
     cw = ctypes.c_void_p()
     ctx.check(ctx.lib.decomp_weights_new(ctx.ptr, ctypes.byref(cw)),

@@ -4,7 +4,7 @@ The whitened (SVD-LLM) decomposition of DESIGN.md ("Beyond spatial SVD")
 needs, per layer, G = XᵀX over the rows X the layer reads: tokens for an
 nn.Linear, unfolded input patches for an nn.Conv2d. They are computed where
 the data is, in the user's process, and travel to the engine as a
-safetensors file (the format of contract-13.md). This file owns:
+safetensors file (its format: README.md, "decompctl decompose"). This file owns:
 
 - ``calibrate(model, batches)``: forward pre-hooks on every decomposable
   layer (exactly nn.Conv2d and nn.Linear, see decompd.spec), the user's
@@ -211,7 +211,7 @@ class Calibration:
         return self._digest
 
     def save(self, path):
-        """Write the calibration file (safetensors, contract-13.md) to
+        """Write the calibration file (safetensors, see the module doc) to
         `path`: a temporary file in the same folder, fsynced, then renamed,
         so `path` is either the whole new file or untouched. Returns the
         digest."""

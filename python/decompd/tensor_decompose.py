@@ -14,7 +14,7 @@ calibration: decompd.calibration) to libdecomp (decompd._engine), and turns
 each decomposed layer into an ``nn.Sequential`` of two modules named NAME.0
 and NAME.1, so the state dict gets NAME.0.weight, NAME.1.weight and (with
 bias) NAME.1.bias. The pair depends on the info file's ``method``
-(contract-13.md):
+(README.md, "The decomposition"):
 
 - ``spatial_svd`` (Conv2d, kh, kw > 1): a (kh,1) conv and a (1,kw) conv, in
   the info file's ``order``;
@@ -170,9 +170,10 @@ def _derive_pair(conv, rank, order):
 
 
 def _derive_channel_pair(conv, rank):
-    """channel_svd (contract-13.md): the kh×kw conv Cin → g·R with the
-    original's stride, padding, dilation, padding mode and groups and no
-    bias, then the 1×1 conv g·R → Cout with the original bias."""
+    """channel_svd (README.md, "The decomposition"): the kh×kw conv
+    Cin → g·R with the original's stride, padding, dilation, padding mode
+    and groups and no bias, then the 1×1 conv g·R → Cout with the original
+    bias."""
     f = conv_fields(conv)
     g = f["groups"]
     first = dict(f, out_channels=g * rank, bias=False)

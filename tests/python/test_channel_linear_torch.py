@@ -606,7 +606,7 @@ def test_float32_grams_whiten_as_well():
 
 
 def test_spatial_only_policy_keeps_convs_weight_only(tmp_path):
-    # contract-13: with a calibration, layers that have a Gram take the
+    # With a calibration, layers that have a Gram take the
     # channel/svd methods unless the policy's methods is ["spatial"].
     torch.manual_seed(9)
     conv = nn.Conv2d(8, 16, 3, padding=1).double()
