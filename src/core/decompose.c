@@ -9,9 +9,10 @@
  * Phase 2 factorizes each layer with a rank: per group j the matrix
  * M_j[(i,h),(o,w)] = W[j·O+o, i, h, w] (vertical-first; the transposed
  * reshape M_j[(i,w),(o,h)] for horizontal-first) is split as U_R Σ_R^½
- * (first conv) and V_R Σ_R^½ (second conv), from gesdd (small) or the
- * randomized truncated SVD with its accuracy control (large); the info
- * file's error is the one achieved. With decomp_options.threads ≥ 2 the
+ * (first conv) and V_R Σ_R^½ (second conv), from gesdd (small), the
+ * randomized truncated SVD (large, ranks up to about 0.4·k) or the float64
+ * Gram eigenpairs (large, higher ranks; float32 compute), each checked by
+ * the accuracy control; the info file's error is the one achieved. With decomp_options.threads ≥ 2 the
  * layers of each phase run on a small pool (see "layers in parallel"
  * below); memory is bounded by the layers in flight plus the new factors.
  * Only the new tensors are kept; everything else in the result is borrowed
@@ -180,6 +181,18 @@ static void pa_pb_of(const geom *gm, size_t h, size_t w, size_t *pa,
   }
 }
 
+/* Where element (row, col) of group j's matrix (rows i·ka + pa, columns
+ * o·kb + pb) sits in the kernel, row-major [g·O, I, kh, kw]. */
+static size_t kernel_index(const geom *gm, size_t j, size_t row, size_t col) {
+  size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb, h, w;
+  hw_of(gm, row % ka, col % kb, &h, &w);
+  return ((((j * (size_t)gm->O + col / kb) * (size_t)gm->I + row / ka) *
+               (size_t)gm->kh +
+           h) *
+          (size_t)gm->kw) +
+         w;
+}
+
 static char *join(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   char *s = malloc(la + lb + 1);
@@ -269,8 +282,9 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
  * With R > 0: s[R], u (m×R, ld m), v (n×R, ld n), the SVD's own figure of
  * the discarded energy in *disc, and, when this path knows them, all k
  * values into all[k] (*have_all), through svd.c (gesdd for small matrices;
- * for large ones the Gram spectrum and the block Krylov truncated SVD), or
- * gesdd whatever the size when `exact`. `a` is kept. */
+ * for large ones the Gram spectrum, and the block Krylov truncated SVD or
+ * the float64 Gram eigenpairs), or gesdd whatever the size when `exact`.
+ * `a` is kept. */
 #define SVD_STEP(T, SUFFIX)                                                    \
   static int step_##SUFFIX(decomp_ctx *ctx, const char *what, const geom *gm,  \
                            T *a, int64_t R, uint64_t seed, double energy,      \
@@ -290,7 +304,7 @@ DENSE_LOADER(double, DECOMP_DTYPE_F64, f64)
     if (rc != DECOMP_OK)                                                       \
       return rc;                                                               \
     *disc = rep->discarded;                                                    \
-    *have_all = !rep->randomized;                                              \
+    *have_all = !rep->randomized && !rep->gram;                                \
     return DECOMP_OK;                                                          \
   }
 
@@ -311,9 +325,6 @@ SVD_STEP(double, f64)
     size_t m = (size_t)gm->m, n = (size_t)gm->n, k = (size_t)gm->k;            \
     bool cols = m <= n;                                                        \
     size_t len = cols ? n : m, other = cols ? m : n, slab = 256;               \
-    size_t I = (size_t)gm->I, O = (size_t)gm->O;                               \
-    size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
-    size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb;                           \
     T sc = (T)ldexp(1.0, sx);                                                  \
     T *G = malloc(k * k * sizeof *G), *B = malloc(other * slab * sizeof *B);   \
     int rc = DECOMP_OK;                                                        \
@@ -328,10 +339,7 @@ SVD_STEP(double, f64)
       for (size_t x = 0; x < cw; x++)                                          \
         for (size_t y = 0; y < other; y++) {                                   \
           size_t row = cols ? y : c0 + x, col = cols ? c0 + x : y;             \
-          size_t i = row / ka, pa = row % ka, o = col / kb, pb = col % kb;     \
-          size_t h, w;                                                         \
-          hw_of(gm, pa, pb, &h, &w);                                           \
-          T v = W[(((j * O + o) * I + i) * kh + h) * kw + w] * sc;             \
+          T v = W[kernel_index(gm, j, row, col)] * sc;                         \
           if (cols)                                                            \
             B[y + other * x] = v; /* m×cw, ld m */                             \
           else                                                                 \
@@ -462,6 +470,45 @@ static const char *group_mismatch(double meas, double est, double opt,
 GATHER(float, f32)
 GATHER(double, f64)
 
+/* ‖A_j − U·Vᵀ‖² for group j of the kernel (U m×R, V n×R, the matrix
+ * times 2^sx as gather_T forms it) without the m×n matrix: its columns
+ * come 256 at a time straight from the kernel — W (dense T) when given,
+ * else the contiguous tensor `t` converted element by element — and each
+ * slab is done as core_svd_residual does it, so the figure is the same. */
+#define KERNEL_RESIDUAL(T, SUFFIX, GEMM)                                       \
+  static int kernel_residual_##SUFFIX(                                         \
+      decomp_ctx *ctx, const char *what, const T *W, const decomp_tensor *t,  \
+      const geom *gm, size_t j, int sx, int64_t R, const T *U, const T *V,    \
+      double *out) {                                                           \
+    size_t m = (size_t)gm->m, n = (size_t)gm->n, slab = 256;                   \
+    size_t isz = decomp_dtype_size(t->dtype);                                  \
+    const unsigned char *raw = t->data;                                        \
+    T sc = (T)ldexp(1.0, sx);                                                  \
+    T *E = malloc(m * slab * sizeof *E);                                       \
+    if (!E)                                                                    \
+      return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);      \
+    double sum = 0;                                                            \
+    for (size_t c0 = 0; c0 < n; c0 += slab) {                                  \
+      size_t cw = n - c0 < slab ? n - c0 : slab;                               \
+      for (size_t x = 0; x < cw; x++)                                          \
+        for (size_t y = 0; y < m; y++) {                                       \
+          size_t at = kernel_index(gm, j, y, c0 + x);                          \
+          T v = W ? W[at] : (T)core_load_f64(raw + at * isz, t->dtype);        \
+          E[y + m * x] = sx ? v * sc : v;                                      \
+        }                                                                      \
+      GEMM(false, true, (int64_t)m, (int64_t)cw, R, -1, U, (int64_t)m,         \
+           V + c0, (int64_t)n, 1, E, (int64_t)m);                              \
+      for (size_t x = 0; x < m * cw; x++)                                      \
+        sum += (double)E[x] * (double)E[x];                                    \
+    }                                                                          \
+    free(E);                                                                   \
+    *out = sum;                                                                \
+    return DECOMP_OK;                                                          \
+  }
+
+KERNEL_RESIDUAL(float, f32, core_sgemm)
+KERNEL_RESIDUAL(double, f64, core_dgemm)
+
 /* Phase 1 and phase 2 for one precision T. `sigma` (when non-NULL) gets g
  * runs of k values when they are known (*have_sigma). With rank == 0 only
  * the values are computed; else the factors, scaled by Σ^½, land in new
@@ -500,7 +547,7 @@ GATHER(double, f64)
     const char *name = l->name;                                                \
     const T *W = NULL;                                                         \
     T *owned = NULL, *A = NULL, *s = NULL, *V = NULL;                          \
-    T *F = NULL, *S = NULL, *Sw = NULL, *Aw = NULL, *Fw = NULL;                \
+    T *F = NULL, *S = NULL, *Sw = NULL, *Fw = NULL;                            \
     double *all = NULL, *kn = NULL;                                            \
     char what[256];                                                            \
     int rc = dense_##SUFFIX(ctx, wt, &W, &owned);                              \
@@ -571,13 +618,10 @@ GATHER(double, f64)
       F = malloc((size_t)gm->g * r * m * sizeof *F);                           \
       kn = known ? malloc(k * sizeof *kn) : NULL;                              \
     }                                                                          \
-    if (gram) {                                                                \
+    if (gram)                                                                  \
       Sw = malloc(m * m * sizeof *Sw);                                         \
-      Aw = malloc(m * n * sizeof *Aw);                                         \
-      Fw = R > 0 ? malloc(m * r * sizeof *Fw) : NULL;                          \
-    }                                                                          \
     if (!A || !all || (R > 0 && (!s || !V || !F || (known && !kn))) ||         \
-        (gram && (!Sw || !Aw || (R > 0 && !Fw)))) {                            \
+        (gram && !Sw)) {                                                       \
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);        \
       goto done;                                                               \
     }                                                                          \
@@ -586,8 +630,12 @@ GATHER(double, f64)
     for (size_t j = 0; j < (size_t)gm->g; j++) {                               \
       gather_##SUFFIX(W, gm, j, sx, A);                                        \
       /* A converted copy of the kernel is done with after the last            \
-       * group's gather: release it before the SVD's own buffers exist. */     \
-      if (j + 1 == (size_t)gm->g && owned) {                                   \
+       * group's gather: release it before the SVD's own buffers exist.        \
+       * Whitened, the weight error is measured from the kernel again          \
+       * (kernel_residual_T): from the tensor itself when it is contiguous,    \
+       * else the copy stays. */                                               \
+      if (j + 1 == (size_t)gm->g && owned &&                                   \
+          !(gram && R > 0 && !decomp_tensor_is_contiguous(wt))) {              \
         free(owned);                                                           \
         owned = NULL;                                                          \
         W = NULL;                                                              \
@@ -596,7 +644,8 @@ GATHER(double, f64)
       double ej = 0;                                                           \
       for (size_t x = 0; x < m * n; x++)                                       \
         ej += (double)A[x] * (double)A[x];                                     \
-      /* The matrix the SVD factors: A, or A' = Sᵀ·A. */                       \
+      /* The matrix the SVD factors: A, or A' = Sᵀ·A in A's place (the       \
+       * weight error is then measured from the kernel). */                    \
       T *M = A;                                                                \
       double em = ej;                                                          \
       if (gram) {                                                              \
@@ -605,12 +654,10 @@ GATHER(double, f64)
                                              (int64_t)m, Sw, &shift)) !=       \
             DECOMP_OK)                                                         \
           goto done;                                                           \
-        memcpy(Aw, A, m * n * sizeof *Aw);                                     \
-        core_trmm_##SUFFIX(true, (int64_t)m, (int64_t)n, Sw, Aw);              \
-        M = Aw;                                                                \
+        core_trmm_##SUFFIX(true, (int64_t)m, (int64_t)n, Sw, A);               \
         em = 0;                                                                \
         for (size_t x = 0; x < m * n; x++)                                     \
-          em += (double)Aw[x] * (double)Aw[x];                                 \
+          em += (double)A[x] * (double)A[x];                                   \
         *out_total += ldexp(em, -2 * sx);                                      \
       }                                                                        \
       double opt = -1;                                                         \
@@ -640,7 +687,7 @@ GATHER(double, f64)
         if (rc != DECOMP_OK)                                                   \
           break;                                                               \
         const char *why = group_mismatch(meas, dj, opt, bound);                \
-        if (why && !exact && rep.randomized) {                                 \
+        if (why && !exact && (rep.randomized || rep.gram)) {                   \
           core_log(ctx, DECOMP_LOG_WARN, "svd",                                \
                    "matrix=\"%s\" fallback=exact measured=%.6g "               \
                    "estimated=%.6g optimal=%.6g reason=\"%s\"",                \
@@ -668,14 +715,19 @@ GATHER(double, f64)
           if (wt->dtype != OWN)                                                \
             round_to_##SUFFIX(V, n * r, wt->dtype, fb);                        \
           double dout;                                                         \
+          if (!(Fw = malloc(m * r * sizeof *Fw))) {                            \
+            rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);  \
+            break;                                                             \
+          }                                                                    \
           memcpy(Fw, Uj, m * r * sizeof *Fw);                                  \
           core_trmm_##SUFFIX(true, (int64_t)m, R, Sw, Fw);                     \
-          if ((rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m,          \
-                                               (int64_t)n, Aw, R, Fw, V,       \
-                                               &dout)) != DECOMP_OK ||         \
-              (rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m,          \
-                                               (int64_t)n, A, R, Uj, V,        \
-                                               &dj)) != DECOMP_OK)             \
+          rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m, (int64_t)n,   \
+                                          A, R, Fw, V, &dout);                 \
+          free(Fw);                                                            \
+          Fw = NULL;                                                           \
+          if (rc != DECOMP_OK ||                                               \
+              (rc = kernel_residual_##SUFFIX(ctx, what, W, wt, gm, j, sx, R,   \
+                                             Uj, V, &dj)) != DECOMP_OK)        \
             break;                                                             \
           *out_discarded += ldexp(dout, -2 * sx);                              \
         }                                                                      \
@@ -689,6 +741,7 @@ GATHER(double, f64)
           sigma[j * k + x] = ldexp(all[x], -sx);                               \
       *discarded += ldexp(dj, -2 * sx);                                        \
       agg->randomized = agg->randomized || rep.randomized;                     \
+      agg->gram = agg->gram || rep.gram;                                       \
       if (rep.iterations > agg->iterations)                                    \
         agg->iterations = rep.iterations;                                      \
       if (rep.width > agg->width)                                              \
@@ -705,8 +758,6 @@ GATHER(double, f64)
       if (j + 1 == (size_t)gm->g) {                                            \
         free(A);                                                               \
         A = NULL;                                                              \
-        free(Aw);                                                              \
-        Aw = NULL;                                                             \
       }                                                                        \
       if (!S && !(S = malloc((size_t)gm->g * n * r * sizeof *S))) {            \
         rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", name);      \
@@ -742,7 +793,6 @@ GATHER(double, f64)
     free(F);                                                                   \
     free(S);                                                                   \
     free(Sw);                                                                  \
-    free(Aw);                                                                  \
     free(Fw);                                                                  \
     return rc;                                                                 \
   }
@@ -1299,7 +1349,8 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
              L->info.energy_total > 0
                  ? sqrt(L->info.energy_discarded / L->info.energy_total)
                  : 0.0,
-             L->rep.randomized ? "krylov" : "gesdd", L->rep.iterations,
+             L->rep.randomized ? "krylov" : L->rep.gram ? "eig" : "gesdd",
+             L->rep.iterations,
              (long long)L->rep.width, (long long)L->rep.block,
              (long long)L->rep.deflated,
              L->rep.fallback ? L->rep.fallback : "", optimal_error(L),

@@ -86,6 +86,66 @@ int SFX(core_eig_top)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
   return check_info(ctx, what, info, P "syevd");
 }
 
+/* The r largest eigenpairs of the symmetric n×n `a` by ?syevr (bisection
+ * and MRRR for those r alone): w[r] ascending, z n×r (ld n); `a` is
+ * destroyed. Its workspace is O(n) beside z, where ?syevd's holds 2·n²
+ * more; about 1.2–1.4× ?syevd's time for r of 0.4–0.6·n (n = 4096 in
+ * float64: 14 s vs 12 s at r = 1638, 20 s vs 15 s at r = 2388, two
+ * cores), so it serves the large matrices where memory is the bound. */
+int SFX(core_eig_range)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
+                        int64_t r, T *w, T *z) {
+  int rc = check_sym(ctx, what, n);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (r < 1 || r > n)
+    return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: %lld eigenpairs of %lld",
+                     what, (long long)r, (long long)n);
+  lapack_int ln = (lapack_int)n, found = 0, iq = 0, info;
+  T query = 0;
+  /* ?syevr writes up to n values into w, whatever the range asked. */
+  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * (size_t)r);
+  T *vals = malloc(sizeof *vals * (size_t)n);
+  if (!isuppz || !vals) {
+    free(isuppz);
+    free(vals);
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  }
+  info = LA(syevr_work)(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
+                        ln - (lapack_int)r + 1, ln, 0, &found, vals, z, ln,
+                        isuppz, &query, -1, &iq, -1);
+  if (info != 0) {
+    free(isuppz);
+    free(vals);
+    return check_info(ctx, what, info, P "syevr");
+  }
+  size_t lw = lwork_of(query);
+  T *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
+  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
+  if (!work || !iwork) {
+    free(work);
+    free(iwork);
+    free(isuppz);
+    free(vals);
+    return core_fail(ctx, DECOMP_ERR_NOMEM,
+                     "%s: out of memory for the eigensolver", what);
+  }
+  info = LA(syevr_work)(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
+                        ln - (lapack_int)r + 1, ln, 0, &found, vals, z, ln,
+                        isuppz, work, (lapack_int)lw, iwork,
+                        iq > 1 ? iq : 1);
+  if (info == 0 && found == (lapack_int)r)
+    memcpy(w, vals, (size_t)r * sizeof *w);
+  free(work);
+  free(iwork);
+  free(isuppz);
+  free(vals);
+  if (info == 0 && found != (lapack_int)r)
+    return core_fail(ctx, DECOMP_ERR_SVD_FAILED,
+                     "%s: " P "syevr found %d of %lld eigenpairs", what,
+                     (int)found, (long long)r);
+  return check_info(ctx, what, info, P "syevr");
+}
+
 int SFX(core_qr)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                 T *a) {
   int rc = check_dims(ctx, what, m, n);

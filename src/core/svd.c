@@ -1,9 +1,10 @@
 /* svd.c — the engine's SVD of one layer matrix, fast: the singular values
  * alone from the smaller Gram matrix, and the rank-R factors from a
  * randomized block Krylov method (block Lanczos from a random start, full
- * reorthogonalization, Rayleigh–Ritz) with an accuracy control (svd.h has
- * the contracts). Small matrices take exact gesdd, which is
- * cheap there and keeps small layers exact. One body, svd_tmpl.h, serves
+ * reorthogonalization, Rayleigh–Ritz) with an accuracy control, or, at
+ * ranks too high for that basis, from the float64 eigenpairs of the Gram
+ * matrix (svd.h has the contracts). Small matrices take exact gesdd, which
+ * is cheap there and keeps small layers exact. One body, svd_tmpl.h, serves
  * float32 and float64. Only BLAS level 3 and LAPACK's QR/eigensolvers,
  * through lapack.c; no threads of its own. */
 #include <math.h>
@@ -111,6 +112,7 @@ static bool converged(int check, double prev, double e, double last_gain,
 #define SQRT sqrtf
 #define DEFLATE 3e-3   /* about 8·√ε: a column shorter is inside the basis */
 #define RITZ_SLACK 2e-3 /* Ritz values may exceed ‖A‖² by rounding only */
+#define GRAM_RANK 1     /* large matrices, high ranks: float64 Gram eigenpairs */
 #include "svd_tmpl.h"
 #undef T
 #undef SFX
@@ -119,6 +121,7 @@ static bool converged(int check, double prev, double e, double last_gain,
 #undef SQRT
 #undef DEFLATE
 #undef RITZ_SLACK
+#undef GRAM_RANK
 
 #define T double
 #define SFX(name) SFX2_(name, f64)
@@ -127,6 +130,7 @@ static bool converged(int check, double prev, double e, double last_gain,
 #define SQRT sqrt
 #define DEFLATE 1e-7
 #define RITZ_SLACK 1e-8
+#define GRAM_RANK 0 /* float64 keeps gesdd: no wider type for the Gram */
 #include "svd_tmpl.h"
 #undef T
 #undef SFX
@@ -135,3 +139,4 @@ static bool converged(int check, double prev, double e, double last_gain,
 #undef SQRT
 #undef DEFLATE
 #undef RITZ_SLACK
+#undef GRAM_RANK

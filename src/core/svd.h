@@ -29,6 +29,13 @@ int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
  * the top r kept): w[r] ascending, z n×r (ld n). `a` is destroyed. */
 int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
                      int64_t r, float *w, float *z);
+/* The r largest eigenpairs of the symmetric n×n `a` by ssyevr/dsyevr
+ * (those r only; O(n) workspace beside z): w[r] ascending, z n×r (ld n).
+ * `a` is destroyed. */
+int core_eig_range_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
+                       int64_t r, float *w, float *z);
+int core_eig_range_f64(decomp_ctx *ctx, const char *what, int64_t n,
+                       double *a, int64_t r, double *w, double *z);
 /* `a` (m×n, m ≥ n, ld m) replaced by the Q of its Householder QR. */
 int core_qr_f32(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,
                 float *a);
@@ -79,7 +86,8 @@ int core_calib_factor_f64(decomp_ctx *ctx, const char *what,
 
 /* How a truncated SVD was computed and what it achieved. */
 typedef struct core_svd_report {
-  bool randomized;   /* false: exact gesdd */
+  bool randomized;   /* the Krylov path (false: gesdd or the Gram path) */
+  bool gram;         /* the float64 Gram eigenpairs path */
   int iterations;    /* Krylov steps after the first block (randomized) */
   int64_t width;     /* the basis' final width (randomized) */
   int64_t block;     /* its block width (randomized) */
@@ -123,7 +131,12 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * NULL, is the full spectrum (k values, descending) and tightens the
  * accuracy control to the known optimum.
  *
- * Small matrices, and ranks above 0.4·k, take exact gesdd. Otherwise a
+ * Small matrices (k ≤ 512) take exact gesdd. Large ones at ranks the
+ * Krylov basis below has no room for (above about 0.4·k) take, in
+ * float32, the R largest eigenpairs of the smaller Gram matrix formed in
+ * float64 (dsyevr; rep->gram; a third of sgesdd's time and none of its
+ * 4·k² workspace; gesdd when σ_R < 1e-4·σ_1, which the squared spectrum
+ * would lose), and in float64 gesdd. Otherwise a
  * randomized block Krylov method (block Lanczos with full
  * reorthogonalization from a random start, as in Musco and Musco 2015,
  * "Randomized block Krylov methods for stronger and faster approximate

@@ -400,7 +400,7 @@ def run_case(case, decompctl, workdir, stats):
             raise CaseFailure(f"{tag}: decompctl exit {p.returncode}: "
                               f"{p.stderr.strip()[-400:]}")
         log = p.stderr
-        for m in re.finditer(r"method=(krylov|gesdd)", log):
+        for m in re.finditer(r"method=(krylov|gesdd|eig)", log):
             stats[m.group(1)] = stats.get(m.group(1), 0) + 1
         stats["gram"] = stats.get("gram", 0) + log.count("method=gram")
         stats["fallback"] = stats.get("fallback", 0) + len(
@@ -569,11 +569,19 @@ COVERAGE = [
                 {"name": "d", "kind": "trained", "cin": 256, "cout": 256,
                  "kh": 3, "kw": 3, "groups": 1, "dtype": "F16", "seed": 2}],
      "policy": {"name": "budget"}, "format": "safetensors"},
-    # a rank above 0.4k: the exact path on a large matrix
+    # a rank above 0.4k on a large matrix: the float64 Gram eigenpairs
+    # (float32 compute; a rank-deficient matrix falls back to gesdd)
     {"layers": [{"name": "c", "kind": "pruned_in", "cin": 200, "cout": 200,
                  "kh": 3, "kw": 3, "groups": 1, "dtype": "BF16",
                  "seed": 3}],
-     "policy": {"name": "ratio", "ratio": 0.7, "require_cheaper": False},
+     "policy": {"name": "ratio", "ratio": 0.7, "require_cheaper": False,
+                "methods": ["spatial"]},
+     "format": "pth"},
+    {"layers": [{"name": "c", "kind": "trained", "cin": 200, "cout": 200,
+                 "kh": 3, "kw": 3, "groups": 1, "dtype": "F32",
+                 "seed": 3}],
+     "policy": {"name": "ratio", "ratio": 0.7, "require_cheaper": False,
+                "methods": ["spatial"]},
      "format": "pth"},
     # float64 compute on large and small, huge and subnormal scales
     {"layers": [{"name": "c", "kind": "huge", "cin": 256, "cout": 256,

@@ -23,10 +23,10 @@ def test_written_factors_are_within_one_percent_of_numpy_and_the_info_file_says_
     print(f"differential campaign: seed {seed}, {seconds:.0f} s")
     stats = campaign(DECOMPCTL, seconds, seed)
     print(f"differential campaign: seed {seed}: {stats}")
-    # Every SVD path ran: gesdd on small matrices, the Gram spectrum and the
-    # Krylov truncated SVD on large ones, restarts where a basis met the
-    # matrix's rank, float64 compute.
-    for path in ("gesdd", "krylov", "gram", "deflated", "float64",
+    # Every SVD path ran: gesdd on small matrices, the Gram spectrum, the
+    # Krylov truncated SVD and the float64 Gram eigenpairs (eig) on large
+    # ones, restarts where a basis met the matrix's rank, float64 compute.
+    for path in ("gesdd", "krylov", "gram", "eig", "deflated", "float64",
                  "spatial_svd", "channel_svd", "svd", "whitened"):
         assert stats.get(path, 0) > 0, f"no case took the {path} path: {stats}"
     assert stats["layers"] > 0

@@ -187,6 +187,64 @@ START_TEST(truncated_error_is_right_when_zero_taps_exhaust_the_krylov_space) {
 }
 END_TEST
 
+/* A rank above the Krylov basis' room on a large float32 matrix: the
+ * float64 Gram eigenpairs, at the optimum (within 0.01%), the reported
+ * error the measured one, both sides' factors from one eigensolve. */
+static core_svd_report check_gram_rank(int64_t m, int64_t n, const double *s,
+                                       int64_t R) {
+  int64_t k = m < n ? m : n;
+  float *a = with_spectrum(m, n, s);
+  float *sv = malloc((size_t)R * sizeof *sv);
+  float *u = malloc((size_t)(m * R) * sizeof *u);
+  float *v = malloc((size_t)(n * R) * sizeof *v);
+  double energy = 0;
+  for (int64_t i = 0; i < m * n; i++)
+    energy += (double)a[i] * a[i];
+  core_svd_report rep;
+  ck_assert(!core_svd_rank_randomized(m, n, R));
+  ck_assert(core_svd_spectrum_uses_gram(m, n));
+  ck_assert_int_eq(core_svd_rank_f32(NULL, "a", m, n, a, R, 7, energy, NULL,
+                                     sv, u, v, NULL, &rep),
+                   DECOMP_OK);
+  double opt = sumsq(s, R, k), got = residual2(m, n, a, R, sv, u, v);
+  /* (gesdd in float32, where it takes over, is held to nothing better
+   * than its own rounding: about 1e-7·σ_1 per value.) */
+  ck_assert_msg(sqrt(got) <= (rep.gram ? 1.0001 : 1.0) * sqrt(opt) +
+                                 (rep.gram ? 0 : 1e-6 * sqrt(energy)),
+                "%lldx%lld rank %lld: error %g, optimal %g", (long long)m,
+                (long long)n, (long long)R, sqrt(got), sqrt(opt));
+  if (rep.gram)
+    ck_assert_msg(fabs(sqrt(rep.discarded) - sqrt(got)) <= 1e-3 * sqrt(got),
+                  "reported %g measured %g", sqrt(rep.discarded), sqrt(got));
+  for (int64_t q = 0; q < R; q++) {
+    ck_assert_double_eq_tol(sv[q], s[q], 1e-4 * s[0]);
+    if (q)
+      ck_assert(sv[q] <= sv[q - 1]);
+  }
+  free(a);
+  free(sv);
+  free(u);
+  free(v);
+  return rep;
+}
+
+START_TEST(high_ranks_of_large_matrices_take_the_float64_gram_eigenpairs) {
+  int64_t k = 600;
+  double *s = malloc((size_t)k * sizeof *s);
+  for (int64_t i = 0; i < k; i++) /* a power law over a noise floor */
+    s[i] = 1.0 / (1.0 + (double)i / (0.02 * (double)k)) + 0.03;
+  ck_assert(check_gram_rank(600, 900, s, 330).gram); /* wide: A·Aᵀ */
+  ck_assert(check_gram_rank(900, 600, s, 300).gram); /* tall: Aᵀ·A */
+  /* σ_R below 1e-4·σ_1: the squared spectrum would lose it; gesdd. */
+  for (int64_t i = 0; i < k; i++)
+    s[i] = exp(-(double)i / 25.0);
+  core_svd_report rep = check_gram_rank(600, 700, s, 330);
+  ck_assert(!rep.gram && !rep.randomized);
+  ck_assert_str_eq(rep.fallback, "the rank-R Gram eigenvalue is tiny");
+  free(s);
+}
+END_TEST
+
 START_TEST(float64_truncated_svd_and_spectrum_take_the_same_paths) {
   int64_t m = 700, n = 640, k = 640, R = 120;
   double *s = malloc((size_t)k * sizeof *s);
@@ -485,6 +543,7 @@ static Suite *suite(void) {
   tcase_add_test(t, gram_spectrum_matches_gesdd);
   tcase_add_test(t, layer_spectrum_from_kernel_slabs_matches_the_matrix);
   tcase_add_test(t, float64_truncated_svd_and_spectrum_take_the_same_paths);
+  tcase_add_test(t, high_ranks_of_large_matrices_take_the_float64_gram_eigenpairs);
   tcase_add_test(t, truncated_svd_is_deterministic_at_each_blas_thread_count);
   tcase_add_test(t, parallel_layers_give_the_bytes_of_serial_layers);
   tcase_add_test(t, parallel_layers_report_errors_and_progress_in_spec_order);
