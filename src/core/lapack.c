@@ -1,7 +1,8 @@
 /* lapack.c — the engine's one door to BLAS and LAPACK: thin wrappers over
- * ?gesdd, the symmetric eigensolvers (ssyevd, ssyev_2stage, ssyevr), the
- * Householder QR (sgeqrf/sorgqr), the level-3 products the truncated SVD is
- * made of (sgemm, ssyrk), and OpenBLAS's thread count. They take
+ * ?gesdd, the symmetric eigensolvers (ssyevd, ssyev_2stage; ?sytrd, ?stemr
+ * and ?ormtr for some of the pairs), the Householder QR (sgeqrf/sorgqr),
+ * the level-3 products the truncated SVD is made of (sgemm, ssyrk), and
+ * OpenBLAS's thread count. They take
  * column-major matrices, check sizes against LAPACK's int, manage the
  * workspace, and turn LAPACK's `info` into a decomp error code with a
  * message naming the matrix. No other file includes lapacke.h or cblas.h. */

@@ -86,12 +86,14 @@ int SFX(core_eig_top)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
   return check_info(ctx, what, info, P "syevd");
 }
 
-/* The r largest eigenpairs of the symmetric n×n `a` by ?syevr (bisection
- * and MRRR for those r alone): w[r] ascending, z n×r (ld n); `a` is
- * destroyed. Its workspace is O(n) beside z, where ?syevd's holds 2·n²
- * more; about 1.2–1.4× ?syevd's time for r of 0.4–0.6·n (n = 4096 in
- * float64: 14 s vs 12 s at r = 1638, 20 s vs 15 s at r = 2388, two
- * cores), so it serves the large matrices where memory is the bound. */
+/* The r largest eigenpairs of the symmetric n×n `a`: ?sytrd to a
+ * tridiagonal T = Qᵀ·a·Q, ?stemr (MRRR) for T's r largest pairs alone,
+ * ?ormtr to take those r vectors back through Q; ?stevr (bisection and
+ * inverse iteration) when MRRR reports a failure. w[r] ascending, z n×r
+ * (ld n); `a` is destroyed. Memory is z and O(n) beside `a`, where ?syevd
+ * holds 2·n² more; time (n = 4096 in float64, two cores) 7 s at r = 1638
+ * and 11 s at r = 2388, where ?syevd takes 12–15 s and ?syevr, which
+ * runs MRRR only for every pair, 14–20 s. */
 int SFX(core_eig_range)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
                         int64_t r, T *w, T *z) {
   int rc = check_sym(ctx, what, n);
@@ -100,50 +102,90 @@ int SFX(core_eig_range)(decomp_ctx *ctx, const char *what, int64_t n, T *a,
   if (r < 1 || r > n)
     return core_fail(ctx, DECOMP_ERR_INTERNAL, "%s: %lld eigenpairs of %lld",
                      what, (long long)r, (long long)n);
-  lapack_int ln = (lapack_int)n, found = 0, iq = 0, info;
-  T query = 0;
-  /* ?syevr writes up to n values into w, whatever the range asked. */
-  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * (size_t)r);
-  T *vals = malloc(sizeof *vals * (size_t)n);
-  if (!isuppz || !vals) {
-    free(isuppz);
-    free(vals);
-    return core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+  lapack_int ln = (lapack_int)n, lr = (lapack_int)r, il = ln - lr + 1;
+  lapack_int found = 0, info, liw = 0;
+  lapack_logical tryrac = 1;
+  size_t nn = (size_t)n;
+  T q1 = 0, q2 = 0, q3 = 0;
+  lapack_int iq = 0;
+  /* d, e and their copies (for ?stevr), τ, the values (n: the solvers
+   * write up to n whatever the range) */
+  T *d = malloc(6 * nn * sizeof *d), *work = NULL;
+  lapack_int *isuppz = malloc(sizeof *isuppz * 2 * nn), *iwork = NULL;
+  if (!d || !isuppz) {
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "%s: out of memory", what);
+    goto out;
   }
-  info = LA(syevr_work)(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                        ln - (lapack_int)r + 1, ln, 0, &found, vals, z, ln,
-                        isuppz, &query, -1, &iq, -1);
+  T *e = d + nn, *d0 = e + nn, *e0 = d0 + nn, *tau = e0 + nn, *vals = tau + nn;
+  info = LA(sytrd_work)(LAPACK_COL_MAJOR, 'L', ln, a, ln, d, e, tau, &q1, -1);
+  if (info == 0)
+    info = LA(stemr_work)(LAPACK_COL_MAJOR, 'V', 'I', ln, d, e, 0, 0, il, ln,
+                          &found, vals, z, ln, lr, isuppz, &tryrac, &q2, -1,
+                          &iq, -1);
+  if (info == 0)
+    info = LA(ormtr_work)(LAPACK_COL_MAJOR, 'L', 'L', 'N', ln, lr, a, ln, tau,
+                          z, ln, &q3, -1);
   if (info != 0) {
-    free(isuppz);
-    free(vals);
-    return check_info(ctx, what, info, P "syevr");
+    rc = check_info(ctx, what, info, P "sytrd/" P "stemr/" P "ormtr");
+    goto out;
   }
-  size_t lw = lwork_of(query);
-  T *work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
-  lapack_int *iwork = malloc(sizeof *iwork * (size_t)(iq > 1 ? iq : 1));
+  T big = q1 > q2 ? q1 : q2;
+  big = big > q3 ? big : q3;
+  /* ?stevr wants 20·n and 10·n */
+  size_t lw = lwork_of((double)big > 20.0 * (double)n ? big : 20.0 * (double)n);
+  liw = iq > 10 * ln ? iq : 10 * ln;
+  work = lw <= INT_MAX ? malloc(lw * sizeof *work) : NULL;
+  iwork = malloc(sizeof *iwork * (size_t)liw);
   if (!work || !iwork) {
-    free(work);
-    free(iwork);
-    free(isuppz);
-    free(vals);
-    return core_fail(ctx, DECOMP_ERR_NOMEM,
-                     "%s: out of memory for the eigensolver", what);
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM,
+                   "%s: out of memory for the eigensolver", what);
+    goto out;
   }
-  info = LA(syevr_work)(LAPACK_COL_MAJOR, 'V', 'I', 'L', ln, a, ln, 0, 0,
-                        ln - (lapack_int)r + 1, ln, 0, &found, vals, z, ln,
-                        isuppz, work, (lapack_int)lw, iwork,
-                        iq > 1 ? iq : 1);
-  if (info == 0 && found == (lapack_int)r)
-    memcpy(w, vals, (size_t)r * sizeof *w);
+  info = LA(sytrd_work)(LAPACK_COL_MAJOR, 'L', ln, a, ln, d, e, tau, work,
+                        (lapack_int)lw);
+  if (info != 0) {
+    rc = check_info(ctx, what, info, P "sytrd");
+    goto out;
+  }
+  memcpy(d0, d, 2 * nn * sizeof *d); /* d and e */
+  info = LA(stemr_work)(LAPACK_COL_MAJOR, 'V', 'I', ln, d, e, 0, 0, il, ln,
+                        &found, vals, z, ln, lr, isuppz, &tryrac, work,
+                        (lapack_int)lw, iwork, liw);
+  if (info < 0) {
+    rc = check_info(ctx, what, info, P "stemr");
+    goto out;
+  }
+  if (info > 0 || found != lr) {
+    core_log(ctx, DECOMP_LOG_DEBUG, "svd",
+             "matrix=\"%s\" " P "stemr info=%d found=%d of %d: " P "stevr",
+             what, (int)info, (int)found, (int)lr);
+    info = LA(stevr_work)(LAPACK_COL_MAJOR, 'V', 'I', ln, d0, e0, 0, 0, il, ln,
+                          0, &found, vals, z, ln, isuppz, work,
+                          (lapack_int)lw, iwork, liw);
+    if (info == 0 && found != lr)
+      info = -1000;
+    if (info != 0) {
+      rc = info == -1000
+               ? core_fail(ctx, DECOMP_ERR_SVD_FAILED,
+                           "%s: " P "stevr found %d of %lld eigenpairs", what,
+                           (int)found, (long long)r)
+               : check_info(ctx, what, info, P "stevr");
+      goto out;
+    }
+  }
+  info = LA(ormtr_work)(LAPACK_COL_MAJOR, 'L', 'L', 'N', ln, lr, a, ln, tau,
+                        z, ln, work, (lapack_int)lw);
+  if (info != 0) {
+    rc = check_info(ctx, what, info, P "ormtr");
+    goto out;
+  }
+  memcpy(w, vals, (size_t)r * sizeof *w);
+out:
+  free(d);
   free(work);
   free(iwork);
   free(isuppz);
-  free(vals);
-  if (info == 0 && found != (lapack_int)r)
-    return core_fail(ctx, DECOMP_ERR_SVD_FAILED,
-                     "%s: " P "syevr found %d of %lld eigenpairs", what,
-                     (int)found, (long long)r);
-  return check_info(ctx, what, info, P "syevr");
+  return rc;
 }
 
 int SFX(core_qr)(decomp_ctx *ctx, const char *what, int64_t m, int64_t n,

@@ -29,9 +29,9 @@ int core_eig_values_f32(decomp_ctx *ctx, const char *what, int64_t n,
  * the top r kept): w[r] ascending, z n×r (ld n). `a` is destroyed. */
 int core_eig_top_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
                      int64_t r, float *w, float *z);
-/* The r largest eigenpairs of the symmetric n×n `a` by ssyevr/dsyevr
- * (those r only; O(n) workspace beside z): w[r] ascending, z n×r (ld n).
- * `a` is destroyed. */
+/* The r largest eigenpairs of the symmetric n×n `a` (tridiagonal
+ * reduction, MRRR for those r alone, back-transformation; O(n) workspace
+ * beside z): w[r] ascending, z n×r (ld n). `a` is destroyed. */
 int core_eig_range_f32(decomp_ctx *ctx, const char *what, int64_t n, float *a,
                        int64_t r, float *w, float *z);
 int core_eig_range_f64(decomp_ctx *ctx, const char *what, int64_t n,
@@ -134,7 +134,7 @@ bool core_svd_rank_randomized(int64_t m, int64_t n, int64_t R);
  * Small matrices (k ≤ 512) take exact gesdd. Large ones at ranks the
  * Krylov basis below has no room for (above about 0.4·k) take, in
  * float32, the R largest eigenpairs of the smaller Gram matrix formed in
- * float64 (dsyevr; rep->gram; a third of sgesdd's time and none of its
+ * float64 (core_eig_range; rep->gram; a third of sgesdd's time and none of its
  * 4·k² workspace; gesdd when σ_R < 1e-4·σ_1, which the squared spectrum
  * would lose), and in float64 gesdd. Otherwise a
  * randomized block Krylov method (block Lanczos with full

@@ -84,7 +84,7 @@ out:
 /* Large float32 matrices at ranks the Krylov basis has no room for: the R
  * largest eigenpairs of the smaller Gram matrix (A·Aᵀ when m ≤ n, else
  * Aᵀ·A), formed in float64 from slabs of 256 columns (rows) of A and
- * solved by dsyevr for those R alone; the small side's vectors are its
+ * solved for those R alone (core_eig_range: MRRR); the small side's vectors are its
  * eigenvectors, the other side's come from A itself (Aᵀ·U·Σ⁻¹, A·V·Σ⁻¹).
  * Memory: the k×k Gram and k×R vectors in float64 beside the outputs,
  * where gesdd holds a copy of A, U, Vᵀ and 4·k² of workspace; time: a
