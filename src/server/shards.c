@@ -435,8 +435,11 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
   }
   if (!gone)
     rc = store_upload_commit(du);
-  if (!gone && rc == DECOMP_OK)
+  if (!gone && rc == DECOMP_OK) {
     rc = store_model_put_sharded(s, &m, sh, n, &created);
+    if (rc != DECOMP_OK) /* the document's blob, unless a model names it */
+      store_blob_gc(s, m.digest);
+  }
   store_blob_unlock(s);
   if (gone) {
     http_reply_problem(r, DECOMP_ERR_BAD_SHARD_INDEX,

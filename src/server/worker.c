@@ -32,6 +32,7 @@
 
 #include <dirent.h>
 #include <jansson.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 struct worker_pool {
@@ -533,7 +534,12 @@ static void run_job(worker_pool *p, store_job *job) {
   }
   rc = store_outputs(s, ctx, job, res, msg, sizeof msg);
   if (rc == DECOMP_OK) {
+    /* The engine records it when it streams its output; otherwise it is
+     * the same high-water mark, read here. */
     int64_t rss = info_peak_rss(decomp_result_info(res));
+    struct rusage ru;
+    if (rss <= 0 && getrusage(RUSAGE_SELF, &ru) == 0)
+      rss = (int64_t)ru.ru_maxrss * 1024;
     if (rss > 0 && store_job_set_peak_rss(s, job->id, rss) != DECOMP_OK)
       LOG(LOG_WARN, "worker", job->id, "event=peak_rss_not_saved error=%s",
           log_q(store_errmsg()));

@@ -280,13 +280,22 @@ def test_a_job_on_a_sharded_model_runs_with_the_daemons_shard_bytes_when_it_give
             tensors = [t for k, t in got.items() if index_out["weight_map"][k] == n]
             assert len(tensors) == 1 or sum(len(t[2]) for t in tensors) <= 10 * 1024, n
             assert sizes[n] > 0
-        # a job on a single-file model has no shard size
-        status, doc = d.upload(st_bytes([("w", np.zeros(4, np.float32))]))
-        assert status == 201
-        status, _, body = d.request("POST", "/v1/jobs", body={
-            "model": doc["id"], "spec": {"layers": []}, "shard_bytes": 1000})
-        assert_problem(status, {"content-type": "application/problem+json"},
-                       body, 400, "bad_request")
+        # a job on a single-file model has no shard size; it records the
+        # daemon's peak RSS too
+        ts, _ = small_model()
+        status, doc = d.upload(st_bytes(ts, {"format": "pt"}))
+        assert status == 201, doc
+        status, hdrs, body = d.request("POST", "/v1/jobs", body={
+            "model": doc["id"], "spec": spec, "policy": POLICY,
+            "shard_bytes": 1000})
+        assert_problem(status, hdrs, body, 400, "bad_request")
+        _, job = d.json("POST", "/v1/jobs", body={
+            "model": doc["id"], "spec": spec, "policy": POLICY}, expect=201)
+        job = d.wait_job(job["id"])
+        assert job["state"] == "succeeded" and job["peak_rss_bytes"] > 0, job
+        assert sorted(a["name"] for a in job["artifacts"]) == [
+            "decompose_info.json", "decomposed_weights.pth",
+            "decomposed_weights.safetensors"]
     finally:
         d.stop()
 
