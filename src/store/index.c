@@ -1027,12 +1027,24 @@ int store_artifact_list(store *s, const char *job_id, store_artifact **out,
                "s", job_id);
   if (rc != DECOMP_OK)
     return rc;
-  store_artifact *v = calloc(8, sizeof *v);
-  size_t cnt = 0;
-  if (!v)
-    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
-  while (rc == DECOMP_OK && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
+  /* A sharded output has an artifact per shard: as many as there are. */
+  store_artifact *v = NULL;
+  size_t cnt = 0, cap = 0;
+  int r = SQLITE_DONE;
+  while (rc == DECOMP_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 8;
+      store_artifact *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
     artifact_row(st, &v[cnt++]);
+  }
+  if (rc == DECOMP_OK && r != SQLITE_DONE)
+    rc = db_fail(db, "artifact list");
   sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
