@@ -365,6 +365,30 @@ def test_an_upload_cut_off_mid_body_resumes_with_upload_offset_after_a_restart(t
         d.stop()
 
 
+def test_a_second_upload_of_a_blob_while_one_is_in_progress_is_a_409(daemon, ckpt):
+    _, _, shards, _ = ckpt
+    data = list(shards.values())[2]
+    digest = sha(data)
+    s = socket.create_connection(("127.0.0.1", daemon.port))
+    try:
+        s.sendall(("PUT /v1/blobs/%s HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                   "application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                   % (digest, len(data))).encode() + data[:100])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the first one holds the upload
+            if "upload-offset" in daemon.request("HEAD", "/v1/blobs/" + digest)[1]:
+                break
+            time.sleep(0.05)
+        status, hdrs, body = put_blob(daemon, data)
+        doc = assert_problem(status, hdrs, body, 409, "conflict")
+        assert "in progress" in doc["detail"], doc
+        s.sendall(data[100:])
+        s.settimeout(30)
+        assert s.recv(64).startswith(b"HTTP/1.1 201"), "the first one completes"
+    finally:
+        s.close()
+
+
 # ---- bad input --------------------------------------------------------------
 
 def test_a_shard_whose_bytes_are_not_its_digest_is_refused_and_discarded(daemon, ckpt):
