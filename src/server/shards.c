@@ -22,7 +22,7 @@
 #define JSON_TYPE "application/json"
 /* Shards one model may have; the Hub's largest checkpoints have a few
  * hundred. */
-#define MAX_SHARDS 100000
+#define MAX_SHARDS 10000
 /* The binding document a worker reads back whole. */
 #define MAX_DOC_BYTES ((int64_t)64 << 20)
 /* PUT /v1/blobs sweeps abandoned uploads at most this often. */
@@ -238,8 +238,7 @@ static bool shard_name_ok(const char *n) {
   size_t len = strlen(n);
   const char *why = NULL;
   return len > 12 && len < 256 && strchr(n, '/') == NULL &&
-         strchr(n, '\\') == NULL && strcmp(n, "..") != 0 &&
-         strncmp(n, "..", 2) != 0 && n[0] != '.' &&
+         strchr(n, '\\') == NULL && n[0] != '.' &&
          strcmp(n + len - 12, ".safetensors") == 0 && text_label_ok(n, &why);
 }
 
@@ -281,14 +280,13 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
                      decomp_weights **w, int64_t *size) {
   store *s = http_req_store(r);
   const char **names = calloc(n, sizeof *names);
-  char(*paths)[4200] = calloc(n, sizeof *paths);
-  const char **pp = calloc(n, sizeof *pp);
+  char **pp = calloc(n, sizeof *pp);
   int rc = DECOMP_OK;
   size_t i = 0;
   const char *name;
   json_t *v;
   *size = 0;
-  if (!names || !paths || !pp) {
+  if (!names || !pp) {
     rc = DECOMP_ERR_NOMEM;
     http_reply_problem(r, rc, "out of memory");
     goto done;
@@ -308,10 +306,16 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
                          name, digest, digest);
       goto done;
     }
+    char path[4200];
     if (rc == DECOMP_OK)
-      rc = store_blob_path(s, digest, paths[i], sizeof paths[i]);
+      rc = store_blob_path(s, digest, path, sizeof path);
     if (rc != DECOMP_OK) {
       http_reply_problem(r, rc, "%s", store_errmsg());
+      goto done;
+    }
+    if (!(pp[i] = strdup(path))) {
+      rc = DECOMP_ERR_NOMEM;
+      http_reply_problem(r, rc, "out of memory");
       goto done;
     }
     snprintf(sh[i].name, sizeof sh[i].name, "%s", name);
@@ -319,16 +323,16 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
     sh[i].size = bytes;
     *size += bytes;
     names[i] = sh[i].name;
-    pp[i] = paths[i];
     i++;
   }
   rc = decomp_weights_open_sharded(ctx, index_text, strlen(index_text), n,
-                                   names, pp, w);
+                                   names, (const char *const *)pp, w);
   if (rc != DECOMP_OK)
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
 done:
+  for (size_t k = 0; pp && k < n; k++)
+    free(pp[k]);
   free(names);
-  free(paths);
   free(pp);
   return rc;
 }
@@ -497,8 +501,8 @@ json_t *shards_model_json(store *s, const store_model *m) {
 int shards_weights_open(store *s, decomp_ctx *ctx, const store_model *m,
                         decomp_weights **out, char *msg, size_t msglen) {
   char *text = NULL, *index_text = NULL;
-  const char **names = NULL, **pp = NULL;
-  char(*paths)[4200] = NULL;
+  const char **names = NULL;
+  char **pp = NULL;
   json_t *doc = NULL;
   msg[0] = '\0';
   int rc = store_blob_read(s, m->digest, MAX_DOC_BYTES, &text, NULL);
@@ -518,9 +522,8 @@ int shards_weights_open(store *s, decomp_ctx *ctx, const store_model *m,
   }
   names = calloc(n, sizeof *names);
   pp = calloc(n, sizeof *pp);
-  paths = calloc(n, sizeof *paths);
   index_text = json_dumps(index, JSON_COMPACT | JSON_REAL_PRECISION(17));
-  if (!names || !pp || !paths || !index_text) {
+  if (!names || !pp || !index_text) {
     rc = DECOMP_ERR_NOMEM;
     snprintf(msg, msglen, "out of memory");
     goto done;
@@ -529,26 +532,32 @@ int shards_weights_open(store *s, decomp_ctx *ctx, const store_model *m,
   const char *name;
   json_t *v;
   json_object_foreach(shards, name, v) {
-    if ((rc = store_blob_path(s, json_string_value(v), paths[i],
-                              sizeof paths[i])) != DECOMP_OK) {
+    char path[4200];
+    if ((rc = store_blob_path(s, json_string_value(v), path, sizeof path)) !=
+        DECOMP_OK) {
       snprintf(msg, msglen, "model %s: shard %s: %s", m->id, name,
                store_errmsg());
       goto done;
     }
+    if (!(pp[i] = strdup(path))) {
+      rc = DECOMP_ERR_NOMEM;
+      snprintf(msg, msglen, "out of memory");
+      goto done;
+    }
     names[i] = name;
-    pp[i] = paths[i];
     i++;
   }
   rc = decomp_weights_open_sharded(ctx, index_text, strlen(index_text), n,
-                                   names, pp, out);
+                                   names, (const char *const *)pp, out);
   if (rc != DECOMP_OK)
     snprintf(msg, msglen, "%s", decomp_errmsg(ctx));
 done:
   json_decref(doc);
   free(text);
   free(index_text);
+  for (size_t k = 0; pp && k < n; k++)
+    free(pp[k]);
   free(names);
   free(pp);
-  free(paths);
   return rc;
 }
