@@ -176,8 +176,11 @@ typedef struct decomp_client_model {
   char id[DECOMP_CLIENT_ID_LEN];         /* "m_<16 hex>" */
   char name[256];                        /* the label given at upload */
   char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>" of the file */
-  char format[16];                       /* "pth", "safetensors" */
-  int64_t size;                          /* bytes */
+  char format[32];                       /* "pth", "safetensors",
+                                            "torchscript",
+                                            "safetensors-sharded" */
+  int64_t size;                          /* bytes (a sharded model: the
+                                            sum of its shards) */
   int64_t tensors;                       /* tensors in the file */
 } decomp_client_model;
 
@@ -193,6 +196,36 @@ typedef struct decomp_client_model {
 int decomp_client_upload(decomp_client *c, const char *path, const char *name,
                          decomp_client_model *out, bool *out_created,
                          char **out_json);
+
+/* What decomp_client_upload_sharded did with each shard. */
+typedef struct decomp_client_shard_stats {
+  size_t shards;   /* shards the index names */
+  size_t skipped;  /* the server had them already (HEAD: 200) */
+  size_t resumed;  /* sent from the offset of the server's partial upload */
+  size_t sent;     /* sent whole */
+  int64_t bytes;   /* bytes sent */
+} decomp_client_shard_stats;
+
+/* Upload a sharded safetensors checkpoint (the Hugging Face layout) at
+ * `path` — a folder holding model.safetensors.index.json, or that index
+ * file — and bind it into one model under the label `name` (NULL or "":
+ * none). Each shard the index names (a plain file name in the index's
+ * folder; anything else is DECOMP_ERR_BAD_SHARD_INDEX before a byte is
+ * sent) is hashed, then asked for with HEAD /v1/blobs/{digest}: skipped
+ * when the server has it, resumed from the server's Upload-Offset when it
+ * holds a partial upload of it, else sent whole (PUT, streamed from disk;
+ * the server checks its digest and reads it as safetensors). Then the
+ * index and the shards' digests go to POST /v1/models, where the server
+ * checks the whole checkpoint. *out, *out_created, *out_json as
+ * decomp_client_upload; *stats (optional) counts what happened to the
+ * shards. The progress callback sees DECOMP_CLIENT_UPLOAD per shard, named
+ * by the shard. A run cut short is run again: what the server holds is not
+ * sent twice. */
+int decomp_client_upload_sharded(decomp_client *c, const char *path,
+                                 const char *name, decomp_client_model *out,
+                                 bool *out_created,
+                                 decomp_client_shard_stats *stats,
+                                 char **out_json);
 
 /* Get model `model_id` (GET /v1/models/{id}): `out` (optional) and
  * *out_json (optional; the server's answer, with has_spec and its

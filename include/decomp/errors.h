@@ -65,6 +65,8 @@ extern "C" {
   X(DB_TOO_NEW, 51, "db_too_new", "database schema is newer than this binary",    \
     500)                                                                          \
   X(ENCODE, 52, "encode_failed", "could not encode the answer as JSON", 500)      \
+  X(UPLOAD_DIGEST, 53, "upload_digest_mismatch",                                  \
+    "the uploaded bytes do not have the digest they were sent under", 422)        \
   /* client */                                                                    \
   X(CONNECT, 60, "connect_failed", "could not connect to the server", 503)        \
   X(DIGEST_MISMATCH, 61, "digest_mismatch", "downloaded data failed its digest",  \

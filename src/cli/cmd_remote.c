@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -220,6 +221,53 @@ static int do_upload(const struct common *o, decomp_client *c,
   return CLI_EXIT_OK;
 }
 
+/* Whether `path` is a sharded checkpoint: a folder (holding
+ * model.safetensors.index.json) or an index file (*.json). */
+static bool is_sharded_path(const char *path) {
+  struct stat st;
+  size_t n = strlen(path);
+  return (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) ||
+         (n > 5 && strcmp(path + n - 5, ".json") == 0);
+}
+
+/* Upload the sharded checkpoint at `path` (shards the server has are
+ * skipped, partial ones resumed), bound into model *m; with `print`, say
+ * which as do_upload does. An exit code. */
+static int do_upload_sharded(const struct common *o, decomp_client *c,
+                             const char *path, const char *name,
+                             decomp_client_model *m, bool print) {
+  struct bar b = {o, false};
+  decomp_client_set_progress(c, on_transfer, &b);
+  bool created = false;
+  char *json = NULL;
+  decomp_client_shard_stats st;
+  int rc = decomp_client_upload_sharded(c, path, name, m, &created, &st,
+                                        print ? &json : NULL);
+  bar_end(&b);
+  decomp_client_set_progress(c, NULL, NULL);
+  if (rc != DECOMP_OK)
+    return client_fail_exit(o, c, rc);
+  if (!o->quiet) {
+    char size[32], sent[32];
+    human_bytes(m->size, size, sizeof size);
+    human_bytes(st.bytes, sent, sizeof sent);
+    fprintf(stderr,
+            "%s: model %s (%s, %zu shards: %zu sent, %zu resumed, %zu "
+            "already on the server; %s sent; %lld tensors, %s, %s)%s\n",
+            path, m->id, m->format, st.shards, st.sent, st.resumed,
+            st.skipped, sent, (long long)m->tensors, size, m->digest,
+            created ? "" : " already uploaded");
+  }
+  if (print) {
+    if (o->json)
+      print_json_text(json);
+    else
+      puts(m->id);
+  }
+  decomp_client_string_free(json);
+  return CLI_EXIT_OK;
+}
+
 /* Attach the layer spec in `spec` (JSON text, from `spec_path`), then the
  * calibration file `cal_path` and the latency profile file `prof_path` (any
  * may be NULL) to model `id`, with progress; *cal and *prof get what was
@@ -271,7 +319,7 @@ static int do_attach(const struct common *o, decomp_client *c, const char *id,
 }
 
 static const char upload_usage[] =
-    "usage: decompctl upload FILE [--name NAME] [--spec SPEC.json]\n"
+    "usage: decompctl upload FILE|DIR [--name NAME] [--spec SPEC.json]\n"
     "                        [--calibration CAL.safetensors]\n"
     "                        [--profile PROFILE.json] [--json]\n"
     "                        [--quiet] [--url URL]\n"
@@ -283,6 +331,12 @@ static const char upload_usage[] =
     "disk. The server validates it and deduplicates it by digest. Prints the\n"
     "model id (m_…), or the model as JSON with --json. With --model, attach\n"
     "to a model uploaded before instead.\n"
+    "\n"
+    "A sharded safetensors checkpoint (a folder holding\n"
+    "model.safetensors.index.json, or that index file) goes up shard by\n"
+    "shard: a shard the server has is skipped, one it holds part of is\n"
+    "resumed from there, the others are sent whole; then the index binds\n"
+    "them into one model. Run it again after an interruption.\n"
     "\n"
     "  --name NAME          a label for the model\n"
     "  --spec FILE          attach this layer spec (JSON) to the model: jobs\n"
@@ -357,7 +411,10 @@ int cmd_upload(int argc, char **argv) {
   bool attaching = spec || cal_path || prof_path;
   if (!model_id) {
     /* Printed here only when nothing is attached after it. */
-    if ((ex = do_upload(&o, c, argv[optind], name, &m, !attaching)) !=
+    if ((ex = is_sharded_path(argv[optind])
+                  ? do_upload_sharded(&o, c, argv[optind], name, &m,
+                                      !attaching)
+                  : do_upload(&o, c, argv[optind], name, &m, !attaching)) !=
         CLI_EXIT_OK)
       goto done;
     model_id = m.id;

@@ -68,6 +68,9 @@ typedef struct ct_request {
   long timeout_ms;
   int (*tick)(void *user);
   void *tick_user;
+  /* One more request header line ("Content-Range: bytes 0-9/10"), or
+   * NULL. A "HEAD" method asks for the headers alone. */
+  const char *extra_header;
 } ct_request;
 
 typedef struct ct_response {
@@ -76,6 +79,8 @@ typedef struct ct_response {
   size_t body_len;
   char content_type[128];
   int64_t sunk;       /* bytes handed to the sink */
+  int64_t upload_offset; /* the Upload-Offset header + 1 (0: absent) */
+  int64_t content_length; /* the Content-Length header + 1 (0: absent) */
 } ct_response;
 
 /* Perform one request. DECOMP_OK when an answer came (whatever its status;

@@ -81,6 +81,7 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *user) {
   if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
     x->content_range[0] = '\0';
     x->rs->content_type[0] = '\0';
+    x->rs->upload_offset = x->rs->content_length = 0;
     return n;
   }
   const char *colon = memchr(buf, ':', n);
@@ -94,6 +95,15 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *user) {
   else if (klen == 12 && strncasecmp(buf, "Content-Type", 12) == 0)
     copy_header_value(x->rs->content_type, sizeof x->rs->content_type, v,
                       vlen);
+  else if ((klen == 13 && strncasecmp(buf, "Upload-Offset", 13) == 0) ||
+           (klen == 14 && strncasecmp(buf, "Content-Length", 14) == 0)) {
+    char num[32], *end;
+    copy_header_value(num, sizeof num, v, vlen);
+    long long k = strtoll(num, &end, 10);
+    if (end != num && !*end && k >= 0)
+      *(klen == 13 ? &x->rs->upload_offset : &x->rs->content_length) =
+          (int64_t)k + 1;
+  }
   return n;
 }
 
@@ -288,6 +298,12 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
       goto nomem;
     hdrs = n;
   }
+  if (rq->extra_header) {
+    struct curl_slist *n = curl_slist_append(hdrs, rq->extra_header);
+    if (!n)
+      goto nomem;
+    hdrs = n;
+  }
   if (rq->body_fd >= 0) {
     /* Ask before sending a file: decompd answers 401/403/413 from the
      * headers alone, and with 100-continue that answer arrives instead of a
@@ -333,6 +349,8 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                        (curl_off_t)(rq->body ? rq->body_len : 0));
     }
+  } else if (strcmp(rq->method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   } else if (strcmp(rq->method, "GET") != 0) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
   }

@@ -15,6 +15,9 @@ const config_key CONFIG_KEYS[] = {
     {"listen", "HOST:PORT to serve on (127.0.0.1:8080; port 0: any free)"},
     {"max_upload_bytes", "largest accepted upload, e.g. 4G (4G)"},
     {"max_json_bytes", "largest accepted JSON body (16M)"},
+    {"upload_ttl", "seconds an abandoned partial upload or unbound shard "
+                   "blob is kept (86400)"},
+    {"shard_bytes", "output shard size for sharded models' jobs (5000000000)"},
     {"workers", "decomposition worker threads (0: one per core)"},
     {"blas_threads", "cores each job may use (0: cores / workers)"},
     {"http_threads", "HTTP thread pool size (4)"},
@@ -41,6 +44,8 @@ void config_defaults(config *c) {
   c->log_level = LOG_INFO;
   c->torchscript_timeout = 120;
   c->torchscript_memory = 0;
+  c->upload_ttl = 86400;
+  c->shard_bytes = 5000000000;
 }
 
 static int parse_size(const char *v, int64_t *out) {
@@ -125,6 +130,10 @@ int config_set(config *c, const char *key, const char *value, char *err,
     /* 0: the library's default; otherwise at least 64 MiB */
     bad = parse_size(value, &c->torchscript_memory) ||
           (c->torchscript_memory != 0 && c->torchscript_memory < (64 << 20));
+  } else if (strcmp(key, "upload_ttl") == 0) {
+    bad = parse_int(value, 1, 365 * 86400, &c->upload_ttl);
+  } else if (strcmp(key, "shard_bytes") == 0) {
+    bad = parse_size(value, &c->shard_bytes) || c->shard_bytes < 1;
   } else if (strcmp(key, "log_level") == 0) {
     c->log_level = log_level_from_name(value);
     bad = c->log_level < 0;

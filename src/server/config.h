@@ -14,7 +14,8 @@ typedef struct config {
   char listen_host[256];    /* listen: HOST:PORT (default 127.0.0.1:8080;
                                port 0 picks a free one, logged at start) */
   int listen_port;
-  int64_t max_upload_bytes; /* max_upload_bytes: upload size limit (4 GiB) */
+  int64_t max_upload_bytes; /* max_upload_bytes: upload size limit (4 GiB);
+                               for PUT /v1/blobs, each shard's */
   int64_t max_json_bytes;   /* max_json_bytes: JSON body limit (16 MiB) */
   int workers;              /* workers: decomposition threads (0 = cores) */
   int blas_threads;         /* blas_threads: cores each job may use, passed
@@ -29,6 +30,11 @@ typedef struct config {
   int64_t torchscript_memory; /* torchscript_memory: the reader's address-
                                space limit, bytes (0: decomp_torchscript_read's
                                default, 2 GiB + 4 × archive, at least 4 GiB) */
+  int upload_ttl;           /* upload_ttl: seconds a partial blob upload is
+                               kept untouched, and an uploaded shard blob
+                               that no model binds (86400) */
+  int64_t shard_bytes;      /* shard_bytes: output shard size of jobs on
+                               sharded models that give none (5 GB) */
 } config;
 
 /* One settable key: name, what it means (for --help). */

@@ -85,6 +85,12 @@ struct http_req {
   char *body;
   size_t body_len, body_cap;
   store_upload *upload;
+  /* a partial-body route (HTTP_BODY_PARTIAL) */
+  store_partial *partial;
+  bool blob_present; /* already stored: the body is dropped */
+  bool has_range;
+  int64_t range_start, range_end, range_total;
+  char blob_digest[STORE_DIGEST_LEN];
   int body_err;          /* a failure while reading the body */
   char body_errmsg[512];
   uint64_t bytes_in;
@@ -339,6 +345,22 @@ const char *http_req_header(const http_req *r, const char *name) {
   return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
 }
 
+store_partial *http_req_take_partial(http_req *r) {
+  store_partial *p = r->partial;
+  r->partial = NULL;
+  return p;
+}
+
+const char *http_req_blob_digest(const http_req *r) { return r->blob_digest; }
+
+bool http_req_upload_range(const http_req *r, int64_t *start, int64_t *end,
+                           int64_t *total) {
+  *start = r->range_start;
+  *end = r->range_end;
+  *total = r->range_total;
+  return r->has_range;
+}
+
 const char *http_req_body(const http_req *r, size_t *len) {
   if (len)
     *len = r->body_len;
@@ -432,6 +454,124 @@ static enum MHD_Result send_reply(http_req *r) {
   return ret;
 }
 
+/* A non-negative decimal that fits int64 ("" and signs refused); the end
+ * of it in *end. */
+static bool parse_i64(const char *p, const char **end, int64_t *out) {
+  int64_t v = 0;
+  const char *q = p;
+  for (; *q >= '0' && *q <= '9'; q++) {
+    if (v > (INT64_MAX - (*q - '0')) / 10)
+      return false;
+    v = v * 10 + (*q - '0');
+  }
+  *end = q;
+  *out = v;
+  return q != p;
+}
+
+/* Content-Range "bytes START-END/TOTAL" (TOTAL may be '*') or
+ * Upload-Offset "N" into r->range_*; false (the problem answered) when
+ * malformed or when they disagree. */
+static bool parse_upload_range(http_req *r) {
+  const char *cr = http_req_header(r, "Content-Range");
+  const char *uo = http_req_header(r, "Upload-Offset");
+  const char *e;
+  r->range_start = 0;
+  r->range_end = r->range_total = -1;
+  if (cr) {
+    int64_t a, b, t = -1;
+    if (strncmp(cr, "bytes ", 6) != 0 || !parse_i64(cr + 6, &e, &a) ||
+        *e != '-' || !parse_i64(e + 1, &e, &b) || *e != '/' || b < a ||
+        (strcmp(e + 1, "*") != 0 &&
+         (!parse_i64(e + 1, &e, &t) || *e || t <= b))) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "Content-Range must be 'bytes START-END/TOTAL' "
+                         "(TOTAL may be '*'), not '%s'",
+                         cr);
+      return false;
+    }
+    r->has_range = true;
+    r->range_start = a;
+    r->range_end = b;
+    r->range_total = t;
+  }
+  if (uo) {
+    int64_t o;
+    if (!parse_i64(uo, &e, &o) || *e) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "Upload-Offset must be a byte count, not '%s'", uo);
+      return false;
+    }
+    if (cr && o != r->range_start) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "Upload-Offset %lld and Content-Range '%s' disagree",
+                         (long long)o, cr);
+      return false;
+    }
+    r->range_start = o;
+  }
+  return true;
+}
+
+/* A partial-body route's headers are in: the digest, the range, the limit,
+ * then the upload opened at its offset (or the body marked to be dropped
+ * when the blob is stored already). True when a reply is ready. */
+static bool partial_begin(http_req *r, long long declared) {
+  http_server *srv = r->srv;
+  const char *d = http_req_param(r, 0);
+  if (d && strlen(d) == 64)
+    snprintf(r->blob_digest, sizeof r->blob_digest, "sha256:%s", d);
+  else
+    snprintf(r->blob_digest, sizeof r->blob_digest, "%s", d ? d : "");
+  if (!store_digest_valid(r->blob_digest)) {
+    r->blob_digest[0] = '\0';
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "a blob is named by its digest: sha256:<64 lowercase "
+                       "hex> (or the bare hex)");
+    return true;
+  }
+  if (!parse_upload_range(r))
+    return true;
+  int64_t limit = srv->cfg->max_upload_bytes;
+  int64_t end = r->range_start + (declared > 0 ? declared : 0);
+  if (r->range_total > limit || end > limit) {
+    http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
+                       "the blob would be %lld bytes, over the limit of %lld",
+                       (long long)(r->range_total > end ? r->range_total : end),
+                       (long long)limit);
+    return true;
+  }
+  if (r->range_end >= 0 && declared >= 0 &&
+      declared != r->range_end - r->range_start + 1) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "Content-Range covers %lld bytes, Content-Length is "
+                       "%lld",
+                       (long long)(r->range_end - r->range_start + 1),
+                       declared);
+    return true;
+  }
+  char path[4200];
+  if (store_blob_path(srv->s, r->blob_digest, path, sizeof path) ==
+          DECOMP_OK &&
+      access(path, F_OK) == 0) {
+    r->blob_present = true;
+    return false;
+  }
+  int64_t have = -1;
+  int rc = store_partial_open(srv->s, r->blob_digest, r->range_start,
+                              &r->partial, &have);
+  if (rc != DECOMP_OK) {
+    http_reply_problem(r, rc, "%s", store_errmsg());
+    if (have >= 0) {
+      char off[32];
+      snprintf(off, sizeof off, "%lld", (long long)have);
+      http_reply_header(r, "Upload-Offset", off);
+    }
+    return true;
+  }
+  return false;
+}
+
 /* Headers are in: route, auth, limits. Returns true when a reply is ready
  * (an error) and the body must not be read. */
 static bool on_headers(http_req *r, const char *url) {
@@ -477,6 +617,8 @@ static bool on_headers(http_req *r, const char *url) {
   const char *cl =
       MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Content-Length");
   long long declared = cl ? strtoll(cl, NULL, 10) : -1;
+  if (rt->body == HTTP_BODY_PARTIAL)
+    return partial_begin(r, declared);
   int64_t limit = rt->body == HTTP_BODY_STREAM ? srv->cfg->max_upload_bytes
                                                : srv->cfg->max_json_bytes;
   if (declared > limit) {
@@ -533,6 +675,23 @@ static bool on_body(http_req *r, const char *data, size_t n) {
     r->body[r->body_len] = '\0';
     return true;
   }
+  if (r->route->body == HTTP_BODY_PARTIAL) {
+    /* the whole blob, earlier requests' bytes included, is under the
+     * limit */
+    if (r->range_start + (int64_t)r->bytes_in > cfg->max_upload_bytes) {
+      LOG(LOG_WARN, "http", r->id, "event=upload_over_limit limit=%lld",
+          (long long)cfg->max_upload_bytes);
+      return false;
+    }
+    if (r->blob_present || !r->partial)
+      return true;
+    int rc = store_partial_write(r->partial, data, n);
+    if (rc != DECOMP_OK) {
+      r->body_err = rc;
+      snprintf(r->body_errmsg, sizeof r->body_errmsg, "%s", store_errmsg());
+    }
+    return true;
+  }
   /* streaming upload */
   if ((int64_t)r->bytes_in > cfg->max_upload_bytes) {
     LOG(LOG_WARN, "http", r->id, "event=upload_over_limit limit=%lld",
@@ -578,7 +737,8 @@ static bool write_all(int fd, const char *buf, size_t len) {
  * MHD_NO. The client still sending may see the connection reset after
  * the answer. */
 static enum MHD_Result reply_over_limit(http_req *r) {
-  int64_t limit = r->route && r->route->body == HTTP_BODY_STREAM
+  int64_t limit = r->route && (r->route->body == HTTP_BODY_STREAM ||
+                                r->route->body == HTTP_BODY_PARTIAL)
                       ? r->srv->cfg->max_upload_bytes
                       : r->srv->cfg->max_json_bytes;
   http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
@@ -586,6 +746,10 @@ static enum MHD_Result reply_over_limit(http_req *r) {
                      (long long)limit);
   store_upload_free(r->upload); /* gone before the client hears of it */
   r->upload = NULL;
+  if (r->partial) /* it can never complete under the limit */
+    store_partial_drop(r->partial);
+  store_partial_free(r->partial);
+  r->partial = NULL;
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
   static const char *const DAYS[] = {"Sun", "Mon", "Tue", "Wed",
@@ -711,6 +875,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
       r->principal[0] ? log_q(r->principal) : "-",
       toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
   store_upload_free(r->upload); /* an upload cut short leaves nothing */
+  store_partial_free(r->partial); /* a resumable one keeps what came */
   reply_reset(r);
   for (int i = 0; i < r->nhdrs; i++) {
     free(r->hdrs[i].name);

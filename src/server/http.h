@@ -28,6 +28,16 @@ typedef enum http_body {
   HTTP_BODY_JSON = 1,   /* buffered, up to max_json_bytes */
   HTTP_BODY_STREAM = 2, /* streamed into a store upload, up to
                            max_upload_bytes */
+  HTTP_BODY_PARTIAL = 3, /* appended to the resumable upload of the blob
+                            whose digest is the route's first {param}
+                            ("sha256:<hex>" or the bare hex), from the
+                            offset Content-Range ("bytes START-END/TOTAL",
+                            TOTAL may be '*') or Upload-Offset gives (0
+                            without them), the whole blob up to
+                            max_upload_bytes; 409 with Upload-Offset when
+                            the offset is not what the server holds. When
+                            the blob exists already the body is read and
+                            dropped. */
 } http_body;
 
 typedef struct http_route {
@@ -64,6 +74,16 @@ const char *http_req_header(const http_req *r, const char *name);
 const char *http_req_body(const http_req *r, size_t *len);
 /* A streaming route's upload; the handler takes ownership. */
 store_upload *http_req_take_upload(http_req *r);
+/* A partial-body route's upload (the handler takes ownership); NULL when
+ * the blob was already stored (the body was dropped). */
+store_partial *http_req_take_partial(http_req *r);
+/* A partial-body route's blob digest ("sha256:<hex>", checked) and the
+ * range the request gave: *start its offset, *end its last byte (-1 when
+ * not given), *total the whole blob's size (-1 when not given or '*').
+ * Returns whether a Content-Range was given. */
+const char *http_req_blob_digest(const http_req *r);
+bool http_req_upload_range(const http_req *r, int64_t *start, int64_t *end,
+                           int64_t *total);
 /* The caller's token name, "" when auth is off. */
 const char *http_req_principal(const http_req *r);
 

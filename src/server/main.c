@@ -198,11 +198,23 @@ static int serve(const config *c) {
       "reserve=%s",
       log_q(c->data_dir), store_schema_version(s), requeued,
       store_reserve_ok(s) ? "yes" : "no");
+  /* What abandoned resumable uploads left (and uploaded shards no model
+   * bound) over upload_ttl; PUT /v1/blobs sweeps again as it goes. */
+  int swept_partials = 0, swept_blobs = 0;
+  if (store_uploads_sweep(s, (int64_t)c->upload_ttl * 1000, &swept_partials,
+                          &swept_blobs) != DECOMP_OK)
+    LOG(LOG_WARN, "main", NULL, "event=upload_sweep_failed error=%s",
+        log_q(store_errmsg()));
+  else if (swept_partials || swept_blobs)
+    LOG(LOG_INFO, "main", NULL,
+        "event=upload_sweep partials=%d blobs=%d ttl=%d", swept_partials,
+        swept_blobs, c->upload_ttl);
   worker_ts_limits ts = {.time_seconds = c->torchscript_timeout,
                          .memory_bytes = (uint64_t)c->torchscript_memory};
   if ((rc = worker_pool_start(s, c->workers, c->blas_threads, &ts, &pool)) !=
       DECOMP_OK)
     goto out;
+  worker_pool_set_shard_bytes(pool, (uint64_t)c->shard_bytes);
   if (decomp_torchscript_supported()) {
     const char *reader = worker_ts_reader();
     LOG(LOG_INFO, "main", NULL,

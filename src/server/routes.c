@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "shards.h"
 #include "text.h"
 #include "worker.h"
 
@@ -220,6 +222,27 @@ static json_t *model_json(const store_model *m) {
       "profile", attachment_json(m, &PROFILE), "created_at", time_json(m->created_at), "url", self);
 }
 
+/* model_json with a sharded model's shards (GET /v1/models/{id}, and the
+ * answer to binding one). */
+static json_t *model_json_full(store *s, const store_model *m) {
+  json_t *o = model_json(m);
+  if (o && shards_model_is_sharded(m) &&
+      json_object_set_new(o, "shards", shards_model_json(s, m)) != 0) {
+    json_decref(o);
+    o = NULL;
+  }
+  return o;
+}
+
+/* Whether the request's Content-Type is application/json (parameters
+ * such as "; charset=utf-8" allowed). */
+static bool body_is_json(http_req *r) {
+  const char *ct = http_req_header(r, "Content-Type");
+  size_t n = strlen(JSON_TYPE);
+  return ct && strncasecmp(ct, JSON_TYPE, n) == 0 &&
+         (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
 static void h_model_upload(http_req *r) {
   store *s = http_req_store(r);
   store_upload *u = http_req_take_upload(r);
@@ -241,6 +264,19 @@ static void h_model_upload(http_req *r) {
   int rc = store_upload_finish(u, digest);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
+    goto done;
+  }
+  if (body_is_json(r)) { /* a sharded checkpoint: its index and shards */
+    store_model m;
+    bool created = false;
+    store_upload *taken = u;
+    u = NULL;
+    if (shards_model_bind(r, taken, name, &m, &created)) {
+      char loc[64];
+      snprintf(loc, sizeof loc, "/v1/models/%s", m.id);
+      http_reply_header(r, "Location", loc);
+      reply_json(r, created ? 201 : 200, model_json_full(s, &m));
+    }
     goto done;
   }
   if (store_upload_size(u) == 0) {
@@ -345,16 +381,28 @@ static void h_model_get(http_req *r) {
   if (rc != DECOMP_OK)
     store_problem(r, rc);
   else
-    reply_json(r, 200, model_json(&m));
+    reply_json(r, 200, model_json_full(http_req_store(r), &m));
 }
 
 static void h_model_delete(http_req *r) {
   store *s = http_req_store(r);
   char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN],
       profile[STORE_DIGEST_LEN];
+  /* A sharded model's shards: their rows go with the model, and each blob
+   * is collected unless something else (another model, a recent upload)
+   * still names it. */
+  store_shard *sh = NULL;
+  size_t nsh = 0;
+  int rc = store_model_shards(s, http_req_param(r, 0), &sh, &nsh);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
   store_blob_lock(s);
-  int rc =
-      store_model_delete(s, http_req_param(r, 0), digest, calibration, profile);
+  rc = store_model_delete(s, http_req_param(r, 0), digest, calibration, profile);
+  for (size_t i = 0; rc == DECOMP_OK && i < nsh; i++)
+    store_blob_gc(s, sh[i].digest);
+  free(sh);
   if (rc == DECOMP_OK)
     store_blob_gc(s, digest);
   if (rc == DECOMP_OK && calibration[0])
@@ -380,7 +428,7 @@ static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
                          const char *spec_text, decomp_spec **out) {
   decomp_weights *w = NULL;
   decomp_spec *spec = NULL;
-  char path[4200];
+  char path[4200], msg[1024] = "";
   int rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec);
   if (rc != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
@@ -395,12 +443,17 @@ static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
   rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
-  } else if ((rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
+  } else if ((rc = shards_model_is_sharded(m)
+                      ? shards_weights_open(http_req_store(r), ctx, m, &w,
+                                            msg, sizeof msg)
+                      : decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
              store_model_get(http_req_store(r), m->id, &now) ==
                  DECOMP_ERR_NOT_FOUND) {
     /* deleted (and its blob collected) since it was read */
     rc = DECOMP_ERR_NOT_FOUND;
     http_reply_problem(r, rc, "model '%s': no such model", m->id);
+  } else if (rc != DECOMP_OK && msg[0]) {
+    http_reply_problem(r, rc, "%s", msg);
   } else if (rc != DECOMP_OK ||
              (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
@@ -594,8 +647,42 @@ static void h_model_content(http_req *r) {
     return;
   }
   char fn[64];
+  /* a sharded model's content is its binding document (index + shard
+   * digests); each shard is GET /v1/blobs/{digest} */
+  if (shards_model_is_sharded(&m)) {
+    snprintf(fn, sizeof fn, "%s.sharded.json", m.id);
+    serve_blob(r, m.digest, JSON_TYPE, fn);
+    return;
+  }
   snprintf(fn, sizeof fn, "%s.%s", m.id, m.format);
   serve_blob(r, m.digest, "application/octet-stream", fn);
+}
+
+/* GET /v1/blobs/{digest} (and HEAD: is it stored, how large, or how far
+ * did its partial upload get). */
+static void h_blob_get(http_req *r) {
+  char digest[STORE_DIGEST_LEN];
+  const char *d = http_req_param(r, 0);
+  if (strlen(d) == 64)
+    snprintf(digest, sizeof digest, "sha256:%s", d);
+  else
+    snprintf(digest, sizeof digest, "%s", d);
+  if (!store_digest_valid(digest)) {
+    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                       "a blob is named by its digest: sha256:<64 lowercase "
+                       "hex> (or the bare hex)");
+    return;
+  }
+  char path[4200];
+  if (store_blob_path(http_req_store(r), digest, path, sizeof path) !=
+          DECOMP_OK ||
+      access(path, F_OK) != 0) {
+    shards_blob_missing(r, digest);
+    return;
+  }
+  char fn[80];
+  snprintf(fn, sizeof fn, "%.64s", digest + 7);
+  serve_blob(r, digest, "application/octet-stream", fn);
 }
 
 /* ---- calibrations ------------------------------------------------------ */
@@ -840,6 +927,13 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
               o, "seconds",
               json_real((double)(end - j->started_at) / 1000.0)) == 0;
   }
+  ok &= json_object_set_new(o, "shard_bytes",
+                            j->shard_bytes > 0 ? json_integer(j->shard_bytes)
+                                               : json_null()) == 0;
+  ok &= json_object_set_new(o, "peak_rss_bytes",
+                            j->peak_rss_bytes > 0
+                                ? json_integer(j->peak_rss_bytes)
+                                : json_null()) == 0;
   if (j->error_code[0])
     ok &= json_object_set_new(o, "error",
                               json_pack("{s:s, s:o}", "code", j->error_code,
@@ -1054,10 +1148,11 @@ static void h_job_submit(http_req *r) {
   json_t *val;
   json_object_foreach(in, key, val) {
     if (strcmp(key, "model") && strcmp(key, "spec") && strcmp(key, "policy") &&
-        strcmp(key, "calibration") && strcmp(key, "profile")) {
+        strcmp(key, "calibration") && strcmp(key, "profile") &&
+        strcmp(key, "shard_bytes")) {
       http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                          "unknown field '%s' (expected model, spec, policy, "
-                         "calibration, profile)",
+                         "calibration, profile, shard_bytes)",
                          key);
       goto done;
     }
@@ -1079,6 +1174,24 @@ static void h_job_submit(http_req *r) {
                        rc == DECOMP_ERR_NOT_FOUND ? "no such model"
                                                   : store_errmsg());
     goto done;
+  }
+  /* The output shard size of a sharded model's job (its outputs are
+   * sharded safetensors); the daemon's shard_bytes when not given. */
+  json_t *jb = json_object_get(in, "shard_bytes");
+  if (jb && !json_is_null(jb)) {
+    if (!json_is_integer(jb) || json_integer_value(jb) < 1) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "'shard_bytes' must be a positive integer (bytes)");
+      goto done;
+    }
+    if (!shards_model_is_sharded(&m)) {
+      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+                         "'shard_bytes' is for a sharded model's job; model "
+                         "%s is a %s file",
+                         m.id, m.format);
+      goto done;
+    }
+    job.shard_bytes = (int64_t)json_integer_value(jb);
   }
   if (js && !(json_is_object(js) || json_is_array(js))) {
     http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
@@ -1170,16 +1283,21 @@ static void h_job_submit(http_req *r) {
    * digest. */
   const char *spec_key = spec_canon ? spec_canon : no_spec;
   size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) +
-                strlen(job.calibration) + strlen(job.profile) + 16;
+                strlen(job.calibration) + strlen(job.profile) + 64;
   char *kin = malloc(klen);
   char key_hex[65];
   if (!kin) {
     http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  snprintf(kin, klen, "%s\n%s\n%s%s%s%s%s", m.id, spec_key, pol_canon,
-           job.calibration[0] ? "\n" : "", job.calibration,
-           job.profile[0] ? "\nprofile " : "", job.profile);
+  int kn = snprintf(kin, klen, "%s\n%s\n%s%s%s%s%s", m.id, spec_key,
+                    pol_canon, job.calibration[0] ? "\n" : "",
+                    job.calibration, job.profile[0] ? "\nprofile " : "",
+                    job.profile);
+  /* a shard size given is its own tagged line, as a profile is */
+  if (job.shard_bytes > 0 && kn > 0 && (size_t)kn < klen)
+    snprintf(kin + kn, klen - (size_t)kn, "\nshard_bytes %lld",
+             (long long)job.shard_bytes);
   bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
   free(kin);
   if (!hashed) {
@@ -1464,17 +1582,33 @@ static void h_job_delete(http_req *r) {
 
 static const char *const ARTIFACT_NAMES[] = {
     "decomposed_weights.pth", "decomposed_weights.safetensors",
-    "decompose_info.json", NULL};
+    "decompose_info.json", "model.safetensors.index.json", NULL};
+
+/* Whether `name` is one an artifact may have: the fixed names, or a shard
+ * of a sharded output, model-NNNNN-of-NNNNN.safetensors. It is only ever
+ * looked up in the job's artifact rows, never used as a path. */
+static bool artifact_name_ok(const char *name) {
+  for (int i = 0; ARTIFACT_NAMES[i]; i++)
+    if (strcmp(name, ARTIFACT_NAMES[i]) == 0)
+      return true;
+  static const char SHAPE[] = "model-#####-of-#####.safetensors";
+  if (strlen(name) != sizeof SHAPE - 1)
+    return false;
+  for (size_t i = 0; SHAPE[i]; i++)
+    if (SHAPE[i] == '#' ? !isdigit((unsigned char)name[i])
+                        : name[i] != SHAPE[i])
+      return false;
+  return true;
+}
 
 static void h_artifact_get(http_req *r) {
   const char *job = http_req_param(r, 0), *name = http_req_param(r, 1);
-  bool known = false;
-  for (int i = 0; ARTIFACT_NAMES[i]; i++)
-    known = known || strcmp(name, ARTIFACT_NAMES[i]) == 0;
-  if (!known) {
+  if (!artifact_name_ok(name)) {
     http_reply_problem(r, DECOMP_ERR_NOT_FOUND,
                        "no artifact '%s' (decomposed_weights.pth, "
-                       "decomposed_weights.safetensors, decompose_info.json)",
+                       "decomposed_weights.safetensors, decompose_info.json; "
+                       "a sharded model's job: model.safetensors.index.json "
+                       "and model-NNNNN-of-NNNNN.safetensors)",
                        name);
     return;
   }
@@ -1511,7 +1645,14 @@ const http_route HTTP_ROUTES[] = {
     {"GET", "/metrics", STORE_ROLE_READ, HTTP_BODY_NONE, h_metrics,
      "Prometheus metrics"},
     {"POST", "/v1/models", STORE_ROLE_SUBMIT, HTTP_BODY_STREAM,
-     h_model_upload, "upload a weight file (raw body; ?name=)"},
+     h_model_upload,
+     "upload a weight file (raw body; ?name=), or bind a sharded "
+     "checkpoint (JSON: index + shard digests)"},
+    {"PUT", "/v1/blobs/{digest}", STORE_ROLE_SUBMIT, HTTP_BODY_PARTIAL,
+     shards_blob_put,
+     "upload a shard by its digest, resumable (Content-Range)"},
+    {"GET", "/v1/blobs/{digest}", STORE_ROLE_READ, HTTP_BODY_NONE,
+     h_blob_get, "download a blob; HEAD: stored, or a partial's offset"},
     {"GET", "/v1/models", STORE_ROLE_READ, HTTP_BODY_NONE, h_models_list,
      "list models"},
     {"GET", "/v1/models/{id}", STORE_ROLE_READ, HTTP_BODY_NONE, h_model_get,

@@ -27,7 +27,13 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "shards.h"
 #include "worker.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
 struct worker_pool {
   store *s;
@@ -39,6 +45,7 @@ struct worker_pool {
    * data dir or DECOMPD_TS_READER would not resolve there. */
   char ts_tmpdir[PATH_MAX];
   char ts_reader[PATH_MAX];
+  uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
   pthread_t *threads;
   atomic_bool stopping;
 };
@@ -282,6 +289,129 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
   return rc;
 }
 
+/* The info summary's peak_rss_bytes (0 when it has none). */
+static int64_t info_peak_rss(const char *info) {
+  json_t *o = json_loads(info, 0, NULL);
+  json_t *v = json_object_get(json_object_get(o, "summary"), "peak_rss_bytes");
+  int64_t n = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+  json_decref(o);
+  return n;
+}
+
+/* Remove the folder `dir` and what is in it (one level: what the engine
+ * and store_sharded_outputs write there). */
+static void rm_folder(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+  }
+  rmdir(dir);
+}
+
+/* A sharded model's job: decomposed straight into sharded safetensors in
+ * a work folder under tmp (decomp_decompose_save: the input stays mapped,
+ * each layer's factors are written when done, memory is the layers in
+ * flight), then every file written, with decompose_info.json, is hashed,
+ * placed and committed as the job's artifacts. */
+static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
+                       const decomp_weights *w, const decomp_spec *spec,
+                       const decomp_policy *pol, const decomp_options *opts,
+                       char *msg, size_t msglen) {
+  store *s = p->s;
+  char dir[4200], path[4400];
+  char *info = NULL, *files = NULL;
+  json_t *names = NULL;
+  store_artifact *arts = NULL;
+  size_t n = 0;
+  bool made = false;
+  int rc = DECOMP_OK;
+  snprintf(dir, sizeof dir, "%s/%s-out", store_tmp_dir(s), job->id);
+  rm_folder(dir); /* what an attempt before a crash left */
+  if (mkdir(dir, 0750) != 0) {
+    snprintf(msg, msglen, "work folder: %s", strerror(errno));
+    return DECOMP_ERR_IO;
+  }
+  made = true;
+  decomp_save_options save = {0};
+  save.sharded = true;
+  save.shard_bytes = job->shard_bytes > 0 ? (uint64_t)job->shard_bytes
+                                          : p->shard_bytes;
+  rc = decomp_decompose_save(ctx, w, spec, pol, opts, dir, &save, &info,
+                             &files);
+  if (rc != DECOMP_OK) {
+    snprintf(msg, msglen, "%s", decomp_errmsg(ctx));
+    goto done;
+  }
+  names = json_loads(files, 0, NULL);
+  n = json_array_size(names) + 1; /* and decompose_info.json */
+  if (!json_is_array(names) || !(arts = calloc(n, sizeof *arts))) {
+    rc = DECOMP_ERR_NOMEM;
+    snprintf(msg, msglen, "out of memory");
+    goto done;
+  }
+  snprintf(path, sizeof path, "%s/decompose_info.json", dir);
+  if ((rc = write_file(path, info)) != DECOMP_OK) {
+    snprintf(msg, msglen, "saving decompose_info.json: %s",
+             decomp_strerror(rc));
+    goto done;
+  }
+  /* Hash outside the lock (shards are large); place and index under it. */
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    const char *name = i + 1 < n
+                           ? json_string_value(json_array_get(names, i))
+                           : "decompose_info.json";
+    if (!name || strlen(name) >= sizeof arts[i].name) {
+      rc = DECOMP_ERR_INTERNAL;
+      snprintf(msg, msglen, "the engine named an output file oddly");
+      break;
+    }
+    size_t len = strlen(name);
+    bool json = len > 5 && strcmp(name + len - 5, ".json") == 0;
+    snprintf(arts[i].name, sizeof arts[i].name, "%s", name);
+    snprintf(arts[i].media_type, sizeof arts[i].media_type, "%s",
+             json ? "application/json" : "application/octet-stream");
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    rc = store_blob_hash_file(path, arts[i].digest, &arts[i].size);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "hashing %s: %s", name, store_errmsg());
+  }
+  if (rc == DECOMP_OK) {
+    int64_t rss = info_peak_rss(info);
+    if (rss > 0 && store_job_set_peak_rss(s, job->id, rss) != DECOMP_OK)
+      LOG(LOG_WARN, "worker", job->id, "event=peak_rss_not_saved error=%s",
+          log_q(store_errmsg()));
+  }
+  store_blob_lock(s);
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, arts[i].name);
+    rc = store_blob_place_file(s, path, arts[i].digest);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "storing %s: %s", arts[i].name, store_errmsg());
+  }
+  if (rc == DECOMP_OK) {
+    rc = store_job_succeed(s, job->id, arts, n);
+    if (rc != DECOMP_OK)
+      snprintf(msg, msglen, "index: %s", store_errmsg());
+  }
+  store_blob_unlock(s);
+  if (rc == DECOMP_OK)
+    LOG(LOG_INFO, "worker", job->id,
+        "event=sharded_outputs files=%zu shard_bytes=%llu", n,
+        (unsigned long long)save.shard_bytes);
+done:
+  if (made)
+    rm_folder(dir); /* what was placed is gone from it already */
+  json_decref(names);
+  free(arts);
+  decomp_free(info);
+  decomp_free(files);
+  return rc;
+}
+
 /* `in` without server paths: the data dir's (store_scrub) and the
  * TorchScript reader's. */
 static void worker_scrub(const worker_pool *p, const char *in, char *out,
@@ -337,8 +467,13 @@ static void run_job(worker_pool *p, store_job *job) {
     goto done;
   }
   bool ts = strcmp(m.format, "torchscript") == 0;
+  bool sharded = shards_model_is_sharded(&m);
+  if (sharded &&
+      (rc = shards_weights_open(s, ctx, &m, &w, msg, sizeof msg)) != DECOMP_OK)
+    goto done;
   if ((ts && (rc = read_torchscript(&r, ctx, path, &w, &spec)) != DECOMP_OK) ||
-      (!ts && (rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK) ||
+      (!ts && !sharded &&
+       (rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK) ||
       (!ts && (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec),
                                       &spec)) != DECOMP_OK) ||
       (rc = decomp_policy_parse(ctx, job->policy, &pol)) != DECOMP_OK) {
@@ -388,12 +523,27 @@ static void run_job(worker_pool *p, store_job *job) {
   opts.calibration_digest = cal ? job->calibration : NULL;
   opts.profile = profile;
   opts.profile_digest = profile ? job->profile : NULL;
+  if (sharded) {
+    rc = run_sharded(p, ctx, job, w, spec, pol, &opts, msg, sizeof msg);
+    goto done;
+  }
   rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
   if (rc != DECOMP_OK) {
     snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
     goto done;
   }
   rc = store_outputs(s, ctx, job, res, msg, sizeof msg);
+  if (rc == DECOMP_OK) {
+    /* The engine records it when it streams its output; otherwise it is
+     * the same high-water mark, read here. */
+    int64_t rss = info_peak_rss(decomp_result_info(res));
+    struct rusage ru;
+    if (rss <= 0 && getrusage(RUSAGE_SELF, &ru) == 0)
+      rss = (int64_t)ru.ru_maxrss * 1024;
+    if (rss > 0 && store_job_set_peak_rss(s, job->id, rss) != DECOMP_OK)
+      LOG(LOG_WARN, "worker", job->id, "event=peak_rss_not_saved error=%s",
+          log_q(store_errmsg()));
+  }
 done:
   clock_gettime(CLOCK_MONOTONIC, &t1);
   double secs = (double)(t1.tv_sec - t0.tv_sec) +
@@ -516,6 +666,11 @@ const char *worker_ts_reader(void) {
 }
 
 int worker_pool_size(const worker_pool *p) { return p ? p->n : 0; }
+
+void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes) {
+  if (p)
+    p->shard_bytes = bytes;
+}
 
 void worker_pool_stop(worker_pool *p) {
   if (!p)

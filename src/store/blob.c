@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <dirent.h>
 #include <ftw.h>
@@ -88,6 +90,8 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
           (int)sizeof p->blobs ||
       snprintf(p->tmp, sizeof p->tmp, "%s/tmp", data_dir) >=
           (int)sizeof p->tmp ||
+      snprintf(p->partial, sizeof p->partial, "%s/partial", data_dir) >=
+          (int)sizeof p->partial ||
       snprintf(p->db, sizeof p->db, "%s/decompd.db", data_dir) >=
           (int)sizeof p->db ||
       snprintf(p->reserve, sizeof p->reserve, "%s/decompd.reserve",
@@ -97,6 +101,8 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
   int rc = mkdir_p(p->blobs);
   if (rc == DECOMP_OK)
     rc = mkdir_p(p->tmp);
+  if (rc == DECOMP_OK)
+    rc = mkdir_p(p->partial);
   if (rc == DECOMP_OK && !realpath(data_dir, p->real))
     p->real[0] = '\0';
   if (rc != DECOMP_OK || !clean)
@@ -176,6 +182,8 @@ static void path_word(const char *rest, size_t n, char *w, size_t wlen) {
     snprintf(w, wlen, "the upload");
   else if (n > 5 && strncmp(rest, "/tmp/", 5) == 0)
     snprintf(w, wlen, "a temp file");
+  else if (n > 9 && strncmp(rest, "/partial/", 9) == 0)
+    snprintf(w, wlen, "the partial upload");
   else if (n == 4 && strncmp(rest, "/tmp", 4) == 0)
     snprintf(w, wlen, "the temp folder");
   else if (n == nb + 3 + 64 && strncmp(rest, BLOBS, nb) == 0 &&
@@ -554,4 +562,211 @@ done:
 
 int store_blob_place_file(store *s, const char *path, const char *digest) {
   return blob_place(s, path, digest);
+}
+
+/* ---- resumable uploads ------------------------------------------------- */
+
+struct store_partial {
+  store *s;
+  int fd;            /* O_APPEND, locked (flock) while the request runs */
+  int64_t size;      /* bytes the file holds */
+  int64_t appended;  /* by this request */
+  bool verified, done; /* hashed and matching / committed or dropped */
+  char digest[STORE_DIGEST_LEN];
+  char path[STORE_PATH_MAX + 80];
+};
+
+static int partial_path(store *s, const char *digest, char *buf, size_t len) {
+  if (!store_digest_valid(digest))
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "bad digest");
+  if (snprintf(buf, len, "%s/%s", store_paths_of(s)->partial, digest + 7) >=
+      (int)len)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "partial path too long");
+  return DECOMP_OK;
+}
+
+int store_partial_open(store *s, const char *digest, int64_t offset,
+                       store_partial **out, int64_t *have) {
+  if (have)
+    *have = -1;
+  store_partial *p = calloc(1, sizeof *p);
+  if (!p)
+    return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  p->s = s;
+  p->fd = -1;
+  snprintf(p->digest, sizeof p->digest, "%s", digest);
+  bool locked = false;
+  int rc = partial_path(s, digest, p->path, sizeof p->path);
+  if (rc != DECOMP_OK) {
+    free(p);
+    return rc;
+  }
+  /* The lock is on the file, and a sweep or a completed upload may remove
+   * the name between open and flock: then the file locked is not the one
+   * named, and it is opened again. */
+  for (int tries = 0; tries < 4 && rc == DECOMP_OK; tries++) {
+    p->fd = open(p->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (p->fd < 0) {
+      rc = store_fail(io_err(errno), "partial upload: %s", strerror(errno));
+      break;
+    }
+    if (flock(p->fd, LOCK_EX | LOCK_NB) != 0) {
+      rc = store_fail(DECOMP_ERR_CONFLICT,
+                      "another upload of %s is in progress", digest);
+      break;
+    }
+    locked = true;
+    struct stat a, b;
+    if (fstat(p->fd, &a) == 0 && stat(p->path, &b) == 0 &&
+        a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
+      p->size = a.st_size;
+      break;
+    }
+    close(p->fd);
+    p->fd = -1;
+    locked = false;
+  }
+  if (rc == DECOMP_OK && p->fd < 0)
+    rc = store_fail(DECOMP_ERR_CONFLICT, "upload of %s: the partial upload "
+                    "keeps changing; try again", digest);
+  if (rc == DECOMP_OK && offset == 0 && p->size > 0) {
+    /* a fresh start over what an earlier attempt left */
+    if (ftruncate(p->fd, 0) != 0)
+      rc = store_fail(io_err(errno), "partial upload: %s", strerror(errno));
+    p->size = 0;
+  }
+  if (rc == DECOMP_OK && offset != p->size) {
+    if (have)
+      *have = p->size;
+    rc = store_fail(DECOMP_ERR_CONFLICT,
+                    "upload of %s resumes at byte %lld, not %lld (HEAD "
+                    "/v1/blobs/%s gives the offset)",
+                    digest, (long long)p->size, (long long)offset, digest);
+  }
+  if (rc != DECOMP_OK) {
+    /* a file made by this open and holding nothing is not a partial */
+    struct stat st;
+    if (locked && fstat(p->fd, &st) == 0 && st.st_size == 0 && offset != 0)
+      unlink(p->path);
+    store_partial_free(p);
+    return rc;
+  }
+  *out = p;
+  return DECOMP_OK;
+}
+
+int store_partial_write(store_partial *p, const void *buf, size_t len) {
+  const char *c = buf;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t n = write(p->fd, c, left);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return store_fail(io_err(errno), "upload write: %s", strerror(errno));
+    }
+    c += n;
+    left -= (size_t)n;
+    p->size += n;
+    p->appended += n;
+  }
+  return DECOMP_OK;
+}
+
+int64_t store_partial_size(const store_partial *p) { return p->size; }
+int64_t store_partial_appended(const store_partial *p) { return p->appended; }
+const char *store_partial_path(const store_partial *p) { return p->path; }
+
+int store_partial_sync(store_partial *p) {
+  if (p->fd >= 0 && fsync(p->fd) != 0)
+    return store_fail(io_err(errno), "upload fsync: %s", strerror(errno));
+  return DECOMP_OK;
+}
+
+int store_partial_verify(store_partial *p) {
+  int rc = store_partial_sync(p);
+  char got[STORE_DIGEST_LEN];
+  int64_t size = 0;
+  if (rc == DECOMP_OK)
+    rc = store_blob_hash_file(p->path, got, &size);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (strcmp(got, p->digest) != 0) {
+    store_partial_drop(p);
+    return store_fail(DECOMP_ERR_UPLOAD_DIGEST,
+                      "the %lld bytes received have digest %s, not %s (the "
+                      "partial upload is discarded: upload it again from "
+                      "byte 0)",
+                      (long long)size, got, p->digest);
+  }
+  p->verified = true;
+  return DECOMP_OK;
+}
+
+int store_partial_commit(store_partial *p) {
+  if (!p->verified || p->done)
+    return store_fail(DECOMP_ERR_INTERNAL, "upload not verified");
+  int rc = blob_place(p->s, p->path, p->digest);
+  if (rc == DECOMP_OK)
+    rc = store_loose_blob_touch(p->s, p->digest, p->size);
+  if (rc == DECOMP_OK)
+    p->done = true;
+  return rc;
+}
+
+void store_partial_drop(store_partial *p) {
+  if (!p->done)
+    unlink(p->path);
+  p->done = true;
+}
+
+void store_partial_free(store_partial *p) {
+  if (!p)
+    return;
+  if (p->fd >= 0) {
+    if (!p->done)
+      fsync(p->fd); /* what came stays for a resume */
+    close(p->fd);
+  }
+  free(p);
+}
+
+int store_partial_offset(store *s, const char *digest, int64_t *size) {
+  char path[STORE_PATH_MAX + 80];
+  int rc = partial_path(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return store_fail(errno == ENOENT ? DECOMP_ERR_NOT_FOUND : DECOMP_ERR_IO,
+                      "no partial upload of %s", digest);
+  *size = st.st_size;
+  return DECOMP_OK;
+}
+
+int store_partials_sweep(const store_paths *p, int64_t cutoff_ms) {
+  DIR *d = opendir(p->partial);
+  int removed = 0;
+  if (!d)
+    return 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+      continue;
+    struct stat st;
+    /* a request appending holds the lock: leave that one alone */
+    if (fstat(fd, &st) == 0 &&
+        (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000 <
+            cutoff_ms &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+        removed++;
+    }
+    close(fd);
+  }
+  closedir(d);
+  return removed;
 }

@@ -503,7 +503,9 @@ int store_blob_gc(store *s, const char *digest) {
                  "EXISTS(SELECT 1 FROM jobs WHERE calibration=?1) OR "
                  "EXISTS(SELECT 1 FROM models WHERE profile=?1) OR "
                  "EXISTS(SELECT 1 FROM jobs WHERE profile=?1) OR "
-                 "EXISTS(SELECT 1 FROM artifacts WHERE digest=?1)",
+                 "EXISTS(SELECT 1 FROM artifacts WHERE digest=?1) OR "
+                 "EXISTS(SELECT 1 FROM model_shards WHERE digest=?1) OR "
+                 "EXISTS(SELECT 1 FROM loose_blobs WHERE digest=?1)",
                  "s", digest);
   int used = 1;
   if (rc == DECOMP_OK) {
@@ -701,6 +703,9 @@ static int model_delete_tx(store *s, void *arg) {
     sdone(s, st);
   }
   if (rc == DECOMP_OK)
+    rc = EXEC(s->w, NULL, "DELETE FROM model_shards WHERE model_id=?", "s",
+              id);
+  if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
   return wend(s, rc);
 }
@@ -831,6 +836,152 @@ int store_model_set_profile(store *s, const char *id, const char *digest,
   return model_set_attachment(s, &PROFILE_SQL, id, digest, layers, size, old);
 }
 
+/* ---- sharded models, loose blobs --------------------------------------- */
+
+int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
+                            size_t n, bool *created) {
+  char id[24];
+  if (!store_random_id("m_", 8, id, sizeof id))
+    return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  int ins = 0;
+  rc = EXEC(s->w, &ins,
+            "INSERT INTO models (" MODEL_COLS ") VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            "ssssiii", id, m->digest, m->name, m->format, m->size, m->tensors,
+            store_now_ms());
+  /* The shards go in with the model, in one transaction: a model is never
+   * seen without the rows that keep its blobs. */
+  for (size_t i = 0; rc == DECOMP_OK && ins > 0 && i < n; i++)
+    rc = EXEC(s->w, NULL,
+              "INSERT INTO model_shards (model_id, idx, name, digest, size) "
+              "VALUES (?,?,?,?,?)",
+              "sissi", id, (int64_t)i, sh[i].name, sh[i].digest, sh[i].size);
+  if (rc == DECOMP_OK) {
+    sqlite3_stmt *st = NULL;
+    rc = prepf(s->w, &st,
+               "SELECT " MODEL_READ_COLS " FROM models WHERE digest=?", "s",
+               m->digest);
+    if (rc == DECOMP_OK) {
+      if (sqlite3_step(st) == SQLITE_ROW)
+        model_row(st, m);
+      else
+        rc = db_fail(s->w, "model row");
+      sdone(s, st);
+    }
+  }
+  rc = wend(s, rc);
+  if (rc == DECOMP_OK)
+    *created = ins > 0;
+  return rc;
+}
+
+int store_model_shards(store *s, const char *id, store_shard **out,
+                       size_t *n) {
+  *out = NULL;
+  *n = 0;
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = rdb(s, &db);
+  if (rc == DECOMP_OK)
+    rc = sprep(s, db, &st,
+               "SELECT name, digest, size FROM model_shards WHERE model_id=? "
+               "ORDER BY idx",
+               "s", id);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_shard *v = NULL;
+  size_t cnt = 0, cap = 0;
+  int r;
+  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 8;
+      store_shard *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
+    col_copy(st, 0, v[cnt].name, sizeof v[cnt].name);
+    col_copy(st, 1, v[cnt].digest, sizeof v[cnt].digest);
+    v[cnt].size = sqlite3_column_int64(st, 2);
+    cnt++;
+  }
+  if (rc == DECOMP_OK && r != SQLITE_DONE)
+    rc = db_fail(db, "model shards");
+  sdone(s, st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
+}
+
+int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL,
+            "INSERT INTO loose_blobs (digest, size, uploaded_at) "
+            "VALUES (?1,?2,?3) ON CONFLICT (digest) DO UPDATE SET "
+            "uploaded_at=?3",
+            "sii", digest, size, store_now_ms());
+  return wend(s, rc);
+}
+
+int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
+  int64_t cutoff = store_now_ms() - ttl_ms;
+  int np = store_partials_sweep(&s->paths, cutoff), nb = 0;
+  char(*v)[STORE_DIGEST_LEN] = NULL;
+  size_t cnt = 0, cap = 0;
+  store_blob_lock(s);
+  int rc = wbegin(s);
+  if (rc == DECOMP_OK) {
+    sqlite3_stmt *st = NULL;
+    rc = prepf(s->w, &st,
+               "DELETE FROM loose_blobs WHERE uploaded_at < ? RETURNING digest",
+               "i", cutoff);
+    int r = SQLITE_DONE;
+    while (rc == DECOMP_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+      if (cnt == cap) {
+        cap = cap ? 2 * cap : 16;
+        char(*nv)[STORE_DIGEST_LEN] = realloc(v, cap * sizeof *v);
+        if (!nv) {
+          rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+          break;
+        }
+        v = nv;
+      }
+      col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
+    }
+    if (rc == DECOMP_OK && r != SQLITE_DONE)
+      rc = db_fail(s->w, "loose blobs");
+    if (st)
+      sqlite3_finalize(st);
+    rc = wend(s, rc);
+  }
+  /* Each is collected unless a model's shard (or anything else) names it. */
+  for (size_t i = 0; rc == DECOMP_OK && i < cnt; i++) {
+    char path[STORE_PATH_MAX + 80];
+    struct stat st;
+    if (store_blob_path(s, v[i], path, sizeof path) == DECOMP_OK &&
+        store_blob_gc(s, v[i]) == DECOMP_OK && stat(path, &st) != 0)
+      nb++;
+  }
+  store_blob_unlock(s);
+  free(v);
+  if (partials)
+    *partials = np;
+  if (blobs)
+    *blobs = nb;
+  return rc;
+}
+
 /* ---- artifacts -------------------------------------------------------- */
 
 static void artifact_row(sqlite3_stmt *st, store_artifact *a) {
@@ -876,12 +1027,24 @@ int store_artifact_list(store *s, const char *job_id, store_artifact **out,
                "s", job_id);
   if (rc != DECOMP_OK)
     return rc;
-  store_artifact *v = calloc(8, sizeof *v);
-  size_t cnt = 0;
-  if (!v)
-    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
-  while (rc == DECOMP_OK && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
+  /* A sharded output has an artifact per shard: as many as there are. */
+  store_artifact *v = NULL;
+  size_t cnt = 0, cap = 0;
+  int r = SQLITE_DONE;
+  while (rc == DECOMP_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 8;
+      store_artifact *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
     artifact_row(st, &v[cnt++]);
+  }
+  if (rc == DECOMP_OK && r != SQLITE_DONE)
+    rc = db_fail(db, "artifact list");
   sdone(s, st);
   if (rc != DECOMP_OK) {
     free(v);
@@ -1043,7 +1206,8 @@ void store_job_clear(store_job *j) {
   "seq, id, model_id, state, cancel_requested, attempts, layers_total, "       \
   "layers_done, error_code, error_message, created_at, "                       \
   "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
-  "current_step, COALESCE(current_fraction, 0), calibration, profile"
+  "current_step, COALESCE(current_fraction, 0), calibration, profile, "      \
+  "COALESCE(shard_bytes, 0), COALESCE(peak_rss_bytes, 0)"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
@@ -1066,9 +1230,11 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
   j->current_fraction = sqlite3_column_double(st, 15);
   col_copy(st, 16, j->calibration, sizeof j->calibration);
   col_copy(st, 17, j->profile, sizeof j->profile);
+  j->shard_bytes = sqlite3_column_int64(st, 18);
+  j->peak_rss_bytes = sqlite3_column_int64(st, 19);
   if (with_spec) {
-    j->spec = col_dup(st, 18);
-    j->policy = col_dup(st, 19);
+    j->spec = col_dup(st, 20);
+    j->policy = col_dup(st, 21);
   }
 }
 
@@ -1150,12 +1316,13 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, &n,
               "INSERT INTO jobs (id, model_id, request_key, spec, policy, "
-              "calibration, profile, state, created_at) "
-              "VALUES (?,?,?,?,?,?,?,'queued',?) "
+              "calibration, profile, state, created_at, shard_bytes) "
+              "VALUES (?,?,?,?,?,?,?,'queued',?,NULLIF(?,0)) "
               "ON CONFLICT (request_key) DO NOTHING",
-              "sssssssi", id, j->model_id, request_key, j->spec, j->policy,
+              "sssssssii", id, j->model_id, request_key, j->spec, j->policy,
               j->calibration[0] ? j->calibration : NULL,
-              j->profile[0] ? j->profile : NULL, store_now_ms());
+              j->profile[0] ? j->profile : NULL, store_now_ms(),
+              j->shard_bytes);
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(s, s->w, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=?",
@@ -1361,6 +1528,15 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
   return DECOMP_OK;
 }
 
+int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
+  int rc = wbegin(s);
+  if (rc != DECOMP_OK)
+    return rc;
+  rc = EXEC(s->w, NULL, "UPDATE jobs SET peak_rss_bytes=? WHERE id=?", "is",
+            bytes, job_id);
+  return wend(s, rc);
+}
+
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       size_t n) {
   int rc = wbegin(s);
@@ -1546,9 +1722,23 @@ static int job_delete_tx(store *s, void *arg) {
     rc = prepf(s->w, &st, "SELECT digest FROM artifacts WHERE job_id=?", "s",
                id);
     if (rc == DECOMP_OK) {
-      v = calloc(10, sizeof *v); /* the artifacts, calibration, profile */
-      while (v && cnt < 8 && sqlite3_step(st) == SQLITE_ROW)
+      /* the artifacts (a sharded output has one per shard), then the
+       * calibration and the profile */
+      size_t cap = 16;
+      v = calloc(cap, sizeof *v);
+      while (v && sqlite3_step(st) == SQLITE_ROW) {
+        if (cnt + 2 >= cap) {
+          char(*nv)[STORE_DIGEST_LEN] = realloc(v, 2 * cap * sizeof *v);
+          if (!nv) {
+            free(v);
+            v = NULL;
+            break;
+          }
+          v = nv;
+          cap *= 2;
+        }
         col_copy(st, 0, v[cnt++], STORE_DIGEST_LEN);
+      }
       sdone(s, st);
       if (!v)
         rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");

@@ -41,6 +41,10 @@ typedef struct store_job {
   char current_layer[256];  /* the layer under way, or "" (running jobs) */
   char current_step[16];    /* "spectrum" or "factors" */
   double current_fraction;  /* the engine's estimate of that step done */
+  int64_t shard_bytes;      /* output shard size asked for at submit (a
+                               sharded model's job); 0: the daemon's */
+  int64_t peak_rss_bytes;   /* the daemon's peak RSS when it finished (a
+                               process-wide high-water mark); 0: unknown */
 } store_job;
 
 /* Free the owned strings of `j` (not `j` itself). */
@@ -89,6 +93,9 @@ int store_job_current(store *s, const char *job_id, int64_t total,
                       const char *layer, const char *step, double fraction);
 /* Whether cancellation was asked for. */
 int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
+/* Record the peak RSS the engine reported for a job (its info summary's
+ * peak_rss_bytes: the process's high-water mark so far). */
+int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
 /* Finish a running job with its artifacts (blobs already committed; call
  * with store_blob_lock() held). */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,

@@ -99,14 +99,67 @@ int store_blob_read(store *s, const char *digest, int64_t max, char **out,
                     size_t *len);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
-/* Remove the blob when no model (its weights, calibration or profile), job
- * (its calibration or profile) or artifact row refers to it any more (and
+/* Remove the blob when no model (its weights, calibration, profile or
+ * shards), job (its calibration or profile), artifact or loose-blob row
+ * refers to it any more (and
  * then remake the reserve, if a delete used it). Call with store_blob_lock()
  * held. */
 int store_blob_gc(store *s, const char *digest);
 /* Serialises "blob exists + row refers to it" against garbage collection. */
 void store_blob_lock(store *s);
 void store_blob_unlock(store *s);
+
+/* ---- resumable blob uploads (PUT /v1/blobs/{digest}) ------------------ */
+
+/* A partial upload of the blob a client named by its digest: the bytes
+ * received so far in DATA_DIR/partial/<64 hex> (the validated digest is
+ * the only thing from the request that makes the name), kept across
+ * requests and restarts so that an upload cut short resumes where it
+ * stopped. One request at a time appends to it (an exclusive lock on the
+ * file; a second gets DECOMP_ERR_CONFLICT). Removed when it completes,
+ * when it fails its digest, or by store_uploads_sweep once untouched for
+ * the daemon's upload_ttl. */
+typedef struct store_partial store_partial;
+
+/* Open the partial upload of `digest` to append at `offset`: 0 starts it
+ * (over any earlier partial), anything else must equal the bytes it holds
+ * (DECOMP_ERR_CONFLICT otherwise, *have — may be NULL — set to them; -1
+ * when there is none). */
+int store_partial_open(store *s, const char *digest, int64_t offset,
+                       store_partial **out, int64_t *have);
+int store_partial_write(store_partial *p, const void *buf, size_t len);
+/* Bytes it holds (earlier requests' and this one's). */
+int64_t store_partial_size(const store_partial *p);
+/* Bytes this request appended. */
+int64_t store_partial_appended(const store_partial *p);
+const char *store_partial_path(const store_partial *p);
+/* fsync what it holds (kept for a later request). */
+int store_partial_sync(store_partial *p);
+/* Complete: fsync and hash the whole file; DECOMP_ERR_UPLOAD_DIGEST (the
+ * partial removed) when its SHA-256 is not the digest it was opened for.
+ * The file can then be read at store_partial_path() to validate it. */
+int store_partial_verify(store_partial *p);
+/* Move the verified file into the blob folder and record it as a loose
+ * blob (kept upload_ttl for an index to bind it). Call with
+ * store_blob_lock() held. */
+int store_partial_commit(store_partial *p);
+/* Remove the partial (a bad upload). */
+void store_partial_drop(store_partial *p);
+/* Close (the file stays unless committed or dropped); NULL is fine. */
+void store_partial_free(store_partial *p);
+/* Bytes held for `digest`'s partial upload; DECOMP_ERR_NOT_FOUND when
+ * there is none. */
+int store_partial_offset(store *s, const char *digest, int64_t *size);
+
+/* Record (or refresh) `digest`, an existing blob of `size` bytes, as a
+ * loose blob uploaded now. Call with store_blob_lock() held. */
+int store_loose_blob_touch(store *s, const char *digest, int64_t size);
+/* Remove what abandoned uploads left: partials not written for `ttl_ms`
+ * (unless a request is appending to one), and loose blobs uploaded longer
+ * ago than that (their rows dropped, each blob collected unless something
+ * else names it). Takes store_blob_lock() itself. *partials and *blobs
+ * (may be NULL) get how many were removed. */
+int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 
 /* A folder for temp files on the same file system as the blobs. */
 const char *store_tmp_dir(store *s);
@@ -117,7 +170,8 @@ typedef struct store_model {
   char id[24];                    /* "m_" + 16 hex */
   char digest[STORE_DIGEST_LEN];  /* blob of the weight file */
   char name[256];                 /* given at upload; may be "" */
-  char format[16];                /* "pth", "safetensors" */
+  char format[24];                /* "pth", "safetensors", "torchscript",
+                                     "safetensors-sharded" */
   int64_t size;                   /* bytes */
   int64_t tensors;                /* tensors in the state dict */
   int64_t created_at;             /* Unix ms */
@@ -180,6 +234,26 @@ int store_model_set_calibration(store *s, const char *id, const char *digest,
 int store_model_set_profile(store *s, const char *id, const char *digest,
                             int64_t layers, int64_t size,
                             char old[STORE_DIGEST_LEN]);
+
+/* ---- sharded models ---------------------------------------------------- */
+
+/* One shard of a sharded model (format "safetensors-sharded"). */
+typedef struct store_shard {
+  char name[256];                /* plain file name from the index */
+  char digest[STORE_DIGEST_LEN]; /* its blob */
+  int64_t size;
+} store_shard;
+
+/* Insert a sharded model (`m->digest` the blob of its binding document)
+ * with its `n` shards, whose blobs must exist (committed, with
+ * store_blob_lock() held), unless a model with that digest exists:
+ * *created says which; `m` is filled with the stored row either way. */
+int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
+                            size_t n, bool *created);
+/* A model's shards in the index's order (*out free(), NULL and 0 for a
+ * model that is not sharded). */
+int store_model_shards(store *s, const char *id, store_shard **out,
+                       size_t *n);
 
 /* ---- artifacts -------------------------------------------------------- */
 

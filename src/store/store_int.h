@@ -12,6 +12,8 @@ typedef struct store_paths {
   char real[STORE_PATH_MAX];  /* DATA_DIR resolved (realpath), or "" */
   char blobs[STORE_PATH_MAX]; /* DATA_DIR/blobs/sha256 */
   char tmp[STORE_PATH_MAX];   /* DATA_DIR/tmp: uploads and job outputs */
+  char partial[STORE_PATH_MAX]; /* DATA_DIR/partial: resumable blob uploads,
+                                   kept across restarts */
   char db[STORE_PATH_MAX];    /* DATA_DIR/decompd.db */
   char reserve[STORE_PATH_MAX]; /* DATA_DIR/decompd.reserve */
 } store_paths;
@@ -20,6 +22,11 @@ typedef struct store_paths {
 #define STORE_RESERVE_BYTES (4 << 20)
 
 const store_paths *store_paths_of(const store *s);
+
+/* Remove partial uploads (DATA_DIR/partial) whose file was last written
+ * before `cutoff_ms` (Unix ms) and that no request holds; returns how many
+ * (blob.c, for store_uploads_sweep). */
+int store_partials_sweep(const store_paths *p, int64_t cutoff_ms);
 
 /* Record the thread's failure detail and return `err`. */
 int store_fail(int err, const char *fmt, ...)

@@ -1,8 +1,8 @@
 /* test_store.c — decompd's store (src/store): blobs (hash on the fly,
  * commit, dedup, nothing left by an aborted upload), migrations and the
- * too-new refusal, models and their calibrations, tokens, and the job
- * queue (idempotent submit, FIFO claim, progress, cancel, requeue after a
- * crash, delete). */
+ * too-new refusal, models and their calibrations, tokens, the job queue
+ * (idempotent submit, FIFO claim, progress, cancel, requeue after a crash,
+ * delete), resumable partial uploads, loose blobs and sharded models. */
 #include <check.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -570,6 +570,164 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
 }
 END_TEST
 
+
+static void sha_of(const char *text, char digest[STORE_DIGEST_LEN]) {
+  char hex[65];
+  ck_assert(store_sha256_hex(text, strlen(text), hex));
+  snprintf(digest, STORE_DIGEST_LEN, "sha256:%s", hex);
+}
+
+START_TEST(partial_uploads_resume_at_their_offset_and_verify_whole) {
+  store *s = open_owner(NULL);
+  const char *text = "0123456789abcdefghij";
+  char digest[STORE_DIGEST_LEN];
+  sha_of(text, digest);
+  store_partial *p = NULL, *q = NULL;
+  int64_t have = 0;
+  ck_assert_int_eq(store_partial_offset(s, digest, &have),
+                   DECOMP_ERR_NOT_FOUND);
+  /* resuming what does not exist says where to start: 0 */
+  ck_assert_int_eq(store_partial_open(s, digest, 5, &p, &have),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(have, 0);
+  ck_assert_int_eq(count_files("partial"), 0);
+  ck_assert_int_eq(store_partial_open(s, digest, 0, &p, NULL), DECOMP_OK);
+  /* one writer at a time */
+  ck_assert_int_eq(store_partial_open(s, digest, 0, &q, NULL),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_partial_write(p, text, 8), DECOMP_OK);
+  store_partial_free(p); /* a request that ended: the bytes stay */
+  ck_assert_int_eq(store_partial_offset(s, digest, &have), DECOMP_OK);
+  ck_assert_int_eq(have, 8);
+  ck_assert_int_eq(store_partial_open(s, digest, 9, &p, &have),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(have, 8);
+  ck_assert_int_eq(store_partial_open(s, digest, 8, &p, NULL), DECOMP_OK);
+  ck_assert_int_eq(store_partial_write(p, text + 8, strlen(text) - 8),
+                   DECOMP_OK);
+  ck_assert_int_eq(store_partial_size(p), (int64_t)strlen(text));
+  ck_assert_int_eq(store_partial_appended(p), (int64_t)strlen(text) - 8);
+  ck_assert_int_eq(store_partial_verify(p), DECOMP_OK);
+  store_blob_lock(s);
+  ck_assert_int_eq(store_partial_commit(p), DECOMP_OK);
+  store_blob_unlock(s);
+  store_partial_free(p);
+  ck_assert_int_eq(count_files("partial"), 0);
+  char *back = NULL;
+  ck_assert_int_eq(store_blob_read(s, digest, 100, &back, NULL), DECOMP_OK);
+  ck_assert_str_eq(back, text);
+  free(back);
+
+  /* bytes that are not the digest: refused, and nothing kept */
+  char other[STORE_DIGEST_LEN];
+  sha_of("something else", other);
+  ck_assert_int_eq(store_partial_open(s, other, 0, &p, NULL), DECOMP_OK);
+  ck_assert_int_eq(store_partial_write(p, text, strlen(text)), DECOMP_OK);
+  ck_assert_int_eq(store_partial_verify(p), DECOMP_ERR_UPLOAD_DIGEST);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), digest));
+  store_partial_free(p);
+  ck_assert_int_eq(count_files("partial"), 0);
+  ck_assert_int_eq(store_blob_read(s, other, 100, &back, NULL),
+                   DECOMP_ERR_NOT_FOUND);
+  /* a digest that is not one never makes a file name */
+  ck_assert_int_eq(store_partial_open(s, "sha256:../../x", 0, &p, NULL),
+                   DECOMP_ERR_INVALID_ARGUMENT);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
+  store *s = open_owner(NULL);
+  char a[STORE_DIGEST_LEN], b[STORE_DIGEST_LEN], doc[STORE_DIGEST_LEN],
+      stray[STORE_DIGEST_LEN];
+  put_blob(s, "shard a", a);
+  put_blob(s, "shard b", b);
+  put_blob(s, "stray", stray);
+  put_blob(s, "{\"index\":{}}", doc);
+  store_blob_lock(s);
+  ck_assert_int_eq(store_loose_blob_touch(s, a, 7), DECOMP_OK);
+  ck_assert_int_eq(store_loose_blob_touch(s, b, 7), DECOMP_OK);
+  ck_assert_int_eq(store_loose_blob_touch(s, stray, 5), DECOMP_OK);
+  store_blob_unlock(s);
+  /* a loose blob is not collected while it is young */
+  store_blob_lock(s);
+  ck_assert_int_eq(store_blob_gc(s, stray), DECOMP_OK);
+  store_blob_unlock(s);
+  ck_assert_int_eq(count_files("blobs"), 4);
+
+  store_model m = {0};
+  snprintf(m.digest, sizeof m.digest, "%s", doc);
+  snprintf(m.format, sizeof m.format, "safetensors-sharded");
+  m.size = 14;
+  m.tensors = 2;
+  store_shard sh[2] = {{"model-00001-of-00002.safetensors", "", 7},
+                       {"model-00002-of-00002.safetensors", "", 7}};
+  snprintf(sh[0].digest, sizeof sh[0].digest, "%s", a);
+  snprintf(sh[1].digest, sizeof sh[1].digest, "%s", b);
+  bool created = false;
+  ck_assert_int_eq(store_model_put_sharded(s, &m, sh, 2, &created), DECOMP_OK);
+  ck_assert(created);
+  store_model again = m;
+  ck_assert_int_eq(store_model_put_sharded(s, &again, sh, 2, &created),
+                   DECOMP_OK);
+  ck_assert(!created);
+  ck_assert_str_eq(again.id, m.id);
+  store_shard *got = NULL;
+  size_t n = 0;
+  ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);
+  ck_assert_int_eq(n, 2);
+  ck_assert_str_eq(got[1].name, sh[1].name);
+  ck_assert_str_eq(got[1].digest, b);
+  free(got);
+
+  /* past the ttl: the stray goes, the model's shards stay */
+  int np = -1, nb = -1;
+  ck_assert_int_eq(store_uploads_sweep(s, -1000, &np, &nb), DECOMP_OK);
+  ck_assert_int_eq(np, 0);
+  ck_assert_int_eq(nb, 1);
+  ck_assert_int_eq(count_files("blobs"), 3);
+
+  /* the model deleted: its rows go, and so do its blobs */
+  char d[STORE_DIGEST_LEN], c[STORE_DIGEST_LEN], pr[STORE_DIGEST_LEN];
+  store_blob_lock(s);
+  ck_assert_int_eq(store_model_delete(s, m.id, d, c, pr), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, a), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, b), DECOMP_OK);
+  ck_assert_int_eq(store_blob_gc(s, d), DECOMP_OK);
+  store_blob_unlock(s);
+  ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);
+  ck_assert_int_eq(n, 0);
+  ck_assert_int_eq(count_files("blobs"), 0);
+  store_close(s);
+}
+END_TEST
+
+START_TEST(abandoned_partials_are_swept_unless_held) {
+  store *s = open_owner(NULL);
+  char d1[STORE_DIGEST_LEN], d2[STORE_DIGEST_LEN];
+  sha_of("one", d1);
+  sha_of("two", d2);
+  store_partial *p1 = NULL, *p2 = NULL;
+  ck_assert_int_eq(store_partial_open(s, d1, 0, &p1, NULL), DECOMP_OK);
+  ck_assert_int_eq(store_partial_write(p1, "on", 2), DECOMP_OK);
+  store_partial_free(p1);
+  ck_assert_int_eq(store_partial_open(s, d2, 0, &p2, NULL), DECOMP_OK);
+  ck_assert_int_eq(store_partial_write(p2, "tw", 2), DECOMP_OK);
+  int np = -1;
+  /* young: kept */
+  ck_assert_int_eq(store_uploads_sweep(s, 3600 * 1000, &np, NULL), DECOMP_OK);
+  ck_assert_int_eq(np, 0);
+  /* old, but the second is being written: only the first goes */
+  ck_assert_int_eq(store_uploads_sweep(s, -1000, &np, NULL), DECOMP_OK);
+  ck_assert_int_eq(np, 1);
+  int64_t have = 0;
+  ck_assert_int_eq(store_partial_offset(s, d1, &have), DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_partial_offset(s, d2, &have), DECOMP_OK);
+  store_partial_free(p2);
+  store_close(s);
+}
+END_TEST
+
 START_TEST(digests_and_ids_are_well_formed) {
   ck_assert(store_digest_valid("sha256:ba7816bf8f01cfea414140de5dae2223b00361a"
                                "396177a9cb410ff61f20015ad"));
@@ -599,6 +757,9 @@ int main(void) {
   tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
   tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
   tcase_add_test(tc, digests_and_ids_are_well_formed);
+  tcase_add_test(tc, partial_uploads_resume_at_their_offset_and_verify_whole);
+  tcase_add_test(tc, shards_live_while_their_model_does_and_loose_blobs_for_the_ttl);
+  tcase_add_test(tc, abandoned_partials_are_swept_unless_held);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
