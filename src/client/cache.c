@@ -139,6 +139,23 @@ int decomp_client_default_cache_dir(char *buf, size_t len) {
   return DECOMP_OK;
 }
 
+bool client_artifact_name_ok(const char *name, size_t cap, const char **why) {
+  size_t n = name ? strlen(name) : 0;
+  *why = NULL;
+  if (n == 0)
+    *why = "is empty";
+  else if (n >= cap)
+    *why = "is too long";
+  else if (name[0] == '.')
+    *why = "starts with '.'";
+  else if (strchr(name, '/') || strchr(name, '\\'))
+    *why = "is a path, not a plain file name";
+  for (size_t i = 0; !*why && i < n; i++)
+    if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+      *why = "holds a control character";
+  return *why == NULL;
+}
+
 /* ---- files ---------------------------------------------------------------- */
 
 int client_mkdirs(const char *path, int mode) {

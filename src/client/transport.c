@@ -183,8 +183,10 @@ static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow,
     return 0;
   x->reported_end = last;
   x->last_report = t;
-  decomp_client_progress p = {x->rq->direction, x->rq->progress_name, done,
-                              total};
+  decomp_client_progress p = {.direction = x->rq->direction,
+                              .name = x->rq->progress_name,
+                              .done = done,
+                              .total = total};
   if (c->progress(c->progress_user, &p) != 0) {
     x->cancelled = true;
     return 1;
