@@ -371,11 +371,12 @@ def load_safetensors(path, shards=None):
     torch.Tensor (views of a private mapping of the file: nothing is read
     until used).
 
-    path: a ``.safetensors`` file; a sharded checkpoint's index
-    (``model.safetensors.index.json``), its shards in the same folder; or a
-    folder holding one index (else one ``.safetensors`` file). shards: with
-    an index, {shard name: path} for shards kept elsewhere (then exactly
-    the shards the index names). SafetensorsError (a ValueError) for
+    path: a ``.safetensors`` file; a sharded checkpoint's index (a
+    ``.json`` file, e.g. ``model.safetensors.index.json``), its shards in
+    the same folder; or a folder holding one index (else one
+    ``.safetensors`` file). shards: {shard name: path} for shards kept
+    elsewhere (then `path` is the index, whatever its name, and the shards
+    are exactly those the index names). SafetensorsError (a ValueError) for
     anything malformed, naming the file and the tensor or shard;
     FileNotFoundError for a missing file."""
     path = os.fspath(path)
@@ -395,8 +396,6 @@ def load_safetensors(path, shards=None):
             raise SafetensorsError(
                 f"{path}: no index and {len(one)} .safetensors files: "
                 f"name the file to read")
-    if _is_index(path):
+    if shards is not None or _is_index(path):
         return _load_sharded(path, shards)
-    if shards is not None:
-        raise TypeError("shards= goes with an index file")
     return _read_file(path)[0]
