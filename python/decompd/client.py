@@ -26,8 +26,11 @@ engine gives.
 This file owns the Python side of the service: REST calls (stdlib
 http.client, no dependency), the streamed upload, following jobs live (their
 event stream; polling with backoff where there is none), and
-fetching into the local content-addressed cache it shares with the C client
-(libdecompclient; layout in include/decomp/client.h):
+fetching — several artifacts at once, a thread and a connection each — into
+the local content-addressed cache it shares with the C client
+(libdecompclient; layout in include/decomp/client.h), and pulling a job's
+weights into a module (a sharded output is read from its shards in place
+in the cache by decompd.safetensors_io):
 
     CACHE/blobs/sha256/<hex[0:2]>/<hex>   verified files, named by SHA-256
     CACHE/tmp/<hex>.<unique>.part         partial downloads (claimed by
