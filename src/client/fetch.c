@@ -470,6 +470,7 @@ static void *worker_run(void *arg) {
     struct task *t = &p->tasks[p->next++];
     w->t = t;
     t->started = true;
+    t->total = t->a->size;
     pthread_mutex_unlock(&p->mu);
     int rc = sha ? fetch_one(w->c, p->job_id, t->a, sha, &t->file)
                  : client_fail(w->c, DECOMP_ERR_NOMEM, "out of memory");
@@ -591,7 +592,10 @@ static int pool_run(struct pool *p, int parallel) {
       }
     }
     double now = now_s();
-    if (!stop && p->last && !p->last->finished && now - last >= 0.2) {
+    /* A transfer at 100% is being verified: its end is reported once it
+     * is (above). */
+    if (!stop && p->last && !p->last->finished &&
+        p->last->done < p->last->total && now - last >= 0.2) {
       last = now;
       stop = relay(p, p->last) != 0;
     }

@@ -130,7 +130,7 @@ def cli_fetch(daemon, cache, job, *args, url=None):
 
 
 def test_parallel_fetch_gives_the_same_bytes_and_digests_as_sequential(
-        daemon, tmp_path):
+        daemon, tmp_path, capsys):
     from decompd.client import Client
     job = run_job(daemon, tmp_path)
     want = server_artifacts(daemon, job)
@@ -150,6 +150,9 @@ def test_parallel_fetch_gives_the_same_bytes_and_digests_as_sequential(
             tap.close()
         files = json.loads(r.stdout)["files"]
         assert [f["name"] for f in files] == list(want)  # the job's order
+        # Progress on a pipe: one line per artifact as it is verified.
+        for name, (_, size) in want.items():
+            assert r.stderr.count("fetched %s:" % name) == 1, r.stderr
         got[n] = {}
         for f in files:
             data = open(f["path"], "rb").read()
@@ -165,9 +168,15 @@ def test_parallel_fetch_gives_the_same_bytes_and_digests_as_sequential(
     for n in (1, 4):
         tap = Tap(daemon.port)
         try:
+            capsys.readouterr()
             paths = Client(tap.url, cache=str(tmp_path / ("py%d" % n))).fetch(
-                job, dest=tmp_path / ("pyout%d" % n), parallel=n)
+                job, dest=tmp_path / ("pyout%d" % n), parallel=n,
+                progress=True)
             assert tap.overlapped() == (n > 1), tap.sends
+            err = capsys.readouterr().err
+            for name, (_, size) in want.items():
+                assert err.count("fetched %s: %d bytes" % (name, size)) == 1, \
+                    err
         finally:
             tap.close()
         assert list(paths) == list(want)
