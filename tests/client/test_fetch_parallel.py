@@ -213,11 +213,13 @@ def test_artifacts_cut_mid_way_in_a_parallel_fetch_all_resume(daemon, tmp_path):
                 with pytest.raises(TransferError, match="resumes") as e:
                     Client(proxy.url, cache=str(cache)).fetch(job, parallel=4)
                 assert any(n in str(e.value) for n in big)
+            # Each big transfer under way was cut and kept its partial (one
+            # that had not started when the first failed is not started).
             parts = tmp_parts(cache)
-            assert sorted(p.split(".")[0] for p in parts) == sorted(
-                want[n][0][7:] for n in big), parts
             kept = {p.split(".")[0]: os.path.getsize(cache / "tmp" / p)
                     for p in parts}
+            assert len(parts) == len(kept) >= 1, parts
+            assert set(kept) <= {want[n][0][7:] for n in big}, parts
             assert all(0 < k < 50000 for k in kept.values()), kept
             # Nothing cut looks complete: no blob for a cut artifact.
             for n in big:
@@ -230,9 +232,9 @@ def test_artifacts_cut_mid_way_in_a_parallel_fetch_all_resume(daemon, tmp_path):
                 assert r.returncode == 0, r.stderr
                 files = {f["name"]: f for f in json.loads(r.stdout)["files"]}
                 for n in big:
-                    assert files[n]["resumed_from"] == kept[want[n][0][7:]]
-                    assert files[n]["downloaded"] == \
-                        want[n][1] - kept[want[n][0][7:]]
+                    k = kept.get(want[n][0][7:], 0)
+                    assert files[n]["resumed_from"] == k
+                    assert files[n]["downloaded"] == want[n][1] - k
                 paths = {n: f["path"] for n, f in files.items()}
             else:
                 paths = Client(proxy.url, cache=str(cache)).fetch(job)
