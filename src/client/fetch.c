@@ -401,7 +401,7 @@ done:
   return rc;
 }
 
-/* ---- the pool ------------------------------------------------------------- */
+/* ---- the pool ------------------------------------------------------------ */
 
 /* One distinct blob to fetch: the first artifact with its digest. */
 struct task {
@@ -645,7 +645,7 @@ done:
   return DECOMP_OK;
 }
 
-/* ---- the calls ------------------------------------------------------------ */
+/* ---- the calls ----------------------------------------------------------- */
 
 static bool is_index(const char *name) {
   size_t n = strlen(name), k = strlen(".index.json");

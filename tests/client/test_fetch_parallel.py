@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import (DECOMPCTL, Proxy, SmallNet, blob_hex, client_env, ctl,
-                      run_job, url_of)
+from conftest import (DECOMPCTL, Proxy, SmallNet, client_env, ctl, run_job,
+                      url_of)
 
 PTH = "decomposed_weights.pth"
 ST = "decomposed_weights.safetensors"
@@ -266,7 +266,8 @@ def test_a_digest_mismatch_is_refused_and_reported_naming_the_artifact(
     want = server_artifacts(daemon, job)
     # One byte of the info file's answer is altered on the wire, in every
     # answer.
-    tap = Tap(daemon.port, pace=0, rewrite=flip_in_body(b'"decompd.decompose_inf'))
+    tap = Tap(daemon.port, pace=0,
+              rewrite=flip_in_body(b'"decompd.decompose_inf'))
     try:
         for which in ("c", "python"):
             cache = tmp_path / ("cache-" + which)
@@ -320,7 +321,8 @@ def test_a_corrupted_partial_file_is_not_trusted(daemon, tmp_path):
     assert tmp_parts(cache) == []
 
 
-@pytest.mark.parametrize("evil", [b"../ompose_info.json", b"/tmp/pose_info.json",
+@pytest.mark.parametrize("evil", [b"../ompose_info.json",
+                                  b"/tmp/pose_info.json",
                                   b".decompose_info.jso"])
 def test_artifact_names_that_are_paths_are_refused(daemon, tmp_path, evil):
     from decompd.client import Client, ServerError
