@@ -1,0 +1,249 @@
+"""Jobs with many artifacts — a sharded output: model.safetensors.index.json
+and one file per shard, beside decompose_info.json — fetched by decompctl
+and decompd.client. The daemon does not list sharded artifacts yet (that is
+coming on the server side), so these tests serve them from a stand-in: a
+small HTTP server speaking the two routes a fetch uses, GET /v1/jobs/{id}
+and GET /v1/jobs/{id}/artifacts/{name} with ETag, Range and If-Range as
+api/openapi.yaml describes them, which also counts the artifact answers in
+flight. The artifacts are the engine's own sharded output (decompctl
+decompose --shard-bytes). What they prove: at most N transfers at once and
+more than one, every file verified, more artifacts than the fixed array of
+decomp_client_fetch, nothing in DEST when any artifact fails, the index
+copied last, and Client.pull of a sharded job equal to the .pth output."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import DECOMPCTL, SmallNet, ctl
+
+INDEX = "model.safetensors.index.json"
+JOB = "j_0123456789abcdef"
+PIECE = 2048  # the shards are small: pace them in small pieces
+
+
+class StandIn:
+    """A job's artifacts served over loopback. `pace`: seconds slept between
+    PIECE-byte pieces of an artifact answer; `corrupt`: names whose bytes are
+    served with one byte flipped."""
+
+    def __init__(self, files, pace=0.0, corrupt=()):
+        self.files = files  # name -> bytes, in the job's order
+        self.pace, self.corrupt = pace, set(corrupt)
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.requests = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                stand_in.serve(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def job(self):
+        arts = [{"name": n, "size": len(b),
+                 "digest": "sha256:" + hashlib.sha256(b).hexdigest(),
+                 "media_type": "application/octet-stream",
+                 "url": "/v1/jobs/%s/artifacts/%s" % (JOB, n)}
+                for n, b in self.files.items()]
+        return {"id": JOB, "model": "m_0123456789abcdef",
+                "state": "succeeded", "attempts": 1,
+                "progress": {"layers_done": 1, "layers_total": 1},
+                "artifacts": arts}
+
+    def send(self, h, status, body, headers=()):
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        return body
+
+    def serve(self, h):
+        path = urllib.parse.unquote(h.path)
+        if path == "/v1/jobs/" + JOB:
+            body = json.dumps(self.job()).encode()
+            h.wfile.write(self.send(h, 200, body,
+                                    [("Content-Type", "application/json")]))
+            return
+        m = re.fullmatch(r"/v1/jobs/%s/artifacts/(.+)" % JOB, path)
+        if not m or m.group(1) not in self.files:
+            h.wfile.write(self.send(h, 404, b'{"code": "not_found"}'))
+            return
+        name = m.group(1)
+        data = self.files[name]
+        etag = '"sha256:%s"' % hashlib.sha256(data).hexdigest()
+        if name in self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        start, status = 0, 200
+        rng = h.headers.get("Range")
+        self.requests.append((name, rng))
+        if rng and h.headers.get("If-Range", etag) == etag:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            status = 206
+        headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
+        if status == 206:
+            headers.append(("Content-Range", "bytes %d-%d/%d" % (
+                start, len(data) - 1, len(data))))
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        counted = True
+        try:
+            body = self.send(h, status, data[start:], headers)
+            for i in range(0, len(body), PIECE):
+                if i + PIECE >= len(body):
+                    # Out of flight before the last piece: a client that
+                    # asks for the next file once it has this one never
+                    # finds two in flight.
+                    with self.lock:
+                        self.in_flight -= 1
+                    counted = False
+                elif self.pace:
+                    time.sleep(self.pace)
+                h.wfile.write(body[i:i + PIECE])
+        finally:
+            if counted:
+                with self.lock:
+                    self.in_flight -= 1
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """The engine's sharded and .pth outputs of one SmallNet, and its
+    layer spec and weights."""
+    tmp = tmp_path_factory.mktemp("engine")
+    w, s = SmallNet.write(tmp)
+    outs = {}
+    for fmt, extra in (("safetensors", ["--shard-bytes", "2K"]),
+                       ("pth", [])):
+        outs[fmt] = tmp / fmt
+        p = subprocess.run([DECOMPCTL, "decompose", "--weights", w, "--spec",
+                            s, "--out", str(outs[fmt]), "--format", fmt,
+                            "--quiet", *extra], capture_output=True,
+                           text=True, timeout=600,
+                           env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        assert p.returncode == 0, p.stderr
+    names = sorted(os.listdir(outs["safetensors"]))
+    files = {n: (outs["safetensors"] / n).read_bytes() for n in names}
+    assert sum(n.endswith(".safetensors") for n in files) >= 8, names
+    return files, outs
+
+
+def env_for(server, cache):
+    return {"DECOMPD_URL": server.url, "DECOMPD_CACHE": str(cache)}
+
+
+def test_many_artifacts_are_fetched_at_most_n_at_a_time(outputs, tmp_path):
+    from decompd.client import Client
+    files, _ = outputs
+    assert len(files) > 8  # more than decomp_client_fetch's fixed array
+    for n in (1, 3):
+        server = StandIn(files, pace=0.02)
+        try:
+            r = ctl("fetch", JOB, "--parallel", n, "--json", "--out",
+                    tmp_path / ("out%d" % n),
+                    env=env_for(server, tmp_path / ("c%d" % n)))
+            assert r.returncode == 0, r.stderr
+            assert server.max_in_flight == n, server.max_in_flight
+            got = json.loads(r.stdout)["files"]
+            assert [f["name"] for f in got] == list(files)
+            for f in got:
+                assert open(f["path"], "rb").read() == files[f["name"]]
+                assert f["digest"] == "sha256:" + hashlib.sha256(
+                    files[f["name"]]).hexdigest()
+            # The index was copied after every shard.
+            out = tmp_path / ("out%d" % n)
+            t_index = os.stat(out / INDEX).st_mtime_ns
+            assert all(os.stat(out / k).st_mtime_ns <= t_index
+                       for k in files), "index copied before a shard"
+        finally:
+            server.close()
+        server = StandIn(files, pace=0.02)
+        try:
+            paths = Client(server.url, cache=str(tmp_path / ("p%d" % n))) \
+                .fetch(JOB, parallel=n)
+            assert server.max_in_flight == n, server.max_in_flight
+        finally:
+            server.close()
+        assert {k: open(p, "rb").read() for k, p in paths.items()} == files
+
+
+def test_one_bad_shard_leaves_dest_without_any_file(outputs, tmp_path):
+    from decompd.client import Client, DigestMismatchError
+    files, _ = outputs
+    bad = sorted(n for n in files if n.endswith(".safetensors"))[4]
+    server = StandIn(files, corrupt=[bad])
+    try:
+        r = ctl("fetch", JOB, "--parallel", "4", "--out", tmp_path / "out",
+                env=env_for(server, tmp_path / "c"))
+        assert r.returncode == 10 and bad in r.stderr, r.stderr
+        with pytest.raises(DigestMismatchError, match=bad):
+            Client(server.url, cache=str(tmp_path / "p")).fetch(
+                JOB, dest=tmp_path / "pyout", parallel=4)
+    finally:
+        server.close()
+    # Nothing copied, so no index that would make the folder look whole;
+    # no partial left for the refused shard.
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    assert not (tmp_path / "pyout").exists() or \
+        not os.listdir(tmp_path / "pyout")
+    for c in ("c", "p"):
+        assert not os.listdir(tmp_path / c / "tmp")
+    # Served right, the next fetch takes only what is missing: the bad one
+    # and any not started after it failed.
+    from decompd.client import blob_path
+    missing = [n for n, b in files.items() if not os.path.exists(blob_path(
+        str(tmp_path / "c"), hashlib.sha256(b).hexdigest()))]
+    assert bad in missing
+    server = StandIn(files)
+    try:
+        r = ctl("fetch", JOB, "--json", "--out", tmp_path / "out",
+                env=env_for(server, tmp_path / "c"))
+        assert r.returncode == 0, r.stderr
+        fetched = [n for n, _ in server.requests]
+    finally:
+        server.close()
+    assert sorted(fetched) == sorted(missing), (fetched, missing)
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(files)
+
+
+def test_pull_of_a_sharded_job_gives_the_pth_outputs_model(outputs, tmp_path):
+    import torch
+    from decompd.client import Client
+    from decompd.tensor_decompose import decompose_network
+    files, outs = outputs
+    ref, ref_changes = decompose_network(
+        SmallNet.make(seed=4), str(outs["pth"] / "decompose_info.json"))
+    ref.load_state_dict(torch.load(outs["pth"] / "decomposed_weights.pth",
+                                   weights_only=True))
+    server = StandIn(files, pace=0.005)
+    try:
+        model, changes = Client(server.url, cache=str(tmp_path / "c")).pull(
+            SmallNet.make(seed=3), JOB, parallel=4)
+        assert server.max_in_flight > 1
+    finally:
+        server.close()
+    assert changes == ref_changes and changes
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
