@@ -566,20 +566,24 @@ static int pool_run(struct pool *p, int parallel) {
     p->workers++;
   }
   double last = 0;
-  while (p->workers > 0) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
+  /* Until every thread is done and every change relayed (a change made
+   * while the lock is released for the callback comes round again). */
+  while (p->workers > 0 || p->changed) {
+    if (!p->changed) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 200 * 1000 * 1000;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
     if (!p->changed)
-      pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-    if (!c->progress || !p->changed) {
-      p->changed = false;
       continue;
-    }
+    p->changed = false;
+    if (!c->progress)
+      continue;
     /* Every artifact's end once (those downloaded: a cached one moved no
      * bytes), the rest at most five times a second. */
     bool stop = false;
@@ -599,7 +603,6 @@ static int pool_run(struct pool *p, int parallel) {
       last = now;
       stop = relay(p, p->last) != 0;
     }
-    p->changed = false;
     if (stop && !p->stop) {
       p->stop = true;
       cancelled = true;

@@ -247,3 +247,42 @@ def test_pull_of_a_sharded_job_gives_the_pth_outputs_model(outputs, tmp_path):
     assert changes == ref_changes and changes
     for k, v in ref.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+def fetch_api(server, cache, mode, *extra):
+    exe = os.environ.get("DECOMPD_FETCH_API", "")
+    assert exe and os.path.exists(exe), "DECOMPD_FETCH_API not set"
+    p = subprocess.run([exe, server.url, str(cache), JOB, mode,
+                        *map(str, extra)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_c_api_fixed_array_refuses_a_larger_job_and_fetch_with_takes_all(
+        outputs, tmp_path):
+    files, _ = outputs
+    server = StandIn(files, pace=0.005)
+    try:
+        # decomp_client_fetch: 10 artifacts do not fit its 8; nothing moved.
+        r = fetch_api(server, tmp_path / "c", "fixed")
+        assert r["rc"] != 0 and "decomp_client_fetch_with" in r["message"]
+        assert r["files"] == [] and server.requests == []
+        # decomp_client_fetch_with: all of them, progress on the calling
+        # thread only, its last report the whole call's.
+        r = fetch_api(server, tmp_path / "c", "with", 3)
+        assert r["rc"] == 0, r["message"]
+        assert [n for n, _ in r["files"]] == list(files)
+        for n, p in r["files"]:
+            assert open(p, "rb").read() == files[n]
+        assert server.max_in_flight == 3
+        assert r["progress_calls"] >= len(files) - 1
+        assert not r["other_thread"]
+        assert r["files_done"] == r["files_total"] == len(files)
+        assert r["all_done"] == r["all_total"] == sum(
+            len(b) for b in files.values())
+        # Out of range: refused before anything.
+        r = fetch_api(server, tmp_path / "c2", "with", 33)
+        assert r["rc"] != 0 and "1 to 32" in r["message"], r
+    finally:
+        server.close()
