@@ -286,3 +286,49 @@ def test_c_api_fixed_array_refuses_a_larger_job_and_fetch_with_takes_all(
         assert r["rc"] != 0 and "1 to 32" in r["message"], r
     finally:
         server.close()
+
+
+def test_sigint_stops_every_transfer_and_the_next_fetch_resumes_them(
+        outputs, tmp_path):
+    """decompctl fetch interrupted (SIGINT) while several artifacts are in
+    flight: it stops them all, exits 130 keeping their partial files, and
+    the next fetch resumes each with Range and verifies it."""
+    import signal
+    files, _ = outputs
+    # Slow enough that the interrupt lands mid-artifact.
+    server = StandIn(files, pace=0.05)
+    cache = tmp_path / "c"
+    try:
+        e = dict(os.environ, **env_for(server, cache))
+        p = subprocess.Popen([DECOMPCTL, "fetch", JOB, "--parallel", "3"],
+                             env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.in_flight < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # some bytes of each
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130, (p.returncode, err)
+        assert "interrupted" in err and "resumes" in err, err
+        parts = os.listdir(cache / "tmp")
+        assert len(parts) >= 2, parts
+        kept = {n.split(".")[0]: os.path.getsize(cache / "tmp" / n)
+                for n in parts}
+        assert all(k > 0 for k in kept.values()), kept
+        assert not (cache / "jobs").exists()
+        # Resumed: a Range request from where each partial ends.
+        server.requests.clear()
+        r = ctl("fetch", JOB, "--json", env=env_for(server, cache))
+        assert r.returncode == 0, r.stderr
+        ranges = sorted(rng for _, rng in server.requests if rng)
+        assert ranges == sorted("bytes=%d-" % k for k in kept.values()), \
+            (ranges, kept)
+        got = json.loads(r.stdout)["files"]
+        resumed = [f for f in got if f["resumed_from"] > 0]
+        assert len(resumed) == len(kept)
+        for f in got:
+            assert open(f["path"], "rb").read() == files[f["name"]]
+        assert os.listdir(cache / "tmp") == []
+    finally:
+        server.close()
