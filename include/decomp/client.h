@@ -169,8 +169,9 @@ typedef struct decomp_client_progress {
    * resumed or already in the cache); 0 for uploads. */
   int64_t all_done;    /* bytes of every artifact so far */
   int64_t all_total;   /* bytes of every artifact in all */
-  size_t files_done;   /* artifacts verified so far */
-  size_t files_total;  /* artifacts the call fetches */
+  size_t files_done;   /* files verified so far */
+  size_t files_total;  /* files the call fetches (artifacts with the same
+                          digest are one file) */
 } decomp_client_progress;
 
 /* Called as bytes move (at most a few times a second, and once at the end
