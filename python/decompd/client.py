@@ -1214,7 +1214,7 @@ class Client:
                         f.flush()
                         raise _Stopped(name)
                     try:
-                        b = r.read(_CHUNK)
+                        b = r.read1(_CHUNK)  # what has arrived: stops soon
                     except (http.client.HTTPException, OSError) as e:
                         raise _err(
                             TransferError, "transfer_interrupted",

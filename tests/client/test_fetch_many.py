@@ -332,3 +332,51 @@ def test_sigint_stops_every_transfer_and_the_next_fetch_resumes_them(
         assert os.listdir(cache / "tmp") == []
     finally:
         server.close()
+
+
+def test_python_fetch_interrupted_keeps_partials_and_resumes(outputs,
+                                                             tmp_path):
+    """Client.fetch interrupted (KeyboardInterrupt, from SIGINT) while
+    several artifacts are in flight: every transfer stops, their partial
+    files are kept, and the next fetch resumes each with Range."""
+    import signal
+    import sys
+    from decompd.client import Client
+    files, _ = outputs
+    server = StandIn(files, pace=0.05)
+    cache = tmp_path / "c"
+    script = ("import sys\nfrom decompd.client import Client\n"
+              "try:\n"
+              "    Client(sys.argv[1], cache=sys.argv[2]).fetch(sys.argv[3], "
+              "parallel=3)\n"
+              "except KeyboardInterrupt:\n"
+              "    sys.exit(130)\n")
+    try:
+        p = subprocess.Popen([sys.executable, "-c", script, server.url,
+                              str(cache), JOB], stderr=subprocess.PIPE,
+                             text=True)
+        deadline = time.monotonic() + 60
+        while server.in_flight < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130, (p.returncode, err)
+        parts = os.listdir(cache / "tmp")
+        assert len(parts) >= 2, parts
+        kept = {n.split(".")[0]: os.path.getsize(cache / "tmp" / n)
+                for n in parts}
+        assert all(k > 0 for k in kept.values()), kept
+        server.requests.clear()
+        paths = Client(server.url, cache=str(cache)).fetch(JOB)
+        # A partial holding the whole file is verified in place; the others
+        # are resumed from where they end.
+        size = {hashlib.sha256(b).hexdigest(): len(b) for b in files.values()}
+        ranges = sorted(rng for _, rng in server.requests if rng)
+        assert ranges == sorted("bytes=%d-" % k for h, k in kept.items()
+                                if k < size[h]), (ranges, kept)
+        assert ranges, "no partial was cut mid-artifact"
+    finally:
+        server.close()
+    assert {k: open(v, "rb").read() for k, v in paths.items()} == files
+    assert os.listdir(cache / "tmp") == []
