@@ -88,6 +88,9 @@ ARTIFACT_INDEX = "model.safetensors.index.json"
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 32
 _CHUNK = 1 << 20
+# A download is read, hashed and written in pieces of this size; an
+# interrupted fetch stops at the next piece.
+_PIECE = 1 << 18
 
 
 # ---------------------------------------------------------------------------
@@ -1214,7 +1217,7 @@ class Client:
                         f.flush()
                         raise _Stopped(name)
                     try:
-                        b = r.read1(_CHUNK)  # what has arrived: stops soon
+                        b = r.read(_PIECE)
                     except (http.client.HTTPException, OSError) as e:
                         raise _err(
                             TransferError, "transfer_interrupted",

@@ -34,9 +34,9 @@ class StandIn:
     PIECE-byte pieces of an artifact answer; `corrupt`: names whose bytes are
     served with one byte flipped."""
 
-    def __init__(self, files, pace=0.0, corrupt=()):
+    def __init__(self, files, pace=0.0, corrupt=(), piece=PIECE):
         self.files = files  # name -> bytes, in the job's order
-        self.pace, self.corrupt = pace, set(corrupt)
+        self.pace, self.corrupt, self.piece = pace, set(corrupt), piece
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self.requests = []
@@ -111,8 +111,8 @@ class StandIn:
         counted = True
         try:
             body = self.send(h, status, data[start:], headers)
-            for i in range(0, len(body), PIECE):
-                if i + PIECE >= len(body):
+            for i in range(0, len(body), self.piece):
+                if i + self.piece >= len(body):
                     # Out of flight before the last piece: a client that
                     # asks for the next file once it has this one never
                     # finds two in flight.
@@ -121,7 +121,7 @@ class StandIn:
                     counted = False
                 elif self.pace:
                     time.sleep(self.pace)
-                h.wfile.write(body[i:i + PIECE])
+                h.wfile.write(body[i:i + self.piece])
         finally:
             if counted:
                 with self.lock:
@@ -334,16 +334,17 @@ def test_sigint_stops_every_transfer_and_the_next_fetch_resumes_them(
         server.close()
 
 
-def test_python_fetch_interrupted_keeps_partials_and_resumes(outputs,
-                                                             tmp_path):
+def test_python_fetch_interrupted_keeps_partials_and_resumes(tmp_path):
     """Client.fetch interrupted (KeyboardInterrupt, from SIGINT) while
     several artifacts are in flight: every transfer stops, their partial
     files are kept, and the next fetch resumes each with Range."""
     import signal
     import sys
     from decompd.client import Client
-    files, _ = outputs
-    server = StandIn(files, pace=0.05)
+    # Artifacts of 2 MiB (the client reads 256 KiB at a time and stops
+    # between reads), served at 1.3 MB/s each.
+    files = {"part-%d.bin" % i: os.urandom(2 << 20) for i in range(4)}
+    server = StandIn(files, pace=0.05, piece=65536)
     cache = tmp_path / "c"
     script = ("import sys\nfrom decompd.client import Client\n"
               "try:\n"
