@@ -98,9 +98,17 @@ extern "C" {
 /* The server used when neither the url argument nor DECOMPD_URL gives one. */
 #define DECOMP_CLIENT_DEFAULT_URL "http://127.0.0.1:8080"
 
-/* Artifacts a job can have (decomposed_weights.pth, .safetensors,
- * decompose_info.json), with room to spare. */
+/* Artifacts decomp_client_job and decomp_client_fetch describe
+ * (decomposed_weights.pth, .safetensors, decompose_info.json, with room to
+ * spare). A job can list more (a sharded output: an index and one file per
+ * shard): its json holds them all, and decomp_client_fetch_with fetches
+ * them all. */
 #define DECOMP_CLIENT_MAX_ARTIFACTS 8
+
+/* Transfers decomp_client_fetch runs at once. */
+#define DECOMP_CLIENT_DEFAULT_PARALLEL 4
+/* The most decomp_client_fetch_options.parallel may ask for. */
+#define DECOMP_CLIENT_MAX_PARALLEL 32
 
 /* Sizes of the fixed string fields below, terminator included. */
 #define DECOMP_CLIENT_ID_LEN 40
@@ -157,11 +165,20 @@ typedef struct decomp_client_progress {
   int64_t done;     /* bytes so far; a resumed download counts the bytes it
                        already had */
   int64_t total;    /* bytes in all, -1 when not known yet */
+  /* A fetch's whole call (every artifact it fetches, whether downloaded,
+   * resumed or already in the cache); 0 for uploads. */
+  int64_t all_done;    /* bytes of every artifact so far */
+  int64_t all_total;   /* bytes of every artifact in all */
+  size_t files_done;   /* files verified so far */
+  size_t files_total;  /* files the call fetches (artifacts with the same
+                          digest are one file) */
 } decomp_client_progress;
 
 /* Called as bytes move (at most a few times a second, and once at the end
  * of each transfer). Return 0 to go on, non-zero to stop: the call then
- * fails with DECOMP_ERR_CANCELLED (a fetch keeps its partial file). */
+ * fails with DECOMP_ERR_CANCELLED (a fetch keeps its partial files). A
+ * fetch calls it on the calling thread, whatever threads move the bytes;
+ * `name`, `done` and `total` are then the artifact that moved last. */
 typedef int (*decomp_client_progress_fn)(void *user,
                                          const decomp_client_progress *p);
 
@@ -350,7 +367,8 @@ typedef struct decomp_client_job {
   double seconds;        /* running time so far or in all; 0 if not started */
   char error_code[64];   /* failed jobs: the engine's code ("svd_failed") */
   char error_message[512];
-  size_t n_artifacts; /* succeeded jobs fetched one by one (get, wait) */
+  size_t n_artifacts; /* succeeded jobs: the first DECOMP_CLIENT_MAX_ARTIFACTS
+                         artifacts the server lists (json has them all) */
   decomp_client_artifact artifacts[DECOMP_CLIENT_MAX_ARTIFACTS];
   char *json; /* the server's JSON object for the job (owned; see clear) */
   /* Running jobs: the layer the engine last reported, its step ("spectrum"
@@ -481,7 +499,11 @@ int decomp_client_wait(decomp_client *c, const char *id, double timeout_s,
 /* ---- artifacts and the cache --------------------------------------------- */
 
 typedef struct decomp_client_file {
-  char name[64];                         /* the artifact's name */
+  char name[64];                         /* the artifact's name: a plain file
+                                            name (no '/', no leading '.', no
+                                            control character, under 64
+                                            bytes); a job listing another
+                                            is refused (SERVER) */
   char digest[DECOMP_CLIENT_DIGEST_LEN]; /* "sha256:<hex>", verified */
   int64_t size;
   char path[DECOMP_CLIENT_PATH_LEN]; /* where it is: DEST/name, or the cache
@@ -491,19 +513,57 @@ typedef struct decomp_client_file {
   int64_t downloaded;     /* bytes received this time */
 } decomp_client_file;
 
-/* Fetch the artifacts of succeeded job `id` into the cache and, when
- * `dest_dir` is given (created if missing), copy each to DEST/<name>
- * through a temporary file and a rename. `only` (NULL: all) names one
- * artifact. Every file is verified against the digest the server gave for
- * it: a cached blob is re-hashed (a corrupt one is removed and downloaded
- * again), a download is hashed as it arrives, resumed with Range from a
+/* How decomp_client_fetch_with fetches. Zero it before use: fields may be
+ * appended. */
+typedef struct decomp_client_fetch_options {
+  const char *only;     /* NULL: every artifact; else the one so named */
+  const char *dest_dir; /* NULL: leave the files in the cache; else copy
+                           them to DEST/<name> (made if missing) */
+  int parallel;         /* transfers at once: 0 DECOMP_CLIENT_DEFAULT_PARALLEL,
+                           1 one after another, at most
+                           DECOMP_CLIENT_MAX_PARALLEL */
+} decomp_client_fetch_options;
+
+/* Fetch the artifacts of succeeded job `id` into the cache, up to
+ * opts->parallel at once (each on a connection of its own), and, with
+ * opts->dest_dir, copy each to DEST/<name>. Every file is verified against
+ * the digest the server gave for it: a cached blob is re-hashed (a corrupt
+ * one is removed and downloaded again), a download is hashed as it
+ * arrives into a partial file of its own, resumed with Range from a
  * partial file when there is one (If-Range = the digest; a 200 answer
  * starts over), retried once from the start when a resumed file fails its
- * digest. Then the job record CACHE/jobs/<id>.json is written. `out` (room
- * for DECOMP_CLIENT_MAX_ARTIFACTS) and *out_n describe the files.
- * CONFLICT when the job has not succeeded; DIGEST_MISMATCH, DISK_FULL,
- * TRANSFER (partial file kept), CONNECT, NOT_FOUND. Offline: from the job
- * record and the blobs only. */
+ * digest, and renamed onto its blob path only once verified. Artifacts
+ * with the same digest are fetched once. The copies to DEST start only
+ * when every artifact is verified, each through a temporary file and a
+ * rename, index files (*.index.json) last, so DEST never holds a file
+ * that is not whole, nor an index whose shards are not all there. Then the
+ * job record CACHE/jobs/<id>.json is written. The progress callback sees
+ * every artifact and the call's totals, on this thread.
+ *
+ * After the first failure no new transfer starts; those under way finish
+ * (into the cache), and the failure is reported naming its artifact (a cut
+ * transfer keeps its partial file, and the next fetch resumes it):
+ * DIGEST_MISMATCH, DISK_FULL, TRANSFER (partial file kept), CONNECT,
+ * NOT_FOUND (also for an `only` the job lacks), CANCELLED (the progress
+ * callback said stop: every transfer stops, partial files kept); CONFLICT when
+ * the job has not succeeded; SERVER when the job lists an artifact whose
+ * name is not a plain file name, twice, or without a digest;
+ * INVALID_ARGUMENT for parallel out of range. *out (free with
+ * decomp_client_file_list_free; NULL on failure) holds *out_n files in the
+ * order the job lists them. Offline: from the job record and the blobs
+ * only. */
+int decomp_client_fetch_with(decomp_client *c, const char *id,
+                             const decomp_client_fetch_options *opts,
+                             decomp_client_file **out, size_t *out_n);
+
+/* Free a list from decomp_client_fetch_with. NULL is a no-op. */
+void decomp_client_file_list_free(decomp_client_file *files);
+
+/* decomp_client_fetch_with (DECOMP_CLIENT_DEFAULT_PARALLEL transfers at
+ * once) into `out`, room for DECOMP_CLIENT_MAX_ARTIFACTS files. `only`
+ * (NULL: all) names one artifact; `dest_dir` (NULL: none) is opts'.
+ * INVALID_ARGUMENT, before anything is fetched, for a job with more
+ * artifacts than that (use decomp_client_fetch_with). */
 int decomp_client_fetch(decomp_client *c, const char *id, const char *only,
                         const char *dest_dir, decomp_client_file *out,
                         size_t *out_n);

@@ -18,6 +18,11 @@ device (decompd.latency), so the budget can aim at a latency target:
                                       policy={"name": "budget",
                                               "latency_reduction": 1.3})
 
+Safetensors checkpoints — one file, or the engine's sharded output (an
+index and its shards) — load without the safetensors package:
+
+    state = decompd.load_safetensors("out/model.safetensors.index.json")
+
 It runs decompd's C engine (libdecomp.so) in-process through ctypes; the
 engine is found through DECOMPD_LIBRARY or the system's library path (see
 decompd._engine) and loaded on first use.
@@ -25,7 +30,7 @@ decompd._engine) and loaded on first use.
 
 from .errors import (CalibrationError, DecompError, DecompMemoryError,
                      DecompRuntimeError, DecompValueError,
-                     EngineNotFoundError, ProfileError)
+                     EngineNotFoundError, ProfileError, SafetensorsError)
 
 __version__ = "0.1.0"
 
@@ -38,12 +43,14 @@ __all__ = [
     "EngineNotFoundError",
     "CalibrationError",
     "ProfileError",
+    "SafetensorsError",
     "auto_decomposition",
     "decompose_network",
     "calibrate",
     "Calibration",
     "profile",
     "Profile",
+    "load_safetensors",
 ]
 
 
@@ -55,6 +62,9 @@ def __getattr__(name):
     if name in ("calibrate", "Calibration"):
         from . import calibration
         return getattr(calibration, name)
+    if name == "load_safetensors":
+        from . import safetensors_io
+        return safetensors_io.load_safetensors
     if name in ("profile", "Profile"):
         from . import latency
         return getattr(latency, name)

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from ._files import write_atomic
 from ._progress import BatchReporter
+from .safetensors_io import check_entries, parse_header
 from .errors import CalibrationError
 from .spec import is_plain_conv, is_plain_linear, root_name, walk
 
@@ -68,17 +69,10 @@ VERSION = "1"
 # at a time: bounds the temporary copies, whatever the batch size.
 _CHUNK_ELEMENTS = 1 << 23
 
-# The safetensors header bound of the engine's reader (src/core/safetensors.c).
-_HEADER_MAX = 100 * 1000 * 1000
-
 _ST_DTYPES = {"F64": (torch.float64, np.dtype("<f8")),
               "F32": (torch.float32, np.dtype("<f4")),
               "I64": (torch.int64, np.dtype("<i8"))}
 _TORCH_ST = {v[0]: k for k, v in _ST_DTYPES.items()}
-_ALL_ST_DTYPES = ("F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8",
-                  "U8", "BOOL")
-_ST_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4,
-                "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 # Largest |G - Gᵀ| accepted on load, relative to max |G|.
 _SYMMETRY_TOL = {"F64": 1e-8, "F32": 1e-4}
@@ -254,34 +248,8 @@ def _parse(buf, path):
     def bad(msg):
         return CalibrationError(f"{path}: {msg}")
 
-    if len(buf) < 8:
-        raise bad(f"{len(buf)} bytes: too short for a safetensors header")
-    (hlen,) = struct.unpack_from("<Q", buf, 0)
-    if hlen > _HEADER_MAX:
-        raise bad(f"header of {hlen} bytes is over the 100 MB limit")
-    if hlen > len(buf) - 8:
-        raise bad(f"header of {hlen} bytes runs past the end of the file "
-                  f"({len(buf)} bytes; truncated?)")
-    data_start = 8 + hlen
+    header, data_start = parse_header(buf, len(buf), bad)
     data_len = len(buf) - data_start
-
-    def no_duplicates(pairs):
-        seen = OrderedDict()
-        for k, v in pairs:
-            if k in seen:
-                raise bad(f"header names {k!r} twice")
-            seen[k] = v
-        return seen
-
-    try:
-        header = json.loads(bytes(buf[8:data_start]).decode("utf-8"),
-                            object_pairs_hook=no_duplicates)
-    except CalibrationError:
-        raise
-    except (UnicodeDecodeError, ValueError) as e:
-        raise bad(f"header is not JSON: {e}") from None
-    if not isinstance(header, Mapping):
-        raise bad("header is not a JSON object")
 
     # __metadata__: format, version, layers.
     meta = header.get("__metadata__")
@@ -318,48 +286,7 @@ def _parse(buf, path):
                 else f"tensor {name!r}")
 
     # Tensor entries: each well formed, and together tiling the data.
-    entries = OrderedDict()
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        if not name:
-            raise bad("a tensor has an empty name")
-        if not isinstance(e, Mapping) or set(e) != {"dtype", "shape",
-                                                     "data_offsets"}:
-            raise bad(f"{tensor(name)}: entry must have exactly dtype, "
-                      f"shape and data_offsets")
-        dt, shape, off = e["dtype"], e["shape"], e["data_offsets"]
-        if dt not in _ALL_ST_DTYPES:
-            raise bad(f"{tensor(name)}: unknown dtype {dt!r}")
-        if (not isinstance(shape, list) or len(shape) > 8 or not all(
-                type(d) is int and d >= 0 for d in shape)):
-            raise bad(f"{tensor(name)}: shape {shape!r} is not a list of "
-                      f"at most 8 non-negative integers")
-        if (not isinstance(off, list) or len(off) != 2
-                or not all(type(o) is int for o in off)
-                or not 0 <= off[0] <= off[1]):
-            raise bad(f"{tensor(name)}: data_offsets {off!r} is not "
-                      f"[begin, end] with 0 <= begin <= end")
-        if off[1] > data_len:
-            raise bad(f"{tensor(name)}: data_offsets end {off[1]} is past "
-                      f"the data section ({data_len} bytes)")
-        need = math.prod(shape) * _ST_ITEMSIZE[dt]
-        if off[1] - off[0] != need:
-            raise bad(f"{tensor(name)}: data_offsets span "
-                      f"{off[1] - off[0]} bytes, its shape and dtype need "
-                      f"{need}")
-        entries[name] = (dt, shape, off)
-    pos = 0
-    for name, (_, _, off) in sorted(entries.items(),
-                                    key=lambda kv: tuple(kv[1][2])):
-        if off[0] != pos:
-            raise bad(f"{tensor(name)}: data_offsets "
-                      f"{'leave a gap' if off[0] > pos else 'overlap'} "
-                      f"(begins at {off[0]}, the data before ends at {pos})")
-        pos = off[1]
-    if pos != data_len:
-        raise bad(f"tensors cover {pos} bytes of a {data_len}-byte data "
-                  f"section")
+    entries = check_entries(header, data_len, bad, tensor)
 
     def array(name, dt, shape, off):
         np_dt = _ST_DTYPES[dt][1]

@@ -26,8 +26,11 @@ engine gives.
 This file owns the Python side of the service: REST calls (stdlib
 http.client, no dependency), the streamed upload, following jobs live (their
 event stream; polling with backoff where there is none), and
-fetching into the local content-addressed cache it shares with the C client
-(libdecompclient; layout in include/decomp/client.h):
+fetching — several artifacts at once, a thread and a connection each — into
+the local content-addressed cache it shares with the C client
+(libdecompclient; layout in include/decomp/client.h), and pulling a job's
+weights into a module (a sharded output is read from its shards in place
+in the cache by decompd.safetensors_io):
 
     CACHE/blobs/sha256/<hex[0:2]>/<hex>   verified files, named by SHA-256
     CACHE/tmp/<hex>.<unique>.part         partial downloads (claimed by
@@ -61,8 +64,10 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import DecompError
 
@@ -76,8 +81,16 @@ __all__ = [
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ARTIFACT_WEIGHTS = "decomposed_weights.pth"
+ARTIFACT_SAFETENSORS = "decomposed_weights.safetensors"
 ARTIFACT_INFO = "decompose_info.json"
+# A sharded output: this index and the shards its weight_map names.
+ARTIFACT_INDEX = "model.safetensors.index.json"
+DEFAULT_PARALLEL = 4
+MAX_PARALLEL = 32
 _CHUNK = 1 << 20
+# A download is read, hashed and written in pieces of this size; an
+# interrupted fetch stops at the next piece.
+_PIECE = 1 << 18
 
 
 # ---------------------------------------------------------------------------
@@ -287,6 +300,68 @@ def _copy_atomic(src, dst):
         except OSError:
             pass
         raise _disk_error(e, dst) from None
+
+
+def artifact_name_problem(name):
+    """Why `name` cannot be an artifact's name — a plain file name in DEST
+    (the C client's rule, client_artifact_name_ok) — or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if len(name.encode("utf-8", "surrogatepass")) >= 64:
+        return "is too long"
+    if name.startswith("."):
+        return "starts with '.'"
+    if "/" in name or "\\" in name:
+        return "is a path, not a plain file name"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        return "holds a control character"
+    return None
+
+
+class _Stopped(Exception):
+    """A transfer told to stop (the caller interrupted the fetch); its
+    partial file is kept."""
+
+
+class _FetchProgress:
+    """Progress of a fetch's transfers, from any thread, as one line: the
+    files and bytes of the whole fetch, and the artifact that moved last."""
+
+    def __init__(self, bar, sizes):
+        self.bar = bar
+        self.sizes = sizes  # name -> size of every artifact fetched
+        self.done = dict.fromkeys(sizes, 0)
+        self.files = 0
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def update(self, name, done, final=False, cached=False):
+        """`done` bytes of `name` are in; `final`: it is verified;
+        `cached`: it was in the cache already (nothing to show)."""
+        with self.lock:
+            self.done[name] = done
+            if cached:
+                self.files += 1
+                return
+            now = time.monotonic()
+            if not final and now - self.last < 0.2:
+                return
+            self.last = now
+            if final:
+                self.files += 1
+            total = sum(self.sizes.values())
+            got = sum(self.done.values())
+            size = self.sizes[name]
+            if len(self.sizes) > 1:
+                text = (f"fetch {self.files}/{len(self.sizes)} files "
+                        f"{got}/{total} bytes ({name})")
+            else:
+                text = f"fetch {name} {done}/{size} bytes"
+            if not self.bar.tty and not final:
+                return  # a line per file on a pipe
+            self.bar.show(text if self.bar.tty else
+                          f"fetched {name}: {size} bytes",
+                          got / total if total else 1.0)
 
 
 def _parse_content_range(h):
@@ -924,17 +999,46 @@ class Client:
                              for n, a in job.artifacts.items()}}
         _write_atomic(path, json.dumps(rec, indent=1).encode())
 
-    def fetch(self, job, dest=None, only=None, progress=False):
-        """Fetch a succeeded job's artifacts into the cache (verified,
-        resumed) and, with `dest`, copy them there; {name: local path}.
+    def fetch(self, job, dest=None, only=None, progress=False,
+              parallel=DEFAULT_PARALLEL):
+        """Fetch a succeeded job's artifacts into the cache, `parallel` at a
+        time (each on a connection of its own), each verified (SHA-256) and
+        resumed from a partial file when one is left; with `dest`, copy
+        them there once all are verified (an index file last). Returns
+        {name: local path}.
 
-        only: an artifact name, or a list of names (default: all)."""
+        only: an artifact name, or a list of names (default: all). Artifact
+        names must be plain file names (else ServerError). After the first
+        failure no new transfer starts, those under way finish, and the
+        failure is raised (a cut transfer keeps its partial file; the next
+        fetch resumes it); KeyboardInterrupt stops them all, partial files
+        kept."""
+        if type(parallel) is not int or not 1 <= parallel <= MAX_PARALLEL:
+            raise ValueError(f"parallel={parallel!r}: give 1 to "
+                             f"{MAX_PARALLEL} transfers at once")
         j = job if isinstance(job, Job) and self.offline is False and \
             job.artifacts and job.state == "succeeded" else self.job(job)
         if j.state != "succeeded":
             raise _err(ConflictError, "conflict",
                        f"job {j.id} is {j.state}: artifacts exist once it "
                        f"has succeeded")
+        for n, a in j.artifacts.items():
+            why = artifact_name_problem(n)
+            if why:
+                raise _err(ServerError, "server_error",
+                           f"job {j.id} lists an artifact named {n!r}, which "
+                           f"{why}: refused")
+            try:
+                _hex(a.get("digest", ""))
+                if type(a.get("size")) is not int or a["size"] < 0:
+                    raise ValueError
+            except ValueError:
+                raise _err(ServerError, "server_error",
+                           f"job {j.id}: artifact {n} has no usable digest "
+                           f"and size ({a.get('digest')!r})") from None
+        if len(j.artifacts) != len(j.doc.get("artifacts") or []):
+            raise _err(ServerError, "server_error",
+                       f"job {j.id} lists an artifact twice")
         names = list(j.artifacts)
         if only is not None:
             want = [only] if isinstance(only, str) else list(only)
@@ -942,14 +1046,47 @@ class Client:
             if missing:
                 raise _err(NotFoundError, "not_found",
                            f"job {j.id} has no artifact {missing[0]!r}")
-            names = want
+            names = list(dict.fromkeys(want))
+        # One transfer per distinct blob.
+        first = {}
+        for n in names:
+            first.setdefault(j.artifacts[n]["digest"], n)
+        todo = list(first.values())
         bar = _Progress(progress)
-        paths = {}
+        prog = _FetchProgress(bar, {n: int(j.artifacts[n]["size"])
+                                    for n in todo})
+        stop = threading.Event()
+        blobs, errors = {}, []
+        lock = threading.Lock()
+
+        def one(n):
+            with lock:
+                if errors or stop.is_set():
+                    return  # after a failure, start nothing more
+            try:
+                blobs[n] = self._fetch_blob(j.id, j.artifacts[n], prog, stop)
+            except BaseException as e:  # noqa: B902 (re-raised below)
+                with lock:
+                    errors.append(e)
+
+        pool = ThreadPoolExecutor(max_workers=min(parallel, len(todo) or 1),
+                                  thread_name_prefix="decompd-fetch")
         try:
-            for n in names:
-                paths[n] = self._fetch_blob(j.id, j.artifacts[n], bar)
+            futures = [pool.submit(one, n) for n in todo]
+            for f in futures:
+                f.result()
+        except BaseException:
+            stop.set()  # KeyboardInterrupt: stop every transfer
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             bar.end()
+        if errors:
+            e = errors[0]
+            if isinstance(e, _Stopped):
+                raise KeyboardInterrupt
+            raise e
+        paths = {n: blobs[first[j.artifacts[n]["digest"]]] for n in names}
         if not self.offline:
             self._save_record(j)
         if dest is not None:
@@ -958,19 +1095,21 @@ class Client:
                 os.makedirs(dest, exist_ok=True)
             except OSError as e:
                 raise _disk_error(e, dest) from None
-            for n in names:
+            # Index files last: a folder with an index has all its shards.
+            for n in sorted(names, key=lambda n: n.endswith(".index.json")):
                 target = os.path.join(dest, n)
                 _copy_atomic(paths[n], target)
                 paths[n] = target
         return paths
 
-    def _fetch_blob(self, jid, art, bar):
+    def _fetch_blob(self, jid, art, prog, stop):
         name, digest, size = art["name"], art["digest"], int(art["size"])
         hexd = _hex(digest)
         final = blob_path(self.cache, digest)
         corrupt = False
         if os.path.exists(final):
             if _sha256_file(final).hexdigest() == hexd:
+                prog.update(name, size, cached=True)
                 return final
             corrupt = True
             if not self.offline:
@@ -999,7 +1138,7 @@ class Client:
                 frm = have if 0 < have < size else 0
                 h = _sha256_file(part, frm) if frm else hashlib.sha256()
                 got, restarted, written = self._download(
-                    jid, name, hexd, size, part, frm, h, bar)
+                    jid, name, hexd, size, part, frm, h, prog, stop)
                 if got is None:  # 416: our partial is not their prefix
                     have = 0
                     continue
@@ -1020,8 +1159,9 @@ class Client:
                            f"every range")
             os.replace(part, final)
             part = None
+            prog.update(name, size, final=True)
             return final
-        except TransferError:
+        except (TransferError, _Stopped):
             keep = True
             raise
         finally:
@@ -1031,7 +1171,7 @@ class Client:
                 except OSError:
                     pass
 
-    def _download(self, jid, name, hexd, size, part, frm, h, bar):
+    def _download(self, jid, name, hexd, size, part, frm, h, prog, stop):
         """GET the artifact into `part` from byte `frm` (h holds the hash
         of the kept bytes). (hex digest or None after a 416, restarted,
         bytes written)."""
@@ -1073,8 +1213,11 @@ class Client:
                 f.seek(start)
                 f.truncate()
                 while True:
+                    if stop.is_set():
+                        f.flush()
+                        raise _Stopped(name)
                     try:
-                        b = r.read(_CHUNK)
+                        b = r.read(_PIECE)
                     except (http.client.HTTPException, OSError) as e:
                         raise _err(
                             TransferError, "transfer_interrupted",
@@ -1095,8 +1238,7 @@ class Client:
                                           f"{part}") from None
                     h.update(b)
                     written += len(b)
-                    bar.show(f"fetch {name} {start + written}/{size} bytes",
-                             (start + written) / size if size else 1)
+                    prog.update(name, start + written)
                 try:
                     f.flush()
                     os.fsync(f.fileno())
@@ -1113,19 +1255,23 @@ class Client:
 
     # -- into training --------------------------------------------------------
 
-    def pull(self, model, job, *, progress=False):
+    def pull(self, model, job, *, progress=False, parallel=DEFAULT_PARALLEL):
         """Fetch a succeeded job's weights and info file, give `model` the
         decomposed structure (decompose_network) and load the weights;
         (model, changes). Like decompose_network, a bare nn.Conv2d or
-        nn.Linear is left untouched and its replacement returned."""
-        import torch
+        nn.Linear is left untouched and its replacement returned.
+
+        The weights come from the job's sharded output when it has one
+        (model.safetensors.index.json and the shards its weight_map names,
+        fetched `parallel` at a time and read with load_safetensors, in
+        place in the cache), else from decomposed_weights.pth (else
+        decomposed_weights.safetensors)."""
         from .tensor_decompose import decompose_network
-        paths = self.fetch(job, only=[ARTIFACT_WEIGHTS, ARTIFACT_INFO],
-                           progress=progress)
+        j = self.job(job)
+        state = self._pulled_state(j, progress, parallel)
+        paths = self.fetch(j, only=ARTIFACT_INFO)
         aliases = _conv_aliases(model)
         new, changes = decompose_network(model, paths[ARTIFACT_INFO])
-        state = torch.load(paths[ARTIFACT_WEIGHTS], map_location="cpu",
-                           weights_only=True)
         if _is_bare(model):
             # Sent under the engine's name for a bare layer (module_payload).
             root = _root(model)
@@ -1134,6 +1280,34 @@ class Client:
         new.load_state_dict(_with_aliases(state, aliases, changes))
         return new, changes
 
+    def _pulled_state(self, j, progress, parallel):
+        """The decomposed state dict of succeeded job `j`, fetched."""
+        import torch
+        from .safetensors_io import load_safetensors, looks_like_shard, \
+            read_index
+        if j.state == "succeeded" and ARTIFACT_INDEX in j.artifacts:
+            index = self.fetch(j, only=ARTIFACT_INDEX)[ARTIFACT_INDEX]
+            wmap, _ = read_index(index)
+            named = list(dict.fromkeys(wmap.values()))
+            for s in named:
+                if s not in j.artifacts:
+                    raise _err(NotFoundError, "not_found",
+                               f"job {j.id}: {ARTIFACT_INDEX} puts tensors "
+                               f"in shard {s}, which the job does not list")
+            # Shards the job lists but the index leaves out are refused by
+            # the reader (unreferenced shard), as in a folder.
+            shards = named + [n for n in j.artifacts
+                              if looks_like_shard(n) and n not in named]
+            paths = self.fetch(j, only=shards, progress=progress,
+                               parallel=parallel)
+            return load_safetensors(index, shards=paths)
+        if j.state == "succeeded" and ARTIFACT_WEIGHTS not in j.artifacts \
+                and ARTIFACT_SAFETENSORS in j.artifacts:
+            p = self.fetch(j, only=ARTIFACT_SAFETENSORS, progress=progress)
+            return load_safetensors(p[ARTIFACT_SAFETENSORS])
+        p = self.fetch(j, only=ARTIFACT_WEIGHTS, progress=progress)
+        return torch.load(p[ARTIFACT_WEIGHTS], map_location="cpu",
+                          weights_only=True)
 
     def decompose(self, model, decompose_info_path=None, *, policy=None,
                   example_input=None, progress=True, calibration=None,

@@ -22,6 +22,7 @@ __all__ = [
     "EngineNotFoundError",
     "CalibrationError",
     "ProfileError",
+    "SafetensorsError",
     "error_class",
 ]
 
@@ -77,6 +78,12 @@ class CalibrationError(ValueError):
     """A calibration (decompd.calibrate's Gram matrices, or a file of them)
     that is malformed or does not fit the model; the message names the
     layer."""
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file or sharded checkpoint that is malformed (header,
+    dtypes, offsets, an index's weight_map or shard names); the message
+    names the file and the tensor or shard."""
 
 
 class ProfileError(ValueError):

@@ -176,7 +176,18 @@ static int on_transfer(void *user, const decomp_client_progress *p) {
   char done[32], total[32], text[128];
   human_bytes(p->done, done, sizeof done);
   human_bytes(p->total, total, sizeof total);
-  if (b->o->tty) {
+  if (b->o->tty && p->files_total > 1) {
+    /* A fetch of several artifacts: one bar for them all. */
+    char all_done[32], all_total[32];
+    human_bytes(p->all_done, all_done, sizeof all_done);
+    human_bytes(p->all_total, all_total, sizeof all_total);
+    snprintf(text, sizeof text, "fetch %zu/%zu files %s / %s (%s)",
+             p->files_done, p->files_total, all_done, all_total, p->name);
+    bar_draw(b, p->all_total > 0
+                    ? (double)p->all_done / (double)p->all_total
+                    : 0,
+             text);
+  } else if (b->o->tty) {
     snprintf(text, sizeof text, "%s %s %s / %s",
              p->direction == DECOMP_CLIENT_UPLOAD ? "upload" : "fetch",
              p->name, done, p->total >= 0 ? total : "?");
@@ -896,24 +907,29 @@ int cmd_jobs(int argc, char **argv) {
 /* ---- fetch ----------------------------------------------------------------- */
 
 static const char fetch_usage[] =
-    "usage: decompctl fetch JOB [--out DIR] [--only NAME] [--json] [--quiet]\n"
-    "                       [--url URL]\n"
+    "usage: decompctl fetch JOB [--out DIR] [--only NAME] [--parallel N]\n"
+    "                       [--json] [--quiet] [--url URL]\n"
     "\n"
     "Fetch a succeeded job's artifacts (decomposed_weights.pth,\n"
-    "decomposed_weights.safetensors, decompose_info.json) into the local\n"
-    "cache, verifying each one's SHA-256, resuming an interrupted download,\n"
-    "and copy them to DIR when given. Prints \"NAME PATH\" per file (PATH in\n"
-    "DIR, or in the cache), or JSON with --json. With DECOMPD_OFFLINE=1 it\n"
-    "serves a job fetched before from the cache without the server.\n"
+    "decomposed_weights.safetensors, decompose_info.json, or a sharded\n"
+    "output: model.safetensors.index.json and its shards) into the local\n"
+    "cache, N at a time, verifying each one's SHA-256 and resuming an\n"
+    "interrupted download, and copy them to DIR when given (only once all\n"
+    "are verified; an index file last). Prints \"NAME PATH\" per file (PATH\n"
+    "in DIR, or in the cache), or JSON with --json. With DECOMPD_OFFLINE=1\n"
+    "it serves a job fetched before from the cache without the server.\n"
     "\n"
-    "  --out DIR    copy the files there (made if missing)\n"
-    "  --only NAME  fetch one artifact\n";
+    "  --out DIR     copy the files there (made if missing)\n"
+    "  --only NAME   fetch one artifact\n"
+    "  --parallel N  transfers at once, 1 to 32 (default 4)\n";
 
 int cmd_fetch(int argc, char **argv) {
   struct common o = {.tty = isatty(2)};
-  const char *out = NULL, *only = NULL;
+  decomp_client_fetch_options fo = {0};
   static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
                                        {"only", required_argument, NULL, 'O'},
+                                       {"parallel", required_argument, NULL,
+                                        'P'},
                                        COMMON_LONG_OPTS,
                                        {0, 0, 0, 0}};
   int opt;
@@ -921,9 +937,20 @@ int cmd_fetch(int argc, char **argv) {
     if (common_opt(&o, opt))
       continue;
     if (opt == 'o') {
-      out = optarg;
+      fo.dest_dir = optarg;
     } else if (opt == 'O') {
-      only = optarg;
+      fo.only = optarg;
+    } else if (opt == 'P') {
+      char *end;
+      errno = 0;
+      long v = strtol(optarg, &end, 10);
+      if (errno || end == optarg || *end || v < 1 ||
+          v > DECOMP_CLIENT_MAX_PARALLEL) {
+        fprintf(stderr, "decompctl fetch: --parallel %s: give a number "
+                "from 1 to %d\n", optarg, DECOMP_CLIENT_MAX_PARALLEL);
+        return CLI_EXIT_USAGE;
+      }
+      fo.parallel = (int)v;
     } else if (opt == OPT_HELP) {
       printf("%s%s", fetch_usage, common_help);
       return CLI_EXIT_OK;
@@ -943,14 +970,14 @@ int cmd_fetch(int argc, char **argv) {
   cli_catch_signals();
   struct bar b = {&o, false};
   decomp_client_set_progress(c, on_transfer, &b);
-  decomp_client_file files[DECOMP_CLIENT_MAX_ARTIFACTS];
+  decomp_client_file *files = NULL;
   size_t n = 0;
-  int rc = decomp_client_fetch(c, argv[optind], only, out, files, &n);
+  int rc = decomp_client_fetch_with(c, argv[optind], &fo, &files, &n);
   bar_end(&b);
   if (rc != DECOMP_OK) {
     ex = rc == DECOMP_ERR_CANCELLED && cli_interrupted
-             ? (cli_error("interrupted; the partial download is kept and the "
-                          "next fetch resumes it"),
+             ? (cli_error("interrupted; the partial downloads are kept and "
+                          "the next fetch resumes them"),
                 CLI_EXIT_INTERRUPTED)
              : client_fail_exit(&o, c, rc);
   } else if (o.json) {
@@ -979,6 +1006,7 @@ int cmd_fetch(int argc, char **argv) {
         fprintf(stderr, "%s: from the cache, verified\n", files[i].name);
     }
   }
+  decomp_client_file_list_free(files);
   decomp_client_free(c);
   return ex;
 }

@@ -139,6 +139,23 @@ int decomp_client_default_cache_dir(char *buf, size_t len) {
   return DECOMP_OK;
 }
 
+bool client_artifact_name_ok(const char *name, size_t cap, const char **why) {
+  size_t n = name ? strlen(name) : 0;
+  *why = NULL;
+  if (n == 0)
+    *why = "is empty";
+  else if (n >= cap)
+    *why = "is too long";
+  else if (name[0] == '.')
+    *why = "starts with '.'";
+  else if (strchr(name, '/') || strchr(name, '\\'))
+    *why = "is a path, not a plain file name";
+  for (size_t i = 0; !*why && i < n; i++)
+    if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+      *why = "holds a control character";
+  return *why == NULL;
+}
+
 /* ---- files ---------------------------------------------------------------- */
 
 int client_mkdirs(const char *path, int mode) {
@@ -298,7 +315,25 @@ int client_copy_atomic(decomp_client *c, const char *src, const char *dst) {
   }
   int err = 0;
   bool read_err = false;
+  /* In the kernel when it can (no copy through user space; a reflink on
+   * file systems that share extents), else by read and write. */
+  bool kernel = true;
   for (;;) {
+    if (kernel) {
+      ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)1 << 30, 0);
+      if (n > 0)
+        continue;
+      if (n == 0)
+        break;
+      if (errno == EINTR)
+        continue;
+      if (errno != EXDEV && errno != ENOSYS && errno != EINVAL &&
+          errno != EOPNOTSUPP && errno != EBADF) {
+        err = errno;
+        break;
+      }
+      kernel = false; /* not here: the file offsets are where it stopped */
+    }
     ssize_t n = read(in, buf, sizeof buf);
     if (n < 0 && errno == EINTR)
       continue;

@@ -113,6 +113,12 @@ int client_sha_fd(client_sha *h, int fd, int64_t len);
  * false when malformed. */
 bool client_digest_hex(const char *digest, char hex[65]);
 
+/* Whether `name` may be an artifact's name, i.e. a file name in DEST: not
+ * empty, under `cap` bytes, no '/' or '\\', not starting with '.' (so not
+ * "." or "..", nor one of our temporaries), no control character. *why
+ * says what is wrong when it is not. Pure. */
+bool client_artifact_name_ok(const char *name, size_t cap, const char **why);
+
 /* mkdir -p. 0 or an errno. */
 int client_mkdirs(const char *path, int mode);
 

@@ -193,8 +193,10 @@ static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow,
     return 0;
   x->reported_end = last;
   x->last_report = t;
-  decomp_client_progress p = {x->rq->direction, x->rq->progress_name, done,
-                              total};
+  decomp_client_progress p = {.direction = x->rq->direction,
+                              .name = x->rq->progress_name,
+                              .done = done,
+                              .total = total};
   if (c->progress(c->progress_user, &p) != 0) {
     x->cancelled = true;
     return 1;
@@ -330,6 +332,8 @@ int ct_perform(decomp_client *c, const ct_request *rq, ct_response *rs) {
   curl_easy_setopt(e, CURLOPT_HEADERDATA, &x);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
+  if (rq->sink) /* large bodies to disk: fewer, larger writes and hashes */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
   curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, &x);

@@ -205,6 +205,33 @@ START_TEST(digest_hex_and_errno) {
 }
 END_TEST
 
+START_TEST(artifact_names_are_plain_file_names) {
+  const char *why;
+  const char *good[] = {"decompose_info.json", "decomposed_weights.pth",
+                        "model.safetensors.index.json",
+                        "model-00001-of-00012.safetensors", "a b", "x..y"};
+  for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+    ck_assert_msg(client_artifact_name_ok(good[i], 64, &why), "%s", good[i]);
+    ck_assert_ptr_null(why);
+  }
+  const char *bad[] = {"", ".", "..", "../x", "a/b", "/etc/passwd", ".hidden",
+                       "a\\b", "a\nb", "tab\there", "del\x7f"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ck_assert_msg(!client_artifact_name_ok(bad[i], 64, &why), "%s", bad[i]);
+    ck_assert_ptr_nonnull(why);
+  }
+  ck_assert(!client_artifact_name_ok(NULL, 64, &why));
+  char longname[70];
+  memset(longname, 'a', sizeof longname - 1);
+  longname[69] = '\0';
+  ck_assert(!client_artifact_name_ok(longname, 64, &why));
+  longname[64] = '\0';
+  ck_assert(!client_artifact_name_ok(longname, 64, &why)); /* 64 + NUL */
+  longname[63] = '\0';
+  ck_assert(client_artifact_name_ok(longname, 64, &why)); /* fits */
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("pure");
@@ -214,6 +241,7 @@ int main(void) {
   tcase_add_test(tc, resume_rules);
   tcase_add_test(tc, partial_claim_takes_the_largest_by_rename);
   tcase_add_test(tc, digest_hex_and_errno);
+  tcase_add_test(tc, artifact_names_are_plain_file_names);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

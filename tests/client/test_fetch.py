@@ -26,11 +26,12 @@ def test_cli_fetch_cut_mid_download_resumes_and_verifies(daemon, tmp_path):
     hexd, size = blob_hex(daemon, job, PTH)
     cache = tmp_path / "cache"
     # The proxy closes the connection 20 000 bytes into its answers: after
-    # the job and the info file, inside the weights.
+    # the job and the info file, inside the weights, when the artifacts
+    # come one at a time (test_fetch_parallel.py cuts parallel fetches).
     proxy = Proxy(daemon.port, cut_after=20000, cuts=1)
     try:
         env = client_env(daemon, cache, DECOMPD_URL=proxy.url)
-        r = ctl("fetch", job, env=env)
+        r = ctl("fetch", job, "--parallel", "1", env=env)
         assert r.returncode == 6, (r.returncode, r.stderr)
         assert "transfer_interrupted" in r.stderr and "resumes" in r.stderr
         parts = tmp_parts(cache)
