@@ -554,6 +554,14 @@ const char *decomp_result_info(const decomp_result *r);
 
 void decomp_result_free(decomp_result *r);
 
+/* The file names of a decomposition's outputs: the artifacts of a service
+ * job (GET /v1/jobs/{id}/artifacts/NAME) and the files `decompctl decompose`
+ * writes into --out. python/decompd/_c_constants.py is generated from
+ * these (scripts/gen_py_constants.py). */
+#define DECOMP_ARTIFACT_WEIGHTS_PTH "decomposed_weights.pth"
+#define DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS "decomposed_weights.safetensors"
+#define DECOMP_ARTIFACT_INFO "decompose_info.json"
+
 /* ------------------------------------------------------------------------ */
 /* Info files                                                                */
 /* ------------------------------------------------------------------------ */
