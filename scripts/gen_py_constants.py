@@ -1,11 +1,11 @@
 #!/usr/bin/python3
 """Generate python/decompd/_c_constants.py from decompd's C headers.
 
-The Python package mirrors parts of the C API: the error table
-(include/decomp/errors.h), the progress phases, dtype numbers, log levels,
-artifact names and the ctypes layouts of the structs it passes to the engine
-(include/decomp/decomp.h), and the client's default URL
-(include/decomp/client.h). This script reads those headers and writes them
+The Python package (and the tests' own ctypes binding) mirrors parts of the
+C API: the error table (include/decomp/errors.h); log levels, dtype, weight
+format and progress phase numbers, artifact names and the ctypes layouts of
+the structs passed to the engine (include/decomp/decomp.h); the client's
+default URL (include/decomp/client.h). This script reads those headers and writes them
 as Python literals, so the package imports them instead of keeping copies.
 
     /usr/bin/python3 scripts/gen_py_constants.py            # rewrite the file
@@ -31,7 +31,7 @@ REGENERATE = "/usr/bin/python3 scripts/gen_py_constants.py"
 STRUCTS = ("decomp_tensor", "decomp_progress", "decomp_options")
 # Enums exported as PREFIX_SUFFIX constants: enum name -> C prefix stripped.
 ENUMS = {"decomp_log_level": "DECOMP_", "decomp_dtype": "DECOMP_",
-         "decomp_phase": "DECOMP_"}
+         "decomp_format": "DECOMP_", "decomp_phase": "DECOMP_"}
 # Plain #defines exported (C name -> Python name).
 DEFINES = {
     ("decomp.h", "DECOMP_MAX_DIMS"): "MAX_DIMS",

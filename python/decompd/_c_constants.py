@@ -130,6 +130,12 @@ DTYPE_I8 = 7
 DTYPE_U8 = 8
 DTYPE_BOOL = 9
 
+# include/decomp/decomp.h, enum decomp_format
+FORMAT_UNKNOWN = 0
+FORMAT_PTH = 1
+FORMAT_SAFETENSORS = 2
+FORMAT_TORCHSCRIPT = 3
+
 # include/decomp/decomp.h, enum decomp_phase
 PHASE_SPECTRUM = 0
 PHASE_START = 1
