@@ -7,8 +7,11 @@ decomp_tensor, decomp_progress and decomp_options. These tests compare that
 with python/decompd/_c_constants.py (generated from the same headers by
 scripts/gen_py_constants.py) and with the ctypes structs that
 decompd._engine builds from it, so a header change that the generated file
-(or the binding) does not follow fails here, by name.
+(or the binding) does not follow fails here, by name. The last test checks
+that every error code name the package spells out (_err(Class, "name"),
+comparisons with .code_name) is one of errors.h's.
 """
+import ast
 import ctypes
 import json
 import os
@@ -77,3 +80,51 @@ def test_engine_names_its_codes_as_the_table_does():
     for num, _name, code, msg, _http in C.ERRORS:
         assert lib.decomp_error_code(num).decode() == code
         assert lib.decomp_strerror(num).decode() == msg
+
+
+def _spelled_code_names(tree):
+    """(line, name) of the error code names a module spells out: the second
+    argument of _err(Class, "name", ...), `default = ..., "name"` and the
+    strings compared with an exception's .code_name."""
+    def strings(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for e in node.elts:
+                yield from strings(e)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == \
+                "_err" and len(node.args) >= 2:
+            for s in strings(node.args[1]):
+                yield node.lineno, s
+        elif isinstance(node, ast.Compare) and getattr(
+                node.left, "attr", "") == "code_name":
+            for c in node.comparators:
+                for s in strings(c):
+                    yield node.lineno, s
+        elif isinstance(node, ast.Assign) and isinstance(
+                node.targets[0], ast.Tuple) and isinstance(node.value,
+                                                           ast.Tuple):
+            for t, v in zip(node.targets[0].elts, node.value.elts):
+                if getattr(t, "id", "") == "default":
+                    for s in strings(v):
+                        yield node.lineno, s
+
+
+def test_code_names_the_package_spells_are_in_the_table():
+    pkg = os.path.dirname(C.__file__)
+    bad, seen = [], 0
+    for fn in sorted(os.listdir(pkg)):
+        if not fn.endswith(".py") or fn == "_c_constants.py":
+            continue
+        path = os.path.join(pkg, fn)
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for line, name in _spelled_code_names(tree):
+            seen += 1
+            if name not in C.ERROR_NUMBERS:
+                bad.append(f"{fn}:{line}: {name!r}")
+    assert seen >= 20, "the scan found too few code names: is it broken?"
+    assert not bad, ("not a code of include/decomp/errors.h: " +
+                     ", ".join(bad))
