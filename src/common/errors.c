@@ -15,7 +15,7 @@
 
 const char *decomp_strerror(int err) {
   switch (err) {
-#define X_(name, num, code, msg, http)                                        \
+#define X_(name, num, code, msg, http)                                         \
   case num:                                                                    \
     return msg;
     DECOMP_ERRORS(X_)
@@ -26,7 +26,7 @@ const char *decomp_strerror(int err) {
 
 const char *decomp_error_code(int err) {
   switch (err) {
-#define X_(name, num, code, msg, http)                                        \
+#define X_(name, num, code, msg, http)                                         \
   case num:                                                                    \
     return code;
     DECOMP_ERRORS(X_)
@@ -37,7 +37,7 @@ const char *decomp_error_code(int err) {
 
 int decomp_error_http_status(int err) {
   switch (err) {
-#define X_(name, num, code, msg, http)                                        \
+#define X_(name, num, code, msg, http)                                         \
   case num:                                                                    \
     return http;
     DECOMP_ERRORS(X_)
@@ -47,7 +47,7 @@ int decomp_error_http_status(int err) {
 }
 
 int decomp_error_from_code(const char *code) {
-#define X_(name, num, c, msg, http)                                           \
+#define X_(name, num, c, msg, http)                                            \
   if (code && strcmp(code, c) == 0)                                            \
     return num;
   DECOMP_ERRORS(X_)

@@ -9,7 +9,7 @@
 
 int main(void) {
   int bad = 0;
-#define X_(name, num, code, msg, http)                                        \
+#define X_(name, num, code, msg, http)                                         \
   if (strcmp(decomp_strerror(num), msg) != 0 ||                                \
       strcmp(decomp_error_code(num), code) != 0 ||                             \
       decomp_error_http_status(num) != http ||                                 \

@@ -42,7 +42,7 @@ int main(void) {
 
   printf("{\"errors\": [");
   first = 1;
-#define X_(name, num, code, msg, http)                                        \
+#define X_(name, num, code, msg, http)                                         \
   printf("%s[%d, \"%s\", ", first ? "" : ", ", num, #name);                    \
   bad |= json_str(code);                                                       \
   printf(", ");                                                                \
@@ -61,9 +61,8 @@ int main(void) {
          "\"DTYPE_I16\": %d, \"DTYPE_I8\": %d, \"DTYPE_U8\": %d, "
          "\"DTYPE_BOOL\": %d,\n",
          DECOMP_DTYPE_F32, DECOMP_DTYPE_F16, DECOMP_DTYPE_BF16,
-         DECOMP_DTYPE_F64, DECOMP_DTYPE_I64, DECOMP_DTYPE_I32,
-         DECOMP_DTYPE_I16, DECOMP_DTYPE_I8, DECOMP_DTYPE_U8,
-         DECOMP_DTYPE_BOOL);
+         DECOMP_DTYPE_F64, DECOMP_DTYPE_I64, DECOMP_DTYPE_I32, DECOMP_DTYPE_I16,
+         DECOMP_DTYPE_I8, DECOMP_DTYPE_U8, DECOMP_DTYPE_BOOL);
   printf("  \"FORMAT_UNKNOWN\": %d, \"FORMAT_PTH\": %d, "
          "\"FORMAT_SAFETENSORS\": %d, \"FORMAT_TORCHSCRIPT\": %d,\n",
          DECOMP_FORMAT_UNKNOWN, DECOMP_FORMAT_PTH, DECOMP_FORMAT_SAFETENSORS,
