@@ -415,7 +415,10 @@ typedef struct decomp_options {
   /* Fields below were appended after 0.1.0's first release; a caller that
    * zero-initializes the struct (or passes NULL) gets the old behaviour.
    * The engine reads every field declared here: a binding that declares
-   * the struct itself (ctypes) must declare all of them, in this order. */
+   * the struct itself (ctypes) must declare all of them, in this order.
+   * Python's is generated from this declaration (as are decomp_tensor's
+   * and decomp_progress's): run scripts/gen_py_constants.py after a
+   * change, one declarator per line. */
   int threads;                 /* cores this call may use. 0 (default): run
                                   the layers one by one on the calling
                                   thread and leave OpenBLAS's thread count
@@ -553,6 +556,14 @@ const decomp_weights *decomp_result_weights(const decomp_result *r);
 const char *decomp_result_info(const decomp_result *r);
 
 void decomp_result_free(decomp_result *r);
+
+/* The file names of a decomposition's outputs: the artifacts of a service
+ * job (GET /v1/jobs/{id}/artifacts/NAME) and the files `decompctl decompose`
+ * writes into --out. python/decompd/_c_constants.py is generated from
+ * these (scripts/gen_py_constants.py). */
+#define DECOMP_ARTIFACT_WEIGHTS_PTH "decomposed_weights.pth"
+#define DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS "decomposed_weights.safetensors"
+#define DECOMP_ARTIFACT_INFO "decompose_info.json"
 
 /* ------------------------------------------------------------------------ */
 /* Info files                                                                */

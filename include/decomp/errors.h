@@ -4,6 +4,12 @@
  * these codes. The X-macro below generates the enum, decomp_strerror(), the
  * stable snake_case `code` strings of problem+json bodies, and the HTTP status
  * each code maps to. Numbers are part of the ABI: never renumber, only append.
+ * The functions below are compiled once, in src/common/errors.c, which every
+ * component links; the Python package's copy (python/decompd/_c_constants.py)
+ * is generated from this list: after changing it, run
+ * `/usr/bin/python3 scripts/gen_py_constants.py` (the c_constants test fails
+ * until then). Keep the entries in the form X(NAME, number, "code",
+ * "message", status): the generator refuses anything else.
  */
 #ifndef DECOMP_ERRORS_H
 #define DECOMP_ERRORS_H

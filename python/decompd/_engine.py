@@ -31,6 +31,7 @@ import threading
 
 import torch
 
+from . import _c_constants as C
 from .errors import EngineNotFoundError, error_class
 
 __all__ = ["library", "library_path", "decompose", "normalize_info",
@@ -39,56 +40,53 @@ __all__ = ["library", "library_path", "decompose", "normalize_info",
 _log = logging.getLogger("decompd.engine")
 
 # ---------------------------------------------------------------------------
-# C types (include/decomp/decomp.h)
+# C types (include/decomp/decomp.h): numbers and struct layouts come from
+# _c_constants, generated from the headers (scripts/gen_py_constants.py);
+# the c_layouts test checks them against the C compiler's sizeof/offsetof.
 
-MAX_DIMS = 8
+MAX_DIMS = C.MAX_DIMS
 
 _TORCH_TO_DTYPE = {
-    torch.float32: 0,
-    torch.float16: 1,
-    torch.bfloat16: 2,
-    torch.float64: 3,
-    torch.int64: 4,
-    torch.int32: 5,
-    torch.int16: 6,
-    torch.int8: 7,
-    torch.uint8: 8,
-    torch.bool: 9,
+    torch.float32: C.DTYPE_F32,
+    torch.float16: C.DTYPE_F16,
+    torch.bfloat16: C.DTYPE_BF16,
+    torch.float64: C.DTYPE_F64,
+    torch.int64: C.DTYPE_I64,
+    torch.int32: C.DTYPE_I32,
+    torch.int16: C.DTYPE_I16,
+    torch.int8: C.DTYPE_I8,
+    torch.uint8: C.DTYPE_U8,
+    torch.bool: C.DTYPE_BOOL,
 }
 _DTYPE_TO_TORCH = {v: k for k, v in _TORCH_TO_DTYPE.items()}
 
-PHASE_SPECTRUM, PHASE_START, PHASE_DONE, PHASE_WORKING = 0, 1, 2, 3
+PHASE_SPECTRUM, PHASE_START, PHASE_DONE, PHASE_WORKING = (
+    C.PHASE_SPECTRUM, C.PHASE_START, C.PHASE_DONE, C.PHASE_WORKING)
 # Seconds between the engine's progress reports inside a long layer (each
 # is also where a KeyboardInterrupt raised in the callback stops the run).
 PROGRESS_INTERVAL = 0.5
 
 
+def _fields(layout, callbacks=None):
+    """ctypes _fields_ from a generated layout (_c_constants.STRUCT_*):
+    ctypes type names resolved, function pointer typedefs from
+    `callbacks`."""
+    out = []
+    for name, type_name, n in layout:
+        if callbacks and type_name in callbacks:
+            t = callbacks[type_name]
+        else:
+            t = getattr(ctypes, type_name)
+        out.append((name, t * n if n else t))
+    return out
+
+
 class _Tensor(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("dtype", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("shape", ctypes.c_int64 * MAX_DIMS),
-        ("stride", ctypes.c_int64 * MAX_DIMS),
-        ("offset", ctypes.c_int64),
-        ("data", ctypes.c_void_p),
-        ("storage", ctypes.c_void_p),
-        ("storage_nbytes", ctypes.c_size_t),
-    ]
+    _fields_ = _fields(C.STRUCT_TENSOR)
 
 
 class _Progress(ctypes.Structure):
-    _fields_ = [
-        ("layer", ctypes.c_char_p),
-        ("index", ctypes.c_size_t),
-        ("total", ctypes.c_size_t),
-        ("phase", ctypes.c_int),
-        ("rank", ctypes.c_int64),
-        ("max_rank", ctypes.c_int64),
-        ("seconds", ctypes.c_double),
-        ("skip_reason", ctypes.c_char_p),
-        ("fraction", ctypes.c_double),
-    ]
+    _fields_ = _fields(C.STRUCT_PROGRESS)
 
 
 _PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
@@ -99,23 +97,13 @@ _LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int,
 
 class _Options(ctypes.Structure):
     # decomp_options; fields are only ever appended (the engine reads the
-    # prefix it knows: an engine older than a field ignores it).
-    _fields_ = [
-        ("progress", _PROGRESS_FN),
-        ("progress_user", ctypes.c_void_p),
-        ("source_digest", ctypes.c_char_p),
-        ("source_format", ctypes.c_char_p),
-        ("record_spectra", ctypes.c_bool),
-        ("threads", ctypes.c_int),
-        # The Gram matrices of decompd.calibrate, as a weight
-        # set whose metadata is the calibration file's __metadata__.
-        ("calibration", ctypes.c_void_p),  # const decomp_weights *
-        ("calibration_digest", ctypes.c_char_p),
-        # Issue 16's latency profile (decompd.latency): its JSON text and
-        # "sha256:<hex>" digest, NULL for none.
-        ("profile", ctypes.c_char_p),
-        ("profile_digest", ctypes.c_char_p),
-    ]
+    # prefix it knows: an engine older than a field ignores it). Among them
+    # `calibration` (a weight set of decompd.calibrate's Gram matrices whose
+    # metadata is the calibration file's __metadata__) and `profile` (a
+    # latency profile's JSON text, decompd.latency), each with its
+    # "sha256:<hex>" digest; NULL for none.
+    _fields_ = _fields(C.STRUCT_OPTIONS,
+                       {"decomp_progress_fn": _PROGRESS_FN})
 
 
 def engine_threads():
@@ -269,8 +257,8 @@ def library_path():
 
 # The engine's INFO lines (one per layer) say what the package's own
 # per-layer INFO lines on "decompd" already say: they go to DEBUG.
-_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.DEBUG,
-           3: logging.DEBUG}
+_LEVELS = {C.LOG_ERROR: logging.ERROR, C.LOG_WARN: logging.WARNING,
+           C.LOG_INFO: logging.DEBUG, C.LOG_DEBUG: logging.DEBUG}
 
 
 def _engine_max_level():

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from ._c_constants import PHASE_DONE, PHASE_WORKING
+
 __all__ = ["Reporter", "BatchReporter", "BAR_MIN_LAYERS"]
 
 BAR_MIN_LAYERS = 8
@@ -26,8 +28,8 @@ _BAR_WIDTH = 24
 
 log = logging.getLogger("decompd")
 
-_DONE = 2  # decomp_phase DECOMP_PHASE_DONE
-_WORKING = 3  # DECOMP_PHASE_WORKING: inside a long layer
+_DONE = PHASE_DONE
+_WORKING = PHASE_WORKING  # inside a long layer
 
 
 def _bar_wanted(total, stream, long_layer=False):

@@ -69,6 +69,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+from . import _c_constants as _C
 from .errors import DecompError
 
 __all__ = [
@@ -79,10 +80,11 @@ __all__ = [
     "default_cache_dir", "blob_path", "job_record_path",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-ARTIFACT_WEIGHTS = "decomposed_weights.pth"
-ARTIFACT_SAFETENSORS = "decomposed_weights.safetensors"
-ARTIFACT_INFO = "decompose_info.json"
+# From include/decomp/client.h and decomp.h (through _c_constants).
+DEFAULT_URL = _C.CLIENT_DEFAULT_URL
+ARTIFACT_WEIGHTS = _C.ARTIFACT_WEIGHTS_PTH
+ARTIFACT_SAFETENSORS = _C.ARTIFACT_WEIGHTS_SAFETENSORS
+ARTIFACT_INFO = _C.ARTIFACT_INFO
 # A sharded output: this index and the shards its weight_map names.
 ARTIFACT_INDEX = "model.safetensors.index.json"
 DEFAULT_PARALLEL = 4
@@ -165,16 +167,13 @@ class ServerError(ClientError, RuntimeError):
     """Any other error answer."""
 
 
-_CODES = {
-    "connect_failed": 60, "digest_mismatch": 61, "disk_full": 62,
-    "offline_miss": 63, "server_error": 64, "transfer_interrupted": 65,
-    "timeout": 66, "unauthorized": 42, "forbidden": 43, "not_found": 44,
-    "conflict": 46, "cancelled": 5,
-}
+# Every code of include/decomp/errors.h (as decomp_error_from_code); a name
+# the table lacks counts as server_error.
+_CODES = _C.ERROR_NUMBERS
 
 
 def _err(cls, code_name, detail, **kw):
-    return cls(_CODES.get(code_name, 64), code_name, detail, **kw)
+    return cls(_CODES.get(code_name, _C.ERR_SERVER), code_name, detail, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -560,7 +559,7 @@ class Client:
         else:
             cls, default = ServerError, "server_error"
         name = name or default
-        code = _CODES.get(name, 64)
+        code = _CODES.get(name, _C.ERR_SERVER)
         return cls(code, name, f"{method} {path}: {status} {name}: "
                    f"{detail or 'the server answered with an error'}{hint}")
 

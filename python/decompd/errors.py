@@ -26,22 +26,24 @@ __all__ = [
     "error_class",
 ]
 
-# Codes from include/decomp/errors.h that mean "the input is wrong".
+from . import _c_constants as C
+
+# Codes from include/decomp/errors.h (through _c_constants, generated from
+# it) that mean "the input is wrong".
 _VALUE_CODES = frozenset({
-    3,   # invalid_argument
-    6,   # too_large
-    10, 11, 12, 13, 14, 15, 16, 17, 18,  # weight formats
-    19,  # bad_shard_index
-    20,  # bad_spec
-    21,  # spec_mismatch
-    22,  # bad_policy
-    23,  # nonfinite_weights
-    24,  # bad_info
-    26,  # bad_calibration
-    27,  # target_out_of_reach
-    28,  # bad_profile
+    C.ERR_INVALID_ARGUMENT,
+    C.ERR_TOO_LARGE,
+    # weight formats
+    C.ERR_UNKNOWN_FORMAT, C.ERR_BAD_ZIP, C.ERR_BAD_PICKLE,
+    C.ERR_FORBIDDEN_GLOBAL, C.ERR_BAD_TENSOR, C.ERR_BAD_SAFETENSORS,
+    C.ERR_UNSUPPORTED_DTYPE, C.ERR_TORCHSCRIPT, C.ERR_BAD_TORCHSCRIPT,
+    C.ERR_BAD_SHARD_INDEX,
+    # spec, policy, decomposition, info
+    C.ERR_BAD_SPEC, C.ERR_SPEC_MISMATCH, C.ERR_BAD_POLICY, C.ERR_NONFINITE,
+    C.ERR_BAD_INFO, C.ERR_BAD_CALIBRATION, C.ERR_OUT_OF_REACH,
+    C.ERR_BAD_PROFILE,
 })
-_NOMEM = 1
+_NOMEM = C.ERR_NOMEM
 
 
 class DecompError(Exception):

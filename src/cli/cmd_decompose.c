@@ -456,7 +456,7 @@ int cmd_decompose(int argc, char **argv) {
                       .profile_digest = profile_text ? profile_digest : NULL};
   decomp_save_options so = {.shard_bytes = shard_bytes,
                             .sharded = sharded,
-                            .single_name = "decomposed_weights.safetensors"};
+                            .single_name = DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS};
   if (fmt == DECOMP_FORMAT_SAFETENSORS)
     err = decomp_decompose_save(ctx, w, spec, policy, &o, out_dir, &so,
                                 &info_text, &files);
@@ -473,7 +473,7 @@ int cmd_decompose(int argc, char **argv) {
     goto done;
   }
 
-  snprintf(info_out, sizeof info_out, "%s/decompose_info.json", out_dir);
+  snprintf(info_out, sizeof info_out, "%s/" DECOMP_ARTIFACT_INFO, out_dir);
   if (files) {
     /* Streamed: written already; the last file named is the index when
      * sharded, else the one file. */
@@ -484,8 +484,8 @@ int cmd_decompose(int argc, char **argv) {
     json_decref(a);
     wrote_weights = true;
   } else {
-    snprintf(weights_out, sizeof weights_out, "%s/decomposed_weights.pth",
-             out_dir);
+    snprintf(weights_out, sizeof weights_out,
+             "%s/" DECOMP_ARTIFACT_WEIGHTS_PTH, out_dir);
     if ((err = decomp_weights_save(ctx, decomp_result_weights(result),
                                    weights_out, fmt))) {
       cli_error("%s: %s", weights_out, decomp_errmsg(ctx));
@@ -499,7 +499,7 @@ int cmd_decompose(int argc, char **argv) {
       goto done;
     }
   }
-  if ((err = write_text_atomic(out_dir, "decompose_info.json", info_text))) {
+  if ((err = write_text_atomic(out_dir, DECOMP_ARTIFACT_INFO, info_text))) {
     cli_error("%s: %s", info_out, strerror(err));
     rc = CLI_EXIT_OUTPUT;
     goto done;

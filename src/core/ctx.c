@@ -1,8 +1,8 @@
-/* ctx.c — the engine context (last error, log handler) and the error
- * tables generated from the one X-macro list in decomp/errors.h. */
+/* ctx.c — the engine context (last error, log handler). The error tables
+ * (decomp_strerror and friends) live in src/common/errors.c, which
+ * libdecomp links whole and exports. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "core.h"
 
@@ -122,48 +122,4 @@ void core_log(decomp_ctx *ctx, int level, const char *topic, const char *fmt,
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   ctx->log(ctx->log_user, level, topic, line);
-}
-
-/* --- error tables ------------------------------------------------------- */
-
-const char *decomp_strerror(int err) {
-  switch (err) {
-#define X_(name, num, code, msg, http)                                        \
-  case num:                                                                    \
-    return msg;
-    DECOMP_ERRORS(X_)
-#undef X_
-  }
-  return "unknown error";
-}
-
-const char *decomp_error_code(int err) {
-  switch (err) {
-#define X_(name, num, code, msg, http)                                        \
-  case num:                                                                    \
-    return code;
-    DECOMP_ERRORS(X_)
-#undef X_
-  }
-  return "unknown";
-}
-
-int decomp_error_http_status(int err) {
-  switch (err) {
-#define X_(name, num, code, msg, http)                                        \
-  case num:                                                                    \
-    return http;
-    DECOMP_ERRORS(X_)
-#undef X_
-  }
-  return 500;
-}
-
-int decomp_error_from_code(const char *code) {
-#define X_(name, num, c, msg, http)                                           \
-  if (code && strcmp(code, c) == 0)                                            \
-    return num;
-  DECOMP_ERRORS(X_)
-#undef X_
-  return -1;
 }

@@ -17,30 +17,39 @@ import os
 
 import numpy as np
 
-MAX_DIMS = 8
+# Numbers and layouts generated from include/decomp/*.h
+# (scripts/gen_py_constants.py).
+from decompd import _c_constants as CC
 
-DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"]
+MAX_DIMS = CC.MAX_DIMS
+
+# safetensors dtype names, indexed by decomp_dtype number.
+_DT = {getattr(CC, "DTYPE_" + n): n for n in (
+    "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL")}
+DTYPES = [_DT[i] for i in range(len(_DT))]
 # numpy views of each dtype (BF16 as raw uint16 bits).
 NUMPY = {
     "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
     "F64": np.float64, "I64": np.int64, "I32": np.int32, "I16": np.int16,
     "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-FORMATS = {"unknown": 0, "pth": 1, "safetensors": 2, "torchscript": 3}
+FORMATS = {"unknown": CC.FORMAT_UNKNOWN, "pth": CC.FORMAT_PTH,
+           "safetensors": CC.FORMAT_SAFETENSORS,
+           "torchscript": CC.FORMAT_TORCHSCRIPT}
+
+
+def ctypes_fields(layout, callbacks=None):
+    """ctypes _fields_ from a generated layout (CC.STRUCT_*)."""
+    out = []
+    for name, type_name, n in layout:
+        t = (callbacks[type_name] if callbacks and type_name in callbacks
+             else getattr(C, type_name))
+        out.append((name, t * n if n else t))
+    return out
 
 
 class Tensor(C.Structure):
-    _fields_ = [
-        ("name", C.c_char_p),
-        ("dtype", C.c_int),
-        ("ndim", C.c_int),
-        ("shape", C.c_int64 * MAX_DIMS),
-        ("stride", C.c_int64 * MAX_DIMS),
-        ("offset", C.c_int64),
-        ("data", C.c_void_p),
-        ("storage", C.c_void_p),
-        ("storage_nbytes", C.c_size_t),
-    ]
+    _fields_ = ctypes_fields(CC.STRUCT_TENSOR)
 
 
 class DecompError(Exception):

@@ -13,41 +13,24 @@ decomp_decompose and decomp_info_normalize, without changing it:
 import ctypes as C
 import json
 
+from decomp_ctypes import CC, ctypes_fields
 from decomp_ctypes import DecompError, WeightSet  # noqa: F401 (re-export)
 
 
 class _Progress(C.Structure):
-    _fields_ = [
-        ("layer", C.c_char_p),
-        ("index", C.c_size_t),
-        ("total", C.c_size_t),
-        ("phase", C.c_int),
-        ("rank", C.c_int64),
-        ("max_rank", C.c_int64),
-        ("seconds", C.c_double),
-        ("skip_reason", C.c_char_p),
-    ]
+    _fields_ = ctypes_fields(CC.STRUCT_PROGRESS)
 
 
 _PROGRESS_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(_Progress))
 
 
 class _Options(C.Structure):
-    # Every field of include/decomp/decomp.h's decomp_options, in order: the
-    # engine reads them all, so a shorter struct here would hand it whatever
-    # lies past the end (ctypes zero-fills the ones set to nothing).
-    _fields_ = [
-        ("progress", _PROGRESS_FN),
-        ("progress_user", C.c_void_p),
-        ("source_digest", C.c_char_p),
-        ("source_format", C.c_char_p),
-        ("record_spectra", C.c_bool),
-        ("threads", C.c_int),
-        ("calibration", C.c_void_p),
-        ("calibration_digest", C.c_char_p),
-        ("profile", C.c_char_p),
-        ("profile_digest", C.c_char_p),
-    ]
+    # Every field of include/decomp/decomp.h's decomp_options, in order
+    # (generated from the header): the engine reads them all, so a shorter
+    # struct here would hand it whatever lies past the end (ctypes
+    # zero-fills the ones set to nothing).
+    _fields_ = ctypes_fields(CC.STRUCT_OPTIONS,
+                             {"decomp_progress_fn": _PROGRESS_FN})
 
 
 class _BorrowedSet(WeightSet):
