@@ -53,6 +53,7 @@ ERRORS = (
     (50, 'UNAVAILABLE', 'unavailable', 'service unavailable', 503),
     (51, 'DB_TOO_NEW', 'db_too_new', 'database schema is newer than this binary', 500),
     (52, 'ENCODE', 'encode_failed', 'could not encode the answer as JSON', 500),
+    (53, 'UPLOAD_DIGEST', 'upload_digest_mismatch', 'the uploaded bytes do not have the digest they were sent under', 422),
     (60, 'CONNECT', 'connect_failed', 'could not connect to the server', 503),
     (61, 'DIGEST_MISMATCH', 'digest_mismatch', 'downloaded data failed its digest', 502),
     (62, 'DISK_FULL', 'disk_full', 'no space left on device', 507),
@@ -101,6 +102,7 @@ ERR_STORE = 49
 ERR_UNAVAILABLE = 50
 ERR_DB_TOO_NEW = 51
 ERR_ENCODE = 52
+ERR_UPLOAD_DIGEST = 53
 ERR_CONNECT = 60
 ERR_DIGEST_MISMATCH = 61
 ERR_DISK_FULL = 62
