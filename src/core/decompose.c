@@ -649,7 +649,7 @@ KERNEL_RESIDUAL(double, f64, core_dgemm)
       T *M = A;                                                                \
       double em = ej;                                                          \
       if (gram) {                                                              \
-        double shift;                                                          \
+        double shift, t0 = core_now();                                         \
         if ((rc = core_calib_factor_##SUFFIX(ctx, what, gram, (int64_t)j,      \
                                              (int64_t)m, Sw, &shift)) !=       \
             DECOMP_OK)                                                         \
@@ -659,6 +659,7 @@ KERNEL_RESIDUAL(double, f64, core_dgemm)
         for (size_t x = 0; x < m * n; x++)                                     \
           em += (double)A[x] * (double)A[x];                                   \
         *out_total += ldexp(em, -2 * sx);                                      \
+        agg->whiten_seconds += core_now() - t0;                                \
       }                                                                        \
       double opt = -1;                                                         \
       if (kn) {                                                                \
@@ -709,6 +710,7 @@ KERNEL_RESIDUAL(double, f64, core_dgemm)
         if (gram) {                                                            \
           /* first = S⁻ᵀ·U'·Σ^½, rounded as written; then what it achieves     \
            * on the weights and on the outputs. */                             \
+          double t0 = core_now();                                              \
           core_trsm_##SUFFIX(true, (int64_t)m, R, Sw, Uj);                     \
           if (wt->dtype != OWN)                                                \
             round_to_##SUFFIX(Uj, m * r, wt->dtype, fa);                       \
@@ -721,6 +723,8 @@ KERNEL_RESIDUAL(double, f64, core_dgemm)
           }                                                                    \
           memcpy(Fw, Uj, m * r * sizeof *Fw);                                  \
           core_trmm_##SUFFIX(true, (int64_t)m, R, Sw, Fw);                     \
+          double t1 = core_now();                                              \
+          agg->whiten_seconds += t1 - t0;                                      \
           rc = core_svd_residual_##SUFFIX(ctx, what, (int64_t)m, (int64_t)n,   \
                                           A, R, Fw, V, &dout);                 \
           free(Fw);                                                            \
@@ -729,6 +733,7 @@ KERNEL_RESIDUAL(double, f64, core_dgemm)
               (rc = kernel_residual_##SUFFIX(ctx, what, W, wt, gm, j, sx, R,   \
                                              Uj, V, &dj)) != DECOMP_OK)        \
             break;                                                             \
+          agg->measure_seconds += core_now() - t1;                             \
           *out_discarded += ldexp(dout, -2 * sx);                              \
         }                                                                      \
         break;                                                                 \
@@ -1342,7 +1347,8 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
     core_log(ctx, DECOMP_LOG_INFO, "svd",
              "layer=%s decomposition=%s rank=%lld max_rank=%lld order=%s "
              "relative_error=%.6g method=%s steps=%d basis=%lld block=%lld "
-             "deflated=%lld fallback=\"%s\" optimal_error=%.6g seconds=%.3f",
+             "deflated=%lld fallback=\"%s\" optimal_error=%.6g seconds=%.3f "
+             "whiten_seconds=%.3f measure_seconds=%.3f",
              l->name, core_method_name(L->info.view.method),
              (long long)L->info.rank, (long long)L->info.view.max_rank,
              core_order_name(L->info.view.order),
@@ -1354,7 +1360,7 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
              (long long)L->rep.width, (long long)L->rep.block,
              (long long)L->rep.deflated,
              L->rep.fallback ? L->rep.fallback : "", optimal_error(L),
-             L->seconds);
+             L->seconds, L->rep.whiten_seconds, L->rep.measure_seconds);
   else
     core_log(ctx, DECOMP_LOG_INFO, "svd", "layer=%s skipped reason=\"%s\"",
              l->name, L->info.skip_reason);

@@ -98,6 +98,11 @@ typedef struct core_svd_report {
                         Krylov space was exhausted along them */
   const char *fallback; /* why the randomized path handed over to the
                            exact one (static), or NULL */
+  /* (core_factorize_ex, whitened layers) seconds spent whitening (the
+   * Cholesky factor, S·A, S⁻ᵀ·U and its check S·U) and measuring what
+   * whitened factors alone need (the output error of the written factors
+   * and the weight error from the kernel), over the groups */
+  double whiten_seconds, measure_seconds;
 } core_svd_report;
 
 /* Whether the singular values of an m×n matrix come from the Gram matrix
