@@ -202,6 +202,21 @@ static int on_transfer(void *user, const decomp_client_progress *p) {
 
 /* ---- upload ---------------------------------------------------------------- */
 
+/* The end of an upload: with `print`, the model as JSON (--json) or its
+ * id on stdout; frees `json`. CLI_EXIT_OK. */
+static int print_uploaded(const struct common *o,
+                          const decomp_client_model *m, char *json,
+                          bool print) {
+  if (print) {
+    if (o->json)
+      print_json_text(json);
+    else
+      puts(m->id);
+  }
+  decomp_client_string_free(json);
+  return CLI_EXIT_OK;
+}
+
 /* Upload `path`; the model into *m. An exit code. */
 static int do_upload(const struct common *o, decomp_client *c,
                      const char *path, const char *name,
@@ -222,14 +237,7 @@ static int do_upload(const struct common *o, decomp_client *c,
             m->format, (long long)m->tensors, size, m->digest,
             created ? "" : " already uploaded");
   }
-  if (print) {
-    if (o->json)
-      print_json_text(json);
-    else
-      puts(m->id);
-  }
-  decomp_client_string_free(json);
-  return CLI_EXIT_OK;
+  return print_uploaded(o, m, json, print);
 }
 
 /* Whether `path` is a sharded checkpoint: a folder (holding
@@ -269,14 +277,7 @@ static int do_upload_sharded(const struct common *o, decomp_client *c,
             st.skipped, sent, (long long)m->tensors, size, m->digest,
             created ? "" : " already uploaded");
   }
-  if (print) {
-    if (o->json)
-      print_json_text(json);
-    else
-      puts(m->id);
-  }
-  decomp_client_string_free(json);
-  return CLI_EXIT_OK;
+  return print_uploaded(o, m, json, print);
 }
 
 /* Attach the layer spec in `spec` (JSON text, from `spec_path`), then the

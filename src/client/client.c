@@ -377,29 +377,32 @@ done:
   return rc;
 }
 
+char *client_models_path(decomp_client *c, const char *name) {
+  char *ename = name && name[0] ? ct_escape(c, name) : NULL;
+  size_t plen = 64 + (ename ? strlen(ename) : 0);
+  char *rpath = (!name || !name[0] || ename) ? malloc(plen) : NULL;
+  if (rpath)
+    snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
+             ename ? ename : "");
+  else
+    client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  free(ename);
+  return rpath;
+}
+
 int decomp_client_upload(decomp_client *c, const char *path, const char *name,
                          decomp_client_model *out, bool *out_created,
                          char **out_json) {
   int rc = DECOMP_OK;
-  char *ename = NULL, *rpath = NULL;
+  char *rpath = NULL;
   json_t *doc = NULL;
   long status = 0;
   if (out_json)
     *out_json = NULL;
-  size_t plen = 64;
-  if (name && name[0]) {
-    if (!(ename = ct_escape(c, name))) {
-      rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
-      goto done;
-    }
-    plen += strlen(ename);
-  }
-  if (!(rpath = malloc(plen))) {
-    rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  if (!(rpath = client_models_path(c, name))) {
+    rc = DECOMP_ERR_NOMEM;
     goto done;
   }
-  snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
-           ename ? ename : "");
   if ((rc = send_file(c, "upload", "POST", rpath, "application/octet-stream",
                       path, &doc, &status)) != DECOMP_OK)
     goto done;
@@ -413,7 +416,6 @@ int decomp_client_upload(decomp_client *c, const char *path, const char *name,
 done:
   json_decref(doc);
   free(rpath);
-  free(ename);
   return rc;
 }
 

@@ -94,6 +94,9 @@ void ct_conn_free(struct ct_conn *conn);
 
 /* URL-encode `s` into a new string (NULL on NOMEM). */
 char *ct_escape(decomp_client *c, const char *s);
+/* "/v1/models", with "?name=NAME" (escaped) when `name` is set; malloc'd,
+ * NULL (and the client's error set) when out of memory. */
+char *client_models_path(decomp_client *c, const char *name);
 
 /* ---- SHA-256 and the cache (cache.c) ------------------------------------- */
 

@@ -199,7 +199,7 @@ int decomp_client_upload_sharded(decomp_client *c, const char *path,
                                  char **out_json) {
   char dir[DECOMP_CLIENT_PATH_LEN];
   json_t *idx = NULL, *shards = NULL, *body = NULL, *doc = NULL;
-  char *text = NULL, *ename = NULL, *rpath = NULL;
+  char *text = NULL, *rpath = NULL;
   decomp_client_shard_stats st = {0};
   ct_response rs = {0};
   if (out_json)
@@ -249,20 +249,10 @@ int decomp_client_upload_sharded(decomp_client *c, const char *path,
     rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
-  size_t plen = 64;
-  if (name && name[0]) {
-    if (!(ename = ct_escape(c, name))) {
-      rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
-      goto done;
-    }
-    plen += strlen(ename);
-  }
-  if (!(rpath = malloc(plen))) {
-    rc = client_fail(c, DECOMP_ERR_NOMEM, "out of memory");
+  if (!(rpath = client_models_path(c, name))) {
+    rc = DECOMP_ERR_NOMEM;
     goto done;
   }
-  snprintf(rpath, plen, "/v1/models%s%s", ename ? "?name=" : "",
-           ename ? ename : "");
   ct_request rq = {.method = "POST", .path = rpath,
                    .content_type = "application/json", .body = text,
                    .body_len = strlen(text), .body_fd = -1,
@@ -304,7 +294,6 @@ done:
   json_decref(shards);
   json_decref(idx);
   free(text);
-  free(ename);
   free(rpath);
   return rc;
 }
