@@ -67,10 +67,11 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from . import _c_constants as _C
-from .errors import DecompError
+from .errors import DecompError, SafetensorsError
 
 __all__ = [
     "Client", "Job", "ClientError", "ConnectError", "TransferError",
@@ -583,10 +584,12 @@ class Client:
 
     # -- models and jobs ----------------------------------------------------
 
-    def _send(self, what, method, rpath, source, progress,
-              content_type="application/octet-stream"):
-        """Send `source` (a file path, streamed, or bytes) as the raw body
-        of `method` `rpath`; the answer's JSON. Errors name `what`."""
+    def _stream(self, what, method, rpath, source, progress,
+                content_type="application/octet-stream", start=0,
+                headers=None):
+        """Send `source` (a file path, streamed, or bytes) from byte
+        `start` as the raw body of `method` `rpath`; (status, response,
+        body bytes, label of the source)."""
         self._no_offline(f"{what} {rpath}")
         bar = _Progress(progress)
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -600,7 +603,7 @@ class Client:
 
         class Reader(io.RawIOBase):
             def __init__(self, f):
-                self.f, self.done = f, 0
+                self.f, self.done = f, start
 
             def readable(self):
                 return True
@@ -613,27 +616,112 @@ class Client:
                 return b
 
         with f:
-            conn, r = self._open(
-                method, rpath, Reader(f),
-                {"Content-Type": content_type,
-                 "Content-Length": str(size)})
+            f.seek(start)
+            h = {"Content-Type": content_type,
+                 "Content-Length": str(size - start)}
+            h.update(headers or {})
+            conn, r = self._open(method, rpath, Reader(f), h)
             try:
                 data = r.read()
             finally:
                 conn.close()
                 bar.end()
-        if r.status not in (200, 201):
-            e = self._error(method, rpath.split("?")[0], r.status, data)
-            e.detail = f"{what} {label}: {e.detail}"
-            e.args = (f"{e.detail} [{e.code_name}]",)
-            raise e
+        return r.status, r, data, label
+
+    def _send(self, what, method, rpath, source, progress,
+              content_type="application/octet-stream"):
+        """Send `source` (a file path, streamed, or bytes) as the raw body
+        of `method` `rpath`; the answer's JSON. Errors name `what`."""
+        status, _, data, label = self._stream(what, method, rpath, source,
+                                              progress, content_type)
+        if status not in (200, 201):
+            raise self._named_error(method, rpath, status, data,
+                                    f"{what} {label}")
         return json.loads(data)
 
+    def _named_error(self, method, rpath, status, data, prefix):
+        e = self._error(method, rpath.split("?")[0], status, data)
+        e.detail = f"{prefix}: {e.detail}"
+        e.args = (f"{e.detail} [{e.code_name}]",)
+        return e
+
     def upload(self, path, name=None, progress=False):
-        """Upload a weight file (streamed); the server's model dict."""
+        """Upload a weight file (streamed), or a sharded safetensors
+        checkpoint — its folder (holding model.safetensors.index.json) or
+        that index — as `decompctl upload DIR` does: each shard as a
+        content-addressed blob (skipped when the server has it, resumed
+        from what the server holds of a partial upload), then the index,
+        which binds them into one model. The server's model dict. A bad
+        index (a shard name that is a path, a missing shard file) is a
+        SafetensorsError before anything is sent."""
+        p = os.fspath(path)
         q = "?name=" + urllib.parse.quote(name) if name else ""
-        return self._send("upload", "POST", "/v1/models" + q,
-                          os.fspath(path), progress)
+        if os.path.isdir(p) or p.endswith(".json"):
+            return self._upload_sharded(p, q, progress)
+        return self._send("upload", "POST", "/v1/models" + q, p, progress)
+
+    def _upload_sharded(self, path, query, progress):
+        from .safetensors_io import INDEX_NAME, read_index
+        ipath = os.path.join(path, INDEX_NAME) if os.path.isdir(path) \
+            else path
+        wmap, _ = read_index(ipath)
+        with open(ipath, "rb") as f:
+            index = json.load(f)
+        folder = os.path.dirname(os.path.abspath(ipath))
+        shards = list(OrderedDict.fromkeys(wmap.values()))
+        for shard in shards:
+            if not os.path.isfile(os.path.join(folder, shard)):
+                raise SafetensorsError(f"{ipath}: index: shard {shard!r} is "
+                                       f"not a file in {folder}")
+        digests = OrderedDict(
+            (shard, self._upload_blob(os.path.join(folder, shard), progress))
+            for shard in shards)
+        return self._json("POST", "/v1/models" + query,
+                          {"index": index, "shards": digests})[1]
+
+    def _upload_blob(self, path, progress):
+        """PUT the file at `path` as the blob of its SHA-256 unless the
+        server has it, from where a partial upload the server holds ends;
+        its "sha256:…" digest."""
+        h, size = hashlib.sha256(), os.path.getsize(path)
+        with open(path, "rb") as f:
+            for piece in iter(lambda: f.read(_CHUNK), b""):
+                h.update(piece)
+        digest = "sha256:" + h.hexdigest()
+        rpath = "/v1/blobs/" + digest
+        self._no_offline(f"HEAD {rpath}")
+        conn, r = self._open("HEAD", rpath)
+        try:
+            r.read()
+        finally:
+            conn.close()
+        if r.status == 200:
+            return digest
+        if r.status != 404:
+            raise self._named_error("HEAD", rpath, r.status, b"",
+                                    f"shard {path}")
+
+        def offset(resp):
+            v = resp.getheader("Upload-Offset") or ""
+            return int(v) if v.isdigit() and int(v) < size else 0
+
+        start = offset(r)
+        for _ in range(3):
+            extra = {"Content-Range": f"bytes {start}-{size - 1}/{size}"} \
+                if start else None
+            status, resp, data, _ = self._stream(
+                "upload", "PUT", rpath, path, progress, start=start,
+                headers=extra)
+            if status in (200, 201):
+                return digest
+            if status == 409 and resp.getheader("Upload-Offset"):
+                start = offset(resp)  # another upload moved it
+                continue
+            if status == 422 and start:
+                start = 0  # what the server held was not this file's start
+                continue
+            break
+        raise self._named_error("PUT", rpath, status, data, f"shard {path}")
 
     def model(self, model_id):
         """The server's model dict (with has_spec, calibration and
@@ -737,8 +825,10 @@ class Client:
 
         model_or_path: a live nn.Module (its state dict is uploaded and its
         layer spec made from it, as the in-process engine gets them), a
-        weight file path (.pth or safetensors: give `spec`, a dict or JSON
-        text, unless the server has one for the model), or a TorchScript
+        weight file path (.pth or safetensors, or a sharded safetensors
+        checkpoint's folder or index, uploaded shard by shard as `upload`
+        does: give `spec`, a dict or JSON text, unless the server has one
+        for the model), or a TorchScript
         file (the server reads it where it can; else it is loaded here and
         its weights and spec are sent). policy: a name, a dict or JSON text
         (default: the server's, budget; Linear layers are decomposed when

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from conftest import ctl, client_env
+from conftest import ctl, client_env, url_of
 
 INDEX = "model.safetensors.index.json"
 
@@ -136,5 +136,88 @@ def test_upload_dir_reports_a_shard_the_server_refuses(daemon, tmp_path):
     assert p.returncode == 3, (p.returncode, p.stderr)
     err = json.loads(p.stdout)["error"]
     assert err["code"] == "bad_safetensors" and name in err["message"], err
+    _, models = daemon.json("GET", "/v1/models", expect=200)
+    assert models["models"] == []
+
+
+# ---- the Python client: Client.upload / Client.submit of a folder ---------
+
+
+def test_python_upload_of_a_folder_binds_the_shards_and_again_sends_nothing(
+        daemon, tmp_path):
+    from decompd.client import Client
+    shards = write_checkpoint(tmp_path / "ckpt")
+    c = Client(url_of(daemon))
+    m = c.upload(tmp_path / "ckpt", name="llm")
+    assert m["format"] == "safetensors-sharded" and m["name"] == "llm"
+    assert [s["digest"] for s in m["shards"]] == [sha(b) for b in shards.values()]
+    assert sorted(d for d, _ in stored_lines(daemon)) == sorted(
+        sha(b) for b in shards.values())
+    again = c.upload(tmp_path / "ckpt" / INDEX)
+    assert again["id"] == m["id"]
+    assert len(stored_lines(daemon)) == 3  # HEAD found each: nothing sent
+
+
+def test_python_upload_resumes_a_shard_the_server_holds_part_of_and_restarts_a_wrong_one(
+        daemon, tmp_path):
+    from decompd.client import Client
+    shards = write_checkpoint(tmp_path / "ckpt")
+    (n0, d0), (n1, d1) = list(shards.items())[:2]
+    half = len(d1) // 2
+    status, _, _ = daemon.request(
+        "PUT", "/v1/blobs/" + sha(d1), body=d1[:half],
+        headers={"Content-Range": "bytes 0-%d/%d" % (half - 1, len(d1))})
+    assert status == 202
+    status, _, _ = daemon.request(
+        "PUT", "/v1/blobs/" + sha(d0), body=b"\0" * 100,
+        headers={"Content-Range": "bytes 0-99/%d" % len(d0)})
+    assert status == 202
+    m = Client(url_of(daemon)).upload(tmp_path / "ckpt")
+    assert m["format"] == "safetensors-sharded"
+    stored = dict(stored_lines(daemon))
+    assert stored[sha(d1)] == "yes"          # resumed from the half it held
+    assert "upload_digest_mismatch" in daemon.log()  # d0's junk start: again
+    for d in (d0, d1):
+        status, _, body = daemon.request("GET", "/v1/blobs/" + sha(d))
+        assert status == 200 and body == d
+
+
+def test_python_upload_refuses_a_bad_index_before_sending_anything(daemon, tmp_path):
+    from decompd.client import Client
+    from decompd.errors import SafetensorsError
+    write_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "secret.safetensors").write_bytes(b"do not send")
+    idx = json.loads((tmp_path / "ckpt" / INDEX).read_text())
+    first = next(iter(idx["weight_map"]))
+    idx["weight_map"][first] = "../secret.safetensors"
+    (tmp_path / "ckpt" / INDEX).write_text(json.dumps(idx))
+    c = Client(url_of(daemon))
+    try:
+        c.upload(tmp_path / "ckpt")
+        raise AssertionError("a shard name that is a path was accepted")
+    except SafetensorsError as e:
+        assert "../secret.safetensors" in str(e)
+    idx["weight_map"][first] = "model-00009-of-00009.safetensors"
+    (tmp_path / "ckpt" / INDEX).write_text(json.dumps(idx))
+    try:
+        c.upload(tmp_path / "ckpt")
+        raise AssertionError("a missing shard file was accepted")
+    except SafetensorsError as e:
+        assert "model-00009-of-00009.safetensors" in str(e) and "not a file" in str(e)
+    assert stored_lines(daemon) == []
+
+
+def test_python_upload_names_the_shard_the_server_refuses(daemon, tmp_path):
+    from decompd.client import Client
+    from decompd.client import ServiceValueError
+    shards = write_checkpoint(tmp_path / "ckpt")
+    name = list(shards)[2]
+    with open(tmp_path / "ckpt" / name, "r+b") as f:
+        f.truncate(len(shards[name]) - 7)  # cut mid-tensor
+    try:
+        Client(url_of(daemon)).upload(tmp_path / "ckpt")
+        raise AssertionError("a truncated shard was accepted")
+    except ServiceValueError as e:
+        assert e.code_name == "bad_safetensors" and name in str(e), e
     _, models = daemon.json("GET", "/v1/models", expect=200)
     assert models["models"] == []
