@@ -3,9 +3,9 @@
  *
  * This is the narrow interface the server codes against. The embedded
  * implementation keeps blobs under DATA_DIR/blobs/sha256/ab/abcd… (blob.c)
- * and the index in SQLite (index.c); a PostgreSQL + S3 deployment would be a
- * second pair of files behind the same functions. The job queue lives in
- * queue.h on the same handle.
+ * and the index in SQLite (the files under sqlite/); a PostgreSQL + S3
+ * deployment would be a second set of files behind the same functions. The
+ * job queue lives in queue.h on the same handle.
  *
  * Fallible functions return a decomp_error code (DECOMP_OK on success); the
  * detail of the last failure on the calling thread is store_errmsg(). The

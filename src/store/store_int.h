@@ -1,4 +1,4 @@
-/* store_int.h — what blob.c and index.c share inside the store and no one
+/* store_int.h — what blob.c and the index (sqlite/) share inside the store and no one
  * outside sees: the folder layout and the thread's error message. */
 #ifndef DECOMPD_STORE_INT_H
 #define DECOMPD_STORE_INT_H
@@ -42,8 +42,8 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p);
  * by the owner so that on a full disk a delete (the way out) still finds
  * room for its few database pages. Fill allocates it (DECOMP_ERR_DISK_FULL
  * when the disk has not the room yet; what was allocated stays); release
- * removes it, returning whether it held anything. index.c calls them one
- * at a time (at start-up, then under the store's reserve lock). */
+ * removes it, returning whether it held anything. The index (sqlite/open.c)
+ * calls them one at a time (at start-up, then under the store's reserve lock). */
 int store_reserve_fill(const store_paths *p);
 bool store_reserve_release(const store_paths *p);
 
