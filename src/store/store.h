@@ -1,11 +1,14 @@
 /* store.h — decompd's artifact store: content-addressed blobs plus the index
  * of models, job artifacts and API tokens.
  *
- * This is the narrow interface the server codes against. The embedded
- * implementation keeps blobs under DATA_DIR/blobs/sha256/ab/abcd… (blob.c)
- * and the index in SQLite (the files under sqlite/); a PostgreSQL + S3
- * deployment would be a second set of files behind the same functions. The
- * job queue lives in queue.h on the same handle.
+ * This is the narrow interface the server codes against. Each function
+ * that takes the handle dispatches (store.c) through the table of functions
+ * of the backend the handle was opened with (backend.h). The embedded
+ * backend, the one store_open() opens, keeps blobs under
+ * DATA_DIR/blobs/sha256/ab/abcd… (blob.c) and the index in SQLite (the
+ * files under sqlite/); a PostgreSQL + S3 deployment would be a second
+ * table in files of its own. The job queue lives in queue.h on the same
+ * handle.
  *
  * Fallible functions return a decomp_error code (DECOMP_OK on success); the
  * detail of the last failure on the calling thread is store_errmsg(). The
@@ -32,7 +35,8 @@ typedef struct store store;
  * outputs and the engine's dot-named temp files behind them, TorchScript
  * work folders) and puts jobs a dead process left `running` back in the
  * queue (`requeued` says how many; may be NULL). Tools such as
- * `decompd token` open without owning. */
+ * `decompd token` open without owning. This opens the embedded backend;
+ * store_open_backend (backend.h) opens another. */
 int store_open(const char *data_dir, bool owner, store **out, int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.
  * Call after every thread using the store has stopped. */

@@ -14,8 +14,8 @@ static void artifact_row(sqlite3_stmt *st, store_artifact *a) {
   sq_col_copy(st, 3, a->media_type, sizeof a->media_type);
 }
 
-int store_artifact_get(store *s, const char *job_id, const char *name,
-                       store_artifact *out) {
+int sq_artifact_get(store *s, const char *job_id, const char *name,
+                    store_artifact *out) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -38,8 +38,8 @@ int store_artifact_get(store *s, const char *job_id, const char *name,
   return rc;
 }
 
-int store_artifact_list(store *s, const char *job_id, store_artifact **out,
-                        size_t *n) {
+int sq_artifact_list(store *s, const char *job_id, store_artifact **out,
+                     size_t *n) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);

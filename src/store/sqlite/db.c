@@ -63,7 +63,7 @@ int sq_exec_sql(sqlite3 *db, const char *sql) {
   return DECOMP_OK;
 }
 
-int sq_open(const char *path, sqlite3 **out) {
+int sq_connect(const char *path, sqlite3 **out) {
   sqlite3 *db = NULL;
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
               SQLITE_OPEN_EXRESCODE;
@@ -169,7 +169,7 @@ static int rdb_reader(store *s, struct reader **out) {
     r = calloc(1, sizeof *r);
     if (!r)
       return store_fail(DECOMP_ERR_NOMEM, "out of memory");
-    int rc = sq_open(s->paths.db, &r->db);
+    int rc = sq_connect(s->paths.db, &r->db);
     if (rc == DECOMP_OK)
       rc = sq_exec_sql(r->db, "PRAGMA query_only=1;");
     if (rc != DECOMP_OK) {

@@ -113,8 +113,8 @@ static int job_attachment_check(store *s, const struct attachment_sql *q,
   return rc;
 }
 
-int store_job_submit(store *s, const char *request_key, store_job *j,
-                     bool *created) {
+int sq_job_submit(store *s, const char *request_key, store_job *j,
+                  bool *created) {
   char id[24];
   if (!store_random_id("j_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -167,7 +167,7 @@ int store_job_submit(store *s, const char *request_key, store_job *j,
   return DECOMP_OK;
 }
 
-int store_job_get(store *s, const char *id, bool with_spec, store_job *out) {
+int sq_job_get(store *s, const char *id, bool with_spec, store_job *out) {
   sqlite3 *db;
   int rc = sq_reader_db(s, &db);
   if (rc != DECOMP_OK)
@@ -178,8 +178,8 @@ int store_job_get(store *s, const char *id, bool with_spec, store_job *out) {
                   id, with_spec, out);
 }
 
-int store_job_list(store *s, int state, int64_t before, int limit,
-                   store_job **out, size_t *n) {
+int sq_job_list(store *s, int state, int64_t before, int limit, store_job **out,
+                size_t *n) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -212,8 +212,8 @@ int store_job_list(store *s, int state, int64_t before, int limit,
   return DECOMP_OK;
 }
 
-int store_job_layers(store *s, const char *job_id, store_job_layer **out,
-                     size_t *n) {
+int sq_job_layers(store *s, const char *job_id, store_job_layer **out,
+                  size_t *n) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -255,7 +255,7 @@ int store_job_layers(store *s, const char *job_id, store_job_layer **out,
   return DECOMP_OK;
 }
 
-int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
+int sq_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -275,7 +275,7 @@ int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
   return DECOMP_OK;
 }
 
-int store_job_claim(store *s, store_job *out) {
+int sq_job_claim(store *s, store_job *out) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -314,8 +314,8 @@ int store_job_claim(store *s, store_job *out) {
   return rc;
 }
 
-int store_job_progress(store *s, const char *job_id, int64_t total,
-                       const store_job_layer *l) {
+int sq_job_progress(store *s, const char *job_id, int64_t total,
+                    const store_job_layer *l) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -333,8 +333,8 @@ int store_job_progress(store *s, const char *job_id, int64_t total,
   return sq_wend(s, rc);
 }
 
-int store_job_current(store *s, const char *job_id, int64_t total,
-                      const char *layer, const char *step, double fraction) {
+int sq_job_current(store *s, const char *job_id, int64_t total,
+                   const char *layer, const char *step, double fraction) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -346,7 +346,7 @@ int store_job_current(store *s, const char *job_id, int64_t total,
   return sq_wend(s, rc);
 }
 
-int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
+int sq_job_cancel_requested(store *s, const char *job_id, bool *yes) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -361,7 +361,7 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
   return DECOMP_OK;
 }
 
-int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
+int sq_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -370,8 +370,8 @@ int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
   return sq_wend(s, rc);
 }
 
-int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                      size_t n) {
+int sq_job_succeed(store *s, const char *job_id, const store_artifact *a,
+                   size_t n) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -417,22 +417,22 @@ static int job_end_tx(store *s, void *arg) {
 /* Ending a job may use the reserve too: on a full disk a job left
  * `running` would hold its model (store_model_delete refuses) until the
  * daemon restarts. */
-int store_job_fail(store *s, const char *job_id, int err, const char *message) {
+int sq_job_fail(store *s, const char *job_id, int err, const char *message) {
   struct job_end e = {job_id, "failed", decomp_error_code(err), message};
   return sq_write_with_reserve(s, job_end_tx, &e);
 }
 
-int store_job_cancelled(store *s, const char *job_id) {
+int sq_job_cancelled(store *s, const char *job_id) {
   struct job_end e = {job_id, "cancelled", NULL, NULL};
   return sq_write_with_reserve(s, job_end_tx, &e);
 }
 
-int store_job_requeue(store *s, const char *job_id) {
+int sq_job_requeue(store *s, const char *job_id) {
   struct job_end e = {job_id, "queued", NULL, NULL};
   return sq_write_with_reserve(s, job_end_tx, &e);
 }
 
-int store_job_cancel(store *s, const char *id, store_job *out) {
+int sq_job_cancel(store *s, const char *id, store_job *out) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -459,7 +459,7 @@ int store_job_cancel(store *s, const char *id, store_job *out) {
   return sq_wend(s, rc);
 }
 
-int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
+int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
   *requeued = false;
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
@@ -595,8 +595,8 @@ static int job_delete_tx(store *s, void *arg) {
   return DECOMP_OK;
 }
 
-int store_job_delete(store *s, const char *id,
-                     char (**digests)[STORE_DIGEST_LEN], size_t *n) {
+int sq_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
+                  size_t *n) {
   struct job_delete a = {id, digests, n};
   return sq_write_with_reserve(s, job_delete_tx, &a);
 }

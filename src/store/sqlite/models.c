@@ -25,7 +25,7 @@ void sq_model_row(sqlite3_stmt *st, store_model *m) {
   m->profile_size = sqlite3_column_int64(st, 13);
 }
 
-int store_model_put(store *s, store_model *m, bool *created) {
+int sq_model_put(store *s, store_model *m, bool *created) {
   char id[24];
   if (!store_random_id("m_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -57,7 +57,7 @@ int store_model_put(store *s, store_model *m, bool *created) {
   return rc;
 }
 
-int store_model_get(store *s, const char *id, store_model *out) {
+int sq_model_get(store *s, const char *id, store_model *out) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -77,7 +77,7 @@ int store_model_get(store *s, const char *id, store_model *out) {
   return rc;
 }
 
-int store_model_list(store *s, store_model **out, size_t *n) {
+int sq_model_list(store *s, store_model **out, size_t *n) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -158,15 +158,15 @@ static int model_delete_tx(store *s, void *arg) {
   return sq_wend(s, rc);
 }
 
-int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN],
-                       char profile[STORE_DIGEST_LEN]) {
+int sq_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
+                    char calibration[STORE_DIGEST_LEN],
+                    char profile[STORE_DIGEST_LEN]) {
   digest[0] = calibration[0] = profile[0] = '\0';
   struct model_delete a = {id, digest, calibration, profile};
   return sq_write_with_reserve(s, model_delete_tx, &a);
 }
 
-int store_model_set_spec(store *s, const char *id, const char *spec) {
+int sq_model_set_spec(store *s, const char *id, const char *spec) {
   int rc = sq_wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
@@ -196,15 +196,15 @@ static int model_text(store *s, const char *sql, const char *id, char **out) {
   return rc;
 }
 
-int store_model_get_spec(store *s, const char *id, char **spec) {
+int sq_model_get_spec(store *s, const char *id, char **spec) {
   return model_text(s, "SELECT spec FROM models WHERE id=?", id, spec);
 }
 
-int store_model_get_archive_spec(store *s, const char *id, char **spec) {
+int sq_model_get_archive_spec(store *s, const char *id, char **spec) {
   return model_text(s, "SELECT archive_spec FROM models WHERE id=?", id, spec);
 }
 
-int store_model_set_archive_spec(store *s, const char *id, const char *spec) {
+int sq_model_set_archive_spec(store *s, const char *id, const char *spec) {
   int rc = sq_wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
@@ -263,16 +263,16 @@ static int model_set_attachment(store *s, const struct attachment_sql *q,
   return rc;
 }
 
-int store_model_set_calibration(store *s, const char *id, const char *digest,
-                                int64_t layers, int64_t size,
-                                char old[STORE_DIGEST_LEN]) {
+int sq_model_set_calibration(store *s, const char *id, const char *digest,
+                             int64_t layers, int64_t size,
+                             char old[STORE_DIGEST_LEN]) {
   return model_set_attachment(s, &SQ_CALIBRATION_SQL, id, digest, layers, size,
                               old);
 }
 
-int store_model_set_profile(store *s, const char *id, const char *digest,
-                            int64_t layers, int64_t size,
-                            char old[STORE_DIGEST_LEN]) {
+int sq_model_set_profile(store *s, const char *id, const char *digest,
+                         int64_t layers, int64_t size,
+                         char old[STORE_DIGEST_LEN]) {
   return model_set_attachment(s, &SQ_PROFILE_SQL, id, digest, layers, size,
                               old);
 }

@@ -44,10 +44,12 @@ static int migrate(store *s) {
   return DECOMP_OK;
 }
 
-int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
+int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
+                  store **out, int *requeued) {
   store *s = calloc(1, sizeof *s);
   if (!s)
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  s->backend = self;
   s->lock_fd = -1;
   pthread_mutex_init(&s->wmu, NULL);
   pthread_mutex_init(&s->blob_mu, NULL);
@@ -77,7 +79,7 @@ int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
     s->owner = true;
     store_reserve_fill(&s->paths);
   }
-  if ((rc = sq_open(s->paths.db, &s->w)) != DECOMP_OK)
+  if ((rc = sq_connect(s->paths.db, &s->w)) != DECOMP_OK)
     goto fail;
   if ((rc = migrate(s)) != DECOMP_OK)
     goto fail;
@@ -101,11 +103,11 @@ int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
   *out = s;
   return DECOMP_OK;
 fail:
-  store_close(s);
+  sq_close(s);
   return rc;
 }
 
-void store_close(store *s) {
+void sq_close(store *s) {
   if (!s)
     return;
   /* This thread's reader (and any left by threads that did not exit). */
@@ -129,11 +131,11 @@ void store_close(store *s) {
   free(s);
 }
 
-int store_schema_version(store *s) {
+int sq_schema_version(store *s) {
   return s->version;
 }
 
-int store_ping(store *s) {
+int sq_ping(store *s) {
   sqlite3 *db;
   int rc = sq_reader_db(s, &db);
   if (rc != DECOMP_OK)
@@ -146,14 +148,14 @@ int store_ping(store *s) {
   return rc;
 }
 
-void store_blob_lock(store *s) {
+void sq_blob_lock(store *s) {
   pthread_mutex_lock(&s->blob_mu);
 }
-void store_blob_unlock(store *s) {
+void sq_blob_unlock(store *s) {
   pthread_mutex_unlock(&s->blob_mu);
 }
 
-int store_blob_gc(store *s, const char *digest) {
+int sq_blob_gc(store *s, const char *digest) {
   sqlite3 *db = s->w;
   pthread_mutex_lock(&s->wmu);
   sqlite3_stmt *st = NULL;
@@ -176,7 +178,7 @@ int store_blob_gc(store *s, const char *digest) {
   if (rc != DECOMP_OK || used)
     return rc;
   char path[STORE_PATH_MAX + 80];
-  if ((rc = store_blob_path(s, digest, path, sizeof path)) != DECOMP_OK)
+  if ((rc = blobs_blob_path(s, digest, path, sizeof path)) != DECOMP_OK)
     return rc;
   if (unlink(path) != 0 && errno != ENOENT)
     return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
@@ -189,7 +191,7 @@ int store_blob_gc(store *s, const char *digest) {
   return DECOMP_OK;
 }
 
-bool store_reserve_ok(store *s) {
+bool sq_reserve_ok(store *s) {
   struct stat st;
   return s->owner && stat(s->paths.reserve, &st) == 0 &&
          (int64_t)st.st_blocks * 512 >= (int64_t)STORE_RESERVE_BYTES;

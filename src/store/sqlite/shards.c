@@ -9,8 +9,8 @@
 
 #include "sqlite_int.h"
 
-int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
-                            size_t n, bool *created) {
+int sq_model_put_sharded(store *s, store_model *m, const store_shard *sh,
+                         size_t n, bool *created) {
   char id[24];
   if (!store_random_id("m_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -49,7 +49,7 @@ int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
   return rc;
 }
 
-int store_model_shards(store *s, const char *id, store_shard **out, size_t *n) {
+int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n) {
   *out = NULL;
   *n = 0;
   sqlite3 *db;
@@ -92,7 +92,7 @@ int store_model_shards(store *s, const char *id, store_shard **out, size_t *n) {
   return DECOMP_OK;
 }
 
-int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
+int sq_loose_blob_touch(store *s, const char *digest, int64_t size) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -104,12 +104,12 @@ int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
   return sq_wend(s, rc);
 }
 
-int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
+int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   int64_t cutoff = store_now_ms() - ttl_ms;
   int np = store_partials_sweep(&s->paths, cutoff), nb = 0;
   char(*v)[STORE_DIGEST_LEN] = NULL;
   size_t cnt = 0, cap = 0;
-  store_blob_lock(s);
+  sq_blob_lock(s);
   int rc = sq_wbegin(s);
   if (rc == DECOMP_OK) {
     sqlite3_stmt *st = NULL;
@@ -140,11 +140,11 @@ int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   for (size_t i = 0; rc == DECOMP_OK && i < cnt; i++) {
     char path[STORE_PATH_MAX + 80];
     struct stat st;
-    if (store_blob_path(s, v[i], path, sizeof path) == DECOMP_OK &&
-        store_blob_gc(s, v[i]) == DECOMP_OK && stat(path, &st) != 0)
+    if (blobs_blob_path(s, v[i], path, sizeof path) == DECOMP_OK &&
+        sq_blob_gc(s, v[i]) == DECOMP_OK && stat(path, &st) != 0)
       nb++;
   }
-  store_blob_unlock(s);
+  sq_blob_unlock(s);
   free(v);
   if (partials)
     *partials = np;

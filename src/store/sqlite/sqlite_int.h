@@ -21,6 +21,7 @@
 
 #include <sqlite3.h>
 
+#include "backend.h"
 #include "queue.h"
 #include "store_int.h"
 
@@ -41,6 +42,7 @@ struct reader {
 };
 
 struct store {
+  const store_backend *backend; /* first: what store.c dispatches through */
   store_paths paths;
   sqlite3 *w;              /* the one writer connection */
   pthread_mutex_t wmu;     /* serialises every write through `w` */
@@ -62,7 +64,7 @@ int sq_fail(sqlite3 *db, const char *what);
 /* Run SQL that returns no rows (several statements allowed). */
 int sq_exec_sql(sqlite3 *db, const char *sql);
 /* Open a connection in WAL with synchronous=FULL. */
-int sq_open(const char *path, sqlite3 **out);
+int sq_connect(const char *path, sqlite3 **out);
 /* Prepare `sql` and bind arguments described by `fmt`: 's' text (NULL binds
  * NULL), 'i' int64, 'd' double, 'n' int (C int). */
 int sq_prepf(sqlite3 *db, sqlite3_stmt **st, const char *sql, const char *fmt,
@@ -117,5 +119,73 @@ struct attachment_sql {
 
 extern const struct attachment_sql SQ_CALIBRATION_SQL;
 extern const struct attachment_sql SQ_PROFILE_SQL;
+
+/* ---- the embedded backend's entries (sqlite/backend.c), each with the
+ * contract of the store.h or queue.h function of its name ---------------- */
+
+int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
+                  store **out, int *requeued);
+void sq_close(store *s);
+bool sq_reserve_ok(store *s);
+int sq_schema_version(store *s);
+int sq_ping(store *s);
+int sq_blob_gc(store *s, const char *digest);
+void sq_blob_lock(store *s);
+void sq_blob_unlock(store *s);
+int sq_loose_blob_touch(store *s, const char *digest, int64_t size);
+int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
+int sq_model_put(store *s, store_model *m, bool *created);
+int sq_model_get(store *s, const char *id, store_model *out);
+int sq_model_list(store *s, store_model **out, size_t *n);
+int sq_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
+                    char calibration[STORE_DIGEST_LEN],
+                    char profile[STORE_DIGEST_LEN]);
+int sq_model_set_spec(store *s, const char *id, const char *spec);
+int sq_model_get_spec(store *s, const char *id, char **spec);
+int sq_model_set_archive_spec(store *s, const char *id, const char *spec);
+int sq_model_get_archive_spec(store *s, const char *id, char **spec);
+int sq_model_set_calibration(store *s, const char *id, const char *digest,
+                             int64_t layers, int64_t size,
+                             char old[STORE_DIGEST_LEN]);
+int sq_model_set_profile(store *s, const char *id, const char *digest,
+                         int64_t layers, int64_t size,
+                         char old[STORE_DIGEST_LEN]);
+int sq_model_put_sharded(store *s, store_model *m, const store_shard *sh,
+                         size_t n, bool *created);
+int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n);
+int sq_artifact_get(store *s, const char *job_id, const char *name,
+                    store_artifact *out);
+int sq_artifact_list(store *s, const char *job_id, store_artifact **out,
+                     size_t *n);
+int sq_token_put(store *s, const char *name, int role, const char *hash_hex,
+                 char id[24]);
+int sq_token_any(store *s, bool *any);
+int sq_token_role(store *s, const char *hash_hex, int *role, char name[256]);
+int sq_token_delete(store *s, const char *name);
+int sq_token_list(store *s, store_token **out, size_t *n);
+int sq_job_submit(store *s, const char *request_key, store_job *j,
+                  bool *created);
+int sq_job_get(store *s, const char *id, bool with_spec, store_job *out);
+int sq_job_list(store *s, int state, int64_t before, int limit, store_job **out,
+                size_t *n);
+int sq_job_layers(store *s, const char *job_id, store_job_layer **out,
+                  size_t *n);
+int sq_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]);
+int sq_job_claim(store *s, store_job *out);
+int sq_job_progress(store *s, const char *job_id, int64_t total,
+                    const store_job_layer *l);
+int sq_job_current(store *s, const char *job_id, int64_t total,
+                   const char *layer, const char *step, double fraction);
+int sq_job_cancel_requested(store *s, const char *job_id, bool *yes);
+int sq_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
+int sq_job_succeed(store *s, const char *job_id, const store_artifact *a,
+                   size_t n);
+int sq_job_fail(store *s, const char *job_id, int err, const char *message);
+int sq_job_cancelled(store *s, const char *job_id);
+int sq_job_requeue(store *s, const char *job_id);
+int sq_job_cancel(store *s, const char *id, store_job *out);
+int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued);
+int sq_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
+                  size_t *n);
 
 #endif

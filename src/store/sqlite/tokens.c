@@ -20,8 +20,8 @@ int store_role_from_name(const char *name) {
   return -1;
 }
 
-int store_token_put(store *s, const char *name, int role, const char *hash_hex,
-                    char id[24]) {
+int sq_token_put(store *s, const char *name, int role, const char *hash_hex,
+                 char id[24]) {
   if (!store_random_id("t_", 4, id, 24))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
   int rc = sq_wbegin(s);
@@ -36,7 +36,7 @@ int store_token_put(store *s, const char *name, int role, const char *hash_hex,
   return sq_wend(s, rc);
 }
 
-int store_token_any(store *s, bool *any) {
+int sq_token_any(store *s, bool *any) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -52,8 +52,7 @@ int store_token_any(store *s, bool *any) {
   return rc;
 }
 
-int store_token_role(store *s, const char *hash_hex, int *role,
-                     char name[256]) {
+int sq_token_role(store *s, const char *hash_hex, int *role, char name[256]) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -77,7 +76,7 @@ int store_token_role(store *s, const char *hash_hex, int *role,
   return rc;
 }
 
-int store_token_delete(store *s, const char *name) {
+int sq_token_delete(store *s, const char *name) {
   int rc = sq_wbegin(s), n = 0;
   if (rc != DECOMP_OK)
     return rc;
@@ -87,7 +86,7 @@ int store_token_delete(store *s, const char *name) {
   return sq_wend(s, rc);
 }
 
-int store_token_list(store *s, store_token **out, size_t *n) {
+int sq_token_list(store *s, store_token **out, size_t *n) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
