@@ -24,7 +24,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 1
+#define STORE_BACKEND_VERSION 2
 
 typedef struct store_backend store_backend;
 
@@ -67,9 +67,7 @@ struct store_backend {
   int (*model_put)(store *s, store_model *m, bool *created);
   int (*model_get)(store *s, const char *id, store_model *out);
   int (*model_list)(store *s, store_model **out, size_t *n);
-  int (*model_delete)(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                      char calibration[STORE_DIGEST_LEN],
-                      char profile[STORE_DIGEST_LEN]);
+  int (*model_delete)(store *s, const char *id);
   int (*model_set_spec)(store *s, const char *id, const char *spec);
   int (*model_get_spec)(store *s, const char *id, char **spec);
   int (*model_set_archive_spec)(store *s, const char *id, const char *spec);
@@ -123,8 +121,7 @@ struct store_backend {
   int (*job_requeue)(store *s, const char *job_id);
   int (*job_cancel)(store *s, const char *id, store_job *out);
   int (*job_retry)(store *s, const char *id, store_job *out, bool *requeued);
-  int (*job_delete)(store *s, const char *id,
-                    char (**digests)[STORE_DIGEST_LEN], size_t *n);
+  int (*job_delete)(store *s, const char *id);
 };
 
 /* The embedded backend: SQLite in DATA_DIR/decompd.db, blobs in

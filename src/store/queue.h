@@ -119,11 +119,11 @@ int store_job_cancel(store *s, const char *id, store_job *out);
  * queued or running job is left as it is (it is going to run). `out` gets
  * the row after the change. */
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
-/* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
- * while queued or running. The artifacts' digests, and its calibration's and
- * profile's, are returned (*digests, free()) for store_blob_gc(). Works on a
- * full disk, as store_model_delete does. */
-int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
-                     size_t *n);
+/* Delete a finished job with its layers and artifact rows, and collect the
+ * blobs it named (its artifacts, its calibration and profile) as
+ * store_model_delete does, under the store's own blob lock (do not hold
+ * store_blob_lock()); DECOMP_ERR_CONFLICT while queued or running. Works on
+ * a full disk, as store_model_delete does. */
+int store_job_delete(store *s, const char *id);
 
 #endif

@@ -120,10 +120,8 @@ int store_model_list(store *s, store_model **out, size_t *n) {
   return BACKEND(s)->model_list(s, out, n);
 }
 
-int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN],
-                       char profile[STORE_DIGEST_LEN]) {
-  return BACKEND(s)->model_delete(s, id, digest, calibration, profile);
+int store_model_delete(store *s, const char *id) {
+  return BACKEND(s)->model_delete(s, id);
 }
 
 int store_model_set_spec(store *s, const char *id, const char *spec) {
@@ -265,7 +263,6 @@ int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
   return BACKEND(s)->job_retry(s, id, out, requeued);
 }
 
-int store_job_delete(store *s, const char *id,
-                     char (**digests)[STORE_DIGEST_LEN], size_t *n) {
-  return BACKEND(s)->job_delete(s, id, digests, n);
+int store_job_delete(store *s, const char *id) {
+  return BACKEND(s)->job_delete(s, id);
 }

@@ -198,15 +198,15 @@ int store_model_put(store *s, store_model *m, bool *created);
 int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
 int store_model_list(store *s, store_model **out, size_t *n);
-/* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
- * it. `digest` gets its weights' digest, `calibration` and `profile` its
- * attached calibration's and profile's ("" when none): the caller collects
- * those blobs with store_blob_gc(). On a full disk it still works: the owner
- * keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it
- * needs the room, and that the next collected blob gives back. */
-int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN],
-                       char profile[STORE_DIGEST_LEN]);
+/* Remove a model row (with its shards' rows) and collect the blobs it
+ * named — its weights, its shards, its attached calibration and profile —
+ * each unless something else still names it (store_blob_gc), under the
+ * store's own blob lock: do not hold store_blob_lock() when calling it.
+ * DECOMP_ERR_CONFLICT while a queued or running job uses it. On a full disk
+ * it still works: the owner keeps a reserve (DATA_DIR/decompd.reserve,
+ * 4 MiB) that a delete frees when it needs the room, and that the next
+ * collected blob gives back. */
+int store_model_delete(store *s, const char *id);
 
 /* Attach a layer spec (canonical JSON) to a model, replacing any;
  * DECOMP_ERR_NOT_FOUND when there is no such model. */

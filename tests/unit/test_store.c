@@ -170,21 +170,17 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.spec = "{}";
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
-                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_ERR_CONFLICT);
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
   ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
   store_job_clear(&c);
   store_job_clear(&j);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
+  /* the delete collects the blob with the row */
   ck_assert_int_eq(count_files("blobs"), 1);
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
-                   DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_ERR_NOT_FOUND);
   /* no job is queued on a model that is gone */
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
   j.spec = "{}";
@@ -297,29 +293,15 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
                    DECOMP_ERR_CONFLICT);
   ck_assert_ptr_nonnull(strstr(store_errmsg(), "no profile"));
 
-  /* the model's delete, then the job's: the job hands back both */
+  /* the model's delete, then the job's: the job's row keeps both blobs
+   * until it goes */
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
   ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
-  ck_assert_str_eq(prof, p1);
-  ck_assert_str_eq(calib, cal);
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, prof), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 2); /* the job's p1 and cal */
-  char(*dg)[STORE_DIGEST_LEN] = NULL;
-  size_t nd = 0;
-  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 2);
-  ck_assert_str_eq(dg[0], cal);
-  ck_assert_str_eq(dg[1], p1);
-  for (size_t i = 0; i < nd; i++)
-    ck_assert_int_eq(store_blob_gc(s, dg[i]), DECOMP_OK);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, job1), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
@@ -382,25 +364,13 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   ck_assert_str_eq(j.id, job1);
   store_job_clear(&j);
 
-  /* deleting the model returns its calibration; the job still holds cal1 */
+  /* deleting the model collects its weights and cal2; the job holds cal1 */
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
-  ck_assert_str_eq(calib, cal2);
-  ck_assert_str_eq(prof, "");
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 1);
-  char(*dg)[STORE_DIGEST_LEN] = NULL;
-  size_t nd = 0;
-  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 1);
-  ck_assert_str_eq(dg[0], cal1);
-  ck_assert_int_eq(store_blob_gc(s, dg[0]), DECOMP_OK);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, job1), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
@@ -526,9 +496,7 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   store_job_clear(&j);
   ck_assert_int_eq(store_job_cancel_requested(s, b, &yes), DECOMP_OK);
   ck_assert(yes);
-  char(*dg)[STORE_DIGEST_LEN];
-  size_t nd;
-  ck_assert_int_eq(store_job_delete(s, b, &dg, &nd), DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_job_delete(s, b), DECOMP_ERR_CONFLICT);
   ck_assert_int_eq(store_job_fail(s, b, DECOMP_ERR_SVD_FAILED, "conv1: no"),
                    DECOMP_OK);
   ck_assert_int_eq(store_job_get(s, b, false, &j), DECOMP_OK);
@@ -561,10 +529,7 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   ck_assert_uint_eq(n, 0);
   free(v);
 
-  ck_assert_int_eq(store_job_delete(s, a, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 1);
-  ck_assert_str_eq(dg[0], art.digest);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, a), DECOMP_OK);
   ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_ERR_NOT_FOUND);
   store_close(s);
 }
@@ -688,13 +653,7 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   ck_assert_int_eq(count_files("blobs"), 3);
 
   /* the model deleted: its rows go, and so do its blobs */
-  char d[STORE_DIGEST_LEN], c[STORE_DIGEST_LEN], pr[STORE_DIGEST_LEN];
-  store_blob_lock(s);
-  ck_assert_int_eq(store_model_delete(s, m.id, d, c, pr), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, a), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, b), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, d), DECOMP_OK);
-  store_blob_unlock(s);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);
   ck_assert_int_eq(n, 0);
   ck_assert_int_eq(count_files("blobs"), 0);

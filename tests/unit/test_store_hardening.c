@@ -207,10 +207,7 @@ START_TEST(retry_requeues_failed_and_cancelled_jobs_as_new_attempts) {
   submit(s, m2.id, "kc", c);
   ck_assert_int_eq(store_job_cancel(s, c, &j), DECOMP_OK);
   store_job_clear(&j);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m2.id, digest, calib, prof),
-                   DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m2.id), DECOMP_OK);
   ck_assert_int_eq(store_job_retry(s, c, &j, &requeued), DECOMP_ERR_CONFLICT);
   ck_assert(!requeued);
   ck_assert_int_eq(store_job_get(s, c, false, &j), DECOMP_OK);

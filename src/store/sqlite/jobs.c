@@ -595,8 +595,15 @@ static int job_delete_tx(store *s, void *arg) {
   return DECOMP_OK;
 }
 
-int sq_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
-                  size_t *n) {
-  struct job_delete a = {id, digests, n};
-  return sq_write_with_reserve(s, job_delete_tx, &a);
+int sq_job_delete(store *s, const char *id) {
+  char(*digests)[STORE_DIGEST_LEN] = NULL;
+  size_t n = 0;
+  struct job_delete a = {id, &digests, &n};
+  sq_blob_lock(s);
+  int rc = sq_write_with_reserve(s, job_delete_tx, &a);
+  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
+    sq_blob_gc(s, digests[i]);
+  sq_blob_unlock(s);
+  free(digests);
+  return rc;
 }

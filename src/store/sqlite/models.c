@@ -158,12 +158,31 @@ static int model_delete_tx(store *s, void *arg) {
   return sq_wend(s, rc);
 }
 
-int sq_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                    char calibration[STORE_DIGEST_LEN],
-                    char profile[STORE_DIGEST_LEN]) {
-  digest[0] = calibration[0] = profile[0] = '\0';
+int sq_model_delete(store *s, const char *id) {
+  char digest[STORE_DIGEST_LEN] = "", calibration[STORE_DIGEST_LEN] = "",
+       profile[STORE_DIGEST_LEN] = "";
+  /* A sharded model's shards: their rows go with the model, and each blob
+   * is collected unless something else (another model, a recent upload)
+   * still names it. */
+  store_shard *sh = NULL;
+  size_t nsh = 0;
+  int rc = sq_model_shards(s, id, &sh, &nsh);
+  if (rc != DECOMP_OK)
+    return rc;
   struct model_delete a = {id, digest, calibration, profile};
-  return sq_write_with_reserve(s, model_delete_tx, &a);
+  sq_blob_lock(s);
+  rc = sq_write_with_reserve(s, model_delete_tx, &a);
+  for (size_t i = 0; rc == DECOMP_OK && i < nsh; i++)
+    sq_blob_gc(s, sh[i].digest);
+  if (rc == DECOMP_OK)
+    sq_blob_gc(s, digest);
+  if (rc == DECOMP_OK && calibration[0])
+    sq_blob_gc(s, calibration);
+  if (rc == DECOMP_OK && profile[0])
+    sq_blob_gc(s, profile);
+  sq_blob_unlock(s);
+  free(sh);
+  return rc;
 }
 
 int sq_model_set_spec(store *s, const char *id, const char *spec) {

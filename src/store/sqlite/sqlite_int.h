@@ -137,9 +137,7 @@ int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int sq_model_put(store *s, store_model *m, bool *created);
 int sq_model_get(store *s, const char *id, store_model *out);
 int sq_model_list(store *s, store_model **out, size_t *n);
-int sq_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                    char calibration[STORE_DIGEST_LEN],
-                    char profile[STORE_DIGEST_LEN]);
+int sq_model_delete(store *s, const char *id);
 int sq_model_set_spec(store *s, const char *id, const char *spec);
 int sq_model_get_spec(store *s, const char *id, char **spec);
 int sq_model_set_archive_spec(store *s, const char *id, const char *spec);
@@ -185,7 +183,6 @@ int sq_job_cancelled(store *s, const char *job_id);
 int sq_job_requeue(store *s, const char *job_id);
 int sq_job_cancel(store *s, const char *id, store_job *out);
 int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued);
-int sq_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
-                  size_t *n);
+int sq_job_delete(store *s, const char *id);
 
 #endif
