@@ -24,7 +24,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 2
+#define STORE_BACKEND_VERSION 3
 
 typedef struct store_backend store_backend;
 
@@ -48,7 +48,6 @@ struct store_backend {
 
   /* ---- blobs ---- */
   int (*upload_begin)(store *s, store_upload **out);
-  int (*blob_place_file)(store *s, const char *path, const char *digest);
   int (*blob_open)(store *s, const char *digest, int *fd, int64_t *size);
   int (*blob_read)(store *s, const char *digest, int64_t max, char **out,
                    size_t *len);
@@ -115,7 +114,7 @@ struct store_backend {
   int (*job_cancel_requested)(store *s, const char *job_id, bool *yes);
   int (*job_set_peak_rss)(store *s, const char *job_id, int64_t bytes);
   int (*job_succeed)(store *s, const char *job_id, const store_artifact *a,
-                     size_t n);
+                     const char *const *paths, size_t n);
   int (*job_fail)(store *s, const char *job_id, int err, const char *message);
   int (*job_cancelled)(store *s, const char *job_id);
   int (*job_requeue)(store *s, const char *job_id);

@@ -58,10 +58,6 @@ int store_upload_begin(store *s, store_upload **out) {
   return BACKEND(s)->upload_begin(s, out);
 }
 
-int store_blob_place_file(store *s, const char *path, const char *digest) {
-  return BACKEND(s)->blob_place_file(s, path, digest);
-}
-
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   return BACKEND(s)->blob_open(s, digest, fd, size);
 }
@@ -239,8 +235,8 @@ int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
 }
 
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                      size_t n) {
-  return BACKEND(s)->job_succeed(s, job_id, a, n);
+                      const char *const *paths, size_t n) {
+  return BACKEND(s)->job_succeed(s, job_id, a, paths, n);
 }
 
 int store_job_fail(store *s, const char *job_id, int err, const char *message) {

@@ -85,13 +85,9 @@ int store_upload_commit(store_upload *u);
 void store_upload_free(store_upload *u);
 
 /* Hash an existing file (written by a worker under store_tmp_dir()) and
- * fsync it; no lock needed. */
+ * fsync it, for store_job_succeed; no lock needed. */
 int store_blob_hash_file(const char *path, char digest[STORE_DIGEST_LEN],
                          int64_t *size);
-/* Move a hashed file into the blob folder under `digest` (dropping it when
- * the blob exists). Call with store_blob_lock() held, together with the row
- * that references it. */
-int store_blob_place_file(store *s, const char *path, const char *digest);
 
 /* Open a blob read-only (O_CLOEXEC); *size its length. */
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);

@@ -473,10 +473,23 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
 
   store_artifact art = {0};
   snprintf(art.name, sizeof art.name, "decompose_info.json");
-  snprintf(art.digest, sizeof art.digest, "sha256:%064d", 0);
   snprintf(art.media_type, sizeof art.media_type, "application/json");
-  art.size = 2;
-  ck_assert_int_eq(store_job_succeed(s, a, &art, 1), DECOMP_OK);
+  /* the job's output file, hashed by the worker, is moved into the blob
+   * folder with the row that names it */
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s-out.json", store_tmp_dir(s), a);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("{}", f);
+  fclose(f);
+  ck_assert_int_eq(store_blob_hash_file(path, art.digest, &art.size),
+                   DECOMP_OK);
+  ck_assert_int_eq(art.size, 2);
+  int blobs_before = count_files("blobs");
+  const char *paths[] = {path};
+  ck_assert_int_eq(store_job_succeed(s, a, &art, paths, 1), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), blobs_before + 1);
+  ck_assert_int_ne(access(path, F_OK), 0); /* moved, not copied */
   store_artifact got;
   ck_assert_int_eq(store_artifact_get(s, a, "decompose_info.json", &got),
                    DECOMP_OK);
@@ -530,6 +543,7 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   free(v);
 
   ck_assert_int_eq(store_job_delete(s, a), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), blobs_before); /* collected */
   ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_ERR_NOT_FOUND);
   store_close(s);
 }

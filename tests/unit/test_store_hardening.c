@@ -197,7 +197,7 @@ START_TEST(retry_requeues_failed_and_cancelled_jobs_as_new_attempts) {
   ck_assert(!j.cancel_requested);
   store_job_clear(&j);
   /* succeeded: nothing to retry */
-  ck_assert_int_eq(store_job_succeed(s, b, NULL, 0), DECOMP_OK);
+  ck_assert_int_eq(store_job_succeed(s, b, NULL, NULL, 0), DECOMP_OK);
   ck_assert_int_eq(store_job_retry(s, b, &j, &requeued), DECOMP_ERR_CONFLICT);
   ck_assert_int_eq(store_job_retry(s, "j_nope", &j, &requeued),
                    DECOMP_ERR_NOT_FOUND);

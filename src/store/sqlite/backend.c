@@ -12,7 +12,6 @@ const store_backend store_backend_sqlite = {
     .schema_version = sq_schema_version,
     .ping = sq_ping,
     .upload_begin = blobs_upload_begin,
-    .blob_place_file = blobs_blob_place_file,
     .blob_open = blobs_blob_open,
     .blob_read = blobs_blob_read,
     .blob_path = blobs_blob_path,

@@ -177,7 +177,7 @@ int sq_job_current(store *s, const char *job_id, int64_t total,
 int sq_job_cancel_requested(store *s, const char *job_id, bool *yes);
 int sq_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
 int sq_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                   size_t n);
+                   const char *const *paths, size_t n);
 int sq_job_fail(store *s, const char *job_id, int err, const char *message);
 int sq_job_cancelled(store *s, const char *job_id);
 int sq_job_requeue(store *s, const char *job_id);
