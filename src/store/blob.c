@@ -28,18 +28,6 @@
 
 #include "store_int.h"
 
-static _Thread_local char errbuf[1024];
-
-const char *store_errmsg(void) { return errbuf; }
-
-int store_fail(int err, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
-  va_end(ap);
-  return err;
-}
-
 static int io_err(int e) {
   return e == ENOSPC || e == EDQUOT ? DECOMP_ERR_DISK_FULL : DECOMP_ERR_IO;
 }
