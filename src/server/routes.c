@@ -332,11 +332,7 @@ static void h_model_upload(http_req *r) {
   decomp_weights_free(w);
   w = NULL;
   bool created = false;
-  store_blob_lock(s);
-  rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = store_model_put(s, &m, &created);
-  store_blob_unlock(s);
+  rc = store_model_put(s, u, &m, &created);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
     goto done;

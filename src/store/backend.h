@@ -24,7 +24,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 3
+#define STORE_BACKEND_VERSION 4
 
 typedef struct store_backend store_backend;
 
@@ -63,7 +63,8 @@ struct store_backend {
   const char *(*tmp_dir)(store *s);
 
   /* ---- models ---- */
-  int (*model_put)(store *s, store_model *m, bool *created);
+  int (*model_put)(store *s, store_upload *u, store_model *m,
+                   bool *created);
   int (*model_get)(store *s, const char *id, store_model *out);
   int (*model_list)(store *s, store_model **out, size_t *n);
   int (*model_delete)(store *s, const char *id);
@@ -79,8 +80,8 @@ struct store_backend {
                            char old[STORE_DIGEST_LEN]);
 
   /* ---- sharded models ---- */
-  int (*model_put_sharded)(store *s, store_model *m, const store_shard *sh,
-                           size_t n, bool *created);
+  int (*model_put_sharded)(store *s, store_upload *doc, store_model *m,
+                           const store_shard *sh, size_t n, bool *created);
   int (*model_shards)(store *s, const char *id, store_shard **out, size_t *n);
 
   /* ---- artifacts ---- */

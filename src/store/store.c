@@ -104,8 +104,9 @@ const char *store_tmp_dir(store *s) {
   return BACKEND(s)->tmp_dir(s);
 }
 
-int store_model_put(store *s, store_model *m, bool *created) {
-  return BACKEND(s)->model_put(s, m, created);
+int store_model_put(store *s, store_upload *u, store_model *m,
+                    bool *created) {
+  return BACKEND(s)->model_put(s, u, m, created);
 }
 
 int store_model_get(store *s, const char *id, store_model *out) {
@@ -148,9 +149,9 @@ int store_model_set_profile(store *s, const char *id, const char *digest,
   return BACKEND(s)->model_set_profile(s, id, digest, layers, size, old);
 }
 
-int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
-                            size_t n, bool *created) {
-  return BACKEND(s)->model_put_sharded(s, m, sh, n, created);
+int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
+                            const store_shard *sh, size_t n, bool *created) {
+  return BACKEND(s)->model_put_sharded(s, doc, m, sh, n, created);
 }
 
 int store_model_shards(store *s, const char *id, store_shard **out, size_t *n) {

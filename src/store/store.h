@@ -187,9 +187,12 @@ typedef struct store_model {
   int64_t profile_size;
 } store_model;
 
-/* Insert a model for `m->digest` unless one exists: *created says which; `m`
- * is filled with the stored row either way (its id made here). */
-int store_model_put(store *s, store_model *m, bool *created);
+/* Commit the finished upload `u` of the weights (`m->digest` its digest)
+ * into the blob folder and insert a model for it unless one exists, in one
+ * step under the store's own blob lock (do not hold store_blob_lock()):
+ * *created says which; `m` is filled with the stored row either way (its id
+ * made here). `u` stays the caller's to free. */
+int store_model_put(store *s, store_upload *u, store_model *m, bool *created);
 /* DECOMP_ERR_NOT_FOUND when there is no such model. */
 int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
@@ -244,12 +247,16 @@ typedef struct store_shard {
   int64_t size;
 } store_shard;
 
-/* Insert a sharded model (`m->digest` the blob of its binding document)
- * with its `n` shards, whose blobs must exist (committed, with
- * store_blob_lock() held), unless a model with that digest exists:
- * *created says which; `m` is filled with the stored row either way. */
-int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
-                            size_t n, bool *created);
+/* Commit the finished upload `doc` of a sharded model's binding document
+ * (`m->digest` its digest) and insert the model with its `n` shards unless
+ * a model with that digest exists, in one step under the store's own blob
+ * lock (do not hold store_blob_lock()): *created says which; `m` is filled
+ * with the stored row either way. DECOMP_ERR_BAD_SHARD_INDEX, naming it,
+ * when a shard's blob is not in the store (collected since its upload);
+ * when the rows fail, the document's blob is collected again. `doc` stays
+ * the caller's to free. */
+int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
+                            const store_shard *sh, size_t n, bool *created);
 /* A model's shards in the index's order (*out free(), NULL and 0 for a
  * model that is not sharded). */
 int store_model_shards(store *s, const char *id, store_shard **out,

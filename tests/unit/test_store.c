@@ -54,6 +54,26 @@ static void put_blob(store *s, const char *text, char digest[STORE_DIGEST_LEN]) 
   store_upload_free(u);
 }
 
+/* A finished upload of `text` (hashed, not yet in the blob folder), for
+ * the calls that commit it with their row. */
+static store_upload *upload_of(store *s, const char *text,
+                               char digest[STORE_DIGEST_LEN]) {
+  store_upload *u;
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, text, strlen(text)), DECOMP_OK);
+  ck_assert_int_eq(store_upload_finish(u, digest), DECOMP_OK);
+  return u;
+}
+
+/* Commit `text` as the weights of model `m` (its digest set here). */
+static int model_put(store *s, const char *text, store_model *m,
+                     bool *created) {
+  store_upload *u = upload_of(s, text, m->digest);
+  int rc = store_model_put(s, u, m, created);
+  store_upload_free(u);
+  return rc;
+}
+
 START_TEST(upload_hashes_on_the_fly_and_commits_by_digest) {
   store *s = open_owner(NULL);
   store_upload *u;
@@ -141,17 +161,16 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   store *s = open_owner(NULL);
   store_model m = {0}, m2 = {0}, got;
   bool created;
-  put_blob(s, "weights", m.digest);
   snprintf(m.name, sizeof m.name, "first");
   snprintf(m.format, sizeof m.format, "pth");
   m.size = 7;
   m.tensors = 1;
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert(created);
   ck_assert_int_eq(strncmp(m.id, "m_", 2), 0);
   m2 = m;
   snprintf(m2.name, sizeof m2.name, "second");
-  ck_assert_int_eq(store_model_put(s, &m2, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m2, &created), DECOMP_OK);
   ck_assert(!created);
   ck_assert_str_eq(m2.id, m.id);
   ck_assert_str_eq(m2.name, "first");
@@ -229,9 +248,8 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   bool created;
   char cal[STORE_DIGEST_LEN], p1[STORE_DIGEST_LEN], p2[STORE_DIGEST_LEN],
       old[STORE_DIGEST_LEN];
-  put_blob(s, "weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.profile, "");
   ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
@@ -315,9 +333,8 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   store_model m = {0}, got;
   bool created;
   char cal1[STORE_DIGEST_LEN], cal2[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN];
-  put_blob(s, "weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.calibration, "");
   ck_assert_int_eq(store_model_set_calibration(s, m.id, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
@@ -406,9 +423,8 @@ END_TEST
 static void some_model(store *s, char id[24]) {
   store_model m = {0};
   bool created;
-  put_blob(s, "some weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "some weights", &m, &created), DECOMP_OK);
   memcpy(id, m.id, 24);
 }
 
@@ -644,13 +660,28 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   snprintf(sh[0].digest, sizeof sh[0].digest, "%s", a);
   snprintf(sh[1].digest, sizeof sh[1].digest, "%s", b);
   bool created = false;
-  ck_assert_int_eq(store_model_put_sharded(s, &m, sh, 2, &created), DECOMP_OK);
+  store_upload *du = upload_of(s, "{\"index\":{}}", m.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &m, sh, 2, &created),
+                   DECOMP_OK);
+  store_upload_free(du);
   ck_assert(created);
   store_model again = m;
-  ck_assert_int_eq(store_model_put_sharded(s, &again, sh, 2, &created),
+  du = upload_of(s, "{\"index\":{}}", again.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &again, sh, 2, &created),
                    DECOMP_OK);
+  store_upload_free(du);
   ck_assert(!created);
   ck_assert_str_eq(again.id, m.id);
+  /* a shard whose blob is not in the store: refused, naming it */
+  store_model m3 = {0};
+  snprintf(m3.format, sizeof m3.format, "safetensors-sharded");
+  store_shard lost = {"lost.safetensors", "", 1};
+  snprintf(lost.digest, sizeof lost.digest, "sha256:%064d", 7);
+  du = upload_of(s, "{\"index\":3}", m3.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &m3, &lost, 1, &created),
+                   DECOMP_ERR_BAD_SHARD_INDEX);
+  store_upload_free(du);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "shard lost.safetensors"));
   store_shard *got = NULL;
   size_t n = 0;
   ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);

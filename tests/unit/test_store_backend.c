@@ -53,6 +53,18 @@ static int counting_blob_open(store *s, const char *digest, int *fd,
   return store_backend_sqlite.blob_open(s, digest, fd, size);
 }
 
+/* Commit `text` as the weights of model `m` (its digest set here). */
+static int model_put(store *s, const char *text, store_model *m,
+                     bool *created) {
+  store_upload *u;
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, text, strlen(text)), DECOMP_OK);
+  ck_assert_int_eq(store_upload_finish(u, m->digest), DECOMP_OK);
+  int rc = store_model_put(s, u, m, created);
+  store_upload_free(u);
+  return rc;
+}
+
 static void counting_init(void) {
   counting = store_backend_sqlite;
   counting.name = "counting";
@@ -82,25 +94,30 @@ START_TEST(calls_dispatch_through_the_handles_table) {
 
   /* A model put through the embedded entry is read back through ours. */
   store_model m = {0};
-  snprintf(m.digest, sizeof m.digest, "sha256:%064d", 1);
   snprintf(m.name, sizeof m.name, "net");
   snprintf(m.format, sizeof m.format, "pth");
   bool created = false;
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert(created);
   store_model got;
   ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
   ck_assert_str_eq(got.name, "net");
   ck_assert_int_eq(model_get_calls, 1);
 
-  /* The queue and the blobs go through it too. */
+  /* The queue and the blobs go through it too (the model's blob is there,
+   * and a digest that names none is refused). */
   store_job j;
   ck_assert_int_eq(store_job_claim(s, &j), DECOMP_ERR_NOT_FOUND);
   ck_assert_int_eq(job_claim_calls, 1);
   int fd = -1;
   int64_t size = 0;
-  ck_assert_int_ne(store_blob_open(s, m.digest, &fd, &size), DECOMP_OK);
-  ck_assert_int_eq(blob_open_calls, 1);
+  ck_assert_int_eq(store_blob_open(s, m.digest, &fd, &size), DECOMP_OK);
+  ck_assert_int_eq(size, 7);
+  close(fd);
+  char none[STORE_DIGEST_LEN];
+  snprintf(none, sizeof none, "sha256:%064d", 1);
+  ck_assert_int_eq(store_blob_open(s, none, &fd, &size), DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(blob_open_calls, 2);
   ck_assert_int_eq(model_get_calls, 1);
   store_close(s);
 }
@@ -113,10 +130,9 @@ START_TEST(a_failure_in_the_backend_reaches_the_caller) {
   ck_assert_int_eq(store_open_backend(&counting, dir, true, &s, NULL),
                    DECOMP_OK);
   store_model m = {0};
-  snprintf(m.digest, sizeof m.digest, "sha256:%064d", 2);
   snprintf(m.format, sizeof m.format, "pth");
   bool created = false;
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "other weights", &m, &created), DECOMP_OK);
   store_model got;
   /* The model exists, but our entry fails: the caller sees the backend's
    * code and message, not the embedded store's row. */

@@ -42,10 +42,9 @@ static void put_model(store *s, const char *bytes, store_model *m) {
   ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
   ck_assert_int_eq(store_upload_write(u, bytes, strlen(bytes)), DECOMP_OK);
   ck_assert_int_eq(store_upload_finish(u, m->digest), DECOMP_OK);
-  ck_assert_int_eq(store_upload_commit(u), DECOMP_OK);
-  store_upload_free(u);
   snprintf(m->format, sizeof m->format, "pth");
-  ck_assert_int_eq(store_model_put(s, m, &created), DECOMP_OK);
+  ck_assert_int_eq(store_model_put(s, u, m, &created), DECOMP_OK);
+  store_upload_free(u);
 }
 
 static void submit(store *s, const char *model, const char *key, char id[24]) {

@@ -25,7 +25,7 @@ void sq_model_row(sqlite3_stmt *st, store_model *m) {
   m->profile_size = sqlite3_column_int64(st, 13);
 }
 
-int sq_model_put(store *s, store_model *m, bool *created) {
+static int model_put_row(store *s, store_model *m, bool *created) {
   char id[24];
   if (!store_random_id("m_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -54,6 +54,17 @@ int sq_model_put(store *s, store_model *m, bool *created) {
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = n > 0;
+  return rc;
+}
+
+/* The blob and the row under the blob lock, so that no collection runs
+ * between the two. */
+int sq_model_put(store *s, store_upload *u, store_model *m, bool *created) {
+  sq_blob_lock(s);
+  int rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = model_put_row(s, m, created);
+  sq_blob_unlock(s);
   return rc;
 }
 

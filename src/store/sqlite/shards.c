@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "sqlite_int.h"
 
-int sq_model_put_sharded(store *s, store_model *m, const store_shard *sh,
-                         size_t n, bool *created) {
+static int model_put_sharded_rows(store *s, store_model *m,
+                                  const store_shard *sh, size_t n,
+                                  bool *created) {
   char id[24];
   if (!store_random_id("m_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -46,6 +48,36 @@ int sq_model_put_sharded(store *s, store_model *m, const store_shard *sh,
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = ins > 0;
+  return rc;
+}
+
+int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
+                         const store_shard *sh, size_t n, bool *created) {
+  int rc = DECOMP_OK;
+  sq_blob_lock(s);
+  /* Under the lock no blob is collected: each shard still here now stays
+   * until the model's rows name it. */
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    char path[STORE_PATH_MAX + 80];
+    if (blobs_blob_path(s, sh[i].digest, path, sizeof path) != DECOMP_OK ||
+        access(path, F_OK) != 0)
+      rc = store_fail(DECOMP_ERR_BAD_SHARD_INDEX,
+                      "shard %s: blob %s was removed meanwhile (upload it "
+                      "again)",
+                      sh[i].name, sh[i].digest);
+  }
+  if (rc == DECOMP_OK)
+    rc = store_upload_commit(doc);
+  if (rc == DECOMP_OK) {
+    rc = model_put_sharded_rows(s, m, sh, n, created);
+    if (rc != DECOMP_OK) { /* the document's blob, unless a model names it */
+      char why[1024];
+      snprintf(why, sizeof why, "%s", store_errmsg());
+      sq_blob_gc(s, m->digest);
+      store_fail(rc, "%s", why);
+    }
+  }
+  sq_blob_unlock(s);
   return rc;
 }
 
