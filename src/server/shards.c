@@ -196,9 +196,7 @@ void shards_blob_put(http_req *r) {
     store_partial_drop(p);
     goto done;
   }
-  store_blob_lock(s);
   rc = store_partial_commit(p);
-  store_blob_unlock(s);
   if (rc != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", store_errmsg());
     goto done;

@@ -694,9 +694,13 @@ int store_partial_verify(store_partial *p) {
 int store_partial_commit(store_partial *p) {
   if (!p->verified || p->done)
     return store_fail(DECOMP_ERR_INTERNAL, "upload not verified");
+  /* The blob and its loose-blob row under the blob lock, so that no
+   * collection runs between the two. */
+  store_blob_lock(p->s);
   int rc = blob_place(p->s, p->path, p->digest);
   if (rc == DECOMP_OK)
     rc = store_loose_blob_touch(p->s, p->digest, p->size);
+  store_blob_unlock(p->s);
   if (rc == DECOMP_OK)
     p->done = true;
   return rc;

@@ -140,8 +140,8 @@ int store_partial_sync(store_partial *p);
  * The file can then be read at store_partial_path() to validate it. */
 int store_partial_verify(store_partial *p);
 /* Move the verified file into the blob folder and record it as a loose
- * blob (kept upload_ttl for an index to bind it). Call with
- * store_blob_lock() held. */
+ * blob (kept upload_ttl for an index to bind it), in one step under the
+ * store's blob lock (do not hold store_blob_lock()). */
 int store_partial_commit(store_partial *p);
 /* Remove the partial (a bad upload). */
 void store_partial_drop(store_partial *p);
