@@ -1,6 +1,7 @@
 /* models.c — model rows in the embedded index: put, get, list, delete,
  * the attached layer spec and the TorchScript archive's own spec, and the
- * attached calibration and latency profile (blobs named by the row). */
+ * attached calibration and latency profile (blobs named by the row), and
+ * a sharded model's list of shards. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +168,49 @@ static int model_delete_tx(store *s, void *arg) {
   if (rc == DECOMP_OK)
     rc = EXEC(s->w, NULL, "DELETE FROM models WHERE id=?", "s", id);
   return sq_wend(s, rc);
+}
+
+int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  int rc = sq_reader_db(s, &db);
+  if (rc == DECOMP_OK)
+    rc = sq_prep(s, db, &st,
+                 "SELECT name, digest, size FROM model_shards WHERE model_id=? "
+                 "ORDER BY idx",
+                 "s", id);
+  if (rc != DECOMP_OK)
+    return rc;
+  store_shard *v = NULL;
+  size_t cnt = 0, cap = 0;
+  int r;
+  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap = cap ? 2 * cap : 8;
+      store_shard *nv = realloc(v, cap * sizeof *v);
+      if (!nv) {
+        rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+        break;
+      }
+      v = nv;
+    }
+    sq_col_copy(st, 0, v[cnt].name, sizeof v[cnt].name);
+    sq_col_copy(st, 1, v[cnt].digest, sizeof v[cnt].digest);
+    v[cnt].size = sqlite3_column_int64(st, 2);
+    cnt++;
+  }
+  if (rc == DECOMP_OK && r != SQLITE_DONE)
+    rc = sq_fail(db, "model shards");
+  sq_done(s, st);
+  if (rc != DECOMP_OK) {
+    free(v);
+    return rc;
+  }
+  *out = v;
+  *n = cnt;
+  return DECOMP_OK;
 }
 
 int sq_model_delete(store *s, const char *id) {
