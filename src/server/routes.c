@@ -332,11 +332,7 @@ static void h_model_upload(http_req *r) {
   decomp_weights_free(w);
   w = NULL;
   bool created = false;
-  store_blob_lock(s);
-  rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = store_model_put(s, &m, &created);
-  store_blob_unlock(s);
+  rc = store_model_put(s, u, &m, &created);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
     goto done;
@@ -386,30 +382,9 @@ static void h_model_get(http_req *r) {
 
 static void h_model_delete(http_req *r) {
   store *s = http_req_store(r);
-  char digest[STORE_DIGEST_LEN], calibration[STORE_DIGEST_LEN],
-      profile[STORE_DIGEST_LEN];
-  /* A sharded model's shards: their rows go with the model, and each blob
-   * is collected unless something else (another model, a recent upload)
-   * still names it. */
-  store_shard *sh = NULL;
-  size_t nsh = 0;
-  int rc = store_model_shards(s, http_req_param(r, 0), &sh, &nsh);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  store_blob_lock(s);
-  rc = store_model_delete(s, http_req_param(r, 0), digest, calibration, profile);
-  for (size_t i = 0; rc == DECOMP_OK && i < nsh; i++)
-    store_blob_gc(s, sh[i].digest);
-  free(sh);
-  if (rc == DECOMP_OK)
-    store_blob_gc(s, digest);
-  if (rc == DECOMP_OK && calibration[0])
-    store_blob_gc(s, calibration);
-  if (rc == DECOMP_OK && profile[0])
-    store_blob_gc(s, profile);
-  store_blob_unlock(s);
+  /* Its blobs (weights, shards, calibration, profile) are collected by the
+   * store with the row, unless something else still names them. */
+  int rc = store_model_delete(s, http_req_param(r, 0));
   if (rc != DECOMP_OK)
     store_problem(r, rc);
   else
@@ -1566,14 +1541,7 @@ static void h_job_retry(http_req *r) {
 
 static void h_job_delete(http_req *r) {
   store *s = http_req_store(r);
-  char(*digests)[STORE_DIGEST_LEN] = NULL;
-  size_t n = 0;
-  store_blob_lock(s);
-  int rc = store_job_delete(s, http_req_param(r, 0), &digests, &n);
-  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
-    store_blob_gc(s, digests[i]);
-  store_blob_unlock(s);
-  free(digests);
+  int rc = store_job_delete(s, http_req_param(r, 0));
   if (rc != DECOMP_OK)
     store_problem(r, rc);
   else

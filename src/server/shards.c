@@ -196,9 +196,7 @@ void shards_blob_put(http_req *r) {
     store_partial_drop(p);
     goto done;
   }
-  store_blob_lock(s);
   rc = store_partial_commit(p);
-  store_blob_unlock(s);
   if (rc != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", store_errmsg());
     goto done;
@@ -427,31 +425,9 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
     goto done;
   }
   bool created = false;
-  store_blob_lock(s);
-  /* Under the lock no blob is collected: each shard still here now stays
-   * until the model's rows name it. */
-  const store_shard *gone = NULL;
-  for (size_t i = 0; i < n && !gone; i++) {
-    char path[4200];
-    if (store_blob_path(s, sh[i].digest, path, sizeof path) != DECOMP_OK ||
-        access(path, F_OK) != 0)
-      gone = &sh[i];
-  }
-  if (!gone)
-    rc = store_upload_commit(du);
-  if (!gone && rc == DECOMP_OK) {
-    rc = store_model_put_sharded(s, &m, sh, n, &created);
-    if (rc != DECOMP_OK) /* the document's blob, unless a model names it */
-      store_blob_gc(s, m.digest);
-  }
-  store_blob_unlock(s);
-  if (gone) {
-    http_reply_problem(r, DECOMP_ERR_BAD_SHARD_INDEX,
-                       "shard %s: blob %s was removed meanwhile (upload it "
-                       "again)",
-                       gone->name, gone->digest);
-    goto done;
-  }
+  /* A shard collected since its upload is refused (bad_shard_index, naming
+   * it); the store checks under its lock, with the rows. */
+  rc = store_model_put_sharded(s, du, &m, sh, n, &created);
   if (rc != DECOMP_OK) {
     http_reply_problem(r, rc, "%s", store_errmsg());
     goto done;

@@ -262,7 +262,7 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
       snprintf(msg, msglen, "saving %s: %s", OUTPUTS[i].name,
                decomp_errmsg(ctx)[0] ? decomp_errmsg(ctx) : decomp_strerror(rc));
   }
-  /* Hash outside the lock (it may take seconds); place and index under it. */
+  /* Hash first (it may take seconds); the store places and indexes them. */
   for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
     memset(&arts[i], 0, sizeof arts[i]);
     snprintf(arts[i].name, sizeof arts[i].name, "%s", OUTPUTS[i].name);
@@ -272,18 +272,14 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
     if (rc != DECOMP_OK)
       snprintf(msg, msglen, "hashing %s: %s", OUTPUTS[i].name, store_errmsg());
   }
-  store_blob_lock(s);
-  for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
-    rc = store_blob_place_file(s, paths[i], arts[i].digest);
-    if (rc != DECOMP_OK)
-      snprintf(msg, msglen, "storing %s: %s", OUTPUTS[i].name, store_errmsg());
-  }
   if (rc == DECOMP_OK) {
-    rc = store_job_succeed(s, job->id, arts, NOUTPUTS);
+    const char *pv[NOUTPUTS];
+    for (int i = 0; i < NOUTPUTS; i++)
+      pv[i] = paths[i];
+    rc = store_job_succeed(s, job->id, arts, pv, NOUTPUTS);
     if (rc != DECOMP_OK)
-      snprintf(msg, msglen, "index: %s", store_errmsg());
+      snprintf(msg, msglen, "%s", store_errmsg());
   }
-  store_blob_unlock(s);
   for (int i = 0; i < made; i++)
     unlink(paths[i]); /* already renamed away on success */
   return rc;
@@ -326,6 +322,8 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
   char *info = NULL, *files = NULL;
   json_t *names = NULL;
   store_artifact *arts = NULL;
+  char(*pbuf)[4400] = NULL;
+  const char **pv = NULL;
   size_t n = 0;
   bool made = false;
   int rc = DECOMP_OK;
@@ -348,7 +346,8 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
   }
   names = json_loads(files, 0, NULL);
   n = json_array_size(names) + 1; /* and decompose_info.json */
-  if (!json_is_array(names) || !(arts = calloc(n, sizeof *arts))) {
+  if (!json_is_array(names) || !(arts = calloc(n, sizeof *arts)) ||
+      !(pbuf = calloc(n, sizeof *pbuf)) || !(pv = calloc(n, sizeof *pv))) {
     rc = DECOMP_ERR_NOMEM;
     snprintf(msg, msglen, "out of memory");
     goto done;
@@ -359,7 +358,7 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
              decomp_strerror(rc));
     goto done;
   }
-  /* Hash outside the lock (shards are large); place and index under it. */
+  /* Hash first (shards are large); the store places and indexes them. */
   for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
     const char *name = i + 1 < n
                            ? json_string_value(json_array_get(names, i))
@@ -374,8 +373,9 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
     snprintf(arts[i].name, sizeof arts[i].name, "%s", name);
     snprintf(arts[i].media_type, sizeof arts[i].media_type, "%s",
              json ? "application/json" : "application/octet-stream");
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    rc = store_blob_hash_file(path, arts[i].digest, &arts[i].size);
+    snprintf(pbuf[i], sizeof pbuf[i], "%s/%s", dir, name);
+    pv[i] = pbuf[i];
+    rc = store_blob_hash_file(pv[i], arts[i].digest, &arts[i].size);
     if (rc != DECOMP_OK)
       snprintf(msg, msglen, "hashing %s: %s", name, store_errmsg());
   }
@@ -385,19 +385,11 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
       LOG(LOG_WARN, "worker", job->id, "event=peak_rss_not_saved error=%s",
           log_q(store_errmsg()));
   }
-  store_blob_lock(s);
-  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, arts[i].name);
-    rc = store_blob_place_file(s, path, arts[i].digest);
-    if (rc != DECOMP_OK)
-      snprintf(msg, msglen, "storing %s: %s", arts[i].name, store_errmsg());
-  }
   if (rc == DECOMP_OK) {
-    rc = store_job_succeed(s, job->id, arts, n);
+    rc = store_job_succeed(s, job->id, arts, pv, n);
     if (rc != DECOMP_OK)
-      snprintf(msg, msglen, "index: %s", store_errmsg());
+      snprintf(msg, msglen, "%s", store_errmsg());
   }
-  store_blob_unlock(s);
   if (rc == DECOMP_OK)
     LOG(LOG_INFO, "worker", job->id,
         "event=sharded_outputs files=%zu shard_bytes=%llu", n,
@@ -407,6 +399,8 @@ done:
     rm_folder(dir); /* what was placed is gone from it already */
   json_decref(names);
   free(arts);
+  free(pbuf);
+  free(pv);
   decomp_free(info);
   decomp_free(files);
   return rc;

@@ -28,18 +28,6 @@
 
 #include "store_int.h"
 
-static _Thread_local char errbuf[1024];
-
-const char *store_errmsg(void) { return errbuf; }
-
-int store_fail(int err, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
-  va_end(ap);
-  return err;
-}
-
 static int io_err(int e) {
   return e == ENOSPC || e == EDQUOT ? DECOMP_ERR_DISK_FULL : DECOMP_ERR_IO;
 }
@@ -126,7 +114,7 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
   return DECOMP_OK;
 }
 
-const char *store_tmp_dir(store *s) { return store_paths_of(s)->tmp; }
+const char *blobs_tmp_dir(store *s) { return store_paths_of(s)->tmp; }
 
 /* ---- the reserve (store_int.h) ----------------------------------------- */
 
@@ -197,7 +185,7 @@ static void path_word(const char *rest, size_t n, char *w, size_t wlen) {
     snprintf(w, wlen, "a file in the data dir");
 }
 
-void store_scrub(store *s, const char *in, char *out, size_t outlen) {
+void blobs_scrub(store *s, const char *in, char *out, size_t outlen) {
   const store_paths *p = store_paths_of(s);
   /* the resolved root first: it is the longer one when they differ */
   const char *roots[2] = {p->real, p->root};
@@ -232,7 +220,7 @@ void store_scrub(store *s, const char *in, char *out, size_t outlen) {
   out[o] = '\0';
 }
 
-int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
+int blobs_blob_path(store *s, const char *digest, char *buf, size_t len) {
   if (!store_digest_valid(digest))
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "bad digest");
   const char *hex = digest + 7;
@@ -242,9 +230,9 @@ int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
   return DECOMP_OK;
 }
 
-int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
+int blobs_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   char path[STORE_PATH_MAX + 80];
-  int rc = store_blob_path(s, digest, path, sizeof path);
+  int rc = blobs_blob_path(s, digest, path, sizeof path);
   if (rc != DECOMP_OK)
     return rc;
   int f = open(path, O_RDONLY | O_CLOEXEC);
@@ -262,12 +250,12 @@ int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   return DECOMP_OK;
 }
 
-int store_blob_read(store *s, const char *digest, int64_t max, char **out,
+int blobs_blob_read(store *s, const char *digest, int64_t max, char **out,
                     size_t *len) {
   *out = NULL;
   int fd;
   int64_t size;
-  int rc = store_blob_open(s, digest, &fd, &size);
+  int rc = blobs_blob_open(s, digest, &fd, &size);
   if (rc != DECOMP_OK)
     return rc;
   if (size > max) {
@@ -304,7 +292,7 @@ int store_blob_read(store *s, const char *digest, int64_t max, char **out,
 /* Rename `tmp` (complete and fsynced) to the blob of `digest`. */
 static int blob_place(store *s, const char *tmp, const char *digest) {
   char dir[STORE_PATH_MAX + 8], path[STORE_PATH_MAX + 80];
-  int rc = store_blob_path(s, digest, path, sizeof path);
+  int rc = blobs_blob_path(s, digest, path, sizeof path);
   if (rc != DECOMP_OK)
     return rc;
   if (snprintf(dir, sizeof dir, "%s/%.2s", store_paths_of(s)->blobs,
@@ -398,7 +386,7 @@ static void hasher_join(store_upload *u, bool abort) {
   u->hasher_running = false;
 }
 
-int store_upload_begin(store *s, store_upload **out) {
+int blobs_upload_begin(store *s, store_upload **out) {
   store_upload *u = calloc(1, sizeof *u);
   if (!u)
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
@@ -560,7 +548,7 @@ done:
   return rc;
 }
 
-int store_blob_place_file(store *s, const char *path, const char *digest) {
+int blobs_blob_place_file(store *s, const char *path, const char *digest) {
   return blob_place(s, path, digest);
 }
 
@@ -585,7 +573,7 @@ static int partial_path(store *s, const char *digest, char *buf, size_t len) {
   return DECOMP_OK;
 }
 
-int store_partial_open(store *s, const char *digest, int64_t offset,
+int blobs_partial_open(store *s, const char *digest, int64_t offset,
                        store_partial **out, int64_t *have) {
   if (have)
     *have = -1;
@@ -706,9 +694,13 @@ int store_partial_verify(store_partial *p) {
 int store_partial_commit(store_partial *p) {
   if (!p->verified || p->done)
     return store_fail(DECOMP_ERR_INTERNAL, "upload not verified");
+  /* The blob and its loose-blob row under the blob lock, so that no
+   * collection runs between the two. */
+  store_blob_lock(p->s);
   int rc = blob_place(p->s, p->path, p->digest);
   if (rc == DECOMP_OK)
     rc = store_loose_blob_touch(p->s, p->digest, p->size);
+  store_blob_unlock(p->s);
   if (rc == DECOMP_OK)
     p->done = true;
   return rc;
@@ -731,7 +723,7 @@ void store_partial_free(store_partial *p) {
   free(p);
 }
 
-int store_partial_offset(store *s, const char *digest, int64_t *size) {
+int blobs_partial_offset(store *s, const char *digest, int64_t *size) {
   char path[STORE_PATH_MAX + 80];
   int rc = partial_path(s, digest, path, sizeof path);
   if (rc != DECOMP_OK)

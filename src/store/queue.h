@@ -96,10 +96,14 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
 /* Record the peak RSS the engine reported for a job (its info summary's
  * peak_rss_bytes: the process's high-water mark so far). */
 int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
-/* Finish a running job with its artifacts (blobs already committed; call
- * with store_blob_lock() held). */
+/* Finish a running job with its artifacts: each file paths[i] (under
+ * store_tmp_dir(), hashed by store_blob_hash_file into a[i].digest) moves
+ * into the blob folder (dropped when the blob exists) and the rows go into
+ * the index, in one step under the store's own blob lock (do not hold
+ * store_blob_lock()). A failure names its stage ("storing NAME: …",
+ * "index: …"); the files not yet moved stay for the caller to remove. */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                      size_t n);
+                      const char *const *paths, size_t n);
 /* These three (a running job's end) get through on a full disk too, as
  * store_model_delete does: a job left running would hold its model. */
 int store_job_fail(store *s, const char *job_id, int err, const char *message);
@@ -119,11 +123,11 @@ int store_job_cancel(store *s, const char *id, store_job *out);
  * queued or running job is left as it is (it is going to run). `out` gets
  * the row after the change. */
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
-/* Delete a finished job with its layers and artifact rows; DECOMP_ERR_CONFLICT
- * while queued or running. The artifacts' digests, and its calibration's and
- * profile's, are returned (*digests, free()) for store_blob_gc(). Works on a
- * full disk, as store_model_delete does. */
-int store_job_delete(store *s, const char *id, char (**digests)[STORE_DIGEST_LEN],
-                     size_t *n);
+/* Delete a finished job with its layers and artifact rows, and collect the
+ * blobs it named (its artifacts, its calibration and profile) as
+ * store_model_delete does, under the store's own blob lock (do not hold
+ * store_blob_lock()); DECOMP_ERR_CONFLICT while queued or running. Works on
+ * a full disk, as store_model_delete does. */
+int store_job_delete(store *s, const char *id);
 
 #endif

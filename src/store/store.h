@@ -1,11 +1,14 @@
 /* store.h — decompd's artifact store: content-addressed blobs plus the index
  * of models, job artifacts and API tokens.
  *
- * This is the narrow interface the server codes against. The embedded
- * implementation keeps blobs under DATA_DIR/blobs/sha256/ab/abcd… (blob.c)
- * and the index in SQLite (index.c); a PostgreSQL + S3 deployment would be a
- * second pair of files behind the same functions. The job queue lives in
- * queue.h on the same handle.
+ * This is the narrow interface the server codes against. Each function
+ * that takes the handle dispatches (store.c) through the table of functions
+ * of the backend the handle was opened with (backend.h). The embedded
+ * backend, the one store_open() opens, keeps blobs under
+ * DATA_DIR/blobs/sha256/ab/abcd… (blob.c) and the index in SQLite (the
+ * files under sqlite/); a PostgreSQL + S3 deployment would be a second
+ * table in files of its own. The job queue lives in queue.h on the same
+ * handle.
  *
  * Fallible functions return a decomp_error code (DECOMP_OK on success); the
  * detail of the last failure on the calling thread is store_errmsg(). The
@@ -32,7 +35,8 @@ typedef struct store store;
  * outputs and the engine's dot-named temp files behind them, TorchScript
  * work folders) and puts jobs a dead process left `running` back in the
  * queue (`requeued` says how many; may be NULL). Tools such as
- * `decompd token` open without owning. */
+ * `decompd token` open without owning. This opens the embedded backend;
+ * store_open_backend (backend.h) opens another. */
 int store_open(const char *data_dir, bool owner, store **out, int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.
  * Call after every thread using the store has stopped. */
@@ -81,13 +85,9 @@ int store_upload_commit(store_upload *u);
 void store_upload_free(store_upload *u);
 
 /* Hash an existing file (written by a worker under store_tmp_dir()) and
- * fsync it; no lock needed. */
+ * fsync it, for store_job_succeed; no lock needed. */
 int store_blob_hash_file(const char *path, char digest[STORE_DIGEST_LEN],
                          int64_t *size);
-/* Move a hashed file into the blob folder under `digest` (dropping it when
- * the blob exists). Call with store_blob_lock() held, together with the row
- * that references it. */
-int store_blob_place_file(store *s, const char *path, const char *digest);
 
 /* Open a blob read-only (O_CLOEXEC); *size its length. */
 int store_blob_open(store *s, const char *digest, int *fd, int64_t *size);
@@ -140,8 +140,8 @@ int store_partial_sync(store_partial *p);
  * The file can then be read at store_partial_path() to validate it. */
 int store_partial_verify(store_partial *p);
 /* Move the verified file into the blob folder and record it as a loose
- * blob (kept upload_ttl for an index to bind it). Call with
- * store_blob_lock() held. */
+ * blob (kept upload_ttl for an index to bind it), in one step under the
+ * store's blob lock (do not hold store_blob_lock()). */
 int store_partial_commit(store_partial *p);
 /* Remove the partial (a bad upload). */
 void store_partial_drop(store_partial *p);
@@ -187,22 +187,25 @@ typedef struct store_model {
   int64_t profile_size;
 } store_model;
 
-/* Insert a model for `m->digest` unless one exists: *created says which; `m`
- * is filled with the stored row either way (its id made here). */
-int store_model_put(store *s, store_model *m, bool *created);
+/* Commit the finished upload `u` of the weights (`m->digest` its digest)
+ * into the blob folder and insert a model for it unless one exists, in one
+ * step under the store's own blob lock (do not hold store_blob_lock()):
+ * *created says which; `m` is filled with the stored row either way (its id
+ * made here). `u` stays the caller's to free. */
+int store_model_put(store *s, store_upload *u, store_model *m, bool *created);
 /* DECOMP_ERR_NOT_FOUND when there is no such model. */
 int store_model_get(store *s, const char *id, store_model *out);
 /* Models newest first; *out (free()) holds *n rows. */
 int store_model_list(store *s, store_model **out, size_t *n);
-/* Remove a model row; DECOMP_ERR_CONFLICT while a queued or running job uses
- * it. `digest` gets its weights' digest, `calibration` and `profile` its
- * attached calibration's and profile's ("" when none): the caller collects
- * those blobs with store_blob_gc(). On a full disk it still works: the owner
- * keeps a reserve (DATA_DIR/decompd.reserve, 4 MiB) that a delete frees when it
- * needs the room, and that the next collected blob gives back. */
-int store_model_delete(store *s, const char *id, char digest[STORE_DIGEST_LEN],
-                       char calibration[STORE_DIGEST_LEN],
-                       char profile[STORE_DIGEST_LEN]);
+/* Remove a model row (with its shards' rows) and collect the blobs it
+ * named — its weights, its shards, its attached calibration and profile —
+ * each unless something else still names it (store_blob_gc), under the
+ * store's own blob lock: do not hold store_blob_lock() when calling it.
+ * DECOMP_ERR_CONFLICT while a queued or running job uses it. On a full disk
+ * it still works: the owner keeps a reserve (DATA_DIR/decompd.reserve,
+ * 4 MiB) that a delete frees when it needs the room, and that the next
+ * collected blob gives back. */
+int store_model_delete(store *s, const char *id);
 
 /* Attach a layer spec (canonical JSON) to a model, replacing any;
  * DECOMP_ERR_NOT_FOUND when there is no such model. */
@@ -244,12 +247,16 @@ typedef struct store_shard {
   int64_t size;
 } store_shard;
 
-/* Insert a sharded model (`m->digest` the blob of its binding document)
- * with its `n` shards, whose blobs must exist (committed, with
- * store_blob_lock() held), unless a model with that digest exists:
- * *created says which; `m` is filled with the stored row either way. */
-int store_model_put_sharded(store *s, store_model *m, const store_shard *sh,
-                            size_t n, bool *created);
+/* Commit the finished upload `doc` of a sharded model's binding document
+ * (`m->digest` its digest) and insert the model with its `n` shards unless
+ * a model with that digest exists, in one step under the store's own blob
+ * lock (do not hold store_blob_lock()): *created says which; `m` is filled
+ * with the stored row either way. DECOMP_ERR_BAD_SHARD_INDEX, naming it,
+ * when a shard's blob is not in the store (collected since its upload);
+ * when the rows fail, the document's blob is collected again. `doc` stays
+ * the caller's to free. */
+int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
+                            const store_shard *sh, size_t n, bool *created);
 /* A model's shards in the index's order (*out free(), NULL and 0 for a
  * model that is not sharded). */
 int store_model_shards(store *s, const char *id, store_shard **out,

@@ -1,5 +1,6 @@
-/* store_int.h — what blob.c and index.c share inside the store and no one
- * outside sees: the folder layout and the thread's error message. */
+/* store_int.h — what blob.c and the index (sqlite/) share inside the store
+ * and no one outside sees: the folder layout, the thread's error message
+ * and the blob folder's entries of the embedded backend's table. */
 #ifndef DECOMPD_STORE_INT_H
 #define DECOMPD_STORE_INT_H
 
@@ -42,9 +43,24 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p);
  * by the owner so that on a full disk a delete (the way out) still finds
  * room for its few database pages. Fill allocates it (DECOMP_ERR_DISK_FULL
  * when the disk has not the room yet; what was allocated stays); release
- * removes it, returning whether it held anything. index.c calls them one
- * at a time (at start-up, then under the store's reserve lock). */
+ * removes it, returning whether it held anything. The index
+ * (sqlite/open.c) calls them one at a time (at start-up, then under the
+ * store's reserve lock). */
 int store_reserve_fill(const store_paths *p);
 bool store_reserve_release(const store_paths *p);
+
+/* The blob folder's entries of the embedded backend (blob.c), each with the
+ * contract of the store.h function of its name. */
+void blobs_scrub(store *s, const char *in, char *out, size_t outlen);
+int blobs_upload_begin(store *s, store_upload **out);
+int blobs_blob_place_file(store *s, const char *path, const char *digest);
+int blobs_blob_open(store *s, const char *digest, int *fd, int64_t *size);
+int blobs_blob_read(store *s, const char *digest, int64_t max, char **out,
+                    size_t *len);
+int blobs_blob_path(store *s, const char *digest, char *buf, size_t len);
+int blobs_partial_open(store *s, const char *digest, int64_t offset,
+                       store_partial **out, int64_t *have);
+int blobs_partial_offset(store *s, const char *digest, int64_t *size);
+const char *blobs_tmp_dir(store *s);
 
 #endif

@@ -54,6 +54,26 @@ static void put_blob(store *s, const char *text, char digest[STORE_DIGEST_LEN]) 
   store_upload_free(u);
 }
 
+/* A finished upload of `text` (hashed, not yet in the blob folder), for
+ * the calls that commit it with their row. */
+static store_upload *upload_of(store *s, const char *text,
+                               char digest[STORE_DIGEST_LEN]) {
+  store_upload *u;
+  ck_assert_int_eq(store_upload_begin(s, &u), DECOMP_OK);
+  ck_assert_int_eq(store_upload_write(u, text, strlen(text)), DECOMP_OK);
+  ck_assert_int_eq(store_upload_finish(u, digest), DECOMP_OK);
+  return u;
+}
+
+/* Commit `text` as the weights of model `m` (its digest set here). */
+static int model_put(store *s, const char *text, store_model *m,
+                     bool *created) {
+  store_upload *u = upload_of(s, text, m->digest);
+  int rc = store_model_put(s, u, m, created);
+  store_upload_free(u);
+  return rc;
+}
+
 START_TEST(upload_hashes_on_the_fly_and_commits_by_digest) {
   store *s = open_owner(NULL);
   store_upload *u;
@@ -141,17 +161,16 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   store *s = open_owner(NULL);
   store_model m = {0}, m2 = {0}, got;
   bool created;
-  put_blob(s, "weights", m.digest);
   snprintf(m.name, sizeof m.name, "first");
   snprintf(m.format, sizeof m.format, "pth");
   m.size = 7;
   m.tensors = 1;
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert(created);
   ck_assert_int_eq(strncmp(m.id, "m_", 2), 0);
   m2 = m;
   snprintf(m2.name, sizeof m2.name, "second");
-  ck_assert_int_eq(store_model_put(s, &m2, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m2, &created), DECOMP_OK);
   ck_assert(!created);
   ck_assert_str_eq(m2.id, m.id);
   ck_assert_str_eq(m2.name, "first");
@@ -170,21 +189,17 @@ START_TEST(models_dedup_by_digest_and_delete_collects_the_blob) {
   j.spec = "{}";
   j.policy = "{}";
   ck_assert_int_eq(store_job_submit(s, "key1", &j, &created), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
-                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_ERR_CONFLICT);
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, j.id, &c), DECOMP_OK);
   ck_assert_int_eq(c.state, STORE_JOB_CANCELLED);
   store_job_clear(&c);
   store_job_clear(&j);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
+  /* the delete collects the blob with the row */
   ck_assert_int_eq(count_files("blobs"), 1);
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof),
-                   DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_ERR_NOT_FOUND);
   /* no job is queued on a model that is gone */
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
   j.spec = "{}";
@@ -233,9 +248,8 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   bool created;
   char cal[STORE_DIGEST_LEN], p1[STORE_DIGEST_LEN], p2[STORE_DIGEST_LEN],
       old[STORE_DIGEST_LEN];
-  put_blob(s, "weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.profile, "");
   ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
@@ -297,29 +311,15 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
                    DECOMP_ERR_CONFLICT);
   ck_assert_ptr_nonnull(strstr(store_errmsg(), "no profile"));
 
-  /* the model's delete, then the job's: the job hands back both */
+  /* the model's delete, then the job's: the job's row keeps both blobs
+   * until it goes */
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
   ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
-  ck_assert_str_eq(prof, p1);
-  ck_assert_str_eq(calib, cal);
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, prof), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 2); /* the job's p1 and cal */
-  char(*dg)[STORE_DIGEST_LEN] = NULL;
-  size_t nd = 0;
-  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 2);
-  ck_assert_str_eq(dg[0], cal);
-  ck_assert_str_eq(dg[1], p1);
-  for (size_t i = 0; i < nd; i++)
-    ck_assert_int_eq(store_blob_gc(s, dg[i]), DECOMP_OK);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, job1), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
@@ -333,9 +333,8 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   store_model m = {0}, got;
   bool created;
   char cal1[STORE_DIGEST_LEN], cal2[STORE_DIGEST_LEN], old[STORE_DIGEST_LEN];
-  put_blob(s, "weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.calibration, "");
   ck_assert_int_eq(store_model_set_calibration(s, m.id, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
@@ -382,25 +381,13 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   ck_assert_str_eq(j.id, job1);
   store_job_clear(&j);
 
-  /* deleting the model returns its calibration; the job still holds cal1 */
+  /* deleting the model collects its weights and cal2; the job holds cal1 */
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
-  char digest[STORE_DIGEST_LEN], calib[STORE_DIGEST_LEN],
-      prof[STORE_DIGEST_LEN];
-  ck_assert_int_eq(store_model_delete(s, m.id, digest, calib, prof), DECOMP_OK);
-  ck_assert_str_eq(calib, cal2);
-  ck_assert_str_eq(prof, "");
-  ck_assert_int_eq(store_blob_gc(s, digest), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, calib), DECOMP_OK);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 1);
-  char(*dg)[STORE_DIGEST_LEN] = NULL;
-  size_t nd = 0;
-  ck_assert_int_eq(store_job_delete(s, job1, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 1);
-  ck_assert_str_eq(dg[0], cal1);
-  ck_assert_int_eq(store_blob_gc(s, dg[0]), DECOMP_OK);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, job1), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 0);
   store_close(s);
 }
@@ -436,9 +423,8 @@ END_TEST
 static void some_model(store *s, char id[24]) {
   store_model m = {0};
   bool created;
-  put_blob(s, "some weights", m.digest);
   snprintf(m.format, sizeof m.format, "pth");
-  ck_assert_int_eq(store_model_put(s, &m, &created), DECOMP_OK);
+  ck_assert_int_eq(model_put(s, "some weights", &m, &created), DECOMP_OK);
   memcpy(id, m.id, 24);
 }
 
@@ -503,10 +489,23 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
 
   store_artifact art = {0};
   snprintf(art.name, sizeof art.name, "decompose_info.json");
-  snprintf(art.digest, sizeof art.digest, "sha256:%064d", 0);
   snprintf(art.media_type, sizeof art.media_type, "application/json");
-  art.size = 2;
-  ck_assert_int_eq(store_job_succeed(s, a, &art, 1), DECOMP_OK);
+  /* the job's output file, hashed by the worker, is moved into the blob
+   * folder with the row that names it */
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s-out.json", store_tmp_dir(s), a);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("{}", f);
+  fclose(f);
+  ck_assert_int_eq(store_blob_hash_file(path, art.digest, &art.size),
+                   DECOMP_OK);
+  ck_assert_int_eq(art.size, 2);
+  int blobs_before = count_files("blobs");
+  const char *paths[] = {path};
+  ck_assert_int_eq(store_job_succeed(s, a, &art, paths, 1), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), blobs_before + 1);
+  ck_assert_int_ne(access(path, F_OK), 0); /* moved, not copied */
   store_artifact got;
   ck_assert_int_eq(store_artifact_get(s, a, "decompose_info.json", &got),
                    DECOMP_OK);
@@ -526,9 +525,7 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   store_job_clear(&j);
   ck_assert_int_eq(store_job_cancel_requested(s, b, &yes), DECOMP_OK);
   ck_assert(yes);
-  char(*dg)[STORE_DIGEST_LEN];
-  size_t nd;
-  ck_assert_int_eq(store_job_delete(s, b, &dg, &nd), DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_job_delete(s, b), DECOMP_ERR_CONFLICT);
   ck_assert_int_eq(store_job_fail(s, b, DECOMP_ERR_SVD_FAILED, "conv1: no"),
                    DECOMP_OK);
   ck_assert_int_eq(store_job_get(s, b, false, &j), DECOMP_OK);
@@ -561,10 +558,8 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
   ck_assert_uint_eq(n, 0);
   free(v);
 
-  ck_assert_int_eq(store_job_delete(s, a, &dg, &nd), DECOMP_OK);
-  ck_assert_uint_eq(nd, 1);
-  ck_assert_str_eq(dg[0], art.digest);
-  free(dg);
+  ck_assert_int_eq(store_job_delete(s, a), DECOMP_OK);
+  ck_assert_int_eq(count_files("blobs"), blobs_before); /* collected */
   ck_assert_int_eq(store_job_get(s, a, false, &j), DECOMP_ERR_NOT_FOUND);
   store_close(s);
 }
@@ -608,9 +603,7 @@ START_TEST(partial_uploads_resume_at_their_offset_and_verify_whole) {
   ck_assert_int_eq(store_partial_size(p), (int64_t)strlen(text));
   ck_assert_int_eq(store_partial_appended(p), (int64_t)strlen(text) - 8);
   ck_assert_int_eq(store_partial_verify(p), DECOMP_OK);
-  store_blob_lock(s);
   ck_assert_int_eq(store_partial_commit(p), DECOMP_OK);
-  store_blob_unlock(s);
   store_partial_free(p);
   ck_assert_int_eq(count_files("partial"), 0);
   char *back = NULL;
@@ -665,13 +658,28 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   snprintf(sh[0].digest, sizeof sh[0].digest, "%s", a);
   snprintf(sh[1].digest, sizeof sh[1].digest, "%s", b);
   bool created = false;
-  ck_assert_int_eq(store_model_put_sharded(s, &m, sh, 2, &created), DECOMP_OK);
+  store_upload *du = upload_of(s, "{\"index\":{}}", m.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &m, sh, 2, &created),
+                   DECOMP_OK);
+  store_upload_free(du);
   ck_assert(created);
   store_model again = m;
-  ck_assert_int_eq(store_model_put_sharded(s, &again, sh, 2, &created),
+  du = upload_of(s, "{\"index\":{}}", again.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &again, sh, 2, &created),
                    DECOMP_OK);
+  store_upload_free(du);
   ck_assert(!created);
   ck_assert_str_eq(again.id, m.id);
+  /* a shard whose blob is not in the store: refused, naming it */
+  store_model m3 = {0};
+  snprintf(m3.format, sizeof m3.format, "safetensors-sharded");
+  store_shard lost = {"lost.safetensors", "", 1};
+  snprintf(lost.digest, sizeof lost.digest, "sha256:%064d", 7);
+  du = upload_of(s, "{\"index\":3}", m3.digest);
+  ck_assert_int_eq(store_model_put_sharded(s, du, &m3, &lost, 1, &created),
+                   DECOMP_ERR_BAD_SHARD_INDEX);
+  store_upload_free(du);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "shard lost.safetensors"));
   store_shard *got = NULL;
   size_t n = 0;
   ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);
@@ -688,13 +696,7 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   ck_assert_int_eq(count_files("blobs"), 3);
 
   /* the model deleted: its rows go, and so do its blobs */
-  char d[STORE_DIGEST_LEN], c[STORE_DIGEST_LEN], pr[STORE_DIGEST_LEN];
-  store_blob_lock(s);
-  ck_assert_int_eq(store_model_delete(s, m.id, d, c, pr), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, a), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, b), DECOMP_OK);
-  ck_assert_int_eq(store_blob_gc(s, d), DECOMP_OK);
-  store_blob_unlock(s);
+  ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(store_model_shards(s, m.id, &got, &n), DECOMP_OK);
   ck_assert_int_eq(n, 0);
   ck_assert_int_eq(count_files("blobs"), 0);

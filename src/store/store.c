@@ -1,0 +1,265 @@
+/* store.c — the store's and the queue's functions, dispatched through the
+ * table of the backend the handle was opened with (backend.h). Opening
+ * checks the table's version; everything else is one call through it, so
+ * this file holds no policy of its own. */
+#include <stddef.h>
+
+#include "backend.h"
+#include "store_int.h"
+
+/* Every backend's handle begins with the table it dispatches through. */
+#define BACKEND(s) (*(const store_backend *const *)(const void *)(s))
+
+int store_open_backend(const store_backend *be, const char *data_dir,
+                       bool owner, store **out, int *requeued) {
+  *out = NULL;
+  if (!be)
+    return store_fail(DECOMP_ERR_STORE, "no store backend");
+  if (be->version != STORE_BACKEND_VERSION)
+    return store_fail(DECOMP_ERR_STORE,
+                      "store backend %s: interface version %d, this decompd "
+                      "speaks version %d",
+                      be->name ? be->name : "(unnamed)", be->version,
+                      STORE_BACKEND_VERSION);
+  return be->open(be, data_dir, owner, out, requeued);
+}
+
+int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
+  return store_open_backend(&store_backend_sqlite, data_dir, owner, out,
+                            requeued);
+}
+
+const store_backend *store_backend_of(const store *s) {
+  return BACKEND(s);
+}
+
+void store_close(store *s) {
+  if (s)
+    BACKEND(s)->close(s);
+}
+
+void store_scrub(store *s, const char *in, char *out, size_t outlen) {
+  BACKEND(s)->scrub(s, in, out, outlen);
+}
+
+bool store_reserve_ok(store *s) {
+  return BACKEND(s)->reserve_ok(s);
+}
+
+int store_schema_version(store *s) {
+  return BACKEND(s)->schema_version(s);
+}
+
+int store_ping(store *s) {
+  return BACKEND(s)->ping(s);
+}
+
+int store_upload_begin(store *s, store_upload **out) {
+  return BACKEND(s)->upload_begin(s, out);
+}
+
+int store_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
+  return BACKEND(s)->blob_open(s, digest, fd, size);
+}
+
+int store_blob_read(store *s, const char *digest, int64_t max, char **out,
+                    size_t *len) {
+  return BACKEND(s)->blob_read(s, digest, max, out, len);
+}
+
+int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
+  return BACKEND(s)->blob_path(s, digest, buf, len);
+}
+
+int store_blob_gc(store *s, const char *digest) {
+  return BACKEND(s)->blob_gc(s, digest);
+}
+
+void store_blob_lock(store *s) {
+  BACKEND(s)->blob_lock(s);
+}
+
+void store_blob_unlock(store *s) {
+  BACKEND(s)->blob_unlock(s);
+}
+
+int store_partial_open(store *s, const char *digest, int64_t offset,
+                       store_partial **out, int64_t *have) {
+  return BACKEND(s)->partial_open(s, digest, offset, out, have);
+}
+
+int store_partial_offset(store *s, const char *digest, int64_t *size) {
+  return BACKEND(s)->partial_offset(s, digest, size);
+}
+
+int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
+  return BACKEND(s)->loose_blob_touch(s, digest, size);
+}
+
+int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
+  return BACKEND(s)->uploads_sweep(s, ttl_ms, partials, blobs);
+}
+
+const char *store_tmp_dir(store *s) {
+  return BACKEND(s)->tmp_dir(s);
+}
+
+int store_model_put(store *s, store_upload *u, store_model *m,
+                    bool *created) {
+  return BACKEND(s)->model_put(s, u, m, created);
+}
+
+int store_model_get(store *s, const char *id, store_model *out) {
+  return BACKEND(s)->model_get(s, id, out);
+}
+
+int store_model_list(store *s, store_model **out, size_t *n) {
+  return BACKEND(s)->model_list(s, out, n);
+}
+
+int store_model_delete(store *s, const char *id) {
+  return BACKEND(s)->model_delete(s, id);
+}
+
+int store_model_set_spec(store *s, const char *id, const char *spec) {
+  return BACKEND(s)->model_set_spec(s, id, spec);
+}
+
+int store_model_get_spec(store *s, const char *id, char **spec) {
+  return BACKEND(s)->model_get_spec(s, id, spec);
+}
+
+int store_model_set_archive_spec(store *s, const char *id, const char *spec) {
+  return BACKEND(s)->model_set_archive_spec(s, id, spec);
+}
+
+int store_model_get_archive_spec(store *s, const char *id, char **spec) {
+  return BACKEND(s)->model_get_archive_spec(s, id, spec);
+}
+
+int store_model_set_calibration(store *s, const char *id, const char *digest,
+                                int64_t layers, int64_t size,
+                                char old[STORE_DIGEST_LEN]) {
+  return BACKEND(s)->model_set_calibration(s, id, digest, layers, size, old);
+}
+
+int store_model_set_profile(store *s, const char *id, const char *digest,
+                            int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]) {
+  return BACKEND(s)->model_set_profile(s, id, digest, layers, size, old);
+}
+
+int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
+                            const store_shard *sh, size_t n, bool *created) {
+  return BACKEND(s)->model_put_sharded(s, doc, m, sh, n, created);
+}
+
+int store_model_shards(store *s, const char *id, store_shard **out, size_t *n) {
+  return BACKEND(s)->model_shards(s, id, out, n);
+}
+
+int store_artifact_get(store *s, const char *job_id, const char *name,
+                       store_artifact *out) {
+  return BACKEND(s)->artifact_get(s, job_id, name, out);
+}
+
+int store_artifact_list(store *s, const char *job_id, store_artifact **out,
+                        size_t *n) {
+  return BACKEND(s)->artifact_list(s, job_id, out, n);
+}
+
+int store_token_put(store *s, const char *name, int role, const char *hash_hex,
+                    char id[24]) {
+  return BACKEND(s)->token_put(s, name, role, hash_hex, id);
+}
+
+int store_token_any(store *s, bool *any) {
+  return BACKEND(s)->token_any(s, any);
+}
+
+int store_token_role(store *s, const char *hash_hex, int *role,
+                     char name[256]) {
+  return BACKEND(s)->token_role(s, hash_hex, role, name);
+}
+
+int store_token_delete(store *s, const char *name) {
+  return BACKEND(s)->token_delete(s, name);
+}
+
+int store_token_list(store *s, store_token **out, size_t *n) {
+  return BACKEND(s)->token_list(s, out, n);
+}
+
+int store_job_submit(store *s, const char *request_key, store_job *j,
+                     bool *created) {
+  return BACKEND(s)->job_submit(s, request_key, j, created);
+}
+
+int store_job_get(store *s, const char *id, bool with_spec, store_job *out) {
+  return BACKEND(s)->job_get(s, id, with_spec, out);
+}
+
+int store_job_list(store *s, int state, int64_t before, int limit,
+                   store_job **out, size_t *n) {
+  return BACKEND(s)->job_list(s, state, before, limit, out, n);
+}
+
+int store_job_layers(store *s, const char *job_id, store_job_layer **out,
+                     size_t *n) {
+  return BACKEND(s)->job_layers(s, job_id, out, n);
+}
+
+int store_job_counts(store *s, int64_t counts[STORE_JOB_STATE_COUNT]) {
+  return BACKEND(s)->job_counts(s, counts);
+}
+
+int store_job_claim(store *s, store_job *out) {
+  return BACKEND(s)->job_claim(s, out);
+}
+
+int store_job_progress(store *s, const char *job_id, int64_t total,
+                       const store_job_layer *l) {
+  return BACKEND(s)->job_progress(s, job_id, total, l);
+}
+
+int store_job_current(store *s, const char *job_id, int64_t total,
+                      const char *layer, const char *step, double fraction) {
+  return BACKEND(s)->job_current(s, job_id, total, layer, step, fraction);
+}
+
+int store_job_cancel_requested(store *s, const char *job_id, bool *yes) {
+  return BACKEND(s)->job_cancel_requested(s, job_id, yes);
+}
+
+int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
+  return BACKEND(s)->job_set_peak_rss(s, job_id, bytes);
+}
+
+int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
+                      const char *const *paths, size_t n) {
+  return BACKEND(s)->job_succeed(s, job_id, a, paths, n);
+}
+
+int store_job_fail(store *s, const char *job_id, int err, const char *message) {
+  return BACKEND(s)->job_fail(s, job_id, err, message);
+}
+
+int store_job_cancelled(store *s, const char *job_id) {
+  return BACKEND(s)->job_cancelled(s, job_id);
+}
+
+int store_job_requeue(store *s, const char *job_id) {
+  return BACKEND(s)->job_requeue(s, job_id);
+}
+
+int store_job_cancel(store *s, const char *id, store_job *out) {
+  return BACKEND(s)->job_cancel(s, id, out);
+}
+
+int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
+  return BACKEND(s)->job_retry(s, id, out, requeued);
+}
+
+int store_job_delete(store *s, const char *id) {
+  return BACKEND(s)->job_delete(s, id);
+}
