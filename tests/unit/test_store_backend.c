@@ -177,6 +177,7 @@ int main(void) {
   tcase_add_test(tc, calls_dispatch_through_the_handles_table);
   tcase_add_test(tc, a_failure_in_the_backend_reaches_the_caller);
   tcase_add_test(tc, a_table_of_another_version_is_refused);
+  suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
