@@ -39,19 +39,8 @@ static int model_put_row(store *s, store_model *m, bool *created) {
             "ON CONFLICT (digest) DO NOTHING",
             "ssssiii", id, m->digest, m->name, m->format, m->size, m->tensors,
             store_now_ms());
-  if (rc == DECOMP_OK) {
-    sqlite3_stmt *st = NULL;
-    rc = sq_prepf(s->w, &st,
-                  "SELECT " MODEL_READ_COLS " FROM models WHERE digest=?", "s",
-                  m->digest);
-    if (rc == DECOMP_OK) {
-      if (sqlite3_step(st) == SQLITE_ROW)
-        sq_model_row(st, m);
-      else
-        rc = sq_fail(s->w, "model row");
-      sq_done(s, st);
-    }
-  }
+  if (rc == DECOMP_OK)
+    rc = sq_model_by_digest(s, m);
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = n > 0;
@@ -350,3 +339,21 @@ int sq_model_set_profile(store *s, const char *id, const char *digest,
   return model_set_attachment(s, &SQ_PROFILE_SQL, id, digest, layers, size,
                               old);
 }
+
+/* *m re-read (on the writer connection, inside its transaction) from the
+ * models row whose digest is m->digest. */
+int sq_model_by_digest(store *s, store_model *m) {
+  sqlite3_stmt *st = NULL;
+  int rc = sq_prepf(s->w, &st,
+                    "SELECT " MODEL_READ_COLS " FROM models WHERE digest=?",
+                    "s", m->digest);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    sq_model_row(st, m);
+  else
+    rc = sq_fail(s->w, "model row");
+  sq_done(s, st);
+  return rc;
+}
+

@@ -32,19 +32,8 @@ static int model_put_sharded_rows(store *s, store_model *m,
               "INSERT INTO model_shards (model_id, idx, name, digest, size) "
               "VALUES (?,?,?,?,?)",
               "sissi", id, (int64_t)i, sh[i].name, sh[i].digest, sh[i].size);
-  if (rc == DECOMP_OK) {
-    sqlite3_stmt *st = NULL;
-    rc = sq_prepf(s->w, &st,
-                  "SELECT " MODEL_READ_COLS " FROM models WHERE digest=?", "s",
-                  m->digest);
-    if (rc == DECOMP_OK) {
-      if (sqlite3_step(st) == SQLITE_ROW)
-        sq_model_row(st, m);
-      else
-        rc = sq_fail(s->w, "model row");
-      sq_done(s, st);
-    }
-  }
+  if (rc == DECOMP_OK)
+    rc = sq_model_by_digest(s, m);
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = ins > 0;

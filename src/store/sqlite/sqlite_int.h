@@ -108,6 +108,8 @@ int sq_write_with_reserve(store *s, int (*tx)(store *, void *), void *arg);
   "profile, COALESCE(profile_layers, 0), COALESCE(profile_size, 0)"
 
 void sq_model_row(sqlite3_stmt *st, store_model *m);
+/* *m re-read from the models row of m->digest, on the writer connection. */
+int sq_model_by_digest(store *s, store_model *m);
 
 /* The SQL of one kind of model attachment (a blob with its layers and
  * size, in columns named after it); `what` names it in messages. */
