@@ -39,6 +39,7 @@ DEFINES = {
     ("decomp.h", "DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS"):
         "ARTIFACT_WEIGHTS_SAFETENSORS",
     ("decomp.h", "DECOMP_ARTIFACT_INFO"): "ARTIFACT_INFO",
+    ("decomp.h", "DECOMP_ARTIFACT_INDEX"): "ARTIFACT_INDEX",
     ("client.h", "DECOMP_CLIENT_DEFAULT_URL"): "CLIENT_DEFAULT_URL",
 }
 # C scalar types and the ctypes names they map to.

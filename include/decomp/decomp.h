@@ -564,6 +564,9 @@ void decomp_result_free(decomp_result *r);
 #define DECOMP_ARTIFACT_WEIGHTS_PTH "decomposed_weights.pth"
 #define DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS "decomposed_weights.safetensors"
 #define DECOMP_ARTIFACT_INFO "decompose_info.json"
+/* A sharded output's index (beside its model-0000i-of-0000N.safetensors),
+ * and the name a sharded checkpoint's index has in its folder. */
+#define DECOMP_ARTIFACT_INDEX "model.safetensors.index.json"
 
 /* ------------------------------------------------------------------------ */
 /* Info files                                                                */

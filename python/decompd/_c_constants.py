@@ -152,6 +152,8 @@ ARTIFACT_WEIGHTS_PTH = 'decomposed_weights.pth'
 ARTIFACT_WEIGHTS_SAFETENSORS = 'decomposed_weights.safetensors'
 # include/decomp/decomp.h, DECOMP_ARTIFACT_INFO
 ARTIFACT_INFO = 'decompose_info.json'
+# include/decomp/decomp.h, DECOMP_ARTIFACT_INDEX
+ARTIFACT_INDEX = 'model.safetensors.index.json'
 # include/decomp/client.h, DECOMP_CLIENT_DEFAULT_URL
 CLIENT_DEFAULT_URL = 'http://127.0.0.1:8080'
 

@@ -39,6 +39,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from . import _c_constants as _C
 from .errors import SafetensorsError
 
 __all__ = ["load_safetensors", "SafetensorsError", "INDEX_NAME"]
@@ -46,7 +47,7 @@ __all__ = ["load_safetensors", "SafetensorsError", "INDEX_NAME"]
 # As the engine's readers (src/core/safetensors.c, shard_read.c).
 HEADER_MAX = 100 * 1000 * 1000
 INDEX_MAX = 100 * 1000 * 1000
-INDEX_NAME = "model.safetensors.index.json"
+INDEX_NAME = _C.ARTIFACT_INDEX
 _SUFFIX = ".safetensors"
 
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,

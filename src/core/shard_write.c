@@ -25,7 +25,7 @@
 #include "core.h"
 
 #define COPY_CHUNK ((size_t)8 << 20)
-#define SHARD_INDEX_NAME "model.safetensors.index.json"
+#define SHARD_INDEX_NAME DECOMP_ARTIFACT_INDEX
 
 struct st_file {
   char *final, *tmp;  /* paths */

@@ -100,7 +100,7 @@ int decomp_weights_open_memory(decomp_ctx *ctx, const void *buf, size_t len,
   return DECOMP_OK;
 }
 
-#define INDEX_NAME "model.safetensors.index.json"
+#define INDEX_NAME DECOMP_ARTIFACT_INDEX
 
 /* A sharded checkpoint: a folder holding INDEX_NAME, or an index file
  * (a name ending in ".json": no weight file starts like JSON text). */

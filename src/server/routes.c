@@ -1549,8 +1549,8 @@ static void h_job_delete(http_req *r) {
 }
 
 static const char *const ARTIFACT_NAMES[] = {
-    "decomposed_weights.pth", "decomposed_weights.safetensors",
-    "decompose_info.json", "model.safetensors.index.json", NULL};
+    DECOMP_ARTIFACT_WEIGHTS_PTH, DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS,
+    DECOMP_ARTIFACT_INFO, DECOMP_ARTIFACT_INDEX, NULL};
 
 /* Whether `name` is one an artifact may have: the fixed names, or a shard
  * of a sharded output, model-NNNNN-of-NNNNN.safetensors. It is only ever

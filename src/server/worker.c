@@ -234,11 +234,11 @@ static const struct {
   const char *media_type;
   int format;
 } OUTPUTS[] = {
-    {"decomposed_weights.pth", "pth", "application/octet-stream",
+    {DECOMP_ARTIFACT_WEIGHTS_PTH, "pth", "application/octet-stream",
      DECOMP_FORMAT_PTH},
-    {"decomposed_weights.safetensors", "safetensors",
+    {DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS, "safetensors",
      "application/octet-stream", DECOMP_FORMAT_SAFETENSORS},
-    {"decompose_info.json", "json", "application/json", DECOMP_FORMAT_UNKNOWN},
+    {DECOMP_ARTIFACT_INFO, "json", "application/json", DECOMP_FORMAT_UNKNOWN},
 };
 #define NOUTPUTS 3
 
@@ -362,7 +362,7 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
   for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
     const char *name = i + 1 < n
                            ? json_string_value(json_array_get(names, i))
-                           : "decompose_info.json";
+                           : DECOMP_ARTIFACT_INFO;
     if (!name || strlen(name) >= sizeof arts[i].name) {
       rc = DECOMP_ERR_INTERNAL;
       snprintf(msg, msglen, "the engine named an output file oddly");
