@@ -101,18 +101,17 @@ typedef struct attachment {
   const char *what; /* "calibration", "profile": the route's last part */
   const char *file; /* the download's name after the model's id */
   const char *type; /* its content type */
-  int (*set)(store *s, const char *id, const char *digest, int64_t layers,
-             int64_t size, char old[STORE_DIGEST_LEN]);
+  store_attachment kind;
   size_t digest, layers, size; /* offsets of the fields in store_model */
 } attachment;
 
 static const attachment CALIBRATION = {
     "calibration", "calibration.safetensors", "application/octet-stream",
-    store_model_set_calibration, offsetof(store_model, calibration),
+    STORE_ATTACH_CALIBRATION, offsetof(store_model, calibration),
     offsetof(store_model, calibration_layers),
     offsetof(store_model, calibration_size)};
 static const attachment PROFILE = {
-    "profile", "profile.json", JSON_TYPE, store_model_set_profile,
+    "profile", "profile.json", JSON_TYPE, STORE_ATTACH_PROFILE,
     offsetof(store_model, profile), offsetof(store_model, profile_layers),
     offsetof(store_model, profile_size)};
 
@@ -142,17 +141,9 @@ static json_t *attachment_json(const store_model *cm, const attachment *a) {
 static void attach(http_req *r, store_model *m, const attachment *a,
                    store_upload *u, const char *digest, size_t layers,
                    int64_t size) {
-  store *s = http_req_store(r);
   char old[STORE_DIGEST_LEN] = "";
-  store_blob_lock(s);
-  int rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = a->set(s, m->id, digest, (int64_t)layers, size, old);
-  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
-    store_blob_gc(s, old);
-  else if (rc != DECOMP_OK)
-    store_blob_gc(s, digest);
-  store_blob_unlock(s);
+  int rc = store_model_attach(http_req_store(r), m->id, a->kind, u,
+                              (int64_t)layers, size, old);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
     return;
@@ -195,13 +186,9 @@ static void attachment_get(http_req *r, const attachment *a) {
 /* DELETE /v1/models/{id}/{what}: detached; jobs submitted with it keep it
  * (and its blob) as they are. */
 static void attachment_delete(http_req *r, const attachment *a) {
-  store *s = http_req_store(r);
   char old[STORE_DIGEST_LEN];
-  store_blob_lock(s);
-  int rc = a->set(s, http_req_param(r, 0), NULL, 0, 0, old);
-  if (rc == DECOMP_OK)
-    store_blob_gc(s, old);
-  store_blob_unlock(s);
+  int rc = store_model_attach(http_req_store(r), http_req_param(r, 0), a->kind,
+                              NULL, 0, 0, old);
   if (rc != DECOMP_OK) {
     store_problem(r, rc);
     return;

@@ -123,15 +123,8 @@ void shards_blob_put(http_req *r) {
   int rc;
   maybe_sweep(r);
   if (!p) { /* stored already: the body was dropped */
-    int fd = -1;
     int64_t size = 0;
-    store_blob_lock(s);
-    rc = store_blob_open(s, digest, &fd, &size);
-    if (rc == DECOMP_OK)
-      rc = store_loose_blob_touch(s, digest, size);
-    store_blob_unlock(s);
-    if (fd >= 0)
-      close(fd);
+    rc = store_loose_blob_refresh(s, digest, &size);
     if (rc == DECOMP_ERR_NOT_FOUND) /* collected meanwhile: send it again */
       http_reply_problem(r, DECOMP_ERR_CONFLICT,
                          "blob %s was removed while this upload was read; "

@@ -11,9 +11,10 @@
  * backend — the index and queue in SQLite (sqlite/), blobs in DATA_DIR
  * (blob.c) — is store_backend_sqlite, the default.
  *
- * Each entry has the contract of the store.h or queue.h function of its
- * name without the `store_` prefix (`model_put` is store_model_put); every
- * entry is required. The invariants (locks, transactions, the order of
+ * Each entry has the contract of the store.h, queue.h or (for the store's
+ * own bookkeeping: blob_gc, blob_lock, blob_unlock, loose_blob_touch)
+ * store_int.h function of its name without the `store_` prefix
+ * (`model_put` is store_model_put); every entry is required. The invariants (locks, transactions, the order of
  * writes) are the backend's to keep. */
 #ifndef DECOMPD_STORE_BACKEND_H
 #define DECOMPD_STORE_BACKEND_H
@@ -24,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 4
+#define STORE_BACKEND_VERSION 5
 
 typedef struct store_backend store_backend;
 
@@ -59,6 +60,7 @@ struct store_backend {
                       store_partial **out, int64_t *have);
   int (*partial_offset)(store *s, const char *digest, int64_t *size);
   int (*loose_blob_touch)(store *s, const char *digest, int64_t size);
+  int (*loose_blob_refresh)(store *s, const char *digest, int64_t *size);
   int (*uploads_sweep)(store *s, int64_t ttl_ms, int *partials, int *blobs);
   const char *(*tmp_dir)(store *s);
 
@@ -72,12 +74,9 @@ struct store_backend {
   int (*model_get_spec)(store *s, const char *id, char **spec);
   int (*model_set_archive_spec)(store *s, const char *id, const char *spec);
   int (*model_get_archive_spec)(store *s, const char *id, char **spec);
-  int (*model_set_calibration)(store *s, const char *id, const char *digest,
-                               int64_t layers, int64_t size,
-                               char old[STORE_DIGEST_LEN]);
-  int (*model_set_profile)(store *s, const char *id, const char *digest,
-                           int64_t layers, int64_t size,
-                           char old[STORE_DIGEST_LEN]);
+  int (*model_attach)(store *s, const char *id, store_attachment kind,
+                      store_upload *u, int64_t layers, int64_t size,
+                      char old[STORE_DIGEST_LEN]);
 
   /* ---- sharded models ---- */
   int (*model_put_sharded)(store *s, store_upload *doc, store_model *m,

@@ -99,8 +99,7 @@ int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
 /* Finish a running job with its artifacts: each file paths[i] (under
  * store_tmp_dir(), hashed by store_blob_hash_file into a[i].digest) moves
  * into the blob folder (dropped when the blob exists) and the rows go into
- * the index, in one step under the store's own blob lock (do not hold
- * store_blob_lock()). A failure names its stage ("storing NAME: …",
+ * the index, in one step under the store's own blob lock. A failure names its stage ("storing NAME: …",
  * "index: …"); the files not yet moved stay for the caller to remove. */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       const char *const *paths, size_t n);
@@ -125,8 +124,7 @@ int store_job_cancel(store *s, const char *id, store_job *out);
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 /* Delete a finished job with its layers and artifact rows, and collect the
  * blobs it named (its artifacts, its calibration and profile) as
- * store_model_delete does, under the store's own blob lock (do not hold
- * store_blob_lock()); DECOMP_ERR_CONFLICT while queued or running. Works on
+ * store_model_delete does, under the store's own blob lock; DECOMP_ERR_CONFLICT while queued or running. Works on
  * a full disk, as store_model_delete does. */
 int store_job_delete(store *s, const char *id);
 

@@ -96,6 +96,10 @@ int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
   return BACKEND(s)->loose_blob_touch(s, digest, size);
 }
 
+int store_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
+  return BACKEND(s)->loose_blob_refresh(s, digest, size);
+}
+
 int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   return BACKEND(s)->uploads_sweep(s, ttl_ms, partials, blobs);
 }
@@ -137,16 +141,10 @@ int store_model_get_archive_spec(store *s, const char *id, char **spec) {
   return BACKEND(s)->model_get_archive_spec(s, id, spec);
 }
 
-int store_model_set_calibration(store *s, const char *id, const char *digest,
-                                int64_t layers, int64_t size,
-                                char old[STORE_DIGEST_LEN]) {
-  return BACKEND(s)->model_set_calibration(s, id, digest, layers, size, old);
-}
-
-int store_model_set_profile(store *s, const char *id, const char *digest,
-                            int64_t layers, int64_t size,
-                            char old[STORE_DIGEST_LEN]) {
-  return BACKEND(s)->model_set_profile(s, id, digest, layers, size, old);
+int store_model_attach(store *s, const char *id, store_attachment kind,
+                       store_upload *u, int64_t layers, int64_t size,
+                       char old[STORE_DIGEST_LEN]) {
+  return BACKEND(s)->model_attach(s, id, kind, u, layers, size, old);
 }
 
 int store_model_put_sharded(store *s, store_upload *doc, store_model *m,

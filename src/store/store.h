@@ -77,10 +77,6 @@ int64_t store_upload_size(const store_upload *u);
  * store_upload_path() (to validate it) before it is committed. */
 int store_upload_finish(store_upload *u, char digest[STORE_DIGEST_LEN]);
 const char *store_upload_path(const store_upload *u);
-/* Move the finished temp file into the blob folder (rename + fsync of the
- * folder); if the blob exists already the temp file is dropped. Call with
- * store_blob_lock() held, together with the row that references it. */
-int store_upload_commit(store_upload *u);
 /* Drop the temp file and free; accepts NULL and committed uploads. */
 void store_upload_free(store_upload *u);
 
@@ -99,16 +95,6 @@ int store_blob_read(store *s, const char *digest, int64_t max, char **out,
                     size_t *len);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
-/* Remove the blob when no model (its weights, calibration, profile or
- * shards), job (its calibration or profile), artifact or loose-blob row
- * refers to it any more (and
- * then remake the reserve, if a delete used it). Call with store_blob_lock()
- * held. */
-int store_blob_gc(store *s, const char *digest);
-/* Serialises "blob exists + row refers to it" against garbage collection. */
-void store_blob_lock(store *s);
-void store_blob_unlock(store *s);
-
 /* ---- resumable blob uploads (PUT /v1/blobs/{digest}) ------------------ */
 
 /* A partial upload of the blob a client named by its digest: the bytes
@@ -141,7 +127,7 @@ int store_partial_sync(store_partial *p);
 int store_partial_verify(store_partial *p);
 /* Move the verified file into the blob folder and record it as a loose
  * blob (kept upload_ttl for an index to bind it), in one step under the
- * store's blob lock (do not hold store_blob_lock()). */
+ * store's blob lock. */
 int store_partial_commit(store_partial *p);
 /* Remove the partial (a bad upload). */
 void store_partial_drop(store_partial *p);
@@ -151,13 +137,15 @@ void store_partial_free(store_partial *p);
  * there is none. */
 int store_partial_offset(store *s, const char *digest, int64_t *size);
 
-/* Record (or refresh) `digest`, an existing blob of `size` bytes, as a
- * loose blob uploaded now. Call with store_blob_lock() held. */
-int store_loose_blob_touch(store *s, const char *digest, int64_t size);
+/* Record the blob `digest`, stored already, as a loose blob uploaded now
+ * (kept upload_ttl for an index to bind it), *size its length: one step
+ * against collection. DECOMP_ERR_NOT_FOUND when there is no such blob (a
+ * sweep collected it: upload it again). */
+int store_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 /* Remove what abandoned uploads left: partials not written for `ttl_ms`
  * (unless a request is appending to one), and loose blobs uploaded longer
  * ago than that (their rows dropped, each blob collected unless something
- * else names it). Takes store_blob_lock() itself. *partials and *blobs
+ * else names it), under the store's own blob lock. *partials and *blobs
  * (may be NULL) get how many were removed. */
 int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 
@@ -176,12 +164,12 @@ typedef struct store_model {
   int64_t tensors;                /* tensors in the state dict */
   int64_t created_at;             /* Unix ms */
   bool has_spec;                  /* a layer spec is attached */
-  /* The attached calibration (store_model_set_calibration): its blob's
+  /* The attached calibration (store_model_attach): its blob's
    * digest ("" when none), the layers it covers and its size in bytes. */
   char calibration[STORE_DIGEST_LEN];
   int64_t calibration_layers;
   int64_t calibration_size;
-  /* The attached latency profile (store_model_set_profile), the same way. */
+  /* The attached latency profile (store_model_attach), the same way. */
   char profile[STORE_DIGEST_LEN];
   int64_t profile_layers;
   int64_t profile_size;
@@ -189,7 +177,7 @@ typedef struct store_model {
 
 /* Commit the finished upload `u` of the weights (`m->digest` its digest)
  * into the blob folder and insert a model for it unless one exists, in one
- * step under the store's own blob lock (do not hold store_blob_lock()):
+ * step under the store's own blob lock:
  * *created says which; `m` is filled with the stored row either way (its id
  * made here). `u` stays the caller's to free. */
 int store_model_put(store *s, store_upload *u, store_model *m, bool *created);
@@ -200,7 +188,7 @@ int store_model_list(store *s, store_model **out, size_t *n);
 /* Remove a model row (with its shards' rows) and collect the blobs it
  * named — its weights, its shards, its attached calibration and profile —
  * each unless something else still names it (store_blob_gc), under the
- * store's own blob lock: do not hold store_blob_lock() when calling it.
+ * store's own blob lock.
  * DECOMP_ERR_CONFLICT while a queued or running job uses it. On a full disk
  * it still works: the owner keeps a reserve (DATA_DIR/decompd.reserve,
  * 4 MiB) that a delete frees when it needs the room, and that the next
@@ -222,21 +210,24 @@ int store_model_get_spec(store *s, const char *id, char **spec);
 int store_model_set_archive_spec(store *s, const char *id, const char *spec);
 int store_model_get_archive_spec(store *s, const char *id, char **spec);
 
-/* Attach the calibration whose blob is `digest` (committed, with
- * store_blob_lock() held as for any row naming a blob) to a model, with
- * the layers it covers and its size, replacing any; `digest` NULL detaches
- * it (DECOMP_ERR_NOT_FOUND when none is attached). `old` gets the digest
- * it replaced ("" when none): collect it with store_blob_gc() under the
- * same lock (a job that runs with it keeps it). DECOMP_ERR_NOT_FOUND when
- * there is no such model. */
-int store_model_set_calibration(store *s, const char *id, const char *digest,
-                                int64_t layers, int64_t size,
-                                char old[STORE_DIGEST_LEN]);
-/* The same for a latency profile (a JSON blob): attach `digest` with the
- * layers it covers and its size, or detach it (`digest` NULL). */
-int store_model_set_profile(store *s, const char *id, const char *digest,
-                            int64_t layers, int64_t size,
-                            char old[STORE_DIGEST_LEN]);
+/* A model's attachments: its calibration (safetensors of Gram matrices)
+ * and its latency profile (JSON), one blob each. */
+typedef enum store_attachment {
+  STORE_ATTACH_CALIBRATION,
+  STORE_ATTACH_PROFILE,
+} store_attachment;
+
+/* Attach the finished upload `u` (store_upload_finish) to model `id` as
+ * its attachment `kind`, with the layers it covers and its size, replacing
+ * any, in one step: the upload's blob committed, the row written and the
+ * replaced blob collected unless something else names it (a job submitted
+ * with it keeps it). `u` NULL detaches (DECOMP_ERR_NOT_FOUND when none is
+ * attached). `old` gets the digest replaced or detached ("" when none). On
+ * a failure nothing changes and the upload's blob is collected unless
+ * something names it; DECOMP_ERR_NOT_FOUND when there is no such model. */
+int store_model_attach(store *s, const char *id, store_attachment kind,
+                       store_upload *u, int64_t layers, int64_t size,
+                       char old[STORE_DIGEST_LEN]);
 
 /* ---- sharded models ---------------------------------------------------- */
 
@@ -250,7 +241,7 @@ typedef struct store_shard {
 /* Commit the finished upload `doc` of a sharded model's binding document
  * (`m->digest` its digest) and insert the model with its `n` shards unless
  * a model with that digest exists, in one step under the store's own blob
- * lock (do not hold store_blob_lock()): *created says which; `m` is filled
+ * lock: *created says which; `m` is filled
  * with the stored row either way. DECOMP_ERR_BAD_SHARD_INDEX, naming it,
  * when a shard's blob is not in the store (collected since its upload);
  * when the rows fail, the document's blob is collected again. `doc` stays

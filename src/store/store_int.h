@@ -49,6 +49,26 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p);
 int store_reserve_fill(const store_paths *p);
 bool store_reserve_release(const store_paths *p);
 
+/* The store's own blob bookkeeping, called by blob.c and the backends
+ * through the handle's table, never from outside the store (whose callers
+ * use the one-step calls of store.h instead).
+ *
+ * Move the finished temp file into the blob folder (rename + fsync of the
+ * folder); if the blob exists already the temp file is dropped. Call with
+ * store_blob_lock() held, together with the row that references it. */
+int store_upload_commit(store_upload *u);
+/* Remove the blob when no model (its weights, calibration, profile or
+ * shards), job (its calibration or profile), artifact or loose-blob row
+ * refers to it any more (and then remake the reserve, if a delete used
+ * it). Call with store_blob_lock() held. */
+int store_blob_gc(store *s, const char *digest);
+/* Serialises "blob exists + row refers to it" against garbage collection. */
+void store_blob_lock(store *s);
+void store_blob_unlock(store *s);
+/* Record (or refresh) `digest`, an existing blob of `size` bytes, as a
+ * loose blob uploaded now. Call with store_blob_lock() held. */
+int store_loose_blob_touch(store *s, const char *digest, int64_t size);
+
 /* The blob folder's entries of the embedded backend (blob.c), each with the
  * contract of the store.h function of its name. */
 void blobs_scrub(store *s, const char *in, char *out, size_t outlen);

@@ -14,6 +14,7 @@
 
 #include "queue.h"
 #include "store.h"
+#include "store_int.h" /* the blob bookkeeping the store does itself */
 
 static char dir[256];
 
@@ -63,6 +64,19 @@ static store_upload *upload_of(store *s, const char *text,
   ck_assert_int_eq(store_upload_write(u, text, strlen(text)), DECOMP_OK);
   ck_assert_int_eq(store_upload_finish(u, digest), DECOMP_OK);
   return u;
+}
+
+/* Attach `text` to model `id` as its attachment `kind` (store_model_attach
+ * with an upload of it); digest gets the blob's digest. */
+static int attach_text(store *s, const char *id, store_attachment kind,
+                       const char *text, int64_t layers,
+                       char digest[STORE_DIGEST_LEN],
+                       char old[STORE_DIGEST_LEN]) {
+  store_upload *u = upload_of(s, text, digest);
+  int rc = store_model_attach(s, id, kind, u, layers, (int64_t)strlen(text),
+                              old);
+  store_upload_free(u);
+  return rc;
 }
 
 /* Commit `text` as the weights of model `m` (its digest set here). */
@@ -251,21 +265,25 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   snprintf(m.format, sizeof m.format, "pth");
   ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.profile, "");
-  ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
+  ck_assert_int_eq(store_model_attach(s, m.id, STORE_ATTACH_PROFILE, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
-  put_blob(s, "{\"profile\": 1}", p1);
-  put_blob(s, "gram", cal);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
-  ck_assert_str_eq(old, "");
-  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal, 1, 4, old),
+  ck_assert_int_eq(attach_text(s, m.id, STORE_ATTACH_PROFILE,
+                               "{\"profile\": 1}", 3, p1, old),
                    DECOMP_OK);
+  ck_assert_str_eq(old, "");
+  ck_assert_int_eq(
+      attach_text(s, m.id, STORE_ATTACH_CALIBRATION, "gram", 1, cal, old),
+      DECOMP_OK);
   ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
   ck_assert_str_eq(got.profile, p1);
   ck_assert_int_eq(got.profile_layers, 3);
   ck_assert_int_eq(got.profile_size, 14);
   ck_assert_str_eq(got.calibration, cal); /* two attachments, apart */
-  ck_assert_int_eq(store_model_set_profile(s, "m_nope", p1, 3, 14, old),
+  char p0[STORE_DIGEST_LEN];
+  ck_assert_int_eq(attach_text(s, "m_nope", STORE_ATTACH_PROFILE,
+                               "{\"profile\": 0}", 3, p0, old),
                    DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(count_files("blobs"), 3); /* its blob collected */
 
   /* a job with the profile and the calibration */
   store_job j = {0};
@@ -286,11 +304,11 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   store_job_clear(&j);
 
   /* replaced: the job keeps p1; a new job naming p1 is a conflict */
-  put_blob(s, "{\"profile\": 2}", p2);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p2, 1, 14, old), DECOMP_OK);
+  ck_assert_int_eq(attach_text(s, m.id, STORE_ATTACH_PROFILE,
+                               "{\"profile\": 2}", 1, p2, old),
+                   DECOMP_OK);
   ck_assert_str_eq(old, p1);
-  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
-  ck_assert_int_eq(count_files("blobs"), 4);
+  ck_assert_int_eq(count_files("blobs"), 4); /* the job keeps p1 */
   memset(&j, 0, sizeof j);
   snprintf(j.model_id, sizeof j.model_id, "%s", m.id);
   snprintf(j.profile, sizeof j.profile, "%s", p1);
@@ -301,11 +319,10 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   ck_assert_ptr_nonnull(strstr(store_errmsg(), "profile"));
   ck_assert_ptr_nonnull(strstr(store_errmsg(), p2));
   /* detached: a new job naming any profile is a conflict */
-  ck_assert_int_eq(store_model_set_profile(s, m.id, NULL, 0, 0, old),
+  ck_assert_int_eq(store_model_attach(s, m.id, STORE_ATTACH_PROFILE, NULL, 0, 0, old),
                    DECOMP_OK);
   ck_assert_str_eq(old, p2);
-  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
-  ck_assert_int_eq(count_files("blobs"), 3); /* p2 was no job's */
+  ck_assert_int_eq(count_files("blobs"), 3); /* p2 was no job's: collected */
   snprintf(j.profile, sizeof j.profile, "%s", p2);
   ck_assert_int_eq(store_job_submit(s, "kp2", &j, &created),
                    DECOMP_ERR_CONFLICT);
@@ -316,7 +333,9 @@ START_TEST(profile_blobs_live_while_a_model_or_job_names_them) {
   store_job c;
   ck_assert_int_eq(store_job_cancel(s, job1, &c), DECOMP_OK);
   store_job_clear(&c);
-  ck_assert_int_eq(store_model_set_profile(s, m.id, p1, 3, 14, old), DECOMP_OK);
+  ck_assert_int_eq(attach_text(s, m.id, STORE_ATTACH_PROFILE,
+                               "{\"profile\": 1}", 3, p1, old),
+                   DECOMP_OK);
   ck_assert_int_eq(store_model_delete(s, m.id), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 2); /* the job's p1 and cal */
   ck_assert_int_eq(store_job_delete(s, job1), DECOMP_OK);
@@ -336,18 +355,20 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   snprintf(m.format, sizeof m.format, "pth");
   ck_assert_int_eq(model_put(s, "weights", &m, &created), DECOMP_OK);
   ck_assert_str_eq(m.calibration, "");
-  ck_assert_int_eq(store_model_set_calibration(s, m.id, NULL, 0, 0, old),
+  ck_assert_int_eq(store_model_attach(s, m.id, STORE_ATTACH_CALIBRATION, NULL, 0, 0, old),
                    DECOMP_ERR_NOT_FOUND); /* none to detach */
-  put_blob(s, "gram one", cal1);
-  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal1, 2, 8, old),
+  ck_assert_int_eq(attach_text(s, m.id, STORE_ATTACH_CALIBRATION, "gram one",
+                               2, cal1, old),
                    DECOMP_OK);
   ck_assert_str_eq(old, "");
   ck_assert_int_eq(store_model_get(s, m.id, &got), DECOMP_OK);
   ck_assert_str_eq(got.calibration, cal1);
   ck_assert_int_eq(got.calibration_layers, 2);
   ck_assert_int_eq(got.calibration_size, 8);
-  ck_assert_int_eq(store_model_set_calibration(s, "m_nope", cal1, 2, 8, old),
+  ck_assert_int_eq(attach_text(s, "m_nope", STORE_ATTACH_CALIBRATION,
+                               "gram one", 2, cal1, old),
                    DECOMP_ERR_NOT_FOUND);
+  ck_assert_int_eq(count_files("blobs"), 2); /* model m still names cal1 */
 
   /* a job with it, then the model's calibration replaced */
   store_job j = {0};
@@ -361,11 +382,10 @@ START_TEST(calibration_blobs_live_while_a_model_or_job_names_them) {
   char job1[24];
   snprintf(job1, sizeof job1, "%s", j.id);
   store_job_clear(&j);
-  put_blob(s, "gram two", cal2);
-  ck_assert_int_eq(store_model_set_calibration(s, m.id, cal2, 1, 8, old),
+  ck_assert_int_eq(attach_text(s, m.id, STORE_ATTACH_CALIBRATION, "gram two",
+                               1, cal2, old),
                    DECOMP_OK);
   ck_assert_str_eq(old, cal1);
-  ck_assert_int_eq(store_blob_gc(s, old), DECOMP_OK);
   ck_assert_int_eq(count_files("blobs"), 3); /* the job keeps cal1 */
   /* a new job naming the old one: conflict; the same job again: itself */
   memset(&j, 0, sizeof j);
@@ -637,11 +657,12 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   put_blob(s, "shard b", b);
   put_blob(s, "stray", stray);
   put_blob(s, "{\"index\":{}}", doc);
-  store_blob_lock(s);
-  ck_assert_int_eq(store_loose_blob_touch(s, a, 7), DECOMP_OK);
-  ck_assert_int_eq(store_loose_blob_touch(s, b, 7), DECOMP_OK);
-  ck_assert_int_eq(store_loose_blob_touch(s, stray, 5), DECOMP_OK);
-  store_blob_unlock(s);
+  int64_t len = 0;
+  ck_assert_int_eq(store_loose_blob_refresh(s, a, &len), DECOMP_OK);
+  ck_assert_int_eq(len, 7);
+  ck_assert_int_eq(store_loose_blob_refresh(s, b, &len), DECOMP_OK);
+  ck_assert_int_eq(store_loose_blob_refresh(s, stray, &len), DECOMP_OK);
+  ck_assert_int_eq(len, 5);
   /* a loose blob is not collected while it is young */
   store_blob_lock(s);
   ck_assert_int_eq(store_blob_gc(s, stray), DECOMP_OK);
@@ -693,6 +714,10 @@ START_TEST(shards_live_while_their_model_does_and_loose_blobs_for_the_ttl) {
   ck_assert_int_eq(store_uploads_sweep(s, -1000, &np, &nb), DECOMP_OK);
   ck_assert_int_eq(np, 0);
   ck_assert_int_eq(nb, 1);
+  ck_assert_int_eq(count_files("blobs"), 3);
+  /* a collected blob is not refreshed: its uploader sends it again */
+  ck_assert_int_eq(store_loose_blob_refresh(s, stray, &len),
+                   DECOMP_ERR_NOT_FOUND);
   ck_assert_int_eq(count_files("blobs"), 3);
 
   /* the model deleted: its rows go, and so do its blobs */

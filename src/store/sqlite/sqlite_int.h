@@ -135,6 +135,7 @@ int sq_blob_gc(store *s, const char *digest);
 void sq_blob_lock(store *s);
 void sq_blob_unlock(store *s);
 int sq_loose_blob_touch(store *s, const char *digest, int64_t size);
+int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int sq_model_put(store *s, store_upload *u, store_model *m, bool *created);
 int sq_model_get(store *s, const char *id, store_model *out);
@@ -144,12 +145,9 @@ int sq_model_set_spec(store *s, const char *id, const char *spec);
 int sq_model_get_spec(store *s, const char *id, char **spec);
 int sq_model_set_archive_spec(store *s, const char *id, const char *spec);
 int sq_model_get_archive_spec(store *s, const char *id, char **spec);
-int sq_model_set_calibration(store *s, const char *id, const char *digest,
-                             int64_t layers, int64_t size,
-                             char old[STORE_DIGEST_LEN]);
-int sq_model_set_profile(store *s, const char *id, const char *digest,
-                         int64_t layers, int64_t size,
-                         char old[STORE_DIGEST_LEN]);
+int sq_model_attach(store *s, const char *id, store_attachment kind,
+                    store_upload *u, int64_t layers, int64_t size,
+                    char old[STORE_DIGEST_LEN]);
 int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
                          const store_shard *sh, size_t n, bool *created);
 int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n);
