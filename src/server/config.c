@@ -12,6 +12,8 @@
 
 const config_key CONFIG_KEYS[] = {
     {"data_dir", "folder of the blobs and the database (./var)"},
+    {"blobs", "where blobs live: file:PATH, a folder the nodes may share "
+              "(file:DATA_DIR/blobs)"},
     {"listen", "HOST:PORT to serve on (127.0.0.1:8080; port 0: any free)"},
     {"max_upload_bytes", "largest accepted upload, e.g. 4G (4G)"},
     {"max_json_bytes", "largest accepted JSON body (16M)"},
@@ -108,6 +110,12 @@ int config_set(config *c, const char *key, const char *value, char *err,
       bad = 1;
     else
       snprintf(c->data_dir, sizeof c->data_dir, "%s", value);
+  } else if (strcmp(key, "blobs") == 0) {
+    if (strncmp(value, "file:", 5) != 0 || !value[5] ||
+        strlen(value) >= sizeof c->blobs)
+      bad = 1;
+    else
+      snprintf(c->blobs, sizeof c->blobs, "%s", value);
   } else if (strcmp(key, "listen") == 0) {
     bad = parse_listen(c, value);
   } else if (strcmp(key, "max_upload_bytes") == 0) {

@@ -11,6 +11,8 @@
 
 typedef struct config {
   char data_dir[2048];      /* data_dir: blobs, database (default ./var) */
+  char blobs[2048];         /* blobs: where blobs live: "" (DATA_DIR/blobs)
+                               or file:PATH */
   char listen_host[256];    /* listen: HOST:PORT (default 127.0.0.1:8080;
                                port 0 picks a free one, logged at start) */
   int listen_port;

@@ -115,10 +115,16 @@ static const char *opt(char **rest, int n, const char *name) {
   return NULL;
 }
 
+/* The store the settings name. */
+static int open_store(const config *c, bool owner, store **s, int *requeued) {
+  const store_options o = {.data_dir = c->data_dir, .blobs = c->blobs};
+  return store_open_with(&o, owner, s, requeued);
+}
+
 static int cmd_token(const config *c, char **rest, int n) {
   const char *verb = n > 1 ? rest[1] : "";
   store *s = NULL;
-  int rc = store_open(c->data_dir, false, &s, NULL);
+  int rc = open_store(c, false, &s, NULL);
   if (rc != DECOMP_OK) {
     fprintf(stderr, "decompd: %s\n", store_errmsg());
     return 1;
@@ -187,16 +193,17 @@ static int serve(const config *c) {
   worker_pool *pool = NULL;
   http_server *h = NULL;
   int requeued = 0, port = 0, status = 1;
-  int rc = store_open(c->data_dir, true, &s, &requeued);
+  int rc = open_store(c, true, &s, &requeued);
   if (rc != DECOMP_OK) {
     LOG(LOG_ERROR, "main", NULL, "event=store_open_failed code=%s error=%s",
         decomp_error_code(rc), log_q(store_errmsg()));
     goto out;
   }
   LOG(LOG_INFO, "main", NULL,
-      "event=store_open data_dir=%s schema_version=%d requeued=%d "
+      "event=store_open data_dir=%s blobs=%s schema_version=%d requeued=%d "
       "reserve=%s",
-      log_q(c->data_dir), store_schema_version(s), requeued,
+      log_q(c->data_dir), log_q(c->blobs[0] ? c->blobs : "file:DATA_DIR/blobs"),
+      store_schema_version(s), requeued,
       store_reserve_ok(s) ? "yes" : "no");
   /* What abandoned resumable uploads left (and uploaded shards no model
    * bound) over upload_ttl; PUT /v1/blobs sweeps again as it goes. */

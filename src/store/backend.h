@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 5
+#define STORE_BACKEND_VERSION 6
 
 typedef struct store_backend store_backend;
 
@@ -37,7 +37,7 @@ struct store_backend {
   /* store_open on this backend. `self` is the table the handle was opened
    * through (a copy of this one, for a wrapper): the handle keeps it as its
    * first member, so every later call dispatches through it. */
-  int (*open)(const store_backend *self, const char *data_dir, bool owner,
+  int (*open)(const store_backend *self, const store_options *o, bool owner,
               store **out, int *requeued);
 
   /* ---- the handle ---- */
@@ -130,7 +130,7 @@ extern const store_backend store_backend_sqlite;
 /* store_open() on the backend `be`: DECOMP_ERR_STORE, naming the versions,
  * when `be` was built for another STORE_BACKEND_VERSION (*out is then
  * NULL). */
-int store_open_backend(const store_backend *be, const char *data_dir,
+int store_open_backend(const store_backend *be, const store_options *o,
                        bool owner, store **out, int *requeued);
 
 /* The table `s` dispatches through. */

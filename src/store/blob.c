@@ -72,10 +72,32 @@ static int rm_entry(const char *path, const struct stat *st, int flag,
   return 0;
 }
 
-int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
+/* The blob folder `blobs` names (NULL or "": DATA_DIR/blobs; "file:PATH":
+ * PATH), with its "/sha256" level, into buf. */
+static int blobs_folder(const char *data_dir, const char *blobs, char *buf,
+                        size_t len) {
+  int n;
+  if (!blobs || !blobs[0])
+    n = snprintf(buf, len, "%s/blobs/sha256", data_dir);
+  else if (strncmp(blobs, "file:", 5) == 0 && blobs[5])
+    n = snprintf(buf, len, "%s/sha256", blobs + 5);
+  else
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
+                      "blobs = %s: expected file:PATH (a folder, shared by "
+                      "the nodes that share the index)",
+                      blobs);
+  if (n >= (int)len)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blobs = %s: path too long",
+                      blobs);
+  return DECOMP_OK;
+}
+
+int store_blob_init(const store_options *o, bool clean, store_paths *p) {
+  const char *data_dir = o->data_dir;
+  int rc = blobs_folder(data_dir, o->blobs, p->blobs, sizeof p->blobs);
+  if (rc != DECOMP_OK)
+    return rc;
   if (snprintf(p->root, sizeof p->root, "%s", data_dir) >= (int)sizeof p->root ||
-      snprintf(p->blobs, sizeof p->blobs, "%s/blobs/sha256", data_dir) >=
-          (int)sizeof p->blobs ||
       snprintf(p->tmp, sizeof p->tmp, "%s/tmp", data_dir) >=
           (int)sizeof p->tmp ||
       snprintf(p->partial, sizeof p->partial, "%s/partial", data_dir) >=
@@ -86,7 +108,7 @@ int store_blob_init(const char *data_dir, bool clean, store_paths *p) {
                data_dir) >= (int)sizeof p->reserve)
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "%s: path too long",
                       data_dir);
-  int rc = mkdir_p(p->blobs);
+  rc = mkdir_p(p->blobs);
   if (rc == DECOMP_OK)
     rc = mkdir_p(p->tmp);
   if (rc == DECOMP_OK)
@@ -289,7 +311,61 @@ int blobs_blob_read(store *s, const char *digest, int64_t max, char **out,
   return DECOMP_OK;
 }
 
-/* Rename `tmp` (complete and fsynced) to the blob of `digest`. */
+/* Copy the file `src` to `path` in the folder `dir` (another file system):
+ * through a temp file beside it, fsynced, then renamed, so a reader sees
+ * the whole blob or none. */
+static int copy_into(const char *src, const char *dir, const char *path) {
+  char tmp[STORE_PATH_MAX + 32];
+  if (snprintf(tmp, sizeof tmp, "%s/.copy-XXXXXX", dir) >= (int)sizeof tmp)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blob path too long");
+  int in = open(src, O_RDONLY | O_CLOEXEC);
+  if (in < 0)
+    return store_fail(DECOMP_ERR_IO, "open %s: %s", src, strerror(errno));
+  int out = mkostemp(tmp, O_CLOEXEC);
+  if (out < 0) {
+    int e = errno;
+    close(in);
+    return store_fail(io_err(e), "create %s: %s", tmp, strerror(e));
+  }
+  int rc = DECOMP_OK;
+  static const size_t STEP = 1 << 20;
+  char *buf = malloc(STEP);
+  if (!buf)
+    rc = store_fail(DECOMP_ERR_NOMEM, "out of memory");
+  while (rc == DECOMP_OK) {
+    ssize_t n = read(in, buf, STEP);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = store_fail(DECOMP_ERR_IO, "read %s: %s", src, strerror(errno));
+      break;
+    }
+    if (n == 0)
+      break;
+    for (ssize_t off = 0; off < n && rc == DECOMP_OK;) {
+      ssize_t w = write(out, buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w < 0)
+        rc = store_fail(io_err(errno), "write %s: %s", tmp, strerror(errno));
+      else
+        off += w;
+    }
+  }
+  free(buf);
+  close(in);
+  if (rc == DECOMP_OK && fsync(out) != 0)
+    rc = store_fail(io_err(errno), "fsync %s: %s", tmp, strerror(errno));
+  close(out);
+  if (rc == DECOMP_OK && rename(tmp, path) != 0)
+    rc = store_fail(io_err(errno), "rename %s: %s", path, strerror(errno));
+  if (rc != DECOMP_OK)
+    unlink(tmp);
+  return rc;
+}
+
+/* Rename `tmp` (complete and fsynced) to the blob of `digest`; copied
+ * when the blob folder is on another file system. */
 static int blob_place(store *s, const char *tmp, const char *digest) {
   char dir[STORE_PATH_MAX + 8], path[STORE_PATH_MAX + 80];
   int rc = blobs_blob_path(s, digest, path, sizeof path);
@@ -305,8 +381,14 @@ static int blob_place(store *s, const char *tmp, const char *digest) {
     unlink(tmp);
     return DECOMP_OK;
   }
-  if (rename(tmp, path) != 0)
-    return store_fail(io_err(errno), "rename %s: %s", path, strerror(errno));
+  if (rename(tmp, path) != 0) {
+    if (errno != EXDEV)
+      return store_fail(io_err(errno), "rename %s: %s", path, strerror(errno));
+    /* the blob folder is another file system (blobs = file:PATH) */
+    if ((rc = copy_into(tmp, dir, path)) != DECOMP_OK)
+      return rc;
+    unlink(tmp);
+  }
   return fsync_dir(dir);
 }
 

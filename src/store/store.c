@@ -10,7 +10,7 @@
 /* Every backend's handle begins with the table it dispatches through. */
 #define BACKEND(s) (*(const store_backend *const *)(const void *)(s))
 
-int store_open_backend(const store_backend *be, const char *data_dir,
+int store_open_backend(const store_backend *be, const store_options *o,
                        bool owner, store **out, int *requeued) {
   *out = NULL;
   if (!be)
@@ -21,12 +21,17 @@ int store_open_backend(const store_backend *be, const char *data_dir,
                       "speaks version %d",
                       be->name ? be->name : "(unnamed)", be->version,
                       STORE_BACKEND_VERSION);
-  return be->open(be, data_dir, owner, out, requeued);
+  return be->open(be, o, owner, out, requeued);
+}
+
+int store_open_with(const store_options *o, bool owner, store **out,
+                    int *requeued) {
+  return store_open_backend(&store_backend_sqlite, o, owner, out, requeued);
 }
 
 int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
-  return store_open_backend(&store_backend_sqlite, data_dir, owner, out,
-                            requeued);
+  const store_options o = {.data_dir = data_dir};
+  return store_open_with(&o, owner, out, requeued);
 }
 
 const store_backend *store_backend_of(const store *s) {

@@ -38,6 +38,20 @@ typedef struct store store;
  * `decompd token` open without owning. This opens the embedded backend;
  * store_open_backend (backend.h) opens another. */
 int store_open(const char *data_dir, bool owner, store **out, int *requeued);
+
+/* What a store is opened on, beyond its data dir. */
+typedef struct store_options {
+  const char *data_dir; /* the index (embedded), temp files, partial uploads */
+  /* Where blobs live (config key `blobs`): NULL or "" for DATA_DIR/blobs,
+   * "file:PATH" for the folder PATH (a shared mount for several nodes;
+   * blobs under PATH/sha256/ab/abcd…). Anything else is refused at open,
+   * naming what is accepted. */
+  const char *blobs;
+} store_options;
+
+/* store_open with options (store_open is this with only a data dir). */
+int store_open_with(const store_options *o, bool owner, store **out,
+                    int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.
  * Call after every thread using the store has stopped. */
 void store_close(store *s);

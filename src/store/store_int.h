@@ -11,7 +11,8 @@
 typedef struct store_paths {
   char root[STORE_PATH_MAX];  /* DATA_DIR */
   char real[STORE_PATH_MAX];  /* DATA_DIR resolved (realpath), or "" */
-  char blobs[STORE_PATH_MAX]; /* DATA_DIR/blobs/sha256 */
+  char blobs[STORE_PATH_MAX]; /* DATA_DIR/blobs/sha256, or PATH/sha256 for
+                                 blobs = file:PATH */
   char tmp[STORE_PATH_MAX];   /* DATA_DIR/tmp: uploads and job outputs */
   char partial[STORE_PATH_MAX]; /* DATA_DIR/partial: resumable blob uploads,
                                    kept across restarts */
@@ -37,7 +38,7 @@ int store_fail(int err, const char *fmt, ...)
  * folder in it, dot-names included (a daemon killed while writing leaves
  * uploads, job outputs, the engine's ".NAME.tmp-XXXXXX" files and
  * TorchScript work folders there; nothing else is kept there). */
-int store_blob_init(const char *data_dir, bool clean, store_paths *p);
+int store_blob_init(const store_options *o, bool clean, store_paths *p);
 
 /* The reserve: STORE_RESERVE_BYTES of allocated blocks in p->reserve, kept
  * by the owner so that on a full disk a delete (the way out) still finds

@@ -44,8 +44,8 @@ static int migrate(store *s) {
   return DECOMP_OK;
 }
 
-int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
-                  store **out, int *requeued) {
+int sq_store_open(const store_backend *self, const store_options *o,
+                  bool owner, store **out, int *requeued) {
   store *s = calloc(1, sizeof *s);
   if (!s)
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
@@ -56,7 +56,7 @@ int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
   pthread_mutex_init(&s->rmu, NULL);
   pthread_mutex_init(&s->reserve_mu, NULL);
   pthread_key_create(&s->rkey, sq_reader_drop);
-  int rc = store_blob_init(data_dir, false, &s->paths);
+  int rc = store_blob_init(o, false, &s->paths);
   if (rc != DECOMP_OK)
     goto fail;
   if (owner) {
@@ -72,7 +72,7 @@ int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
                       "%s: another decompd serves this data dir", lock);
       goto fail;
     }
-    if ((rc = store_blob_init(data_dir, true, &s->paths)) != DECOMP_OK)
+    if ((rc = store_blob_init(o, true, &s->paths)) != DECOMP_OK)
       goto fail;
     /* On a full disk it is not there yet: the next collected blob makes
      * it (store_blob_gc). */

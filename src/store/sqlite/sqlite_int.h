@@ -125,8 +125,8 @@ extern const struct attachment_sql SQ_PROFILE_SQL;
 /* ---- the embedded backend's entries (sqlite/backend.c), each with the
  * contract of the store.h or queue.h function of its name ---------------- */
 
-int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
-                  store **out, int *requeued);
+int sq_store_open(const store_backend *self, const store_options *o,
+                  bool owner, store **out, int *requeued);
 void sq_close(store *s);
 bool sq_reserve_ok(store *s);
 int sq_schema_version(store *s);
