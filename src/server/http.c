@@ -33,6 +33,7 @@
 
 #include "auth.h"
 #include "http.h"
+#include "service.h"
 #include "log.h"
 #include "metrics.h"
 #include "text.h"
@@ -44,7 +45,8 @@ struct stream;
 
 struct http_server {
   struct MHD_Daemon *d;
-  store *s;
+  service *sv;
+  store *s; /* the service's */
   const config *cfg;
   /* streamed replies */
   pthread_mutex_t smu;
@@ -327,6 +329,7 @@ void http_reply_header(http_req *r, const char *name, const char *value) {
 /* ---- request accessors ------------------------------------------------ */
 
 store *http_req_store(const http_req *r) { return r->srv->s; }
+service *http_req_service(const http_req *r) { return r->srv->sv; }
 const config *http_req_config(const http_req *r) { return r->srv->cfg; }
 const char *http_req_id(const http_req *r) { return r->id; }
 const char *http_req_method(const http_req *r) { return r->method; }
@@ -895,11 +898,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 
 /* ---- start / stop ----------------------------------------------------- */
 
-int http_start(const config *cfg, store *s, http_server **out, int *port) {
+int http_start(const config *cfg, service *sv, http_server **out, int *port) {
   http_server *h = calloc(1, sizeof *h);
   if (!h)
     return DECOMP_ERR_NOMEM;
-  h->s = s;
+  h->sv = sv;
+  h->s = service_store(sv);
   h->cfg = cfg;
   struct addrinfo hints = {0}, *ai = NULL;
   hints.ai_family = AF_UNSPEC;

@@ -19,6 +19,7 @@
 
 typedef struct http_req http_req;
 typedef struct http_server http_server;
+typedef struct service service; /* service.h */
 
 /* Every body has a limit: a declared Content-Length over it is answered
  * 413 before the body is read; a chunked body gets the 413 as soon as it
@@ -52,15 +53,16 @@ typedef struct http_route {
 /* The route table (routes.c), ended by a NULL method. */
 extern const http_route HTTP_ROUTES[];
 
-/* Start serving on cfg->listen_host:listen_port with the route table;
- * *port gets the bound port. */
-int http_start(const config *cfg, store *s, http_server **out, int *port);
+/* Start serving on cfg->listen_host:listen_port with the route table, the
+ * handlers calling `sv` (and its store); *port gets the bound port. */
+int http_start(const config *cfg, service *sv, http_server **out, int *port);
 /* Stop accepting, close connections, join the threads; NULL is fine. */
 void http_stop(http_server *h);
 
 /* ---- requests --------------------------------------------------------- */
 
 store *http_req_store(const http_req *r);
+service *http_req_service(const http_req *r);
 const config *http_req_config(const http_req *r);
 const char *http_req_id(const http_req *r);         /* request id */
 const char *http_req_method(const http_req *r);

@@ -21,6 +21,7 @@
 #include "decomp/decomp.h"
 #include "decomp/torchscript.h"
 #include "http.h"
+#include "service.h"
 #include "log.h"
 #include "text.h"
 #include "worker.h"
@@ -192,6 +193,7 @@ static int serve(const config *c) {
   store *s = NULL;
   worker_pool *pool = NULL;
   http_server *h = NULL;
+  service *sv = NULL;
   int requeued = 0, port = 0, status = 1;
   int rc = open_store(c, true, &s, &requeued);
   if (rc != DECOMP_OK) {
@@ -232,7 +234,8 @@ static int serve(const config *c) {
   } else {
     LOG(LOG_INFO, "main", NULL, "event=torchscript supported=no");
   }
-  if ((rc = http_start(c, s, &h, &port)) != DECOMP_OK)
+  if ((rc = service_new(s, pool, c, &sv)) != DECOMP_OK ||
+      (rc = http_start(c, sv, &h, &port)) != DECOMP_OK)
     goto out;
   LOG(LOG_INFO, "main", NULL,
       "event=listening addr=%s:%d version=" DECOMP_VERSION
@@ -246,6 +249,7 @@ static int serve(const config *c) {
   status = 0;
 out:
   http_stop(h);
+  service_free(sv);
   worker_pool_stop(pool);
   store_close(s);
   LOG(LOG_INFO, "main", NULL, "event=stopped status=%d", status);

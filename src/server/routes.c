@@ -2,14 +2,11 @@
  * the contract; `decompd --routes` prints this table and a test compares
  * the two).
  *
- * Handlers read the request, talk to the store and queue, and answer. They
- * may open a weight file, a calibration or a latency profile to validate it
- * (the engine's readers map it and check every size and offset,
- * decomp_calibration_check reads each Gram once, decomp_profile_check reads
- * the profile's JSON: no decomposition); the SVD work
- * is the workers' alone, and so is loading a TorchScript archive (it runs
- * the archive's code, in a sandboxed reader process: worker.c). Bodies are
- * JSON; errors application/problem+json with the code from decomp/errors.h. */
+ * A handler parses the request, calls the store (to read) or the service
+ * (service.h: to check and change — models, their specs and attachments,
+ * jobs) and answers; the checks against the engine, the store's one-step
+ * changes and the workers' wake-ups are the service's. Bodies are JSON;
+ * errors application/problem+json with the code from decomp/errors.h. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +24,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "service.h"
 #include "shards.h"
 #include "text.h"
 #include "worker.h"
@@ -135,26 +133,13 @@ static json_t *attachment_json(const store_model *cm, const attachment *a) {
                    (json_int_t)*att_field(m, a->size), "url", url);
 }
 
-/* Attach the checked upload `u` (its blob `digest`) to model m in place of
- * the one before (whose blob is collected), and answer with it; a model
- * deleted meanwhile leaves the blob to no one (collected too). */
-static void attach(http_req *r, store_model *m, const attachment *a,
-                   store_upload *u, const char *digest, size_t layers,
-                   int64_t size) {
-  char old[STORE_DIGEST_LEN] = "";
-  int rc = store_model_attach(http_req_store(r), m->id, a->kind, u,
-                              (int64_t)layers, size, old);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=%s_attached model=%s digest=%s layers=%zu size=%lld "
-      "replaced=%s",
-      a->what, m->id, digest, layers, (long long)size, old[0] ? old : "none");
-  snprintf(att_digest(m, a), STORE_DIGEST_LEN, "%s", digest);
-  *att_field(m, a->layers) = (int64_t)layers;
-  *att_field(m, a->size) = size;
+/* The answer to a call of the service that refused. */
+static void svc_problem_reply(http_req *r, const svc_problem *p) {
+  http_reply_problem(r, p->code, "%s", p->detail);
+}
+
+/* The answer to an attach: the attachment as it is now, and where. */
+static void attached(http_req *r, store_model *m, const attachment *a) {
   char loc[96];
   snprintf(loc, sizeof loc, "/v1/models/%s/%s", m->id, a->what);
   http_reply_header(r, "Location", loc);
@@ -187,15 +172,12 @@ static void attachment_get(http_req *r, const attachment *a) {
  * (and its blob) as they are. */
 static void attachment_delete(http_req *r, const attachment *a) {
   char old[STORE_DIGEST_LEN];
-  int rc = store_model_attach(http_req_store(r), http_req_param(r, 0), a->kind,
-                              NULL, 0, 0, old);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return;
-  }
-  LOG(LOG_INFO, "models", http_req_id(r), "event=%s_detached model=%s digest=%s",
-      a->what, http_req_param(r, 0), old);
-  http_reply(r, 204, NULL, NULL, 0);
+  svc_problem p;
+  if (svc_model_detach(http_req_service(r), http_req_param(r, 0), a->kind, old,
+                       http_req_id(r), &p) != DECOMP_OK)
+    svc_problem_reply(r, &p);
+  else
+    http_reply(r, 204, NULL, NULL, 0);
 }
 
 static json_t *model_json(const store_model *m) {
@@ -233,8 +215,6 @@ static bool body_is_json(http_req *r) {
 static void h_model_upload(http_req *r) {
   store *s = http_req_store(r);
   store_upload *u = http_req_take_upload(r);
-  decomp_ctx *ctx = NULL;
-  decomp_weights *w = NULL;
   const char *name = http_req_query(r, "name");
   char digest[STORE_DIGEST_LEN];
   const char *why = NULL;
@@ -266,75 +246,19 @@ static void h_model_upload(http_req *r) {
     }
     goto done;
   }
-  if (store_upload_size(u) == 0) {
-    http_reply_problem(r, DECOMP_ERR_UNKNOWN_FORMAT, "the body is empty");
-    goto done;
-  }
-  /* Validate before accepting: the reader maps the file and checks every
-   * structure; nothing in it is executed. */
-  ctx = decomp_ctx_new();
-  if (!ctx) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  rc = decomp_weights_open(ctx, store_upload_path(u), &w);
-  /* A TorchScript archive (a zip whose directory parses and holds
-   * constants.pkl) is accepted on that alone when this build can read
-   * TorchScript: loading it runs the archive's code and may take up to the
-   * reader's time limit, so a job's worker does it, in the sandboxed reader
-   * process (worker.c). */
-  bool ts = false;
-  if (rc == DECOMP_ERR_TORCHSCRIPT && decomp_torchscript_supported()) {
-    const char *reader = worker_ts_reader();
-    if (access(reader, X_OK) != 0) {
-      http_reply_problem(r, DECOMP_ERR_TORCHSCRIPT,
-                         "a TorchScript archive: this server's TorchScript "
-                         "reader is not installed");
-      LOG(LOG_ERROR, "models", http_req_id(r),
-          "event=torchscript_reader_missing reader=%s", log_q(reader));
-      goto done;
-    }
-    ts = true;
-    rc = DECOMP_OK;
-  }
-  if (rc != DECOMP_OK) {
-    const char *m = decomp_errmsg(ctx);
-    const char *tmp = store_upload_path(u);
-    /* The message names our temp file; say "upload" instead. */
-    if (strncmp(m, tmp, strlen(tmp)) == 0)
-      http_reply_problem(r, rc, "upload%s", m + strlen(tmp));
-    else
-      http_reply_problem(r, rc, "%s", m[0] ? m : decomp_strerror(rc));
-    goto done;
-  }
-  store_model m = {0};
-  snprintf(m.digest, sizeof m.digest, "%s", digest);
-  snprintf(m.name, sizeof m.name, "%s", name);
-  snprintf(m.format, sizeof m.format, "%s",
-           decomp_format_name(ts ? DECOMP_FORMAT_TORCHSCRIPT
-                                 : decomp_weights_format(w)));
-  m.size = store_upload_size(u);
-  /* A TorchScript archive's tensors are counted only by loading it. */
-  m.tensors = ts ? 0 : (int64_t)decomp_weights_count(w);
-  decomp_weights_free(w);
-  w = NULL;
+  store_model m;
   bool created = false;
-  rc = store_model_put(s, u, &m, &created);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
+  svc_problem p;
+  if (svc_model_create(http_req_service(r), u, digest, name, &m, &created,
+                       http_req_id(r), &p) != DECOMP_OK) {
+    svc_problem_reply(r, &p);
     goto done;
   }
-  LOG(LOG_INFO, "models", http_req_id(r),
-      "event=model_%s id=%s digest=%s format=%s size=%lld tensors=%lld",
-      created ? "stored" : "deduplicated", m.id, m.digest, m.format,
-      (long long)m.size, (long long)m.tensors);
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/models/%s", m.id);
   http_reply_header(r, "Location", loc);
   reply_json(r, created ? 201 : 200, model_json(&m));
 done:
-  decomp_weights_free(w);
-  decomp_ctx_free(ctx);
   store_upload_free(u);
 }
 
@@ -378,111 +302,30 @@ static void h_model_delete(http_req *r) {
     http_reply(r, 204, NULL, NULL, 0);
 }
 
-static bool is_torchscript(const store_model *m) {
-  return strcmp(m->format, "torchscript") == 0;
-}
-
-/* Parse `spec_text` and check it against the model's weights; on failure
- * the reply is a problem and the result is not DECOMP_OK. A TorchScript
- * model's weights are known only once a job has loaded the archive: its
- * spec is parsed here and checked against them when the job runs. */
-static int spec_validate(http_req *r, decomp_ctx *ctx, const store_model *m,
-                         const char *spec_text, decomp_spec **out) {
-  decomp_weights *w = NULL;
-  decomp_spec *spec = NULL;
-  char path[4200], msg[1024] = "";
-  int rc = decomp_spec_parse(ctx, spec_text, strlen(spec_text), &spec);
-  if (rc != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-    return rc;
-  }
-  if (is_torchscript(m)) {
-    *out = spec;
-    return DECOMP_OK;
-  }
-  /* The spec must fit the weights: fail now, not in the queue. */
-  store_model now;
-  rc = store_blob_path(http_req_store(r), m->digest, path, sizeof path);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-  } else if ((rc = shards_model_is_sharded(m)
-                      ? shards_weights_open(http_req_store(r), ctx, m, &w,
-                                            msg, sizeof msg)
-                      : decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
-             store_model_get(http_req_store(r), m->id, &now) ==
-                 DECOMP_ERR_NOT_FOUND) {
-    /* deleted (and its blob collected) since it was read */
-    rc = DECOMP_ERR_NOT_FOUND;
-    http_reply_problem(r, rc, "model '%s': no such model", m->id);
-  } else if (rc != DECOMP_OK && msg[0]) {
-    http_reply_problem(r, rc, "%s", msg);
-  } else if (rc != DECOMP_OK ||
-             (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-  }
-  decomp_weights_free(w);
-  if (rc != DECOMP_OK) {
-    decomp_spec_free(spec);
-    return rc;
-  }
-  *out = spec;
-  return DECOMP_OK;
-}
-
 static void h_model_spec_put(http_req *r) {
   size_t len = 0;
   const char *body = http_req_body(r, &len);
   json_error_t jerr;
   json_t *in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-  decomp_ctx *ctx = NULL;
-  decomp_spec *spec = NULL;
   char *text = NULL, *canon = NULL;
-  store_model m;
+  svc_problem p;
   if (!in) {
     http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
                        jerr.line, jerr.column, jerr.text);
-    goto done;
-  }
-  if (!json_is_object(in) && !json_is_array(in)) {
+  } else if (!json_is_object(in) && !json_is_array(in)) {
     http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
                        "a layer spec is {\"layers\": [...]} or a list");
-    goto done;
-  }
-  int rc = store_model_get(http_req_store(r), http_req_param(r, 0), &m);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  ctx = decomp_ctx_new();
-  if (!ctx) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  if (!(text = json_dumps(in, JSON_COMPACT))) {
+  } else if (!(text = json_dumps(in, JSON_COMPACT))) {
     http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode the layer spec");
-    goto done;
+  } else if (svc_model_set_spec(http_req_service(r), http_req_param(r, 0), text,
+                                &canon, &p) != DECOMP_OK) {
+    svc_problem_reply(r, &p);
+  } else {
+    http_reply_text(r, 200, JSON_TYPE, canon);
   }
-  if (spec_validate(r, ctx, &m, text, &spec) != DECOMP_OK)
-    goto done;
-  canon = decomp_spec_to_json(spec);
-  if (!canon) {
-    http_reply_problem(r, DECOMP_ERR_ENCODE,
-                       "could not encode the canonical layer spec");
-    goto done;
-  }
-  if ((rc = store_model_set_spec(http_req_store(r), m.id, canon)) !=
-      DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  http_reply_text(r, 200, JSON_TYPE, canon);
-done:
   json_decref(in);
   free(text);
   decomp_free(canon);
-  if (spec)
-    decomp_spec_free(spec);
-  decomp_ctx_free(ctx);
 }
 
 static void h_model_spec_get(http_req *r) {
@@ -649,127 +492,20 @@ static void h_blob_get(http_req *r) {
 
 /* ---- calibrations ------------------------------------------------------ */
 
-/* Open the calibration file at `path` (a weight set: safetensors with the
- * decompd.calibration metadata); anything that is not a weight file is
- * answered 422 bad_calibration, as a weight file that is not a
- * calibration is by decomp_calibration_check. `what` names it. */
-static int calibration_open(http_req *r, decomp_ctx *ctx, const char *path,
-                            const char *what, decomp_weights **out) {
-  int rc = decomp_weights_open(ctx, path, out);
-  if (rc != DECOMP_OK) {
-    const char *m = decomp_errmsg(ctx);
-    /* The reader's message starts with the path: say what it is instead. */
-    if (strncmp(m, path, strlen(path)) == 0)
-      m += strlen(path);
-    while (*m == ':' || *m == ' ')
-      m++;
-    http_reply_problem(r, DECOMP_ERR_BAD_CALIBRATION,
-                       "calibration: %s is not a decompd calibration (a "
-                       "safetensors file of Gram matrices): %s",
-                       what, m[0] ? m : decomp_strerror(rc));
-    return DECOMP_ERR_BAD_CALIBRATION;
-  }
-  return DECOMP_OK;
-}
-
-/* The layer spec a calibration attached to `m` is checked against: the
- * attached spec, else (TorchScript) the one its archive gave the first job
- * that loaded it. *out NULL (and DECOMP_OK) when the model has none yet. */
-static int model_layer_spec(store *s, const store_model *m, char **out) {
-  int rc = store_model_get_spec(s, m->id, out);
-  if (rc == DECOMP_OK && !*out && is_torchscript(m))
-    rc = store_model_get_archive_spec(s, m->id, out);
-  return rc;
-}
-
-/* The 409 of an attachment PUT on a model with no layer spec to check it
- * against yet. */
-static void no_spec_yet(http_req *r, const store_model *m, const char *what) {
-  /* A TorchScript model's spec is in its archive, which is read when a job
-   * runs (never in a request handler). */
-  http_reply_problem(r, DECOMP_ERR_CONFLICT,
-                     "model %s has no layer spec to check a %s against yet: "
-                     "attach one first (PUT /v1/models/%s/spec)%s",
-                     m->id, what, m->id,
-                     is_torchscript(m)
-                         ? ", or run a job on it (the spec of its TorchScript "
-                           "archive is recorded when a job reads it)"
-                         : "");
-}
-
-/* The layer spec an attachment (`what`) of model m is checked against,
- * parsed in a new context: DECOMP_OK, or the problem answered (no spec yet
- * is 409). */
-static int attachment_spec(http_req *r, const store_model *m,
-                           const char *what, decomp_ctx **ctx,
-                           decomp_spec **spec) {
-  char *text = NULL;
-  int rc = model_layer_spec(http_req_store(r), m, &text);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return rc;
-  }
-  if (!text) {
-    no_spec_yet(r, m, what);
-    return DECOMP_ERR_CONFLICT;
-  }
-  if (!(*ctx = decomp_ctx_new())) {
-    free(text);
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    return DECOMP_ERR_NOMEM;
-  }
-  rc = decomp_spec_parse(*ctx, text, strlen(text), spec);
-  free(text);
-  if (rc != DECOMP_OK)
-    http_reply_problem(r, DECOMP_ERR_STORE, "model %s's stored spec: %s",
-                       m->id, decomp_errmsg(*ctx));
-  return rc;
-}
-
 /* PUT /v1/models/{id}/calibration: the body (streamed to a temp file and
  * hashed on the way, as uploads are) is checked against the model's layer
  * spec before it is stored, content-addressed, and attached in place of
  * any calibration before. */
 static void h_model_calibration_put(http_req *r) {
-  store *s = http_req_store(r);
   store_upload *u = http_req_take_upload(r);
-  decomp_ctx *ctx = NULL;
-  decomp_weights *cal = NULL;
-  decomp_spec *spec = NULL;
-  char digest[STORE_DIGEST_LEN];
-  size_t layers = 0;
   store_model m;
-  int rc = store_model_get(s, http_req_param(r, 0), &m);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  if ((rc = store_upload_finish(u, digest)) != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  if (store_upload_size(u) == 0) {
-    http_reply_problem(r, DECOMP_ERR_BAD_CALIBRATION,
-                       "calibration: the body is empty");
-    goto done;
-  }
-  if (attachment_spec(r, &m, "calibration", &ctx, &spec) != DECOMP_OK)
-    goto done;
-  if (calibration_open(r, ctx, store_upload_path(u), "the body", &cal) !=
-      DECOMP_OK)
-    goto done;
-  if ((rc = decomp_calibration_check(ctx, cal, spec, &layers)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-    goto done;
-  }
-  decomp_weights_free(cal); /* unmapped before its file is renamed */
-  cal = NULL;
-  attach(r, &m, &CALIBRATION, u, digest, layers, store_upload_size(u));
-done:
-  decomp_weights_free(cal);
-  if (spec)
-    decomp_spec_free(spec);
-  decomp_ctx_free(ctx);
+  char old[STORE_DIGEST_LEN];
+  svc_problem p;
+  if (svc_model_attach_calibration(http_req_service(r), http_req_param(r, 0), u,
+                                   &m, old, http_req_id(r), &p) != DECOMP_OK)
+    svc_problem_reply(r, &p);
+  else
+    attached(r, &m, &CALIBRATION);
   store_upload_free(u);
 }
 
@@ -788,58 +524,16 @@ static void h_model_calibration_delete(http_req *r) {
  * spec with decomp_profile_check before it is stored as it came, content-
  * addressed, and attached in place of any profile before. */
 static void h_model_profile_put(http_req *r) {
-  store *s = http_req_store(r);
   size_t len = 0;
   const char *body = http_req_body(r, &len);
-  json_error_t jerr;
-  json_t *in = NULL;
-  decomp_ctx *ctx = NULL;
-  decomp_spec *spec = NULL;
-  store_upload *u = NULL;
-  char *text = NULL;
-  char digest[STORE_DIGEST_LEN];
-  size_t layers = 0;
   store_model m;
-  int rc = store_model_get(s, http_req_param(r, 0), &m);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  if (len == 0) {
-    http_reply_problem(r, DECOMP_ERR_BAD_PROFILE, "profile: the body is empty");
-    goto done;
-  }
-  /* Valid JSON holds no NUL byte: the text the engine reads (up to the
-   * first NUL) is then the whole body that is stored. */
-  if (!(in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr))) {
-    http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
-                       jerr.line, jerr.column, jerr.text);
-    goto done;
-  }
-  if (attachment_spec(r, &m, "profile", &ctx, &spec) != DECOMP_OK)
-    goto done;
-  if (!(text = strndup(body, len))) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  if ((rc = decomp_profile_check(ctx, text, spec, &layers)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-    goto done;
-  }
-  if ((rc = store_upload_begin(s, &u)) != DECOMP_OK ||
-      (rc = store_upload_write(u, body, len)) != DECOMP_OK ||
-      (rc = store_upload_finish(u, digest)) != DECOMP_OK) {
-    store_problem(r, rc);
-    goto done;
-  }
-  attach(r, &m, &PROFILE, u, digest, layers, (int64_t)len);
-done:
-  json_decref(in);
-  if (spec)
-    decomp_spec_free(spec);
-  free(text);
-  decomp_ctx_free(ctx);
-  store_upload_free(u);
+  char old[STORE_DIGEST_LEN];
+  svc_problem p;
+  if (svc_model_attach_profile(http_req_service(r), http_req_param(r, 0), body,
+                               len, &m, old, http_req_id(r), &p) != DECOMP_OK)
+    svc_problem_reply(r, &p);
+  else
+    attached(r, &m, &PROFILE);
 }
 
 static void h_model_profile_get(http_req *r) {
@@ -955,116 +649,16 @@ out:
   return o;
 }
 
-/* A job's calibration (`digest`) checked against the layer spec it will
- * run with (`spec`; NULL for a TorchScript model whose spec comes from its
- * archive: the one recorded from it, when a job has read it, else the
- * engine checks it when the job runs). A digest that is not the model's
- * attached calibration is looked for among the blobs (an identical job
- * submitted before keeps it); when it is gone, 409. */
-static int job_calibration_check(http_req *r, decomp_ctx *ctx,
-                                 const store_model *m, const char *digest,
-                                 const decomp_spec *spec) {
-  store *s = http_req_store(r);
-  decomp_weights *cal = NULL;
-  decomp_spec *archive = NULL;
-  char *archive_text = NULL;
-  char path[4200];
-  int rc = store_blob_path(s, digest, path, sizeof path);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return rc;
-  }
-  if (access(path, R_OK) != 0) {
-    rc = DECOMP_ERR_CONFLICT;
-    http_reply_problem(r, rc,
-                       "calibration %s is not attached to model %s (it has "
-                       "%s%s; attach it with PUT /v1/models/%s/calibration)",
-                       digest, m->id, m->calibration[0] ? "" : "none",
-                       m->calibration, m->id);
-    return rc;
-  }
-  if ((rc = calibration_open(r, ctx, path, digest, &cal)) != DECOMP_OK)
-    return rc;
-  if (!spec) {
-    rc = store_model_get_archive_spec(s, m->id, &archive_text);
-    if (rc == DECOMP_OK && archive_text &&
-        decomp_spec_parse(ctx, archive_text, strlen(archive_text), &archive) ==
-            DECOMP_OK)
-      spec = archive;
-    rc = DECOMP_OK;
-  }
-  if (spec &&
-      (rc = decomp_calibration_check(ctx, cal, spec, NULL)) != DECOMP_OK)
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-  decomp_weights_free(cal);
-  if (archive)
-    decomp_spec_free(archive);
-  free(archive_text);
-  return rc;
-}
-
-/* A job's profile (`digest`) checked against the layer spec it will run
- * with, as job_calibration_check does for a calibration: read whole (it
- * was accepted under max_json_bytes; a larger blob is not a profile). */
-static int job_profile_check(http_req *r, decomp_ctx *ctx, const store_model *m,
-                             const char *digest, const decomp_spec *spec) {
-  store *s = http_req_store(r);
-  decomp_spec *archive = NULL;
-  char *archive_text = NULL, *text = NULL;
-  int rc = store_blob_read(s, digest, http_req_config(r)->max_json_bytes, &text,
-                           NULL);
-  if (rc == DECOMP_ERR_NOT_FOUND) {
-    http_reply_problem(r, DECOMP_ERR_CONFLICT,
-                       "profile %s is not attached to model %s (it has "
-                       "%s%s; attach it with PUT /v1/models/%s/profile)",
-                       digest, m->id, m->profile[0] ? "" : "none", m->profile,
-                       m->id);
-    return DECOMP_ERR_CONFLICT;
-  }
-  if (rc == DECOMP_ERR_TOO_LARGE) {
-    http_reply_problem(r, DECOMP_ERR_BAD_PROFILE,
-                       "profile: %s is not a decompd profile", digest);
-    return DECOMP_ERR_BAD_PROFILE;
-  }
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
-    return rc;
-  }
-  if (!spec) {
-    rc = store_model_get_archive_spec(s, m->id, &archive_text);
-    if (rc == DECOMP_OK && archive_text &&
-        decomp_spec_parse(ctx, archive_text, strlen(archive_text), &archive) ==
-            DECOMP_OK)
-      spec = archive;
-    rc = DECOMP_OK;
-  }
-  if (spec && (rc = decomp_profile_check(ctx, text, spec, NULL)) != DECOMP_OK)
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-  free(text);
-  if (archive)
-    decomp_spec_free(archive);
-  free(archive_text);
-  return rc;
-}
-
-/* A job's "calibration" or "profile" field `v` into `out` (its digest, ""
- * for none): true takes the model's attached one (`attached`; 409 when
- * there is none), a digest names it (and must be the attached one for a
- * new job: store_job_submit checks that where no replacement can slip in),
- * false or null: none. */
-static bool job_attachment(http_req *r, const store_model *m, const char *what,
-                           const json_t *v, const char *attached,
-                           char out[STORE_DIGEST_LEN]) {
-  out[0] = '\0';
+/* A job's "calibration" or "profile" field `v`: true takes the model's
+ * attached one, a digest names one, false or null: none. False (the
+ * problem answered) for anything else. */
+static bool job_attachment(http_req *r, const char *what, const json_t *v,
+                           svc_attach_choice *choice,
+                           char digest[STORE_DIGEST_LEN]) {
+  *choice = SVC_ATTACH_NONE;
+  digest[0] = '\0';
   if (json_is_true(v)) {
-    if (!attached[0]) {
-      http_reply_problem(r, DECOMP_ERR_CONFLICT,
-                         "'%s': true, but model %s has no %s attached (PUT "
-                         "/v1/models/%s/%s)",
-                         what, m->id, what, m->id, what);
-      return false;
-    }
-    snprintf(out, STORE_DIGEST_LEN, "%s", attached);
+    *choice = SVC_ATTACH_MODELS;
   } else if (json_is_string(v)) {
     if (!store_digest_valid(json_string_value(v))) {
       http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
@@ -1073,7 +667,8 @@ static bool job_attachment(http_req *r, const store_model *m, const char *what,
                          what);
       return false;
     }
-    snprintf(out, STORE_DIGEST_LEN, "%s", json_string_value(v));
+    *choice = SVC_ATTACH_DIGEST;
+    snprintf(digest, STORE_DIGEST_LEN, "%s", json_string_value(v));
   } else if (v && !json_is_false(v) && !json_is_null(v)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "'%s' must be true, false or a digest \"sha256:…\"",
@@ -1084,19 +679,12 @@ static bool job_attachment(http_req *r, const store_model *m, const char *what,
 }
 
 static void h_job_submit(http_req *r) {
-  store *s = http_req_store(r);
   size_t len = 0;
   const char *body = http_req_body(r, &len);
   json_error_t jerr;
-  json_t *in = NULL;
-  decomp_ctx *ctx = NULL;
-  decomp_spec *spec = NULL;
-  decomp_policy *pol = NULL;
-  char *spec_text = NULL, *spec_canon = NULL, *pol_canon = NULL;
-  char *pol_text = NULL;
-  store_job job = {0};
-
-  in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  char *spec_text = NULL, *pol_text = NULL;
+  svc_job_request rq = {0};
+  json_t *in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!in) {
     http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
                        jerr.line, jerr.column, jerr.text);
@@ -1122,38 +710,20 @@ static void h_job_submit(http_req *r) {
   json_t *jm = json_object_get(in, "model");
   json_t *js = json_object_get(in, "spec");
   json_t *jp = json_object_get(in, "policy");
-  json_t *jc = json_object_get(in, "calibration");
-  json_t *jl = json_object_get(in, "profile");
+  json_t *jb = json_object_get(in, "shard_bytes");
   if (!json_is_string(jm)) {
     http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                        "'model' must be a model id string");
     goto done;
   }
-  store_model m;
-  int rc = store_model_get(s, json_string_value(jm), &m);
-  if (rc != DECOMP_OK) {
-    http_reply_problem(r, rc, "model '%s': %s", json_string_value(jm),
-                       rc == DECOMP_ERR_NOT_FOUND ? "no such model"
-                                                  : store_errmsg());
-    goto done;
-  }
-  /* The output shard size of a sharded model's job (its outputs are
-   * sharded safetensors); the daemon's shard_bytes when not given. */
-  json_t *jb = json_object_get(in, "shard_bytes");
+  rq.model_id = json_string_value(jm);
   if (jb && !json_is_null(jb)) {
     if (!json_is_integer(jb) || json_integer_value(jb) < 1) {
       http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
                          "'shard_bytes' must be a positive integer (bytes)");
       goto done;
     }
-    if (!shards_model_is_sharded(&m)) {
-      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
-                         "'shard_bytes' is for a sharded model's job; model "
-                         "%s is a %s file",
-                         m.id, m.format);
-      goto done;
-    }
-    job.shard_bytes = (int64_t)json_integer_value(jb);
+    rq.shard_bytes = (int64_t)json_integer_value(jb);
   }
   if (js && !(json_is_object(js) || json_is_array(js))) {
     http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
@@ -1161,156 +731,43 @@ static void h_job_submit(http_req *r) {
                        "list of layers");
     goto done;
   }
-  if (!js) { /* the model's own spec, if it has one */
-    if ((rc = store_model_get_spec(s, m.id, &spec_text)) != DECOMP_OK) {
-      store_problem(r, rc);
-      goto done;
-    }
-    if (!spec_text && !is_torchscript(&m)) {
-      http_reply_problem(r, DECOMP_ERR_BAD_SPEC,
-                         "no 'spec' given and model %s has none (PUT "
-                         "/v1/models/%s/spec)",
-                         m.id, m.id);
-      goto done;
-    }
-  }
   if (jp && !json_is_string(jp) && !json_is_object(jp)) {
     http_reply_problem(r, DECOMP_ERR_BAD_POLICY,
                        "'policy' must be a policy name or object");
     goto done;
   }
-  if (!job_attachment(r, &m, "calibration", jc, m.calibration,
-                      job.calibration) ||
-      !job_attachment(r, &m, "profile", jl, m.profile, job.profile))
+  if (!job_attachment(r, "calibration", json_object_get(in, "calibration"),
+                      &rq.calibration, rq.calibration_digest) ||
+      !job_attachment(r, "profile", json_object_get(in, "profile"),
+                      &rq.profile, rq.profile_digest))
     goto done;
-  /* A TorchScript model with no spec given nor attached: the worker takes
-   * the layer spec from the archive (the job's spec is stored empty). */
-  bool spec_from_archive = !js && !spec_text;
-  ctx = decomp_ctx_new();
-  if (!ctx) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
   if (js && !(spec_text = json_dumps(js, JSON_COMPACT))) {
     http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode 'spec'");
     goto done;
   }
-  pol_text = !jp ? strdup("budget")
-             : json_is_string(jp) ? strdup(json_string_value(jp))
-                                  : json_dumps(jp, JSON_COMPACT);
-  if (!pol_text) {
+  if (jp && json_is_object(jp) && !(pol_text = json_dumps(jp, JSON_COMPACT))) {
     http_reply_problem(r, DECOMP_ERR_ENCODE, "could not encode 'policy'");
     goto done;
   }
-  if (!spec_from_archive &&
-      spec_validate(r, ctx, &m, spec_text, &spec) != DECOMP_OK)
-    goto done;
-  if ((rc = decomp_policy_parse(ctx, pol_text, &pol)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
-    goto done;
-  }
-  if (job.calibration[0] &&
-      job_calibration_check(r, ctx, &m, job.calibration, spec) != DECOMP_OK)
-    goto done;
-  if (job.profile[0] &&
-      job_profile_check(r, ctx, &m, job.profile, spec) != DECOMP_OK)
-    goto done;
-  static char no_spec[1] = "";
-  spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
-  pol_canon = decomp_policy_to_json(pol);
-  if ((!spec_canon && !spec_from_archive) || !pol_canon) {
-    http_reply_problem(r, DECOMP_ERR_ENCODE,
-                       "could not encode the canonical spec and policy");
-    goto done;
-  }
-  /* A latency target needs the times it is measured in: said now rather
-   * than by a job that fails when it runs. */
-  if (!job.profile[0]) {
-    json_t *pc = json_loads(pol_canon, 0, NULL);
-    bool by_latency = json_object_get(pc, "latency_reduction") != NULL;
-    json_decref(pc);
-    if (by_latency) {
-      http_reply_problem(r, DECOMP_ERR_BAD_POLICY,
-                         "policy: latency_reduction needs a latency profile "
-                         "(PUT /v1/models/%s/profile, then submit with "
-                         "\"profile\": true)",
-                         m.id);
-      goto done;
-    }
-  }
-  /* Identical input (model, canonical spec, canonical policy, the
-   * calibration's and the profile's digests) is one job; without them the
-   * key is what it was before calibrations and profiles existed. A profile
-   * is its own "profile "-tagged line: a calibration line is a bare
-   * digest. */
-  const char *spec_key = spec_canon ? spec_canon : no_spec;
-  size_t klen = strlen(m.id) + strlen(spec_key) + strlen(pol_canon) +
-                strlen(job.calibration) + strlen(job.profile) + 64;
-  char *kin = malloc(klen);
-  char key_hex[65];
-  if (!kin) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
-    goto done;
-  }
-  int kn = snprintf(kin, klen, "%s\n%s\n%s%s%s%s%s", m.id, spec_key,
-                    pol_canon, job.calibration[0] ? "\n" : "",
-                    job.calibration, job.profile[0] ? "\nprofile " : "",
-                    job.profile);
-  /* a shard size given is its own tagged line, as a profile is */
-  if (job.shard_bytes > 0 && kn > 0 && (size_t)kn < klen)
-    snprintf(kin + kn, klen - (size_t)kn, "\nshard_bytes %lld",
-             (long long)job.shard_bytes);
-  bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
-  free(kin);
-  if (!hashed) {
-    http_reply_problem(r, DECOMP_ERR_INTERNAL, "sha256 failed");
-    goto done;
-  }
-  snprintf(job.model_id, sizeof job.model_id, "%s", m.id);
-  job.spec = spec_canon ? spec_canon : no_spec;
-  job.policy = pol_canon;
+  rq.spec = spec_text;
+  rq.policy = pol_text ? pol_text : jp ? json_string_value(jp) : NULL;
+  store_job job;
   bool created = false;
-  rc = store_job_submit(s, key_hex, &job, &created);
-  if (rc != DECOMP_OK) {
-    job.spec = job.policy = NULL; /* still ours: freed below */
-    if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
-      http_reply_problem(r, rc, "model '%s': no such model", m.id);
-    else if (rc == DECOMP_ERR_CONFLICT) {
-      /* the store's message names which: "… not calibration sha256:…" */
-      const char *what =
-          strstr(store_errmsg(), "not profile ") ? "profile" : "calibration";
-      http_reply_problem(r, rc,
-                         "%s (attach it again with PUT /v1/models/%s/%s, or "
-                         "submit with \"%s\": true)",
-                         store_errmsg(), m.id, what, what);
-    } else
-      store_problem(r, rc);
+  svc_problem p;
+  if (svc_job_submit(http_req_service(r), &rq, &job, &created, http_req_id(r),
+                     &p) != DECOMP_OK) {
+    svc_problem_reply(r, &p);
     goto done;
   }
-  if (created)
-    worker_pool_wake();
-  LOG(LOG_INFO, "jobs", http_req_id(r),
-      "event=job_%s id=%s model=%s policy=%s calibration=%s profile=%s",
-      created ? "queued" : "existing", job.id, m.id,
-      log_q(decomp_policy_name(pol)),
-      job.calibration[0] ? job.calibration : "none",
-      job.profile[0] ? job.profile : "none");
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%s", job.id);
   http_reply_header(r, "Location", loc);
-  reply_json(r, created ? 201 : 200, job_json(s, &job, true));
+  reply_json(r, created ? 201 : 200, job_json(http_req_store(r), &job, true));
   store_job_clear(&job);
 done:
   json_decref(in);
   free(spec_text);
   free(pol_text);
-  decomp_free(spec_canon);
-  decomp_free(pol_canon);
-  if (pol)
-    decomp_policy_free(pol);
-  if (spec)
-    decomp_spec_free(spec);
-  decomp_ctx_free(ctx);
 }
 
 static void h_jobs_list(http_req *r) {
@@ -1511,16 +968,11 @@ static void h_job_cancel(http_req *r) {
 static void h_job_retry(http_req *r) {
   store_job j;
   bool requeued = false;
-  int rc = store_job_retry(http_req_store(r), http_req_param(r, 0), &j,
-                           &requeued);
-  if (rc != DECOMP_OK) {
-    store_problem(r, rc);
+  svc_problem p;
+  if (svc_job_retry(http_req_service(r), http_req_param(r, 0), &j, &requeued,
+                    http_req_id(r), &p) != DECOMP_OK) {
+    svc_problem_reply(r, &p);
     return;
-  }
-  if (requeued) {
-    worker_pool_wake();
-    LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_retried id=%s model=%s "
-        "attempts=%d", j.id, j.model_id, j.attempts);
   }
   reply_json(r, 200, job_json(http_req_store(r), &j, false));
   store_job_clear(&j);

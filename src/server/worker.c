@@ -48,21 +48,30 @@ struct worker_pool {
   uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
   pthread_t *threads;
   atomic_bool stopping;
+  /* Wake-ups: each bumps wake_gen; an idle worker waits for a change. */
+  pthread_mutex_t wake_mu;
+  pthread_cond_t wake_cv;
+  unsigned long wake_gen;
 };
 
-static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
-static unsigned long wake_gen;
-
-void worker_pool_wake(void) {
-  pthread_mutex_lock(&wake_mu);
-  wake_gen++;
-  pthread_cond_broadcast(&wake_cv);
-  pthread_mutex_unlock(&wake_mu);
+void worker_pool_wake(worker_pool *p) {
+  if (!p)
+    return;
+  pthread_mutex_lock(&p->wake_mu);
+  p->wake_gen++;
+  pthread_cond_broadcast(&p->wake_cv);
+  pthread_mutex_unlock(&p->wake_mu);
 }
 
-/* Wait for a wake-up or `ms`. */
-static void wait_for_work(unsigned long seen, int ms) {
+static unsigned long wake_seen(worker_pool *p) {
+  pthread_mutex_lock(&p->wake_mu);
+  unsigned long seen = p->wake_gen;
+  pthread_mutex_unlock(&p->wake_mu);
+  return seen;
+}
+
+/* Wait for a wake-up after `seen`, or `ms`. */
+static void wait_for_work(worker_pool *p, unsigned long seen, int ms) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += ms / 1000;
@@ -71,12 +80,12 @@ static void wait_for_work(unsigned long seen, int ms) {
     ts.tv_sec++;
     ts.tv_nsec -= 1000000000;
   }
-  pthread_mutex_lock(&wake_mu);
-  while (wake_gen == seen) {
-    if (pthread_cond_timedwait(&wake_cv, &wake_mu, &ts) == ETIMEDOUT)
+  pthread_mutex_lock(&p->wake_mu);
+  while (p->wake_gen == seen) {
+    if (pthread_cond_timedwait(&p->wake_cv, &p->wake_mu, &ts) == ETIMEDOUT)
       break;
   }
-  pthread_mutex_unlock(&wake_mu);
+  pthread_mutex_unlock(&p->wake_mu);
 }
 
 struct run {
@@ -587,19 +596,17 @@ done:
 static void *worker_main(void *arg) {
   worker_pool *p = arg;
   while (!atomic_load(&p->stopping)) {
-    pthread_mutex_lock(&wake_mu);
-    unsigned long seen = wake_gen;
-    pthread_mutex_unlock(&wake_mu);
+    unsigned long seen = wake_seen(p);
     store_job job;
     int rc = store_job_claim(p->s, &job);
     if (rc == DECOMP_ERR_NOT_FOUND) {
-      wait_for_work(seen, 1000);
+      wait_for_work(p, seen, 1000);
       continue;
     }
     if (rc != DECOMP_OK) {
       LOG(LOG_ERROR, "worker", NULL, "event=claim_failed error=%s",
           log_q(store_errmsg()));
-      wait_for_work(seen, 1000);
+      wait_for_work(p, seen, 1000);
       continue;
     }
     run_job(p, &job);
@@ -638,6 +645,8 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   if (!realpath(worker_ts_reader(), p->ts_reader)) /* missing: said later */
     snprintf(p->ts_reader, sizeof p->ts_reader, "%s", worker_ts_reader());
   atomic_init(&p->stopping, false);
+  pthread_mutex_init(&p->wake_mu, NULL);
+  pthread_cond_init(&p->wake_cv, NULL);
   for (int i = 0; i < workers; i++) {
     if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
       break;
@@ -670,9 +679,11 @@ void worker_pool_stop(worker_pool *p) {
   if (!p)
     return;
   atomic_store(&p->stopping, true);
-  worker_pool_wake();
+  worker_pool_wake(p);
   for (int i = 0; i < p->n; i++)
     pthread_join(p->threads[i], NULL);
   free(p->threads);
+  pthread_cond_destroy(&p->wake_cv);
+  pthread_mutex_destroy(&p->wake_mu);
   free(p);
 }

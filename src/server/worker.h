@@ -33,8 +33,8 @@ int worker_pool_start(store *s, int workers, int blas_threads,
 /* The output shard size of jobs on sharded models that were submitted
  * without one (config shard_bytes); the engine's default until set. */
 void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes);
-/* A job was queued: wake an idle worker (of the running pool, if any). */
-void worker_pool_wake(void);
+/* A job was queued: wake the pool's idle workers. NULL is fine. */
+void worker_pool_wake(worker_pool *p);
 /* Stop: running jobs are requeued at their next layer boundary; joins the
  * threads. NULL is fine. */
 void worker_pool_stop(worker_pool *p);
