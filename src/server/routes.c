@@ -236,9 +236,13 @@ static void h_model_upload(http_req *r) {
   if (body_is_json(r)) { /* a sharded checkpoint: its index and shards */
     store_model m;
     bool created = false;
+    svc_problem p;
     store_upload *taken = u;
     u = NULL;
-    if (shards_model_bind(r, taken, name, &m, &created)) {
+    if (svc_model_bind_sharded(http_req_service(r), taken, name, &m, &created,
+                               http_req_id(r), &p) != DECOMP_OK) {
+      svc_problem_reply(r, &p);
+    } else {
       char loc[64];
       snprintf(loc, sizeof loc, "/v1/models/%s", m.id);
       http_reply_header(r, "Location", loc);

@@ -44,10 +44,7 @@ store *service_store(const service *sv) { return sv->s; }
 
 const config *service_config(const service *sv) { return sv->c; }
 
-/* Refuse with `code` and a formatted detail; returns `code`. */
-static int fail(svc_problem *p, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(svc_problem *p, int code, const char *fmt, ...) {
+int svc_fail(svc_problem *p, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(p->detail, sizeof p->detail, fmt, ap);
@@ -58,13 +55,13 @@ static int fail(svc_problem *p, int code, const char *fmt, ...) {
 
 /* Refuse with a store failure: its code and this thread's detail. */
 static int store_failed(svc_problem *p, int rc) {
-  return fail(p, rc, "%s", store_errmsg());
+  return svc_fail(p, rc, "%s", store_errmsg());
 }
 
 /* Refuse with the engine's detail of `rc` in `ctx`. */
 static int engine_failed(svc_problem *p, decomp_ctx *ctx, int rc) {
   const char *m = decomp_errmsg(ctx);
-  return fail(p, rc, "%s", m[0] ? m : decomp_strerror(rc));
+  return svc_fail(p, rc, "%s", m[0] ? m : decomp_strerror(rc));
 }
 
 static bool is_torchscript(const store_model *m) {
@@ -77,10 +74,10 @@ int svc_model_create(service *sv, store_upload *u, const char *digest,
                      const char *name, store_model *m, bool *created,
                      const char *rid, svc_problem *p) {
   if (store_upload_size(u) == 0)
-    return fail(p, DECOMP_ERR_UNKNOWN_FORMAT, "the body is empty");
+    return svc_fail(p, DECOMP_ERR_UNKNOWN_FORMAT, "the body is empty");
   decomp_ctx *ctx = decomp_ctx_new();
   if (!ctx)
-    return fail(p, DECOMP_ERR_NOMEM, "out of memory");
+    return svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   /* Validate before accepting: the reader maps the file and checks every
    * structure; nothing in it is executed. */
   decomp_weights *w = NULL;
@@ -97,7 +94,7 @@ int svc_model_create(service *sv, store_upload *u, const char *digest,
       LOG(LOG_ERROR, "models", rid, "event=torchscript_reader_missing reader=%s",
           log_q(reader));
       decomp_ctx_free(ctx);
-      return fail(p, DECOMP_ERR_TORCHSCRIPT,
+      return svc_fail(p, DECOMP_ERR_TORCHSCRIPT,
                   "a TorchScript archive: this server's TorchScript reader "
                   "is not installed");
     }
@@ -109,7 +106,7 @@ int svc_model_create(service *sv, store_upload *u, const char *digest,
     const char *tmp = store_upload_path(u);
     /* The message names our temp file; say "upload" instead. */
     if (strncmp(msg, tmp, strlen(tmp)) == 0)
-      fail(p, rc, "upload%s", msg + strlen(tmp));
+      svc_fail(p, rc, "upload%s", msg + strlen(tmp));
     else
       engine_failed(p, ctx, rc);
     decomp_ctx_free(ctx);
@@ -133,6 +130,13 @@ int svc_model_create(service *sv, store_upload *u, const char *digest,
       *created ? "stored" : "deduplicated", m->id, m->digest, m->format,
       (long long)m->size, (long long)m->tensors);
   return DECOMP_OK;
+}
+
+int svc_model_bind_sharded(service *sv, store_upload *u, const char *name,
+                           store_model *m, bool *created, const char *rid,
+                           svc_problem *p) {
+  return shards_model_bind(sv->s, sv->c->max_json_bytes, u, name, m, created,
+                           rid, p);
 }
 
 /* Parse `spec_text` and check it against the model's weights. A
@@ -162,9 +166,9 @@ static int spec_validate(service *sv, decomp_ctx *ctx, const store_model *m,
                        : decomp_weights_open(ctx, path, &w)) != DECOMP_OK &&
              store_model_get(sv->s, m->id, &now) == DECOMP_ERR_NOT_FOUND) {
     /* deleted (and its blob collected) since it was read */
-    rc = fail(p, DECOMP_ERR_NOT_FOUND, "model '%s': no such model", m->id);
+    rc = svc_fail(p, DECOMP_ERR_NOT_FOUND, "model '%s': no such model", m->id);
   } else if (rc != DECOMP_OK && msg[0]) {
-    fail(p, rc, "%s", msg);
+    svc_fail(p, rc, "%s", msg);
   } else if (rc != DECOMP_OK ||
              (rc = decomp_spec_check(ctx, spec, w)) != DECOMP_OK) {
     engine_failed(p, ctx, rc);
@@ -187,11 +191,11 @@ int svc_model_set_spec(service *sv, const char *id, const char *spec_json,
     return store_failed(p, rc);
   decomp_ctx *ctx = decomp_ctx_new();
   if (!ctx)
-    return fail(p, DECOMP_ERR_NOMEM, "out of memory");
+    return svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   decomp_spec *spec = NULL;
   if ((rc = spec_validate(sv, ctx, &m, spec_json, &spec, p)) == DECOMP_OK) {
     if (!(*canon = decomp_spec_to_json(spec)))
-      rc = fail(p, DECOMP_ERR_ENCODE,
+      rc = svc_fail(p, DECOMP_ERR_ENCODE,
                 "could not encode the canonical layer spec");
     else if ((rc = store_model_set_spec(sv->s, m.id, *canon)) != DECOMP_OK)
       store_failed(p, rc);
@@ -227,7 +231,7 @@ static int attachment_spec(service *sv, decomp_ctx *ctx, const store_model *m,
   if (!text)
     /* A TorchScript model's spec is in its archive, which is read when a
      * job runs (never while answering a request). */
-    return fail(p, DECOMP_ERR_CONFLICT,
+    return svc_fail(p, DECOMP_ERR_CONFLICT,
                 "model %s has no layer spec to check a %s against yet: "
                 "attach one first (PUT /v1/models/%s/spec)%s",
                 m->id, what, m->id,
@@ -238,7 +242,7 @@ static int attachment_spec(service *sv, decomp_ctx *ctx, const store_model *m,
   rc = decomp_spec_parse(ctx, text, strlen(text), spec);
   free(text);
   if (rc != DECOMP_OK)
-    return fail(p, DECOMP_ERR_STORE, "model %s's stored spec: %s", m->id,
+    return svc_fail(p, DECOMP_ERR_STORE, "model %s's stored spec: %s", m->id,
                 decomp_errmsg(ctx));
   return DECOMP_OK;
 }
@@ -259,7 +263,7 @@ static int calibration_open(decomp_ctx *ctx, const char *path,
     m += strlen(path);
   while (*m == ':' || *m == ' ')
     m++;
-  return fail(p, DECOMP_ERR_BAD_CALIBRATION,
+  return svc_fail(p, DECOMP_ERR_BAD_CALIBRATION,
               "calibration: %s is not a decompd calibration (a safetensors "
               "file of Gram matrices): %s",
               what, m[0] ? m : decomp_strerror(rc));
@@ -300,10 +304,10 @@ int svc_model_attach_calibration(service *sv, const char *id, store_upload *u,
   if ((rc = store_upload_finish(u, digest)) != DECOMP_OK)
     return store_failed(p, rc);
   if (store_upload_size(u) == 0)
-    return fail(p, DECOMP_ERR_BAD_CALIBRATION, "calibration: the body is empty");
+    return svc_fail(p, DECOMP_ERR_BAD_CALIBRATION, "calibration: the body is empty");
   decomp_ctx *ctx = decomp_ctx_new();
   if (!ctx)
-    return fail(p, DECOMP_ERR_NOMEM, "out of memory");
+    return svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   decomp_spec *spec = NULL;
   decomp_weights *cal = NULL;
   size_t layers = 0;
@@ -332,13 +336,13 @@ int svc_model_attach_profile(service *sv, const char *id, const char *body,
   if (rc != DECOMP_OK)
     return store_failed(p, rc);
   if (len == 0)
-    return fail(p, DECOMP_ERR_BAD_PROFILE, "profile: the body is empty");
+    return svc_fail(p, DECOMP_ERR_BAD_PROFILE, "profile: the body is empty");
   /* Valid JSON holds no NUL byte: the text the engine reads (up to the
    * first NUL) is then the whole body that is stored. */
   json_error_t jerr;
   json_t *in = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!in)
-    return fail(p, DECOMP_ERR_BAD_JSON, "line %d column %d: %s", jerr.line,
+    return svc_fail(p, DECOMP_ERR_BAD_JSON, "line %d column %d: %s", jerr.line,
                 jerr.column, jerr.text);
   json_decref(in);
   decomp_ctx *ctx = decomp_ctx_new();
@@ -346,7 +350,7 @@ int svc_model_attach_profile(service *sv, const char *id, const char *body,
   decomp_spec *spec = NULL;
   size_t layers = 0;
   if (!ctx || !text)
-    rc = fail(p, DECOMP_ERR_NOMEM, "out of memory");
+    rc = svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   else if ((rc = attachment_spec(sv, ctx, m, "profile", &spec, p)) ==
                DECOMP_OK &&
            (rc = decomp_profile_check(ctx, text, spec, &layers)) != DECOMP_OK)
@@ -407,7 +411,7 @@ static int job_calibration_check(service *sv, decomp_ctx *ctx,
   if (rc != DECOMP_OK)
     return store_failed(p, rc);
   if (access(path, R_OK) != 0)
-    return fail(p, DECOMP_ERR_CONFLICT,
+    return svc_fail(p, DECOMP_ERR_CONFLICT,
                 "calibration %s is not attached to model %s (it has %s%s; "
                 "attach it with PUT /v1/models/%s/calibration)",
                 digest, m->id, m->calibration[0] ? "" : "none",
@@ -436,12 +440,12 @@ static int job_profile_check(service *sv, decomp_ctx *ctx,
   char *text = NULL;
   int rc = store_blob_read(sv->s, digest, sv->c->max_json_bytes, &text, NULL);
   if (rc == DECOMP_ERR_NOT_FOUND)
-    return fail(p, DECOMP_ERR_CONFLICT,
+    return svc_fail(p, DECOMP_ERR_CONFLICT,
                 "profile %s is not attached to model %s (it has %s%s; attach "
                 "it with PUT /v1/models/%s/profile)",
                 digest, m->id, m->profile[0] ? "" : "none", m->profile, m->id);
   if (rc == DECOMP_ERR_TOO_LARGE)
-    return fail(p, DECOMP_ERR_BAD_PROFILE,
+    return svc_fail(p, DECOMP_ERR_BAD_PROFILE,
                 "profile: %s is not a decompd profile", digest);
   if (rc != DECOMP_OK)
     return store_failed(p, rc);
@@ -465,7 +469,7 @@ static int job_attachment(const store_model *m, const char *what,
   out[0] = '\0';
   if (choice == SVC_ATTACH_MODELS) {
     if (!attached[0])
-      return fail(p, DECOMP_ERR_CONFLICT,
+      return svc_fail(p, DECOMP_ERR_CONFLICT,
                   "'%s': true, but model %s has no %s attached (PUT "
                   "/v1/models/%s/%s)",
                   what, m->id, what, m->id, what);
@@ -488,7 +492,7 @@ static int job_key(const store_model *m, const char *spec_key,
                 strlen(job->calibration) + strlen(job->profile) + 64;
   char *kin = malloc(klen);
   if (!kin)
-    return fail(p, DECOMP_ERR_NOMEM, "out of memory");
+    return svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   int kn = snprintf(kin, klen, "%s\n%s\n%s%s%s%s%s", m->id, spec_key,
                     pol_canon, job->calibration[0] ? "\n" : "",
                     job->calibration, job->profile[0] ? "\nprofile " : "",
@@ -498,7 +502,7 @@ static int job_key(const store_model *m, const char *spec_key,
              (long long)job->shard_bytes);
   bool hashed = store_sha256_hex(kin, strlen(kin), key_hex);
   free(kin);
-  return hashed ? DECOMP_OK : fail(p, DECOMP_ERR_INTERNAL, "sha256 failed");
+  return hashed ? DECOMP_OK : svc_fail(p, DECOMP_ERR_INTERNAL, "sha256 failed");
 }
 
 /* A latency target needs the times it is measured in: said at submission
@@ -510,7 +514,7 @@ static int latency_needs_profile(const store_model *m, const char *pol_canon,
   json_decref(pc);
   if (!by_latency)
     return DECOMP_OK;
-  return fail(p, DECOMP_ERR_BAD_POLICY,
+  return svc_fail(p, DECOMP_ERR_BAD_POLICY,
               "policy: latency_reduction needs a latency profile (PUT "
               "/v1/models/%s/profile, then submit with \"profile\": true)",
               m->id);
@@ -523,12 +527,12 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
   store_model m;
   int rc = store_model_get(sv->s, rq->model_id, &m);
   if (rc != DECOMP_OK)
-    return fail(p, rc, "model '%s': %s", rq->model_id,
+    return svc_fail(p, rc, "model '%s': %s", rq->model_id,
                 rc == DECOMP_ERR_NOT_FOUND ? "no such model" : store_errmsg());
   /* The output shard size of a sharded model's job (its outputs are
    * sharded safetensors); the daemon's shard_bytes when not given. */
   if (rq->shard_bytes > 0 && !shards_model_is_sharded(&m))
-    return fail(p, DECOMP_ERR_BAD_REQUEST,
+    return svc_fail(p, DECOMP_ERR_BAD_REQUEST,
                 "'shard_bytes' is for a sharded model's job; model %s is a "
                 "%s file",
                 m.id, m.format);
@@ -538,7 +542,7 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
     if ((rc = store_model_get_spec(sv->s, m.id, &spec_text)) != DECOMP_OK)
       return store_failed(p, rc);
     if (!spec_text && !is_torchscript(&m))
-      return fail(p, DECOMP_ERR_BAD_SPEC,
+      return svc_fail(p, DECOMP_ERR_BAD_SPEC,
                   "no 'spec' given and model %s has none (PUT "
                   "/v1/models/%s/spec)",
                   m.id, m.id);
@@ -560,7 +564,7 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
   decomp_policy *pol = NULL;
   char *spec_canon = NULL, *pol_canon = NULL;
   static char no_spec[1] = "";
-  rc = ctx ? DECOMP_OK : fail(p, DECOMP_ERR_NOMEM, "out of memory");
+  rc = ctx ? DECOMP_OK : svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
   if (rc == DECOMP_OK && !spec_from_archive)
     rc = spec_validate(sv, ctx, &m, spec_in, &spec, p);
   if (rc == DECOMP_OK &&
@@ -575,7 +579,7 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
     spec_canon = spec ? decomp_spec_to_json(spec) : NULL;
     pol_canon = decomp_policy_to_json(pol);
     if ((!spec_canon && !spec_from_archive) || !pol_canon)
-      rc = fail(p, DECOMP_ERR_ENCODE,
+      rc = svc_fail(p, DECOMP_ERR_ENCODE,
                 "could not encode the canonical spec and policy");
   }
   if (rc == DECOMP_OK && !job->profile[0])
@@ -591,12 +595,12 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
     if (rc != DECOMP_OK) {
       job->spec = job->policy = NULL; /* still ours: freed below */
       if (rc == DECOMP_ERR_NOT_FOUND) /* deleted since it was read above */
-        fail(p, rc, "model '%s': no such model", m.id);
+        svc_fail(p, rc, "model '%s': no such model", m.id);
       else if (rc == DECOMP_ERR_CONFLICT) {
         /* the store's message names which: "… not calibration sha256:…" */
         const char *what =
             strstr(store_errmsg(), "not profile ") ? "profile" : "calibration";
-        fail(p, rc,
+        svc_fail(p, rc,
              "%s (attach it again with PUT /v1/models/%s/%s, or submit with "
              "\"%s\": true)",
              store_errmsg(), m.id, what, what);

@@ -29,6 +29,10 @@ typedef struct svc_problem {
   char detail[2048];
 } svc_problem;
 
+/* Set *p to `code` and the formatted detail; returns `code`. */
+int svc_fail(svc_problem *p, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The service over the store `s`, waking `pool` (may be NULL: nothing to
  * wake) when work is queued, with the daemon's settings `c` (kept, not
  * copied). */
@@ -48,6 +52,16 @@ const config *service_config(const service *sv);
 int svc_model_create(service *sv, store_upload *u, const char *digest,
                      const char *name, store_model *m, bool *created,
                      const char *rid, svc_problem *p);
+
+/* Bind a sharded checkpoint: the upload `u` (finished; taken) holds
+ * {"index": INDEX, "shards": {name: digest}} (at most max_json_bytes), each
+ * shard a blob uploaded before (PUT /v1/blobs); the index and the shards
+ * get every check of decomp_weights_open_sharded, then the model named
+ * `name` is stored with its shards (*created: new, or the same checkpoint
+ * bound before). */
+int svc_model_bind_sharded(service *sv, store_upload *u, const char *name,
+                           store_model *m, bool *created, const char *rid,
+                           svc_problem *p);
 
 /* Attach the layer spec `spec_json` (the request's JSON text) to model
  * `id` once it fits its weights; *canon (decomp_free) gets the canonical

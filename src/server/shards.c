@@ -266,10 +266,9 @@ static json_t *upload_json(store_upload *u, int64_t max, json_error_t *err,
 /* Open the shards named in `shards` ({name: digest}, checked) with the
  * index text: the engine's every check. *size gets the shards' bytes, and
  * `sh` (n entries) their names, digests and sizes. */
-static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
+static int bind_open(store *s, decomp_ctx *ctx, const char *index_text,
                      json_t *shards, store_shard *sh, size_t n,
-                     decomp_weights **w, int64_t *size) {
-  store *s = http_req_store(r);
+                     decomp_weights **w, int64_t *size, svc_problem *p) {
   const char **names = calloc(n, sizeof *names);
   char **pp = calloc(n, sizeof *pp);
   int rc = DECOMP_OK;
@@ -279,7 +278,7 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
   *size = 0;
   if (!names || !pp) {
     rc = DECOMP_ERR_NOMEM;
-    http_reply_problem(r, rc, "out of memory");
+    rc = svc_fail(p, rc, "out of memory");
     goto done;
   }
   json_object_foreach(shards, name, v) {
@@ -291,7 +290,7 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
       close(fd);
     if (rc == DECOMP_ERR_NOT_FOUND) {
       rc = DECOMP_ERR_BAD_SHARD_INDEX;
-      http_reply_problem(r, rc,
+      rc = svc_fail(p, rc,
                          "shard %s: no blob %s on this server (upload it "
                          "first: PUT /v1/blobs/%s)",
                          name, digest, digest);
@@ -301,12 +300,12 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
     if (rc == DECOMP_OK)
       rc = store_blob_path(s, digest, path, sizeof path);
     if (rc != DECOMP_OK) {
-      http_reply_problem(r, rc, "%s", store_errmsg());
+      rc = svc_fail(p, rc, "%s", store_errmsg());
       goto done;
     }
     if (!(pp[i] = strdup(path))) {
       rc = DECOMP_ERR_NOMEM;
-      http_reply_problem(r, rc, "out of memory");
+      rc = svc_fail(p, rc, "out of memory");
       goto done;
     }
     snprintf(sh[i].name, sizeof sh[i].name, "%s", name);
@@ -319,7 +318,7 @@ static int bind_open(http_req *r, decomp_ctx *ctx, const char *index_text,
   rc = decomp_weights_open_sharded(ctx, index_text, strlen(index_text), n,
                                    names, (const char *const *)pp, w);
   if (rc != DECOMP_OK)
-    http_reply_problem(r, rc, "%s", decomp_errmsg(ctx));
+    rc = svc_fail(p, rc, "%s", decomp_errmsg(ctx));
 done:
   for (size_t k = 0; pp && k < n; k++)
     free(pp[k]);
@@ -328,28 +327,27 @@ done:
   return rc;
 }
 
-bool shards_model_bind(http_req *r, store_upload *u, const char *name,
-                       store_model *out, bool *out_created) {
-  store *s = http_req_store(r);
-  bool ok = false;
-  const config *cfg = http_req_config(r);
+int shards_model_bind(store *s, int64_t max_json_bytes, store_upload *u,
+                      const char *name, store_model *out, bool *out_created,
+                      const char *rid, svc_problem *p) {
+  int rc = DECOMP_ERR_INTERNAL;
   json_error_t jerr;
   bool too_large = false;
-  json_t *in = upload_json(u, cfg->max_json_bytes, &jerr, &too_large);
+  json_t *in = upload_json(u, max_json_bytes, &jerr, &too_large);
   char *index_text = NULL, *doc = NULL;
   store_shard *sh = NULL;
   decomp_ctx *ctx = NULL;
   decomp_weights *w = NULL;
   store_upload *du = NULL;
   if (too_large) {
-    http_reply_problem(r, DECOMP_ERR_PAYLOAD_TOO_LARGE,
+    rc = svc_fail(p, DECOMP_ERR_PAYLOAD_TOO_LARGE,
                        "a JSON model (an index and its shards) is at most "
                        "max_json_bytes, %lld bytes",
-                       (long long)cfg->max_json_bytes);
+                       (long long)max_json_bytes);
     goto done;
   }
   if (!in) {
-    http_reply_problem(r, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
+    rc = svc_fail(p, DECOMP_ERR_BAD_JSON, "line %d column %d: %s",
                        jerr.line, jerr.column, jerr.text);
     goto done;
   }
@@ -359,7 +357,7 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
   json_t *v;
   if (!json_is_object(in) || !json_is_object(index) ||
       !json_is_object(shards)) {
-    http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+    rc = svc_fail(p, DECOMP_ERR_BAD_REQUEST,
                        "a sharded model is {\"index\": the text of "
                        "model.safetensors.index.json, \"shards\": {shard "
                        "file name: \"sha256:…\" of its blob}}");
@@ -367,20 +365,20 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
   }
   json_object_foreach(in, key, v) {
     if (strcmp(key, "index") && strcmp(key, "shards")) {
-      http_reply_problem(r, DECOMP_ERR_BAD_REQUEST,
+      rc = svc_fail(p, DECOMP_ERR_BAD_REQUEST,
                          "unknown field '%s' (expected index, shards)", key);
       goto done;
     }
   }
   size_t n = json_object_size(shards);
   if (n == 0 || n > MAX_SHARDS) {
-    http_reply_problem(r, DECOMP_ERR_BAD_SHARD_INDEX,
+    rc = svc_fail(p, DECOMP_ERR_BAD_SHARD_INDEX,
                        "'shards' names %zu shards (1 to %d)", n, MAX_SHARDS);
     goto done;
   }
   json_object_foreach(shards, key, v) {
     if (!shard_name_ok(key)) {
-      http_reply_problem(r, DECOMP_ERR_BAD_SHARD_INDEX,
+      rc = svc_fail(p, DECOMP_ERR_BAD_SHARD_INDEX,
                          "shard name '%s': a shard is named by a plain file "
                          "name ending in .safetensors (no '/', no leading "
                          "'.')",
@@ -388,7 +386,7 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
       goto done;
     }
     if (!json_is_string(v) || !store_digest_valid(json_string_value(v))) {
-      http_reply_problem(r, DECOMP_ERR_BAD_SHARD_INDEX,
+      rc = svc_fail(p, DECOMP_ERR_BAD_SHARD_INDEX,
                          "shard %s: its digest must be \"sha256:<64 "
                          "lowercase hex>\"",
                          key);
@@ -398,11 +396,11 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
   if (!(index_text = json_dumps(index, JSON_COMPACT | JSON_REAL_PRECISION(17))) ||
       !(doc = binding_text(index, shards)) || !(ctx = decomp_ctx_new()) ||
       !(sh = calloc(n, sizeof *sh))) {
-    http_reply_problem(r, DECOMP_ERR_NOMEM, "out of memory");
+    rc = svc_fail(p, DECOMP_ERR_NOMEM, "out of memory");
     goto done;
   }
   store_model m = {0};
-  int rc = bind_open(r, ctx, index_text, shards, sh, n, &w, &m.size);
+  rc = bind_open(s, ctx, index_text, shards, sh, n, &w, &m.size, p);
   if (rc != DECOMP_OK)
     goto done;
   m.tensors = (int64_t)decomp_weights_count(w);
@@ -414,7 +412,7 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
   if ((rc = store_upload_begin(s, &du)) != DECOMP_OK ||
       (rc = store_upload_write(du, doc, strlen(doc))) != DECOMP_OK ||
       (rc = store_upload_finish(du, m.digest)) != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", store_errmsg());
+    rc = svc_fail(p, rc, "%s", store_errmsg());
     goto done;
   }
   bool created = false;
@@ -422,17 +420,16 @@ bool shards_model_bind(http_req *r, store_upload *u, const char *name,
    * it); the store checks under its lock, with the rows. */
   rc = store_model_put_sharded(s, du, &m, sh, n, &created);
   if (rc != DECOMP_OK) {
-    http_reply_problem(r, rc, "%s", store_errmsg());
+    rc = svc_fail(p, rc, "%s", store_errmsg());
     goto done;
   }
-  LOG(LOG_INFO, "models", http_req_id(r),
+  LOG(LOG_INFO, "models", rid,
       "event=model_%s id=%s digest=%s format=%s size=%lld tensors=%lld "
       "shards=%zu",
       created ? "stored" : "deduplicated", m.id, m.digest, m.format,
       (long long)m.size, (long long)m.tensors, n);
   *out = m;
   *out_created = created;
-  ok = true;
 done:
   json_decref(in);
   free(index_text);
@@ -442,7 +439,7 @@ done:
   decomp_ctx_free(ctx);
   store_upload_free(du);
   store_upload_free(u);
-  return ok;
+  return rc;
 }
 
 json_t *shards_model_json(store *s, const store_model *m) {

@@ -10,6 +10,7 @@
 
 #include "decomp/decomp.h"
 #include "http.h"
+#include "service.h"
 #include "store.h"
 
 /* models.format of a sharded model. */
@@ -28,14 +29,13 @@ void shards_blob_put(http_req *r);
  * with Upload-Offset when a partial upload of it is held. */
 void shards_blob_missing(http_req *r, const char *digest);
 
-/* POST /v1/models with Content-Type application/json: the upload `u`
- * (finished; taken) holds {"index": INDEX, "shards": {name: digest}},
- * bound here into one model named `name` (checked by the caller): true
- * with the stored model in *out (*created: new, or the same checkpoint
- * bound before) for the caller to answer; false when the problem is
- * answered. */
-bool shards_model_bind(http_req *r, store_upload *u, const char *name,
-                       store_model *out, bool *created);
+/* svc_model_bind_sharded (service.h) on the store `s`: the upload `u`
+ * (finished; taken) holds {"index": INDEX, "shards": {name: digest}}, at
+ * most max_json_bytes, bound here into one model named `name` (checked by
+ * the caller). */
+int shards_model_bind(store *s, int64_t max_json_bytes, store_upload *u,
+                      const char *name, store_model *out, bool *created,
+                      const char *rid, svc_problem *p);
 
 /* The model's shards as the API shows them (a JSON array), or NULL when
  * it could not be built. */
