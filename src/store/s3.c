@@ -907,11 +907,11 @@ static int put_single(s3_bucket *b, const char *k, const char *key, int fd,
     resp_code(&r, code, sizeof code);
     bool refused = !strcmp(code, "XAmzContentSHA256Mismatch") ||
                    !strcmp(code, "BadDigest");
-    if (refused && expect && store_sha256_final(h, digest))
-      rc = put_mismatch(b, key, digest + 7, expect,
-                        "the service refused them (" S3_UNSIGNED
-                        " was not used)");
-    else
+    if (refused && expect && r.in_done == size &&
+        store_sha256_final(h, digest)) {
+      memcpy(hex, digest + 7, 65);
+      rc = put_mismatch(b, key, hex, expect, "the service refused them");
+    } else
       rc = req_fail(b, &r, DECOMP_OK, what);
   } else if (!store_sha256_final(h, digest))
     rc = store_fail(DECOMP_ERR_NOMEM, "s3: hashing failed");

@@ -1,7 +1,10 @@
 /* test_s3.c — the store's S3 client (src/store/s3.c) against a real
  * S3-compatible server on loopback. test_s3.py starts the server (s3rver)
  * and runs one test case of this program at a time (CK_RUN_CASE), with:
- *   S3_ENDPOINT       http://127.0.0.1:PORT of the server
+ *   S3_ENDPOINT       http://127.0.0.1:PORT of the server, behind a proxy
+ *                     that checks SigV4 signatures as S3 does
+ *   S3_DIRECT_ENDPOINT  the server itself (s3rver checks no signature and
+ *                     no x-amz-content-sha256)
  *   S3_BUCKET         a bucket that exists there
  *   S3_DIR            the server's data folder (to tamper with an object)
  *   S3_DEAD_ENDPOINT  http://127.0.0.1:PORT where nothing listens
@@ -447,6 +450,32 @@ START_TEST(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object) {
 }
 END_TEST
 
+START_TEST(put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted) {
+  /* s3rver itself stores whatever comes: the client's own check deletes */
+  s3_config cfg = config();
+  cfg.endpoint = env("S3_DIRECT_ENDPOINT");
+  s3_bucket *b = NULL;
+  ck_assert_int_eq(s3_open(&cfg, &b), DECOMP_OK);
+  char wrong[65], hex[65];
+  memset(wrong, 'b', 64);
+  wrong[64] = '\0';
+  unsigned char *data = pattern(4096, 7);
+  hex_of(data, 4096, hex);
+  int fd = file_with("src", data, 4096);
+  int rc = s3_put_fd(b, "bad/accepted", fd, 4096, wrong, NULL);
+  ck_assert_msg(rc == DECOMP_ERR_UPLOAD_DIGEST, "%d %s", rc, store_errmsg());
+  ck_assert_msg(strstr(store_errmsg(), "the object was deleted") &&
+                    strstr(store_errmsg(), hex),
+                "%s", store_errmsg());
+  bool exists = true;
+  ck_assert_int_eq(s3_head(b, "bad/accepted", &exists, NULL), DECOMP_OK);
+  ck_assert(!exists);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
 START_TEST(put_of_a_file_shorter_than_its_size_fails_and_leaves_no_object) {
   s3_bucket *b = open_bucket();
   int fd = file_with("short", "12345", 5);
@@ -508,6 +537,22 @@ START_TEST(wrong_access_key_is_refused_naming_the_endpoint_and_s3_code) {
   const char *m = store_errmsg();
   ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, cfg.bucket) &&
                     strstr(m, "403") && strstr(m, "InvalidAccessKeyId"),
+                "%s", m);
+  ck_assert_msg(!strstr(m, "not-the-secret"), "the secret leaked: %s", m);
+}
+END_TEST
+
+START_TEST(wrong_secret_key_is_refused_with_signature_does_not_match) {
+  s3_config cfg = config();
+  cfg.access_key = "S3RVER";
+  cfg.secret_key = "not-the-secret-4567";
+  s3_bucket *b = NULL;
+  int rc = s3_open(&cfg, &b);
+  ck_assert_int_eq(rc, DECOMP_ERR_STORE);
+  const char *m = store_errmsg();
+  ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, "403") &&
+                    strstr(m, "SignatureDoesNotMatch") &&
+                    strstr(m, "credentials from the configuration"),
                 "%s", m);
   ck_assert_msg(!strstr(m, "not-the-secret"), "the secret leaked: %s", m);
 }
@@ -595,9 +640,11 @@ int main(void) {
   ONE(list_follows_continuation_tokens_past_one_page);
   ONE(eight_threads_put_and_get_at_once_on_one_handle);
   ONE(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object);
+  ONE(put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted);
   ONE(put_of_a_file_shorter_than_its_size_fails_and_leaves_no_object);
   ONE(get_of_a_tampered_object_fails_its_digest);
   ONE(wrong_access_key_is_refused_naming_the_endpoint_and_s3_code);
+  ONE(wrong_secret_key_is_refused_with_signature_does_not_match);
   ONE(missing_bucket_is_refused_naming_the_bucket);
   ONE(nothing_listening_is_refused_naming_the_endpoint);
   ONE(credentials_default_to_the_aws_environment_variables);
