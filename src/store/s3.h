@@ -24,6 +24,10 @@
  *   DECOMP_ERR_INVALID_ARGUMENT   a bad key, configuration or argument
  *   DECOMP_ERR_NOMEM
  *
+ * Nothing is retried here: a caller retries what failed with CONNECT,
+ * TIMEOUT, TRANSFER or an S3 503 SlowDown (a GET resumes from what
+ * *out_written says), since only it knows whether its fd can be read again.
+ *
  * Thread safety: one s3_bucket may be used by any number of threads at
  * once. Each call borrows an easy handle of its own from the bucket's pool
  * (which keeps connections open between calls); the handles share only the
