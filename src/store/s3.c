@@ -666,8 +666,16 @@ static int full_key(s3_bucket *b, const char *key, s3_buf *out) {
   bool ok = true;
   if (b->prefix[0])
     ok = buf_str(out, b->prefix) && buf_str(out, "/");
-  if (!ok || !buf_str(out, key))
+  if (!ok || !buf_str(out, key)) {
+    buf_free(out);
     return store_fail(DECOMP_ERR_NOMEM, "s3: out of memory");
+  }
+  if (out->len > S3_KEY_MAX) { /* S3's limit is on the whole key */
+    buf_free(out);
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
+                      "s3 %s: key '%.64s...': over %d bytes with the prefix",
+                      b->where, key, S3_KEY_MAX);
+  }
   return DECOMP_OK;
 }
 

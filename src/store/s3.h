@@ -89,8 +89,9 @@ void s3_close(s3_bucket *b);
  * valid until s3_close. */
 const char *s3_where(const s3_bucket *b);
 
-/* Keys are relative to the configured prefix: 1 to 1024 bytes, no control
- * characters, no leading '/', and no empty, "." or ".." segment. */
+/* Keys are relative to the configured prefix: at most 1024 bytes with the
+ * prefix, not empty, no control characters, no leading '/', and no empty,
+ * "." or ".." segment. */
 
 /* Store `size` bytes read from `fd` (from its current position, with
  * read(2): a pipe is fine) as `key`, replacing any object of that name.

@@ -613,6 +613,13 @@ START_TEST(keys_that_would_not_survive_a_url_are_refused) {
                   "key '%s' was accepted", bad[i]);
     ck_assert_int_eq(s3_delete(b, bad[i]), DECOMP_ERR_INVALID_ARGUMENT);
   }
+  /* S3's 1024 bytes count the prefix too */
+  char long_key[1025];
+  memset(long_key, 'k', 1024);
+  long_key[1024] = '\0';
+  ck_assert_int_eq(s3_delete(b, long_key), DECOMP_ERR_INVALID_ARGUMENT);
+  long_key[1024 - strlen(prefix) - 1] = '\0';
+  ck_assert_msg(s3_delete(b, long_key) == DECOMP_OK, "%s", store_errmsg());
   s3_close(b);
 }
 END_TEST
