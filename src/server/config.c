@@ -12,8 +12,13 @@
 
 const config_key CONFIG_KEYS[] = {
     {"data_dir", "folder of the blobs and the database (./var)"},
-    {"blobs", "where blobs live: file:PATH, a folder the nodes may share "
-              "(file:DATA_DIR/blobs)"},
+    {"blobs", "where blobs live: file:PATH, a folder the nodes may share, "
+              "or s3://BUCKET/PREFIX (file:DATA_DIR/blobs)"},
+    {"s3_endpoint", "S3-compatible object store URL for blobs = s3://… "
+                    "(https://s3.REGION.amazonaws.com)"},
+    {"s3_region", "its signing region (us-east-1)"},
+    {"s3_access_key_id", "its access key ($AWS_ACCESS_KEY_ID)"},
+    {"s3_secret_access_key", "its secret key ($AWS_SECRET_ACCESS_KEY)"},
     {"listen", "HOST:PORT to serve on (127.0.0.1:8080; port 0: any free)"},
     {"max_upload_bytes", "largest accepted upload, e.g. 4G (4G)"},
     {"max_json_bytes", "largest accepted JSON body (16M)"},
@@ -111,11 +116,31 @@ int config_set(config *c, const char *key, const char *value, char *err,
     else
       snprintf(c->data_dir, sizeof c->data_dir, "%s", value);
   } else if (strcmp(key, "blobs") == 0) {
-    if (strncmp(value, "file:", 5) != 0 || !value[5] ||
-        strlen(value) >= sizeof c->blobs)
+    bool file = strncmp(value, "file:", 5) == 0 && value[5];
+    bool s3 = strncmp(value, "s3://", 5) == 0 && value[5] && value[5] != '/';
+    if ((!file && !s3) || strlen(value) >= sizeof c->blobs)
       bad = 1;
     else
       snprintf(c->blobs, sizeof c->blobs, "%s", value);
+  } else if (strcmp(key, "s3_endpoint") == 0) {
+    bad = (strncmp(value, "http://", 7) != 0 &&
+           strncmp(value, "https://", 8) != 0) ||
+          strlen(value) >= sizeof c->s3_endpoint;
+    if (!bad)
+      snprintf(c->s3_endpoint, sizeof c->s3_endpoint, "%s", value);
+  } else if (strcmp(key, "s3_region") == 0) {
+    bad = !*value || strlen(value) >= sizeof c->s3_region;
+    if (!bad)
+      snprintf(c->s3_region, sizeof c->s3_region, "%s", value);
+  } else if (strcmp(key, "s3_access_key_id") == 0) {
+    bad = !*value || strlen(value) >= sizeof c->s3_access_key_id;
+    if (!bad)
+      snprintf(c->s3_access_key_id, sizeof c->s3_access_key_id, "%s", value);
+  } else if (strcmp(key, "s3_secret_access_key") == 0) {
+    bad = !*value || strlen(value) >= sizeof c->s3_secret_access_key;
+    if (!bad)
+      snprintf(c->s3_secret_access_key, sizeof c->s3_secret_access_key, "%s",
+               value);
   } else if (strcmp(key, "listen") == 0) {
     bad = parse_listen(c, value);
   } else if (strcmp(key, "max_upload_bytes") == 0) {
@@ -150,7 +175,9 @@ int config_set(config *c, const char *key, const char *value, char *err,
     return -1;
   }
   if (bad) {
-    snprintf(err, errlen, "bad value for %s: '%s'", key, value);
+    /* a secret is never echoed */
+    snprintf(err, errlen, "bad value for %s: '%s'", key,
+             strstr(key, "secret") ? "…" : value);
     return -1;
   }
   return 0;

@@ -11,8 +11,15 @@
 
 typedef struct config {
   char data_dir[2048];      /* data_dir: blobs, database (default ./var) */
-  char blobs[2048];         /* blobs: where blobs live: "" (DATA_DIR/blobs)
-                               or file:PATH */
+  char blobs[2048];         /* blobs: where blobs live: "" (DATA_DIR/blobs),
+                               file:PATH or s3://BUCKET/PREFIX */
+  char s3_endpoint[512];    /* s3_endpoint: the object store's URL ("":
+                               https://s3.REGION.amazonaws.com) */
+  char s3_region[64];       /* s3_region: its signing region (us-east-1) */
+  char s3_access_key_id[256];     /* s3_access_key_id, s3_secret_access_key:
+                                     credentials ("": $AWS_ACCESS_KEY_ID,
+                                     $AWS_SECRET_ACCESS_KEY) */
+  char s3_secret_access_key[256];
   char listen_host[256];    /* listen: HOST:PORT (default 127.0.0.1:8080;
                                port 0 picks a free one, logged at start) */
   int listen_port;

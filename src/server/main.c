@@ -118,7 +118,12 @@ static const char *opt(char **rest, int n, const char *name) {
 
 /* The store the settings name. */
 static int open_store(const config *c, bool owner, store **s, int *requeued) {
-  const store_options o = {.data_dir = c->data_dir, .blobs = c->blobs};
+  const store_options o = {.data_dir = c->data_dir,
+                           .blobs = c->blobs,
+                           .s3_endpoint = c->s3_endpoint,
+                           .s3_region = c->s3_region,
+                           .s3_access_key = c->s3_access_key_id,
+                           .s3_secret_key = c->s3_secret_access_key};
   return store_open_with(&o, owner, s, requeued);
 }
 

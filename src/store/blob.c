@@ -26,6 +26,7 @@
 #include <dirent.h>
 #include <ftw.h>
 
+#include "s3.h"
 #include "store_int.h"
 
 static int io_err(int e) {
@@ -72,19 +73,22 @@ static int rm_entry(const char *path, const struct stat *st, int flag,
   return 0;
 }
 
+#define S3_SCHEME "s3://"
+
 /* The blob folder `blobs` names (NULL or "": DATA_DIR/blobs; "file:PATH":
- * PATH), with its "/sha256" level, into buf. */
+ * PATH; "s3://…": DATA_DIR/blobs, this node's copies), with its "/sha256"
+ * level, into buf. */
 static int blobs_folder(const char *data_dir, const char *blobs, char *buf,
                         size_t len) {
   int n;
-  if (!blobs || !blobs[0])
+  if (!blobs || !blobs[0] || strncmp(blobs, S3_SCHEME, 5) == 0)
     n = snprintf(buf, len, "%s/blobs/sha256", data_dir);
   else if (strncmp(blobs, "file:", 5) == 0 && blobs[5])
     n = snprintf(buf, len, "%s/sha256", blobs + 5);
   else
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
                       "blobs = %s: expected file:PATH (a folder, shared by "
-                      "the nodes that share the index)",
+                      "the nodes that share the index) or s3://BUCKET/PREFIX",
                       blobs);
   if (n >= (int)len)
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blobs = %s: path too long",
@@ -92,10 +96,50 @@ static int blobs_folder(const char *data_dir, const char *blobs, char *buf,
   return DECOMP_OK;
 }
 
+/* Open the object store of blobs = s3://BUCKET[/PREFIX]. */
+static int s3_init(const store_options *o, store_paths *p) {
+  const char *spec = o->blobs + strlen(S3_SCHEME);
+  char bucket[256], endpoint[512];
+  size_t bn = strcspn(spec, "/");
+  if (bn == 0 || bn >= sizeof bucket)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
+                      "blobs = %s: expected s3://BUCKET or s3://BUCKET/PREFIX",
+                      o->blobs);
+  memcpy(bucket, spec, bn);
+  bucket[bn] = '\0';
+  const char *region =
+      o->s3_region && o->s3_region[0] ? o->s3_region : "us-east-1";
+  if (o->s3_endpoint && o->s3_endpoint[0])
+    snprintf(endpoint, sizeof endpoint, "%s", o->s3_endpoint);
+  else
+    snprintf(endpoint, sizeof endpoint, "https://s3.%s.amazonaws.com", region);
+  s3_config c = {.endpoint = endpoint,
+                 .region = region,
+                 .bucket = bucket,
+                 .prefix = spec[bn] ? spec + bn + 1 : "",
+                 .access_key = o->s3_access_key,
+                 .secret_key = o->s3_secret_key};
+  int rc = s3_open(&c, &p->s3);
+  if (rc != DECOMP_OK) {
+    char why[1024]; /* the thread's message is rewritten below */
+    snprintf(why, sizeof why, "%s", store_errmsg());
+    return store_fail(rc, "blobs = %s: %s", o->blobs, why);
+  }
+  return DECOMP_OK;
+}
+
+void store_blob_fini(store_paths *p) {
+  s3_close(p->s3);
+  p->s3 = NULL;
+}
+
 int store_blob_init(const store_options *o, bool clean, store_paths *p) {
   const char *data_dir = o->data_dir;
   int rc = blobs_folder(data_dir, o->blobs, p->blobs, sizeof p->blobs);
   if (rc != DECOMP_OK)
+    return rc;
+  if (!p->s3 && o->blobs && strncmp(o->blobs, S3_SCHEME, 5) == 0 &&
+      (rc = s3_init(o, p)) != DECOMP_OK)
     return rc;
   if (snprintf(p->root, sizeof p->root, "%s", data_dir) >= (int)sizeof p->root ||
       snprintf(p->tmp, sizeof p->tmp, "%s/tmp", data_dir) >=
@@ -242,7 +286,8 @@ void blobs_scrub(store *s, const char *in, char *out, size_t outlen) {
   out[o] = '\0';
 }
 
-int blobs_blob_path(store *s, const char *digest, char *buf, size_t len) {
+/* The blob's file in the folder, whether it is there or not. */
+static int blob_file(store *s, const char *digest, char *buf, size_t len) {
   if (!store_digest_valid(digest))
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "bad digest");
   const char *hex = digest + 7;
@@ -252,9 +297,106 @@ int blobs_blob_path(store *s, const char *digest, char *buf, size_t len) {
   return DECOMP_OK;
 }
 
+/* The blob's key in the object store: sha256/<hex>. */
+static void blob_key(const char *digest, char key[80]) {
+  snprintf(key, 80, "sha256/%s", digest + 7);
+}
+
+/* With an object store: bring the blob into the folder (at `path`) unless
+ * it is there, fetched through a temp file beside it, checked against its
+ * digest (DECOMP_ERR_DIGEST_MISMATCH, nothing kept, when the object store
+ * gave other bytes), fsynced and renamed. DECOMP_ERR_NOT_FOUND when the
+ * blob is nowhere. */
+static int blob_fetch(store *s, const char *digest, const char *path) {
+  struct stat st;
+  if (stat(path, &st) == 0)
+    return DECOMP_OK;
+  const store_paths *p = store_paths_of(s);
+  if (!p->s3)
+    return store_fail(DECOMP_ERR_NOT_FOUND, "blob %s: not stored", digest);
+  char dir[STORE_PATH_MAX + 8], tmp[STORE_PATH_MAX + 32], key[80];
+  snprintf(dir, sizeof dir, "%s/%.2s", p->blobs, digest + 7);
+  if (snprintf(tmp, sizeof tmp, "%s/.get-XXXXXX", dir) >= (int)sizeof tmp)
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT, "blob path too long");
+  int rc = mkdir_p(dir);
+  if (rc != DECOMP_OK)
+    return rc;
+  int fd = mkostemp(tmp, O_CLOEXEC);
+  if (fd < 0)
+    return store_fail(io_err(errno), "create %s: %s", tmp, strerror(errno));
+  blob_key(digest, key);
+  rc = s3_get_fd(p->s3, key, 0, -1, fd, digest + 7, NULL);
+  if (rc == DECOMP_ERR_DIGEST_MISMATCH) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", store_errmsg());
+    store_fail(rc, "blob %s: the object store's copy is not that digest: "
+               "refused (%s)", digest, why);
+  }
+  if (rc == DECOMP_OK && fsync(fd) != 0)
+    rc = store_fail(io_err(errno), "fsync %s: %s", tmp, strerror(errno));
+  close(fd);
+  if (rc == DECOMP_OK && rename(tmp, path) != 0)
+    rc = store_fail(io_err(errno), "rename %s: %s", path, strerror(errno));
+  if (rc != DECOMP_OK)
+    unlink(tmp);
+  return rc;
+}
+
+int blobs_blob_path(store *s, const char *digest, char *buf, size_t len) {
+  int rc = blob_file(s, digest, buf, len);
+  /* in the folder for a reader to map: fetched when it is elsewhere; a
+   * blob that is nowhere keeps its (absent) path, as in a folder */
+  if (rc == DECOMP_OK && store_paths_of(s)->s3 &&
+      (rc = blob_fetch(s, digest, buf)) == DECOMP_ERR_NOT_FOUND)
+    rc = DECOMP_OK;
+  return rc;
+}
+
+int blobs_blob_stat(store *s, const char *digest, int64_t *size) {
+  char path[STORE_PATH_MAX + 80];
+  int rc = blob_file(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    *size = st.st_size;
+    return DECOMP_OK;
+  }
+  const store_paths *p = store_paths_of(s);
+  if (!p->s3)
+    return store_fail(DECOMP_ERR_NOT_FOUND, "blob %s: not stored", digest);
+  char key[80];
+  bool exists = false;
+  blob_key(digest, key);
+  if ((rc = s3_head(p->s3, key, &exists, size)) != DECOMP_OK)
+    return rc;
+  return exists ? DECOMP_OK
+                : store_fail(DECOMP_ERR_NOT_FOUND, "blob %s: not stored",
+                             digest);
+}
+
+int blobs_blob_remove(store *s, const char *digest) {
+  char path[STORE_PATH_MAX + 80];
+  int rc = blob_file(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  const store_paths *p = store_paths_of(s);
+  if (p->s3) { /* the object first: a copy without it would be served */
+    char key[80];
+    blob_key(digest, key);
+    if ((rc = s3_delete(p->s3, key)) != DECOMP_OK)
+      return rc;
+  }
+  if (unlink(path) != 0 && errno != ENOENT)
+    return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
+  return DECOMP_OK;
+}
+
 int blobs_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   char path[STORE_PATH_MAX + 80];
-  int rc = blobs_blob_path(s, digest, path, sizeof path);
+  int rc = blob_file(s, digest, path, sizeof path);
+  if (rc == DECOMP_OK && store_paths_of(s)->s3)
+    rc = blob_fetch(s, digest, path);
   if (rc != DECOMP_OK)
     return rc;
   int f = open(path, O_RDONLY | O_CLOEXEC);
@@ -364,11 +506,39 @@ static int copy_into(const char *src, const char *dir, const char *path) {
   return rc;
 }
 
-/* Rename `tmp` (complete and fsynced) to the blob of `digest`; copied
- * when the blob folder is on another file system. */
+/* With an object store: put the file `tmp` as the blob `digest` unless the
+ * store has it (asked every time: another node may have collected it
+ * since this node kept its copy), its digest checked on the way. */
+static int blob_put_remote(store *s, const char *tmp, const char *digest) {
+  const store_paths *p = store_paths_of(s);
+  if (!p->s3)
+    return DECOMP_OK;
+  char key[80];
+  bool exists = false;
+  blob_key(digest, key);
+  int rc = s3_head(p->s3, key, &exists, NULL);
+  if (rc != DECOMP_OK || exists)
+    return rc;
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    rc = store_fail(DECOMP_ERR_IO, "open %s: %s", tmp, strerror(errno));
+  } else {
+    rc = s3_put_fd(p->s3, key, fd, (int64_t)st.st_size, digest + 7, NULL);
+  }
+  if (fd >= 0)
+    close(fd);
+  return rc;
+}
+
+/* Rename `tmp` (complete and fsynced) to the blob of `digest` (put in the
+ * object store first, with one); copied when the blob folder is on another
+ * file system. */
 static int blob_place(store *s, const char *tmp, const char *digest) {
   char dir[STORE_PATH_MAX + 8], path[STORE_PATH_MAX + 80];
-  int rc = blobs_blob_path(s, digest, path, sizeof path);
+  int rc = blob_file(s, digest, path, sizeof path);
+  if (rc == DECOMP_OK)
+    rc = blob_put_remote(s, tmp, digest);
   if (rc != DECOMP_OK)
     return rc;
   if (snprintf(dir, sizeof dir, "%s/%.2s", store_paths_of(s)->blobs,

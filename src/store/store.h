@@ -44,9 +44,17 @@ typedef struct store_options {
   const char *data_dir; /* the index (embedded), temp files, partial uploads */
   /* Where blobs live (config key `blobs`): NULL or "" for DATA_DIR/blobs,
    * "file:PATH" for the folder PATH (a shared mount for several nodes;
-   * blobs under PATH/sha256/ab/abcd…). Anything else is refused at open,
-   * naming what is accepted. */
+   * blobs under PATH/sha256/ab/abcd…), "s3://BUCKET/PREFIX" for an
+   * S3-compatible object store (keys PREFIX/sha256/<hex>; DATA_DIR/blobs
+   * then holds this node's copies of the blobs it wrote or read, each
+   * checked against its digest when fetched). Anything else is refused at
+   * open, naming what is accepted; an object store that does not answer,
+   * or refuses the credentials, is refused naming its endpoint. */
   const char *blobs;
+  /* For s3://: the endpoint ("https://s3.REGION.amazonaws.com" when NULL
+   * or ""), the signing region ("us-east-1"), and the credentials
+   * ($AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY when NULL or ""). */
+  const char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
 } store_options;
 
 /* store_open with options (store_open is this with only a data dir). */

@@ -18,6 +18,9 @@ typedef struct store_paths {
                                    kept across restarts */
   char db[STORE_PATH_MAX];    /* DATA_DIR/decompd.db */
   char reserve[STORE_PATH_MAX]; /* DATA_DIR/decompd.reserve */
+  /* blobs = s3://…: the object store blobs live in (`blobs` is then this
+   * node's copies); NULL for a folder. */
+  struct s3_bucket *s3;
 } store_paths;
 
 /* Bytes the reserve file holds (see store_reserve_fill). */
@@ -39,6 +42,8 @@ int store_fail(int err, const char *fmt, ...)
  * uploads, job outputs, the engine's ".NAME.tmp-XXXXXX" files and
  * TorchScript work folders there; nothing else is kept there). */
 int store_blob_init(const store_options *o, bool clean, store_paths *p);
+/* Release what store_blob_init opened (the object store's handle). */
+void store_blob_fini(store_paths *p);
 
 /* The reserve: STORE_RESERVE_BYTES of allocated blocks in p->reserve, kept
  * by the owner so that on a full disk a delete (the way out) still finds
@@ -79,6 +84,11 @@ int blobs_blob_open(store *s, const char *digest, int *fd, int64_t *size);
 int blobs_blob_read(store *s, const char *digest, int64_t max, char **out,
                     size_t *len);
 int blobs_blob_path(store *s, const char *digest, char *buf, size_t len);
+/* Whether the blob is stored (in the folder, or the object store), *size
+ * its length, reading none of it: DECOMP_ERR_NOT_FOUND when it is not. */
+int blobs_blob_stat(store *s, const char *digest, int64_t *size);
+/* Remove the blob wherever it is (the folder; the object store too). */
+int blobs_blob_remove(store *s, const char *digest);
 int blobs_partial_open(store *s, const char *digest, int64_t offset,
                        store_partial **out, int64_t *have);
 int blobs_partial_offset(store *s, const char *digest, int64_t *size);

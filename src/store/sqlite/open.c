@@ -124,6 +124,7 @@ void sq_close(store *s) {
   }
   if (s->lock_fd >= 0)
     close(s->lock_fd);
+  store_blob_fini(&s->paths);
   pthread_mutex_destroy(&s->wmu);
   pthread_mutex_destroy(&s->blob_mu);
   pthread_mutex_destroy(&s->rmu);
@@ -177,11 +178,8 @@ int sq_blob_gc(store *s, const char *digest) {
   pthread_mutex_unlock(&s->wmu);
   if (rc != DECOMP_OK || used)
     return rc;
-  char path[STORE_PATH_MAX + 80];
-  if ((rc = blobs_blob_path(s, digest, path, sizeof path)) != DECOMP_OK)
+  if ((rc = blobs_blob_remove(s, digest)) != DECOMP_OK)
     return rc;
-  if (unlink(path) != 0 && errno != ENOENT)
-    return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
   /* Space came free: the reserve first, if a delete used it. */
   if (s->owner) {
     pthread_mutex_lock(&s->reserve_mu);

@@ -47,9 +47,8 @@ int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
   /* Under the lock no blob is collected: each shard still here now stays
    * until the model's rows name it. */
   for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
-    char path[STORE_PATH_MAX + 80];
-    if (blobs_blob_path(s, sh[i].digest, path, sizeof path) != DECOMP_OK ||
-        access(path, F_OK) != 0)
+    int64_t size;
+    if (blobs_blob_stat(s, sh[i].digest, &size) != DECOMP_OK)
       rc = store_fail(DECOMP_ERR_BAD_SHARD_INDEX,
                       "shard %s: blob %s was removed meanwhile (upload it "
                       "again)",
@@ -86,10 +85,7 @@ int sq_loose_blob_touch(store *s, const char *digest, int64_t size) {
  * collect the blob between the two. */
 int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
   sq_blob_lock(s);
-  int fd = -1;
-  int rc = blobs_blob_open(s, digest, &fd, size);
-  if (fd >= 0)
-    close(fd);
+  int rc = blobs_blob_stat(s, digest, size);
   if (rc == DECOMP_OK)
     rc = sq_loose_blob_touch(s, digest, *size);
   sq_blob_unlock(s);
@@ -130,10 +126,9 @@ int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   }
   /* Each is collected unless a model's shard (or anything else) names it. */
   for (size_t i = 0; rc == DECOMP_OK && i < cnt; i++) {
-    char path[STORE_PATH_MAX + 80];
-    struct stat st;
-    if (blobs_blob_path(s, v[i], path, sizeof path) == DECOMP_OK &&
-        sq_blob_gc(s, v[i]) == DECOMP_OK && stat(path, &st) != 0)
+    int64_t size;
+    if (sq_blob_gc(s, v[i]) == DECOMP_OK &&
+        blobs_blob_stat(s, v[i], &size) == DECOMP_ERR_NOT_FOUND)
       nb++;
   }
   sq_blob_unlock(s);
