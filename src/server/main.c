@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "backend.h"
 #include "config.h"
 #include "decomp/decomp.h"
 #include "decomp/torchscript.h"
@@ -115,10 +116,22 @@ static const char *opt(char **rest, int n, const char *name) {
   return NULL;
 }
 
+/* The store on the backend the `index` setting names (config.c has
+ * checked it is one). */
+static int open_store(const config *c, bool owner, store **s, int *requeued) {
+  store_options o = {.data_dir = c->data_dir,
+                     .owner = owner,
+                     .index = c->index,
+                     .node_id = c->node_id,
+                     .lease_seconds = c->lease_seconds};
+  return store_open_backend_with(store_backend_for_index(c->index), &o, s,
+                                 requeued);
+}
+
 static int cmd_token(const config *c, char **rest, int n) {
   const char *verb = n > 1 ? rest[1] : "";
   store *s = NULL;
-  int rc = store_open(c->data_dir, false, &s, NULL);
+  int rc = open_store(c, false, &s, NULL);
   if (rc != DECOMP_OK) {
     fprintf(stderr, "decompd: %s\n", store_errmsg());
     return 1;
@@ -187,17 +200,17 @@ static int serve(const config *c) {
   worker_pool *pool = NULL;
   http_server *h = NULL;
   int requeued = 0, port = 0, status = 1;
-  int rc = store_open(c->data_dir, true, &s, &requeued);
+  int rc = open_store(c, true, &s, &requeued);
   if (rc != DECOMP_OK) {
     LOG(LOG_ERROR, "main", NULL, "event=store_open_failed code=%s error=%s",
         decomp_error_code(rc), log_q(store_errmsg()));
     goto out;
   }
   LOG(LOG_INFO, "main", NULL,
-      "event=store_open data_dir=%s schema_version=%d requeued=%d "
+      "event=store_open data_dir=%s index=%s schema_version=%d requeued=%d "
       "reserve=%s",
-      log_q(c->data_dir), store_schema_version(s), requeued,
-      store_reserve_ok(s) ? "yes" : "no");
+      log_q(c->data_dir), store_backend_of(s)->name, store_schema_version(s),
+      requeued, store_reserve_ok(s) ? "yes" : "no");
   /* What abandoned resumable uploads left (and uploaded shards no model
    * bound) over upload_ttl; PUT /v1/blobs sweeps again as it goes. */
   int swept_partials = 0, swept_blobs = 0;

@@ -24,9 +24,27 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 4
+#define STORE_BACKEND_VERSION 5
 
 typedef struct store_backend store_backend;
+
+/* What a backend is opened with. */
+typedef struct store_options {
+  const char *data_dir; /* DATA_DIR: the blob folder (and the embedded
+                           index); may be a mount several nodes share */
+  bool owner;           /* the serving daemon (see store_open) */
+  const char *index;    /* where the index and the queue are (config key
+                           `index`): NULL, "" or "sqlite" for the embedded
+                           one in DATA_DIR, a libpq URI
+                           (postgresql://… or postgres://…) for
+                           PostgreSQL */
+  const char *node_id;  /* this daemon's name among the nodes sharing a
+                           PostgreSQL index and DATA_DIR (its temp folder
+                           and its jobs' leases go by it); NULL or "": the
+                           host name. Unused by the embedded backend. */
+  int lease_seconds;    /* how long a claimed job stays this node's without
+                           a heartbeat (PostgreSQL); <= 0: 30 */
+} store_options;
 
 struct store_backend {
   int version;      /* STORE_BACKEND_VERSION the table was built for: first,
@@ -36,7 +54,7 @@ struct store_backend {
   /* store_open on this backend. `self` is the table the handle was opened
    * through (a copy of this one, for a wrapper): the handle keeps it as its
    * first member, so every later call dispatches through it. */
-  int (*open)(const store_backend *self, const char *data_dir, bool owner,
+  int (*open)(const store_backend *self, const store_options *o,
               store **out, int *requeued);
 
   /* ---- the handle ---- */
@@ -128,11 +146,26 @@ struct store_backend {
  * DATA_DIR/blobs. store_open() opens it. */
 extern const store_backend store_backend_sqlite;
 
+/* The cluster backend: the index and the queue in PostgreSQL (libpq, the
+ * files under pg/), blobs in DATA_DIR (blob.c) as for the embedded one: a
+ * folder every node mounts. Claims are leases kept alive by a heartbeat;
+ * several daemons may share one database and one DATA_DIR. */
+extern const store_backend store_backend_pg;
+
+/* The backend for the config key `index` (store_options.index): the
+ * embedded one for NULL, "" or "sqlite", PostgreSQL for a
+ * postgresql:// or postgres:// URI; NULL for anything else. */
+const store_backend *store_backend_for_index(const char *index);
+
 /* store_open() on the backend `be`: DECOMP_ERR_STORE, naming the versions,
  * when `be` was built for another STORE_BACKEND_VERSION (*out is then
  * NULL). */
 int store_open_backend(const store_backend *be, const char *data_dir,
                        bool owner, store **out, int *requeued);
+/* The same with every option (store_options; `o->index` is the backend's
+ * locator). */
+int store_open_backend_with(const store_backend *be, const store_options *o,
+                            store **out, int *requeued);
 
 /* The table `s` dispatches through. */
 const store_backend *store_backend_of(const store *s);

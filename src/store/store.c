@@ -7,11 +7,34 @@
 #include "backend.h"
 #include "store_int.h"
 
-/* Every backend's handle begins with the table it dispatches through. */
-#define BACKEND(s) (*(const store_backend *const *)(const void *)(s))
+#include <string.h>
+
+/* Every backend's handle begins with a store_common (store_int.h): the
+ * table it dispatches through, then the folder layout. */
+#define COMMON(s) ((const store_common *)(const void *)(s))
+#define BACKEND(s) (COMMON(s)->backend)
+
+const store_paths *store_paths_of(const store *s) {
+  return &COMMON(s)->paths;
+}
+
+const store_backend *store_backend_for_index(const char *index) {
+  if (!index || !index[0] || strcmp(index, "sqlite") == 0)
+    return &store_backend_sqlite;
+  if (strncmp(index, "postgresql://", 13) == 0 ||
+      strncmp(index, "postgres://", 11) == 0)
+    return &store_backend_pg;
+  return NULL;
+}
 
 int store_open_backend(const store_backend *be, const char *data_dir,
                        bool owner, store **out, int *requeued) {
+  store_options o = {.data_dir = data_dir, .owner = owner};
+  return store_open_backend_with(be, &o, out, requeued);
+}
+
+int store_open_backend_with(const store_backend *be, const store_options *o,
+                            store **out, int *requeued) {
   *out = NULL;
   if (!be)
     return store_fail(DECOMP_ERR_STORE, "no store backend");
@@ -21,7 +44,7 @@ int store_open_backend(const store_backend *be, const char *data_dir,
                       "speaks version %d",
                       be->name ? be->name : "(unnamed)", be->version,
                       STORE_BACKEND_VERSION);
-  return be->open(be, data_dir, owner, out, requeued);
+  return be->open(be, o, out, requeued);
 }
 
 int store_open(const char *data_dir, bool owner, store **out, int *requeued) {

@@ -22,6 +22,16 @@ typedef struct store_paths {
 /* Bytes the reserve file holds (see store_reserve_fill). */
 #define STORE_RESERVE_BYTES (4 << 20)
 
+/* What every backend's handle (struct store, defined by the backend)
+ * begins with: store.c dispatches through `backend`, blob.c finds its
+ * folders in `paths`. */
+struct store_backend;
+typedef struct store_common {
+  const struct store_backend *backend; /* the table it was opened through */
+  store_paths paths;
+} store_common;
+
+/* The folders of any backend's handle (store.c). */
 const store_paths *store_paths_of(const store *s);
 
 /* Remove partial uploads (DATA_DIR/partial) whose file was last written
@@ -38,6 +48,9 @@ int store_fail(int err, const char *fmt, ...)
  * uploads, job outputs, the engine's ".NAME.tmp-XXXXXX" files and
  * TorchScript work folders there; nothing else is kept there). */
 int store_blob_init(const char *data_dir, bool clean, store_paths *p);
+/* Empty the temp folder `tmp` that way (a backend whose nodes share
+ * DATA_DIR gives each its own, and empties only its own). */
+int store_tmp_empty(const char *tmp);
 
 /* The reserve: STORE_RESERVE_BYTES of allocated blocks in p->reserve, kept
  * by the owner so that on a full disk a delete (the way out) still finds

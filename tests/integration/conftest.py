@@ -18,6 +18,29 @@ import time
 import pytest
 
 BIN = os.environ.get("DECOMPD_BIN", "")
+# A PostgreSQL server (postgresql://USER@HOST:PORT, as pg_server.py gives
+# it; suite 'integration-pg'): every daemon the harness starts then keeps
+# its index and queue there, in a database of its own per data dir.
+TEST_INDEX = os.environ.get("DECOMPD_TEST_INDEX", "")
+
+
+def pg_only_skip(reason):
+    """Skip marker for a test that inspects the embedded SQLite store itself
+    (its file, its reserve): it has no meaning on PostgreSQL."""
+    return pytest.mark.skipif(bool(TEST_INDEX), reason="PostgreSQL index: " + reason)
+
+
+def index_for(data_dir):
+    """The `index` setting for a daemon on `data_dir` ("" for the default):
+    under DECOMPD_TEST_INDEX, a database of its own on that server, made
+    on first use and kept across restarts on the same data dir."""
+    if not TEST_INDEX:
+        return ""
+    import hashlib
+    import pg_server
+    name = "d_" + hashlib.sha256(os.path.abspath(str(data_dir)).encode()).hexdigest()[:20]
+    pg_server.create_database(TEST_INDEX, name)
+    return TEST_INDEX.rstrip("/") + "/" + name
 SOURCE_DIR = os.environ.get(
     "DECOMPD_SOURCE_DIR",
     os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
@@ -30,6 +53,8 @@ class Daemon:
         self.data_dir = str(data_dir)
         self.args = list(args)
         self.env = dict(os.environ)
+        if TEST_INDEX:
+            self.env["DECOMPD_INDEX"] = index_for(self.data_dir)
         self.env.update(env or {})
         self.log_path = os.path.join(os.path.dirname(self.data_dir),
                                      os.path.basename(self.data_dir) + ".log")

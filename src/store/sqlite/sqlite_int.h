@@ -42,8 +42,7 @@ struct reader {
 };
 
 struct store {
-  const store_backend *backend; /* first: what store.c dispatches through */
-  store_paths paths;
+  store_common c;          /* first: the table and the folders */
   sqlite3 *w;              /* the one writer connection */
   pthread_mutex_t wmu;     /* serialises every write through `w` */
   pthread_mutex_t blob_mu; /* blob presence vs. rows (store_blob_lock) */
@@ -125,7 +124,7 @@ extern const struct attachment_sql SQ_PROFILE_SQL;
 /* ---- the embedded backend's entries (sqlite/backend.c), each with the
  * contract of the store.h or queue.h function of its name ---------------- */
 
-int sq_store_open(const store_backend *self, const char *data_dir, bool owner,
+int sq_store_open(const store_backend *self, const store_options *o,
                   store **out, int *requeued);
 void sq_close(store *s);
 bool sq_reserve_ok(store *s);
