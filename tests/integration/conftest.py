@@ -46,6 +46,38 @@ SOURCE_DIR = os.environ.get(
     os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 
+def _sql_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, int):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def index_sql(daemon, sql, params=()):
+    """Run `sql` (`?` placeholders) on the daemon's index, whichever it is:
+    the embedded SQLite file, or its database on the PostgreSQL server. The
+    rows, as tuples (numbers as int)."""
+    if not TEST_INDEX:
+        import sqlite3
+        db = sqlite3.connect(os.path.join(daemon.data_dir, "decompd.db"))
+        try:
+            rows = db.execute(sql, params).fetchall()
+            db.commit()
+            return rows
+        finally:
+            db.close()
+    parts = sql.split("?")
+    assert len(parts) == len(params) + 1, sql
+    text = parts[0] + "".join(_sql_literal(p) + rest for p, rest in zip(params, parts[1:]))
+    r = subprocess.run(["psql", daemon.env["DECOMPD_INDEX"], "-X", "-q", "-At",
+                        "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", text],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [tuple(int(c) if c.lstrip("-").isdigit() else c for c in line.split("\t"))
+            for line in r.stdout.splitlines()]
+
+
 class Daemon:
     """One decompd process over a data dir; restartable."""
 
@@ -100,6 +132,16 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+
+    def tmp_dir(self):
+        """The daemon's temp folder: DATA_DIR/tmp, or on a PostgreSQL index
+        (several nodes sharing DATA_DIR) its node's DATA_DIR/tmp/NODE."""
+        tmp = os.path.join(self.data_dir, "tmp")
+        if not TEST_INDEX:
+            return tmp
+        node = self.env.get("DECOMPD_NODE_ID") or re.sub(
+            r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64]
+        return os.path.join(tmp, node)
 
     def log(self):
         try:

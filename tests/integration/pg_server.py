@@ -20,6 +20,7 @@ gives each daemon's data dir a database of its own on that server.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,15 +69,20 @@ class PgServer:
                     "-c synchronous_commit=off -c full_page_writes=off "
                     "-c max_connections=300" % (self.port, self.dir))
             try:
-                self._run([os.path.join(PG_BIN, "pg_ctl"), "-D", data, "-o", opts,
-                           "-l", os.path.join(self.dir, "server.log"), "-w",
-                           "-t", "60", "start"])
+                self.opts = opts
+                self.resume()
                 return self
             except subprocess.CalledProcessError:
                 if attempt == 4:
                     raise RuntimeError("PostgreSQL did not start:\n" + self.log())
                 time.sleep(0.2)
         return self
+
+    def resume(self):
+        """Start the server (again, after stop()) on its port."""
+        self._run([os.path.join(PG_BIN, "pg_ctl"), "-D", os.path.join(self.dir, "data"),
+                   "-o", self.opts, "-l", os.path.join(self.dir, "server.log"), "-w",
+                   "-t", "60", "start"])
 
     def log(self):
         try:
@@ -116,10 +122,20 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     pg = PgServer()
+    child = None
+
+    def stop(signum, frame):  # meson's timeout: the server goes too
+        if child and child.poll() is None:
+            child.terminate()
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 1
     try:
         pg.start()
         env = dict(os.environ, DECOMPD_TEST_INDEX=pg.uri)
-        status = subprocess.call(sys.argv[1:], env=env)
+        child = subprocess.Popen(sys.argv[1:], env=env)
+        status = child.wait()
         if status != 0:
             sys.stderr.write("---- PostgreSQL log (tail) ----\n" + pg.log()[-3000:])
     finally:

@@ -97,17 +97,83 @@ static int result_code(PGconn *c, const PGresult *r) {
   return DECOMP_ERR_STORE;
 }
 
+/* The length of the valid UTF-8 sequence at `p` (1 to 4), or 0. */
+static size_t utf8_seq(const unsigned char *p) {
+  if (p[0] < 0x80)
+    return 1;
+  size_t n = p[0] >= 0xf0 && p[0] <= 0xf4   ? 4
+             : p[0] >= 0xe0                ? 3
+             : p[0] >= 0xc2 && p[0] < 0xe0 ? 2
+                                           : 0;
+  if (n == 0)
+    return 0;
+  for (size_t i = 1; i < n; i++)
+    if ((p[i] & 0xc0) != 0x80)
+      return 0;
+  unsigned cp = n == 2 ? (p[0] & 0x1fu) << 6 | (p[1] & 0x3fu)
+                : n == 3 ? (p[0] & 0x0fu) << 12 | (p[1] & 0x3fu) << 6 |
+                               (p[2] & 0x3fu)
+                         : (p[0] & 0x07u) << 18 | (p[1] & 0x3fu) << 12 |
+                               (p[2] & 0x3fu) << 6 | (p[3] & 0x3fu);
+  if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+      (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+    return 0;
+  return n;
+}
+
+/* PostgreSQL's text is UTF-8 and refuses anything else, where SQLite
+ * stores (and compares) bytes. A parameter that is not valid UTF-8 (an id
+ * from a request path, a layer name from a weight file in an error
+ * message) has each bad byte replaced by U+FFFD: a lookup by it then finds
+ * nothing, as it would in SQLite, and a message is stored readable.
+ * NULL when `v` is valid (use it as it is) or on no memory. */
+static char *utf8_fixed(const char *v) {
+  const unsigned char *p = (const unsigned char *)v;
+  size_t bad = 0, len = 0;
+  for (size_t i = 0; p[i];) {
+    size_t k = utf8_seq(p + i);
+    bad += k == 0;
+    i += k ? k : 1;
+    len = i;
+  }
+  if (!bad)
+    return NULL;
+  char *out = malloc(len + 2 * bad + 1), *o = out;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; p[i];) {
+    size_t k = utf8_seq(p + i);
+    if (k) {
+      memcpy(o, p + i, k);
+      o += k;
+      i += k;
+    } else {
+      memcpy(o, "\xef\xbf\xbd", 3);
+      o += 3;
+      i++;
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
 static int vexecf(PGconn *c, PGresult **res, int *changes, const char *sql,
                   const char *fmt, va_list ap) {
   char buf[MAX_PARAMS][32];
-  const char *vals[MAX_PARAMS];
+  char *fixed[MAX_PARAMS] = {0};
+  const char *vals[MAX_PARAMS] = {0};
   int n = 0;
   for (const char *f = fmt; *f; f++, n++) {
-    if (n == MAX_PARAMS)
+    if (n == MAX_PARAMS) {
+      for (int i = 0; i < n; i++)
+        free(fixed[i]);
       return store_fail(DECOMP_ERR_INTERNAL, "too many parameters");
+    }
     switch (*f) {
     case 's':
       vals[n] = va_arg(ap, const char *);
+      if (vals[n] && (fixed[n] = utf8_fixed(vals[n])) != NULL)
+        vals[n] = fixed[n];
       break;
     case 'i':
       snprintf(buf[n], sizeof buf[n], "%lld", (long long)va_arg(ap, int64_t));
@@ -122,10 +188,14 @@ static int vexecf(PGconn *c, PGresult **res, int *changes, const char *sql,
       vals[n] = buf[n];
       break;
     default:
+      for (int i = 0; i < n; i++)
+        free(fixed[i]);
       return store_fail(DECOMP_ERR_INTERNAL, "bad parameter kind %c", *f);
     }
   }
   PGresult *r = PQexecParams(c, sql, n, NULL, vals, NULL, NULL, 0);
+  for (int i = 0; i < n; i++)
+    free(fixed[i]);
   ExecStatusType st = PQresultStatus(r);
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     int code = result_code(c, r);
