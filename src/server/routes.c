@@ -1300,8 +1300,6 @@ static void h_job_submit(http_req *r) {
       store_problem(r, rc);
     goto done;
   }
-  if (created)
-    worker_pool_wake();
   LOG(LOG_INFO, "jobs", http_req_id(r),
       "event=job_%s id=%s model=%s policy=%s calibration=%s profile=%s",
       created ? "queued" : "existing", job.id, m.id,
@@ -1531,7 +1529,6 @@ static void h_job_retry(http_req *r) {
     return;
   }
   if (requeued) {
-    worker_pool_wake();
     LOG(LOG_INFO, "jobs", http_req_id(r), "event=job_retried id=%s model=%s "
         "attempts=%d", j.id, j.model_id, j.attempts);
   }

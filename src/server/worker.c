@@ -48,21 +48,23 @@ struct worker_pool {
   uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
   pthread_t *threads;
   atomic_bool stopping;
+  /* Woken through the store (store_set_wake) when a job is queued, here or
+   * on another node sharing the queue, and by worker_pool_stop. */
+  pthread_mutex_t wake_mu;
+  pthread_cond_t wake_cv;
+  unsigned long wake_gen; /* guarded by wake_mu */
 };
 
-static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
-static unsigned long wake_gen;
-
-void worker_pool_wake(void) {
-  pthread_mutex_lock(&wake_mu);
-  wake_gen++;
-  pthread_cond_broadcast(&wake_cv);
-  pthread_mutex_unlock(&wake_mu);
+static void pool_wake(void *arg) {
+  worker_pool *p = arg;
+  pthread_mutex_lock(&p->wake_mu);
+  p->wake_gen++;
+  pthread_cond_broadcast(&p->wake_cv);
+  pthread_mutex_unlock(&p->wake_mu);
 }
 
 /* Wait for a wake-up or `ms`. */
-static void wait_for_work(unsigned long seen, int ms) {
+static void wait_for_work(worker_pool *p, unsigned long seen, int ms) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += ms / 1000;
@@ -71,12 +73,12 @@ static void wait_for_work(unsigned long seen, int ms) {
     ts.tv_sec++;
     ts.tv_nsec -= 1000000000;
   }
-  pthread_mutex_lock(&wake_mu);
-  while (wake_gen == seen) {
-    if (pthread_cond_timedwait(&wake_cv, &wake_mu, &ts) == ETIMEDOUT)
+  pthread_mutex_lock(&p->wake_mu);
+  while (p->wake_gen == seen) {
+    if (pthread_cond_timedwait(&p->wake_cv, &p->wake_mu, &ts) == ETIMEDOUT)
       break;
   }
-  pthread_mutex_unlock(&wake_mu);
+  pthread_mutex_unlock(&p->wake_mu);
 }
 
 struct run {
@@ -587,19 +589,19 @@ done:
 static void *worker_main(void *arg) {
   worker_pool *p = arg;
   while (!atomic_load(&p->stopping)) {
-    pthread_mutex_lock(&wake_mu);
-    unsigned long seen = wake_gen;
-    pthread_mutex_unlock(&wake_mu);
+    pthread_mutex_lock(&p->wake_mu);
+    unsigned long seen = p->wake_gen;
+    pthread_mutex_unlock(&p->wake_mu);
     store_job job;
     int rc = store_job_claim(p->s, &job);
     if (rc == DECOMP_ERR_NOT_FOUND) {
-      wait_for_work(seen, 1000);
+      wait_for_work(p, seen, 1000);
       continue;
     }
     if (rc != DECOMP_OK) {
       LOG(LOG_ERROR, "worker", NULL, "event=claim_failed error=%s",
           log_q(store_errmsg()));
-      wait_for_work(seen, 1000);
+      wait_for_work(p, seen, 1000);
       continue;
     }
     run_job(p, &job);
@@ -638,6 +640,9 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   if (!realpath(worker_ts_reader(), p->ts_reader)) /* missing: said later */
     snprintf(p->ts_reader, sizeof p->ts_reader, "%s", worker_ts_reader());
   atomic_init(&p->stopping, false);
+  pthread_mutex_init(&p->wake_mu, NULL);
+  pthread_cond_init(&p->wake_cv, NULL);
+  store_set_wake(s, pool_wake, p);
   for (int i = 0; i < workers; i++) {
     if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
       break;
@@ -646,6 +651,9 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   LOG(LOG_INFO, "worker", NULL, "event=pool_started workers=%d blas_threads=%d "
       "cores=%ld", p->n, blas_threads, cores);
   if (p->n == 0) {
+    store_set_wake(s, NULL, NULL);
+    pthread_mutex_destroy(&p->wake_mu);
+    pthread_cond_destroy(&p->wake_cv);
     free(p->threads);
     free(p);
     return DECOMP_ERR_INTERNAL;
@@ -670,9 +678,12 @@ void worker_pool_stop(worker_pool *p) {
   if (!p)
     return;
   atomic_store(&p->stopping, true);
-  worker_pool_wake();
+  store_set_wake(p->s, NULL, NULL); /* no call of pool_wake is under way */
+  pool_wake(p);
   for (int i = 0; i < p->n; i++)
     pthread_join(p->threads[i], NULL);
+  pthread_mutex_destroy(&p->wake_mu);
+  pthread_cond_destroy(&p->wake_cv);
   free(p->threads);
   free(p);
 }

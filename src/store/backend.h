@@ -24,7 +24,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 5
+#define STORE_BACKEND_VERSION 6
 
 typedef struct store_backend store_backend;
 
@@ -140,6 +140,9 @@ struct store_backend {
   int (*job_cancel)(store *s, const char *id, store_job *out);
   int (*job_retry)(store *s, const char *id, store_job *out, bool *requeued);
   int (*job_delete)(store *s, const char *id);
+
+  /* ---- waking the workers (queue.h: store_set_wake) ---- */
+  void (*set_wake)(store *s, void (*fn)(void *arg), void *arg);
 };
 
 /* The embedded backend: SQLite in DATA_DIR/decompd.db, blobs in

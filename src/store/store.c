@@ -286,3 +286,29 @@ int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
 int store_job_delete(store *s, const char *id) {
   return BACKEND(s)->job_delete(s, id);
 }
+
+void store_set_wake(store *s, void (*fn)(void *arg), void *arg) {
+  BACKEND(s)->set_wake(s, fn, arg);
+}
+
+void store_wake_init(store_wake *w) {
+  pthread_mutex_init(&w->mu, NULL);
+  w->fn = NULL;
+  w->arg = NULL;
+}
+
+void store_wake_destroy(store_wake *w) { pthread_mutex_destroy(&w->mu); }
+
+void store_wake_set(store_wake *w, void (*fn)(void *arg), void *arg) {
+  pthread_mutex_lock(&w->mu);
+  w->fn = fn;
+  w->arg = arg;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void store_wake_call(store_wake *w) {
+  pthread_mutex_lock(&w->mu);
+  if (w->fn)
+    w->fn(w->arg);
+  pthread_mutex_unlock(&w->mu);
+}

@@ -4,6 +4,8 @@
 #ifndef DECOMPD_STORE_INT_H
 #define DECOMPD_STORE_INT_H
 
+#include <pthread.h>
+
 #include "store.h"
 
 #define STORE_PATH_MAX 4096
@@ -30,6 +32,19 @@ typedef struct store_common {
   const struct store_backend *backend; /* the table it was opened through */
   store_paths paths;
 } store_common;
+
+/* A handle's wake-up callback (store_set_wake), shared by the backends
+ * (store.c): set and call under its mutex, so that removing it waits for
+ * a call under way. */
+typedef struct store_wake {
+  pthread_mutex_t mu;
+  void (*fn)(void *arg);
+  void *arg;
+} store_wake;
+void store_wake_init(store_wake *w);
+void store_wake_destroy(store_wake *w);
+void store_wake_set(store_wake *w, void (*fn)(void *arg), void *arg);
+void store_wake_call(store_wake *w);
 
 /* The folders of any backend's handle (store.c). */
 const store_paths *store_paths_of(const store *s);

@@ -37,6 +37,10 @@ def index_for(data_dir):
     if not TEST_INDEX:
         return ""
     import hashlib
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # (loaded by path from tests/client too)
+        sys.path.insert(0, here)
     import pg_server
     name = "d_" + hashlib.sha256(os.path.abspath(str(data_dir)).encode()).hexdigest()[:20]
     pg_server.create_database(TEST_INDEX, name)

@@ -165,6 +165,30 @@ def test_a_job_submitted_on_one_node_is_streamed_and_downloaded_on_another(clust
                                                                  expect=200)[1]
 
 
+def test_a_submit_on_one_node_wakes_an_idle_worker_on_another_at_once(cluster):
+    """LISTEN/NOTIFY: node 1's only worker is busy; each job submitted on
+    node 1 is claimed by node 2's idle worker within a fraction of the
+    workers' one-second poll (their mean wait over several jobs would be
+    about half a second without the notification)."""
+    (n1,) = cluster(1, args=["--workers", "1"])
+    net, data = slow_model()
+    busy = submit(n1, net, data)
+    wait_running_on(n1, busy, "n1")
+    (n2,) = cluster(1, args=["--workers", "1"])
+    time.sleep(1.5)  # node 2's worker has polled and is waiting
+    waits = []
+    for seed in range(6):
+        net, data = small_model(seed=200 + seed)
+        job_id = submit(n1, net, data, policy="budget")
+        j = n2.wait_job(job_id)
+        assert j["state"] == "succeeded", j
+        rows = index_sql(n2, "SELECT started_at - created_at FROM jobs WHERE id=?", (job_id,))
+        waits.append(rows[0][0])
+        time.sleep(1.2)  # idle again, past a poll
+    assert index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) == [("n1",)]
+    assert sum(waits) / len(waits) < 200, waits
+
+
 def test_each_job_is_claimed_by_one_node_once(cluster):
     n1, n2 = cluster(2, args=["--workers", "2"])
     ids = []

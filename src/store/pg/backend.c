@@ -60,4 +60,5 @@ const store_backend store_backend_pg = {
     .job_cancel = pg_job_cancel,
     .job_retry = pg_job_retry,
     .job_delete = pg_job_delete,
+    .set_wake = pg_set_wake,
 };

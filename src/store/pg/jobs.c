@@ -144,6 +144,9 @@ int pg_job_submit(store *s, const char *request_key, store_job *j,
                   j->policy, j->calibration[0] ? j->calibration : NULL,
                   j->profile[0] ? j->profile : NULL, store_now_ms(),
                   j->shard_bytes);
+  /* Every node hears of it when this commits (their listeners). */
+  if (rc == DECOMP_OK && n > 0)
+    rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
   store_job row;
   if (rc == DECOMP_OK)
     rc = job_read(c, "SELECT " JOB_COLS_SPEC " FROM jobs WHERE request_key=$1",
@@ -157,6 +160,8 @@ int pg_job_submit(store *s, const char *request_key, store_job *j,
   }
   *j = row;
   *created = n > 0;
+  if (*created)
+    store_wake_call(&s->wake);
   return DECOMP_OK;
 }
 
@@ -541,6 +546,8 @@ int pg_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
       if (rc == DECOMP_OK)
         rc = pg_execf(c, NULL, NULL, "DELETE FROM job_layers WHERE job_id=$1",
                       "s", id);
+      if (rc == DECOMP_OK)
+        rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
       *requeued = rc == DECOMP_OK;
     } else if (j.state == STORE_JOB_SUCCEEDED) {
       rc = store_fail(DECOMP_ERR_CONFLICT,
@@ -564,6 +571,8 @@ int pg_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
     if (filled)
       store_job_clear(out);
   }
+  if (*requeued)
+    store_wake_call(&s->wake);
   return rc;
 }
 

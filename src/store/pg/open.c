@@ -6,6 +6,7 @@
  * handle: the blob lock across nodes and blob collection. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,71 @@ static void *heartbeat_main(void *arg) {
   return NULL;
 }
 
+static bool stopping(store *s) {
+  pthread_mutex_lock(&s->beat_mu);
+  bool stop = s->stopping;
+  pthread_mutex_unlock(&s->beat_mu);
+  return stop;
+}
+
+/* Wait `ms` or until the handle closes. */
+static void pause_ms(store *s, int ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock(&s->beat_mu);
+  if (!s->stopping)
+    pthread_cond_timedwait(&s->beat_cv, &s->beat_mu, &ts);
+  pthread_mutex_unlock(&s->beat_mu);
+}
+
+/* LISTEN on a connection of its own; each notification (a job queued on
+ * some node) wakes this node's workers. A lost connection is made again
+ * (every second while the server is away), and the workers are woken once
+ * it is back, for what was announced meanwhile. */
+static void *listener_main(void *arg) {
+  store *s = arg;
+  PGconn *c = NULL;
+  while (!stopping(s)) {
+    if (!c) {
+      if (pg_connect(s, &c) != DECOMP_OK ||
+          pg_execf(c, NULL, NULL, "LISTEN " PG_CHANNEL, "") != DECOMP_OK) {
+        if (c)
+          PQfinish(c);
+        c = NULL;
+        pause_ms(s, 1000);
+        continue;
+      }
+      store_wake_call(&s->wake);
+    }
+    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+    if (poll(&p, 1, 250) < 0)
+      continue;
+    if (!PQconsumeInput(c)) {
+      PQfinish(c);
+      c = NULL;
+      continue;
+    }
+    bool any = false;
+    for (PGnotify *n; (n = PQnotifies(c)) != NULL; PQfreemem(n))
+      any = true;
+    if (any)
+      store_wake_call(&s->wake);
+  }
+  if (c)
+    PQfinish(c);
+  return NULL;
+}
+
+void pg_set_wake(store *s, void (*fn)(void *arg), void *arg) {
+  store_wake_set(&s->wake, fn, arg);
+}
+
 int pg_store_open(const store_backend *self, const store_options *o,
                   store **out, int *requeued) {
   store *s = calloc(1, sizeof *s);
@@ -220,6 +286,7 @@ int pg_store_open(const store_backend *self, const store_options *o,
   pthread_mutex_init(&s->blob_mu, NULL);
   pthread_mutex_init(&s->beat_mu, NULL);
   pthread_cond_init(&s->beat_cv, NULL);
+  store_wake_init(&s->wake);
   int rc = DECOMP_OK;
   if (!o->index || !(s->conninfo = strdup(o->index))) {
     rc = store_fail(DECOMP_ERR_INVALID_ARGUMENT, "no PostgreSQL URI");
@@ -249,6 +316,11 @@ int pg_store_open(const store_backend *self, const store_options *o,
       goto fail;
     }
     s->beating = true;
+    if (pthread_create(&s->listener, NULL, listener_main, s) != 0) {
+      rc = store_fail(DECOMP_ERR_NOMEM, "cannot start the job listener");
+      goto fail;
+    }
+    s->listening = true;
   }
   *out = s;
   return DECOMP_OK;
@@ -260,13 +332,14 @@ fail:
 void pg_close(store *s) {
   if (!s)
     return;
-  if (s->beating) {
-    pthread_mutex_lock(&s->beat_mu);
-    s->stopping = true;
-    pthread_cond_signal(&s->beat_cv);
-    pthread_mutex_unlock(&s->beat_mu);
+  pthread_mutex_lock(&s->beat_mu);
+  s->stopping = true;
+  pthread_cond_broadcast(&s->beat_cv);
+  pthread_mutex_unlock(&s->beat_mu);
+  if (s->beating)
     pthread_join(s->beat, NULL);
-  }
+  if (s->listening)
+    pthread_join(s->listener, NULL);
   for (int i = 0; i < s->nidle; i++)
     PQfinish(s->idle[i]);
   if (s->blob_conn)
@@ -277,6 +350,7 @@ void pg_close(store *s) {
   pthread_mutex_destroy(&s->blob_mu);
   pthread_mutex_destroy(&s->beat_mu);
   pthread_cond_destroy(&s->beat_cv);
+  store_wake_destroy(&s->wake);
   free(s->conninfo);
   free(s);
 }

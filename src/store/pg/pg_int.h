@@ -24,6 +24,10 @@
  *   index). Every write of a running job's progress or end names the node:
  *   a node that lost its lease cannot write over the new claim, and its
  *   worker is told to stop (store_job_cancel_requested).
+ * - A submit or a retry NOTIFYs PG_CHANNEL in its transaction; every
+ *   node's listener thread (a connection of its own, LISTENing) calls the
+ *   handle's wake-up (store_set_wake) when one arrives, so idle workers on
+ *   all nodes claim at once instead of at their next poll.
  * - Each node has its own temp folder, DATA_DIR/tmp/NODE, held by a lock
  *   file (DATA_DIR/nodes/NODE.lock) so that two live daemons cannot share a
  *   node id; a starting owner empties only its own folder and requeues only
@@ -50,6 +54,9 @@
 #define PG_LOCK_BLOBS 0x6465636f6d706401LL   /* store_blob_lock */
 #define PG_LOCK_MIGRATE 0x6465636f6d706402LL /* schema migrations */
 
+/* The channel that announces claimable jobs. */
+#define PG_CHANNEL "decompd_jobs"
+
 /* PostgreSQL's clock in Unix ms: leases go by one clock for every node. */
 #define PG_NOW_MS "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"
 
@@ -71,12 +78,14 @@ struct store {
   pthread_mutex_t blob_mu; /* this process's half of store_blob_lock */
   PGconn *blob_conn;       /* holds PG_LOCK_BLOBS while it is taken */
 
-  /* the heartbeat (owner only) */
-  pthread_t beat;
-  bool beating;
+  /* the heartbeat and the listener (owner only) */
+  pthread_t beat, listener;
+  bool beating, listening;
   pthread_mutex_t beat_mu;
   pthread_cond_t beat_cv;
   bool stopping; /* guarded by beat_mu */
+
+  store_wake wake; /* store_set_wake: on a submit or retry on any node */
 };
 
 /* ---- db.c: connections and statements ------------------------------------ */
@@ -190,6 +199,7 @@ int pg_job_requeue(store *s, const char *job_id);
 int pg_job_cancel(store *s, const char *id, store_job *out);
 int pg_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 int pg_job_delete(store *s, const char *id);
+void pg_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
 /* jobs.c, for open.c: put this node's running jobs (a dead incarnation's)
  * and every lapsed lease back in the queue, cancelling those whose

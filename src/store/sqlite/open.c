@@ -57,6 +57,7 @@ int sq_store_open(const store_backend *self, const store_options *o,
   pthread_mutex_init(&s->blob_mu, NULL);
   pthread_mutex_init(&s->rmu, NULL);
   pthread_mutex_init(&s->reserve_mu, NULL);
+  store_wake_init(&s->wake);
   pthread_key_create(&s->rkey, sq_reader_drop);
   int rc = store_blob_init(data_dir, false, &s->c.paths);
   if (rc != DECOMP_OK)
@@ -130,6 +131,7 @@ void sq_close(store *s) {
   pthread_mutex_destroy(&s->blob_mu);
   pthread_mutex_destroy(&s->rmu);
   pthread_mutex_destroy(&s->reserve_mu);
+  store_wake_destroy(&s->wake);
   free(s);
 }
 
@@ -213,4 +215,10 @@ int sq_write_with_reserve(store *s, int (*tx)(store *, void *), void *arg) {
       rc = tx(s, arg);
   }
   return rc;
+}
+
+/* One daemon per data dir: its own submits and retries are all there is
+ * to hear of. */
+void sq_set_wake(store *s, void (*fn)(void *arg), void *arg) {
+  store_wake_set(&s->wake, fn, arg);
 }

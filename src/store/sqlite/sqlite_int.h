@@ -53,6 +53,7 @@ struct store {
   int version;
   bool owner;                 /* keeps the reserve (store_reserve_fill) */
   pthread_mutex_t reserve_mu; /* one fill or release at a time */
+  store_wake wake;            /* store_set_wake: called on submit, retry */
 };
 
 /* ---- db.c: statements and connections ---------------------------------- */
@@ -185,5 +186,6 @@ int sq_job_requeue(store *s, const char *job_id);
 int sq_job_cancel(store *s, const char *id, store_job *out);
 int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 int sq_job_delete(store *s, const char *id);
+void sq_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
 #endif
