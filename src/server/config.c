@@ -3,6 +3,7 @@
  * T (powers of 1024) suffixes: max_upload_bytes = 4G. */
 #include <ctype.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,12 @@ const config_key CONFIG_KEYS[] = {
     {"http_threads", "HTTP thread pool size (4)"},
     {"max_connections", "open connections at most (1024)"},
     {"connection_timeout", "seconds an idle connection is kept (60)"},
+    {"index", "where jobs and the index live: sqlite (in data_dir) or a "
+              "postgresql:// URI shared by several daemons (sqlite)"},
+    {"node_id", "this daemon's name among those sharing a PostgreSQL index "
+                "(the host name)"},
+    {"lease_seconds", "seconds a node's claim on a job lasts without its "
+                      "heartbeat (30; PostgreSQL)"},
     {"log_level", "error, warn, info or debug (info)"},
     {"torchscript_timeout",
      "seconds a job's TorchScript reader may run (120)"},
@@ -53,6 +60,8 @@ void config_defaults(config *c) {
   c->torchscript_memory = 0;
   c->upload_ttl = 86400;
   c->shard_bytes = 5000000000;
+  snprintf(c->index, sizeof c->index, "sqlite");
+  c->lease_seconds = 30;
 }
 
 static int parse_size(const char *v, int64_t *out) {
@@ -167,6 +176,27 @@ int config_set(config *c, const char *key, const char *value, char *err,
     bad = parse_int(value, 1, 365 * 86400, &c->upload_ttl);
   } else if (strcmp(key, "shard_bytes") == 0) {
     bad = parse_size(value, &c->shard_bytes) || c->shard_bytes < 1;
+  } else if (strcmp(key, "index") == 0) {
+    /* the password a URI may hold is never echoed: not in this message */
+    bool ok = strcmp(value, "sqlite") == 0 ||
+              strncmp(value, "postgresql://", 13) == 0 ||
+              strncmp(value, "postgres://", 11) == 0;
+    if (!ok || strlen(value) >= sizeof c->index) {
+      snprintf(err, errlen,
+               "bad value for index: 'sqlite' or a postgresql:// URI");
+      return -1;
+    }
+    snprintf(c->index, sizeof c->index, "%s", value);
+  } else if (strcmp(key, "node_id") == 0) {
+    size_t n = strlen(value);
+    bad = n == 0 || n >= sizeof c->node_id ||
+          strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                        "0123456789._-") != n ||
+          strcmp(value, ".") == 0 || strcmp(value, "..") == 0;
+    if (!bad)
+      snprintf(c->node_id, sizeof c->node_id, "%s", value);
+  } else if (strcmp(key, "lease_seconds") == 0) {
+    bad = parse_int(value, 1, 3600, &c->lease_seconds);
   } else if (strcmp(key, "log_level") == 0) {
     c->log_level = log_level_from_name(value);
     bad = c->log_level < 0;

@@ -44,6 +44,17 @@ typedef struct config {
                                that no model binds (86400) */
   int64_t shard_bytes;      /* shard_bytes: output shard size of jobs on
                                sharded models that give none (5 GB) */
+  char index[2048];         /* index: where the index and the queue are:
+                               "sqlite" (embedded in data_dir, the
+                               default) or a libpq URI postgresql://… /
+                               postgres://… (several daemons may share it
+                               and one data_dir) */
+  char node_id[65];         /* node_id: this daemon's name among those
+                               sharing a PostgreSQL index ("": the host
+                               name) */
+  int lease_seconds;        /* lease_seconds: how long a claimed job stays
+                               a node's without its heartbeat (30;
+                               PostgreSQL) */
 } config;
 
 /* One settable key: name, what it means (for --help). */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "backend.h"
 #include "config.h"
 #include "decomp/decomp.h"
 #include "decomp/torchscript.h"
@@ -116,15 +117,19 @@ static const char *opt(char **rest, int n, const char *name) {
   return NULL;
 }
 
-/* The store the settings name. */
+/* The store the settings name: the index's backend, the blobs' place. */
 static int open_store(const config *c, bool owner, store **s, int *requeued) {
   const store_options o = {.data_dir = c->data_dir,
+                           .owner = owner,
+                           .index = c->index,
+                           .node_id = c->node_id,
+                           .lease_seconds = c->lease_seconds,
                            .blobs = c->blobs,
                            .s3_endpoint = c->s3_endpoint,
                            .s3_region = c->s3_region,
                            .s3_access_key = c->s3_access_key_id,
                            .s3_secret_key = c->s3_secret_access_key};
-  return store_open_with(&o, owner, s, requeued);
+  return store_open_with(&o, s, requeued);
 }
 
 static int cmd_token(const config *c, char **rest, int n) {
@@ -207,11 +212,11 @@ static int serve(const config *c) {
     goto out;
   }
   LOG(LOG_INFO, "main", NULL,
-      "event=store_open data_dir=%s blobs=%s schema_version=%d requeued=%d "
-      "reserve=%s",
-      log_q(c->data_dir), log_q(c->blobs[0] ? c->blobs : "file:DATA_DIR/blobs"),
-      store_schema_version(s), requeued,
-      store_reserve_ok(s) ? "yes" : "no");
+      "event=store_open data_dir=%s index=%s blobs=%s schema_version=%d "
+      "requeued=%d reserve=%s",
+      log_q(c->data_dir), store_backend_of(s)->name,
+      log_q(c->blobs[0] ? c->blobs : "file:DATA_DIR/blobs"),
+      store_schema_version(s), requeued, store_reserve_ok(s) ? "yes" : "no");
   /* What abandoned resumable uploads left (and uploaded shards no model
    * bound) over upload_ttl; PUT /v1/blobs sweeps again as it goes. */
   int swept_partials = 0, swept_blobs = 0;
@@ -239,7 +244,7 @@ static int serve(const config *c) {
   } else {
     LOG(LOG_INFO, "main", NULL, "event=torchscript supported=no");
   }
-  if ((rc = service_new(s, pool, c, &sv)) != DECOMP_OK ||
+  if ((rc = service_new(s, c, &sv)) != DECOMP_OK ||
       (rc = http_start(c, sv, &h, &port)) != DECOMP_OK)
     goto out;
   LOG(LOG_INFO, "main", NULL,

@@ -23,16 +23,14 @@
 
 struct service {
   store *s;
-  worker_pool *pool;
   const config *c;
 };
 
-int service_new(store *s, worker_pool *pool, const config *c, service **out) {
+int service_new(store *s, const config *c, service **out) {
   service *sv = calloc(1, sizeof *sv);
   if (!sv)
     return DECOMP_ERR_NOMEM;
   sv->s = s;
-  sv->pool = pool;
   sv->c = c;
   *out = sv;
   return DECOMP_OK;
@@ -609,9 +607,7 @@ int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
     }
   }
   if (rc == DECOMP_OK) {
-    /* the store gave the job its own copies of the texts */
-    if (*created)
-      worker_pool_wake(sv->pool);
+    /* a new job wakes the workers through the store (store_set_wake) */
     LOG(LOG_INFO, "jobs", rid,
         "event=job_%s id=%s model=%s policy=%s calibration=%s profile=%s",
         *created ? "queued" : "existing", job->id, m.id,
@@ -635,11 +631,9 @@ int svc_job_retry(service *sv, const char *id, store_job *job, bool *requeued,
   int rc = store_job_retry(sv->s, id, job, requeued);
   if (rc != DECOMP_OK)
     return store_failed(p, rc);
-  if (*requeued) {
-    worker_pool_wake(sv->pool);
+  if (*requeued) /* the workers are woken through the store */
     LOG(LOG_INFO, "jobs", rid,
         "event=job_retried id=%s model=%s attempts=%d", job->id, job->model_id,
         job->attempts);
-  }
   return DECOMP_OK;
 }

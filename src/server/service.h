@@ -33,10 +33,10 @@ typedef struct svc_problem {
 int svc_fail(svc_problem *p, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The service over the store `s`, waking `pool` (may be NULL: nothing to
- * wake) when work is queued, with the daemon's settings `c` (kept, not
- * copied). */
-int service_new(store *s, worker_pool *pool, const config *c, service **out);
+/* The service over the store `s` (whose queue wakes the workers: a worker
+ * pool registers with store_set_wake), with the daemon's settings `c`
+ * (kept, not copied). */
+int service_new(store *s, const config *c, service **out);
 void service_free(service *sv); /* NULL is fine */
 store *service_store(const service *sv);
 const config *service_config(const service *sv);
@@ -113,12 +113,12 @@ typedef struct svc_job_request {
 
 /* Check a submission against the model, the engine and its attachments,
  * and queue it unless identical input is a job already (*created says
- * which; *job that job, store_job_clear it). A new job wakes the workers. */
+ * which; *job that job, store_job_clear it). */
 int svc_job_submit(service *sv, const svc_job_request *rq, store_job *job,
                    bool *created, const char *rid, svc_problem *p);
 
-/* Retry a failed or cancelled job (*requeued: it was put back; then the
- * workers are woken). *job as store_job_retry gives it. */
+/* Retry a failed or cancelled job (*requeued: it was put back). *job as
+ * store_job_retry gives it. */
 int svc_job_retry(service *sv, const char *id, store_job *job, bool *requeued,
                   const char *rid, svc_problem *p);
 

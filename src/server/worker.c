@@ -48,29 +48,22 @@ struct worker_pool {
   uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
   pthread_t *threads;
   atomic_bool stopping;
-  /* Wake-ups: each bumps wake_gen; an idle worker waits for a change. */
+  /* Woken through the store (store_set_wake) when a job is queued, here or
+   * on another node sharing the queue, and by worker_pool_stop. */
   pthread_mutex_t wake_mu;
   pthread_cond_t wake_cv;
-  unsigned long wake_gen;
+  unsigned long wake_gen; /* guarded by wake_mu */
 };
 
-void worker_pool_wake(worker_pool *p) {
-  if (!p)
-    return;
+static void pool_wake(void *arg) {
+  worker_pool *p = arg;
   pthread_mutex_lock(&p->wake_mu);
   p->wake_gen++;
   pthread_cond_broadcast(&p->wake_cv);
   pthread_mutex_unlock(&p->wake_mu);
 }
 
-static unsigned long wake_seen(worker_pool *p) {
-  pthread_mutex_lock(&p->wake_mu);
-  unsigned long seen = p->wake_gen;
-  pthread_mutex_unlock(&p->wake_mu);
-  return seen;
-}
-
-/* Wait for a wake-up after `seen`, or `ms`. */
+/* Wait for a wake-up or `ms`. */
 static void wait_for_work(worker_pool *p, unsigned long seen, int ms) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -596,7 +589,9 @@ done:
 static void *worker_main(void *arg) {
   worker_pool *p = arg;
   while (!atomic_load(&p->stopping)) {
-    unsigned long seen = wake_seen(p);
+    pthread_mutex_lock(&p->wake_mu);
+    unsigned long seen = p->wake_gen;
+    pthread_mutex_unlock(&p->wake_mu);
     store_job job;
     int rc = store_job_claim(p->s, &job);
     if (rc == DECOMP_ERR_NOT_FOUND) {
@@ -647,6 +642,7 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   atomic_init(&p->stopping, false);
   pthread_mutex_init(&p->wake_mu, NULL);
   pthread_cond_init(&p->wake_cv, NULL);
+  store_set_wake(s, pool_wake, p);
   for (int i = 0; i < workers; i++) {
     if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
       break;
@@ -655,6 +651,9 @@ int worker_pool_start(store *s, int workers, int blas_threads,
   LOG(LOG_INFO, "worker", NULL, "event=pool_started workers=%d blas_threads=%d "
       "cores=%ld", p->n, blas_threads, cores);
   if (p->n == 0) {
+    store_set_wake(s, NULL, NULL);
+    pthread_mutex_destroy(&p->wake_mu);
+    pthread_cond_destroy(&p->wake_cv);
     free(p->threads);
     free(p);
     return DECOMP_ERR_INTERNAL;
@@ -679,11 +678,12 @@ void worker_pool_stop(worker_pool *p) {
   if (!p)
     return;
   atomic_store(&p->stopping, true);
-  worker_pool_wake(p);
+  store_set_wake(p->s, NULL, NULL); /* no call of pool_wake is under way */
+  pool_wake(p);
   for (int i = 0; i < p->n; i++)
     pthread_join(p->threads[i], NULL);
-  free(p->threads);
-  pthread_cond_destroy(&p->wake_cv);
   pthread_mutex_destroy(&p->wake_mu);
+  pthread_cond_destroy(&p->wake_cv);
+  free(p->threads);
   free(p);
 }

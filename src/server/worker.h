@@ -27,14 +27,15 @@ typedef struct worker_ts_limits {
 } worker_ts_limits;
 
 /* Start `workers` threads (0: one per core) with `blas_threads` BLAS threads
- * each (0: cores / workers, at least 1). `ts` may be NULL (defaults). */
+ * each (0: cores / workers, at least 1). `ts` may be NULL (defaults). Idle
+ * workers poll the queue every second, and the store wakes them at once
+ * when a job is queued (store_set_wake: the pool is the handle's one
+ * wake-up until worker_pool_stop). */
 int worker_pool_start(store *s, int workers, int blas_threads,
                       const worker_ts_limits *ts, worker_pool **out);
 /* The output shard size of jobs on sharded models that were submitted
  * without one (config shard_bytes); the engine's default until set. */
 void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes);
-/* A job was queued: wake the pool's idle workers. NULL is fine. */
-void worker_pool_wake(worker_pool *p);
 /* Stop: running jobs are requeued at their next layer boundary; joins the
  * threads. NULL is fine. */
 void worker_pool_stop(worker_pool *p);

@@ -25,9 +25,10 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 6
+#define STORE_BACKEND_VERSION 7
 
 typedef struct store_backend store_backend;
+
 
 struct store_backend {
   int version;      /* STORE_BACKEND_VERSION the table was built for: first,
@@ -37,7 +38,7 @@ struct store_backend {
   /* store_open on this backend. `self` is the table the handle was opened
    * through (a copy of this one, for a wrapper): the handle keeps it as its
    * first member, so every later call dispatches through it. */
-  int (*open)(const store_backend *self, const store_options *o, bool owner,
+  int (*open)(const store_backend *self, const store_options *o,
               store **out, int *requeued);
 
   /* ---- the handle ---- */
@@ -121,17 +122,31 @@ struct store_backend {
   int (*job_cancel)(store *s, const char *id, store_job *out);
   int (*job_retry)(store *s, const char *id, store_job *out, bool *requeued);
   int (*job_delete)(store *s, const char *id);
+
+  /* ---- waking the workers (queue.h: store_set_wake) ---- */
+  void (*set_wake)(store *s, void (*fn)(void *arg), void *arg);
 };
 
 /* The embedded backend: SQLite in DATA_DIR/decompd.db, blobs in
  * DATA_DIR/blobs. store_open() opens it. */
 extern const store_backend store_backend_sqlite;
 
+/* The cluster backend: the index and the queue in PostgreSQL (libpq, the
+ * files under pg/), blobs in DATA_DIR (blob.c) as for the embedded one: a
+ * folder every node mounts. Claims are leases kept alive by a heartbeat;
+ * several daemons may share one database and one DATA_DIR. */
+extern const store_backend store_backend_pg;
+
+/* The backend for the config key `index` (store_options.index): the
+ * embedded one for NULL, "" or "sqlite", PostgreSQL for a
+ * postgresql:// or postgres:// URI; NULL for anything else. */
+const store_backend *store_backend_for_index(const char *index);
+
 /* store_open() on the backend `be`: DECOMP_ERR_STORE, naming the versions,
  * when `be` was built for another STORE_BACKEND_VERSION (*out is then
  * NULL). */
 int store_open_backend(const store_backend *be, const store_options *o,
-                       bool owner, store **out, int *requeued);
+                       store **out, int *requeued);
 
 /* The table `s` dispatches through. */
 const store_backend *store_backend_of(const store *s);

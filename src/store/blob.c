@@ -161,9 +161,13 @@ int store_blob_init(const store_options *o, bool clean, store_paths *p) {
     p->real[0] = '\0';
   if (rc != DECOMP_OK || !clean)
     return rc;
-  DIR *d = opendir(p->tmp);
+  return store_tmp_empty(p->tmp);
+}
+
+int store_tmp_empty(const char *tmp) {
+  DIR *d = opendir(tmp);
   if (!d)
-    return store_fail(DECOMP_ERR_IO, "opendir %s: %s", p->tmp, strerror(errno));
+    return store_fail(DECOMP_ERR_IO, "opendir %s: %s", tmp, strerror(errno));
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     /* Every entry but the folder's own: the engine writes a job's outputs
@@ -171,8 +175,8 @@ int store_blob_init(const store_options *o, bool clean, store_paths *p) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
       continue;
     if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno == EISDIR) {
-      char sub[sizeof p->tmp + 256];
-      snprintf(sub, sizeof sub, "%s/%s", p->tmp, e->d_name);
+      char sub[STORE_PATH_MAX + 256];
+      snprintf(sub, sizeof sub, "%s/%s", tmp, e->d_name);
       nftw(sub, rm_entry, 8, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
     }
   }

@@ -13,4 +13,10 @@ typedef struct store_migration {
 extern const store_migration STORE_MIGRATIONS[];
 extern const int STORE_MIGRATION_COUNT; /* = the newest schema version */
 
+/* The same steps in PostgreSQL's dialect (migrations/postgresql/, same
+ * numbers and names: a test checks both lists match), applied in order
+ * under the schema_version table. */
+extern const store_migration STORE_PG_MIGRATIONS[];
+extern const int STORE_PG_MIGRATION_COUNT;
+
 #endif

@@ -128,4 +128,16 @@ int store_job_retry(store *s, const char *id, store_job *out, bool *requeued);
  * a full disk, as store_model_delete does. */
 int store_job_delete(store *s, const char *id);
 
+/* Have `fn(arg)` called whenever a job may have become claimable: a job
+ * queued by store_job_submit or store_job_retry on this handle, and, where
+ * several daemons share the queue (PostgreSQL), on any of them (their
+ * commits are announced to every node). It is called from the thread that
+ * queued the job or from the store's own listener thread, with a lock of
+ * the store held: it must be quick and must not call the store (a worker
+ * pool signals its condition variable). One callback per handle, replaced
+ * by the next call; `fn` NULL removes it, and returns once no call of the
+ * old one is under way. Jobs that come back by other ways (a lapsed lease)
+ * are found by the workers' own polling. */
+void store_set_wake(store *s, void (*fn)(void *arg), void *arg);
+
 #endif

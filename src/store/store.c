@@ -7,11 +7,28 @@
 #include "backend.h"
 #include "store_int.h"
 
-/* Every backend's handle begins with the table it dispatches through. */
-#define BACKEND(s) (*(const store_backend *const *)(const void *)(s))
+#include <string.h>
+
+/* Every backend's handle begins with a store_common (store_int.h): the
+ * table it dispatches through, then the folder layout. */
+#define COMMON(s) ((const store_common *)(const void *)(s))
+#define BACKEND(s) (COMMON(s)->backend)
+
+const store_paths *store_paths_of(const store *s) {
+  return &COMMON(s)->paths;
+}
+
+const store_backend *store_backend_for_index(const char *index) {
+  if (!index || !index[0] || strcmp(index, "sqlite") == 0)
+    return &store_backend_sqlite;
+  if (strncmp(index, "postgresql://", 13) == 0 ||
+      strncmp(index, "postgres://", 11) == 0)
+    return &store_backend_pg;
+  return NULL;
+}
 
 int store_open_backend(const store_backend *be, const store_options *o,
-                       bool owner, store **out, int *requeued) {
+                       store **out, int *requeued) {
   *out = NULL;
   if (!be)
     return store_fail(DECOMP_ERR_STORE, "no store backend");
@@ -21,17 +38,24 @@ int store_open_backend(const store_backend *be, const store_options *o,
                       "speaks version %d",
                       be->name ? be->name : "(unnamed)", be->version,
                       STORE_BACKEND_VERSION);
-  return be->open(be, o, owner, out, requeued);
+  return be->open(be, o, out, requeued);
 }
 
-int store_open_with(const store_options *o, bool owner, store **out,
-                    int *requeued) {
-  return store_open_backend(&store_backend_sqlite, o, owner, out, requeued);
+int store_open_with(const store_options *o, store **out, int *requeued) {
+  const store_backend *be = store_backend_for_index(o->index);
+  if (!be) {
+    *out = NULL;
+    return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
+                      "index = %s: expected sqlite or a PostgreSQL URI "
+                      "(postgresql://…)",
+                      o->index);
+  }
+  return store_open_backend(be, o, out, requeued);
 }
 
 int store_open(const char *data_dir, bool owner, store **out, int *requeued) {
-  const store_options o = {.data_dir = data_dir};
-  return store_open_with(&o, owner, out, requeued);
+  const store_options o = {.data_dir = data_dir, .owner = owner};
+  return store_open_with(&o, out, requeued);
 }
 
 const store_backend *store_backend_of(const store *s) {
@@ -265,4 +289,30 @@ int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
 
 int store_job_delete(store *s, const char *id) {
   return BACKEND(s)->job_delete(s, id);
+}
+
+void store_set_wake(store *s, void (*fn)(void *arg), void *arg) {
+  BACKEND(s)->set_wake(s, fn, arg);
+}
+
+void store_wake_init(store_wake *w) {
+  pthread_mutex_init(&w->mu, NULL);
+  w->fn = NULL;
+  w->arg = NULL;
+}
+
+void store_wake_destroy(store_wake *w) { pthread_mutex_destroy(&w->mu); }
+
+void store_wake_set(store_wake *w, void (*fn)(void *arg), void *arg) {
+  pthread_mutex_lock(&w->mu);
+  w->fn = fn;
+  w->arg = arg;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void store_wake_call(store_wake *w) {
+  pthread_mutex_lock(&w->mu);
+  if (w->fn)
+    w->fn(w->arg);
+  pthread_mutex_unlock(&w->mu);
 }

@@ -41,7 +41,20 @@ int store_open(const char *data_dir, bool owner, store **out, int *requeued);
 
 /* What a store is opened on, beyond its data dir. */
 typedef struct store_options {
-  const char *data_dir; /* the index (embedded), temp files, partial uploads */
+  const char *data_dir; /* DATA_DIR: the embedded index, temp files, partial
+                           uploads, the blob folder by default; may be a
+                           mount several nodes share */
+  bool owner;           /* the serving daemon (see store_open) */
+  const char *index;    /* where the index and the queue are (config key
+                           `index`): NULL, "" or "sqlite" for the embedded
+                           one in DATA_DIR, a libpq URI (postgresql://… or
+                           postgres://…) for PostgreSQL */
+  const char *node_id;  /* this daemon's name among the nodes sharing a
+                           PostgreSQL index and DATA_DIR (its temp folder
+                           and its jobs' leases go by it); NULL or "": the
+                           host name. Unused by the embedded backend. */
+  int lease_seconds;    /* how long a claimed job stays this node's without
+                           a heartbeat (PostgreSQL); <= 0: 30 */
   /* Where blobs live (config key `blobs`): NULL or "" for DATA_DIR/blobs,
    * "file:PATH" for the folder PATH (a shared mount for several nodes;
    * blobs under PATH/sha256/ab/abcd…), "s3://BUCKET/PREFIX" for an
@@ -57,9 +70,10 @@ typedef struct store_options {
   const char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
 } store_options;
 
-/* store_open with options (store_open is this with only a data dir). */
-int store_open_with(const store_options *o, bool owner, store **out,
-                    int *requeued);
+/* store_open with options, on the backend `o->index` names
+ * (DECOMP_ERR_INVALID_ARGUMENT, naming what is accepted, for another);
+ * store_open is this with only a data dir and `owner`. */
+int store_open_with(const store_options *o, store **out, int *requeued);
 /* Close everything (every thread's reader connection too); NULL is fine.
  * Call after every thread using the store has stopped. */
 void store_close(store *s);

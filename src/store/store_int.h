@@ -4,6 +4,8 @@
 #ifndef DECOMPD_STORE_INT_H
 #define DECOMPD_STORE_INT_H
 
+#include <pthread.h>
+
 #include "store.h"
 
 #define STORE_PATH_MAX 4096
@@ -26,6 +28,29 @@ typedef struct store_paths {
 /* Bytes the reserve file holds (see store_reserve_fill). */
 #define STORE_RESERVE_BYTES (4 << 20)
 
+/* What every backend's handle (struct store, defined by the backend)
+ * begins with: store.c dispatches through `backend`, blob.c finds its
+ * folders in `paths`. */
+struct store_backend;
+typedef struct store_common {
+  const struct store_backend *backend; /* the table it was opened through */
+  store_paths paths;
+} store_common;
+
+/* A handle's wake-up callback (store_set_wake), shared by the backends
+ * (store.c): set and call under its mutex, so that removing it waits for
+ * a call under way. */
+typedef struct store_wake {
+  pthread_mutex_t mu;
+  void (*fn)(void *arg);
+  void *arg;
+} store_wake;
+void store_wake_init(store_wake *w);
+void store_wake_destroy(store_wake *w);
+void store_wake_set(store_wake *w, void (*fn)(void *arg), void *arg);
+void store_wake_call(store_wake *w);
+
+/* The folders of any backend's handle (store.c). */
 const store_paths *store_paths_of(const store *s);
 
 /* Remove partial uploads (DATA_DIR/partial) whose file was last written
@@ -44,6 +69,9 @@ int store_fail(int err, const char *fmt, ...)
 int store_blob_init(const store_options *o, bool clean, store_paths *p);
 /* Release what store_blob_init opened (the object store's handle). */
 void store_blob_fini(store_paths *p);
+/* Empty the temp folder `tmp` that way (a backend whose nodes share
+ * DATA_DIR gives each its own, and empties only its own). */
+int store_tmp_empty(const char *tmp);
 
 /* The reserve: STORE_RESERVE_BYTES of allocated blocks in p->reserve, kept
  * by the owner so that on a full disk a delete (the way out) still finds

@@ -18,9 +18,68 @@ import time
 import pytest
 
 BIN = os.environ.get("DECOMPD_BIN", "")
+# A PostgreSQL server (postgresql://USER@HOST:PORT, as pg_server.py gives
+# it; suite 'integration-pg'): every daemon the harness starts then keeps
+# its index and queue there, in a database of its own per data dir.
+TEST_INDEX = os.environ.get("DECOMPD_TEST_INDEX", "")
+
+
+def pg_only_skip(reason):
+    """Skip marker for a test that inspects the embedded SQLite store itself
+    (its file, its reserve): it has no meaning on PostgreSQL."""
+    return pytest.mark.skipif(bool(TEST_INDEX), reason="PostgreSQL index: " + reason)
+
+
+def index_for(data_dir):
+    """The `index` setting for a daemon on `data_dir` ("" for the default):
+    under DECOMPD_TEST_INDEX, a database of its own on that server, made
+    on first use and kept across restarts on the same data dir."""
+    if not TEST_INDEX:
+        return ""
+    import hashlib
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # (loaded by path from tests/client too)
+        sys.path.insert(0, here)
+    import pg_server
+    name = "d_" + hashlib.sha256(os.path.abspath(str(data_dir)).encode()).hexdigest()[:20]
+    pg_server.create_database(TEST_INDEX, name)
+    return TEST_INDEX.rstrip("/") + "/" + name
 SOURCE_DIR = os.environ.get(
     "DECOMPD_SOURCE_DIR",
     os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+
+def _sql_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, int):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def index_sql(daemon, sql, params=()):
+    """Run `sql` (`?` placeholders) on the daemon's index, whichever it is:
+    the embedded SQLite file, or its database on the PostgreSQL server. The
+    rows, as tuples (numbers as int)."""
+    if not TEST_INDEX:
+        import sqlite3
+        db = sqlite3.connect(os.path.join(daemon.data_dir, "decompd.db"))
+        try:
+            rows = db.execute(sql, params).fetchall()
+            db.commit()
+            return rows
+        finally:
+            db.close()
+    parts = sql.split("?")
+    assert len(parts) == len(params) + 1, sql
+    text = parts[0] + "".join(_sql_literal(p) + rest for p, rest in zip(params, parts[1:]))
+    r = subprocess.run(["psql", daemon.env["DECOMPD_INDEX"], "-X", "-q", "-At",
+                        "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", text],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [tuple(int(c) if c.lstrip("-").isdigit() else c for c in line.split("\t"))
+            for line in r.stdout.splitlines()]
 
 
 class Daemon:
@@ -30,6 +89,8 @@ class Daemon:
         self.data_dir = str(data_dir)
         self.args = list(args)
         self.env = dict(os.environ)
+        if TEST_INDEX:
+            self.env["DECOMPD_INDEX"] = index_for(self.data_dir)
         self.env.update(env or {})
         self.log_path = os.path.join(os.path.dirname(self.data_dir),
                                      os.path.basename(self.data_dir) + ".log")
@@ -75,6 +136,16 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+
+    def tmp_dir(self):
+        """The daemon's temp folder: DATA_DIR/tmp, or on a PostgreSQL index
+        (several nodes sharing DATA_DIR) its node's DATA_DIR/tmp/NODE."""
+        tmp = os.path.join(self.data_dir, "tmp")
+        if not TEST_INDEX:
+            return tmp
+        node = self.env.get("DECOMPD_NODE_ID") or re.sub(
+            r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64]
+        return os.path.join(tmp, node)
 
     def log(self):
         try:

@@ -7,12 +7,11 @@ import io
 import os
 import signal
 import socket
-import sqlite3
 import time
 
 import torch
 
-from conftest import conv_spec
+from conftest import TEST_INDEX, conv_spec, index_sql
 
 
 def slow_model():
@@ -74,10 +73,7 @@ def test_sigterm_requeues_at_layer_boundary(daemon_factory):
     assert d.stop(signal.SIGTERM, timeout=300) == 0
     log = d.log()
     assert "event=stopped status=0" in log and "state=queued" in log, log[-2000:]
-    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
-    (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-    db.close()
-    assert state == "queued"
+    assert index_sql(d, "SELECT state FROM jobs WHERE id=?", (job_id,)) == [("queued",)]
     d.start()
     assert d.wait_job(job_id)["state"] == "succeeded"
 
@@ -122,11 +118,7 @@ def test_sigterm_and_cancel_land_inside_a_long_layer(daemon_factory):
     job_id = submit_one_long_layer(d)
     wait_running(d, job_id)
     assert d.stop(signal.SIGTERM, timeout=300) == 0
-    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
-    (state,) = db.execute("SELECT state FROM jobs WHERE id=?",
-                          (job_id,)).fetchone()
-    db.close()
-    assert state == "queued"
+    assert index_sql(d, "SELECT state FROM jobs WHERE id=?", (job_id,)) == [("queued",)]
     d.start()
     j = wait_running(d, job_id)
     assert j["progress"]["layers_done"] == 0, j
@@ -210,7 +202,7 @@ def test_kill9_during_upload_leaves_nothing(daemon_factory):
     s.sendall(data[:len(data) // 3])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        tmp = os.path.join(d.data_dir, "tmp")
+        tmp = d.tmp_dir()
         sizes = [os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)]
         if sizes and max(sizes) > 1 << 20:
             break
@@ -220,9 +212,7 @@ def test_kill9_during_upload_leaves_nothing(daemon_factory):
     d.kill9()
     s.close()
     assert files_under(d, "blobs") == []
-    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
-    assert db.execute("SELECT COUNT(*) FROM models").fetchone() == (0,)
-    db.close()
+    assert index_sql(d, "SELECT COUNT(*) FROM models") == [(0,)]
     d.start()
     assert files_under(d, "tmp") == []  # the leftover temp file is gone
     assert d.json("GET", "/v1/models", expect=200)[1] == {"models": []}
@@ -234,10 +224,8 @@ def test_kill9_during_upload_leaves_nothing(daemon_factory):
 def test_database_newer_than_binary_is_refused(daemon_factory):
     d = daemon_factory().start()
     assert d.stop() == 0
-    db = sqlite3.connect(os.path.join(d.data_dir, "decompd.db"))
-    db.execute("PRAGMA user_version=9999")
-    db.commit()
-    db.close()
+    index_sql(d, "UPDATE schema_version SET version=9999" if TEST_INDEX
+              else "PRAGMA user_version=9999")
     try:
         d.start()
     except RuntimeError as e:
@@ -273,7 +261,7 @@ def test_restart_removes_every_temp_file_a_killed_daemon_can_leave(daemon_factor
     status, m = d.upload(data)
     assert status == 201, m
     assert d.stop() == 0
-    tmp = os.path.join(d.data_dir, "tmp")
+    tmp = d.tmp_dir()
     job = "j_0123456789abcdef"
     planted = {
         ".%s-out.pth.tmp-Ab3dE9" % job: 4 << 20,

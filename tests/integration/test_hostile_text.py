@@ -9,7 +9,7 @@ import sqlite3
 
 import torch
 
-from conftest import BIN, assert_problem, conv_spec
+from conftest import BIN, assert_problem, conv_spec, pg_only_skip
 
 
 def stored_files(daemon):
@@ -72,6 +72,8 @@ def test_a_non_utf8_id_or_path_gets_a_valid_problem_json_with_the_bytes_escaped(
     assert daemon.json("GET", "/healthz", expect=200)[1] == {"status": "ok"}
 
 
+@pg_only_skip("a UTF8 database refuses the non-UTF-8 bytes this test plants in "
+              "the SQLite file, so such rows cannot exist there")
 def test_names_and_messages_stored_before_the_check_still_answer_as_json(daemon):
     """Rows written by an older daemon (or a hand-edited database) may hold
     bytes that are not UTF-8: the model and job answers escape them instead

@@ -31,6 +31,9 @@ static void teardown(void) {
  * embedded one) with a few entries replaced by ones that count the calls
  * and can fail on purpose, else hand on to the embedded entries. */
 static store_backend counting;
+
+/* The options of the serving daemon's store on `dir`. */
+#define OWNER(dir) ((store_options){.data_dir = (dir), .owner = true})
 static int model_get_calls, job_claim_calls, blob_open_calls;
 static int fail_model_get; /* 0, or the code model_get fails with */
 
@@ -88,7 +91,7 @@ END_TEST
 START_TEST(calls_dispatch_through_the_handles_table) {
   counting_init();
   store *s = NULL;
-  int rc = store_open_backend(&counting, &(store_options){.data_dir = dir}, true, &s, NULL);
+  int rc = store_open_backend(&counting, &OWNER(dir), &s, NULL);
   ck_assert_msg(rc == DECOMP_OK, "store_open_backend: %s", store_errmsg());
   ck_assert_ptr_eq(store_backend_of(s), &counting);
 
@@ -127,7 +130,7 @@ START_TEST(a_failure_in_the_backend_reaches_the_caller) {
   counting_init();
   fail_model_get = DECOMP_ERR_UNAVAILABLE;
   store *s = NULL;
-  ck_assert_int_eq(store_open_backend(&counting, &(store_options){.data_dir = dir}, true, &s, NULL),
+  ck_assert_int_eq(store_open_backend(&counting, &OWNER(dir), &s, NULL),
                    DECOMP_OK);
   store_model m = {0};
   snprintf(m.format, sizeof m.format, "pth");
@@ -151,7 +154,7 @@ START_TEST(a_table_of_another_version_is_refused) {
   for (size_t i = 0; i < sizeof versions / sizeof *versions; i++) {
     counting.version = versions[i];
     store *s = (store *)&counting; /* must be reset to NULL */
-    int rc = store_open_backend(&counting, &(store_options){.data_dir = dir}, true, &s, NULL);
+    int rc = store_open_backend(&counting, &OWNER(dir), &s, NULL);
     ck_assert_int_eq(rc, DECOMP_ERR_STORE);
     ck_assert_ptr_null(s);
     char want[128];

@@ -59,4 +59,5 @@ const store_backend store_backend_sqlite = {
     .job_cancel = sq_job_cancel,
     .job_retry = sq_job_retry,
     .job_delete = sq_job_delete,
+    .set_wake = sq_set_wake,
 };

@@ -13,10 +13,6 @@
 
 #include "sqlite_int.h"
 
-const store_paths *store_paths_of(const store *s) {
-  return &s->paths;
-}
-
 int64_t store_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -169,7 +165,7 @@ static int rdb_reader(store *s, struct reader **out) {
     r = calloc(1, sizeof *r);
     if (!r)
       return store_fail(DECOMP_ERR_NOMEM, "out of memory");
-    int rc = sq_connect(s->paths.db, &r->db);
+    int rc = sq_connect(s->c.paths.db, &r->db);
     if (rc == DECOMP_OK)
       rc = sq_exec_sql(r->db, "PRAGMA query_only=1;");
     if (rc != DECOMP_OK) {

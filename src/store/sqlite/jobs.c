@@ -164,6 +164,8 @@ int sq_job_submit(store *s, const char *request_key, store_job *j,
     return rc;
   *j = row;
   *created = n > 0;
+  if (*created)
+    store_wake_call(&s->wake);
   return DECOMP_OK;
 }
 
@@ -543,6 +545,8 @@ int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
     if (filled)
       store_job_clear(out);
   }
+  if (*requeued)
+    store_wake_call(&s->wake);
   return rc;
 }
 

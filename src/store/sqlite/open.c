@@ -26,7 +26,7 @@ static int migrate(store *s) {
   if (version > STORE_MIGRATION_COUNT)
     return store_fail(DECOMP_ERR_DB_TOO_NEW,
                       "%s: schema version %d, this decompd knows up to %d",
-                      s->paths.db, version, STORE_MIGRATION_COUNT);
+                      s->c.paths.db, version, STORE_MIGRATION_COUNT);
   for (int i = version; i < STORE_MIGRATION_COUNT; i++) {
     const store_migration *m = &STORE_MIGRATIONS[i];
     char pragma[64];
@@ -45,23 +45,25 @@ static int migrate(store *s) {
 }
 
 int sq_store_open(const store_backend *self, const store_options *o,
-                  bool owner, store **out, int *requeued) {
+                  store **out, int *requeued) {
+  bool owner = o->owner;
   store *s = calloc(1, sizeof *s);
   if (!s)
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
-  s->backend = self;
+  s->c.backend = self;
   s->lock_fd = -1;
   pthread_mutex_init(&s->wmu, NULL);
   pthread_mutex_init(&s->blob_mu, NULL);
   pthread_mutex_init(&s->rmu, NULL);
   pthread_mutex_init(&s->reserve_mu, NULL);
+  store_wake_init(&s->wake);
   pthread_key_create(&s->rkey, sq_reader_drop);
-  int rc = store_blob_init(o, false, &s->paths);
+  int rc = store_blob_init(o, false, &s->c.paths);
   if (rc != DECOMP_OK)
     goto fail;
   if (owner) {
     char lock[STORE_PATH_MAX + 16];
-    snprintf(lock, sizeof lock, "%s/decompd.lock", s->paths.root);
+    snprintf(lock, sizeof lock, "%s/decompd.lock", s->c.paths.root);
     s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (s->lock_fd < 0) {
       rc = store_fail(DECOMP_ERR_IO, "%s: %s", lock, strerror(errno));
@@ -72,14 +74,14 @@ int sq_store_open(const store_backend *self, const store_options *o,
                       "%s: another decompd serves this data dir", lock);
       goto fail;
     }
-    if ((rc = store_blob_init(o, true, &s->paths)) != DECOMP_OK)
+    if ((rc = store_blob_init(o, true, &s->c.paths)) != DECOMP_OK)
       goto fail;
     /* On a full disk it is not there yet: the next collected blob makes
      * it (store_blob_gc). */
     s->owner = true;
-    store_reserve_fill(&s->paths);
+    store_reserve_fill(&s->c.paths);
   }
-  if ((rc = sq_connect(s->paths.db, &s->w)) != DECOMP_OK)
+  if ((rc = sq_connect(s->c.paths.db, &s->w)) != DECOMP_OK)
     goto fail;
   if ((rc = migrate(s)) != DECOMP_OK)
     goto fail;
@@ -124,11 +126,12 @@ void sq_close(store *s) {
   }
   if (s->lock_fd >= 0)
     close(s->lock_fd);
-  store_blob_fini(&s->paths);
+  store_blob_fini(&s->c.paths);
   pthread_mutex_destroy(&s->wmu);
   pthread_mutex_destroy(&s->blob_mu);
   pthread_mutex_destroy(&s->rmu);
   pthread_mutex_destroy(&s->reserve_mu);
+  store_wake_destroy(&s->wake);
   free(s);
 }
 
@@ -183,7 +186,7 @@ int sq_blob_gc(store *s, const char *digest) {
   /* Space came free: the reserve first, if a delete used it. */
   if (s->owner) {
     pthread_mutex_lock(&s->reserve_mu);
-    store_reserve_fill(&s->paths);
+    store_reserve_fill(&s->c.paths);
     pthread_mutex_unlock(&s->reserve_mu);
   }
   return DECOMP_OK;
@@ -191,7 +194,7 @@ int sq_blob_gc(store *s, const char *digest) {
 
 bool sq_reserve_ok(store *s) {
   struct stat st;
-  return s->owner && stat(s->paths.reserve, &st) == 0 &&
+  return s->owner && stat(s->c.paths.reserve, &st) == 0 &&
          (int64_t)st.st_blocks * 512 >= (int64_t)STORE_RESERVE_BYTES;
 }
 
@@ -203,10 +206,16 @@ int sq_write_with_reserve(store *s, int (*tx)(store *, void *), void *arg) {
   int rc = tx(s, arg);
   if (rc == DECOMP_ERR_DISK_FULL && s->owner) {
     pthread_mutex_lock(&s->reserve_mu);
-    bool freed = store_reserve_release(&s->paths);
+    bool freed = store_reserve_release(&s->c.paths);
     pthread_mutex_unlock(&s->reserve_mu);
     if (freed)
       rc = tx(s, arg);
   }
   return rc;
+}
+
+/* One daemon per data dir: its own submits and retries are all there is
+ * to hear of. */
+void sq_set_wake(store *s, void (*fn)(void *arg), void *arg) {
+  store_wake_set(&s->wake, fn, arg);
 }

@@ -94,7 +94,7 @@ int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
 
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   int64_t cutoff = store_now_ms() - ttl_ms;
-  int np = store_partials_sweep(&s->paths, cutoff), nb = 0;
+  int np = store_partials_sweep(&s->c.paths, cutoff), nb = 0;
   char(*v)[STORE_DIGEST_LEN] = NULL;
   size_t cnt = 0, cap = 0;
   sq_blob_lock(s);

@@ -42,8 +42,7 @@ struct reader {
 };
 
 struct store {
-  const store_backend *backend; /* first: what store.c dispatches through */
-  store_paths paths;
+  store_common c;          /* first: the table and the folders */
   sqlite3 *w;              /* the one writer connection */
   pthread_mutex_t wmu;     /* serialises every write through `w` */
   pthread_mutex_t blob_mu; /* blob presence vs. rows (store_blob_lock) */
@@ -54,6 +53,7 @@ struct store {
   int version;
   bool owner;                 /* keeps the reserve (store_reserve_fill) */
   pthread_mutex_t reserve_mu; /* one fill or release at a time */
+  store_wake wake;            /* store_set_wake: called on submit, retry */
 };
 
 /* ---- db.c: statements and connections ---------------------------------- */
@@ -126,7 +126,7 @@ extern const struct attachment_sql SQ_PROFILE_SQL;
  * contract of the store.h or queue.h function of its name ---------------- */
 
 int sq_store_open(const store_backend *self, const store_options *o,
-                  bool owner, store **out, int *requeued);
+                  store **out, int *requeued);
 void sq_close(store *s);
 bool sq_reserve_ok(store *s);
 int sq_schema_version(store *s);
@@ -184,5 +184,6 @@ int sq_job_requeue(store *s, const char *job_id);
 int sq_job_cancel(store *s, const char *id, store_job *out);
 int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 int sq_job_delete(store *s, const char *id);
+void sq_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
 #endif
