@@ -301,6 +301,8 @@ typedef struct s3_req {
    * any other into `resp` */
   int out_fd;
   int64_t range_from, out_skip, out_done;
+  int64_t out_max; /* bytes to write at most (-1: all): after a skip, a
+                      service that ignored the range sends more */
   bool out_started;
   store_sha256 *out_hash;
   int out_errno;
@@ -317,7 +319,7 @@ typedef struct s3_req {
 
 static s3_req req_new(const char *method, const char *key, const char *query) {
   return (s3_req){.method = method, .key = key, .query = query, .in_fd = -1,
-                  .out_fd = -1, .content_range_from = -1,
+                  .out_fd = -1, .out_max = -1, .content_range_from = -1,
                   .content_length = -1};
 }
 
@@ -418,16 +420,18 @@ static size_t on_body(char *p, size_t size, size_t n, void *user) {
     }
     size_t skip = (int64_t)len < r->out_skip ? len : (size_t)r->out_skip;
     r->out_skip -= (int64_t)skip;
-    if (r->out_hash &&
-        !store_sha256_update(r->out_hash, p + skip, len - skip)) {
+    size_t n = len - skip;
+    if (r->out_max >= 0 && (int64_t)n > r->out_max - r->out_done)
+      n = (size_t)(r->out_max - r->out_done);
+    if (r->out_hash && !store_sha256_update(r->out_hash, p + skip, n)) {
       r->out_errno = ENOMEM;
       return 0;
     }
-    if (!write_all(r->out_fd, p + skip, len - skip)) {
+    if (!write_all(r->out_fd, p + skip, n)) {
       r->out_errno = errno ? errno : EIO;
       return 0;
     }
-    r->out_done += (int64_t)(len - skip);
+    r->out_done += (int64_t)n;
     return len;
   }
   size_t limit = r->out_fd >= 0 ? S3_ERRBODY_MAX : S3_XML_MAX;
@@ -1167,6 +1171,7 @@ int s3_get_fd(s3_bucket *b, const char *key, int64_t offset, int64_t len,
     goto done;
   r.range = range[0] ? range : NULL;
   r.range_from = offset;
+  r.out_max = len;
   r.out_fd = fd;
   r.out_hash = h;
   rc = req_run(b, &r);

@@ -279,6 +279,94 @@ START_TEST(range_get_resumes_from_an_offset_with_the_tail_bytes) {
 }
 END_TEST
 
+START_TEST(get_broken_mid_transfer_says_how_much_it_wrote_and_resumes) {
+  /* the proxy cuts a plain GET of a "cut-" object half-way */
+  s3_bucket *b = open_bucket();
+  size_t n = MiB + 7;
+  unsigned char *data = pattern(n, 8);
+  char hex[65];
+  hex_of(data, n, hex);
+  put_bytes(b, "c/cut-obj", data, n);
+  int fd = file_with("dst", "", 0);
+  int64_t wrote = -1;
+  int rc = s3_get_fd(b, "c/cut-obj", 0, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_ERR_TRANSFER, "%d %s", rc, store_errmsg());
+  ck_assert_msg(strstr(store_errmsg(), "c/cut-obj"), "%s", store_errmsg());
+  ck_assert_int_gt(wrote, 0);
+  ck_assert_int_lt(wrote, (int64_t)n);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), wrote);
+  /* resume where it stopped; the whole object is checked */
+  int64_t more = -1;
+  rc = s3_get_fd(b, "c/cut-obj", wrote, -1, fd, hex, &more);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  ck_assert_int_eq(wrote + more, (int64_t)n);
+  size_t got_n;
+  unsigned char *got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, n);
+  ck_assert(memcmp(got, data, n) == 0);
+  free(got);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
+START_TEST(range_ignored_by_the_service_still_yields_just_the_asked_bytes) {
+  /* the proxy drops the Range header of a "norange-" object: s3rver
+   * answers 200 with all of it */
+  s3_bucket *b = open_bucket();
+  size_t n = 300000;
+  unsigned char *data = pattern(n, 9);
+  char hex[65];
+  hex_of(data, n, hex);
+  put_bytes(b, "n/norange-obj", data, n);
+  int fd = file_with("slice", "", 0);
+  int64_t wrote = 0;
+  int rc = s3_get_fd(b, "n/norange-obj", 5000, 777, fd, NULL, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  ck_assert_int_eq(wrote, 777);
+  size_t got_n;
+  unsigned char *got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, 777);
+  ck_assert(memcmp(got, data + 5000, 777) == 0);
+  free(got);
+  close(fd);
+  /* a resume checked against the whole object's digest */
+  fd = file_with("resume", data, 100000);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_END), 100000);
+  rc = s3_get_fd(b, "n/norange-obj", 100000, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, n);
+  ck_assert(memcmp(got, data, n) == 0);
+  free(got);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
+START_TEST(multipart_part_failure_aborts_the_upload_and_leaves_no_object) {
+  /* the proxy fails part 2 of a "failpart2-" object with a 500; test_s3.py
+   * checks that the upload was aborted (DELETE ?uploadId=) */
+  s3_bucket *b = open_bucket();
+  size_t n = 11 * MiB;
+  unsigned char *data = pattern(n, 10);
+  int fd = file_with("src", data, n);
+  int rc = s3_put_fd(b, "f/failpart2-obj", fd, (int64_t)n, NULL, NULL);
+  ck_assert_msg(rc == DECOMP_ERR_STORE, "%d %s", rc, store_errmsg());
+  ck_assert_msg(strstr(store_errmsg(), "part 2 of 3") &&
+                    strstr(store_errmsg(), "InternalError"),
+                "%s", store_errmsg());
+  bool exists = true;
+  ck_assert_int_eq(s3_head(b, "f/failpart2-obj", &exists, NULL), DECOMP_OK);
+  ck_assert(!exists);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
 START_TEST(head_of_a_missing_key_says_absent_and_get_says_not_found) {
   s3_bucket *b = open_bucket();
   bool exists = true;
@@ -642,6 +730,9 @@ int main(void) {
   ONE(multipart_upload_of_12mib_in_5mib_parts_round_trips);
   ONE(multipart_upload_streams_from_a_pipe);
   ONE(range_get_resumes_from_an_offset_with_the_tail_bytes);
+  ONE(get_broken_mid_transfer_says_how_much_it_wrote_and_resumes);
+  ONE(range_ignored_by_the_service_still_yields_just_the_asked_bytes);
+  ONE(multipart_part_failure_aborts_the_upload_and_leaves_no_object);
   ONE(head_of_a_missing_key_says_absent_and_get_says_not_found);
   ONE(delete_removes_the_key_and_deleting_again_is_fine);
   ONE(list_follows_continuation_tokens_past_one_page);
