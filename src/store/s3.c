@@ -29,7 +29,7 @@
 #include "s3.h"
 #include "store_int.h"
 
-#define S3_KEY_MAX 1024
+#define S3_KEY_MAX   1024
 #define S3_PARTS_MAX 10000
 /* Idle easy handles (each with its open connections) a bucket keeps. */
 #define S3_POOL_MAX 16
@@ -60,7 +60,7 @@ struct s3_bucket {
   int npool;
 };
 
-/* ---- growable strings --------------------------------------------------- */
+/* ---- growable strings ---------------------------------------------------- */
 
 typedef struct s3_buf {
   char *p; /* NUL-terminated when not NULL */
@@ -84,7 +84,9 @@ static bool buf_add(s3_buf *b, const char *s, size_t n) {
   return true;
 }
 
-static bool buf_str(s3_buf *b, const char *s) { return buf_add(b, s, strlen(s)); }
+static bool buf_str(s3_buf *b, const char *s) {
+  return buf_add(b, s, strlen(s));
+}
 
 static bool buf_printf(s3_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -117,7 +119,7 @@ static bool buf_uri(s3_buf *b, const char *s, bool keep_slash) {
   return true;
 }
 
-/* ---- the little XML S3 answers with --------------------------------------- */
+/* ---- the little XML S3 answers with -------------------------------------- */
 
 static bool xml_utf8(s3_buf *b, unsigned long cp) {
   char u[4];
@@ -225,21 +227,32 @@ static bool xml_escape(s3_buf *b, const char *s) {
   bool ok = true;
   for (; ok && *s; s++) {
     switch (*s) {
-    case '&': ok = buf_str(b, "&amp;"); break;
-    case '<': ok = buf_str(b, "&lt;"); break;
-    case '>': ok = buf_str(b, "&gt;"); break;
-    case '"': ok = buf_str(b, "&quot;"); break;
-    default: ok = buf_add(b, s, 1);
+    case '&':
+      ok = buf_str(b, "&amp;");
+      break;
+    case '<':
+      ok = buf_str(b, "&lt;");
+      break;
+    case '>':
+      ok = buf_str(b, "&gt;");
+      break;
+    case '"':
+      ok = buf_str(b, "&quot;");
+      break;
+    default:
+      ok = buf_add(b, s, 1);
     }
   }
   return ok;
 }
 
-/* ---- the bucket handle: curl's global state, the share, the pool -------- */
+/* ---- the bucket handle: curl's global state, the share, the pool --------- */
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc;
-static void global_init(void) { global_rc = curl_global_init(CURL_GLOBAL_ALL); }
+static void global_init(void) {
+  global_rc = curl_global_init(CURL_GLOBAL_ALL);
+}
 
 static void share_lock(CURL *c, curl_lock_data data, curl_lock_access access,
                        void *user) {
@@ -278,9 +291,11 @@ static void pool_put(s3_bucket *b, CURL *c) {
   curl_easy_cleanup(c);
 }
 
-const char *s3_where(const s3_bucket *b) { return b->where; }
+const char *s3_where(const s3_bucket *b) {
+  return b->where;
+}
 
-/* ---- one request ---------------------------------------------------------- */
+/* ---- one request --------------------------------------------------------- */
 
 typedef struct s3_req {
   const char *method; /* GET HEAD PUT POST DELETE */
@@ -318,8 +333,13 @@ typedef struct s3_req {
 } s3_req;
 
 static s3_req req_new(const char *method, const char *key, const char *query) {
-  return (s3_req){.method = method, .key = key, .query = query, .in_fd = -1,
-                  .out_fd = -1, .out_max = -1, .content_range_from = -1,
+  return (s3_req){.method = method,
+                  .key = key,
+                  .query = query,
+                  .in_fd = -1,
+                  .out_fd = -1,
+                  .out_max = -1,
+                  .content_range_from = -1,
                   .content_length = -1};
 }
 
@@ -614,8 +634,8 @@ static int req_fail(s3_bucket *b, const s3_req *r, int rc, const char *what) {
     if (r->resp_too_big)
       io = " (answer over 16 MiB)";
     if (rc == DECOMP_ERR_CONNECT)
-      return store_fail(rc, "s3 %s: %s: could not connect: %s", b->where,
-                        what, detail);
+      return store_fail(rc, "s3 %s: %s: could not connect: %s", b->where, what,
+                        detail);
     return store_fail(rc, "s3 %s: %s: %s%s", b->where, what, detail, io);
   }
   char code[64], msg[256] = "";
@@ -642,7 +662,7 @@ static int req_fail(s3_bucket *b, const s3_req *r, int rc, const char *what) {
                     hint[0] ? ")" : "");
 }
 
-/* ---- keys ------------------------------------------------------------- */
+/* ---- keys ---------------------------------------------------------------- */
 
 /* The full key of `key` (prefix joined) into `out`, or
  * DECOMP_ERR_INVALID_ARGUMENT for a key that the contract above refuses:
@@ -663,8 +683,8 @@ static int full_key(s3_bucket *b, const char *key, s3_buf *out) {
     if (n == 0 || (n == 1 && seg[0] == '.') ||
         (n == 2 && seg[0] == '.' && seg[1] == '.'))
       return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
-                        "s3 %s: key '%s': empty, '.' or '..' segment",
-                        b->where, key);
+                        "s3 %s: key '%s': empty, '.' or '..' segment", b->where,
+                        key);
     seg = slash ? slash + 1 : NULL;
   }
   bool ok = true;
@@ -692,7 +712,7 @@ static bool hex64(const char *s) {
   return true;
 }
 
-/* ---- open and close ------------------------------------------------------- */
+/* ---- open and close ------------------------------------------------------ */
 
 static char *dup_trim(const char *s, bool slashes) {
   if (!s)
@@ -738,8 +758,9 @@ int s3_open(const s3_config *cfg, s3_bucket **out) {
   if (global_rc != CURLE_OK)
     return store_fail(DECOMP_ERR_INTERNAL, "s3: curl_global_init: %s",
                       curl_easy_strerror(global_rc));
-  if (!cfg || !cfg->endpoint || (strncmp(cfg->endpoint, "http://", 7) &&
-                                 strncmp(cfg->endpoint, "https://", 8)))
+  if (!cfg || !cfg->endpoint ||
+      (strncmp(cfg->endpoint, "http://", 7) &&
+       strncmp(cfg->endpoint, "https://", 8)))
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
                       "s3: the endpoint must be an http:// or https:// URL");
   const char *auth = strstr(cfg->endpoint, "://") + 3;
@@ -753,8 +774,7 @@ int s3_open(const s3_config *cfg, s3_bucket **out) {
   bool bucket_ok = bl >= 1 && bl <= 255;
   for (const char *p = bucket; bucket_ok && *p; p++)
     bucket_ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' ||
-                *p == '_';
+                (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == '_';
   if (!bucket_ok)
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
                       "s3 %s: bucket '%.64s': not a bucket name (letters, "
@@ -795,9 +815,8 @@ int s3_open(const s3_config *cfg, s3_bucket **out) {
   b->secret = strdup(sk);
   b->cred_from = cred_from;
   b->part_size = part;
-  b->list_page = cfg->list_page > 0 && cfg->list_page <= 1000
-                     ? cfg->list_page
-                     : 1000;
+  b->list_page =
+      cfg->list_page > 0 && cfg->list_page <= 1000 ? cfg->list_page : 1000;
   s3_buf s = {0}, w = {0};
   if (buf_printf(&s, "aws:amz:%s:s3", region))
     b->sigv4 = s.p;
@@ -834,7 +853,7 @@ int s3_open(const s3_config *cfg, s3_bucket **out) {
   return DECOMP_OK;
 }
 
-/* ---- objects -------------------------------------------------------------- */
+/* ---- objects ------------------------------------------------------------- */
 
 int s3_head(s3_bucket *b, const char *key, bool *exists, int64_t *size) {
   if (exists)
@@ -886,7 +905,7 @@ int s3_delete(s3_bucket *b, const char *key) {
   return rc;
 }
 
-/* ---- put ------------------------------------------------------------------ */
+/* ---- put ----------------------------------------------------------------- */
 
 /* The bytes sent (`got`) are not the ones expected: say so, after the
  * caller made sure no object stays. */
@@ -953,9 +972,9 @@ static void multipart_abort(s3_bucket *b, const char *k, const char *upid) {
   buf_free(&q);
 }
 
-static int put_multipart(s3_bucket *b, const char *k, const char *key,
-                         int fd, int64_t size, const char *expect,
-                         store_sha256 *h, char hex[65]) {
+static int put_multipart(s3_bucket *b, const char *k, const char *key, int fd,
+                         int64_t size, const char *expect, store_sha256 *h,
+                         char hex[65]) {
   char what[S3_KEY_MAX + 64];
   int64_t part = b->part_size;
   if ((size + part - 1) / part > S3_PARTS_MAX)
@@ -1100,7 +1119,7 @@ int s3_put_fd(s3_bucket *b, const char *key, int fd, int64_t size,
   return rc;
 }
 
-/* ---- get ------------------------------------------------------------------ */
+/* ---- get ----------------------------------------------------------------- */
 
 /* Hash the first `n` bytes of `fd` (pread from 0) into `h`. */
 static int hash_head(s3_bucket *b, const char *key, int fd, int64_t n,
@@ -1222,7 +1241,7 @@ done:
   return rc;
 }
 
-/* ---- list ----------------------------------------------------------------- */
+/* ---- list ---------------------------------------------------------------- */
 
 int s3_list(s3_bucket *b, const char *prefix, s3_list_fn fn, void *user) {
   s3_buf full = {0}, q = {0};

@@ -153,8 +153,9 @@ END_TEST
 
 START_TEST(keys_with_spaces_and_symbols_round_trip) {
   s3_bucket *b = open_bucket();
-  const char *keys[] = {"odd/a b+c=d&e", "odd/percent%41,semi;colon:",
-                        "odd/caf\xc3\xa9 (1)", "odd/tilde~star*quote'"};
+  const char *keys[] = {"odd/a b+c=d&e",
+                        "odd/percent%41,semi;colon:", "odd/caf\xc3\xa9 (1)",
+                        "odd/tilde~star*quote'"};
   for (unsigned i = 0; i < sizeof keys / sizeof *keys; i++) {
     unsigned char *data = pattern(1000 + i, 10 + i);
     put_bytes(b, keys[i], data, 1000 + i);
@@ -523,8 +524,7 @@ START_TEST(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object) {
     hex_of(data, sizes[i], hex);
     int fd = file_with("src", data, sizes[i]);
     int rc = s3_put_fd(b, keys[i], fd, (int64_t)sizes[i], wrong, sent);
-    ck_assert_msg(rc == DECOMP_ERR_UPLOAD_DIGEST, "%d %s", rc,
-                  store_errmsg());
+    ck_assert_msg(rc == DECOMP_ERR_UPLOAD_DIGEST, "%d %s", rc, store_errmsg());
     ck_assert_str_eq(sent, hex);
     ck_assert_msg(strstr(store_errmsg(), hex) && strstr(store_errmsg(), wrong),
                   "%s", store_errmsg());
@@ -538,7 +538,8 @@ START_TEST(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object) {
 }
 END_TEST
 
-START_TEST(put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted) {
+START_TEST(
+    put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted) {
   /* s3rver itself stores whatever comes: the client's own check deletes */
   s3_config cfg = config();
   cfg.endpoint = env("S3_DIRECT_ENDPOINT");
@@ -598,8 +599,7 @@ START_TEST(get_of_a_tampered_object_fails_its_digest) {
 
   int fd = file_with("dst", "", 0);
   int rc = s3_get_fd(b, "t/obj", 0, -1, fd, hex, NULL);
-  ck_assert_msg(rc == DECOMP_ERR_DIGEST_MISMATCH, "%d %s", rc,
-                store_errmsg());
+  ck_assert_msg(rc == DECOMP_ERR_DIGEST_MISMATCH, "%d %s", rc, store_errmsg());
   ck_assert_msg(strstr(store_errmsg(), hex) && strstr(store_errmsg(), "t/obj"),
                 "%s", store_errmsg());
   /* a resumed download checks the whole object too */
@@ -666,8 +666,8 @@ START_TEST(nothing_listening_is_refused_naming_the_endpoint) {
   int rc = s3_open(&cfg, &b);
   ck_assert_int_eq(rc, DECOMP_ERR_CONNECT);
   const char *m = store_errmsg();
-  ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, "could not connect"),
-                "%s", m);
+  ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, "could not connect"), "%s",
+                m);
 }
 END_TEST
 
@@ -692,8 +692,8 @@ END_TEST
 
 START_TEST(keys_that_would_not_survive_a_url_are_refused) {
   s3_bucket *b = open_bucket();
-  const char *bad[] = {"", "/abs", "a//b", "a/./b", "a/../b", "..",
-                       "trailing/", "ctl\x01"};
+  const char *bad[] = {"",       "/abs", "a//b",      "a/./b",
+                       "a/../b", "..",   "trailing/", "ctl\x01"};
   for (unsigned i = 0; i < sizeof bad / sizeof *bad; i++) {
     bool exists;
     ck_assert_msg(s3_head(b, bad[i], &exists, NULL) ==
