@@ -327,8 +327,9 @@ typedef struct s3_req {
   CURL *easy;
   long status;
   char etag[256];
-  int64_t content_range_from; /* -1 when the answer had no Content-Range */
-  int64_t content_length;     /* -1 when the answer had no Content-Length */
+  int64_t content_range_from;  /* -1 when the answer had no Content-Range */
+  int64_t content_range_total; /* its "/SIZE", -1 when absent or '*' */
+  int64_t content_length;      /* -1 when the answer had no Content-Length */
   char err[CURL_ERROR_SIZE];
 } s3_req;
 
@@ -340,6 +341,7 @@ static s3_req req_new(const char *method, const char *key, const char *query) {
                   .out_fd = -1,
                   .out_max = -1,
                   .content_range_from = -1,
+                  .content_range_total = -1,
                   .content_length = -1};
 }
 
@@ -382,6 +384,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *user) {
   if (len >= 5 && !memcmp(p, "HTTP/", 5)) { /* a new answer (after 100) */
     r->etag[0] = '\0';
     r->content_range_from = -1;
+    r->content_range_total = -1;
     r->content_length = -1;
   } else if (len > 15 && !strncasecmp(p, "Content-Length:", 15)) {
     char tmp[32];
@@ -407,9 +410,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *user) {
     size_t tl = len - 14 < sizeof tmp - 1 ? len - 14 : sizeof tmp - 1;
     memcpy(tmp, p + 14, tl);
     tmp[tl] = '\0';
-    long long from;
+    long long from, total;
     if (sscanf(tmp, " bytes %lld-", &from) == 1)
       r->content_range_from = from;
+    const char *slash = strchr(tmp, '/');
+    if (slash && sscanf(slash + 1, "%lld", &total) == 1)
+      r->content_range_total = total;
   }
   return len;
 }
@@ -1209,6 +1215,26 @@ int s3_get_fd(s3_bucket *b, const char *key, int64_t offset, int64_t len,
                           b->where, what);
     goto done;
   }
+  char digest[STORE_DIGEST_LEN];
+  bool whole = false;
+  int64_t size = -1;
+  if (r.status == 416 && h && offset > 0)
+    /* a resume of a file that may be complete: the total size in the
+     * answer's Content-Range or, when it has none (s3rver), a HEAD says */
+    whole = r.content_range_total == offset ||
+            (r.content_range_total < 0 &&
+             s3_head(b, key, NULL, &size) == DECOMP_OK && size == offset);
+  if (whole) {
+    /* no byte to fetch: the file's own bytes are the whole object */
+    if (!store_sha256_final(h, digest))
+      rc = store_fail(DECOMP_ERR_NOMEM, "s3: hashing failed");
+    else if (strcmp(digest + 7, expect_sha256_hex))
+      rc = store_fail(DECOMP_ERR_DIGEST_MISMATCH,
+                      "s3 %s: %s: the object's bytes have sha256 %s, not "
+                      "the expected %s",
+                      b->where, what, digest + 7, expect_sha256_hex);
+    goto done;
+  }
   if (r.status == 416 || (r.status == 200 && r.out_skip > 0)) {
     rc = store_fail(DECOMP_ERR_RANGE_NOT_SATISFIABLE,
                     "s3 %s: %s: offset %" PRId64 " is past the object's end",
@@ -1226,7 +1252,6 @@ int s3_get_fd(s3_bucket *b, const char *key, int64_t offset, int64_t len,
                     b->where, what, offset, r.content_range_from);
     goto done;
   }
-  char digest[STORE_DIGEST_LEN];
   if (h && !store_sha256_final(h, digest))
     rc = store_fail(DECOMP_ERR_NOMEM, "s3: hashing failed");
   else if (h && strcmp(digest + 7, expect_sha256_hex))

@@ -269,6 +269,14 @@ START_TEST(range_get_resumes_from_an_offset_with_the_tail_bytes) {
   free(got);
   close(fd);
 
+  /* resuming a file that is already whole fetches nothing and checks it */
+  fd = file_with("whole", data, n);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_END), (off_t)n);
+  rc = s3_get_fd(b, "r/obj", (int64_t)n, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%d %s", rc, store_errmsg());
+  ck_assert_int_eq(wrote, 0);
+  close(fd);
+
   /* an offset past the end */
   fd = file_with("past", "", 0);
   rc = s3_get_fd(b, "r/obj", (int64_t)n + 5, -1, fd, NULL, NULL);
