@@ -27,6 +27,7 @@
 
 #include "digest.h"
 #include "s3.h"
+#include "s3_xml.h"
 #include "store_int.h"
 
 #define S3_KEY_MAX   1024
@@ -117,133 +118,6 @@ static bool buf_uri(s3_buf *b, const char *s, bool keep_slash) {
       return false;
   }
   return true;
-}
-
-/* ---- the little XML S3 answers with -------------------------------------- */
-
-static bool xml_utf8(s3_buf *b, unsigned long cp) {
-  char u[4];
-  size_t n;
-  if (cp < 0x80) {
-    u[0] = (char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    u[0] = (char)(0xc0 | (cp >> 6));
-    u[1] = (char)(0x80 | (cp & 0x3f));
-    n = 2;
-  } else if (cp < 0x10000) {
-    u[0] = (char)(0xe0 | (cp >> 12));
-    u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    u[2] = (char)(0x80 | (cp & 0x3f));
-    n = 3;
-  } else if (cp < 0x110000) {
-    u[0] = (char)(0xf0 | (cp >> 18));
-    u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    u[3] = (char)(0x80 | (cp & 0x3f));
-    n = 4;
-  } else
-    return false;
-  return buf_add(b, u, n);
-}
-
-/* The first <tag>…</tag> in [s, end): its text is [*a, *z). S3's answers
- * are flat enough that an element is found by its name. */
-static bool xml_span(const char *s, const char *end, const char *tag,
-                     const char **a, const char **z) {
-  char open[64], close[64];
-  snprintf(open, sizeof open, "<%s>", tag);
-  snprintf(close, sizeof close, "</%s>", tag);
-  size_t ol = strlen(open), cl = strlen(close);
-  *a = *z = NULL;
-  for (const char *p = s; p + ol <= end; p++)
-    if (memcmp(p, open, ol) == 0) {
-      *a = p + ol;
-      break;
-    }
-  if (!*a)
-    return false;
-  for (const char *p = *a; p + cl <= end; p++)
-    if (memcmp(p, close, cl) == 0) {
-      *z = p;
-      return true;
-    }
-  return false;
-}
-
-/* The text of the first <tag>…</tag> in [s, end), its entities decoded,
- * malloc'd (NULL when absent, malformed or out of memory). */
-static char *xml_get(const char *s, const char *end, const char *tag) {
-  const char *a, *z;
-  if (!s || !xml_span(s, end, tag, &a, &z))
-    return NULL;
-  s3_buf out = {0};
-  bool ok = buf_add(&out, "", 0);
-  for (const char *p = a; ok && p < z;) {
-    if (*p != '&') {
-      const char *amp = memchr(p, '&', (size_t)(z - p));
-      const char *stop = amp ? amp : z;
-      ok = buf_add(&out, p, (size_t)(stop - p));
-      p = stop;
-      continue;
-    }
-    const char *semi = memchr(p, ';', (size_t)(z - p));
-    if (!semi || semi - p > 12) {
-      ok = false;
-      break;
-    }
-    size_t n = (size_t)(semi - p - 1);
-    const char *e = p + 1;
-    if (n == 3 && !memcmp(e, "amp", 3))
-      ok = buf_add(&out, "&", 1);
-    else if (n == 2 && !memcmp(e, "lt", 2))
-      ok = buf_add(&out, "<", 1);
-    else if (n == 2 && !memcmp(e, "gt", 2))
-      ok = buf_add(&out, ">", 1);
-    else if (n == 4 && !memcmp(e, "quot", 4))
-      ok = buf_add(&out, "\"", 1);
-    else if (n == 4 && !memcmp(e, "apos", 4))
-      ok = buf_add(&out, "'", 1);
-    else if (n >= 2 && e[0] == '#') {
-      char num[12] = {0};
-      memcpy(num, e + 1, n - 1);
-      char *stop;
-      bool hex = num[0] == 'x' || num[0] == 'X';
-      unsigned long cp = strtoul(hex ? num + 1 : num, &stop, hex ? 16 : 10);
-      ok = *stop == '\0' && cp > 0 && xml_utf8(&out, cp);
-    } else
-      ok = false;
-    p = semi + 1;
-  }
-  if (!ok) {
-    buf_free(&out);
-    return NULL;
-  }
-  return out.p;
-}
-
-/* Append `s` to an XML document, escaped. */
-static bool xml_escape(s3_buf *b, const char *s) {
-  bool ok = true;
-  for (; ok && *s; s++) {
-    switch (*s) {
-    case '&':
-      ok = buf_str(b, "&amp;");
-      break;
-    case '<':
-      ok = buf_str(b, "&lt;");
-      break;
-    case '>':
-      ok = buf_str(b, "&gt;");
-      break;
-    case '"':
-      ok = buf_str(b, "&quot;");
-      break;
-    default:
-      ok = buf_add(b, s, 1);
-    }
-  }
-  return ok;
 }
 
 /* ---- the bucket handle: curl's global state, the share, the pool --------- */
@@ -611,7 +485,7 @@ static void resp_code(const s3_req *r, char *code, size_t len) {
   code[0] = '\0';
   if (!r->resp.p)
     return;
-  char *c = xml_get(r->resp.p, r->resp.p + r->resp.len, "Code");
+  char *c = s3_xml_text(r->resp.p, r->resp.p + r->resp.len, "Code");
   clean(c, code, len);
   free(c);
 }
@@ -647,7 +521,7 @@ static int req_fail(s3_bucket *b, const s3_req *r, int rc, const char *what) {
   char code[64], msg[256] = "";
   resp_code(r, code, sizeof code);
   if (r->resp.p) {
-    char *m = xml_get(r->resp.p, r->resp.p + r->resp.len, "Message");
+    char *m = s3_xml_text(r->resp.p, r->resp.p + r->resp.len, "Message");
     clean(m, msg, sizeof msg);
     free(m);
   }
@@ -1000,7 +874,8 @@ static int put_multipart(s3_bucket *b, const char *k, const char *key, int fd,
     rc = req_fail(b, &r, rc, what);
   else if (r.status != 200)
     rc = req_fail(b, &r, DECOMP_OK, what);
-  else if (!(upid = xml_get(r.resp.p, r.resp.p + r.resp.len, "UploadId")) ||
+  else if (!r.resp.p ||
+           !(upid = s3_xml_text(r.resp.p, r.resp.p + r.resp.len, "UploadId")) ||
            !*upid)
     rc = store_fail(DECOMP_ERR_STORE, "s3 %s: %s: no UploadId in the answer",
                     b->where, what);
@@ -1052,9 +927,14 @@ static int put_multipart(s3_bucket *b, const char *k, const char *key, int fd,
   }
 
   bool ok = buf_str(&body, "<CompleteMultipartUpload>");
-  for (int i = 0; ok && i < nparts; i++)
-    ok = buf_printf(&body, "<Part><PartNumber>%d</PartNumber><ETag>", i + 1) &&
-         xml_escape(&body, etags[i]) && buf_str(&body, "</ETag></Part>");
+  for (int i = 0; ok && i < nparts; i++) {
+    char *etag = s3_xml_escape(etags[i]);
+    ok = etag &&
+         buf_printf(&body, "<Part><PartNumber>%d</PartNumber><ETag>", i + 1) &&
+         buf_str(&body, etag) && buf_str(&body, "</ETag></Part>");
+    free(etag);
+  }
+
   ok = ok && buf_str(&body, "</CompleteMultipartUpload>");
   char body_hash[65];
   q.len = 0;
@@ -1310,9 +1190,9 @@ int s3_list(s3_bucket *b, const char *prefix, s3_list_fn fn, void *user) {
     }
     const char *p = r.resp.p ? r.resp.p : "", *end = p + r.resp.len;
     const char *a, *z;
-    while (rc == DECOMP_OK && xml_span(p, end, "Contents", &a, &z)) {
-      char *key = xml_get(a, z, "Key");
-      char *sz = xml_get(a, z, "Size");
+    while (rc == DECOMP_OK && s3_xml_span(p, end, "Contents", &a, &z)) {
+      char *key = s3_xml_text(a, z, "Key");
+      char *sz = s3_xml_text(a, z, "Size");
       if (!key || !sz)
         rc = store_fail(DECOMP_ERR_STORE,
                         "s3 %s: %s: a listed object without Key or Size",
@@ -1323,13 +1203,13 @@ int s3_list(s3_bucket *b, const char *prefix, s3_list_fn fn, void *user) {
       free(sz);
       p = z + strlen("</Contents>");
     }
-    char *trunc = xml_get(r.resp.p, end, "IsTruncated");
+    char *trunc = s3_xml_text(r.resp.p, end, "IsTruncated");
     bool more = trunc && !strcmp(trunc, "true");
     free(trunc);
     free(token);
     token = NULL;
     if (rc == DECOMP_OK && more) {
-      token = xml_get(r.resp.p, end, "NextContinuationToken");
+      token = s3_xml_text(r.resp.p, end, "NextContinuationToken");
       if (!token || !*token)
         rc = store_fail(DECOMP_ERR_STORE,
                         "s3 %s: %s: a truncated page without a "
