@@ -1,11 +1,13 @@
 /* s3.c — one bucket of an S3-compatible object store through libcurl: the
  * requests (path-style URLs, libcurl's SigV4 signing), the streaming of
- * bodies between the service and file descriptors, the few XML answers S3
- * gives (errors, multipart ids, listings), and the pool of easy handles
- * that lets many threads use one bucket. The only file of the store that
- * includes curl.h.
+ * bodies between the service and file descriptors, what S3's answers mean
+ * (their XML is read by s3_xml.c), and the pool of easy handles that lets
+ * many threads use one bucket. The only file of the store that includes
+ * curl.h.
  *
- * What libcurl 7.88 (Debian 12) signs and what it leaves to us:
+ * What libcurl 7.88 (Debian 12) signs and what it leaves to us (seen with
+ * its curl(1) against tests/s3/sigv4_check.py: an unsorted query, "uploads"
+ * without '=', or a '/' left unencoded in a value all fail SigV4):
  * - it signs every header we add, x-amz-content-sha256 included, and uses
  *   that header's value as the payload hash; so every request carries one
  *   (the empty body's hash, the real hash of an XML body, the expected
