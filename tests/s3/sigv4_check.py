@@ -172,6 +172,11 @@ class Proxy:
             def handle_any(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
+                if len(body) < n:
+                    # the client gave up half-way: S3 stores nothing, and
+                    # neither may the request reach s3rver cut short
+                    self.close_connection = True
+                    return
                 headers = {}
                 for k, v in self.headers.items():
                     headers.setdefault(k.lower(), []).append(v)
