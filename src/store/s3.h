@@ -117,7 +117,8 @@ int s3_put_fd(s3_bucket *b, const char *key, int fd, int64_t size,
  * bytes are read back from `fd` itself (pread(2) from position 0: `fd` is
  * then the regular file being resumed, opened for reading too);
  * DECOMP_ERR_DIGEST_MISMATCH when it differs (the caller discards what was
- * written). DECOMP_ERR_NOT_FOUND when there is no such key,
+ * written); a resume of a file that is already whole fetches nothing and
+ * checks it. DECOMP_ERR_NOT_FOUND when there is no such key,
  * DECOMP_ERR_RANGE_NOT_SATISFIABLE when `offset` is past the end. */
 int s3_get_fd(s3_bucket *b, const char *key, int64_t offset, int64_t len,
               int fd, const char *expect_sha256_hex, int64_t *out_written);

@@ -14,7 +14,17 @@ SHA-256. A request that fails any check gets S3's answer (403
 SignatureDoesNotMatch, 403 InvalidAccessKeyId, 400
 XAmzContentSHA256Mismatch, 400 AuthorizationHeaderMalformed) and never
 reaches s3rver; the others go to s3rver and its answers come back as they
-are. `refused` counts the refusals, for the tests to see.
+are. `refused` lists the refusals and `seen` every request (method, target,
+status), for the tests to see.
+
+It also injects the faults a network and a service have, by the object's
+name (the last segment of its key):
+  cut-*      a GET without a Range: its answer stops half-way through
+             the body, the connection closed (a transfer broken in the
+             middle; the resume, with a Range, goes through);
+  norange-*  the Range header is dropped (a service that ignores ranges
+             answers 200 with the whole object);
+  failpart2-*  UploadPart of part 2 answers 500 InternalError.
 """
 import hashlib
 import hmac
@@ -139,6 +149,7 @@ class Proxy:
         self.keys = keys
         self.region = region
         self.refused = []
+        self.seen = []
         self.checked = 0
         self.lock = threading.Lock()
         proxy = self
@@ -161,6 +172,11 @@ class Proxy:
             def handle_any(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
+                if len(body) < n:
+                    # the client gave up half-way: S3 stores nothing, and
+                    # neither may the request reach s3rver cut short
+                    self.close_connection = True
+                    return
                 headers = {}
                 for k, v in self.headers.items():
                     headers.setdefault(k.lower(), []).append(v)
@@ -172,6 +188,15 @@ class Proxy:
                     if refusal:
                         proxy.refused.append((self.command, self.path,
                                               refusal[1]))
+                path, _, query = self.path.partition("?")
+                name = unquote(path).rsplit("/", 1)[-1]
+                if not refusal and name.startswith("failpart2-") and \
+                        self.command == "PUT" and "partNumber=2&" in query:
+                    refusal = (500, "InternalError", "injected: part 2 fails")
+                if refusal:
+                    with proxy.lock:
+                        proxy.seen.append((self.command, self.path,
+                                           refusal[0]))
                 if refusal:
                     status, code, message = refusal
                     xml = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
@@ -184,15 +209,20 @@ class Proxy:
                 try:
                     up.putrequest(self.command, self.path, skip_host=True,
                                   skip_accept_encoding=True)
+                    drop = HOP_BY_HOP | {"content-length", "expect"}
+                    if name.startswith("norange-"):
+                        drop = drop | {"range"}
                     for k, v in self.headers.items():
-                        if k.lower() not in HOP_BY_HOP | {"content-length",
-                                                          "expect"}:
+                        if k.lower() not in drop:
                             up.putheader(k, v)
                     if self.command in ("PUT", "POST") or body:
                         up.putheader("Content-Length", str(len(body)))
                     up.endheaders(body)
                     r = up.getresponse()
                     data = r.read()
+                    with proxy.lock:
+                        proxy.seen.append((self.command, self.path,
+                                           r.status))
                     headers = [(k, v) for k, v in r.getheaders()
                                if k.lower() not in HOP_BY_HOP
                                | {"content-length"}]
@@ -204,6 +234,17 @@ class Proxy:
                         self.send_header("Content-Length",
                                          r.getheader("Content-Length", "0"))
                         self.end_headers()
+                    elif name.startswith("cut-") and self.command == "GET" \
+                            and "range" not in headers and r.status == 200 \
+                            and len(data) > 1:
+                        self.send_response(r.status)
+                        for k, v in headers:
+                            self.send_header(k, v)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data[:len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
                     else:
                         self.answer(r.status, headers, data)
                 finally:

@@ -151,10 +151,26 @@ START_TEST(put_then_get_round_trips_bytes_and_digest) {
 }
 END_TEST
 
+typedef struct listed {
+  char keys[64][64];
+  int64_t sizes[64];
+  int n;
+} listed;
+
+static int collect(const char *key, int64_t size, void *user) {
+  listed *l = user;
+  ck_assert_int_lt(l->n, 64);
+  snprintf(l->keys[l->n], sizeof l->keys[0], "%s", key);
+  l->sizes[l->n++] = size;
+  return 0;
+}
+
 START_TEST(keys_with_spaces_and_symbols_round_trip) {
   s3_bucket *b = open_bucket();
-  const char *keys[] = {"odd/a b+c=d&e", "odd/percent%41,semi;colon:",
-                        "odd/caf\xc3\xa9 (1)", "odd/tilde~star*quote'"};
+  /* in S3's (binary) order, for the listing below */
+  const char *keys[] = {"odd/a b+c=d&e", "odd/caf\xc3\xa9 (1)",
+                        "odd/lt<gt>quot\"amp&amp;",
+                        "odd/percent%41,semi;colon:", "odd/tilde~star*quote'"};
   for (unsigned i = 0; i < sizeof keys / sizeof *keys; i++) {
     unsigned char *data = pattern(1000 + i, 10 + i);
     put_bytes(b, keys[i], data, 1000 + i);
@@ -165,6 +181,14 @@ START_TEST(keys_with_spaces_and_symbols_round_trip) {
     ck_assert(exists);
     ck_assert_int_eq(size, 1000 + i);
     free(data);
+  }
+  /* the listing's XML gives the same names back */
+  listed l = {0};
+  ck_assert_int_eq(s3_list(b, "odd/", collect, &l), DECOMP_OK);
+  ck_assert_int_eq(l.n, 5);
+  for (int i = 0; i < 5; i++) {
+    ck_assert_str_eq(l.keys[i], keys[i]);
+    ck_assert_int_eq(l.sizes[i], 1000 + i);
   }
   s3_close(b);
 }
@@ -268,11 +292,107 @@ START_TEST(range_get_resumes_from_an_offset_with_the_tail_bytes) {
   free(got);
   close(fd);
 
+  /* resuming a file that is already whole fetches nothing and checks it */
+  fd = file_with("whole", data, n);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_END), (off_t)n);
+  rc = s3_get_fd(b, "r/obj", (int64_t)n, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%d %s", rc, store_errmsg());
+  ck_assert_int_eq(wrote, 0);
+  close(fd);
+
   /* an offset past the end */
   fd = file_with("past", "", 0);
   rc = s3_get_fd(b, "r/obj", (int64_t)n + 5, -1, fd, NULL, NULL);
   ck_assert_msg(rc == DECOMP_ERR_RANGE_NOT_SATISFIABLE, "%d %s", rc,
                 store_errmsg());
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
+START_TEST(get_broken_mid_transfer_says_how_much_it_wrote_and_resumes) {
+  /* the proxy cuts a plain GET of a "cut-" object half-way */
+  s3_bucket *b = open_bucket();
+  size_t n = MiB + 7;
+  unsigned char *data = pattern(n, 8);
+  char hex[65];
+  hex_of(data, n, hex);
+  put_bytes(b, "c/cut-obj", data, n);
+  int fd = file_with("dst", "", 0);
+  int64_t wrote = -1;
+  int rc = s3_get_fd(b, "c/cut-obj", 0, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_ERR_TRANSFER, "%d %s", rc, store_errmsg());
+  ck_assert_msg(strstr(store_errmsg(), "c/cut-obj"), "%s", store_errmsg());
+  ck_assert_int_gt(wrote, 0);
+  ck_assert_int_lt(wrote, (int64_t)n);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), wrote);
+  /* resume where it stopped; the whole object is checked */
+  int64_t more = -1;
+  rc = s3_get_fd(b, "c/cut-obj", wrote, -1, fd, hex, &more);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  ck_assert_int_eq(wrote + more, (int64_t)n);
+  size_t got_n;
+  unsigned char *got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, n);
+  ck_assert(memcmp(got, data, n) == 0);
+  free(got);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
+START_TEST(range_ignored_by_the_service_still_yields_just_the_asked_bytes) {
+  /* the proxy drops the Range header of a "norange-" object: s3rver
+   * answers 200 with all of it */
+  s3_bucket *b = open_bucket();
+  size_t n = 300000;
+  unsigned char *data = pattern(n, 9);
+  char hex[65];
+  hex_of(data, n, hex);
+  put_bytes(b, "n/norange-obj", data, n);
+  int fd = file_with("slice", "", 0);
+  int64_t wrote = 0;
+  int rc = s3_get_fd(b, "n/norange-obj", 5000, 777, fd, NULL, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  ck_assert_int_eq(wrote, 777);
+  size_t got_n;
+  unsigned char *got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, 777);
+  ck_assert(memcmp(got, data + 5000, 777) == 0);
+  free(got);
+  close(fd);
+  /* a resume checked against the whole object's digest */
+  fd = file_with("resume", data, 100000);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_END), 100000);
+  rc = s3_get_fd(b, "n/norange-obj", 100000, -1, fd, hex, &wrote);
+  ck_assert_msg(rc == DECOMP_OK, "%s", store_errmsg());
+  got = slurp(fd, &got_n);
+  ck_assert_int_eq(got_n, n);
+  ck_assert(memcmp(got, data, n) == 0);
+  free(got);
+  close(fd);
+  free(data);
+  s3_close(b);
+}
+END_TEST
+
+START_TEST(multipart_part_failure_aborts_the_upload_and_leaves_no_object) {
+  /* the proxy fails part 2 of a "failpart2-" object with a 500; test_s3.py
+   * checks that the upload was aborted (DELETE ?uploadId=) */
+  s3_bucket *b = open_bucket();
+  size_t n = 11 * MiB;
+  unsigned char *data = pattern(n, 10);
+  int fd = file_with("src", data, n);
+  int rc = s3_put_fd(b, "f/failpart2-obj", fd, (int64_t)n, NULL, NULL);
+  ck_assert_msg(rc == DECOMP_ERR_STORE, "%d %s", rc, store_errmsg());
+  ck_assert_msg(strstr(store_errmsg(), "part 2 of 3") &&
+                    strstr(store_errmsg(), "InternalError"),
+                "%s", store_errmsg());
+  bool exists = true;
+  ck_assert_int_eq(s3_head(b, "f/failpart2-obj", &exists, NULL), DECOMP_OK);
+  ck_assert(!exists);
   close(fd);
   free(data);
   s3_close(b);
@@ -308,20 +428,6 @@ START_TEST(delete_removes_the_key_and_deleting_again_is_fine) {
   s3_close(b);
 }
 END_TEST
-
-typedef struct listed {
-  char keys[64][64];
-  int64_t sizes[64];
-  int n;
-} listed;
-
-static int collect(const char *key, int64_t size, void *user) {
-  listed *l = user;
-  ck_assert_int_lt(l->n, 64);
-  snprintf(l->keys[l->n], sizeof l->keys[0], "%s", key);
-  l->sizes[l->n++] = size;
-  return 0;
-}
 
 static int stop_at_3(const char *key, int64_t size, void *user) {
   (void)key;
@@ -435,8 +541,7 @@ START_TEST(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object) {
     hex_of(data, sizes[i], hex);
     int fd = file_with("src", data, sizes[i]);
     int rc = s3_put_fd(b, keys[i], fd, (int64_t)sizes[i], wrong, sent);
-    ck_assert_msg(rc == DECOMP_ERR_UPLOAD_DIGEST, "%d %s", rc,
-                  store_errmsg());
+    ck_assert_msg(rc == DECOMP_ERR_UPLOAD_DIGEST, "%d %s", rc, store_errmsg());
     ck_assert_str_eq(sent, hex);
     ck_assert_msg(strstr(store_errmsg(), hex) && strstr(store_errmsg(), wrong),
                   "%s", store_errmsg());
@@ -450,7 +555,8 @@ START_TEST(put_with_a_wrong_expected_digest_is_refused_and_leaves_no_object) {
 }
 END_TEST
 
-START_TEST(put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted) {
+START_TEST(
+    put_with_a_wrong_digest_to_a_service_that_does_not_check_is_deleted) {
   /* s3rver itself stores whatever comes: the client's own check deletes */
   s3_config cfg = config();
   cfg.endpoint = env("S3_DIRECT_ENDPOINT");
@@ -510,8 +616,7 @@ START_TEST(get_of_a_tampered_object_fails_its_digest) {
 
   int fd = file_with("dst", "", 0);
   int rc = s3_get_fd(b, "t/obj", 0, -1, fd, hex, NULL);
-  ck_assert_msg(rc == DECOMP_ERR_DIGEST_MISMATCH, "%d %s", rc,
-                store_errmsg());
+  ck_assert_msg(rc == DECOMP_ERR_DIGEST_MISMATCH, "%d %s", rc, store_errmsg());
   ck_assert_msg(strstr(store_errmsg(), hex) && strstr(store_errmsg(), "t/obj"),
                 "%s", store_errmsg());
   /* a resumed download checks the whole object too */
@@ -578,8 +683,8 @@ START_TEST(nothing_listening_is_refused_naming_the_endpoint) {
   int rc = s3_open(&cfg, &b);
   ck_assert_int_eq(rc, DECOMP_ERR_CONNECT);
   const char *m = store_errmsg();
-  ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, "could not connect"),
-                "%s", m);
+  ck_assert_msg(strstr(m, cfg.endpoint) && strstr(m, "could not connect"), "%s",
+                m);
 }
 END_TEST
 
@@ -604,8 +709,8 @@ END_TEST
 
 START_TEST(keys_that_would_not_survive_a_url_are_refused) {
   s3_bucket *b = open_bucket();
-  const char *bad[] = {"", "/abs", "a//b", "a/./b", "a/../b", "..",
-                       "trailing/", "ctl\x01"};
+  const char *bad[] = {"",       "/abs", "a//b",      "a/./b",
+                       "a/../b", "..",   "trailing/", "ctl\x01"};
   for (unsigned i = 0; i < sizeof bad / sizeof *bad; i++) {
     bool exists;
     ck_assert_msg(s3_head(b, bad[i], &exists, NULL) ==
@@ -642,6 +747,9 @@ int main(void) {
   ONE(multipart_upload_of_12mib_in_5mib_parts_round_trips);
   ONE(multipart_upload_streams_from_a_pipe);
   ONE(range_get_resumes_from_an_offset_with_the_tail_bytes);
+  ONE(get_broken_mid_transfer_says_how_much_it_wrote_and_resumes);
+  ONE(range_ignored_by_the_service_still_yields_just_the_asked_bytes);
+  ONE(multipart_part_failure_aborts_the_upload_and_leaves_no_object);
   ONE(head_of_a_missing_key_says_absent_and_get_says_not_found);
   ONE(delete_removes_the_key_and_deleting_again_is_fine);
   ONE(list_follows_continuation_tokens_past_one_page);

@@ -245,5 +245,16 @@ def test_case(case, s3rver):
         refused, checked = list(proxy.refused), proxy.checked
     assert codes == EXPECTED_REFUSALS.get(case, set()), \
         f"the SigV4 checker refused {refused} of {checked} requests"
+    if case == "multipart_part_failure_aborts_the_upload_and_leaves_no_object":
+        with proxy.lock:
+            seen = list(proxy.seen)
+        assert any(m == "DELETE" and "uploadId=" in t for m, t, _ in seen), \
+            f"no AbortMultipartUpload among {seen}"
+    if case == "range_ignored_by_the_service_still_yields_just_the_asked_bytes":
+        with proxy.lock:
+            gets = [st for m, t, st in proxy.seen
+                    if m == "GET" and "norange-" in t]
+        assert gets and set(gets) == {200}, \
+            f"the service was to ignore the ranges: {gets}"
     # the case ran (a name CK_RUN_CASE does not know runs nothing)
     assert re.search(r"100%: Checks: 1, Failures: 0, Errors: 0", out), out
