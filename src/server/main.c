@@ -35,6 +35,8 @@ static void usage(FILE *f) {
           "[--data-dir DIR]\n"
           "       decompd token list [--data-dir DIR]\n"
           "       decompd token revoke --name NAME [--data-dir DIR]\n"
+          "       decompd check [--config FILE] [--SETTING VALUE]...  (check "
+          "the settings, serve nothing)\n"
           "       decompd --routes | --version | --help\n"
           "\n"
           "Serves the decompd REST API (api/openapi.yaml): weight uploads, "
@@ -293,6 +295,13 @@ int main(int argc, char **argv) {
   int status;
   if (nrest > 0 && strcmp(rest[0], "token") == 0) {
     status = cmd_token(&c, rest, nrest);
+  } else if (nrest == 1 && strcmp(rest[0], "check") == 0) {
+    /* every setting was parsed and checked above; the servers named
+     * (PostgreSQL, the object store) are not contacted */
+    printf("decompd: settings ok: data_dir=%s index=%s blobs=%s\n",
+           c.data_dir, c.index[0] ? c.index : "sqlite",
+           c.blobs[0] ? c.blobs : "file:DATA_DIR/blobs");
+    status = 0;
   } else if (nrest == 0 || (nrest == 1 && strcmp(rest[0], "serve") == 0)) {
     status = serve(&c);
   } else {

@@ -87,3 +87,40 @@ def test_torchscript_settings(daemon_factory):
     line = [l for l in d.log().splitlines() if "event=torchscript " in l][0]
     if os.environ.get("DECOMPD_TS_ENABLED") == "1":
         assert "timeout=120 memory=0" in line, line
+
+
+def test_every_setting_in_the_deploy_examples_is_one_decompd_knows(tmp_path):
+    """deploy/'s example configs (set and commented-out `key = value`
+    lines alike) name only keys `decompd --help` lists, and the values set
+    in them are accepted (checked by loading each file, its PostgreSQL and
+    S3 settings aside: those need the servers)."""
+    from conftest import SOURCE_DIR
+    helps = subprocess.run([BIN, "--help"], capture_output=True, text=True,
+                           timeout=60).stdout
+    known = set(re.findall(r"^  --([a-z0-9-]+)", helps, re.M))
+    examples = [os.path.join(SOURCE_DIR, "deploy", "decompd.conf.example"),
+                os.path.join(SOURCE_DIR, "deploy", "cluster",
+                             "node.conf.example")]
+    for path in examples:
+        lines = []
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"^#?([a-z_0-9]+) = (.*)$", line.strip())
+                if not m:
+                    continue
+                assert m.group(1).replace("_", "-") in known, (path, line)
+                if not line.startswith("#") and m.group(1) not in (
+                        "index", "blobs", "s3_endpoint", "s3_region",
+                        "data_dir", "listen"):
+                    lines.append(line)
+        assert lines, path
+        conf = tmp_path / "only-local.conf"
+        conf.write_text("".join(lines))
+        r = subprocess.run([BIN, "check", "--config", str(conf)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "settings ok" in r.stdout, (path, r.stderr)
+    # and `decompd check` does refuse what serving would refuse
+    conf.write_text("workers = -5\n")
+    r = subprocess.run([BIN, "check", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "bad value for workers" in r.stderr
