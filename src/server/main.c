@@ -22,6 +22,7 @@
 #include "decomp/decomp.h"
 #include "decomp/torchscript.h"
 #include "http.h"
+#include "node.h"
 #include "service.h"
 #include "log.h"
 #include "text.h"
@@ -206,6 +207,7 @@ static int serve(const config *c) {
   worker_pool *pool = NULL;
   http_server *h = NULL;
   service *sv = NULL;
+  node_beat *beat = NULL;
   int requeued = 0, port = 0, status = 1;
   int rc = open_store(c, true, &s, &requeued);
   if (rc != DECOMP_OK) {
@@ -249,6 +251,12 @@ static int serve(const config *c) {
   if ((rc = service_new(s, c, &sv)) != DECOMP_OK ||
       (rc = http_start(c, sv, &h, &port)) != DECOMP_OK)
     goto out;
+  char node_id[128], address[300];
+  const store_options no = {.node_id = c->node_id};
+  store_node_name(&no, node_id, sizeof node_id);
+  snprintf(address, sizeof address, "%s:%d", c->listen_host, port);
+  if ((rc = node_start(s, node_id, address, pool, &beat)) != DECOMP_OK)
+    goto out;
   LOG(LOG_INFO, "main", NULL,
       "event=listening addr=%s:%d version=" DECOMP_VERSION
       " max_upload_bytes=%lld",
@@ -262,6 +270,7 @@ static int serve(const config *c) {
 out:
   http_stop(h);
   service_free(sv);
+  node_stop(beat);
   worker_pool_stop(pool);
   store_close(s);
   LOG(LOG_INFO, "main", NULL, "event=stopped status=%d", status);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "node.h"
 #include "queue.h"
 
 #define MAX_SERIES 256
@@ -167,6 +168,37 @@ char *metrics_render(store *s, size_t *len) {
             "# TYPE decompd_queue_depth gauge\n"
             "decompd_queue_depth %lld\n",
             (long long)counts[STORE_JOB_QUEUED]);
+  }
+  /* Every node of the index (several on a shared PostgreSQL index), by
+   * its last heartbeat (node.c): node ids are letters, digits, '.', '_'
+   * and '-', safe in a label. */
+  store_node *nodes = NULL;
+  size_t nn = 0;
+  if (s && store_node_list(s, &nodes, &nn) == DECOMP_OK) {
+    int64_t now = store_now_ms();
+    bprintf(&b, "# HELP decompd_node_workers Decomposition workers of each "
+                "node.\n# TYPE decompd_node_workers gauge\n");
+    for (size_t i = 0; i < nn; i++)
+      bprintf(&b, "decompd_node_workers{node=\"%s\"} %d\n", nodes[i].id,
+              nodes[i].workers);
+    bprintf(&b, "# HELP decompd_node_running Jobs each node's workers hold "
+                "(leased, on a shared index).\n"
+                "# TYPE decompd_node_running gauge\n");
+    for (size_t i = 0; i < nn; i++)
+      bprintf(&b, "decompd_node_running{node=\"%s\"} %d\n", nodes[i].id,
+              nodes[i].running);
+    bprintf(&b, "# HELP decompd_node_heartbeat_age_seconds Time since each "
+                "node's last heartbeat.\n"
+                "# TYPE decompd_node_heartbeat_age_seconds gauge\n");
+    for (size_t i = 0; i < nn; i++)
+      bprintf(&b, "decompd_node_heartbeat_age_seconds{node=\"%s\"} %.3f\n",
+              nodes[i].id, (double)(now - nodes[i].heartbeat_at) / 1000.0);
+    bprintf(&b, "# HELP decompd_node_alive 1 while a node's heartbeat is "
+                "recent (15 s).\n# TYPE decompd_node_alive gauge\n");
+    for (size_t i = 0; i < nn; i++)
+      bprintf(&b, "decompd_node_alive{node=\"%s\"} %d\n", nodes[i].id,
+              now - nodes[i].heartbeat_at <= NODE_ALIVE_MS);
+    free(nodes);
   }
   if (b.oom) {
     free(b.p);

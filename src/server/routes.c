@@ -23,6 +23,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "node.h"
 #include "queue.h"
 #include "service.h"
 #include "shards.h"
@@ -1046,6 +1047,44 @@ static void h_artifact_get(http_req *r) {
   serve_blob(r, a.digest, a.media_type, a.name);
 }
 
+/* ---- nodes ------------------------------------------------------------ */
+
+/* GET /v1/nodes: every node serving this index as its last heartbeat left
+ * it, whether it is alive (beat within NODE_ALIVE_MS), and which one
+ * answered. */
+static void h_nodes(http_req *r) {
+  store_node *v = NULL;
+  size_t n = 0;
+  int rc = store_node_list(http_req_store(r), &v, &n);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  const store_options o = {.node_id = http_req_config(r)->node_id};
+  char self[128];
+  store_node_name(&o, self, sizeof self);
+  int64_t now = store_now_ms();
+  json_t *a = json_array();
+  bool ok = a != NULL;
+  for (size_t i = 0; i < n && ok; i++)
+    ok = json_array_append_new(
+             a, json_pack("{s:o, s:s, s:o, s:o, s:o, s:b, s:i, s:i}", "id",
+                          text_json(v[i].id), "version", v[i].version,
+                          "address", text_json(v[i].address), "started_at",
+                          time_json(v[i].started_at), "heartbeat_at",
+                          time_json(v[i].heartbeat_at), "alive",
+                          now - v[i].heartbeat_at <= NODE_ALIVE_MS, "workers",
+                          v[i].workers, "running", v[i].running)) == 0;
+  free(v);
+  if (!ok) {
+    json_decref(a);
+    a = NULL;
+  }
+  reply_json(r, 200,
+             a ? json_pack("{s:o, s:o}", "nodes", a, "self", text_json(self))
+               : NULL);
+}
+
 /* ---- the table -------------------------------------------------------- */
 
 const http_route HTTP_ROUTES[] = {
@@ -1055,6 +1094,8 @@ const http_route HTTP_ROUTES[] = {
      "readiness (store reachable)"},
     {"GET", "/metrics", STORE_ROLE_READ, HTTP_BODY_NONE, h_metrics,
      "Prometheus metrics"},
+    {"GET", "/v1/nodes", STORE_ROLE_READ, HTTP_BODY_NONE, h_nodes,
+     "the nodes serving this index, with their last heartbeats"},
     {"POST", "/v1/models", STORE_ROLE_SUBMIT, HTTP_BODY_STREAM,
      h_model_upload,
      "upload a weight file (raw body; ?name=), or bind a sharded "

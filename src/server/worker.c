@@ -48,6 +48,7 @@ struct worker_pool {
   uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
   pthread_t *threads;
   atomic_bool stopping;
+  atomic_int running; /* jobs the workers hold now */
   /* Woken through the store (store_set_wake) when a job is queued, here or
    * on another node sharing the queue, and by worker_pool_stop. */
   pthread_mutex_t wake_mu;
@@ -604,7 +605,9 @@ static void *worker_main(void *arg) {
       wait_for_work(p, seen, 1000);
       continue;
     }
+    atomic_fetch_add(&p->running, 1);
     run_job(p, &job);
+    atomic_fetch_sub(&p->running, 1);
     store_job_clear(&job);
   }
   return NULL;
@@ -668,6 +671,10 @@ const char *worker_ts_reader(void) {
 }
 
 int worker_pool_size(const worker_pool *p) { return p ? p->n : 0; }
+
+int worker_pool_running(worker_pool *p) {
+  return p ? atomic_load(&p->running) : 0;
+}
 
 void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes) {
   if (p)

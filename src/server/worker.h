@@ -44,5 +44,7 @@ void worker_pool_stop(worker_pool *p);
 const char *worker_ts_reader(void);
 /* Workers in the pool. */
 int worker_pool_size(const worker_pool *p);
+/* Jobs the pool's workers hold now. */
+int worker_pool_running(worker_pool *p);
 
 #endif

@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 7
+#define STORE_BACKEND_VERSION 8
 
 typedef struct store_backend store_backend;
 
@@ -89,6 +89,10 @@ struct store_backend {
                       store_artifact *out);
   int (*artifact_list)(store *s, const char *job_id, store_artifact **out,
                        size_t *n);
+
+  /* ---- nodes ---- */
+  int (*node_beat)(store *s, const store_node *n);
+  int (*node_list)(store *s, store_node **out, size_t *n);
 
   /* ---- tokens ---- */
   int (*token_put)(store *s, const char *name, int role, const char *hash_hex,

@@ -7,7 +7,9 @@
 #include "backend.h"
 #include "store_int.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Every backend's handle begins with a store_common (store_int.h): the
  * table it dispatches through, then the folder layout. */
@@ -179,6 +181,30 @@ int store_model_attach(store *s, const char *id, store_attachment kind,
 int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
                             const store_shard *sh, size_t n, bool *created) {
   return BACKEND(s)->model_put_sharded(s, doc, m, sh, n, created);
+}
+
+void store_node_name(const store_options *o, char *buf, size_t len) {
+  if (o->node_id && o->node_id[0]) {
+    snprintf(buf, len, "%s", o->node_id);
+    return;
+  }
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  size_t k = 0;
+  for (const char *p = host; *p && k + 1 < len; p++)
+    buf[k++] = ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')
+                   ? *p
+                   : '_';
+  buf[k] = '\0';
+}
+
+int store_node_beat(store *s, const store_node *n) {
+  return BACKEND(s)->node_beat(s, n);
+}
+
+int store_node_list(store *s, store_node **out, size_t *n) {
+  return BACKEND(s)->node_list(s, out, n);
 }
 
 int store_model_shards(store *s, const char *id, store_shard **out, size_t *n) {

@@ -265,6 +265,29 @@ int store_model_attach(store *s, const char *id, store_attachment kind,
                        store_upload *u, int64_t layers, int64_t size,
                        char old[STORE_DIGEST_LEN]);
 
+/* ---- nodes ------------------------------------------------------------- */
+
+/* A daemon serving this index, as its last heartbeat left it. */
+typedef struct store_node {
+  char id[128];        /* its node_id */
+  char version[32];    /* decompd's version */
+  char address[300];   /* HOST:PORT it listens on */
+  int64_t started_at;  /* Unix ms */
+  int64_t heartbeat_at;
+  int workers;         /* decomposition threads */
+  int running;         /* jobs they hold now */
+} store_node;
+
+/* The node id of a daemon opened with `o` (buf of `len` > 0 bytes):
+ * o->node_id, else the host name with every character a node id may not
+ * hold (letters, digits, '.', '_', '-') made '_'. */
+void store_node_name(const store_options *o, char *buf, size_t len);
+
+/* Write node n's row (insert, or replace the one with its id). */
+int store_node_beat(store *s, const store_node *n);
+/* Every node's row, by id; *out (free()) holds *n. */
+int store_node_list(store *s, store_node **out, size_t *n);
+
 /* ---- sharded models ---------------------------------------------------- */
 
 /* One shard of a sharded model (format "safetensors-sharded"). */

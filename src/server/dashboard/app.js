@@ -307,6 +307,7 @@ function route() {
       !(a.dataset.nav === 'jobs' && /^#\/jobs\/./.test(hash)));
   if ((m = hash.match(/^#\/jobs\/([A-Za-z0-9_]+)/))) jobView(view, m[1], gen);
   else if (hash.startsWith('#/new')) newView(view, gen);
+  else if (hash.startsWith('#/nodes')) nodesView(view, gen);
   else jobsView(view, new URLSearchParams(hash.split('?')[1] || '').get('state') || '', gen);
 }
 
@@ -463,6 +464,36 @@ function jobRow(j) {
     h('td', {title: j.started_at || ''}, fmtTime(j.started_at)),
     h('td.num', {}, fmtSeconds(j.seconds)),
     h('td.err', {title: err}, err));
+}
+
+/* ---- nodes ------------------------------------------------------------ */
+
+/* The daemons serving this index (GET /v1/nodes), as their last heartbeats
+ * left them; the one answering is marked. */
+function nodesView(view, gen) {
+  const tbody = h('tbody');
+  const table = h('table.nodes', {id: 'nodes'},
+    h('thead', {}, h('tr', {},
+      ['Node', 'State', 'Address', 'Version', 'Workers', 'Running', 'Last heartbeat', 'Started']
+        .map((c) => h('th', {}, c)))),
+    tbody);
+  view.append(h('div.head', {}, h('h1', {}, 'Nodes')), table);
+  poll(gen, async () => {
+    const doc = await apiJSON('/v1/nodes');
+    if (gen !== viewGen) return false;
+    tbody.replaceChildren(...doc.nodes.map((n) =>
+      h('tr', {'data-node': n.id, 'data-alive': String(n.alive)},
+        h('td.mono', {}, n.id + (n.id === doc.self ? ' (this node)' : '')),
+        h('td', {}, h('span.badge.state-' + (n.alive ? 'succeeded' : 'failed'), {},
+          n.alive ? 'alive' : 'no heartbeat')),
+        h('td.mono', {}, n.address),
+        h('td', {}, n.version),
+        h('td.num', {}, String(n.workers)),
+        h('td.num', {}, String(n.running)),
+        h('td', {title: n.heartbeat_at}, fmtTime(n.heartbeat_at)),
+        h('td', {title: n.started_at}, fmtTime(n.started_at)))));
+    return true;
+  });
 }
 
 /* ---- one job ---------------------------------------------------------- */

@@ -63,19 +63,7 @@ static bool node_id_ok(const char *id) {
 }
 
 static int node_init(store *s, const store_options *o) {
-  if (o->node_id && o->node_id[0]) {
-    snprintf(s->node, sizeof s->node, "%s", o->node_id);
-  } else {
-    char host[256] = "";
-    gethostname(host, sizeof host - 1);
-    size_t k = 0;
-    for (const char *p = host; *p && k < PG_NODE_ID_MAX; p++)
-      s->node[k++] = ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                      (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')
-                         ? *p
-                         : '_';
-    s->node[k] = '\0';
-  }
+  store_node_name(o, s->node, sizeof s->node);
   if (!node_id_ok(s->node))
     return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
                       "node id '%s': use 1 to %d letters, digits, '.', '_' "

@@ -150,6 +150,8 @@ void pg_blob_unlock(store *s);
 int pg_loose_blob_touch(store *s, const char *digest, int64_t size);
 int pg_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int pg_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
+int pg_node_beat(store *s, const store_node *n);
+int pg_node_list(store *s, store_node **out, size_t *n);
 int pg_model_put(store *s, store_upload *u, store_model *m, bool *created);
 int pg_model_get(store *s, const char *id, store_model *out);
 int pg_model_list(store *s, store_model **out, size_t *n);

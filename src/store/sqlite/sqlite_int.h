@@ -137,6 +137,8 @@ void sq_blob_unlock(store *s);
 int sq_loose_blob_touch(store *s, const char *digest, int64_t size);
 int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
+int sq_node_beat(store *s, const store_node *n);
+int sq_node_list(store *s, store_node **out, size_t *n);
 int sq_model_put(store *s, store_upload *u, store_model *m, bool *created);
 int sq_model_get(store *s, const char *id, store_model *out);
 int sq_model_list(store *s, store_model **out, size_t *n);
