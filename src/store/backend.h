@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 8
+#define STORE_BACKEND_VERSION 9
 
 typedef struct store_backend store_backend;
 
@@ -75,9 +75,11 @@ struct store_backend {
   int (*model_get_spec)(store *s, const char *id, char **spec);
   int (*model_set_archive_spec)(store *s, const char *id, const char *spec);
   int (*model_get_archive_spec)(store *s, const char *id, char **spec);
-  int (*model_attach)(store *s, const char *id, store_attachment kind,
-                      store_upload *u, int64_t layers, int64_t size,
-                      char old[STORE_DIGEST_LEN]);
+  /* the row of store_model_attach, whose blob steps store.c takes (as
+   * store_int.h's store_model_set_attachment says) */
+  int (*model_set_attachment)(store *s, const char *id, store_attachment kind,
+                              const char *digest, int64_t layers,
+                              int64_t size, char old[STORE_DIGEST_LEN]);
 
   /* ---- sharded models ---- */
   int (*model_put_sharded)(store *s, store_upload *doc, store_model *m,

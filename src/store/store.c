@@ -172,10 +172,38 @@ int store_model_get_archive_spec(store *s, const char *id, char **spec) {
   return BACKEND(s)->model_get_archive_spec(s, id, spec);
 }
 
+int store_model_set_attachment(store *s, const char *id, store_attachment kind,
+                               const char *digest, int64_t layers,
+                               int64_t size, char old[STORE_DIGEST_LEN]) {
+  return BACKEND(s)->model_set_attachment(s, id, kind, digest, layers, size,
+                                          old);
+}
+
+/* The upload's blob, the row and the collection of what it replaced (or,
+ * on a failure, of the upload's own blob) under the blob lock, so that no
+ * collection runs between them: the same steps on every backend. */
 int store_model_attach(store *s, const char *id, store_attachment kind,
                        store_upload *u, int64_t layers, int64_t size,
                        char old[STORE_DIGEST_LEN]) {
-  return BACKEND(s)->model_attach(s, id, kind, u, layers, size, old);
+  char digest[STORE_DIGEST_LEN] = "";
+  old[0] = '\0';
+  store_blob_lock(s);
+  int rc = DECOMP_OK;
+  if (u && (rc = store_upload_finish(u, digest)) == DECOMP_OK)
+    rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = store_model_set_attachment(s, id, kind, u ? digest : NULL, layers,
+                                    size, old);
+  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0) {
+    store_blob_gc(s, old);
+  } else if (rc != DECOMP_OK && digest[0]) {
+    char why[1024]; /* the failure's message, past the collection's */
+    snprintf(why, sizeof why, "%s", store_errmsg());
+    store_blob_gc(s, digest);
+    store_fail(rc, "%s", why);
+  }
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_model_put_sharded(store *s, store_upload *doc, store_model *m,

@@ -147,9 +147,9 @@ int sq_model_set_spec(store *s, const char *id, const char *spec);
 int sq_model_get_spec(store *s, const char *id, char **spec);
 int sq_model_set_archive_spec(store *s, const char *id, const char *spec);
 int sq_model_get_archive_spec(store *s, const char *id, char **spec);
-int sq_model_attach(store *s, const char *id, store_attachment kind,
-                    store_upload *u, int64_t layers, int64_t size,
-                    char old[STORE_DIGEST_LEN]);
+int sq_model_set_attachment(store *s, const char *id, store_attachment kind,
+                            const char *digest, int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]);
 int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
                          const store_shard *sh, size_t n, bool *created);
 int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n);
