@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 9
+#define STORE_BACKEND_VERSION 10
 
 typedef struct store_backend store_backend;
 
@@ -61,7 +61,6 @@ struct store_backend {
                       store_partial **out, int64_t *have);
   int (*partial_offset)(store *s, const char *digest, int64_t *size);
   int (*loose_blob_touch)(store *s, const char *digest, int64_t size);
-  int (*loose_blob_refresh)(store *s, const char *digest, int64_t *size);
   int (*uploads_sweep)(store *s, int64_t ttl_ms, int *partials, int *blobs);
   const char *(*tmp_dir)(store *s);
 

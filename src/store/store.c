@@ -127,8 +127,15 @@ int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
   return BACKEND(s)->loose_blob_touch(s, digest, size);
 }
 
+/* The blob's presence and the row under the blob lock: no sweep collects
+ * the blob between the two, on any backend. */
 int store_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
-  return BACKEND(s)->loose_blob_refresh(s, digest, size);
+  store_blob_lock(s);
+  int rc = blobs_blob_stat(s, digest, size);
+  if (rc == DECOMP_OK)
+    rc = store_loose_blob_touch(s, digest, *size);
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {

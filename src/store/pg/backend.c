@@ -22,7 +22,6 @@ const store_backend store_backend_pg = {
     .partial_open = blobs_partial_open,
     .partial_offset = blobs_partial_offset,
     .loose_blob_touch = pg_loose_blob_touch,
-    .loose_blob_refresh = pg_loose_blob_refresh,
     .uploads_sweep = pg_uploads_sweep,
     .tmp_dir = blobs_tmp_dir,
     .model_put = pg_model_put,

@@ -148,7 +148,6 @@ int pg_blob_gc(store *s, const char *digest);
 void pg_blob_lock(store *s);
 void pg_blob_unlock(store *s);
 int pg_loose_blob_touch(store *s, const char *digest, int64_t size);
-int pg_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int pg_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int pg_node_beat(store *s, const store_node *n);
 int pg_node_list(store *s, store_node **out, size_t *n);

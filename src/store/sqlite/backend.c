@@ -21,7 +21,6 @@ const store_backend store_backend_sqlite = {
     .partial_open = blobs_partial_open,
     .partial_offset = blobs_partial_offset,
     .loose_blob_touch = sq_loose_blob_touch,
-    .loose_blob_refresh = sq_loose_blob_refresh,
     .uploads_sweep = sq_uploads_sweep,
     .tmp_dir = blobs_tmp_dir,
     .model_put = sq_model_put,

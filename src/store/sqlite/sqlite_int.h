@@ -135,7 +135,6 @@ int sq_blob_gc(store *s, const char *digest);
 void sq_blob_lock(store *s);
 void sq_blob_unlock(store *s);
 int sq_loose_blob_touch(store *s, const char *digest, int64_t size);
-int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int sq_node_beat(store *s, const store_node *n);
 int sq_node_list(store *s, store_node **out, size_t *n);
