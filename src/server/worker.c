@@ -233,28 +233,35 @@ static int write_file(const char *path, const char *text) {
 
 static const struct {
   const char *name;
-  const char *ext;
   const char *media_type;
   int format;
 } OUTPUTS[] = {
-    {DECOMP_ARTIFACT_WEIGHTS_PTH, "pth", "application/octet-stream",
+    {DECOMP_ARTIFACT_WEIGHTS_PTH, "application/octet-stream",
      DECOMP_FORMAT_PTH},
-    {DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS, "safetensors",
-     "application/octet-stream", DECOMP_FORMAT_SAFETENSORS},
-    {DECOMP_ARTIFACT_INFO, "json", "application/json", DECOMP_FORMAT_UNKNOWN},
+    {DECOMP_ARTIFACT_WEIGHTS_SAFETENSORS, "application/octet-stream",
+     DECOMP_FORMAT_SAFETENSORS},
+    {DECOMP_ARTIFACT_INFO, "application/json", DECOMP_FORMAT_UNKNOWN},
 };
 #define NOUTPUTS 3
 
-/* Save the result's files under tmp and commit them as the job's artifacts. */
+/* Save the result's files under tmp and commit them as the job's artifacts.
+ * They are written under their artifact names, in a folder of the job's:
+ * a .pth archive's entries are named after its file (torch.save's
+ * STEM/data.pkl), so the bytes are those decompctl writes, whichever job
+ * or node made them. */
 static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
                          const decomp_result *res, char *msg, size_t msglen) {
-  char paths[NOUTPUTS][4200];
+  char dir[4096], paths[NOUTPUTS][4200];
   store_artifact arts[NOUTPUTS];
   int rc = DECOMP_OK;
   int made = 0;
+  snprintf(dir, sizeof dir, "%s/%s-out", store_tmp_dir(s), job->id);
+  if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+    snprintf(msg, msglen, "saving the outputs: mkdir: %s", strerror(errno));
+    return DECOMP_ERR_IO;
+  }
   for (int i = 0; i < NOUTPUTS && rc == DECOMP_OK; i++) {
-    snprintf(paths[i], sizeof paths[i], "%s/%s-out.%s", store_tmp_dir(s),
-             job->id, OUTPUTS[i].ext);
+    snprintf(paths[i], sizeof paths[i], "%s/%s", dir, OUTPUTS[i].name);
     made = i + 1;
     if (OUTPUTS[i].format == DECOMP_FORMAT_UNKNOWN)
       rc = write_file(paths[i], decomp_result_info(res));
@@ -285,6 +292,7 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
   }
   for (int i = 0; i < made; i++)
     unlink(paths[i]); /* already renamed away on success */
+  rmdir(dir);
   return rc;
 }
 
