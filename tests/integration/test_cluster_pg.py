@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -60,6 +61,16 @@ def slow_model():
     torch.manual_seed(2)
     net = torch.nn.Sequential(*[torch.nn.Conv2d(512, 512, 3, padding=1, bias=False)
                                 for _ in range(12)])
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return net, buf.getvalue()
+
+
+def long_layer_model():
+    """One layer that takes a minute or more by itself (test_crash's: the
+    amct preset, float64, on a 5120x5120 matrix)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2, bias=False))
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     return net, buf.getvalue()
@@ -171,20 +182,26 @@ def test_a_submit_on_one_node_wakes_an_idle_worker_on_another_at_once(cluster):
     workers' one-second poll (their mean wait over several jobs would be
     about half a second without the notification)."""
     (n1,) = cluster(1, args=["--workers", "1"])
-    net, data = slow_model()
+    net, data = long_layer_model()
     busy = submit(n1, net, data)
-    wait_running_on(n1, busy, "n1")
+    deadline = time.monotonic() + 300
+    while index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) != [("n1",)]:
+        assert time.monotonic() < deadline, "the long job never started"
+        time.sleep(0.05)
     (n2,) = cluster(1, args=["--workers", "1"])
     time.sleep(1.5)  # node 2's worker has polled and is waiting
-    waits = []
+    waits, rng = [], random.Random(7)
     for seed in range(6):
         net, data = small_model(seed=200 + seed)
         job_id = submit(n1, net, data, policy="budget")
         j = n2.wait_job(job_id)
         assert j["state"] == "succeeded", j
+        assert any(job_id in line and "event=job_end" in line
+                   for line in n2.log().splitlines()), "node 2 did not run " + job_id
         rows = index_sql(n2, "SELECT started_at - created_at FROM jobs WHERE id=?", (job_id,))
         waits.append(rows[0][0])
-        time.sleep(1.2)  # idle again, past a poll
+        time.sleep(rng.uniform(0, 0.5))  # not in step with node 2's polls
+    # node 1's worker was busy all along
     assert index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) == [("n1",)]
     assert sum(waits) / len(waits) < 200, waits
 
