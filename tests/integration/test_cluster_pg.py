@@ -271,6 +271,22 @@ def test_a_restarted_node_requeues_its_own_dead_job_at_once(cluster):
     assert done["state"] == "succeeded" and done["attempts"] == 2, done
 
 
+def test_a_starting_node_empties_its_own_temp_folder_only(cluster):
+    (n1,) = cluster(1)
+    (n2,) = cluster(1, start=False)
+    ours = os.path.join(n1.tmp_dir(), "upload-0123456789abcdef01234567")
+    with open(ours, "wb") as f:  # node 1 writing an upload
+        f.write(b"\0" * 4096)
+    os.makedirs(n2.tmp_dir(), exist_ok=True)
+    left = os.path.join(n2.tmp_dir(), ".j_0123456789abcdef-out.pth.tmp-Ab3dE9")
+    with open(left, "wb") as f:  # what a killed node 2 left
+        f.write(b"\0" * 4096)
+    n2.start()
+    assert os.path.exists(ours), "node 2 emptied node 1's temp folder"
+    assert not os.path.exists(left)
+    assert n1.tmp_dir() != n2.tmp_dir()
+
+
 def test_two_live_daemons_cannot_share_a_node_id(cluster, tmp_path):
     (n1,) = cluster(1)
     twin = Daemon(n1.data_dir, env={"DECOMPD_NODE_ID": "n1"})
