@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import time
@@ -123,9 +124,10 @@ def artifact_bytes(d, job_id):
 
 
 def comparable(name, body):
-    """An artifact as two runs of one job must agree on it: the weights
-    byte for byte (a .pth by its tensors: its zip's bytes differ between
-    any two runs, on one node too); the info file without its timings."""
+    """An artifact as two runs of the same work must agree on it: the
+    weights byte for byte (a .pth by its tensors: its zip's folder prefix
+    is the output file's stem, which names the job, and the reference run
+    is another job); the info file without its timings."""
     if name.endswith(".pth"):
         sd = torch.load(io.BytesIO(body), weights_only=True)
         return {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
@@ -257,6 +259,33 @@ def test_a_killed_nodes_job_is_reclaimed_and_ends_as_an_uninterrupted_run(cluste
     for name in want:
         assert got[name] == want[name], name
     assert index_sql(n2, "SELECT lease_node FROM jobs WHERE id=?", (job_id,)) == [("",)]
+
+
+def test_a_node_that_lost_its_lease_stops_and_writes_nothing_over_the_new_run(cluster):
+    """Node 1 freezes (SIGSTOP) with a job: its lease lapses, node 2 takes
+    the job over; node 1, thawed, finds the job is no longer its own at its
+    next progress report, stops it and writes nothing (no progress, no end)
+    over node 2's run, and serves on."""
+    (n1,) = cluster(1, args=["--workers", "1", "--lease-seconds", "2"])
+    net, data = slow_model()
+    job_id = submit(n1, net, data)
+    wait_running_on(n1, job_id, "n1")
+    n1.proc.send_signal(signal.SIGSTOP)
+    try:
+        (n2,) = cluster(1, args=["--workers", "1", "--lease-seconds", "2"])
+        wait_running_on(n2, job_id, "n2")
+    finally:
+        n1.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 300
+    while not any(job_id in line and "event=job_end" in line
+                  for line in n1.log().splitlines()):
+        assert time.monotonic() < deadline, "node 1 never stopped the job"
+        time.sleep(0.1)
+    # still node 2's, running, until it ends it
+    done = n2.wait_job(job_id, timeout=900)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done
+    assert done["progress"]["layers_done"] == 12 and len(done["layers"]) == 12
+    assert n1.json("GET", "/readyz")[0] == 200
 
 
 def test_a_restarted_node_requeues_its_own_dead_job_at_once(cluster):

@@ -398,9 +398,12 @@ int pg_job_cancel_requested(store *s, const char *job_id, bool *yes) {
 }
 
 int pg_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
+  /* Recorded by the node that ran it: while it holds the job, or once it
+   * has ended it (no lease), never over another node's run. */
   return pg_queryf(s, NULL, NULL,
-                   "UPDATE jobs SET peak_rss_bytes=$1 WHERE id=$2", "is", bytes,
-                   job_id);
+                   "UPDATE jobs SET peak_rss_bytes=$1 WHERE id=$2 AND "
+                   "(lease_node IS NULL OR lease_node=$3)",
+                   "iss", bytes, job_id, s->node);
 }
 
 static int job_succeed_rows(store *s, const char *job_id,
