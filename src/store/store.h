@@ -6,9 +6,10 @@
  * of the backend the handle was opened with (backend.h). The embedded
  * backend, the one store_open() opens, keeps blobs under
  * DATA_DIR/blobs/sha256/ab/abcd… (blob.c) and the index in SQLite (the
- * files under sqlite/); a PostgreSQL + S3 deployment would be a second
- * table in files of its own. The job queue lives in queue.h on the same
- * handle.
+ * files under sqlite/); the cluster backend (store_backend_pg, the config
+ * key `index` = a postgresql:// URI) keeps the index in PostgreSQL (the
+ * files under pg/) and the blobs in the same folder, shared by the nodes.
+ * The job queue lives in queue.h on the same handle.
  *
  * Fallible functions return a decomp_error code (DECOMP_OK on success); the
  * detail of the last failure on the calling thread is store_errmsg(). The

@@ -18,6 +18,7 @@ server's URI (postgresql://decompd@127.0.0.1:PORT), stops the server and
 exits with COMMAND's status. The integration harness (conftest.py) then
 gives each daemon's data dir a database of its own on that server.
 """
+import atexit
 import os
 import shutil
 import signal
@@ -96,15 +97,26 @@ class PgServer:
             return
         try:
             self._run([os.path.join(PG_BIN, "pg_ctl"), "-D",
-                       os.path.join(self.dir, "data"), "-m", mode, "-w", "stop"])
+                       os.path.join(self.dir, "data"), "-m", mode, "-w", "stop"],
+                      timeout=120)
         except subprocess.CalledProcessError:
             pass
 
     def cleanup(self):
-        self.stop()
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        """Stop the server and remove its folder, whatever happens on the
+        way (a signal meanwhile is ignored until it is done)."""
+        old = [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            try:
+                self.stop()
+            except Exception:
+                self.stop("immediate")
+        finally:
+            if self.dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir = None
+            for s, h in zip((signal.SIGTERM, signal.SIGINT), old):
+                signal.signal(s, h)
 
 
 def create_database(base_uri, name):
@@ -122,6 +134,7 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     pg = PgServer()
+    atexit.register(pg.cleanup)
     child = None
 
     def stop(signum, frame):  # meson's timeout: the server goes too

@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import time
@@ -65,6 +67,16 @@ def slow_model():
     return net, buf.getvalue()
 
 
+def long_layer_model():
+    """One layer that takes a minute or more by itself (test_crash's: the
+    amct preset, float64, on a 5120x5120 matrix)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1024, 1024, 5, padding=2, bias=False))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return net, buf.getvalue()
+
+
 def submit(d, net, data, policy="amct"):
     status, m = d.upload(data)
     assert status in (200, 201), m
@@ -112,9 +124,10 @@ def artifact_bytes(d, job_id):
 
 
 def comparable(name, body):
-    """An artifact as two runs of one job must agree on it: the weights
-    byte for byte (a .pth by its tensors: its zip's bytes differ between
-    any two runs, on one node too); the info file without its timings."""
+    """An artifact as two runs of the same work must agree on it: the
+    weights byte for byte (a .pth by its tensors: its zip's folder prefix
+    is the output file's stem, which names the job, and the reference run
+    is another job); the info file without its timings."""
     if name.endswith(".pth"):
         sd = torch.load(io.BytesIO(body), weights_only=True)
         return {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
@@ -171,20 +184,26 @@ def test_a_submit_on_one_node_wakes_an_idle_worker_on_another_at_once(cluster):
     workers' one-second poll (their mean wait over several jobs would be
     about half a second without the notification)."""
     (n1,) = cluster(1, args=["--workers", "1"])
-    net, data = slow_model()
+    net, data = long_layer_model()
     busy = submit(n1, net, data)
-    wait_running_on(n1, busy, "n1")
+    deadline = time.monotonic() + 300
+    while index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) != [("n1",)]:
+        assert time.monotonic() < deadline, "the long job never started"
+        time.sleep(0.05)
     (n2,) = cluster(1, args=["--workers", "1"])
     time.sleep(1.5)  # node 2's worker has polled and is waiting
-    waits = []
+    waits, rng = [], random.Random(7)
     for seed in range(6):
         net, data = small_model(seed=200 + seed)
         job_id = submit(n1, net, data, policy="budget")
         j = n2.wait_job(job_id)
         assert j["state"] == "succeeded", j
+        assert any(job_id in line and "event=job_end" in line
+                   for line in n2.log().splitlines()), "node 2 did not run " + job_id
         rows = index_sql(n2, "SELECT started_at - created_at FROM jobs WHERE id=?", (job_id,))
         waits.append(rows[0][0])
-        time.sleep(1.2)  # idle again, past a poll
+        time.sleep(rng.uniform(0, 0.5))  # not in step with node 2's polls
+    # node 1's worker was busy all along
     assert index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) == [("n1",)]
     assert sum(waits) / len(waits) < 200, waits
 
@@ -242,6 +261,33 @@ def test_a_killed_nodes_job_is_reclaimed_and_ends_as_an_uninterrupted_run(cluste
     assert index_sql(n2, "SELECT lease_node FROM jobs WHERE id=?", (job_id,)) == [("",)]
 
 
+def test_a_node_that_lost_its_lease_stops_and_writes_nothing_over_the_new_run(cluster):
+    """Node 1 freezes (SIGSTOP) with a job: its lease lapses, node 2 takes
+    the job over; node 1, thawed, finds the job is no longer its own at its
+    next progress report, stops it and writes nothing (no progress, no end)
+    over node 2's run, and serves on."""
+    (n1,) = cluster(1, args=["--workers", "1", "--lease-seconds", "2"])
+    net, data = slow_model()
+    job_id = submit(n1, net, data)
+    wait_running_on(n1, job_id, "n1")
+    n1.proc.send_signal(signal.SIGSTOP)
+    try:
+        (n2,) = cluster(1, args=["--workers", "1", "--lease-seconds", "2"])
+        wait_running_on(n2, job_id, "n2")
+    finally:
+        n1.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 300
+    while not any(job_id in line and "event=job_end" in line
+                  for line in n1.log().splitlines()):
+        assert time.monotonic() < deadline, "node 1 never stopped the job"
+        time.sleep(0.1)
+    # still node 2's, running, until it ends it
+    done = n2.wait_job(job_id, timeout=900)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done
+    assert done["progress"]["layers_done"] == 12 and len(done["layers"]) == 12
+    assert n1.json("GET", "/readyz")[0] == 200
+
+
 def test_a_restarted_node_requeues_its_own_dead_job_at_once(cluster):
     (n1,) = cluster(1, args=["--workers", "1", "--lease-seconds", "600"])
     net, data = slow_model()
@@ -252,6 +298,22 @@ def test_a_restarted_node_requeues_its_own_dead_job_at_once(cluster):
     assert "requeued=1" in n1.log()
     done = n1.wait_job(job_id, timeout=900)
     assert done["state"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_a_starting_node_empties_its_own_temp_folder_only(cluster):
+    (n1,) = cluster(1)
+    (n2,) = cluster(1, start=False)
+    ours = os.path.join(n1.tmp_dir(), "upload-0123456789abcdef01234567")
+    with open(ours, "wb") as f:  # node 1 writing an upload
+        f.write(b"\0" * 4096)
+    os.makedirs(n2.tmp_dir(), exist_ok=True)
+    left = os.path.join(n2.tmp_dir(), ".j_0123456789abcdef-out.pth.tmp-Ab3dE9")
+    with open(left, "wb") as f:  # what a killed node 2 left
+        f.write(b"\0" * 4096)
+    n2.start()
+    assert os.path.exists(ours), "node 2 emptied node 1's temp folder"
+    assert not os.path.exists(left)
+    assert n1.tmp_dir() != n2.tmp_dir()
 
 
 def test_two_live_daemons_cannot_share_a_node_id(cluster, tmp_path):

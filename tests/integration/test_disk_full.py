@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import assert_problem, conv_spec
+from conftest import TEST_INDEX, assert_problem, conv_spec, pg_only_skip
 
 DISK_MB = 64
 RESERVE = 4 << 20
@@ -88,6 +88,9 @@ def tokens(d):
             for role in ("submit", "admin")}
 
 
+@pg_only_skip("the index is in PostgreSQL, not on the full data disk: its writes "
+              "(a submit, a spec) do not answer 507 there, and the reserve that "
+              "lets a delete through is the embedded index's")
 def test_full_disk_answers_507_and_an_admin_delete_still_frees_space(daemon_factory,
                                                                      small_disk):
     d = daemon_factory(args=["--workers", "1"])
@@ -141,6 +144,45 @@ def test_full_disk_answers_507_and_an_admin_delete_still_frees_space(daemon_fact
     assert json.loads(body)["layers"][0]["name"] == "0"
 
 
+@pytest.mark.skipif(not TEST_INDEX, reason="the index in PostgreSQL (suite "
+                    "integration-pg): the embedded one is the test above")
+def test_full_data_disk_refuses_blobs_while_the_postgresql_index_takes_writes(
+        daemon_factory, small_disk):
+    """The index is not on the full disk: an upload answers 507 naming no
+    server path, while a spec, a submit and a delete (which frees the room)
+    go through, and uploads work again after it."""
+    d = daemon_factory(args=["--workers", "1"])
+    d.data_dir = str(small_disk / "var")
+    d.start()
+    tok = tokens(d)
+    big_net, big = weights(1, 512, 512)
+    small_net, small = weights(2, 32, 64)
+    status, mbig = d.upload(big, name="big", token=tok["submit"])
+    assert status == 201, mbig
+    status, msmall = d.upload(small, name="small", token=tok["submit"])
+    assert status == 201, msmall
+    fill(str(small_disk / "filler"))
+    _, other = weights(3, 64, 64)
+    status, hdrs, body = d.request("POST", "/v1/models?name=x", other, token=tok["submit"],
+                                   headers={"Content-Type": "application/octet-stream"})
+    assert_problem(status, hdrs, body, 507, "disk_full")
+    assert str(small_disk) not in body.decode() and "upload-" not in body.decode()
+    assert os.listdir(d.tmp_dir()) == []
+    spec = conv_spec(small_net)
+    status, hdrs, body = d.request("PUT", "/v1/models/%s/spec" % msmall["id"], spec,
+                                   token=tok["submit"])
+    assert status == 200, body
+    assert d.request("GET", "/readyz")[0] == 200
+    status, hdrs, body = d.request("DELETE", "/v1/models/" + mbig["id"], token=tok["admin"])
+    assert status == 204, body
+    assert shutil.disk_usage(str(small_disk)).free >= 4 << 20
+    status, m = d.upload(other, name="x", token=tok["submit"])
+    assert status == 201, m
+    status, j = d.json("POST", "/v1/jobs", {"model": msmall["id"]}, token=tok["submit"])
+    assert status == 201, j
+    assert d.wait_job(j["id"], token=tok["submit"])["state"] == "succeeded"
+
+
 def test_a_job_that_failed_for_want_of_space_runs_again_once_retried(daemon_factory,
                                                                       small_disk):
     """The disk fills while a job runs: it fails disk_full (its message
@@ -164,7 +206,7 @@ def test_a_job_that_failed_for_want_of_space_runs_again_once_retried(daemon_fact
     assert failed["error"]["code"] == "disk_full", failed
     msg = failed["error"]["message"]
     assert str(small_disk) not in msg and "/tmp/" not in msg and "/var" not in msg, msg
-    assert os.listdir(os.path.join(d.data_dir, "tmp")) == []
+    assert os.listdir(d.tmp_dir()) == []
     os.unlink(filler)
     status, r = d.json("POST", "/v1/jobs/%s/retry" % j["id"])
     assert status == 200 and r["state"] in ("queued", "running"), r

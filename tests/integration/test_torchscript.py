@@ -96,7 +96,7 @@ def still_serving(daemon):
 
 
 def tmp_left(daemon):
-    return os.listdir(os.path.join(daemon.data_dir, "tmp"))
+    return os.listdir(daemon.tmp_dir())
 
 
 def sigchld_ignored(pid):
@@ -448,7 +448,7 @@ def test_cancel_and_shutdown_stop_the_reader(daemon_factory):
                 os.kill(p, 9)
     # a reader's work folder left by a daemon that was killed is removed at
     # the next start
-    left = os.path.join(d.data_dir, "tmp", "decompd-ts-AbC123")
+    left = os.path.join(d.tmp_dir(), "decompd-ts-AbC123")
     os.makedirs(left)
     with open(os.path.join(left, "weights.safetensors"), "wb") as f:
         f.write(b"x" * 100)

@@ -586,6 +586,39 @@ START_TEST(queue_is_idempotent_fifo_and_survives_a_crash) {
 END_TEST
 
 
+static int wakes;
+static void count_wake(void *arg) {
+  (void)arg;
+  wakes++;
+}
+
+START_TEST(a_queued_job_calls_the_wake_up_once_and_an_existing_one_does_not) {
+  store *s = open_owner(NULL);
+  some_model(s, model_x);
+  wakes = 0;
+  store_set_wake(s, count_wake, NULL);
+  char a[24], again[24], b[24];
+  submit(s, "kw", a, true);
+  ck_assert_int_eq(wakes, 1);
+  submit(s, "kw", again, false); /* the same job: nothing new to claim */
+  ck_assert_int_eq(wakes, 1);
+  store_job j;
+  ck_assert_int_eq(store_job_claim(s, &j), DECOMP_OK);
+  store_job_clear(&j);
+  ck_assert_int_eq(store_job_fail(s, a, DECOMP_ERR_IO, "lost"), DECOMP_OK);
+  ck_assert_int_eq(wakes, 1);
+  bool requeued = false;
+  ck_assert_int_eq(store_job_retry(s, a, &j, &requeued), DECOMP_OK);
+  ck_assert(requeued);
+  store_job_clear(&j);
+  ck_assert_int_eq(wakes, 2); /* back in the queue */
+  store_set_wake(s, NULL, NULL);
+  submit(s, "kw2", b, true);
+  ck_assert_int_eq(wakes, 2); /* removed */
+  store_close(s);
+}
+END_TEST
+
 static void sha_of(const char *text, char digest[STORE_DIGEST_LEN]) {
   char hex[65];
   ck_assert(store_sha256_hex(text, strlen(text), hex));
@@ -783,6 +816,8 @@ int main(void) {
   tcase_add_test(tc, blob_read_is_bounded);
   tcase_add_test(tc, tokens_are_found_by_hash_with_their_role);
   tcase_add_test(tc, queue_is_idempotent_fifo_and_survives_a_crash);
+  tcase_add_test(tc,
+                 a_queued_job_calls_the_wake_up_once_and_an_existing_one_does_not);
   tcase_add_test(tc, digests_and_ids_are_well_formed);
   tcase_add_test(tc, partial_uploads_resume_at_their_offset_and_verify_whole);
   tcase_add_test(tc, shards_live_while_their_model_does_and_loose_blobs_for_the_ttl);

@@ -398,9 +398,12 @@ int pg_job_cancel_requested(store *s, const char *job_id, bool *yes) {
 }
 
 int pg_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
+  /* Recorded by the node that ran it: while it holds the job, or once it
+   * has ended it (no lease), never over another node's run. */
   return pg_queryf(s, NULL, NULL,
-                   "UPDATE jobs SET peak_rss_bytes=$1 WHERE id=$2", "is", bytes,
-                   job_id);
+                   "UPDATE jobs SET peak_rss_bytes=$1 WHERE id=$2 AND "
+                   "(lease_node IS NULL OR lease_node=$3)",
+                   "iss", bytes, job_id, s->node);
 }
 
 static int job_succeed_rows(store *s, const char *job_id,
@@ -417,11 +420,19 @@ static int job_succeed_rows(store *s, const char *job_id,
                   "size=EXCLUDED.size, media_type=EXCLUDED.media_type",
                   "sssis", job_id, a[i].name, a[i].digest, a[i].size,
                   a[i].media_type);
+  int ended = 0;
   if (rc == DECOMP_OK)
-    rc = pg_execf(c, NULL, NULL,
+    rc = pg_execf(c, NULL, &ended,
                   "UPDATE jobs SET state='succeeded', finished_at=$3, "
                   "lease_node=NULL, lease_expires=NULL WHERE id=$1 AND " MINE,
                   "ssi", job_id, s->node, store_now_ms());
+  /* Not this node's any more (its lease lapsed and another node claimed
+   * it, or it was deleted): its artifact rows are not written over the
+   * other run's. */
+  if (rc == DECOMP_OK && ended == 0)
+    rc = store_fail(DECOMP_ERR_CONFLICT,
+                    "job %s is no longer running on node %s", job_id,
+                    s->node);
   return pg_end(s, c, rc);
 }
 
