@@ -317,6 +317,27 @@ int store_job_delete(store *s, const char *id) {
   return BACKEND(s)->job_delete(s, id);
 }
 
+int store_model_import(store *s, const store_model_record *r, bool *created) {
+  return BACKEND(s)->model_import(s, r, created);
+}
+
+int store_job_import(store *s, const store_job_record *r, bool *created) {
+  return BACKEND(s)->job_import(s, r, created);
+}
+
+int store_job_request_key(store *s, const char *id, char key[65]) {
+  return BACKEND(s)->job_request_key(s, id, key);
+}
+
+int store_token_import(store *s, const store_token *t, const char *hash_hex,
+                       bool *created) {
+  return BACKEND(s)->token_import(s, t, hash_hex, created);
+}
+
+int store_token_hash(store *s, const char *id, char hash_hex[65]) {
+  return BACKEND(s)->token_hash(s, id, hash_hex);
+}
+
 void store_set_wake(store *s, void (*fn)(void *arg), void *arg) {
   BACKEND(s)->set_wake(s, fn, arg);
 }
