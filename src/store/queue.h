@@ -157,7 +157,8 @@ typedef struct store_job_record {
   size_t nartifacts;
 } store_job_record;
 
-/* DECOMP_ERR_NOT_FOUND when its model is not in the store, or a blob it
+/* DECOMP_ERR_NOT_FOUND when it is queued or running and its model is not
+ * in the store (a finished job may have outlived its model), or a blob it
  * names is not; DECOMP_ERR_CONFLICT when another job (another id) has its
  * request key. A job imported queued may be claimed at once (the workers
  * are woken as for a submit). */

@@ -84,10 +84,14 @@ static int job_import_rows(store *s, const store_job_record *r,
   int rc = pg_begin(s, &c), ins = 0;
   if (rc != DECOMP_OK)
     return rc;
-  /* The model stays while the job goes in (a delete takes it FOR UPDATE). */
-  rc = pg_execf(c, &res, NULL, "SELECT 1 FROM models WHERE id=$1 FOR SHARE",
-                "s", j->model_id);
-  if (rc == DECOMP_OK && PQntuples(res) == 0)
+  /* A job that is to run needs its model, which stays while the job goes
+   * in (a delete takes it FOR UPDATE); a finished one may have outlived
+   * it (a model is deleted once no job is queued or running). */
+  if (j->state == STORE_JOB_QUEUED || j->state == STORE_JOB_RUNNING)
+    rc = pg_execf(c, &res, NULL,
+                  "SELECT 1 FROM models WHERE id=$1 FOR SHARE", "s",
+                  j->model_id);
+  if (rc == DECOMP_OK && res && PQntuples(res) == 0)
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "job %s: no model %s", j->id,
                     j->model_id);
   PQclear(res);

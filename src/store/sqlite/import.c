@@ -79,10 +79,14 @@ static int job_import_rows(store *s, const store_job_record *r,
   int rc = sq_wbegin(s), ins = 0;
   if (rc != DECOMP_OK)
     return rc;
+  /* A job that is to run needs its model; a finished one may have
+   * outlived it (a model is deleted once no job is queued or running). */
+  bool to_run = j->state == STORE_JOB_QUEUED || j->state == STORE_JOB_RUNNING;
   sqlite3_stmt *st = NULL;
-  rc = sq_prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
+  if (to_run)
+    rc = sq_prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
                 "s", j->model_id);
-  if (rc == DECOMP_OK) {
+  if (rc == DECOMP_OK && to_run) {
     if (sqlite3_step(st) != SQLITE_ROW)
       rc = sq_fail(s->w, "job model");
     else if (sqlite3_column_int(st, 0) == 0)
