@@ -66,7 +66,19 @@ static void usage(FILE *f) {
           "Auth: once a token exists (decompd token create), every route but "
           "/healthz\nand /readyz needs 'Authorization: Bearer TOKEN' with a "
           "role of at least\nthe route's (read < submit < admin; "
-          "decompd --routes lists them).\n");
+          "decompd --routes lists them).\n"
+          "\n"
+          "store migrate: copies the embedded store in SRC_DATA_DIR (its "
+          "SQLite index and\nblob folder, or the blobs --from-blobs names) "
+          "into the store the settings\nname (--index postgresql://..., "
+          "--blobs s3://...|file:..., --data-dir for this\nnode's own "
+          "folder): every model, job (queued or running ones go in "
+          "queued),\nartifact and token, with the same ids. Each blob is "
+          "hashed again on its way in\n(one that is not its digest stops "
+          "it, naming it); a blob the destination has\n(checked by "
+          "existence and size) is not copied again. Stop the daemon "
+          "serving\nSRC_DATA_DIR first. Cut short, run it again: it goes on "
+          "where it stopped; exit\nstatus 0 once everything is there.\n");
 }
 
 /* Settings from the file, the environment and the flags; `rest` gets the
@@ -205,10 +217,10 @@ static void migrate_report(const store_migrate_stats *st, bool final,
                            void *arg) {
   (void)arg;
   fprintf(stderr,
-          "decompd: migrate: %s models %zu/%zu, jobs %zu/%zu, tokens "
+          "decompd: migrate: %smodels %zu/%zu, jobs %zu/%zu, tokens "
           "%zu/%zu, blobs %zu (%zu copied, %zu there already), %.1f MiB "
           "copied; new: %zu models, %zu jobs, %zu tokens\n",
-          final ? "done:" : "", st->models_done, st->models_total,
+          final ? "done: " : "", st->models_done, st->models_total,
           st->jobs_done, st->jobs_total, st->tokens_done, st->tokens_total,
           st->blobs_done, st->blobs_copied, st->blobs_present,
           (double)st->bytes_total / 1048576.0, st->models_new, st->jobs_new,
