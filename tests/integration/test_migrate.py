@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -85,8 +86,9 @@ def source(tmp_path_factory):
     """An embedded install with real content, stopped: resnet18 (a job run
     to success on it), a small model with its spec and a calibration (a
     calibrated job to success, a job failed), a sharded model with a profile, an
-    admin token, and a job left queued. (data dir, token, its snapshot
-    taken before the queued job was submitted, the queued job's id)."""
+    admin token, and a job left running by a daemon killed with SIGKILL.
+    (data dir, token, its snapshot taken before that job was submitted,
+    that job's id)."""
     root = tmp_path_factory.mktemp("source")
     d = Daemon(root / "var", ARGS, env=EMBEDDED).start()
     try:
@@ -142,13 +144,20 @@ def source(tmp_path_factory):
 
         token = d.run_cli("token", "create", "--role", "admin", "--name", "ci").stdout.strip()
         snap = snapshot(d, token)
-        # a job the source still had to run when it stopped
+        # a job the source was running when it died
         status, j5 = d.json("POST", "/v1/jobs", {"model": r18["id"],
                                                   "policy": dict(FIXED, rank=3)},
                             token=token)
         assert status == 201, j5
+        d.wait_job(j5["id"], states=("running",), token=token)
+        d.kill9()
     finally:
-        d.stop()
+        if d.proc is not None:
+            d.stop()
+    db = sqlite3.connect(os.path.join(root / "var", "decompd.db"))
+    assert db.execute("SELECT state FROM jobs WHERE id=?", (j5["id"],)).fetchall() == \
+        [("running",)]
+    db.close()
     return str(root / "var"), token, snap, j5["id"]
 
 
@@ -228,7 +237,7 @@ def test_every_model_job_artifact_attachment_and_token_is_in_postgresql_with_the
         assert any(m.get("calibration") for m in got_models.values())
         assert any(m.get("profile") for m in got_models.values())
         assert any(j.get("calibration") for j in got_jobs.values())
-        # the job the source had still to run is queued here, and runs
+        # the job the source was running is queued here, and runs
         assert got_jobs[queued]["state"] in ("queued", "running", "succeeded")
         done = d.wait_job(queued, token=token, timeout=600)
         assert done["state"] == "succeeded", done
@@ -332,3 +341,25 @@ def test_refusals_name_what_is_wrong(source, tmp_path):
                         "postgresql://decompd@127.0.0.1:%d/x" % port],
                        capture_output=True, text=True, env=dest.env, timeout=120)
     assert r.returncode != 0 and "127.0.0.1:%d" % port in r.stderr, r.stderr
+
+
+def test_an_embedded_destination_in_another_data_dir_gets_everything_too(source, tmp_path):
+    """The embedded backend's import entries: the same copy into SQLite."""
+    src, token, (models, jobs, blobs), queued = source
+    dest = Daemon(tmp_path / "dest", ARGS, env=EMBEDDED)
+    r = migrate(copy_of(source, tmp_path), dest, check=True)
+    assert "everything is in sqlite" in r.stderr, r.stderr
+    again = migrate(copy_of(source, tmp_path, "src2"), dest, check=True)
+    assert "new: 0 models, 0 jobs, 0 tokens" in again.stderr, again.stderr
+    db = sqlite3.connect(os.path.join(dest.data_dir, "decompd.db"))
+    assert db.execute("SELECT state FROM jobs WHERE id=?", (queued,)).fetchall() == \
+        [("queued",)]
+    db.close()
+    d = dest.start()
+    try:
+        got_models, got_jobs, got_blobs = snapshot(d, token)
+        assert got_models == models
+        assert {i: j for i, j in got_jobs.items() if i != queued} == jobs
+        assert got_blobs == blobs
+    finally:
+        d.stop()
