@@ -363,3 +363,27 @@ def test_an_embedded_destination_in_another_data_dir_gets_everything_too(source,
         assert got_blobs == blobs
     finally:
         d.stop()
+
+
+def test_a_destination_holding_the_same_weights_under_another_id_is_refused_naming_both(
+        source, tmp_path):
+    """Ids must stay what they were: a cluster where the same weights were
+    uploaded already (another model id) cannot take the source's model, and
+    says so instead of renaming it."""
+    models = source[2][0]
+    head = [m for m in models.values() if m["name"] == "head"][0]
+    dest = dest_of(tmp_path)
+    d = dest.start()
+    try:
+        src = copy_of(source, tmp_path)
+        hexd = head["digest"].split(":")[1]
+        with open(os.path.join(src, "blobs", "sha256", hexd[:2], hexd), "rb") as f:
+            status, other = d.upload(f.read(), name="head-again")
+        assert status == 201 and other["id"] != head["id"], other
+    finally:
+        d.stop()
+    r = migrate(src, dest, check=False)
+    assert r.returncode != 0
+    assert head["id"] in r.stderr and head["digest"] in r.stderr, r.stderr
+    assert "another model has its digest" in r.stderr, r.stderr
+    assert index_sql(dest, "SELECT id FROM models WHERE id=?", (head["id"],)) == []
