@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 9
+#define STORE_BACKEND_VERSION 11
 
 typedef struct store_backend store_backend;
 
@@ -61,7 +61,6 @@ struct store_backend {
                       store_partial **out, int64_t *have);
   int (*partial_offset)(store *s, const char *digest, int64_t *size);
   int (*loose_blob_touch)(store *s, const char *digest, int64_t size);
-  int (*loose_blob_refresh)(store *s, const char *digest, int64_t *size);
   int (*uploads_sweep)(store *s, int64_t ttl_ms, int *partials, int *blobs);
   const char *(*tmp_dir)(store *s);
 
@@ -75,9 +74,11 @@ struct store_backend {
   int (*model_get_spec)(store *s, const char *id, char **spec);
   int (*model_set_archive_spec)(store *s, const char *id, const char *spec);
   int (*model_get_archive_spec)(store *s, const char *id, char **spec);
-  int (*model_attach)(store *s, const char *id, store_attachment kind,
-                      store_upload *u, int64_t layers, int64_t size,
-                      char old[STORE_DIGEST_LEN]);
+  /* the row of store_model_attach, whose blob steps store.c takes (as
+   * store_int.h's store_model_set_attachment says) */
+  int (*model_set_attachment)(store *s, const char *id, store_attachment kind,
+                              const char *digest, int64_t layers,
+                              int64_t size, char old[STORE_DIGEST_LEN]);
 
   /* ---- sharded models ---- */
   int (*model_put_sharded)(store *s, store_upload *doc, store_model *m,
@@ -127,7 +128,9 @@ struct store_backend {
   int (*job_retry)(store *s, const char *id, store_job *out, bool *requeued);
   int (*job_delete)(store *s, const char *id);
 
-  /* ---- copying a store into another (store.h, queue.h; version 9) ---- */
+  /* ---- copying a store into another (store.h, queue.h; version 11):
+   * model_import and job_import write the rows, in one transaction each;
+   * store.c checks the blobs they name, under the blob lock ---- */
   int (*model_import)(store *s, const store_model_record *r, bool *created);
   int (*job_import)(store *s, const store_job_record *r, bool *created);
   int (*job_request_key)(store *s, const char *id, char key[65]);

@@ -16,7 +16,7 @@
 #include "queue.h"
 #include "store_int.h"
 
-#define COPY_CHUNK (1 << 20)
+#define COPY_CHUNK   (1 << 20)
 #define REPORT_BYTES ((int64_t)64 << 20)
 
 int store_migrate_open_source(const char *data_dir, const char *blobs,
@@ -52,8 +52,8 @@ int store_migrate_open_source(const char *data_dir, const char *blobs,
                       "it before migrating",
                       data_dir, path);
   }
-  const store_options o = {.data_dir = data_dir, .index = "sqlite",
-                           .blobs = blobs};
+  const store_options o = {
+      .data_dir = data_dir, .index = "sqlite", .blobs = blobs};
   int rc = store_open_with(&o, out, NULL);
   if (rc != DECOMP_OK) {
     close(fd);
@@ -184,8 +184,7 @@ static int migrate_model(struct mig *g, const store_model *m) {
    * that size): its document is copied whatever its size. */
   rc = copy_blob(g, m->digest, nsh > 0 ? -1 : m->size, what);
   for (size_t i = 0; rc == DECOMP_OK && i < nsh; i++) {
-    snprintf(what, sizeof what, "model %s, its shard %.40s", m->id,
-             sh[i].name);
+    snprintf(what, sizeof what, "model %s, its shard %.40s", m->id, sh[i].name);
     rc = copy_blob(g, sh[i].digest, sh[i].size, what);
   }
   if (rc == DECOMP_OK) {

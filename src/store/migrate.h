@@ -30,19 +30,19 @@ typedef struct store_migrate_stats {
   size_t models_total, models_done, models_new;
   size_t jobs_total, jobs_done, jobs_new;
   size_t tokens_total, tokens_done, tokens_new;
-  size_t blobs_done;      /* blobs the rows name, each counted once a row
-                             that names it is handled (a blob several rows
-                             name counts for each) */
-  size_t blobs_copied;    /* of them, copied now */
-  size_t blobs_present;   /* of them, in the destination already */
-  int64_t bytes_copied;   /* bytes copied now */
-  int64_t bytes_total;    /* bytes of the blob under way so far, and done */
+  size_t blobs_done;    /* blobs the rows name, each counted once a row
+                           that names it is handled (a blob several rows
+                           name counts for each) */
+  size_t blobs_copied;  /* of them, copied now */
+  size_t blobs_present; /* of them, in the destination already */
+  int64_t bytes_copied; /* bytes copied now */
+  int64_t bytes_total;  /* bytes of the blob under way so far, and done */
 } store_migrate_stats;
 
 /* Called after each blob, row and about every 64 MiB of a blob (from the
  * calling thread); `final` once at the end of a successful run. */
-typedef void (*store_migrate_report)(const store_migrate_stats *st,
-                                     bool final, void *arg);
+typedef void (*store_migrate_report)(const store_migrate_stats *st, bool final,
+                                     void *arg);
 
 /* Open the embedded store in `data_dir` (its blobs where `blobs` says, as
  * store_options.blobs) as a migration's source, creating nothing:

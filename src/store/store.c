@@ -127,8 +127,15 @@ int store_loose_blob_touch(store *s, const char *digest, int64_t size) {
   return BACKEND(s)->loose_blob_touch(s, digest, size);
 }
 
+/* The blob's presence and the row under the blob lock: no sweep collects
+ * the blob between the two, on any backend. */
 int store_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
-  return BACKEND(s)->loose_blob_refresh(s, digest, size);
+  store_blob_lock(s);
+  int rc = blobs_blob_stat(s, digest, size);
+  if (rc == DECOMP_OK)
+    rc = store_loose_blob_touch(s, digest, *size);
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
@@ -172,10 +179,38 @@ int store_model_get_archive_spec(store *s, const char *id, char **spec) {
   return BACKEND(s)->model_get_archive_spec(s, id, spec);
 }
 
+int store_model_set_attachment(store *s, const char *id, store_attachment kind,
+                               const char *digest, int64_t layers,
+                               int64_t size, char old[STORE_DIGEST_LEN]) {
+  return BACKEND(s)->model_set_attachment(s, id, kind, digest, layers, size,
+                                          old);
+}
+
+/* The upload's blob, the row and the collection of what it replaced (or,
+ * on a failure, of the upload's own blob) under the blob lock, so that no
+ * collection runs between them: the same steps on every backend. */
 int store_model_attach(store *s, const char *id, store_attachment kind,
                        store_upload *u, int64_t layers, int64_t size,
                        char old[STORE_DIGEST_LEN]) {
-  return BACKEND(s)->model_attach(s, id, kind, u, layers, size, old);
+  char digest[STORE_DIGEST_LEN] = "";
+  old[0] = '\0';
+  store_blob_lock(s);
+  int rc = DECOMP_OK;
+  if (u && (rc = store_upload_finish(u, digest)) == DECOMP_OK)
+    rc = store_upload_commit(u);
+  if (rc == DECOMP_OK)
+    rc = store_model_set_attachment(s, id, kind, u ? digest : NULL, layers,
+                                    size, old);
+  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0) {
+    store_blob_gc(s, old);
+  } else if (rc != DECOMP_OK && digest[0]) {
+    char why[1024]; /* the failure's message, past the collection's */
+    snprintf(why, sizeof why, "%s", store_errmsg());
+    store_blob_gc(s, digest);
+    store_fail(rc, "%s", why);
+  }
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
@@ -317,12 +352,48 @@ int store_job_delete(store *s, const char *id) {
   return BACKEND(s)->job_delete(s, id);
 }
 
+/* Under the blob lock: the blob `digest` that `what` names is stored. */
+static int import_need_blob(store *s, const char *digest, const char *what) {
+  int64_t size;
+  if (!digest || !digest[0] || blobs_blob_stat(s, digest, &size) == DECOMP_OK)
+    return DECOMP_OK;
+  return store_fail(DECOMP_ERR_NOT_FOUND, "%s: blob %s is not in the store",
+                    what, digest);
+}
+
+/* The blobs the rows name are checked and the rows written under the blob
+ * lock, so that no collection runs between them: the same steps on every
+ * backend, which writes the rows. */
 int store_model_import(store *s, const store_model_record *r, bool *created) {
-  return BACKEND(s)->model_import(s, r, created);
+  char what[64];
+  snprintf(what, sizeof what, "model %s", r->m.id);
+  store_blob_lock(s);
+  int rc = import_need_blob(s, r->m.digest, what);
+  for (size_t i = 0; rc == DECOMP_OK && i < r->nshards; i++)
+    rc = import_need_blob(s, r->shards[i].digest, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->m.calibration, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->m.profile, what);
+  if (rc == DECOMP_OK)
+    rc = BACKEND(s)->model_import(s, r, created);
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_job_import(store *s, const store_job_record *r, bool *created) {
-  return BACKEND(s)->job_import(s, r, created);
+  char what[64];
+  snprintf(what, sizeof what, "job %s", r->j.id);
+  store_blob_lock(s);
+  int rc = import_need_blob(s, r->j.calibration, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->j.profile, what);
+  for (size_t i = 0; rc == DECOMP_OK && i < r->nartifacts; i++)
+    rc = import_need_blob(s, r->artifacts[i].digest, what);
+  if (rc == DECOMP_OK)
+    rc = BACKEND(s)->job_import(s, r, created);
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_job_request_key(store *s, const char *id, char key[65]) {

@@ -99,6 +99,14 @@ int store_blob_gc(store *s, const char *digest);
 /* Serialises "blob exists + row refers to it" against garbage collection. */
 void store_blob_lock(store *s);
 void store_blob_unlock(store *s);
+/* Set (digest non-NULL) or clear model `id`'s attachment `kind` in the
+ * index, with the layers it covers and its size; `old` gets the digest it
+ * had ("" when none). DECOMP_ERR_NOT_FOUND when there is no such model, or
+ * nothing to clear. The row alone: store_model_attach commits the blob and
+ * collects around it, under the blob lock. */
+int store_model_set_attachment(store *s, const char *id, store_attachment kind,
+                               const char *digest, int64_t layers,
+                               int64_t size, char old[STORE_DIGEST_LEN]);
 /* Record (or refresh) `digest`, an existing blob of `size` bytes, as a
  * loose blob uploaded now. Call with store_blob_lock() held. */
 int store_loose_blob_touch(store *s, const char *digest, int64_t size);

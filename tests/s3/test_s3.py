@@ -14,22 +14,16 @@ the case is about that refusal.
 """
 import os
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
-import time
 
 import pytest
 
 import sigv4_check
+from s3rver import ACCESS_KEY, SECRET_KEY, S3rver, S3rverError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "decompd-test"
-# s3rver's one account (lib/models/account.js)
-ACCESS_KEY = "S3RVER"
-SECRET_KEY = "S3RVER"
-INSTALL_LIMIT_S = 600
 # The cases about a refusal, and the S3 codes of the refusals they cause;
 # every other case must pass the signature checker on every request.
 EXPECTED_REFUSALS = {
@@ -48,51 +42,6 @@ def c_cases():
         return re.findall(r"^\s*ONE\((\w+)\);", f.read(), re.M)
 
 
-def installed():
-    return os.path.exists(os.path.join(HERE, "node_modules", "s3rver",
-                                       "package.json"))
-
-
-def npm_ci():
-    """`npm ci` into tests/s3/node_modules unless it is there, under a lock
-    directory so that parallel meson tests install once."""
-    if installed():
-        return
-    lock = os.path.join(HERE, "node_modules.lock")
-    deadline = time.monotonic() + INSTALL_LIMIT_S
-    while True:
-        try:
-            os.mkdir(lock)
-            break
-        except FileExistsError:
-            if installed():
-                return
-            try:  # an install killed half-way leaves its lock behind
-                if time.time() - os.stat(lock).st_mtime > INSTALL_LIMIT_S:
-                    os.rmdir(lock)
-            except FileNotFoundError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"waited {INSTALL_LIMIT_S} s for {lock} "
-                            "(stale? remove it)")
-            time.sleep(0.5)
-    try:
-        if not installed():
-            npm = shutil.which("npm")
-            if not npm:
-                pytest.fail("npm not found: the s3 tests install s3rver "
-                            "with npm ci (Node.js and npm are needed)")
-            print(f"s3 tests: npm ci in {HERE}", flush=True)
-            subprocess.run([npm, "ci", "--no-audit", "--no-fund",
-                            "--loglevel=error"], cwd=HERE, check=True,
-                           stdin=subprocess.DEVNULL, timeout=INSTALL_LIMIT_S)
-    finally:
-        try:
-            os.rmdir(lock)
-        except FileNotFoundError:
-            pass
-
-
 def dead_port():
     """A loopback port nobody listens on (bound, then let go)."""
     s = socket.socket()
@@ -104,52 +53,15 @@ def dead_port():
 
 @pytest.fixture(scope="module")
 def s3rver():
-    node = shutil.which("node")
-    if not node:
-        pytest.fail("node not found: the s3 tests run s3rver on Node.js")
-    npm_ci()
-    data = tempfile.mkdtemp(prefix="decompd-s3rver-")
-    log = open(os.path.join(data + ".log"), "w+")
-    # s3rver makes ListObjectsV2 continuation tokens with DES, which
-    # OpenSSL 3 keeps in its legacy provider: without it a truncated
-    # listing answers 500 (ERR_OSSL_EVP_UNSUPPORTED).
-    proc = subprocess.Popen(
-        [node, "--openssl-legacy-provider", os.path.join(HERE, "node_modules", "s3rver", "bin",
-                            "s3rver.js"),
-         "--directory", data, "--address", "127.0.0.1", "--port", "0",
-         "--silent", "--no-vhost-buckets", "--configure-bucket", BUCKET],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-        text=True)
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            m = re.search(r"S3rver listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-        if port is None:
-            log.seek(0)
-            pytest.fail("s3rver did not start: " + log.read()[-2000:])
-        proxy = sigv4_check.Proxy(("127.0.0.1", port),
-                                  {ACCESS_KEY: SECRET_KEY})
-        try:
-            yield {"endpoint": proxy.start(), "proxy": proxy,
-                   "direct": f"http://127.0.0.1:{port}", "dir": data}
-        finally:
-            proxy.stop()
+        server = S3rver([BUCKET]).start()
+    except S3rverError as e:
+        pytest.fail(str(e))
+    try:
+        yield {"endpoint": server.endpoint, "proxy": server.proxy,
+               "direct": server.direct, "dir": server.dir}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
-        os.unlink(data + ".log")
+        server.stop()
 
 
 AWS_KEYS = {"AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}

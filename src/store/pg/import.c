@@ -1,7 +1,8 @@
 /* import.c — rows copied in from another store (decompd store migrate),
  * with the semantics of sqlite/import.c: a model with its shards, a job
  * with its layers and artifacts, a token by its hash, each written
- * verbatim (ids, times) in one transaction unless its id is here already;
+ * verbatim (ids, times) in one transaction unless its id is here already
+ * (the rows: store.c checks the blobs they name under the blob lock);
  * and a job's request key and a token's hash for an export. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,21 +10,11 @@
 
 #include "pg_int.h"
 
-/* Under the blob lock: the blob `digest` that `what` names is here. */
-static int import_need_blob(store *s, const char *digest, const char *what) {
-  int64_t size;
-  if (!digest || !digest[0])
-    return DECOMP_OK;
-  if (blobs_blob_stat(s, digest, &size) != DECOMP_OK)
-    return store_fail(DECOMP_ERR_NOT_FOUND, "%s: blob %s is not in the store",
-                      what, digest);
-  return DECOMP_OK;
+static const char *nz(const char *v) {
+  return v && v[0] ? v : NULL;
 }
 
-static const char *nz(const char *v) { return v && v[0] ? v : NULL; }
-
-static int model_import_rows(store *s, const store_model_record *r,
-                             bool *created) {
+int pg_model_import(store *s, const store_model_record *r, bool *created) {
   const store_model *m = &r->m;
   PGconn *c = NULL;
   int rc = pg_begin(s, &c), ins = 0;
@@ -59,25 +50,7 @@ static int model_import_rows(store *s, const store_model_record *r,
   return rc;
 }
 
-int pg_model_import(store *s, const store_model_record *r, bool *created) {
-  char what[64];
-  snprintf(what, sizeof what, "model %s", r->m.id);
-  pg_blob_lock(s);
-  int rc = import_need_blob(s, r->m.digest, what);
-  for (size_t i = 0; rc == DECOMP_OK && i < r->nshards; i++)
-    rc = import_need_blob(s, r->shards[i].digest, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->m.calibration, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->m.profile, what);
-  if (rc == DECOMP_OK)
-    rc = model_import_rows(s, r, created);
-  pg_blob_unlock(s);
-  return rc;
-}
-
-static int job_import_rows(store *s, const store_job_record *r,
-                           bool *created) {
+int pg_job_import(store *s, const store_job_record *r, bool *created) {
   const store_job *j = &r->j;
   PGconn *c = NULL;
   PGresult *res = NULL;
@@ -88,9 +61,8 @@ static int job_import_rows(store *s, const store_job_record *r,
    * in (a delete takes it FOR UPDATE); a finished one may have outlived
    * it (a model is deleted once no job is queued or running). */
   if (j->state == STORE_JOB_QUEUED || j->state == STORE_JOB_RUNNING)
-    rc = pg_execf(c, &res, NULL,
-                  "SELECT 1 FROM models WHERE id=$1 FOR SHARE", "s",
-                  j->model_id);
+    rc = pg_execf(c, &res, NULL, "SELECT 1 FROM models WHERE id=$1 FOR SHARE",
+                  "s", j->model_id);
   if (rc == DECOMP_OK && res && PQntuples(res) == 0)
     rc = store_fail(DECOMP_ERR_NOT_FOUND, "job %s: no model %s", j->id,
                     j->model_id);
@@ -121,10 +93,9 @@ static int job_import_rows(store *s, const store_job_record *r,
                   "current_fraction=$4, calibration=$5, profile=$6, "
                   "shard_bytes=NULLIF($7::bigint,0), "
                   "peak_rss_bytes=NULLIF($8::bigint,0) WHERE id=$1",
-                  "sssdssii", j->id, nz(j->current_layer),
-                  nz(j->current_step), j->current_fraction,
-                  nz(j->calibration), nz(j->profile), j->shard_bytes,
-                  j->peak_rss_bytes);
+                  "sssdssii", j->id, nz(j->current_layer), nz(j->current_step),
+                  j->current_fraction, nz(j->calibration), nz(j->profile),
+                  j->shard_bytes, j->peak_rss_bytes);
   for (size_t i = 0; rc == DECOMP_OK && ins > 0 && i < r->nlayers; i++) {
     const store_job_layer *l = &r->layers[i];
     rc = pg_execf(c, NULL, NULL,
@@ -146,22 +117,7 @@ static int job_import_rows(store *s, const store_job_record *r,
   rc = pg_end(s, c, rc);
   if (rc == DECOMP_OK)
     *created = ins > 0;
-  return rc;
-}
-
-int pg_job_import(store *s, const store_job_record *r, bool *created) {
-  char what[64];
-  snprintf(what, sizeof what, "job %s", r->j.id);
-  pg_blob_lock(s);
-  int rc = import_need_blob(s, r->j.calibration, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->j.profile, what);
-  for (size_t i = 0; rc == DECOMP_OK && i < r->nartifacts; i++)
-    rc = import_need_blob(s, r->artifacts[i].digest, what);
-  if (rc == DECOMP_OK)
-    rc = job_import_rows(s, r, created);
-  pg_blob_unlock(s);
-  if (rc == DECOMP_OK && *created && r->j.state == STORE_JOB_QUEUED)
+  if (rc == DECOMP_OK && ins > 0 && j->state == STORE_JOB_QUEUED)
     store_wake_call(&s->wake);
   return rc;
 }
@@ -183,8 +139,8 @@ int pg_token_import(store *s, const store_token *t, const char *hash_hex,
 }
 
 /* One text column of the row `id` names. */
-static int read_one(store *s, const char *sql, const char *id,
-                    const char *what, char *out, size_t len) {
+static int read_one(store *s, const char *sql, const char *id, const char *what,
+                    char *out, size_t len) {
   PGresult *r = NULL;
   int rc = pg_queryf(s, &r, NULL, sql, "s", id);
   if (rc != DECOMP_OK)
@@ -198,8 +154,8 @@ static int read_one(store *s, const char *sql, const char *id,
 }
 
 int pg_job_request_key(store *s, const char *id, char key[65]) {
-  return read_one(s, "SELECT request_key FROM jobs WHERE id=$1", id, "job",
-                  key, 65);
+  return read_one(s, "SELECT request_key FROM jobs WHERE id=$1", id, "job", key,
+                  65);
 }
 
 int pg_token_hash(store *s, const char *id, char hash_hex[65]) {

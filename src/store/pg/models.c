@@ -297,26 +297,10 @@ static int model_set_attachment(store *s, const struct attachment *q,
   return rc;
 }
 
-/* The upload's blob, the row and the collection of what it replaced (or,
- * on a failure, of the upload's own blob) under the blob lock, as in
- * sqlite/models.c. */
-int pg_model_attach(store *s, const char *id, store_attachment kind,
-                    store_upload *u, int64_t layers, int64_t size,
-                    char old[STORE_DIGEST_LEN]) {
-  const struct attachment *q =
-      kind == STORE_ATTACH_PROFILE ? &PROFILE : &CALIBRATION;
-  char digest[STORE_DIGEST_LEN] = "";
-  old[0] = '\0';
-  pg_blob_lock(s);
-  int rc = DECOMP_OK;
-  if (u && (rc = store_upload_finish(u, digest)) == DECOMP_OK)
-    rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = model_set_attachment(s, q, id, u ? digest : NULL, layers, size, old);
-  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
-    pg_blob_gc(s, old);
-  else if (rc != DECOMP_OK && digest[0])
-    pg_blob_gc(s, digest);
-  pg_blob_unlock(s);
-  return rc;
+int pg_model_set_attachment(store *s, const char *id, store_attachment kind,
+                            const char *digest, int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]) {
+  return model_set_attachment(s, kind == STORE_ATTACH_PROFILE ? &PROFILE
+                                                              : &CALIBRATION,
+                              id, digest, layers, size, old);
 }

@@ -148,7 +148,6 @@ int pg_blob_gc(store *s, const char *digest);
 void pg_blob_lock(store *s);
 void pg_blob_unlock(store *s);
 int pg_loose_blob_touch(store *s, const char *digest, int64_t size);
-int pg_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int pg_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int pg_node_beat(store *s, const store_node *n);
 int pg_node_list(store *s, store_node **out, size_t *n);
@@ -160,9 +159,9 @@ int pg_model_set_spec(store *s, const char *id, const char *spec);
 int pg_model_get_spec(store *s, const char *id, char **spec);
 int pg_model_set_archive_spec(store *s, const char *id, const char *spec);
 int pg_model_get_archive_spec(store *s, const char *id, char **spec);
-int pg_model_attach(store *s, const char *id, store_attachment kind,
-                    store_upload *u, int64_t layers, int64_t size,
-                    char old[STORE_DIGEST_LEN]);
+int pg_model_set_attachment(store *s, const char *id, store_attachment kind,
+                            const char *digest, int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]);
 int pg_model_put_sharded(store *s, store_upload *doc, store_model *m,
                          const store_shard *sh, size_t n, bool *created);
 int pg_model_shards(store *s, const char *id, store_shard **out, size_t *n);

@@ -78,17 +78,6 @@ int pg_loose_blob_touch(store *s, const char *digest, int64_t size) {
                    "sii", digest, size, store_now_ms());
 }
 
-/* The blob's presence and the row under the blob lock: no node's sweep
- * collects the blob between the two. */
-int pg_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
-  pg_blob_lock(s);
-  int rc = blobs_blob_stat(s, digest, size);
-  if (rc == DECOMP_OK)
-    rc = pg_loose_blob_touch(s, digest, *size);
-  pg_blob_unlock(s);
-  return rc;
-}
-
 int pg_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   int64_t cutoff = store_now_ms() - ttl_ms;
   int np = store_partials_sweep(store_paths_of(s), cutoff), nb = 0;

@@ -1,28 +1,19 @@
 /* import.c — rows copied in from another store (decompd store migrate):
  * a model with its shards, a job with its layers and artifacts, a token by
  * its hash, each written verbatim (ids, times) in one transaction unless
- * its id is here already; and the two things an export needs that the
+ * its id is here already (the rows: store.c checks the blobs they name
+ * under the blob lock); and the two things an export needs that the
  * rest of the API does not give (a job's request key, a token's hash). */
 #include <stdio.h>
 #include <string.h>
 
 #include "sqlite_int.h"
 
-/* Under the blob lock: the blob `digest` that `what` names is here. */
-static int import_need_blob(store *s, const char *digest, const char *what) {
-  int64_t size;
-  if (!digest || !digest[0])
-    return DECOMP_OK;
-  if (blobs_blob_stat(s, digest, &size) != DECOMP_OK)
-    return store_fail(DECOMP_ERR_NOT_FOUND, "%s: blob %s is not in the store",
-                      what, digest);
-  return DECOMP_OK;
+static const char *nz(const char *v) {
+  return v && v[0] ? v : NULL;
 }
 
-static const char *nz(const char *v) { return v && v[0] ? v : NULL; }
-
-static int model_import_rows(store *s, const store_model_record *r,
-                             bool *created) {
+int sq_model_import(store *s, const store_model_record *r, bool *created) {
   const store_model *m = &r->m;
   int rc = sq_wbegin(s), ins = 0;
   if (rc != DECOMP_OK)
@@ -56,25 +47,7 @@ static int model_import_rows(store *s, const store_model_record *r,
   return rc;
 }
 
-int sq_model_import(store *s, const store_model_record *r, bool *created) {
-  char what[64];
-  snprintf(what, sizeof what, "model %s", r->m.id);
-  sq_blob_lock(s);
-  int rc = import_need_blob(s, r->m.digest, what);
-  for (size_t i = 0; rc == DECOMP_OK && i < r->nshards; i++)
-    rc = import_need_blob(s, r->shards[i].digest, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->m.calibration, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->m.profile, what);
-  if (rc == DECOMP_OK)
-    rc = model_import_rows(s, r, created);
-  sq_blob_unlock(s);
-  return rc;
-}
-
-static int job_import_rows(store *s, const store_job_record *r,
-                           bool *created) {
+int sq_job_import(store *s, const store_job_record *r, bool *created) {
   const store_job *j = &r->j;
   int rc = sq_wbegin(s), ins = 0;
   if (rc != DECOMP_OK)
@@ -85,7 +58,7 @@ static int job_import_rows(store *s, const store_job_record *r,
   sqlite3_stmt *st = NULL;
   if (to_run)
     rc = sq_prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
-                "s", j->model_id);
+                  "s", j->model_id);
   if (rc == DECOMP_OK && to_run) {
     if (sqlite3_step(st) != SQLITE_ROW)
       rc = sq_fail(s->w, "job model");
@@ -132,22 +105,7 @@ static int job_import_rows(store *s, const store_job_record *r,
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = ins > 0;
-  return rc;
-}
-
-int sq_job_import(store *s, const store_job_record *r, bool *created) {
-  char what[64];
-  snprintf(what, sizeof what, "job %s", r->j.id);
-  sq_blob_lock(s);
-  int rc = import_need_blob(s, r->j.calibration, what);
-  if (rc == DECOMP_OK)
-    rc = import_need_blob(s, r->j.profile, what);
-  for (size_t i = 0; rc == DECOMP_OK && i < r->nartifacts; i++)
-    rc = import_need_blob(s, r->artifacts[i].digest, what);
-  if (rc == DECOMP_OK)
-    rc = job_import_rows(s, r, created);
-  sq_blob_unlock(s);
-  if (rc == DECOMP_OK && *created && r->j.state == STORE_JOB_QUEUED)
+  if (rc == DECOMP_OK && ins > 0 && j->state == STORE_JOB_QUEUED)
     store_wake_call(&s->wake);
   return rc;
 }
@@ -172,8 +130,8 @@ int sq_token_import(store *s, const store_token *t, const char *hash_hex,
 }
 
 /* One text column of the row `id` names, on this thread's reader. */
-static int read_one(store *s, const char *sql, const char *id,
-                    const char *what, char *out, size_t len) {
+static int read_one(store *s, const char *sql, const char *id, const char *what,
+                    char *out, size_t len) {
   sqlite3 *db;
   sqlite3_stmt *st = NULL;
   int rc = sq_reader_db(s, &db);
@@ -193,8 +151,8 @@ static int read_one(store *s, const char *sql, const char *id,
 }
 
 int sq_job_request_key(store *s, const char *id, char key[65]) {
-  return read_one(s, "SELECT request_key FROM jobs WHERE id=?", id, "job",
-                  key, 65);
+  return read_one(s, "SELECT request_key FROM jobs WHERE id=?", id, "job", key,
+                  65);
 }
 
 int sq_token_hash(store *s, const char *id, char hash_hex[65]) {

@@ -326,28 +326,12 @@ static int model_set_attachment(store *s, const struct attachment_sql *q,
   return rc;
 }
 
-/* The upload's blob, the row and the collection of what it replaced (or,
- * on a failure, of the upload's own blob) under the blob lock, so that no
- * collection runs between them. */
-int sq_model_attach(store *s, const char *id, store_attachment kind,
-                    store_upload *u, int64_t layers, int64_t size,
-                    char old[STORE_DIGEST_LEN]) {
-  const struct attachment_sql *q =
-      kind == STORE_ATTACH_PROFILE ? &SQ_PROFILE_SQL : &SQ_CALIBRATION_SQL;
-  char digest[STORE_DIGEST_LEN] = "";
-  old[0] = '\0';
-  sq_blob_lock(s);
-  int rc = DECOMP_OK;
-  if (u && (rc = store_upload_finish(u, digest)) == DECOMP_OK)
-    rc = store_upload_commit(u);
-  if (rc == DECOMP_OK)
-    rc = model_set_attachment(s, q, id, u ? digest : NULL, layers, size, old);
-  if (rc == DECOMP_OK && old[0] && strcmp(old, digest) != 0)
-    sq_blob_gc(s, old);
-  else if (rc != DECOMP_OK && digest[0])
-    sq_blob_gc(s, digest);
-  sq_blob_unlock(s);
-  return rc;
+int sq_model_set_attachment(store *s, const char *id, store_attachment kind,
+                            const char *digest, int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]) {
+  return model_set_attachment(
+      s, kind == STORE_ATTACH_PROFILE ? &SQ_PROFILE_SQL : &SQ_CALIBRATION_SQL,
+      id, digest, layers, size, old);
 }
 
 /* *m re-read (on the writer connection, inside its transaction) from the

@@ -81,17 +81,6 @@ int sq_loose_blob_touch(store *s, const char *digest, int64_t size) {
   return sq_wend(s, rc);
 }
 
-/* The blob's presence and the row under the blob lock: a sweep cannot
- * collect the blob between the two. */
-int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size) {
-  sq_blob_lock(s);
-  int rc = blobs_blob_stat(s, digest, size);
-  if (rc == DECOMP_OK)
-    rc = sq_loose_blob_touch(s, digest, *size);
-  sq_blob_unlock(s);
-  return rc;
-}
-
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs) {
   int64_t cutoff = store_now_ms() - ttl_ms;
   int np = store_partials_sweep(&s->c.paths, cutoff), nb = 0;

@@ -135,7 +135,6 @@ int sq_blob_gc(store *s, const char *digest);
 void sq_blob_lock(store *s);
 void sq_blob_unlock(store *s);
 int sq_loose_blob_touch(store *s, const char *digest, int64_t size);
-int sq_loose_blob_refresh(store *s, const char *digest, int64_t *size);
 int sq_uploads_sweep(store *s, int64_t ttl_ms, int *partials, int *blobs);
 int sq_node_beat(store *s, const store_node *n);
 int sq_node_list(store *s, store_node **out, size_t *n);
@@ -147,9 +146,9 @@ int sq_model_set_spec(store *s, const char *id, const char *spec);
 int sq_model_get_spec(store *s, const char *id, char **spec);
 int sq_model_set_archive_spec(store *s, const char *id, const char *spec);
 int sq_model_get_archive_spec(store *s, const char *id, char **spec);
-int sq_model_attach(store *s, const char *id, store_attachment kind,
-                    store_upload *u, int64_t layers, int64_t size,
-                    char old[STORE_DIGEST_LEN]);
+int sq_model_set_attachment(store *s, const char *id, store_attachment kind,
+                            const char *digest, int64_t layers, int64_t size,
+                            char old[STORE_DIGEST_LEN]);
 int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
                          const store_shard *sh, size_t n, bool *created);
 int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n);
