@@ -221,7 +221,16 @@ def test_every_model_job_artifact_attachment_and_token_is_in_postgresql_with_the
     r = migrate(copy_of(source, tmp_path), dest, check=True)
     took = time.monotonic() - t0
     assert "everything is in postgresql" in r.stderr, r.stderr
-    print("migrated the test install in %.1f s" % took)
+    # a line per row and blob handled, then the summary with the totals
+    lines = r.stderr.splitlines()
+    progress = [l for l in lines if l.startswith("decompd: migrate: models")]
+    n = len(models) + len(jobs) + 1 + 1  # + the running job, + the token
+    assert len(progress) >= n, lines
+    done = [l for l in lines if l.startswith("decompd: migrate: done: ")]
+    assert len(done) == 1, lines
+    assert "models %d/%d, jobs %d/%d, tokens 1/1" % (len(models), len(models),
+                                                     len(jobs) + 1, len(jobs) + 1) in done[0]
+    print("\nmigrated the test install in %.1f s:\n%s" % (took, "\n".join(lines[-2:])))
     d = dest.start()
     try:
         # the old token authenticates; nothing gets in without one
