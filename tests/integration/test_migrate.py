@@ -396,3 +396,20 @@ def test_a_destination_holding_the_same_weights_under_another_id_is_refused_nami
     assert head["id"] in r.stderr and head["digest"] in r.stderr, r.stderr
     assert "another model has its digest" in r.stderr, r.stderr
     assert index_sql(dest, "SELECT id FROM models WHERE id=?", (head["id"],)) == []
+
+
+def test_a_source_whose_blobs_live_elsewhere_is_read_through_from_blobs(source, tmp_path):
+    """--from-blobs is the source's own `blobs` setting; without it, the
+    blobs are looked for in the source's data dir, and a missing one stops
+    the migration naming it and what names it."""
+    src = copy_of(source, tmp_path)
+    elsewhere = str(tmp_path / "elsewhere")
+    os.rename(os.path.join(src, "blobs", "sha256"), elsewhere + "-sha256")
+    os.makedirs(elsewhere)
+    os.rename(elsewhere + "-sha256", os.path.join(elsewhere, "sha256"))
+    dest = dest_of(tmp_path)
+    r = migrate(src, dest, check=False)
+    assert r.returncode != 0
+    assert "cannot read it from the source" in r.stderr and "model m_" in r.stderr, r.stderr
+    r = migrate(src, dest, "--from-blobs", "file:" + elsewhere, check=True)
+    assert "everything is in postgresql" in r.stderr, r.stderr
