@@ -218,11 +218,12 @@ static void migrate_report(const store_migrate_stats *st, bool final,
   (void)arg;
   fprintf(stderr,
           "decompd: migrate: %smodels %zu/%zu, jobs %zu/%zu, tokens "
-          "%zu/%zu, blobs %zu (%zu copied, %zu there already), %.1f MiB "
-          "copied; new: %zu models, %zu jobs, %zu tokens\n",
+          "%zu/%zu, blobs %zu/%zu (%zu copied, %zu there already), %.1f of "
+          "%.1f MiB copied; new: %zu models, %zu jobs, %zu tokens\n",
           final ? "done: " : "", st->models_done, st->models_total,
           st->jobs_done, st->jobs_total, st->tokens_done, st->tokens_total,
-          st->blobs_done, st->blobs_copied, st->blobs_present,
+          st->blobs_done, st->blobs_total, st->blobs_copied,
+          st->blobs_present, (double)st->bytes_copied / 1048576.0,
           (double)st->bytes_total / 1048576.0, st->models_new, st->jobs_new,
           st->tokens_new);
 }

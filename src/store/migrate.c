@@ -69,6 +69,12 @@ void store_migrate_close_source(store *s, int lock_fd) {
     close(lock_fd);
 }
 
+struct plan_blob {
+  char digest[STORE_DIGEST_LEN];
+  int64_t size; /* -1: not given by the rows */
+  bool handled;
+};
+
 struct mig {
   store *src, *dst;
   store_migrate_report report;
@@ -76,12 +82,101 @@ struct mig {
   store_migrate_stats st;
   int64_t reported_bytes;
   char *buf;
+  /* every distinct blob the rows name, sorted by digest, with whether it
+   * was handled (a blob several rows name is copied or found once) */
+  struct plan_blob *plan;
+  size_t nplan, capplan;
 };
 
 static void report(struct mig *g) {
   if (g->report)
     g->report(&g->st, false, g->arg);
-  g->reported_bytes = g->st.bytes_total;
+  g->reported_bytes = g->st.bytes_copied;
+}
+
+static int plan_cmp(const void *a, const void *b) {
+  return strcmp(((const struct plan_blob *)a)->digest,
+                ((const struct plan_blob *)b)->digest);
+}
+
+static struct plan_blob *plan_find(struct mig *g, const char *digest) {
+  struct plan_blob key;
+  snprintf(key.digest, sizeof key.digest, "%s", digest);
+  return bsearch(&key, g->plan, g->nplan, sizeof *g->plan, plan_cmp);
+}
+
+static int plan_add(struct mig *g, const char *digest, int64_t size) {
+  if (!digest || !digest[0])
+    return DECOMP_OK;
+  if (g->nplan == g->capplan) {
+    size_t cap = g->capplan ? 2 * g->capplan : 64;
+    struct plan_blob *nv = realloc(g->plan, cap * sizeof *nv);
+    if (!nv)
+      return store_fail(DECOMP_ERR_NOMEM, "out of memory");
+    g->plan = nv;
+    g->capplan = cap;
+  }
+  struct plan_blob *b = &g->plan[g->nplan++];
+  snprintf(b->digest, sizeof b->digest, "%s", digest);
+  b->size = size;
+  b->handled = false;
+  return DECOMP_OK;
+}
+
+/* Every blob the source's rows name, once, with the bytes they add up to
+ * (for the progress lines' totals). */
+static int plan_blobs(struct mig *g, const store_model *models, size_t nm,
+                      char (*jobs)[24], size_t nj) {
+  int rc = DECOMP_OK;
+  for (size_t i = 0; rc == DECOMP_OK && i < nm; i++) {
+    const store_model *m = &models[i];
+    store_shard *sh = NULL;
+    size_t nsh = 0;
+    rc = store_model_shards(g->src, m->id, &sh, &nsh);
+    if (rc == DECOMP_OK)
+      rc = plan_add(g, m->digest, nsh > 0 ? -1 : m->size);
+    for (size_t k = 0; rc == DECOMP_OK && k < nsh; k++)
+      rc = plan_add(g, sh[k].digest, sh[k].size);
+    if (rc == DECOMP_OK)
+      rc = plan_add(g, m->calibration, m->calibration_size);
+    if (rc == DECOMP_OK)
+      rc = plan_add(g, m->profile, m->profile_size);
+    free(sh);
+  }
+  for (size_t i = 0; rc == DECOMP_OK && i < nj; i++) {
+    store_job j;
+    store_artifact *a = NULL;
+    size_t na = 0;
+    if ((rc = store_job_get(g->src, jobs[i], false, &j)) != DECOMP_OK)
+      break;
+    rc = store_artifact_list(g->src, jobs[i], &a, &na);
+    for (size_t k = 0; rc == DECOMP_OK && k < na; k++)
+      rc = plan_add(g, a[k].digest, a[k].size);
+    if (rc == DECOMP_OK)
+      rc = plan_add(g, j.calibration, -1);
+    if (rc == DECOMP_OK)
+      rc = plan_add(g, j.profile, -1);
+    free(a);
+    store_job_clear(&j);
+  }
+  if (rc != DECOMP_OK)
+    return rc;
+  if (g->nplan > 0)
+    qsort(g->plan, g->nplan, sizeof *g->plan, plan_cmp);
+  size_t k = 0; /* drop repeats, keeping a size the rows gave */
+  for (size_t i = 0; i < g->nplan; i++) {
+    if (k > 0 && strcmp(g->plan[k - 1].digest, g->plan[i].digest) == 0) {
+      if (g->plan[k - 1].size < 0)
+        g->plan[k - 1].size = g->plan[i].size;
+      continue;
+    }
+    g->plan[k++] = g->plan[i];
+  }
+  g->nplan = k;
+  g->st.blobs_total = k;
+  for (size_t i = 0; i < k; i++)
+    g->st.bytes_total += g->plan[i].size > 0 ? g->plan[i].size : 0;
+  return DECOMP_OK;
 }
 
 /* Copy the source's blob `digest` of `size` bytes (-1: unknown) into the
@@ -91,6 +186,7 @@ static int copy_blob(struct mig *g, const char *digest, int64_t size,
                      const char *what) {
   if (!digest || !digest[0])
     return DECOMP_OK;
+  struct plan_blob *pb = plan_find(g, digest);
   int64_t have = 0;
   int rc = store_loose_blob_refresh(g->dst, digest, &have);
   if (rc == DECOMP_OK) {
@@ -99,9 +195,12 @@ static int copy_blob(struct mig *g, const char *digest, int64_t size,
                         "blob %s (%s): the destination holds %lld bytes of "
                         "it, the source %lld",
                         digest, what, (long long)have, (long long)size);
-    g->st.blobs_present++;
-    g->st.blobs_done++;
-    report(g);
+    if (pb && !pb->handled) {
+      pb->handled = true;
+      g->st.blobs_present++;
+      g->st.blobs_done++;
+      report(g);
+    }
     return DECOMP_OK;
   }
   if (rc != DECOMP_ERR_NOT_FOUND)
@@ -132,8 +231,8 @@ static int copy_blob(struct mig *g, const char *digest, int64_t size,
       break;
     if ((rc = store_upload_write(u, g->buf, (size_t)n)) != DECOMP_OK)
       goto done;
-    g->st.bytes_total += n;
-    if (g->st.bytes_total - g->reported_bytes >= REPORT_BYTES)
+    g->st.bytes_copied += n;
+    if (g->st.bytes_copied - g->reported_bytes >= REPORT_BYTES)
       report(g);
   }
   char got[STORE_DIGEST_LEN];
@@ -156,9 +255,11 @@ static int copy_blob(struct mig *g, const char *digest, int64_t size,
   store_blob_unlock(g->dst);
   if (rc != DECOMP_OK)
     goto done;
-  g->st.blobs_copied++;
-  g->st.blobs_done++;
-  g->st.bytes_copied += store_upload_size(u);
+  if (pb && !pb->handled) {
+    pb->handled = true;
+    g->st.blobs_copied++;
+    g->st.blobs_done++;
+  }
   report(g);
 done:
   store_upload_free(u);
@@ -381,6 +482,8 @@ int store_migrate(store *src, store *dst, store_migrate_report rep, void *arg,
   g.st.models_total = nm;
   g.st.jobs_total = nj;
   g.st.tokens_total = nt;
+  if ((rc = plan_blobs(&g, models, nm, jobs, nj)) != DECOMP_OK)
+    goto done;
   report(&g);
   /* Models first, oldest first: the jobs to run need theirs. */
   for (size_t i = nm; rc == DECOMP_OK && i > 0; i--)
@@ -395,6 +498,7 @@ done:
   if (out)
     *out = g.st;
   free(g.buf);
+  free(g.plan);
   free(models);
   free(tokens);
   free(jobs);

@@ -30,13 +30,12 @@ typedef struct store_migrate_stats {
   size_t models_total, models_done, models_new;
   size_t jobs_total, jobs_done, jobs_new;
   size_t tokens_total, tokens_done, tokens_new;
-  size_t blobs_done;    /* blobs the rows name, each counted once a row
-                           that names it is handled (a blob several rows
-                           name counts for each) */
-  size_t blobs_copied;  /* of them, copied now */
-  size_t blobs_present; /* of them, in the destination already */
-  int64_t bytes_copied; /* bytes copied now */
-  int64_t bytes_total;  /* bytes of the blob under way so far, and done */
+  size_t blobs_total;   /* distinct blobs the source's rows name */
+  size_t blobs_done;    /* of them, handled: */
+  size_t blobs_copied;  /* copied now, */
+  size_t blobs_present; /* or in the destination already */
+  int64_t bytes_total;  /* their bytes (as the rows give them) */
+  int64_t bytes_copied; /* bytes copied now, the blob under way's too */
 } store_migrate_stats;
 
 /* Called after each blob, row and about every 64 MiB of a blob (from the

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -230,6 +231,8 @@ def test_every_model_job_artifact_attachment_and_token_is_in_postgresql_with_the
     assert len(done) == 1, lines
     assert "models %d/%d, jobs %d/%d, tokens 1/1" % (len(models), len(models),
                                                      len(jobs) + 1, len(jobs) + 1) in done[0]
+    m = re.search(r"blobs (\d+)/(\d+) \((\d+) copied, 0 there already\)", done[0])
+    assert m and m.group(1) == m.group(2) == m.group(3) and int(m.group(1)) >= len(blobs), done
     print("\nmigrated the test install in %.1f s:\n%s" % (took, "\n".join(lines[-2:])))
     d = dest.start()
     try:
@@ -264,7 +267,7 @@ def test_migrating_twice_copies_nothing_and_writes_no_row_the_second_time(source
     migrate(src, dest, check=True)
     before, files = rows(dest), blob_files(dest)
     r = migrate(src, dest, check=True)
-    assert "0 copied" in r.stderr and "new: 0 models, 0 jobs, 0 tokens" in r.stderr, r.stderr
+    assert "(0 copied," in r.stderr and "new: 0 models, 0 jobs, 0 tokens" in r.stderr, r.stderr
     assert rows(dest) == before and blob_files(dest) == files
 
 
