@@ -25,6 +25,7 @@
 #include "node.h"
 #include "service.h"
 #include "log.h"
+#include "migrate.h"
 #include "text.h"
 #include "worker.h"
 
@@ -36,6 +37,10 @@ static void usage(FILE *f) {
           "[--data-dir DIR]\n"
           "       decompd token list [--data-dir DIR]\n"
           "       decompd token revoke --name NAME [--data-dir DIR]\n"
+          "       decompd store migrate --from SRC_DATA_DIR [--from-blobs "
+          "BLOBS] [--SETTING VALUE]...\n"
+          "                (copy an embedded install into the store the "
+          "settings name)\n"
           "       decompd check [--config FILE] [--SETTING VALUE]...  (check "
           "the settings, serve nothing)\n"
           "       decompd --routes | --version | --help\n"
@@ -61,7 +66,19 @@ static void usage(FILE *f) {
           "Auth: once a token exists (decompd token create), every route but "
           "/healthz\nand /readyz needs 'Authorization: Bearer TOKEN' with a "
           "role of at least\nthe route's (read < submit < admin; "
-          "decompd --routes lists them).\n");
+          "decompd --routes lists them).\n"
+          "\n"
+          "store migrate: copies the embedded store in SRC_DATA_DIR (its "
+          "SQLite index and\nblob folder, or the blobs --from-blobs names) "
+          "into the store the settings\nname (--index postgresql://..., "
+          "--blobs s3://...|file:..., --data-dir for this\nnode's own "
+          "folder): every model, job (queued or running ones go in "
+          "queued),\nartifact and token, with the same ids. Each blob is "
+          "hashed again on its way in\n(one that is not its digest stops "
+          "it, naming it); a blob the destination has\n(checked by "
+          "existence and size) is not copied again. Stop the daemon "
+          "serving\nSRC_DATA_DIR first. Cut short, run it again: it goes on "
+          "where it stopped; exit\nstatus 0 once everything is there.\n");
 }
 
 /* Settings from the file, the environment and the flags; `rest` gets the
@@ -194,6 +211,96 @@ static int cmd_token(const config *c, char **rest, int n) {
   return status;
 }
 
+/* Progress of a migration on stderr: a line per row and blob handled
+ * (and every 64 MiB of a long blob), and a summary at the end. */
+static void migrate_report(const store_migrate_stats *st, bool final,
+                           void *arg) {
+  (void)arg;
+  fprintf(stderr,
+          "decompd: migrate: %smodels %zu/%zu, jobs %zu/%zu, tokens "
+          "%zu/%zu, blobs %zu/%zu (%zu copied, %zu there already), %.1f of "
+          "%.1f MiB copied; new: %zu models, %zu jobs, %zu tokens\n",
+          final ? "done: " : "", st->models_done, st->models_total,
+          st->jobs_done, st->jobs_total, st->tokens_done, st->tokens_total,
+          st->blobs_done, st->blobs_total, st->blobs_copied,
+          st->blobs_present, (double)st->bytes_copied / 1048576.0,
+          (double)st->bytes_total / 1048576.0, st->models_new, st->jobs_new,
+          st->tokens_new);
+}
+
+/* The same folder, resolved; false when either is missing. */
+static bool same_dir(const char *a, const char *b) {
+  char ra[4096], rb[4096];
+  return realpath(a, ra) && realpath(b, rb) && strcmp(ra, rb) == 0;
+}
+
+static int cmd_store(const config *c, char **rest, int n) {
+  const char *verb = n > 1 ? rest[1] : "";
+  if (strcmp(verb, "migrate") != 0) {
+    usage(stderr);
+    return 2;
+  }
+  const char *from = opt(rest, n, "--from");
+  const char *from_blobs = opt(rest, n, "--from-blobs");
+  for (int i = 2; i < n; i++) {
+    if ((strcmp(rest[i], "--from") == 0 ||
+         strcmp(rest[i], "--from-blobs") == 0) &&
+        i + 1 < n) {
+      i++;
+      continue;
+    }
+    fprintf(stderr, "decompd: store migrate: unknown argument '%s'\n",
+            rest[i]);
+    return 2;
+  }
+  if (!from || !from[0]) {
+    fprintf(stderr, "decompd: store migrate needs --from SRC_DATA_DIR (the "
+                    "embedded store to copy)\n");
+    return 2;
+  }
+  const store_backend *dbe = store_backend_for_index(c->index);
+  if (dbe == &store_backend_sqlite && same_dir(from, c->data_dir)) {
+    fprintf(stderr,
+            "decompd: store migrate: the destination is the source (%s): "
+            "name the destination with --index postgresql://... or another "
+            "--data-dir\n",
+            from);
+    return 2;
+  }
+  store *src = NULL, *dst = NULL;
+  int lock_fd = -1, status = 1;
+  int64_t t0 = store_now_ms();
+  if (store_migrate_open_source(from, from_blobs, &src, &lock_fd) !=
+      DECOMP_OK) {
+    fprintf(stderr, "decompd: store migrate: %s\n", store_errmsg());
+    goto out;
+  }
+  if (open_store(c, false, &dst, NULL) != DECOMP_OK) {
+    fprintf(stderr, "decompd: store migrate: destination: %s\n",
+            store_errmsg());
+    goto out;
+  }
+  store_migrate_stats st;
+  if (store_migrate(src, dst, migrate_report, NULL, &st) != DECOMP_OK) {
+    fprintf(stderr,
+            "decompd: store migrate: %s\ndecompd: store migrate: stopped "
+            "after models %zu/%zu, jobs %zu/%zu, tokens %zu/%zu; run it "
+            "again to go on\n",
+            store_errmsg(), st.models_done, st.models_total, st.jobs_done,
+            st.jobs_total, st.tokens_done, st.tokens_total);
+    goto out;
+  }
+  fprintf(stderr, "decompd: store migrate: everything is in %s (%s), in %.1f s\n",
+          store_backend_of(dst)->name,
+          c->blobs[0] ? c->blobs : "file:DATA_DIR/blobs",
+          (double)(store_now_ms() - t0) / 1000.0);
+  status = 0;
+out:
+  store_close(dst);
+  store_migrate_close_source(src, lock_fd);
+  return status;
+}
+
 static int serve(const config *c) {
   sigset_t set;
   sigemptyset(&set);
@@ -304,6 +411,8 @@ int main(int argc, char **argv) {
   int status;
   if (nrest > 0 && strcmp(rest[0], "token") == 0) {
     status = cmd_token(&c, rest, nrest);
+  } else if (nrest > 0 && strcmp(rest[0], "store") == 0) {
+    status = cmd_store(&c, rest, nrest);
   } else if (nrest == 1 && strcmp(rest[0], "check") == 0) {
     /* every setting was parsed and checked above; the servers named
      * (PostgreSQL, the object store) are not contacted */

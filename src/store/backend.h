@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 10
+#define STORE_BACKEND_VERSION 11
 
 typedef struct store_backend store_backend;
 
@@ -127,6 +127,16 @@ struct store_backend {
   int (*job_cancel)(store *s, const char *id, store_job *out);
   int (*job_retry)(store *s, const char *id, store_job *out, bool *requeued);
   int (*job_delete)(store *s, const char *id);
+
+  /* ---- copying a store into another (store.h, queue.h; version 11):
+   * model_import and job_import write the rows, in one transaction each;
+   * store.c checks the blobs they name, under the blob lock ---- */
+  int (*model_import)(store *s, const store_model_record *r, bool *created);
+  int (*job_import)(store *s, const store_job_record *r, bool *created);
+  int (*job_request_key)(store *s, const char *id, char key[65]);
+  int (*token_import)(store *s, const store_token *t, const char *hash_hex,
+                      bool *created);
+  int (*token_hash)(store *s, const char *id, char hash_hex[65]);
 
   /* ---- waking the workers (queue.h: store_set_wake) ---- */
   void (*set_wake)(store *s, void (*fn)(void *arg), void *arg);

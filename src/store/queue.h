@@ -140,4 +140,31 @@ int store_job_delete(store *s, const char *id);
  * are found by the workers' own polling. */
 void store_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
+
+/* ---- copying a store into another (decompd store migrate; store.h says
+ * how an import writes) ---- */
+
+/* A job with what belongs to it. */
+typedef struct store_job_record {
+  store_job j;             /* the row, with spec and policy, as it is
+                              written (state, attempts, error, times,
+                              progress, calibration, profile, shard_bytes,
+                              peak_rss_bytes; seq is the store's own) */
+  const char *request_key; /* its request key (store_job_request_key) */
+  const store_job_layer *layers;
+  size_t nlayers;
+  const store_artifact *artifacts; /* their blobs in the store already */
+  size_t nartifacts;
+} store_job_record;
+
+/* DECOMP_ERR_NOT_FOUND when it is queued or running and its model is not
+ * in the store (a finished job may have outlived its model), or a blob it
+ * names is not; DECOMP_ERR_CONFLICT when another job (another id) has its
+ * request key. A job imported queued may be claimed at once (the workers
+ * are woken as for a submit). */
+int store_job_import(store *s, const store_job_record *r, bool *created);
+/* The request key of job `id` (64 hex); DECOMP_ERR_NOT_FOUND when there
+ * is no such job. */
+int store_job_request_key(store *s, const char *id, char key[65]);
+
 #endif

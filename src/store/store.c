@@ -352,6 +352,63 @@ int store_job_delete(store *s, const char *id) {
   return BACKEND(s)->job_delete(s, id);
 }
 
+/* Under the blob lock: the blob `digest` that `what` names is stored. */
+static int import_need_blob(store *s, const char *digest, const char *what) {
+  int64_t size;
+  if (!digest || !digest[0] || blobs_blob_stat(s, digest, &size) == DECOMP_OK)
+    return DECOMP_OK;
+  return store_fail(DECOMP_ERR_NOT_FOUND, "%s: blob %s is not in the store",
+                    what, digest);
+}
+
+/* The blobs the rows name are checked and the rows written under the blob
+ * lock, so that no collection runs between them: the same steps on every
+ * backend, which writes the rows. */
+int store_model_import(store *s, const store_model_record *r, bool *created) {
+  char what[64];
+  snprintf(what, sizeof what, "model %s", r->m.id);
+  store_blob_lock(s);
+  int rc = import_need_blob(s, r->m.digest, what);
+  for (size_t i = 0; rc == DECOMP_OK && i < r->nshards; i++)
+    rc = import_need_blob(s, r->shards[i].digest, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->m.calibration, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->m.profile, what);
+  if (rc == DECOMP_OK)
+    rc = BACKEND(s)->model_import(s, r, created);
+  store_blob_unlock(s);
+  return rc;
+}
+
+int store_job_import(store *s, const store_job_record *r, bool *created) {
+  char what[64];
+  snprintf(what, sizeof what, "job %s", r->j.id);
+  store_blob_lock(s);
+  int rc = import_need_blob(s, r->j.calibration, what);
+  if (rc == DECOMP_OK)
+    rc = import_need_blob(s, r->j.profile, what);
+  for (size_t i = 0; rc == DECOMP_OK && i < r->nartifacts; i++)
+    rc = import_need_blob(s, r->artifacts[i].digest, what);
+  if (rc == DECOMP_OK)
+    rc = BACKEND(s)->job_import(s, r, created);
+  store_blob_unlock(s);
+  return rc;
+}
+
+int store_job_request_key(store *s, const char *id, char key[65]) {
+  return BACKEND(s)->job_request_key(s, id, key);
+}
+
+int store_token_import(store *s, const store_token *t, const char *hash_hex,
+                       bool *created) {
+  return BACKEND(s)->token_import(s, t, hash_hex, created);
+}
+
+int store_token_hash(store *s, const char *id, char hash_hex[65]) {
+  return BACKEND(s)->token_hash(s, id, hash_hex);
+}
+
 void store_set_wake(store *s, void (*fn)(void *arg), void *arg) {
   BACKEND(s)->set_wake(s, fn, arg);
 }

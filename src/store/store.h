@@ -359,4 +359,37 @@ typedef struct store_token {
 } store_token;
 int store_token_list(store *s, store_token **out, size_t *n);
 
+
+/* ---- copying a store into another (decompd store migrate) ------------- */
+
+/* Each row goes in verbatim (its id, its times), in one transaction with
+ * the rows that belong to it, unless a row with its id is there already:
+ * then nothing changes and *created is false, so that an import run twice,
+ * or run again after being cut short, writes each row once. The blobs the
+ * rows name must be in the store already (committed and recorded as loose
+ * blobs by the caller, store_loose_blob_refresh); they are checked under
+ * the store's blob lock, DECOMP_ERR_NOT_FOUND naming the first missing. */
+
+/* A model with what belongs to it. */
+typedef struct store_model_record {
+  store_model m;           /* the row: id, digest, name, format, size,
+                              tensors, created_at, the attachments */
+  const char *spec;        /* the attached spec, NULL when none */
+  const char *archive_spec; /* the archive's spec, NULL when none */
+  const store_shard *shards; /* a sharded model's shards, in order */
+  size_t nshards;
+} store_model_record;
+
+/* DECOMP_ERR_CONFLICT when another model (another id) has its digest. */
+int store_model_import(store *s, const store_model_record *r, bool *created);
+
+/* A token by its SHA-256 (the same token keeps working): `t` its id, name,
+ * role and creation time. DECOMP_ERR_CONFLICT when another token (another
+ * id) has its name or its hash. */
+int store_token_import(store *s, const store_token *t, const char *hash_hex,
+                       bool *created);
+/* The SHA-256 (hex) token `id` is stored by; DECOMP_ERR_NOT_FOUND when
+ * there is no such token. */
+int store_token_hash(store *s, const char *id, char hash_hex[65]);
+
 #endif

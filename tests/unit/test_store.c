@@ -788,6 +788,139 @@ START_TEST(abandoned_partials_are_swept_unless_held) {
 }
 END_TEST
 
+/* The import entries (decompd store migrate) on the embedded backend: rows
+ * written verbatim (ids, times, states), each once however often it is
+ * imported, a blob they name checked, and another row with the same
+ * digest, request key or token name refused. */
+START_TEST(imports_are_verbatim_idempotent_and_refuse_conflicts) {
+  store *s = open_owner(NULL);
+  char d[STORE_DIGEST_LEN], missing[STORE_DIGEST_LEN];
+  put_blob(s, "imported weights", d);
+  sha_of("never stored", missing);
+  bool created = false;
+
+  store_model_record r = {.spec = "{\"layers\":[]}", .archive_spec = NULL};
+  snprintf(r.m.id, sizeof r.m.id, "m_0123456789abcdef");
+  snprintf(r.m.digest, sizeof r.m.digest, "%s", d);
+  snprintf(r.m.name, sizeof r.m.name, "net");
+  snprintf(r.m.format, sizeof r.m.format, "pth");
+  r.m.size = 16;
+  r.m.tensors = 3;
+  r.m.created_at = 1234;
+  ck_assert_int_eq(store_model_import(s, &r, &created), DECOMP_OK);
+  ck_assert(created);
+  store_model m;
+  ck_assert_int_eq(store_model_get(s, r.m.id, &m), DECOMP_OK);
+  ck_assert_str_eq(m.digest, d);
+  ck_assert_int_eq(m.created_at, 1234);
+  ck_assert_int_eq(m.tensors, 3);
+  ck_assert(m.has_spec);
+  ck_assert_str_eq(m.calibration, "");
+  ck_assert_int_eq(store_model_import(s, &r, &created), DECOMP_OK);
+  ck_assert(!created);
+  store_model_record other = r;
+  snprintf(other.m.id, sizeof other.m.id, "m_fedcba9876543210");
+  ck_assert_int_eq(store_model_import(s, &other, &created),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "another model has its digest"));
+  snprintf(other.m.digest, sizeof other.m.digest, "%s", missing);
+  ck_assert_int_eq(store_model_import(s, &other, &created),
+                   DECOMP_ERR_NOT_FOUND);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), missing));
+  ck_assert_int_eq(store_model_get(s, other.m.id, &m), DECOMP_ERR_NOT_FOUND);
+
+  char key[65];
+  memset(key, 'a', 64);
+  key[64] = '\0';
+  store_job_layer l = {.index = 0, .rank = 4, .max_rank = 16, .seconds = 0.5};
+  snprintf(l.name, sizeof l.name, "conv1");
+  store_artifact a = {.size = 16};
+  snprintf(a.name, sizeof a.name, "decomposed_weights.pth");
+  snprintf(a.digest, sizeof a.digest, "%s", d);
+  snprintf(a.media_type, sizeof a.media_type, "application/octet-stream");
+  store_job_record jr = {.request_key = key, .layers = &l, .nlayers = 1,
+                         .artifacts = &a, .nartifacts = 1};
+  snprintf(jr.j.id, sizeof jr.j.id, "j_0123456789abcdef");
+  snprintf(jr.j.model_id, sizeof jr.j.model_id, "%s", r.m.id);
+  jr.j.state = STORE_JOB_SUCCEEDED;
+  jr.j.attempts = 2;
+  jr.j.layers_total = jr.j.layers_done = 1;
+  jr.j.spec = "{\"layers\":[]}";
+  jr.j.policy = "{\"name\":\"budget\"}";
+  jr.j.created_at = 10;
+  jr.j.started_at = 20;
+  jr.j.finished_at = 30;
+  jr.j.peak_rss_bytes = 4096;
+  ck_assert_int_eq(store_job_import(s, &jr, &created), DECOMP_OK);
+  ck_assert(created);
+  store_job j;
+  ck_assert_int_eq(store_job_get(s, jr.j.id, true, &j), DECOMP_OK);
+  ck_assert_int_eq(j.state, STORE_JOB_SUCCEEDED);
+  ck_assert_int_eq(j.attempts, 2);
+  ck_assert_int_eq(j.created_at, 10);
+  ck_assert_int_eq(j.started_at, 20);
+  ck_assert_int_eq(j.finished_at, 30);
+  ck_assert_int_eq(j.peak_rss_bytes, 4096);
+  ck_assert_str_eq(j.policy, jr.j.policy);
+  store_job_clear(&j);
+  char got[65];
+  ck_assert_int_eq(store_job_request_key(s, jr.j.id, got), DECOMP_OK);
+  ck_assert_str_eq(got, key);
+  store_job_layer *lv = NULL;
+  store_artifact *av = NULL;
+  size_t nl = 0, na = 0;
+  ck_assert_int_eq(store_job_layers(s, jr.j.id, &lv, &nl), DECOMP_OK);
+  ck_assert_int_eq(nl, 1);
+  ck_assert_str_eq(lv[0].name, "conv1");
+  ck_assert_int_eq(lv[0].rank, 4);
+  free(lv);
+  ck_assert_int_eq(store_artifact_list(s, jr.j.id, &av, &na), DECOMP_OK);
+  ck_assert_int_eq(na, 1);
+  ck_assert_str_eq(av[0].digest, d);
+  free(av);
+  ck_assert_int_eq(store_job_import(s, &jr, &created), DECOMP_OK);
+  ck_assert(!created);
+  store_job_record jo = jr;
+  snprintf(jo.j.id, sizeof jo.j.id, "j_fedcba9876543210");
+  ck_assert_int_eq(store_job_import(s, &jo, &created), DECOMP_ERR_CONFLICT);
+  ck_assert_ptr_nonnull(strstr(store_errmsg(), "request key"));
+  /* a finished job may have outlived its model; a queued one may not */
+  char key2[65];
+  memset(key2, 'b', 64);
+  key2[64] = '\0';
+  jo.request_key = key2;
+  jo.nartifacts = 0;
+  snprintf(jo.j.model_id, sizeof jo.j.model_id, "m_0000000000000000");
+  jo.j.state = STORE_JOB_QUEUED;
+  ck_assert_int_eq(store_job_import(s, &jo, &created), DECOMP_ERR_NOT_FOUND);
+  jo.j.state = STORE_JOB_FAILED;
+  ck_assert_int_eq(store_job_import(s, &jo, &created), DECOMP_OK);
+  ck_assert(created);
+
+  store_token t = {.role = STORE_ROLE_ADMIN, .created_at = 99};
+  snprintf(t.id, sizeof t.id, "t_01234567");
+  snprintf(t.name, sizeof t.name, "ci");
+  char hash[65];
+  memset(hash, 'c', 64);
+  hash[64] = '\0';
+  ck_assert_int_eq(store_token_import(s, &t, hash, &created), DECOMP_OK);
+  ck_assert(created);
+  int role = 0;
+  ck_assert_int_eq(store_token_role(s, hash, &role, NULL), DECOMP_OK);
+  ck_assert_int_eq(role, STORE_ROLE_ADMIN);
+  ck_assert_int_eq(store_token_hash(s, t.id, got), DECOMP_OK);
+  ck_assert_str_eq(got, hash);
+  ck_assert_int_eq(store_token_import(s, &t, hash, &created), DECOMP_OK);
+  ck_assert(!created);
+  store_token t2 = t;
+  snprintf(t2.id, sizeof t2.id, "t_89abcdef");
+  ck_assert_int_eq(store_token_import(s, &t2, hash, &created),
+                   DECOMP_ERR_CONFLICT);
+  ck_assert_int_eq(store_token_hash(s, t2.id, got), DECOMP_ERR_NOT_FOUND);
+  store_close(s);
+}
+END_TEST
+
 START_TEST(digests_and_ids_are_well_formed) {
   ck_assert(store_digest_valid("sha256:ba7816bf8f01cfea414140de5dae2223b00361a"
                                "396177a9cb410ff61f20015ad"));
@@ -822,6 +955,7 @@ int main(void) {
   tcase_add_test(tc, partial_uploads_resume_at_their_offset_and_verify_whole);
   tcase_add_test(tc, shards_live_while_their_model_does_and_loose_blobs_for_the_ttl);
   tcase_add_test(tc, abandoned_partials_are_swept_unless_held);
+  tcase_add_test(tc, imports_are_verbatim_idempotent_and_refuse_conflicts);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -62,4 +62,9 @@ const store_backend store_backend_pg = {
     .job_retry = pg_job_retry,
     .job_delete = pg_job_delete,
     .set_wake = pg_set_wake,
+    .model_import = pg_model_import,
+    .job_import = pg_job_import,
+    .job_request_key = pg_job_request_key,
+    .token_import = pg_token_import,
+    .token_hash = pg_token_hash,
 };

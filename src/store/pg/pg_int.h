@@ -207,4 +207,12 @@ int pg_jobs_requeue_dead(store *s, int *n);
 /* jobs.c, for the heartbeat: push this node's leases forward. */
 int pg_jobs_renew_leases(store *s);
 
+/* import.c: copying a store into another (store.h, queue.h). */
+int pg_model_import(store *s, const store_model_record *r, bool *created);
+int pg_job_import(store *s, const store_job_record *r, bool *created);
+int pg_job_request_key(store *s, const char *id, char key[65]);
+int pg_token_import(store *s, const store_token *t, const char *hash_hex,
+                      bool *created);
+int pg_token_hash(store *s, const char *id, char hash_hex[65]);
+
 #endif

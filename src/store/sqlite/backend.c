@@ -61,4 +61,9 @@ const store_backend store_backend_sqlite = {
     .job_retry = sq_job_retry,
     .job_delete = sq_job_delete,
     .set_wake = sq_set_wake,
+    .model_import = sq_model_import,
+    .job_import = sq_job_import,
+    .job_request_key = sq_job_request_key,
+    .token_import = sq_token_import,
+    .token_hash = sq_token_hash,
 };

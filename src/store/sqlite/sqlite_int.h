@@ -187,4 +187,12 @@ int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 int sq_job_delete(store *s, const char *id);
 void sq_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
+/* import.c: copying a store into another (store.h, queue.h). */
+int sq_model_import(store *s, const store_model_record *r, bool *created);
+int sq_job_import(store *s, const store_job_record *r, bool *created);
+int sq_job_request_key(store *s, const char *id, char key[65]);
+int sq_token_import(store *s, const store_token *t, const char *hash_hex,
+                      bool *created);
+int sq_token_hash(store *s, const char *id, char hash_hex[65]);
+
 #endif
