@@ -70,10 +70,15 @@ static void h_healthz(http_req *r) {
   reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
+/* GET /readyz, open to anyone: why the store is not ready goes to the log
+ * (it may name the database server), not into the answer. */
 static void h_readyz(http_req *r) {
   int rc = store_ping(http_req_store(r));
   if (rc != DECOMP_OK) {
-    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE, "store: %s", store_errmsg());
+    LOG(LOG_WARN, "main", http_req_id(r), "event=not_ready code=%s error=%s",
+        decomp_error_code(rc), log_q(store_errmsg()));
+    http_reply_problem(r, DECOMP_ERR_UNAVAILABLE,
+                       "the store is not reachable (the daemon's log says why)");
     return;
   }
   reply_json(r, 200,
