@@ -596,6 +596,8 @@ static json_t *job_json(store *s, const store_job *j, bool detail) {
   ok &= json_object_set_new(o, "shard_bytes",
                             j->shard_bytes > 0 ? json_integer(j->shard_bytes)
                                                : json_null()) == 0;
+  ok &= json_object_set_new(o, "node",
+                            j->node[0] ? text_json(j->node) : json_null()) == 0;
   ok &= json_object_set_new(o, "peak_rss_bytes",
                             j->peak_rss_bytes > 0
                                 ? json_integer(j->peak_rss_bytes)

@@ -45,6 +45,8 @@ typedef struct store_job {
                                sharded model's job); 0: the daemon's */
   int64_t peak_rss_bytes;   /* the daemon's peak RSS when it finished (a
                                process-wide high-water mark); 0: unknown */
+  char node[128];           /* the node that last claimed it (node_id), ""
+                               when none has */
 } store_job;
 
 /* Free the owned strings of `j` (not `j` itself). */

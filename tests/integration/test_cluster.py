@@ -208,6 +208,9 @@ def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
         follower.join(600)
         assert done["state"] == "succeeded", done
         assert done["attempts"] == 2
+        # run to its end by a surviving node, which the job names
+        holder_id = "node%d" % (nodes.index(holder) + 1)
+        assert done["node"] in {"node1", "node2", "node3"} - {holder_id}
 
         # byte for byte the single-node run's (the info file but for the
         # time and memory each run measures of itself)

@@ -45,3 +45,28 @@ def test_a_node_lists_itself_alive_with_its_address_and_workers(daemon_factory):
 def test_nodes_need_a_read_token_once_tokens_exist(daemon):
     daemon.run_cli("token", "create", "--role", "read", "--name", "r")
     assert_problem(*daemon.request("GET", "/v1/nodes"), 401, "unauthorized")
+
+
+def test_a_job_names_the_node_that_ran_it(daemon_factory):
+    import io
+
+    import torch
+
+    from conftest import conv_spec
+    d = daemon_factory(args=("--node-id", "node-a", "--workers", "1")).start()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 32, 3))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    status, m = d.upload(buf.getvalue())
+    assert status == 201, m
+    status, job = d.json("POST", "/v1/jobs", {"model": m["id"],
+                                              "spec": conv_spec(net)})
+    assert status == 201, job
+    assert job["node"] is None  # no node has claimed it yet
+    done = d.wait_job(job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["node"] == "node-a"
+    listed = d.json("GET", "/v1/jobs")[1]["jobs"]
+    assert [j["node"] for j in listed if j["id"] == job["id"]] == ["node-a"]

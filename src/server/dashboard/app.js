@@ -430,7 +430,7 @@ function jobsView(view, state, gen) {
   const tbody = h('tbody');
   const table = h('table.jobs', {id: 'jobs'},
     h('thead', {}, h('tr', {},
-      ['State', 'Job', 'Model', 'Policy', 'Progress', 'Started', 'Duration', 'Error']
+      ['State', 'Job', 'Model', 'Policy', 'Progress', 'Node', 'Started', 'Duration', 'Error']
         .map((c) => h('th', {}, c)))),
     tbody);
   const empty = h('p.empty', {hidden: true});
@@ -461,6 +461,7 @@ function jobRow(j) {
     h('td', {}, policyText(jobPolicies.get(j.id))),
     h('td', {}, progressBar(j.progress.layers_done, j.progress.layers_total, j.state,
       j.progress.current)),
+    h('td.mono', {}, j.node || ''),
     h('td', {title: j.started_at || ''}, fmtTime(j.started_at)),
     h('td.num', {}, fmtSeconds(j.seconds)),
     h('td.err', {title: err}, err));
@@ -563,7 +564,8 @@ function jobHeader(j) {
     dl('Started', fmtTime(j.started_at)),
     dl('Finished', fmtTime(j.finished_at)),
     dl('Duration', fmtSeconds(j.seconds)),
-    dl('Attempts', String(j.attempts)));
+    dl('Attempts', String(j.attempts)),
+    dl('Node', j.node ? h('a.mono', {id: 'job-node', href: '#/nodes'}, j.node) : '—'));
   const parts = [h('div.head', {}, h('h1', {}, 'Job ', h('span.mono', {}, j.id)),
     stateBadge(j.state), actions), meta];
   if (j.error) parts.push(h('p.error', {role: 'alert'}, j.error.code + ': ' + j.error.message));

@@ -92,10 +92,11 @@ int pg_job_import(store *s, const store_job_record *r, bool *created) {
                   "UPDATE jobs SET current_layer=$2, current_step=$3, "
                   "current_fraction=$4, calibration=$5, profile=$6, "
                   "shard_bytes=NULLIF($7::bigint,0), "
-                  "peak_rss_bytes=NULLIF($8::bigint,0) WHERE id=$1",
-                  "sssdssii", j->id, nz(j->current_layer), nz(j->current_step),
+                  "peak_rss_bytes=NULLIF($8::bigint,0), node=NULLIF($9,'') "
+                  "WHERE id=$1",
+                  "sssdssiis", j->id, nz(j->current_layer), nz(j->current_step),
                   j->current_fraction, nz(j->calibration), nz(j->profile),
-                  j->shard_bytes, j->peak_rss_bytes);
+                  j->shard_bytes, j->peak_rss_bytes, j->node);
   for (size_t i = 0; rc == DECOMP_OK && ins > 0 && i < r->nlayers; i++) {
     const store_job_layer *l = &r->layers[i];
     rc = pg_execf(c, NULL, NULL,

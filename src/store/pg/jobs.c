@@ -14,7 +14,7 @@
   "layers_done, error_code, error_message, created_at, "                       \
   "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
   "current_step, COALESCE(current_fraction, 0), calibration, profile, "        \
-  "COALESCE(shard_bytes, 0), COALESCE(peak_rss_bytes, 0)"
+  "COALESCE(shard_bytes, 0), COALESCE(peak_rss_bytes, 0), node"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 /* A running job this node holds: its row names this node. */
@@ -42,9 +42,10 @@ static void job_row(const PGresult *r, int i, store_job *j, bool with_spec) {
   pg_col_copy(r, i, 17, j->profile, sizeof j->profile);
   j->shard_bytes = pg_col_i64(r, i, 18);
   j->peak_rss_bytes = pg_col_i64(r, i, 19);
+  pg_col_copy(r, i, 20, j->node, sizeof j->node);
   if (with_spec) {
-    j->spec = pg_col_dup(r, i, 20);
-    j->policy = pg_col_dup(r, i, 21);
+    j->spec = pg_col_dup(r, i, 21);
+    j->policy = pg_col_dup(r, i, 22);
   }
 }
 
@@ -317,7 +318,7 @@ int pg_job_claim(store *s, store_job *out) {
         "UPDATE jobs SET state='running', attempts=attempts+1, "
         "started_at=$1, layers_done=0, error_code=NULL, error_message=NULL, "
         "current_layer=NULL, current_step=NULL, current_fraction=NULL, "
-        "lease_node=$2, lease_expires=" PG_NOW_MS " + $3 WHERE seq = (SELECT "
+        "lease_node=$2, node=$2, lease_expires=" PG_NOW_MS " + $3 WHERE seq = (SELECT "
         "seq FROM jobs WHERE state='queued' OR (state='running' AND "
         "lease_expires < " PG_NOW_MS ") ORDER BY seq LIMIT 1 FOR UPDATE SKIP "
         "LOCKED) RETURNING " JOB_COLS_SPEC,

@@ -73,17 +73,18 @@ int sq_job_import(store *s, const store_job_record *r, bool *created) {
               "state, cancel_requested, attempts, layers_total, layers_done, "
               "error_code, error_message, created_at, started_at, "
               "finished_at, current_layer, current_step, current_fraction, "
-              "calibration, profile, shard_bytes, peak_rss_bytes) VALUES "
-              "(?,?,?,?,?,?,?,?,?,?,?,?,?,NULLIF(?,0),NULLIF(?,0),?,?,?,?,?,"
-              "NULLIF(?,0),NULLIF(?,0)) ON CONFLICT (id) DO NOTHING",
-              "ssssssnniissiiissdssii", j->id, j->model_id, r->request_key,
+              "calibration, profile, shard_bytes, peak_rss_bytes, node) "
+              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULLIF(?,0),NULLIF(?,0),?,?,"
+              "?,?,?,NULLIF(?,0),NULLIF(?,0),NULLIF(?,'')) ON CONFLICT (id) "
+              "DO NOTHING",
+              "ssssssnniissiiissdssiis", j->id, j->model_id, r->request_key,
               j->spec ? j->spec : "", j->policy ? j->policy : "",
               store_job_state_name(j->state), (int)j->cancel_requested,
               j->attempts, j->layers_total, j->layers_done, nz(j->error_code),
               j->error_message, j->created_at, j->started_at, j->finished_at,
               nz(j->current_layer), nz(j->current_step), j->current_fraction,
               nz(j->calibration), nz(j->profile), j->shard_bytes,
-              j->peak_rss_bytes);
+              j->peak_rss_bytes, j->node);
   if (rc == DECOMP_ERR_CONFLICT)
     store_fail(rc, "job %s: another job has its request key %s", j->id,
                r->request_key);

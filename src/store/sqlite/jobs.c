@@ -37,7 +37,7 @@ void store_job_clear(store_job *j) {
   "layers_done, error_code, error_message, created_at, "                       \
   "COALESCE(started_at, 0), COALESCE(finished_at, 0), current_layer, "         \
   "current_step, COALESCE(current_fraction, 0), calibration, profile, "        \
-  "COALESCE(shard_bytes, 0), COALESCE(peak_rss_bytes, 0)"
+  "COALESCE(shard_bytes, 0), COALESCE(peak_rss_bytes, 0), node"
 #define JOB_COLS_SPEC JOB_COLS ", spec, policy"
 
 static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
@@ -63,9 +63,10 @@ static void job_row(sqlite3_stmt *st, store_job *j, bool with_spec) {
   sq_col_copy(st, 17, j->profile, sizeof j->profile);
   j->shard_bytes = sqlite3_column_int64(st, 18);
   j->peak_rss_bytes = sqlite3_column_int64(st, 19);
+  sq_col_copy(st, 20, j->node, sizeof j->node);
   if (with_spec) {
-    j->spec = sq_col_dup(st, 20);
-    j->policy = sq_col_dup(st, 21);
+    j->spec = sq_col_dup(st, 21);
+    j->policy = sq_col_dup(st, 22);
   }
 }
 
@@ -286,9 +287,10 @@ int sq_job_claim(store *s, store_job *out) {
                 "UPDATE jobs SET state='running', attempts=attempts+1, "
                 "started_at=?1, layers_done=0, error_code=NULL, "
                 "error_message=NULL, current_layer=NULL, current_step=NULL, "
-                "current_fraction=NULL WHERE seq = (SELECT seq FROM jobs WHERE "
-                "state='queued' ORDER BY seq LIMIT 1) RETURNING " JOB_COLS_SPEC,
-                "i", store_now_ms());
+                "current_fraction=NULL, node=?2 WHERE seq = (SELECT seq FROM "
+                "jobs WHERE state='queued' ORDER BY seq LIMIT 1) RETURNING "
+                JOB_COLS_SPEC,
+                "is", store_now_ms(), s->node);
   if (rc == DECOMP_OK) {
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW) {

@@ -51,6 +51,7 @@ int sq_store_open(const store_backend *self, const store_options *o,
   if (!s)
     return store_fail(DECOMP_ERR_NOMEM, "out of memory");
   s->c.backend = self;
+  store_node_name(o, s->node, sizeof s->node);
   s->lock_fd = -1;
   pthread_mutex_init(&s->wmu, NULL);
   pthread_mutex_init(&s->blob_mu, NULL);

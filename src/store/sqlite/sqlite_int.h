@@ -54,6 +54,8 @@ struct store {
   bool owner;                 /* keeps the reserve (store_reserve_fill) */
   pthread_mutex_t reserve_mu; /* one fill or release at a time */
   store_wake wake;            /* store_set_wake: called on submit, retry */
+  char node[128];             /* this daemon's node id (store_node_name):
+                                 what a claim records as the job's node */
 };
 
 /* ---- db.c: statements and connections ---------------------------------- */
