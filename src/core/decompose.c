@@ -1328,7 +1328,8 @@ static int drain(decomp_ctx *ctx, const decomp_options *opts, struct pool *P,
                  int phase) {
   for (; *next < n; (*next)++) {
     struct layer *L = &Ls[*next];
-    if (!L->info.considered || (phase == 1 && !L->job))
+    if (!L->info.considered || (phase == 1 && !L->job) ||
+        (phase == 2 && L->off))
       continue;
     if (layer_state(P, L) != JOB_DONE)
       return DECOMP_OK;
@@ -1800,6 +1801,7 @@ int core_run_apply(struct run *R, const bool *sel) {
     struct layer *L = &Ls[i];
     const decomp_layer *l = L->info.layer;
     L->job = false;
+    L->off = sel && !sel[i];
     if (!L->info.considered || !L->candidate)
       continue;
     /* The chosen candidate (at most one has a rank), else the first's

@@ -45,6 +45,8 @@ struct layer {
   bool job_event;           /* phase 1: report DECOMP_PHASE_SPECTRUM */
   int64_t job_rank;         /* phase 2: the rank */
   bool heavy;               /* runs alone, with every BLAS thread */
+  bool off;                 /* phase 2 runs it elsewhere (another task):
+                               not reported here */
   int state;                /* JOB_* (under the pool's lock) */
   int rc;                   /* the job's result */
   char *err;                /* its message, when it failed on a worker */
