@@ -548,6 +548,23 @@ START_TEST(a_changed_factor_or_rank_makes_the_bytes_differ) {
 }
 END_TEST
 
+/* Replace the first `from` in buf by `to` (as long). */
+static void replace_once(void *buf, size_t len, const char *from,
+                         const char *to) {
+  ck_assert_uint_eq(strlen(from), strlen(to));
+  char *p = memmem(buf, len, from, strlen(from));
+  ck_assert_msg(p != NULL, "%s not found", from);
+  memcpy(p, to, strlen(to));
+}
+
+/* The record's `"plan":"…"` text (escaped as the header holds it). */
+static void plan_field(const void *rec, size_t len, char *out, size_t cap) {
+  const char *key = "\\\"plan\\\":\\\"";
+  const char *p = memmem(rec, len, key, strlen(key));
+  ck_assert_ptr_nonnull(p);
+  snprintf(out, cap, "%.*s", (int)(strlen(key) + 16), p);
+}
+
 /* Assembling must fail with BAD_TASK, naming `layer`, writing nothing. */
 static void refused(model *m, const decomp_policy *pol,
                     const decomp_options *o, const void *plan, size_t len,
@@ -623,6 +640,24 @@ START_TEST(results_that_do_not_fit_the_plan_are_refused_naming_the_layer) {
   g.len[0] = f.len[f.n - 1];
   g.n = 1;
   refused(&m, pol, &o, plan2, plan_len, &g, layer, "made from another plan");
+
+  /* A result whose rank and plan say the plan's, but whose factors are
+   * another rank's (made from plan2, its rank and plan rewritten). */
+  blobs h;
+  run_tasks(&m, pol, &o, grouping, 2, plan2, plan_len, &h);
+  char from[64], to[64], pf[64], pt[64];
+  snprintf(from, sizeof from, "\\\"rank\\\":%lld", (long long)now);
+  snprintf(to, sizeof to, "\\\"rank\\\":%lld", (long long)was);
+  replace_once(h.p[h.n - 1], h.len[h.n - 1], from, to);
+  plan_field(h.p[h.n - 1], h.len[h.n - 1], pf, sizeof pf);
+  plan_field(f.p[f.n - 1], f.len[f.n - 1], pt, sizeof pt);
+  replace_once(h.p[h.n - 1], h.len[h.n - 1], pf, pt);
+  g = f;
+  g.p[g.n - 1] = h.p[h.n - 1];
+  g.len[g.n - 1] = h.len[h.n - 1];
+  snprintf(says, sizeof says, "as rank %lld gives", (long long)was);
+  refused(&m, pol, &o, plan, plan_len, &g, layer, says);
+  blobs_free(&h);
 
   /* A plan and results of another job (another policy). */
   refused(&m, other, &o, plan, plan_len, &f, NULL, "made for another job");
