@@ -368,7 +368,14 @@ static void check_same(model *m, const char *policy, const decomp_options *o,
                 "%s, threads %d, tasks %s then %s: the files differ", policy,
                 o->threads, g1, g2);
   char *na = normalized(info_a), *nb = normalized(info_b);
-  ck_assert_str_eq(na, nb);
+  size_t at = 0;
+  while (na[at] && na[at] == nb[at])
+    at++;
+  ck_assert_msg(na[at] == nb[at],
+                "%s, threads %d, tasks %s then %s: the info differs at byte "
+                "%zu: \"%.80s\" against \"%.80s\"",
+                policy, o->threads, g1, g2, at, na + (at > 40 ? at - 40 : 0),
+                nb + (at > 40 ? at - 40 : 0));
   /* The job decomposes something, and the info has its peak. */
   ck_assert_ptr_nonnull(strstr(info_b, "\"peak_rss_bytes\""));
   ck_assert_ptr_null(strstr(info_b, "\"layers_decomposed\": 0,"));
