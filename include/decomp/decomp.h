@@ -614,10 +614,21 @@ int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
  * work for (not decomposed by the job, or left alone by the plan) are
  * simply absent from the record. Progress reports only the selected
  * layers, with index and total spec-wide. A task's memory is its own
- * layers' (the phase-2 record holds its factors, and is made from them),
- * never the model's; the assembly streams as decomp_decompose_save does,
+ * layers', never the model's (a phase-2 task holds its layers' factors,
+ * twice while its record is made from them); the assembly streams as decomp_decompose_save does,
  * the factors written from the records as they are (map them from files
  * to keep them out of RSS). */
+
+/* The layers that have work in a stage, for the queue to make tasks of:
+ * with plan NULL, the layers phase 1 works on (those the job may
+ * decompose); with a plan, the layers it decomposes. *out_json (free with
+ * decomp_free) gets a JSON array in spec order of {"name", "cost"} (and
+ * "rank" with a plan), cost being Σ m·n·min(m, n) over the layer's
+ * candidate matrices, a weight to balance tasks by (not seconds). */
+int decomp_task_layers(decomp_ctx *ctx, const decomp_weights *w,
+                       const decomp_spec *spec, const decomp_policy *policy,
+                       const decomp_options *opts, const void *plan,
+                       size_t plan_len, char **out_json);
 
 /* Phase 1 on the selected layers: *out (free with decomp_free) gets the
  * record of their spectra, *out_len its length. */

@@ -977,3 +977,70 @@ out:
   free(files);
   return rc;
 }
+
+/* --- what the queue needs to know ---------------------------------------- */
+
+/* A layer's work as the queue weighs it: m·n·min(m, n) summed over its
+ * candidates' groups (the SVD's flops, up to a constant). */
+static double layer_cost(const struct layer *L) {
+  double cost = 0;
+  for (int c = 0; c < L->ncand; c++) {
+    int64_t m, n;
+    core_view_matrix(&L->cand[c], &m, &n);
+    cost += (double)L->info.layer->groups * (double)m * (double)n *
+            (double)(m < n ? m : n);
+  }
+  return cost;
+}
+
+int decomp_task_layers(decomp_ctx *ctx, const decomp_weights *w,
+                       const decomp_spec *spec, const decomp_policy *policy,
+                       const decomp_options *opts, const void *plan,
+                       size_t plan_len, char **out_json) {
+  if (!w || !spec || !policy || !out_json)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "task_layers: weights, spec, policy and out are "
+                     "required");
+  size_t n = decomp_spec_count(spec);
+  bool *none = calloc(n + 1, sizeof *none);
+  struct run R;
+  json_t *arr = NULL;
+  char digest[17];
+  int64_t peak;
+  int rc;
+  if (!none)
+    return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+  if ((rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) !=
+      DECOMP_OK) {
+    free(none);
+    return rc;
+  }
+  if (plan && ((rc = load_plan(&R, plan, plan_len, digest, &peak)) !=
+                   DECOMP_OK ||
+               (rc = core_run_apply(&R, none)) != DECOMP_OK))
+    goto out;
+  if (!(arr = json_array()))
+    goto nomem;
+  for (size_t i = 0; i < n; i++) {
+    const struct layer *L = &R.Ls[i];
+    if (!L->candidate || (plan && L->info.rank <= 0))
+      continue;
+    json_t *e = json_pack("{s:s,s:f}", "name", L->info.layer->name, "cost",
+                          layer_cost(L));
+    if (plan && e)
+      json_object_set_new(e, "rank", json_integer(L->info.rank));
+    if (!e || json_array_append_new(arr, e))
+      goto nomem;
+  }
+  if (!(*out_json = json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+    goto nomem;
+  rc = DECOMP_OK;
+  goto out;
+nomem:
+  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+out:
+  json_decref(arr);
+  core_run_close(&R);
+  free(none);
+  return rc;
+}

@@ -708,6 +708,60 @@ START_TEST(results_that_do_not_fit_the_plan_are_refused_naming_the_layer) {
 }
 END_TEST
 
+START_TEST(task_layers_lists_phase_ones_layers_then_the_plans) {
+  model m;
+  model_init(&m);
+  decomp_policy *pol;
+  ck_assert_int_eq(decomp_policy_parse(m.ctx, ENERGY, &pol), DECOMP_OK);
+  decomp_options o = {.threads = 1};
+  char *all, *planned;
+  ck_assert_int_eq(decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, NULL, 0,
+                                      &all),
+                   DECOMP_OK);
+  /* Every layer of the spec is a Conv2d or a Linear the policy takes. */
+  for (size_t i = 0; i < NLAYERS; i++) {
+    char key[160];
+    snprintf(key, sizeof key, "{\"name\":\"%s\",\"cost\":",
+             decomp_spec_at(m.spec, i)->name);
+    ck_assert_msg(strstr(all, key), "%s lacks %s", all, key);
+  }
+  void *plan;
+  size_t plan_len;
+  make_plan(&m, pol, &o, MIXED, &plan, &plan_len);
+  ck_assert_int_eq(decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, plan,
+                                      plan_len, &planned),
+                   DECOMP_OK);
+  /* The single run's decomposed layers, at their ranks. */
+  decomp_result *r;
+  ck_assert_int_eq(decomp_decompose(m.ctx, m.w, m.spec, pol, &o, &r),
+                   DECOMP_OK);
+  const char *info = decomp_result_info(r);
+  size_t listed = 0;
+  for (const char *p = planned; (p = strstr(p, "\"name\":\"")); listed++) {
+    p += 8;
+    char name[128], key[200];
+    snprintf(name, sizeof name, "%.*s", (int)(strchr(p, '"') - p), p);
+    long long rank = strtoll(strstr(p, "\"rank\":") + 7, NULL, 10);
+    snprintf(key, sizeof key, "\"name\": \"%s\",\n      \"method\"", name);
+    const char *at = strstr(info, key);
+    ck_assert_msg(at, "%s is not decomposed in the single run", name);
+    char rk[64];
+    snprintf(rk, sizeof rk, "\"rank\": %lld,", rank);
+    ck_assert_msg(strstr(at, rk) && strstr(at, rk) < strstr(at, "\"stats\""),
+                  "%s: rank %lld is not the single run's", name, rank);
+  }
+  char dec[64];
+  snprintf(dec, sizeof dec, "\"layers_decomposed\": %zu,", listed);
+  ck_assert_msg(strstr(info, dec), "%zu layers listed", listed);
+  decomp_result_free(r);
+  decomp_free(all);
+  decomp_free(planned);
+  decomp_free(plan);
+  decomp_policy_free(pol);
+  model_free(&m);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("tasks");
   TCase *t = tcase_create("tasks");
@@ -718,6 +772,7 @@ static Suite *suite(void) {
   tcase_add_test(t, a_changed_factor_or_rank_makes_the_bytes_differ);
   tcase_add_test(t,
                  results_that_do_not_fit_the_plan_are_refused_naming_the_layer);
+  tcase_add_test(t, task_layers_lists_phase_ones_layers_then_the_plans);
   suite_add_tcase(s, t);
   return s;
 }
