@@ -762,6 +762,30 @@ START_TEST(task_layers_lists_phase_ones_layers_then_the_plans) {
 }
 END_TEST
 
+/* A Linear of 1664 × 1664 (m·n·min(m, n) ≥ 2^32: a heavy layer, run alone
+ * with every BLAS thread) beside a light conv: with threads 2 the task
+ * that holds it runs it with 2 BLAS threads as the single run does. */
+START_TEST(a_heavy_layer_gives_the_single_runs_bytes_with_two_threads) {
+  model m = {.ctx = decomp_ctx_new()};
+  const char *spec =
+      "[{\"name\": \"big\", \"type\": \"Linear\", \"in_features\": 1664, "
+      "\"out_features\": 1664, \"bias\": false},"
+      "{\"name\": \"small\", \"type\": \"Conv2d\", \"in_channels\": 8, "
+      "\"out_channels\": 8, \"kernel_size\": 3, \"bias\": false}]";
+  ck_assert_int_eq(decomp_spec_parse(m.ctx, spec, strlen(spec), &m.spec),
+                   DECOMP_OK);
+  ck_assert_int_eq(decomp_weights_new(m.ctx, &m.w), DECOMP_OK);
+  int64_t big[2] = {1664, 1664}, small[4] = {8, 8, 3, 3};
+  add(&m, "big.weight", DECOMP_DTYPE_F32, 2, big);
+  add(&m, "small.weight", DECOMP_DTYPE_F32, 4, small);
+  decomp_options o = {.threads = 2, .record_spectra = true};
+  check_same(&m, "{\"name\": \"ratio\", \"ratio\": 0.05, "
+                 "\"types\": [\"Conv2d\", \"Linear\"]}",
+             &o, "1|0", "1|0");
+  model_free(&m);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("tasks");
   TCase *t = tcase_create("tasks");
@@ -773,6 +797,7 @@ static Suite *suite(void) {
   tcase_add_test(t,
                  results_that_do_not_fit_the_plan_are_refused_naming_the_layer);
   tcase_add_test(t, task_layers_lists_phase_ones_layers_then_the_plans);
+  tcase_add_test(t, a_heavy_layer_gives_the_single_runs_bytes_with_two_threads);
   suite_add_tcase(s, t);
   return s;
 }
