@@ -615,9 +615,10 @@ int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
  * simply absent from the record. Progress reports only the selected
  * layers, with index and total spec-wide. A task's memory is its own
  * layers', never the model's (a phase-2 task holds its layers' factors,
- * twice while its record is made from them); the assembly streams as decomp_decompose_save does,
- * the factors written from the records as they are (map them from files
- * to keep them out of RSS). */
+ * twice while its record is made from them); the assembly streams as
+ * decomp_decompose_save does, the factors written from the records as
+ * they are (decomp_task_assemble_files maps them and gives their pages
+ * back as it goes). */
 
 /* The layers that have work in a stage, for the queue to make tasks of:
  * with plan NULL, the layers phase 1 works on (those the job may
@@ -667,6 +668,19 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
                          const size_t *lens, size_t nresults,
                          const char *out_dir, const decomp_save_options *save,
                          char **out_info, char **out_files);
+
+/* The same with the phase-2 records in files (paths[i], as stored): each
+ * is mapped, and the pages of a layer's factors given back once they are
+ * written, so the assembly's memory stays that of the layers in hand
+ * whatever the model's size. */
+int decomp_task_assemble_files(decomp_ctx *ctx, const decomp_weights *w,
+                               const decomp_spec *spec,
+                               const decomp_policy *policy,
+                               const decomp_options *opts, const void *plan,
+                               size_t plan_len, const char *const *paths,
+                               size_t nresults, const char *out_dir,
+                               const decomp_save_options *save,
+                               char **out_info, char **out_files);
 
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);

@@ -306,8 +306,8 @@ static void rec_in_free(rec_in *in) {
 /* Open record `buf` as a `kind` record of this job (made from the plan
  * whose digest is `plan`, when given). */
 static int rec_open(struct run *R, const void *buf, size_t len,
-                    const char *kind, const char *what, const char *plan,
-                    rec_in *in) {
+                    const char *path, const char *kind, const char *what,
+                    const char *plan, rec_in *in) {
   decomp_ctx *ctx = R->ctx;
   char key[17];
   int rc = job_key(R, key);
@@ -315,12 +315,27 @@ static int rec_open(struct run *R, const void *buf, size_t len,
   snprintf(in->what, sizeof in->what, "%s", what);
   if (rc != DECOMP_OK)
     return rc;
-  if (!buf || decomp_detect_format(buf, len) != DECOMP_FORMAT_SAFETENSORS)
-    return core_fail(ctx, DECOMP_ERR_BAD_TASK,
-                     "%s: not a task record (a safetensors buffer)", what);
-  if ((rc = decomp_weights_open_memory(ctx, buf, len, &in->w)) != DECOMP_OK)
-    return core_fail(ctx, DECOMP_ERR_BAD_TASK, "%s: %s", what,
-                     decomp_errmsg(ctx));
+  if (path) { /* mapped, its pages given back as its layers are written */
+    if ((rc = decomp_weights_open(ctx, path, &in->w)) != DECOMP_OK)
+      return rc == DECOMP_ERR_IO || rc == DECOMP_ERR_NOMEM
+                 ? rc
+                 : core_fail(ctx, DECOMP_ERR_BAD_TASK, "%s (%s): %s", what,
+                             path, decomp_errmsg(ctx));
+    if (decomp_weights_format(in->w) != DECOMP_FORMAT_SAFETENSORS ||
+        decomp_weights_shard_count(in->w) != 0) {
+      rec_in_free(in);
+      return core_fail(ctx, DECOMP_ERR_BAD_TASK,
+                       "%s (%s): not a task record (a safetensors file)",
+                       what, path);
+    }
+  } else {
+    if (!buf || decomp_detect_format(buf, len) != DECOMP_FORMAT_SAFETENSORS)
+      return core_fail(ctx, DECOMP_ERR_BAD_TASK,
+                       "%s: not a task record (a safetensors buffer)", what);
+    if ((rc = decomp_weights_open_memory(ctx, buf, len, &in->w)) != DECOMP_OK)
+      return core_fail(ctx, DECOMP_ERR_BAD_TASK, "%s: %s", what,
+                       decomp_errmsg(ctx));
+  }
   const char *meta = decomp_weights_metadata(in->w);
   json_t *m = meta ? json_loads(meta, 0, NULL) : NULL;
   const char *text = json_string_value(json_object_get(m, TASK_META));
@@ -537,7 +552,8 @@ static int load_plan(struct run *R, const void *buf, size_t len,
     free(chosen);
     return core_fail(R->ctx, DECOMP_ERR_NOMEM, "out of memory");
   }
-  if ((rc = rec_open(R, buf, len, "plan", "plan", NULL, &in)) != DECOMP_OK)
+  if ((rc = rec_open(R, buf, len, NULL, "plan", "plan", NULL, &in)) !=
+      DECOMP_OK)
     goto out;
   hex_of(digest_of(buf, len), digest);
   *peak = in.peak;
@@ -664,8 +680,8 @@ int decomp_task_plan(decomp_ctx *ctx, const decomp_weights *w,
     rec_in in;
     char what[48];
     snprintf(what, sizeof what, "spectra record %zu", r);
-    if ((rc = rec_open(&R, records[r], lens[r], "spectra", what, NULL, &in)) !=
-        DECOMP_OK)
+    if ((rc = rec_open(&R, records[r], lens[r], NULL, "spectra", what, NULL,
+                       &in)) != DECOMP_OK)
       goto out;
     peak = peak_max(peak, in.peak);
     size_t x;
@@ -864,15 +880,18 @@ static int load_factors(struct run *R, const rec_in *in, json_t *e,
   return DECOMP_OK;
 }
 
-int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
-                         const decomp_spec *spec, const decomp_policy *policy,
-                         const decomp_options *opts, const void *plan,
-                         size_t plan_len, const void *const *results,
-                         const size_t *lens, size_t nresults,
-                         const char *out_dir, const decomp_save_options *save,
-                         char **out_info, char **out_files) {
+/* decomp_task_assemble with the results as buffers (results, lens) or as
+ * files (paths). */
+static int assemble(decomp_ctx *ctx, const decomp_weights *w,
+                    const decomp_spec *spec, const decomp_policy *policy,
+                    const decomp_options *opts, const void *plan,
+                    size_t plan_len, const void *const *results,
+                    const size_t *lens, const char *const *paths,
+                    size_t nresults, const char *out_dir,
+                    const decomp_save_options *save, char **out_info,
+                    char **out_files) {
   if (!w || !spec || !policy || !plan || !out_dir || !*out_dir || !out_info ||
-      (nresults && (!results || !lens)))
+      (nresults && !paths && (!results || !lens)))
     return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "task_assemble: weights, spec, policy, plan, results, "
                      "out_dir and out_info are required");
@@ -887,6 +906,7 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
   bool *none = calloc(n + 1, sizeof *none), *seen = calloc(n + 1, sizeof *seen);
   const decomp_tensor **first = calloc(n + 1, sizeof *first);
   const decomp_tensor **second = calloc(n + 1, sizeof *second);
+  size_t *from = calloc(n + 1, sizeof *from); /* the record of layer i */
   rec_in *ins = calloc(nresults + 1, sizeof *ins);
   struct run R = {0};
   bool open = false;
@@ -894,7 +914,7 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
   char **snames = NULL, *info = NULL, *files = NULL, digest[17];
   int64_t peak = core_peak_rss_bytes(), plan_peak = 0;
   int rc;
-  if (!none || !seen || !first || !second || !ins) {
+  if (!none || !seen || !first || !second || !from || !ins) {
     rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
     goto out;
   }
@@ -910,7 +930,8 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
   for (size_t r = 0; r < nresults; r++) {
     char what[48];
     snprintf(what, sizeof what, "factors record %zu", r);
-    if ((rc = rec_open(&R, results[r], lens[r], "factors", what, digest,
+    if ((rc = rec_open(&R, paths ? NULL : results[r], paths ? 0 : lens[r],
+                       paths ? paths[r] : NULL, "factors", what, digest,
                        &ins[r])) != DECOMP_OK)
       goto out;
     peak = peak_max(peak, ins[r].peak);
@@ -924,6 +945,7 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
       if ((rc = load_factors(&R, &ins[r], e, L, &first[i], &second[i])) !=
           DECOMP_OK)
         goto out;
+      from[i] = r;
     }
   }
   for (size_t i = 0; i < n; i++)
@@ -947,6 +969,11 @@ int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
     if (rc == DECOMP_OK)
       rc = core_st_out_write(L->out, L->out_item + 1, second[i]->data,
                              (size_t)decomp_tensor_numel(second[i]) * isz);
+    /* A mapped record's pages of this layer back (a no-op for buffers). */
+    core_weights_drop_pages(ins[from[i]].w, first[i]->data,
+                            (size_t)decomp_tensor_numel(first[i]) * isz);
+    core_weights_drop_pages(ins[from[i]].w, second[i]->data,
+                            (size_t)decomp_tensor_numel(second[i]) * isz);
   }
   if (rc != DECOMP_OK ||
       (rc = core_run_info(&R, peak_max(peak, core_peak_rss_bytes()), &info)) !=
@@ -973,9 +1000,36 @@ out:
   free(seen);
   free(first);
   free(second);
+  free(from);
   free(info);
   free(files);
   return rc;
+}
+
+int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
+                         const decomp_spec *spec, const decomp_policy *policy,
+                         const decomp_options *opts, const void *plan,
+                         size_t plan_len, const void *const *results,
+                         const size_t *lens, size_t nresults,
+                         const char *out_dir, const decomp_save_options *save,
+                         char **out_info, char **out_files) {
+  return assemble(ctx, w, spec, policy, opts, plan, plan_len, results, lens,
+                  NULL, nresults, out_dir, save, out_info, out_files);
+}
+
+int decomp_task_assemble_files(decomp_ctx *ctx, const decomp_weights *w,
+                               const decomp_spec *spec,
+                               const decomp_policy *policy,
+                               const decomp_options *opts, const void *plan,
+                               size_t plan_len, const char *const *paths,
+                               size_t nresults, const char *out_dir,
+                               const decomp_save_options *save,
+                               char **out_info, char **out_files) {
+  if (nresults && !paths)
+    return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
+                     "task_assemble_files: paths are required");
+  return assemble(ctx, w, spec, policy, opts, plan, plan_len, NULL, NULL,
+                  paths, nresults, out_dir, save, out_info, out_files);
 }
 
 /* --- what the queue needs to know ---------------------------------------- */

@@ -367,6 +367,27 @@ static void check_same(model *m, const char *policy, const decomp_options *o,
   ck_assert_msg(same_files(a, b, files_a),
                 "%s, threads %d, tasks %s then %s: the files differ", policy,
                 o->threads, g1, g2);
+  /* The same records as files. */
+  char c[64], *info_c, *files_c;
+  mk_dir(c, sizeof c);
+  char paths[NLAYERS][96];
+  const char *pp[NLAYERS];
+  for (size_t i = 0; i < f.n; i++) {
+    snprintf(paths[i], sizeof paths[i], "%s/r%zu.safetensors", b, i);
+    FILE *fp = fopen(paths[i], "wb");
+    ck_assert_uint_eq(fwrite(f.p[i], 1, f.len[i], fp), f.len[i]);
+    fclose(fp);
+    pp[i] = paths[i];
+  }
+  ck_assert_msg(decomp_task_assemble_files(m->ctx, m->w, m->spec, pol, o, plan,
+                                           plan_len, pp, f.n, c, NULL,
+                                           &info_c, &files_c) == DECOMP_OK,
+                "assemble_files: %s", decomp_errmsg(m->ctx));
+  ck_assert_str_eq(files_c, files_a);
+  ck_assert_msg(same_files(a, c, files_a), "assembled from files: differ");
+  decomp_free(info_c);
+  decomp_free(files_c);
+  rm_dir(c);
   char *na = normalized(info_a), *nb = normalized(info_b);
   size_t at = 0;
   while (na[at] && na[at] == nb[at])
