@@ -92,10 +92,15 @@ int main(int argc, char **argv) {
   char names[32][64];
   int nl = 0;
   int64_t side = 224 / 2;
-  decomp_layer conv1 = {.name = "conv1", .type = "Conv2d",
-                        .in_channels = 3, .out_channels = 64 / div,
-                        .kernel_size = {7, 7}, .stride = {2, 2},
-                        .padding = {3, 3}, .dilation = {1, 1}, .groups = 1,
+  decomp_layer conv1 = {.name = "conv1",
+                        .type = "Conv2d",
+                        .in_channels = 3,
+                        .out_channels = 64 / div,
+                        .kernel_size = {7, 7},
+                        .stride = {2, 2},
+                        .padding = {3, 3},
+                        .dilation = {1, 1},
+                        .groups = 1,
                         .input_size = {224, 224}};
   decomp_layer layers[32];
   layers[nl++] = conv1;
@@ -109,20 +114,29 @@ int main(int argc, char **argv) {
         snprintf(names[nl], sizeof names[nl], "layer%d.%d.conv%d", s + 1, b,
                  k + 1);
         layers[nl] = (decomp_layer){
-            .name = names[nl], .type = "Conv2d", .in_channels = cin,
-            .out_channels = c, .kernel_size = {3, 3},
-            .stride = {down ? 2 : 1, down ? 2 : 1}, .padding = {1, 1},
-            .dilation = {1, 1}, .groups = 1,
+            .name = names[nl],
+            .type = "Conv2d",
+            .in_channels = cin,
+            .out_channels = c,
+            .kernel_size = {3, 3},
+            .stride = {down ? 2 : 1, down ? 2 : 1},
+            .padding = {1, 1},
+            .dilation = {1, 1},
+            .groups = 1,
             .input_size = {down ? side * 2 : side, down ? side * 2 : side}};
         nl++;
         if (down) {
           snprintf(names[nl], sizeof names[nl], "layer%d.0.downsample.0",
                    s + 1);
-          layers[nl] = (decomp_layer){
-              .name = names[nl], .type = "Conv2d", .in_channels = cin,
-              .out_channels = c, .kernel_size = {1, 1}, .stride = {2, 2},
-              .dilation = {1, 1}, .groups = 1,
-              .input_size = {side * 2, side * 2}};
+          layers[nl] = (decomp_layer){.name = names[nl],
+                                      .type = "Conv2d",
+                                      .in_channels = cin,
+                                      .out_channels = c,
+                                      .kernel_size = {1, 1},
+                                      .stride = {2, 2},
+                                      .dilation = {1, 1},
+                                      .groups = 1,
+                                      .input_size = {side * 2, side * 2}};
           nl++;
         }
         cin = c;
@@ -131,10 +145,14 @@ int main(int argc, char **argv) {
     if (s < 3)
       side /= 2;
   }
-  layers[nl++] = (decomp_layer){.name = "fc", .type = "Linear",
-                                .in_channels = cin, .out_channels = 1000,
-                                .kernel_size = {1, 1}, .stride = {1, 1},
-                                .dilation = {1, 1}, .groups = 1,
+  layers[nl++] = (decomp_layer){.name = "fc",
+                                .type = "Linear",
+                                .in_channels = cin,
+                                .out_channels = 1000,
+                                .kernel_size = {1, 1},
+                                .stride = {1, 1},
+                                .dilation = {1, 1},
+                                .groups = 1,
                                 .bias = true};
   for (int i = 0; i < nl; i++) {
     const decomp_layer *l = &layers[i];
@@ -162,8 +180,11 @@ int main(int argc, char **argv) {
       die(ctx, tn);
     if (l->bias) {
       snprintf(tn, sizeof tn, "%s.bias", l->name);
-      decomp_tensor bt = {.name = tn, .dtype = DECOMP_DTYPE_F32, .ndim = 1,
-                          .shape = {l->out_channels}, .stride = {1}};
+      decomp_tensor bt = {.name = tn,
+                          .dtype = DECOMP_DTYPE_F32,
+                          .ndim = 1,
+                          .shape = {l->out_channels},
+                          .stride = {1}};
       float *q = calloc((size_t)l->out_channels, sizeof *q);
       bt.data = q;
       if (decomp_weights_add_owned(w, &bt, q))
@@ -175,8 +196,7 @@ int main(int argc, char **argv) {
     snprintf(ptext, sizeof ptext, "%s", policy);
   else
     snprintf(ptext, sizeof ptext,
-             "{\"name\": \"%s\", \"types\": [\"Conv2d\", \"Linear\"]}",
-             policy);
+             "{\"name\": \"%s\", \"types\": [\"Conv2d\", \"Linear\"]}", policy);
   decomp_policy *pol;
   if (decomp_policy_parse(ctx, ptext, &pol))
     die(ctx, "policy");
@@ -226,8 +246,8 @@ int main(int argc, char **argv) {
   size_t la = 0, lb = 0;
   char *x = slurp(pa, &la), *y = slurp(pb, &lb);
   bool same = x && y && la == lb && !memcmp(x, y, la);
-  printf("model: resnet18 shapes / %d, %d layers, policy %s, threads %d\n",
-         div, nl, policy, threads);
+  printf("model: resnet18 shapes / %d, %d layers, policy %s, threads %d\n", div,
+         nl, policy, threads);
   printf("single run      %8.3f s\n", single);
   printf("as %2d+%2d tasks  %8.3f s  (spectra %.3f, plan %.3f, factors %.3f, "
          "assemble %.3f)\n",

@@ -20,7 +20,7 @@
 #include "run.h"
 
 #define TASK_FORMAT "decompd.task"
-#define TASK_META "decompd_task"
+#define TASK_META   "decompd_task"
 
 /* --- the job key --------------------------------------------------------- */
 
@@ -114,7 +114,7 @@ typedef struct rec_out {
   core_st_item *items;
   const void **data;
   char **names;
-  void **owned;             /* data the record copied (rec_add_f64) */
+  void **owned; /* data the record copied (rec_add_f64) */
   size_t n, cap;
   json_t *doc, *layers;
 } rec_out;
@@ -176,8 +176,8 @@ static int rec_add(decomp_ctx *ctx, rec_out *o, const char *prefix,
   memcpy(name, prefix, lp);
   memcpy(name + lp, suffix, ls + 1);
   core_st_item *it = &o->items[o->n];
-  *it = (core_st_item){.name = name, .dtype = dt, .ndim = ndim,
-                       .nbytes = decomp_dtype_size(dt)};
+  *it = (core_st_item){
+      .name = name, .dtype = dt, .ndim = ndim, .nbytes = decomp_dtype_size(dt)};
   for (int d = 0; d < ndim; d++) {
     it->shape[d] = shape[d];
     it->nbytes *= (uint64_t)shape[d];
@@ -205,8 +205,8 @@ static int rec_add_f64(decomp_ctx *ctx, rec_out *o, const char *prefix,
 }
 
 /* The record as one safetensors buffer (free with decomp_free). */
-static int rec_finish(decomp_ctx *ctx, rec_out *o, int64_t peak,
-                      void **out, size_t *out_len) {
+static int rec_finish(decomp_ctx *ctx, rec_out *o, int64_t peak, void **out,
+                      size_t *out_len) {
   char *doc = NULL, *text = NULL;
   json_t *meta = NULL;
   size_t tlen = 0, hlen = 0;
@@ -230,8 +230,10 @@ static int rec_finish(decomp_ctx *ctx, rec_out *o, int64_t peak,
   unsigned char *buf = malloc(len);
   if (!buf) {
     free(head);
-    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory for a %zu-byte "
-                                          "task record", len);
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM,
+                   "out of memory for a %zu-byte "
+                   "task record",
+                   len);
     goto done;
   }
   for (int i = 0; i < 8; i++)
@@ -266,10 +268,11 @@ static int rec_add_spectra(decomp_ctx *ctx, rec_out *o, const struct layer *L,
   for (int c = 0; c < L->ncand; c++) {
     const core_factors *f = &L->cfac[c];
     char sfx[32];
-    json_t *e = json_pack(
-        "{s:s,s:s,s:I,s:I,s:b}", "method", core_method_name(L->cand[c].method),
-        "order", core_order_name(L->cand[c].order), "groups",
-        (json_int_t)f->groups, "k", (json_int_t)f->k, "sigma", f->sigma != NULL);
+    json_t *e = json_pack("{s:s,s:s,s:I,s:I,s:b}", "method",
+                          core_method_name(L->cand[c].method), "order",
+                          core_order_name(L->cand[c].order), "groups",
+                          (json_int_t)f->groups, "k", (json_int_t)f->k, "sigma",
+                          f->sigma != NULL);
     if (!e || json_array_append_new(cands, e))
       return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
     snprintf(sfx, sizeof sfx, "/%d/energy", c);
@@ -325,8 +328,8 @@ static int rec_open(struct run *R, const void *buf, size_t len,
         decomp_weights_shard_count(in->w) != 0) {
       rec_in_free(in);
       return core_fail(ctx, DECOMP_ERR_BAD_TASK,
-                       "%s (%s): not a task record (a safetensors file)",
-                       what, path);
+                       "%s (%s): not a task record (a safetensors file)", what,
+                       path);
     }
   } else {
     if (!buf || decomp_detect_format(buf, len) != DECOMP_FORMAT_SAFETENSORS)
@@ -352,8 +355,8 @@ static int rec_open(struct run *R, const void *buf, size_t len,
   if (l0 && nl == 1)
     snprintf(in->what, sizeof in->what, "%s (layer %s)", what, l0);
   else if (l0)
-    snprintf(in->what, sizeof in->what, "%s (layers %s and %zu more)", what,
-             l0, nl - 1);
+    snprintf(in->what, sizeof in->what, "%s (layers %s and %zu more)", what, l0,
+             nl - 1);
   what = in->what;
   in->peak = json_integer_value(json_object_get(in->doc, "peak_rss_bytes"));
   if (!fmt || strcmp(fmt, TASK_FORMAT) != 0 || !k || !job ||
@@ -449,8 +452,8 @@ static int load_spectra(struct run *R, const rec_in *in, json_t *e,
   json_t *cands = json_object_get(e, "candidates");
   if (!json_is_array(cands) || json_array_size(cands) != (size_t)L->ncand)
     return core_fail(R->ctx, DECOMP_ERR_BAD_TASK,
-                     "%s: layer %s: %zu candidates, this job has %d",
-                     in->what, name, json_array_size(cands), L->ncand);
+                     "%s: layer %s: %zu candidates, this job has %d", in->what,
+                     name, json_array_size(cands), L->ncand);
   for (int c = 0; c < L->ncand; c++) {
     json_t *x = json_array_get(cands, (size_t)c);
     core_layer_view *v = &L->cand[c];
@@ -459,10 +462,9 @@ static int load_spectra(struct run *R, const rec_in *in, json_t *e,
     int64_t g = json_integer_value(json_object_get(x, "groups"));
     int64_t k = json_integer_value(json_object_get(x, "k"));
     bool sig = json_is_true(json_object_get(x, "sigma"));
-    if (!method || strcmp(method, core_method_name(v->method)) != 0 ||
-        !order || strcmp(order, core_order_name(v->order)) != 0 ||
-        g != L->info.layer->groups || k != v->max_rank ||
-        sig != L->job_sigma)
+    if (!method || strcmp(method, core_method_name(v->method)) != 0 || !order ||
+        strcmp(order, core_order_name(v->order)) != 0 ||
+        g != L->info.layer->groups || k != v->max_rank || sig != L->job_sigma)
       return core_fail(R->ctx, DECOMP_ERR_BAD_TASK,
                        "%s: layer %s: candidate %d is %s %s, %lld groups of "
                        "%lld values%s; this job's is %s %s, %lld of %lld%s",
@@ -470,8 +472,7 @@ static int load_spectra(struct run *R, const rec_in *in, json_t *e,
                        order ? order : "?", (long long)g, (long long)k,
                        sig ? " with its spectrum" : "",
                        core_method_name(v->method), core_order_name(v->order),
-                       (long long)L->info.layer->groups,
-                       (long long)v->max_rank,
+                       (long long)L->info.layer->groups, (long long)v->max_rank,
                        L->job_sigma ? " with its spectrum" : "");
     double en[2];
     char sfx[32];
@@ -479,8 +480,11 @@ static int load_spectra(struct run *R, const rec_in *in, json_t *e,
     int rc = rec_f64(R->ctx, in, name, sfx, 2, 0, en);
     if (rc != DECOMP_OK)
       return rc;
-    core_factors f = {.groups = g, .k = k, .energy_total = en[0],
-                      .out_total = en[1], .dtype = L->weight->dtype};
+    core_factors f = {.groups = g,
+                      .k = k,
+                      .energy_total = en[0],
+                      .out_total = en[1],
+                      .dtype = L->weight->dtype};
     if (sig) {
       if (!(f.sigma = malloc((size_t)(g * k) * sizeof *f.sigma)))
         return core_fail(R->ctx, DECOMP_ERR_NOMEM, "out of memory");
@@ -568,8 +572,8 @@ static int load_plan(struct run *R, const void *buf, size_t len,
     json_int_t c = json_integer_value(json_object_get(e, "chosen"));
     json_int_t rank = json_integer_value(json_object_get(e, "rank"));
     const char *why = json_string_value(json_object_get(e, "reason"));
-    if (c < 0 || c >= L->ncand || rank < 0 ||
-        rank > L->cand[c].max_rank || (rank == 0 && c != 0) || !why)
+    if (c < 0 || c >= L->ncand || rank < 0 || rank > L->cand[c].max_rank ||
+        (rank == 0 && c != 0) || !why)
       rc = core_fail(R->ctx, DECOMP_ERR_BAD_TASK,
                      "plan: layer %s: candidate %lld at rank %lld is not a "
                      "decision this layer can take",
@@ -603,7 +607,9 @@ out:
   return rc;
 }
 
-static int64_t peak_max(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t peak_max(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
 
 /* --- the tasks ------------------------------------------------------------ */
 
@@ -669,8 +675,7 @@ int decomp_task_plan(decomp_ctx *ctx, const decomp_weights *w,
     free(seen);
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
   }
-  if ((rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) !=
-      DECOMP_OK) {
+  if ((rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) != DECOMP_OK) {
     free(none);
     free(seen);
     return rc;
@@ -752,8 +757,7 @@ int decomp_task_factors(decomp_ctx *ctx, const decomp_weights *w,
   int rc = none ? select_layers(ctx, spec, layers, nlayers, &sel)
                 : core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
   if (rc != DECOMP_OK ||
-      (rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) !=
-          DECOMP_OK) {
+      (rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) != DECOMP_OK) {
     free(none);
     free(sel);
     return rc;
@@ -773,12 +777,12 @@ int decomp_task_factors(decomp_ctx *ctx, const decomp_weights *w,
     const char *name = L->info.layer->name;
     if (!sel[i] || L->info.rank <= 0)
       continue;
-    json_t *e = json_pack(
-        "{s:s,s:I,s:s,s:s,s:I,s:I,s:b}", "name", name, "rank",
-        (json_int_t)L->info.rank, "method",
-        core_method_name(L->info.view.method), "order",
-        core_order_name(L->info.view.order), "groups", (json_int_t)f->groups,
-        "k", (json_int_t)f->k, "sigma", f->sigma != NULL);
+    json_t *e = json_pack("{s:s,s:I,s:s,s:s,s:I,s:I,s:b}", "name", name, "rank",
+                          (json_int_t)L->info.rank, "method",
+                          core_method_name(L->info.view.method), "order",
+                          core_order_name(L->info.view.order), "groups",
+                          (json_int_t)f->groups, "k", (json_int_t)f->k, "sigma",
+                          f->sigma != NULL);
     if (!e || json_array_append_new(o.layers, e)) {
       rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
       goto out;
@@ -787,8 +791,8 @@ int decomp_task_factors(decomp_ctx *ctx, const decomp_weights *w,
                     f->out_discarded};
     int64_t shp[2] = {f->groups, f->k};
     if ((rc = rec_add_f64(ctx, &o, name, "/energy", en, 4)) != DECOMP_OK ||
-        (f->sigma && (rc = rec_add(ctx, &o, name, "/sigma", DECOMP_DTYPE_F64,
-                                   2, shp, f->sigma)) != DECOMP_OK) ||
+        (f->sigma && (rc = rec_add(ctx, &o, name, "/sigma", DECOMP_DTYPE_F64, 2,
+                                   shp, f->sigma)) != DECOMP_OK) ||
         (rc = rec_add(ctx, &o, name, ".0.weight", f->dtype, f->ndim,
                       f->first_shape, f->first)) != DECOMP_OK ||
         (rc = rec_add(ctx, &o, name, ".1.weight", f->dtype, f->ndim,
@@ -827,8 +831,7 @@ static int load_factors(struct run *R, const rec_in *in, json_t *e,
   if (rank != L->info.rank)
     return core_fail(ctx, DECOMP_ERR_BAD_TASK,
                      "%s: layer %s: factors at rank %lld, the plan says %lld",
-                     in->what, name, (long long)rank,
-                     (long long)L->info.rank);
+                     in->what, name, (long long)rank, (long long)L->info.rank);
   if (!method || strcmp(method, core_method_name(v->method)) != 0 || !order ||
       strcmp(order, core_order_name(v->order)) != 0 ||
       g != L->info.layer->groups || k != v->max_rank)
@@ -1023,13 +1026,13 @@ int decomp_task_assemble_files(decomp_ctx *ctx, const decomp_weights *w,
                                const decomp_options *opts, const void *plan,
                                size_t plan_len, const char *const *paths,
                                size_t nresults, const char *out_dir,
-                               const decomp_save_options *save,
-                               char **out_info, char **out_files) {
+                               const decomp_save_options *save, char **out_info,
+                               char **out_files) {
   if (nresults && !paths)
     return core_fail(ctx, DECOMP_ERR_INVALID_ARGUMENT,
                      "task_assemble_files: paths are required");
-  return assemble(ctx, w, spec, policy, opts, plan, plan_len, NULL, NULL,
-                  paths, nresults, out_dir, save, out_info, out_files);
+  return assemble(ctx, w, spec, policy, opts, plan, plan_len, NULL, NULL, paths,
+                  nresults, out_dir, save, out_info, out_files);
 }
 
 /* --- what the queue needs to know ---------------------------------------- */
@@ -1064,14 +1067,13 @@ int decomp_task_layers(decomp_ctx *ctx, const decomp_weights *w,
   int rc;
   if (!none)
     return core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
-  if ((rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) !=
-      DECOMP_OK) {
+  if ((rc = core_run_open(&R, ctx, w, spec, policy, opts, none)) != DECOMP_OK) {
     free(none);
     return rc;
   }
-  if (plan && ((rc = load_plan(&R, plan, plan_len, digest, &peak)) !=
-                   DECOMP_OK ||
-               (rc = core_run_apply(&R, none)) != DECOMP_OK))
+  if (plan &&
+      ((rc = load_plan(&R, plan, plan_len, digest, &peak)) != DECOMP_OK ||
+       (rc = core_run_apply(&R, none)) != DECOMP_OK))
     goto out;
   if (!(arr = json_array()))
     goto nomem;

@@ -32,10 +32,12 @@ static const char *SPEC =
     "\"out_channels\": 16, \"kernel_size\": 5, \"stride\": 2, \"padding\": 2, "
     "\"bias\": false, \"input_size\": [32, 32]},"
     "{\"name\": \"layer1.0.conv1\", \"type\": \"Conv2d\", \"in_channels\": 16, "
-    "\"out_channels\": 16, \"kernel_size\": 3, \"padding\": 1, \"bias\": false, "
+    "\"out_channels\": 16, \"kernel_size\": 3, \"padding\": 1, \"bias\": "
+    "false, "
     "\"input_size\": [16, 16]},"
     "{\"name\": \"layer1.0.conv2\", \"type\": \"Conv2d\", \"in_channels\": 16, "
-    "\"out_channels\": 16, \"kernel_size\": 3, \"padding\": 1, \"bias\": false, "
+    "\"out_channels\": 16, \"kernel_size\": 3, \"padding\": 1, \"bias\": "
+    "false, "
     "\"input_size\": [16, 16]},"
     "{\"name\": \"layer2.0.conv1\", \"type\": \"Conv2d\", \"in_channels\": 16, "
     "\"out_channels\": 32, \"kernel_size\": 3, \"stride\": 2, \"padding\": 1, "
@@ -306,13 +308,13 @@ static void run_tasks(model *m, const decomp_policy *pol,
   const char **names = group_names(m, grouping, counts, &ntasks);
   out->n = 0;
   for (size_t t = 0, k = 0; t < ntasks; k += counts[t++]) {
-    int rc = phase == 1
-                 ? decomp_task_spectra(m->ctx, m->w, m->spec, pol, o,
-                                       names + k, counts[t], &out->p[out->n],
-                                       &out->len[out->n])
-                 : decomp_task_factors(m->ctx, m->w, m->spec, pol, o, plan,
-                                       plan_len, names + k, counts[t],
-                                       &out->p[out->n], &out->len[out->n]);
+    int rc =
+        phase == 1
+            ? decomp_task_spectra(m->ctx, m->w, m->spec, pol, o, names + k,
+                                  counts[t], &out->p[out->n], &out->len[out->n])
+            : decomp_task_factors(m->ctx, m->w, m->spec, pol, o, plan, plan_len,
+                                  names + k, counts[t], &out->p[out->n],
+                                  &out->len[out->n]);
     ck_assert_msg(rc == DECOMP_OK, "phase %d task %zu: %s", phase, t,
                   decomp_errmsg(m->ctx));
     out->n++;
@@ -332,10 +334,9 @@ static void make_plan(model *m, const decomp_policy *pol,
   blobs_free(&s);
 }
 
-static int assemble(model *m, const decomp_policy *pol,
-                    const decomp_options *o, const void *plan, size_t plan_len,
-                    const blobs *f, const char *dir, char **info,
-                    char **files) {
+static int assemble(model *m, const decomp_policy *pol, const decomp_options *o,
+                    const void *plan, size_t plan_len, const blobs *f,
+                    const char *dir, char **info, char **files) {
   return decomp_task_assemble(m->ctx, m->w, m->spec, pol, o, plan, plan_len,
                               (const void *const *)f->p, f->len, f->n, dir,
                               NULL, info, files);
@@ -360,8 +361,8 @@ static void check_same(model *m, const char *policy, const decomp_options *o,
   make_plan(m, pol, o, g1, &plan, &plan_len);
   blobs f;
   run_tasks(m, pol, o, g2, 2, plan, plan_len, &f);
-  ck_assert_msg(assemble(m, pol, o, plan, plan_len, &f, b, &info_b,
-                         &files_b) == DECOMP_OK,
+  ck_assert_msg(assemble(m, pol, o, plan, plan_len, &f, b, &info_b, &files_b) ==
+                    DECOMP_OK,
                 "assemble: %s", decomp_errmsg(m->ctx));
   ck_assert_str_eq(files_a, files_b);
   ck_assert_msg(same_files(a, b, files_a),
@@ -380,8 +381,8 @@ static void check_same(model *m, const char *policy, const decomp_options *o,
     pp[i] = paths[i];
   }
   ck_assert_msg(decomp_task_assemble_files(m->ctx, m->w, m->spec, pol, o, plan,
-                                           plan_len, pp, f.n, c, NULL,
-                                           &info_c, &files_c) == DECOMP_OK,
+                                           plan_len, pp, f.n, c, NULL, &info_c,
+                                           &files_c) == DECOMP_OK,
                 "assemble_files: %s", decomp_errmsg(m->ctx));
   ck_assert_str_eq(files_c, files_a);
   ck_assert_msg(same_files(a, c, files_a), "assembled from files: differ");
@@ -444,7 +445,8 @@ START_TEST(per_layer_policy_tasks_assemble_the_single_runs_bytes) {
   model m;
   model_init(&m);
   for (int threads = 1; threads <= 2; threads++) {
-    decomp_options o = {.threads = threads, .record_spectra = true,
+    decomp_options o = {.threads = threads,
+                        .record_spectra = true,
                         .source_digest = "sha256:00ff"};
     check_same(&m, ENERGY, &o, PAIRS_BACKWARDS, ONE_EACH_REVERSED);
     check_same(&m, ENERGY, &o, ONE_EACH_REVERSED, ALL_IN_ONE);
@@ -457,7 +459,8 @@ START_TEST(calibrated_tasks_assemble_the_single_runs_bytes) {
   model m;
   model_init(&m);
   for (int threads = 1; threads <= 2; threads++) {
-    decomp_options o = {.threads = threads, .calibration = m.calib,
+    decomp_options o = {.threads = threads,
+                        .calibration = m.calib,
                         .calibration_digest = "sha256:ca11",
                         .record_spectra = true};
     check_same(&m, BUDGET, &o, MIXED, ONE_EACH_REVERSED);
@@ -537,9 +540,9 @@ START_TEST(a_changed_factor_or_rank_makes_the_bytes_differ) {
     big = f.len[i] > f.len[big] ? i : big;
   unsigned char *last = (unsigned char *)f.p[big] + f.len[big] - 1;
   *last ^= 1;
-  ck_assert_int_eq(assemble(&m, pol, &o, plan, plan_len, &f, b, &info_b,
-                            &files_b),
-                   DECOMP_OK);
+  ck_assert_int_eq(
+      assemble(&m, pol, &o, plan, plan_len, &f, b, &info_b, &files_b),
+      DECOMP_OK);
   ck_assert(!same_files(a, b, files_a));
   *last ^= 1;
   decomp_free(info_b);
@@ -594,9 +597,9 @@ static void plan_field(const void *rec, size_t len, char *out, size_t cap) {
 }
 
 /* Assembling must fail with BAD_TASK, naming `layer`, writing nothing. */
-static void refused(model *m, const decomp_policy *pol,
-                    const decomp_options *o, const void *plan, size_t len,
-                    const blobs *f, const char *layer, const char *says) {
+static void refused(model *m, const decomp_policy *pol, const decomp_options *o,
+                    const void *plan, size_t len, const blobs *f,
+                    const char *layer, const char *says) {
   char dir[64];
   mk_dir(dir, sizeof dir);
   char *info = NULL, *files = NULL;
@@ -714,9 +717,9 @@ START_TEST(results_that_do_not_fit_the_plan_are_refused_naming_the_layer) {
   const char *bogus = "layer9.conv";
   void *b;
   size_t bl;
-  ck_assert_int_eq(decomp_task_spectra(m.ctx, m.w, m.spec, pol, &o, &bogus, 1,
-                                       &b, &bl),
-                   DECOMP_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      decomp_task_spectra(m.ctx, m.w, m.spec, pol, &o, &bogus, 1, &b, &bl),
+      DECOMP_ERR_INVALID_ARGUMENT);
   ck_assert_ptr_nonnull(strstr(decomp_errmsg(m.ctx), bogus));
 
   blobs_free(&s);
@@ -736,22 +739,22 @@ START_TEST(task_layers_lists_phase_ones_layers_then_the_plans) {
   ck_assert_int_eq(decomp_policy_parse(m.ctx, ENERGY, &pol), DECOMP_OK);
   decomp_options o = {.threads = 1};
   char *all, *planned;
-  ck_assert_int_eq(decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, NULL, 0,
-                                      &all),
-                   DECOMP_OK);
+  ck_assert_int_eq(
+      decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, NULL, 0, &all),
+      DECOMP_OK);
   /* Every layer of the spec is a Conv2d or a Linear the policy takes. */
   for (size_t i = 0; i < NLAYERS; i++) {
     char key[160];
-    snprintf(key, sizeof key, "{\"name\":\"%s\",\"cost\":",
-             decomp_spec_at(m.spec, i)->name);
+    snprintf(key, sizeof key,
+             "{\"name\":\"%s\",\"cost\":", decomp_spec_at(m.spec, i)->name);
     ck_assert_msg(strstr(all, key), "%s lacks %s", all, key);
   }
   void *plan;
   size_t plan_len;
   make_plan(&m, pol, &o, MIXED, &plan, &plan_len);
-  ck_assert_int_eq(decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, plan,
-                                      plan_len, &planned),
-                   DECOMP_OK);
+  ck_assert_int_eq(
+      decomp_task_layers(m.ctx, m.w, m.spec, pol, &o, plan, plan_len, &planned),
+      DECOMP_OK);
   /* The single run's decomposed layers, at their ranks. */
   decomp_result *r;
   ck_assert_int_eq(decomp_decompose(m.ctx, m.w, m.spec, pol, &o, &r),
@@ -800,8 +803,9 @@ START_TEST(a_heavy_layer_gives_the_single_runs_bytes_with_two_threads) {
   add(&m, "big.weight", DECOMP_DTYPE_F32, 2, big);
   add(&m, "small.weight", DECOMP_DTYPE_F32, 4, small);
   decomp_options o = {.threads = 2, .record_spectra = true};
-  check_same(&m, "{\"name\": \"ratio\", \"ratio\": 0.05, "
-                 "\"types\": [\"Conv2d\", \"Linear\"]}",
+  check_same(&m,
+             "{\"name\": \"ratio\", \"ratio\": 0.05, "
+             "\"types\": [\"Conv2d\", \"Linear\"]}",
              &o, "1|0", "1|0");
   model_free(&m);
 }
@@ -811,7 +815,8 @@ static Suite *suite(void) {
   Suite *s = suite_create("tasks");
   TCase *t = tcase_create("tasks");
   tcase_set_timeout(t, 120);
-  tcase_add_test(t, budget_tasks_in_any_grouping_assemble_the_single_runs_bytes);
+  tcase_add_test(t,
+                 budget_tasks_in_any_grouping_assemble_the_single_runs_bytes);
   tcase_add_test(t, per_layer_policy_tasks_assemble_the_single_runs_bytes);
   tcase_add_test(t, calibrated_tasks_assemble_the_single_runs_bytes);
   tcase_add_test(t, a_changed_factor_or_rank_makes_the_bytes_differ);
