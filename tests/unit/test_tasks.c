@@ -378,7 +378,7 @@ static void check_same(model *m, const char *policy, const decomp_options *o,
   /* The same records as files. */
   char c[64], *info_c, *files_c;
   mk_dir(c, sizeof c);
-  char paths[NLAYERS][96];
+  char paths[NLAYERS][128];
   const char *pp[NLAYERS];
   for (size_t i = 0; i < f.n; i++) {
     snprintf(paths[i], sizeof paths[i], "%s/r%zu.safetensors", b, i);
