@@ -830,6 +830,64 @@ START_TEST(a_heavy_layer_gives_the_single_runs_bytes_with_two_threads) {
 }
 END_TEST
 
+/* Which layers a task's progress names, by phase. */
+struct seen {
+  char names[4][64][64];
+  int n[4];
+  size_t total;
+};
+
+static int on_progress(void *user, const decomp_progress *p) {
+  struct seen *s = user;
+  if (p->phase >= 0 && p->phase < 4 && s->n[p->phase] < 64)
+    snprintf(s->names[p->phase][s->n[p->phase]++], 64, "%s", p->layer);
+  s->total = p->total;
+  return 0;
+}
+
+START_TEST(a_tasks_progress_names_its_own_layers_only) {
+  model m;
+  model_init(&m);
+  decomp_policy *pol;
+  ck_assert_int_eq(decomp_policy_parse(m.ctx, BUDGET, &pol), DECOMP_OK);
+  for (int threads = 1; threads <= 2; threads++) {
+    struct seen s = {0};
+    decomp_options o = {.threads = threads};
+    void *plan, *rec;
+    size_t plan_len, len;
+    make_plan(&m, pol, &o, MIXED, &plan, &plan_len);
+    /* Both layers below are decomposed by this budget. */
+    const char *mine[2] = {"layer2.0.conv2", "fc"};
+    decomp_options op = o;
+    op.progress = on_progress;
+    op.progress_user = &s;
+    ck_assert_int_eq(
+        decomp_task_spectra(m.ctx, m.w, m.spec, pol, &op, mine, 2, &rec, &len),
+        DECOMP_OK);
+    decomp_free(rec);
+    ck_assert_int_eq(s.n[DECOMP_PHASE_SPECTRUM], 2);
+    ck_assert_str_eq(s.names[DECOMP_PHASE_SPECTRUM][0], "layer2.0.conv2");
+    ck_assert_str_eq(s.names[DECOMP_PHASE_SPECTRUM][1], "fc");
+    ck_assert_int_eq(s.n[DECOMP_PHASE_DONE], 0);
+    ck_assert_uint_eq(s.total, NLAYERS); /* spec-wide */
+    s = (struct seen){0};
+    ck_assert_int_eq(decomp_task_factors(m.ctx, m.w, m.spec, pol, &op, plan,
+                                         plan_len, mine, 2, &rec, &len),
+                     DECOMP_OK);
+    decomp_free(rec);
+    ck_assert_int_eq(s.n[DECOMP_PHASE_START], 2);
+    ck_assert_int_eq(s.n[DECOMP_PHASE_DONE], 2);
+    for (int i = 0; i < 2; i++) {
+      ck_assert_str_eq(s.names[DECOMP_PHASE_START][i], mine[i]);
+      ck_assert_str_eq(s.names[DECOMP_PHASE_DONE][i], mine[i]);
+    }
+    decomp_free(plan);
+  }
+  decomp_policy_free(pol);
+  model_free(&m);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("tasks");
   TCase *t = tcase_create("tasks");
@@ -844,6 +902,7 @@ static Suite *suite(void) {
                  results_that_do_not_fit_the_plan_are_refused_naming_the_layer);
   tcase_add_test(t, task_layers_lists_phase_ones_layers_then_the_plans);
   tcase_add_test(t, a_heavy_layer_gives_the_single_runs_bytes_with_two_threads);
+  tcase_add_test(t, a_tasks_progress_names_its_own_layers_only);
   suite_add_tcase(s, t);
   return s;
 }
