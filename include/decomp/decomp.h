@@ -615,7 +615,7 @@ int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
  * simply absent from the record. Progress reports only the selected
  * layers, with index and total spec-wide. A task's memory is its own
  * layers', never the model's (a phase-2 task holds its layers' factors,
- * twice while its record is made from them); the assembly streams as
+ * each freed as it is copied into the record); the assembly streams as
  * decomp_decompose_save does, the factors written from the records as
  * they are (decomp_task_assemble_files maps them and gives their pages
  * back as it goes). */

@@ -114,7 +114,7 @@ typedef struct rec_out {
   core_st_item *items;
   const void **data;
   char **names;
-  void **owned; /* data the record copied (rec_add_f64) */
+  void **owned; /* data the record holds (copies, factors handed over) */
   size_t n, cap;
   json_t *doc, *layers;
 } rec_out;
@@ -246,6 +246,10 @@ static int rec_finish(decomp_ctx *ctx, rec_out *o, int64_t peak, void **out,
     if (o->items[i].nbytes)
       memcpy(buf + at, o->data[i], (size_t)o->items[i].nbytes);
     at += (size_t)o->items[i].nbytes;
+    /* What the record owns goes as soon as it is in: the peak is about one
+     * copy of the data, not two. */
+    free(o->owned[i]);
+    o->owned[i] = NULL;
   }
   *out = buf;
   *out_len = len;
@@ -794,10 +798,15 @@ int decomp_task_factors(decomp_ctx *ctx, const decomp_weights *w,
         (f->sigma && (rc = rec_add(ctx, &o, name, "/sigma", DECOMP_DTYPE_F64, 2,
                                    shp, f->sigma)) != DECOMP_OK) ||
         (rc = rec_add(ctx, &o, name, ".0.weight", f->dtype, f->ndim,
-                      f->first_shape, f->first)) != DECOMP_OK ||
-        (rc = rec_add(ctx, &o, name, ".1.weight", f->dtype, f->ndim,
+                      f->first_shape, f->first)) != DECOMP_OK)
+      goto out;
+    o.owned[o.n - 1] = L->fac.first; /* the record's now */
+    L->fac.first = NULL;
+    if ((rc = rec_add(ctx, &o, name, ".1.weight", f->dtype, f->ndim,
                       f->second_shape, f->second)) != DECOMP_OK)
       goto out;
+    o.owned[o.n - 1] = L->fac.second;
+    L->fac.second = NULL;
   }
   rc = rec_finish(ctx, &o, core_peak_rss_bytes(), out, out_len);
 out:
