@@ -550,6 +550,138 @@ int decomp_decompose_save(decomp_ctx *ctx, const decomp_weights *w,
                           const decomp_save_options *save, char **out_info,
                           char **out_files);
 
+/* ------------------------------------------------------------------------ */
+/* One job over many machines                                                */
+/* ------------------------------------------------------------------------ */
+
+/* decomp_decompose_save cut into tasks that any node may run (DESIGN
+ * "Across machines"), in four stages:
+ *
+ *   1. decomp_task_spectra on any grouping of the spec's layers (one layer
+ *      per task, or several): phase 1, each layer's spectra, as a record;
+ *   2. decomp_task_plan on every phase-1 record: the policy's ranks for
+ *      the whole model (a budget needs every spectrum), as the plan;
+ *   3. decomp_task_factors on any grouping of the layers, with the plan:
+ *      phase 2, each decomposed layer's factors, as a record;
+ *   4. decomp_task_assemble with the plan and every phase-2 record: the
+ *      files decomp_decompose_save writes, and its decompose_info.json.
+ *
+ * Every stage is called with the job's weights, spec, policy and options
+ * (the same on every node: `threads` included) and rebuilds the run's
+ * cheap part (eligibility, candidates, cost models) from them. Each
+ * layer's arithmetic is the single run's and depends only on the layer's
+ * input, the policy and its BLAS thread count (decomp_options.threads), so
+ * the assembled files are byte for byte decomp_decompose_save's with the
+ * same options, however the layers were grouped, ordered or spread. With
+ * threads == 0 OpenBLAS's thread count is whatever each process has, and
+ * layers of m·n·min(m,n) ≥ 2^32 then give the same bytes only where it
+ * is the same; pass threads ≥ 1 (the same on every node) for a guarantee.
+ *
+ * decompose_info.json is the single run's too, except one field that
+ * measures a process: summary.peak_rss_bytes is the largest peak RSS of
+ * the processes that made the records and the assembly (each record
+ * carries its maker's), where the single run has its own. Nothing else in
+ * the info file is a measurement (layer times are logged, not recorded).
+ *
+ * Records are safetensors buffers (free with decomp_free; store them as
+ * they are). Float64 tensors hold the numbers, so they come back bit for
+ * bit: for each layer of a phase-1 record (and of the plan) and each of its
+ * candidates c, "NAME/c/energy" [‖W‖², ‖W·S‖²] and, when computed,
+ * "NAME/c/sigma" [groups, k]; in a phase-2 record "NAME/energy" [‖W‖²,
+ * ‖W − W̃‖², ‖W·S‖², ‖(W − W̃)·S‖²], "NAME/sigma" and the factors as the
+ * output holds them, "NAME.0.weight" and "NAME.1.weight" (the weight's
+ * dtype). The metadata's "decompd_task" is a JSON text: {"format":
+ * "decompd.task", "version": 1, "kind": "spectra" | "plan" | "factors",
+ * "job": key, "plan": digest (factors), "layers": [{"name", per kind:
+ * "candidates": [{"method", "order", "groups", "k", "sigma"}], "chosen",
+ * "rank", "reason" (plan), "rank", "method", "order", "groups", "k",
+ * "sigma" (factors)}], "peak_rss_bytes"}. The job key is a 64-bit hash of
+ * the spec and policy (canonical texts), the options that shape the output
+ * (threads, record_spectra, source digest and format, calibration digest
+ * and layer count, profile text and digest) and every tensor's name, dtype
+ * and shape; the weights' data is told apart by source_digest only. The
+ * plan's digest is a 64-bit hash of its bytes. Hashes catch records
+ * handed over by mistake, not forged ones.
+ *
+ * Every record is checked before use: a record of another kind, job or
+ * plan, a layer the spec lacks or the job does not decompose, a second
+ * result for a layer, a missing one, or a result whose rank, method,
+ * shapes or dtype are not the plan's fail with DECOMP_ERR_BAD_TASK naming
+ * the layer, and the assembly writes nothing then.
+ *
+ * `layers` selects spec layers by name (NULL: all of them; a name the
+ * spec lacks is DECOMP_ERR_INVALID_ARGUMENT); layers the stage has no
+ * work for (not decomposed by the job, or left alone by the plan) are
+ * simply absent from the record. Progress reports only the selected
+ * layers, with index and total spec-wide. A task's memory is its own
+ * layers', never the model's (a phase-2 task holds its layers' factors,
+ * each freed as it is copied into the record); the assembly streams as
+ * decomp_decompose_save does, the factors written from the records as
+ * they are (decomp_task_assemble_files maps them and gives their pages
+ * back as it goes). */
+
+/* The layers that have work in a stage, for the queue to make tasks of:
+ * with plan NULL, the layers phase 1 works on (those the job may
+ * decompose); with a plan, the layers it decomposes. *out_json (free with
+ * decomp_free) gets a JSON array in spec order of {"name", "cost"} (and
+ * "rank" with a plan), cost being Σ m·n·min(m, n) over the layer's
+ * candidate matrices, a weight to balance tasks by (not seconds). */
+int decomp_task_layers(decomp_ctx *ctx, const decomp_weights *w,
+                       const decomp_spec *spec, const decomp_policy *policy,
+                       const decomp_options *opts, const void *plan,
+                       size_t plan_len, char **out_json);
+
+/* Phase 1 on the selected layers: *out (free with decomp_free) gets the
+ * record of their spectra, *out_len its length. */
+int decomp_task_spectra(decomp_ctx *ctx, const decomp_weights *w,
+                        const decomp_spec *spec, const decomp_policy *policy,
+                        const decomp_options *opts, const char *const *layers,
+                        size_t nlayers, void **out, size_t *out_len);
+
+/* The plan from the `nrecords` phase-1 records (records[i] of lens[i]
+ * bytes, in any order) that between them hold every layer the job
+ * decomposes once: the ranks decomp_decompose would choose, and the
+ * spectra phase 2 and the info file need. */
+int decomp_task_plan(decomp_ctx *ctx, const decomp_weights *w,
+                     const decomp_spec *spec, const decomp_policy *policy,
+                     const decomp_options *opts, const void *const *records,
+                     const size_t *lens, size_t nrecords, void **out,
+                     size_t *out_len);
+
+/* Phase 2 on the selected layers at the plan's ranks: the record of their
+ * factors. */
+int decomp_task_factors(decomp_ctx *ctx, const decomp_weights *w,
+                        const decomp_spec *spec, const decomp_policy *policy,
+                        const decomp_options *opts, const void *plan,
+                        size_t plan_len, const char *const *layers,
+                        size_t nlayers, void **out, size_t *out_len);
+
+/* Write into `out_dir` what decomp_decompose_save writes there with the
+ * same options and `save`, from the plan and the `nresults` phase-2
+ * records (in any order) that between them hold every layer the plan
+ * decomposes once; *out_info and *out_files as decomp_decompose_save
+ * gives them. Every record is checked before anything is written. */
+int decomp_task_assemble(decomp_ctx *ctx, const decomp_weights *w,
+                         const decomp_spec *spec, const decomp_policy *policy,
+                         const decomp_options *opts, const void *plan,
+                         size_t plan_len, const void *const *results,
+                         const size_t *lens, size_t nresults,
+                         const char *out_dir, const decomp_save_options *save,
+                         char **out_info, char **out_files);
+
+/* The same with the phase-2 records in files (paths[i], as stored): each
+ * is mapped, and the pages of a layer's factors given back once they are
+ * written, so the assembly's memory stays that of the layers in hand
+ * whatever the model's size. */
+int decomp_task_assemble_files(decomp_ctx *ctx, const decomp_weights *w,
+                               const decomp_spec *spec,
+                               const decomp_policy *policy,
+                               const decomp_options *opts, const void *plan,
+                               size_t plan_len, const char *const *paths,
+                               size_t nresults, const char *out_dir,
+                               const decomp_save_options *save,
+                               char **out_info, char **out_files);
+
 /* The decomposed state dict. Borrowed, valid while the result lives. */
 const decomp_weights *decomp_result_weights(const decomp_result *r);
 /* decompose_info.json (version 1) as text. Borrowed. */

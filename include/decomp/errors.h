@@ -54,6 +54,7 @@ extern "C" {
   X(OUT_OF_REACH, 27, "target_out_of_reach",                                      \
     "the policy's target is out of reach within its quality floor", 422)          \
   X(BAD_PROFILE, 28, "bad_profile", "invalid latency profile", 422)               \
+  X(BAD_TASK, 29, "bad_task", "task record does not fit the job", 422)           \
   /* service */                                                                   \
   X(BAD_JSON, 40, "bad_json", "request body is not valid JSON", 400)              \
   X(BAD_REQUEST, 41, "bad_request", "bad request", 400)                           \

@@ -40,6 +40,7 @@ ERRORS = (
     (26, 'BAD_CALIBRATION', 'bad_calibration', 'invalid calibration file', 422),
     (27, 'OUT_OF_REACH', 'target_out_of_reach', "the policy's target is out of reach within its quality floor", 422),
     (28, 'BAD_PROFILE', 'bad_profile', 'invalid latency profile', 422),
+    (29, 'BAD_TASK', 'bad_task', 'task record does not fit the job', 422),
     (40, 'BAD_JSON', 'bad_json', 'request body is not valid JSON', 400),
     (41, 'BAD_REQUEST', 'bad_request', 'bad request', 400),
     (42, 'UNAUTHORIZED', 'unauthorized', 'a valid bearer token is required', 401),
@@ -89,6 +90,7 @@ ERR_SVD_FAILED = 25
 ERR_BAD_CALIBRATION = 26
 ERR_OUT_OF_REACH = 27
 ERR_BAD_PROFILE = 28
+ERR_BAD_TASK = 29
 ERR_BAD_JSON = 40
 ERR_BAD_REQUEST = 41
 ERR_UNAUTHORIZED = 42

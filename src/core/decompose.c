@@ -29,6 +29,7 @@
 
 #include <jansson.h>
 
+#include "run.h"
 #include "svd.h"
 
 struct decomp_result {
@@ -59,38 +60,6 @@ const char *core_order_name(core_order o) {
 
 /* --- one layer's work --------------------------------------------------- */
 
-struct layer {
-  core_info_layer info;     /* what info.c reads */
-  char why[160];            /* reason when left alone by eligibility */
-  size_t conv_index;        /* among the spec's Conv2d layers */
-  bool candidate;           /* eligible and decomposable: goes to choose */
-  double seconds;           /* time spent on it (both phases) */
-  const decomp_tensor *weight, *bias;
-  const decomp_tensor *gram; /* its calibration's Gram, or NULL */
-  const decomp_weights *src, *calib_src; /* the sets they live in */
-  /* Streamed output (decomp_decompose_save): where the factors go as soon
-   * as the layer is done (items out_item, out_item + 1), or NULL. */
-  core_st_out *out;
-  size_t out_item;
-  /* Its candidate decompositions (a k×k conv: spatial and channel) and
-   * each one's spectrum from phase 1; the policy picks one. */
-  core_layer_view cand[2];
-  core_factors cfac[2];
-  int ncand;
-  /* The chosen candidate's spectrum, then factors (owned until the factors
-   * move into the result); info.sigma points into it. */
-  core_factors fac;
-  core_svd_report rep;      /* how its SVD ran (phase 2) */
-  /* The job of the current phase (run_phase): */
-  bool job;                 /* has work in this phase */
-  bool job_sigma;           /* phase 1: compute the spectrum */
-  bool job_event;           /* phase 1: report DECOMP_PHASE_SPECTRUM */
-  int64_t job_rank;         /* phase 2: the rank */
-  bool heavy;               /* runs alone, with every BLAS thread */
-  int state;                /* JOB_* (under the pool's lock) */
-  int rc;                   /* the job's result */
-  char *err;                /* its message, when it failed on a worker */
-};
 
 enum { JOB_IDLE = 0, JOB_QUEUED = 1, JOB_DONE = 2 };
 
@@ -986,18 +955,6 @@ static bool layer_heavy(const struct layer *L) {
   return false;
 }
 
-struct pool {
-  pthread_mutex_t mu;
-  pthread_cond_t work, done;
-  struct layer **queue;     /* FIFO of layers to run */
-  size_t head, tail;
-  size_t busy;              /* queued or running */
-  bool quit;
-  int phase;                /* 1 or 2 */
-  const decomp_policy *policy;
-  pthread_t *th;
-  int nth, started;
-};
 
 static void job_run(decomp_ctx *wctx, const decomp_policy *policy,
                     struct layer *L) {
@@ -1091,10 +1048,6 @@ static int layer_state(struct pool *P, const struct layer *L) {
 
 /* --- the result --------------------------------------------------------- */
 
-struct by_name {
-  const char *name;
-  struct layer *L;
-};
 
 static int cmp_by_name(const void *a, const void *b) {
   return strcmp(((const struct by_name *)a)->name,
@@ -1375,7 +1328,8 @@ static int drain(decomp_ctx *ctx, const decomp_options *opts, struct pool *P,
                  int phase) {
   for (; *next < n; (*next)++) {
     struct layer *L = &Ls[*next];
-    if (!L->info.considered || (phase == 1 && !L->job))
+    if (!L->info.considered || (phase == 1 && !L->job) ||
+        (phase == 2 && L->off))
       continue;
     if (layer_state(P, L) != JOB_DONE)
       return DECOMP_OK;
@@ -1549,21 +1503,26 @@ static void free_layers(struct layer *Ls, size_t n) {
   free(Ls);
 }
 
-/* Where a streamed run writes (decomp_decompose_save). */
-struct save_req {
-  const char *dir;
-  const decomp_save_options *o;
-};
+/* --- the run in stages (run.h) ------------------------------------------ */
+
+void core_run_factor_shapes(const struct layer *L, int64_t rank, int *ndim,
+                            int64_t s0[4], int64_t s1[4]) {
+  geom gm = geom_view(&L->info.view);
+  factor_shapes(L->info.layer, &gm, rank, ndim, s0, s1);
+}
 
 /* The streamed output's plan: every tensor of the result in its order
  * (the input's, decomposed layers' tensors replaced in place), as items;
- * src[i] is the input tensor an item copies, NULL for a new factor (whose
- * layer gets out/out_item). Names it makes go to *names (free each). */
-static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
-                       const struct by_name *idx, size_t ndec,
-                       const struct save_req *save, core_st_out **out,
-                       const decomp_tensor ***out_src, char ***out_names,
-                       size_t *out_n) {
+ * an item that copies an input tensor is copied now, a new factor's layer
+ * gets out/out_item. Names it makes go to *out_names (free each, then the
+ * array). */
+int core_run_stream_open(struct run *R, const char *dir,
+                         const decomp_save_options *save, core_st_out **out,
+                         char ***out_names) {
+  decomp_ctx *ctx = R->ctx;
+  const decomp_weights *w = R->w;
+  const struct by_name *idx = R->idx;
+  size_t ndec = R->ndec;
   size_t nt = decomp_weights_count(w), cap = nt + 2 * ndec, n = 0, nn = 0;
   core_st_item *items = calloc(cap ? cap : 1, sizeof *items);
   const decomp_tensor **src = calloc(cap ? cap : 1, sizeof *src);
@@ -1571,7 +1530,6 @@ static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
   decomp_weights *mw = NULL;
   int rc = DECOMP_OK;
   *out_names = names;
-  *out_src = src;
   if (!items || !src || !names)
     goto nomem;
   for (size_t i = 0; i < nt; i++) {
@@ -1579,10 +1537,9 @@ static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
     struct layer *L = lookup(idx, ndec, t->name, ".weight");
     if (L && t == L->weight) {
       static const char *const sfx[] = {".0.weight", ".1.weight", ".1.bias"};
-      geom gm = geom_view(&L->info.view);
       int ndim;
       int64_t shp[2][4];
-      factor_shapes(L->info.layer, &gm, L->info.rank, &ndim, shp[0], shp[1]);
+      core_run_factor_shapes(L, L->info.rank, &ndim, shp[0], shp[1]);
       L->out_item = n;
       for (int c = 0; c < (L->bias ? 3 : 2); c++) {
         if (!(names[nn] = join(L->info.layer->name, sfx[c])))
@@ -1617,12 +1574,11 @@ static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
       (rc = build_metadata(ctx, decomp_weights_metadata(w), idx, ndec, mw)) !=
           DECOMP_OK)
     goto fail;
-  uint64_t shard_bytes = save->o && save->o->shard_bytes
-                             ? save->o->shard_bytes
-                             : DECOMP_SHARD_BYTES_DEFAULT;
-  rc = core_st_out_open(ctx, save->dir, save->o ? save->o->single_name : NULL,
-                        items, n, decomp_weights_metadata(mw), shard_bytes,
-                        save->o && save->o->sharded, out);
+  uint64_t shard_bytes = save && save->shard_bytes ? save->shard_bytes
+                                                   : DECOMP_SHARD_BYTES_DEFAULT;
+  rc = core_st_out_open(ctx, dir, save ? save->single_name : NULL, items, n,
+                        decomp_weights_metadata(mw), shard_bytes,
+                        save && save->sharded, out);
   if (rc != DECOMP_OK)
     goto fail;
   for (size_t i = 0; i < ndec; i++)
@@ -1631,7 +1587,6 @@ static int stream_open(decomp_ctx *ctx, const decomp_weights *w,
   for (size_t i = 0; i < n && rc == DECOMP_OK; i++)
     if (src[i])
       rc = core_st_out_copy(*out, i, src[i], w);
-  *out_n = n;
   goto done;
 nomem:
   rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
@@ -1639,64 +1594,72 @@ fail:
 done:
   decomp_weights_free(mw);
   free(items);
+  free(src);
   return rc;
 }
 
-static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
-                         const decomp_spec *spec, const decomp_policy *policy,
-                         const decomp_options *opts,
-                         const struct save_req *save, decomp_result **out,
-                         char **out_info, char **out_files) {
+void core_run_close(struct run *R) {
+  if (R->P)
+    pool_stop(R->P);
+  R->P = NULL;
+  if (R->threads > 0)
+    core_blas_set_threads(R->blas_saved);
+  R->threads = 0;
+  free(R->idx);
+  free(R->views);
+  free(R->dec);
+  core_calib_free(R->calib);
+  core_profile_free(R->prof);
+  free_layers(R->Ls, R->n);
+  R->idx = NULL;
+  R->views = NULL;
+  R->dec = NULL;
+  R->calib = NULL;
+  R->prof = NULL;
+  R->Ls = NULL;
+}
+
+int core_run_open(struct run *R, decomp_ctx *ctx, const decomp_weights *w,
+                  const decomp_spec *spec, const decomp_policy *policy,
+                  const decomp_options *opts, const bool *sel) {
+  *R = (struct run){.ctx = ctx, .w = w, .spec = spec, .policy = policy,
+                    .opts = opts};
   int rc = decomp_spec_check(ctx, spec, w);
   if (rc != DECOMP_OK)
     return rc;
-
-  size_t n = decomp_spec_count(spec), total = 0, conv = 0, ncand = 0;
-  size_t ndec = 0, nviews = 0;
-  struct layer *Ls = calloc(n ? n : 1, sizeof *Ls);
-  core_layer_view *views = NULL;
-  core_rank_decision *dec = NULL;
-  struct by_name *idx = NULL;
-  core_info_layer *infos = NULL;
-  decomp_result *res = NULL;
-  decomp_weights *rw = NULL;
-  core_calib *calib = NULL;
-  core_profile *prof = NULL;
-  core_st_out *sout = NULL;
-  const decomp_tensor **ssrc = NULL;
-  char **snames = NULL, *info = NULL;
-  size_t nitems = 0;
+  size_t n = decomp_spec_count(spec), conv = 0;
   char *name = NULL;
-  struct pool pool = {0}, *P = NULL;
-  int threads = 0, blas_saved = 0;
+  R->n = n;
+  struct layer *Ls = R->Ls = calloc(n ? n : 1, sizeof *Ls);
   if (!Ls)
     goto nomem;
   /* A calibration is checked whole before any work. */
   if (opts && opts->calibration &&
-      (rc = core_calib_open(ctx, opts->calibration, spec, &calib)) !=
+      (rc = core_calib_open(ctx, opts->calibration, spec, &R->calib)) !=
           DECOMP_OK)
     goto fail;
   if (opts && opts->profile &&
-      (rc = core_profile_open(ctx, opts->profile, spec, &prof)) != DECOMP_OK)
+      (rc = core_profile_open(ctx, opts->profile, spec, &R->prof)) !=
+          DECOMP_OK)
     goto fail;
-  double t_run = core_now();
+  R->t_run = core_now();
   for (size_t i = 0; i < n; i++)
-    total += considered(policy, decomp_spec_at(spec, i));
+    R->total += considered(policy, decomp_spec_at(spec, i));
   /* threads ≥ 1: this call owns that many cores (decomp.h). */
-  threads = opts && opts->threads > 0 ? opts->threads : 0;
-  if (threads > 0) {
-    blas_saved = core_blas_threads();
+  R->threads = opts && opts->threads > 0 ? opts->threads : 0;
+  if (R->threads > 0) {
+    R->blas_saved = core_blas_threads();
     core_blas_set_threads(1);
   }
-  if (threads >= 2) {
-    if (pool_start(&pool, threads, n, policy) != DECOMP_OK) {
-      pool_stop(&pool);
+  if (R->threads >= 2) {
+    if (pool_start(&R->pool, R->threads, n, policy) != DECOMP_OK) {
+      pool_stop(&R->pool);
       goto nomem;
     }
-    P = &pool;
+    R->P = &R->pool;
   }
 
-  /* Phase 1: eligibility, candidates, finiteness, spectra. */
+  /* Eligibility, candidates, and phase 1's jobs: finiteness, spectra. */
   for (size_t i = 0; i < n; i++) {
     struct layer *L = &Ls[i];
     const decomp_layer *l = decomp_spec_at(spec, i);
@@ -1723,7 +1686,7 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
                                   CORE_ORDER_VERTICAL_FIRST, &L->info.view,
                                   why_view, sizeof why_view);
     }
-    view_latency(prof, &L->info.view);
+    view_latency(R->prof, &L->info.view);
     if (!core_policy_eligible(policy, l, L->why, sizeof L->why)) {
       L->info.skip_reason = L->why;
       continue;
@@ -1745,42 +1708,55 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
       goto fail;
     }
     int64_t samples = 0;
-    L->gram = core_calib_gram(calib, l, &samples);
+    L->gram = core_calib_gram(R->calib, l, &samples);
     L->info.samples = L->gram ? samples : 0;
-    if ((rc = candidates(ctx, policy, prof, L)) != DECOMP_OK)
+    if ((rc = candidates(ctx, policy, R->prof, L)) != DECOMP_OK)
       goto fail;
     L->info.view = L->cand[0];
     L->info.has_view = true;
     L->candidate = true;
-    ncand++;
-    nviews += (size_t)L->ncand;
+    R->nviews += (size_t)L->ncand;
     /* Spectra the policy needs, and those the info file records that the
      * factorization would not give (large layers take the truncated SVD). */
     geom gm = geom_view(&L->cand[0]);
-    L->job = true;
+    L->job = !sel || sel[i];
     L->job_event = core_policy_needs_spectrum(policy, l);
     L->job_sigma = L->job_event || (opts && opts->record_spectra &&
                                     core_svd_spectrum_uses_gram(gm.m, gm.n));
     L->job_rank = 0;
-    L->heavy = threads >= 2 && layer_heavy(L);
+    L->heavy = R->threads >= 2 && layer_heavy(L);
     L->seconds = core_now() - t0;
   }
-  rc = run_phase(ctx, opts, policy, Ls, n, total, 1, P, threads);
-  if (rc != DECOMP_OK)
-    goto fail;
+  free(name);
+  return DECOMP_OK;
+nomem:
+  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+fail:
+  free(name);
+  core_run_close(R);
+  return rc;
+}
 
+int core_run_phase(struct run *R, int phase) {
+  return run_phase(R->ctx, R->opts, R->policy, R->Ls, R->n, R->total, phase,
+                   R->P, R->threads);
+}
+
+int core_run_views(struct run *R) {
+  struct layer *Ls = R->Ls;
+  size_t n = R->n, nviews = R->nviews;
   /* Ranks, all at once: every candidate of every layer, each layer's
    * candidates side by side. */
-  views = calloc(nviews ? nviews : 1, sizeof *views);
-  dec = calloc(nviews ? nviews : 1, sizeof *dec);
-  if (!views || !dec)
-    goto nomem;
+  R->views = calloc(nviews ? nviews : 1, sizeof *R->views);
+  R->dec = calloc(nviews ? nviews : 1, sizeof *R->dec);
+  if (!R->views || !R->dec)
+    return core_fail(R->ctx, DECOMP_ERR_NOMEM, "out of memory");
   /* The spec's other layers count at full cost in a whole-model budget. */
   core_rest rest = {0};
   for (size_t i = 0, c = 0; i < n; i++) {
     if (Ls[i].candidate) {
       for (int x = 0; x < Ls[i].ncand; x++)
-        views[c++] = Ls[i].cand[x];
+        R->views[c++] = Ls[i].cand[x];
     } else if (Ls[i].info.considered) {
       rest.macs += Ls[i].info.view.macs_before;
       rest.params += Ls[i].info.view.params_before;
@@ -1791,7 +1767,7 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
    * (other modules: norms, activations, pooling; layers of other types)
    * counts at its measured time too, so latency_reduction is the whole
    * model's. */
-  double other = -1, model_time = core_profile_model_time(prof);
+  double other = -1, model_time = core_profile_model_time(R->prof);
   if (model_time >= 0) {
     double in_layers = 0;
     for (size_t i = 0; i < n; i++)
@@ -1799,7 +1775,7 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
         in_layers += Ls[i].info.view.latency_before;
     other = model_time - in_layers;
     if (other < 0) {
-      core_log(ctx, DECOMP_LOG_WARN, "policy",
+      core_log(R->ctx, DECOMP_LOG_WARN, "policy",
                "profile: model_time %.6g s is below its considered layers' "
                "%.6g s; the rest of the model counts as 0",
                model_time, in_layers);
@@ -1807,24 +1783,34 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
     }
     rest.latency += other;
   }
-  rc = core_policy_choose_rest(ctx, policy, views, nviews, &rest, dec);
-  if (rc != DECOMP_OK)
-    goto fail;
+  R->rest = rest;
+  R->other = other;
+  return DECOMP_OK;
+}
 
+int core_run_choose(struct run *R) {
+  return core_policy_choose_rest(R->ctx, R->policy, R->views, R->nviews,
+                                 &R->rest, R->dec);
+}
+
+int core_run_apply(struct run *R, const bool *sel) {
+  struct layer *Ls = R->Ls;
+  size_t n = R->n, ndec = 0;
   /* Phase 2: factorize; reported in spec order. */
   for (size_t i = 0, c = 0; i < n; i++) {
     struct layer *L = &Ls[i];
     const decomp_layer *l = L->info.layer;
     L->job = false;
+    L->off = sel && !sel[i];
     if (!L->info.considered || !L->candidate)
       continue;
     /* The chosen candidate (at most one has a rank), else the first's
      * reason; its spectrum becomes the layer's. */
     int chosen = 0;
     for (int x = 0; x < L->ncand; x++)
-      if (dec[c + (size_t)x].rank > 0)
+      if (R->dec[c + (size_t)x].rank > 0)
         chosen = x;
-    core_rank_decision *d = &dec[c + (size_t)chosen];
+    core_rank_decision *d = &R->dec[c + (size_t)chosen];
     c += (size_t)L->ncand;
     L->info.view = L->cand[chosen];
     core_factors_clear(&L->fac);
@@ -1833,94 +1819,131 @@ static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
     L->info.sigma = L->fac.sigma;
     if (L->info.view.whitened)
       L->info.out_total = L->info.view.energy_total;
-    if (d->rank < 0 || d->rank > L->info.view.max_rank) {
-      rc = core_fail(ctx, DECOMP_ERR_INTERNAL,
-                     "%s: policy chose rank %lld of at most %lld", l->name,
-                     (long long)d->rank, (long long)L->info.view.max_rank);
-      goto fail;
-    }
+    if (d->rank < 0 || d->rank > L->info.view.max_rank)
+      return core_fail(R->ctx, DECOMP_ERR_INTERNAL,
+                       "%s: policy chose rank %lld of at most %lld", l->name,
+                       (long long)d->rank, (long long)L->info.view.max_rank);
     if (d->rank == 0) {
       L->info.skip_reason = d->reason[0] ? d->reason : "rank 0";
       continue;
     }
     L->info.rank = d->rank;
-    L->job = true;
+    L->job = !sel || sel[i];
     L->job_rank = d->rank;
     L->job_sigma = true;
     ndec++;
   }
   /* The decomposed layers by name: where their tensors go. */
-  idx = calloc(ndec ? ndec : 1, sizeof *idx);
-  if (!idx)
-    goto nomem;
+  R->idx = calloc(ndec ? ndec : 1, sizeof *R->idx);
+  if (!R->idx)
+    return core_fail(R->ctx, DECOMP_ERR_NOMEM, "out of memory");
   for (size_t i = 0, c = 0; i < n; i++)
     if (Ls[i].info.rank > 0)
-      idx[c++] = (struct by_name){Ls[i].info.layer->name, &Ls[i]};
-  qsort(idx, ndec, sizeof *idx, cmp_by_name);
-  /* Streamed: the output's files, planned now that the ranks are known;
-   * each layer's factors are written as it is done. */
-  if (save && (rc = stream_open(ctx, w, idx, ndec, save, &sout, &ssrc,
-                                &snames, &nitems)) != DECOMP_OK)
-    goto fail;
+      R->idx[c++] = (struct by_name){Ls[i].info.layer->name, &Ls[i]};
+  qsort(R->idx, ndec, sizeof *R->idx, cmp_by_name);
+  R->ndec = ndec;
+  return DECOMP_OK;
+}
 
-  rc = run_phase(ctx, opts, policy, Ls, n, total, 2, P, threads);
-  if (rc != DECOMP_OK)
-    goto fail;
-
-  /* The result: input order, decomposed layers' tensors replaced in place. */
-  if (save)
-    goto info;
-  rc = decomp_weights_new(ctx, &rw);
-  if (rc != DECOMP_OK)
-    goto fail;
-  for (size_t i = 0; i < decomp_weights_count(w); i++) {
-    const decomp_tensor *t = decomp_weights_at(w, i);
-    struct layer *L = lookup(idx, ndec, t->name, ".weight");
-    if (L && t == L->weight) {
-      rc = emit_layer(rw, L);
-    } else {
-      L = lookup(idx, ndec, t->name, ".bias");
-      if (L && t == L->bias)
-        continue; /* emitted as NAME.1.bias with the weight */
-      rc = add_borrowed(rw, t, t->name);
-    }
-    if (rc != DECOMP_OK)
-      goto fail;
-  }
-  rc = build_metadata(ctx, decomp_weights_metadata(w), idx, ndec, rw);
-  if (rc != DECOMP_OK)
-    goto fail;
-
-info:
-  infos = calloc(n ? n : 1, sizeof *infos);
-  if (!infos || (!save && !(res = calloc(1, sizeof *res))))
-    goto nomem;
+int core_run_info(struct run *R, int64_t peak_rss_bytes, char **out) {
+  const decomp_options *opts = R->opts;
+  size_t n = R->n;
+  core_info_layer *infos = calloc(n ? n : 1, sizeof *infos);
+  if (!infos)
+    return core_fail(R->ctx, DECOMP_ERR_NOMEM, "out of memory");
   for (size_t i = 0; i < n; i++)
-    infos[i] = Ls[i].info;
+    infos[i] = R->Ls[i].info;
   const char *fmt = opts && opts->source_format
                         ? opts->source_format
-                        : decomp_format_name(decomp_weights_format(w));
+                        : decomp_format_name(decomp_weights_format(R->w));
   core_info_run run = {
       .source_digest = opts ? opts->source_digest : NULL,
       .source_format = fmt,
       .record_spectra = opts && opts->record_spectra,
-      .calibrated = calib != NULL,
-      .calibration_digest = opts && calib ? opts->calibration_digest : NULL,
-      .calibration_layers = core_calib_count(calib),
-      .profiled = prof != NULL,
-      .profile_digest = opts && prof ? opts->profile_digest : NULL,
-      .profile_device = core_profile_device(prof),
-      .profile_dtype = core_profile_dtype(prof),
-      .profile_input_shape = core_profile_input_shape(prof),
-      .latency_other = other,
-      .peak_rss_bytes = save ? core_peak_rss_bytes() : 0,
+      .calibrated = R->calib != NULL,
+      .calibration_digest = opts && R->calib ? opts->calibration_digest : NULL,
+      .calibration_layers = core_calib_count(R->calib),
+      .profiled = R->prof != NULL,
+      .profile_digest = opts && R->prof ? opts->profile_digest : NULL,
+      .profile_device = core_profile_device(R->prof),
+      .profile_dtype = core_profile_dtype(R->prof),
+      .profile_input_shape = core_profile_input_shape(R->prof),
+      .latency_other = R->other,
+      .peak_rss_bytes = peak_rss_bytes,
   };
-  rc = core_info_build(ctx, policy, &run, infos, n, &info);
+  int rc = core_info_build(R->ctx, R->policy, &run, infos, n, out);
+  free(infos);
+  if (rc == DECOMP_OK)
+    core_log(R->ctx, DECOMP_LOG_INFO, "svd",
+             "done layers=%zu decomposed=%zu seconds=%.3f "
+             "peak_rss_bytes=%lld",
+             R->total, R->ndec, core_now() - R->t_run,
+             (long long)peak_rss_bytes);
+  return rc;
+}
+
+/* Where a streamed run writes (decomp_decompose_save). */
+struct save_req {
+  const char *dir;
+  const decomp_save_options *o;
+};
+
+static int decompose_run(decomp_ctx *ctx, const decomp_weights *w,
+                         const decomp_spec *spec, const decomp_policy *policy,
+                         const decomp_options *opts,
+                         const struct save_req *save, decomp_result **out,
+                         char **out_info, char **out_files) {
+  struct run R;
+  decomp_result *res = NULL;
+  decomp_weights *rw = NULL;
+  core_st_out *sout = NULL;
+  char **snames = NULL, *info = NULL;
+  int rc = core_run_open(&R, ctx, w, spec, policy, opts, NULL);
+  if (rc != DECOMP_OK)
+    return rc;
+  if ((rc = core_run_phase(&R, 1)) != DECOMP_OK ||
+      (rc = core_run_views(&R)) != DECOMP_OK ||
+      (rc = core_run_choose(&R)) != DECOMP_OK ||
+      (rc = core_run_apply(&R, NULL)) != DECOMP_OK)
+    goto fail;
+  /* Streamed: the output's files, planned now that the ranks are known;
+   * each layer's factors are written as it is done. */
+  if (save && (rc = core_run_stream_open(&R, save->dir, save->o, &sout,
+                                         &snames)) != DECOMP_OK)
+    goto fail;
+  if ((rc = core_run_phase(&R, 2)) != DECOMP_OK)
+    goto fail;
+
+  /* The result: input order, decomposed layers' tensors replaced in place. */
+  if (!save) {
+    if ((rc = decomp_weights_new(ctx, &rw)) != DECOMP_OK)
+      goto fail;
+    for (size_t i = 0; i < decomp_weights_count(w); i++) {
+      const decomp_tensor *t = decomp_weights_at(w, i);
+      struct layer *L = lookup(R.idx, R.ndec, t->name, ".weight");
+      if (L && t == L->weight) {
+        rc = emit_layer(rw, L);
+      } else {
+        L = lookup(R.idx, R.ndec, t->name, ".bias");
+        if (L && t == L->bias)
+          continue; /* emitted as NAME.1.bias with the weight */
+        rc = add_borrowed(rw, t, t->name);
+      }
+      if (rc != DECOMP_OK)
+        goto fail;
+    }
+    rc = build_metadata(ctx, decomp_weights_metadata(w), R.idx, R.ndec, rw);
+    if (rc != DECOMP_OK)
+      goto fail;
+  }
+
+  if (!save && !(res = calloc(1, sizeof *res))) {
+    rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  rc = core_run_info(&R, save ? core_peak_rss_bytes() : 0, &info);
   if (rc != DECOMP_OK)
     goto fail;
-  core_log(ctx, DECOMP_LOG_INFO, "svd",
-           "done layers=%zu decomposed=%zu seconds=%.3f peak_rss_bytes=%lld",
-           total, ndec, core_now() - t_run, (long long)run.peak_rss_bytes);
   if (save) {
     if ((rc = core_st_out_commit(sout, out_files)) != DECOMP_OK)
       goto fail;
@@ -1938,29 +1961,15 @@ info:
   rc = DECOMP_OK;
   goto out;
 
-nomem:
-  rc = core_fail(ctx, DECOMP_ERR_NOMEM, "out of memory");
 fail:
 out:
-  if (P)
-    pool_stop(P);
-  if (threads > 0)
-    core_blas_set_threads(blas_saved);
-  free(name);
-  free(infos);
-  free(idx);
-  free(views);
-  free(dec);
-  core_calib_free(calib);
-  core_profile_free(prof);
-  free_layers(Ls, n);
+  core_run_close(&R);
   decomp_weights_free(rw);
   decomp_result_free(res);
   core_st_out_free(sout);
   for (size_t i = 0; snames && snames[i]; i++)
     free(snames[i]);
   free(snames);
-  free(ssrc);
   free(info);
   return rc;
 }
