@@ -24,6 +24,23 @@ BIN = os.environ.get("DECOMPD_BIN", "")
 TEST_INDEX = os.environ.get("DECOMPD_TEST_INDEX", "")
 
 
+# An S3-compatible server (pg_server.py --s3): every
+# daemon then keeps its blobs there, under a prefix of its data dir's.
+TEST_BLOBS = os.environ.get("DECOMPD_TEST_BLOBS", "")
+
+
+def blobs_for(data_dir):
+    """The environment giving a daemon on `data_dir` its blobs in the test
+    S3 server, under a prefix of its own (nodes on one data dir share it)."""
+    import hashlib
+    key, secret = os.environ["DECOMPD_TEST_S3_KEYS"].split(":", 1)
+    prefix = hashlib.sha256(os.path.abspath(str(data_dir)).encode()).hexdigest()[:20]
+    return {"DECOMPD_BLOBS": TEST_BLOBS + "/" + prefix,
+            "DECOMPD_S3_ENDPOINT": os.environ["DECOMPD_TEST_S3_ENDPOINT"],
+            "DECOMPD_S3_ACCESS_KEY_ID": key,
+            "DECOMPD_S3_SECRET_ACCESS_KEY": secret}
+
+
 def pg_only_skip(reason):
     """Skip marker for a test that inspects the embedded SQLite store itself
     (its file, its reserve): it has no meaning on PostgreSQL."""
@@ -91,6 +108,8 @@ class Daemon:
         self.env = dict(os.environ)
         if TEST_INDEX:
             self.env["DECOMPD_INDEX"] = index_for(self.data_dir)
+        if TEST_BLOBS:
+            self.env.update(blobs_for(self.data_dir))
         self.env.update(env or {})
         self.log_path = os.path.join(os.path.dirname(self.data_dir),
                                      os.path.basename(self.data_dir) + ".log")

@@ -11,12 +11,15 @@ root, so as root (CI) the folder is given to an unprivileged user
 
 As a program it wraps a command:
 
-    pg_server.py COMMAND ARGS...
+    pg_server.py [--s3] COMMAND ARGS...
 
 starts the server, runs COMMAND with DECOMPD_TEST_INDEX set to the
 server's URI (postgresql://decompd@127.0.0.1:PORT), stops the server and
 exits with COMMAND's status. The integration harness (conftest.py) then
-gives each daemon's data dir a database of its own on that server.
+gives each daemon's data dir a database of its own on that server. With
+--s3 it also starts s3rver (tests/s3/s3rver.py) and sets
+DECOMPD_TEST_BLOBS, DECOMPD_TEST_S3_ENDPOINT and DECOMPD_TEST_S3_KEYS: each
+data dir's blobs then live in that bucket, under a prefix of its own.
 """
 import atexit
 import os
@@ -119,6 +122,11 @@ class PgServer:
                 signal.signal(s, h)
 
 
+# The bucket of --s3 runs: each data dir's blobs go under a
+# prefix of its own (conftest.py).
+S3_BUCKET = "decompd-parity"
+
+
 def create_database(base_uri, name):
     """CREATE DATABASE `name` on the server of `base_uri` unless it exists."""
     from urllib.parse import urlsplit
@@ -131,7 +139,11 @@ def create_database(base_uri, name):
 
 
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    with_s3 = args[:1] == ["--s3"]
+    if with_s3:
+        args = args[1:]
+    if not args:
         sys.exit(__doc__)
     pg = PgServer()
     atexit.register(pg.cleanup)
@@ -144,14 +156,27 @@ def main():
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     status = 1
+    s3 = None
     try:
         pg.start()
         env = dict(os.environ, DECOMPD_TEST_INDEX=pg.uri)
-        child = subprocess.Popen(sys.argv[1:], env=env)
+        if with_s3:
+            # blobs in an S3-compatible server too (tests/s3/s3rver.py)
+            sys.path.insert(0, os.path.join(os.path.dirname(
+                os.path.abspath(__file__)), "..", "s3"))
+            import s3rver
+            s3 = s3rver.S3rver([S3_BUCKET]).start()
+            env.update(DECOMPD_TEST_BLOBS="s3://" + S3_BUCKET,
+                       DECOMPD_TEST_S3_ENDPOINT=s3.endpoint,
+                       DECOMPD_TEST_S3_KEYS=s3rver.ACCESS_KEY + ":" +
+                       s3rver.SECRET_KEY)
+        child = subprocess.Popen(args, env=env)
         status = child.wait()
         if status != 0:
             sys.stderr.write("---- PostgreSQL log (tail) ----\n" + pg.log()[-3000:])
     finally:
+        if s3:
+            s3.stop()
         pg.cleanup()
     sys.exit(status)
 
