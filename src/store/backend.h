@@ -25,7 +25,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 11
+#define STORE_BACKEND_VERSION 13
 
 typedef struct store_backend store_backend;
 
@@ -81,8 +81,11 @@ struct store_backend {
                               int64_t size, char old[STORE_DIGEST_LEN]);
 
   /* ---- sharded models ---- */
-  int (*model_put_sharded)(store *s, store_upload *doc, store_model *m,
-                           const store_shard *sh, size_t n, bool *created);
+  /* the rows of store_model_put_sharded (the model and its shards, in
+   * one transaction; *m re-read), whose blob steps store.c takes */
+  int (*model_put_sharded_rows)(store *s, store_model *m,
+                                const store_shard *sh, size_t n,
+                                bool *created);
   int (*model_shards)(store *s, const char *id, store_shard **out, size_t *n);
 
   /* ---- artifacts ---- */
@@ -119,8 +122,10 @@ struct store_backend {
                      const char *layer, const char *step, double fraction);
   int (*job_cancel_requested)(store *s, const char *job_id, bool *yes);
   int (*job_set_peak_rss)(store *s, const char *job_id, int64_t bytes);
-  int (*job_succeed)(store *s, const char *job_id, const store_artifact *a,
-                     const char *const *paths, size_t n);
+  /* the rows of store_job_succeed (artifacts, the job succeeded), whose
+   * blob steps store.c takes */
+  int (*job_succeed_rows)(store *s, const char *job_id,
+                          const store_artifact *a, size_t n);
   int (*job_fail)(store *s, const char *job_id, int err, const char *message);
   int (*job_cancelled)(store *s, const char *job_id);
   int (*job_requeue)(store *s, const char *job_id);

@@ -213,9 +213,33 @@ int store_model_attach(store *s, const char *id, store_attachment kind,
   return rc;
 }
 
+/* Under the blob lock no blob is collected: each shard still there now
+ * stays until the model's rows name it; the same steps on every backend. */
 int store_model_put_sharded(store *s, store_upload *doc, store_model *m,
                             const store_shard *sh, size_t n, bool *created) {
-  return BACKEND(s)->model_put_sharded(s, doc, m, sh, n, created);
+  int rc = DECOMP_OK;
+  store_blob_lock(s);
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    int64_t size;
+    if (blobs_blob_stat(s, sh[i].digest, &size) != DECOMP_OK)
+      rc = store_fail(DECOMP_ERR_BAD_SHARD_INDEX,
+                      "shard %s: blob %s was removed meanwhile (upload it "
+                      "again)",
+                      sh[i].name, sh[i].digest);
+  }
+  if (rc == DECOMP_OK)
+    rc = store_upload_commit(doc);
+  if (rc == DECOMP_OK) {
+    rc = BACKEND(s)->model_put_sharded_rows(s, m, sh, n, created);
+    if (rc != DECOMP_OK) { /* the document's blob, unless a model names it */
+      char why[1024];
+      snprintf(why, sizeof why, "%s", store_errmsg());
+      store_blob_gc(s, m->digest);
+      store_fail(rc, "%s", why);
+    }
+  }
+  store_blob_unlock(s);
+  return rc;
 }
 
 void store_node_name(const store_options *o, char *buf, size_t len) {
@@ -323,9 +347,30 @@ int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
   return BACKEND(s)->job_set_peak_rss(s, job_id, bytes);
 }
 
+/* The files go into the blob store and the rows that name them into the
+ * index under the blob lock, so that no collection runs between the two:
+ * the same steps on every backend. */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       const char *const *paths, size_t n) {
-  return BACKEND(s)->job_succeed(s, job_id, a, paths, n);
+  char why[1024];
+  int rc = DECOMP_OK;
+  store_blob_lock(s);
+  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
+    rc = blobs_blob_place_file(s, paths[i], a[i].digest);
+    if (rc != DECOMP_OK) {
+      snprintf(why, sizeof why, "%s", store_errmsg());
+      store_fail(rc, "storing %s: %s", a[i].name, why);
+    }
+  }
+  if (rc == DECOMP_OK) {
+    rc = BACKEND(s)->job_succeed_rows(s, job_id, a, n);
+    if (rc != DECOMP_OK) {
+      snprintf(why, sizeof why, "%s", store_errmsg());
+      store_fail(rc, "index: %s", why);
+    }
+  }
+  store_blob_unlock(s);
+  return rc;
 }
 
 int store_job_fail(store *s, const char *job_id, int err, const char *message) {

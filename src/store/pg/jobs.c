@@ -407,8 +407,8 @@ int pg_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
                    "iss", bytes, job_id, s->node);
 }
 
-static int job_succeed_rows(store *s, const char *job_id,
-                            const store_artifact *a, size_t n) {
+int pg_job_succeed_rows(store *s, const char *job_id,
+                         const store_artifact *a, size_t n) {
   PGconn *c = NULL;
   int rc = pg_begin(s, &c);
   if (rc != DECOMP_OK)
@@ -435,31 +435,6 @@ static int job_succeed_rows(store *s, const char *job_id,
                     "job %s is no longer running on node %s", job_id,
                     s->node);
   return pg_end(s, c, rc);
-}
-
-/* The files go into the blob folder and the rows that name them into the
- * index under the blob lock, so that no node collects between the two. */
-int pg_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                   const char *const *paths, size_t n) {
-  char why[1024];
-  int rc = DECOMP_OK;
-  pg_blob_lock(s);
-  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
-    rc = blobs_blob_place_file(s, paths[i], a[i].digest);
-    if (rc != DECOMP_OK) {
-      snprintf(why, sizeof why, "%s", store_errmsg());
-      store_fail(rc, "storing %s: %s", a[i].name, why);
-    }
-  }
-  if (rc == DECOMP_OK) {
-    rc = job_succeed_rows(s, job_id, a, n);
-    if (rc != DECOMP_OK) {
-      snprintf(why, sizeof why, "%s", store_errmsg());
-      store_fail(rc, "index: %s", why);
-    }
-  }
-  pg_blob_unlock(s);
-  return rc;
 }
 
 /* A running job's end (this node's): failed or cancelled, or back in the

@@ -162,8 +162,8 @@ int pg_model_get_archive_spec(store *s, const char *id, char **spec);
 int pg_model_set_attachment(store *s, const char *id, store_attachment kind,
                             const char *digest, int64_t layers, int64_t size,
                             char old[STORE_DIGEST_LEN]);
-int pg_model_put_sharded(store *s, store_upload *doc, store_model *m,
-                         const store_shard *sh, size_t n, bool *created);
+int pg_model_put_sharded_rows(store *s, store_model *m,
+                              const store_shard *sh, size_t n, bool *created);
 int pg_model_shards(store *s, const char *id, store_shard **out, size_t *n);
 int pg_artifact_get(store *s, const char *job_id, const char *name,
                     store_artifact *out);
@@ -190,8 +190,8 @@ int pg_job_current(store *s, const char *job_id, int64_t total,
                    const char *layer, const char *step, double fraction);
 int pg_job_cancel_requested(store *s, const char *job_id, bool *yes);
 int pg_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
-int pg_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                   const char *const *paths, size_t n);
+int pg_job_succeed_rows(store *s, const char *job_id,
+                         const store_artifact *a, size_t n);
 int pg_job_fail(store *s, const char *job_id, int err, const char *message);
 int pg_job_cancelled(store *s, const char *job_id);
 int pg_job_requeue(store *s, const char *job_id);

@@ -374,8 +374,8 @@ int sq_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
   return sq_wend(s, rc);
 }
 
-static int job_succeed_rows(store *s, const char *job_id,
-                            const store_artifact *a, size_t n) {
+int sq_job_succeed_rows(store *s, const char *job_id,
+                         const store_artifact *a, size_t n) {
   int rc = sq_wbegin(s);
   if (rc != DECOMP_OK)
     return rc;
@@ -391,31 +391,6 @@ static int job_succeed_rows(store *s, const char *job_id,
               "AND state='running'",
               "is", store_now_ms(), job_id);
   return sq_wend(s, rc);
-}
-
-/* The files go into the blob folder and the rows that name them into the
- * index under the blob lock, so that no collection runs between the two. */
-int sq_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                   const char *const *paths, size_t n) {
-  char why[1024];
-  int rc = DECOMP_OK;
-  sq_blob_lock(s);
-  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
-    rc = blobs_blob_place_file(s, paths[i], a[i].digest);
-    if (rc != DECOMP_OK) {
-      snprintf(why, sizeof why, "%s", store_errmsg());
-      store_fail(rc, "storing %s: %s", a[i].name, why);
-    }
-  }
-  if (rc == DECOMP_OK) {
-    rc = job_succeed_rows(s, job_id, a, n);
-    if (rc != DECOMP_OK) {
-      snprintf(why, sizeof why, "%s", store_errmsg());
-      store_fail(rc, "index: %s", why);
-    }
-  }
-  sq_blob_unlock(s);
-  return rc;
 }
 
 /* A running job's end: failed or cancelled (finished now) or back in the

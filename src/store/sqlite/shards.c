@@ -10,9 +10,9 @@
 
 #include "sqlite_int.h"
 
-static int model_put_sharded_rows(store *s, store_model *m,
-                                  const store_shard *sh, size_t n,
-                                  bool *created) {
+int sq_model_put_sharded_rows(store *s, store_model *m,
+                              const store_shard *sh, size_t n,
+                              bool *created) {
   char id[24];
   if (!store_random_id("m_", 8, id, sizeof id))
     return store_fail(DECOMP_ERR_INTERNAL, "random source failed");
@@ -37,35 +37,6 @@ static int model_put_sharded_rows(store *s, store_model *m,
   rc = sq_wend(s, rc);
   if (rc == DECOMP_OK)
     *created = ins > 0;
-  return rc;
-}
-
-int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
-                         const store_shard *sh, size_t n, bool *created) {
-  int rc = DECOMP_OK;
-  sq_blob_lock(s);
-  /* Under the lock no blob is collected: each shard still here now stays
-   * until the model's rows name it. */
-  for (size_t i = 0; i < n && rc == DECOMP_OK; i++) {
-    int64_t size;
-    if (blobs_blob_stat(s, sh[i].digest, &size) != DECOMP_OK)
-      rc = store_fail(DECOMP_ERR_BAD_SHARD_INDEX,
-                      "shard %s: blob %s was removed meanwhile (upload it "
-                      "again)",
-                      sh[i].name, sh[i].digest);
-  }
-  if (rc == DECOMP_OK)
-    rc = store_upload_commit(doc);
-  if (rc == DECOMP_OK) {
-    rc = model_put_sharded_rows(s, m, sh, n, created);
-    if (rc != DECOMP_OK) { /* the document's blob, unless a model names it */
-      char why[1024];
-      snprintf(why, sizeof why, "%s", store_errmsg());
-      sq_blob_gc(s, m->digest);
-      store_fail(rc, "%s", why);
-    }
-  }
-  sq_blob_unlock(s);
   return rc;
 }
 

@@ -151,8 +151,8 @@ int sq_model_get_archive_spec(store *s, const char *id, char **spec);
 int sq_model_set_attachment(store *s, const char *id, store_attachment kind,
                             const char *digest, int64_t layers, int64_t size,
                             char old[STORE_DIGEST_LEN]);
-int sq_model_put_sharded(store *s, store_upload *doc, store_model *m,
-                         const store_shard *sh, size_t n, bool *created);
+int sq_model_put_sharded_rows(store *s, store_model *m,
+                              const store_shard *sh, size_t n, bool *created);
 int sq_model_shards(store *s, const char *id, store_shard **out, size_t *n);
 int sq_artifact_get(store *s, const char *job_id, const char *name,
                     store_artifact *out);
@@ -179,8 +179,8 @@ int sq_job_current(store *s, const char *job_id, int64_t total,
                    const char *layer, const char *step, double fraction);
 int sq_job_cancel_requested(store *s, const char *job_id, bool *yes);
 int sq_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
-int sq_job_succeed(store *s, const char *job_id, const store_artifact *a,
-                   const char *const *paths, size_t n);
+int sq_job_succeed_rows(store *s, const char *job_id,
+                         const store_artifact *a, size_t n);
 int sq_job_fail(store *s, const char *job_id, int err, const char *message);
 int sq_job_cancelled(store *s, const char *job_id);
 int sq_job_requeue(store *s, const char *job_id);
