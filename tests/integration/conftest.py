@@ -248,6 +248,31 @@ class Daemon:
             time.sleep(0.1)
         raise AssertionError("job %s still %s:\n%s" % (job_id, j and j["state"], self.log()[-4000:]))
 
+    def events(self, job_id, timeout=600):
+        """GET /v1/jobs/{id}/events to its end: (content type,
+        [(event, data)])."""
+        c = self.conn(timeout)
+        try:
+            c.request("GET", "/v1/jobs/%s/events" % job_id)
+            r = c.getresponse()
+            assert r.status == 200, r.read()
+            events, name, data = [], None, []
+            while True:
+                line = r.readline()
+                if not line:  # the server ended the stream
+                    break
+                line = line.decode().rstrip("\n")
+                if line == "":
+                    if name:
+                        events.append((name, json.loads("\n".join(data))))
+                    name, data = None, []
+                elif line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+            return r.getheader("content-type"), events
+        finally:
+            c.close()
 
 def assert_problem(status, hdrs, body, want_status, want_code):
     assert status == want_status, (status, body[:400])

@@ -86,31 +86,6 @@ def submit(d, net, data, policy="amct"):
     return j["id"]
 
 
-def read_events(d, job_id, timeout=600):
-    c = d.conn(timeout)
-    try:
-        c.request("GET", "/v1/jobs/%s/events" % job_id)
-        r = c.getresponse()
-        assert r.status == 200, r.read()
-        events, name, data = [], None, []
-        while True:
-            line = r.readline()
-            if not line:
-                break
-            line = line.decode().rstrip("\n")
-            if line == "":
-                if name:
-                    events.append((name, json.loads("\n".join(data))))
-                name, data = None, []
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        return events
-    finally:
-        c.close()
-
-
 def artifact_bytes(d, job_id):
     """{name: bytes} of a finished job's artifacts, downloaded from `d`."""
     _, j = d.json("GET", "/v1/jobs/" + job_id, expect=200)
@@ -166,7 +141,7 @@ def test_a_job_submitted_on_one_node_is_streamed_and_downloaded_on_another(clust
     # visible on node 2 at once, and its event stream follows it to the end
     _, j = n2.json("GET", "/v1/jobs/" + job_id, expect=200)
     assert j["id"] == job_id
-    events = read_events(n2, job_id)
+    _, events = n2.events(job_id)
     assert events and events[-1][0] == "job", events
     last = events[-1][1]
     assert last["state"] == "succeeded", last

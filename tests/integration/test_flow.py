@@ -224,32 +224,6 @@ def test_spec_attached_to_the_model(daemon):
     assert daemon.wait_job(j1["id"])["state"] == "succeeded"
 
 
-def read_events(daemon, job_id, timeout=300):
-    """GET /v1/jobs/{id}/events to its end: (content type, [(event, data)])."""
-    c = daemon.conn(timeout)
-    try:
-        c.request("GET", "/v1/jobs/%s/events" % job_id)
-        r = c.getresponse()
-        assert r.status == 200, r.read()
-        events, name, data = [], None, []
-        while True:
-            line = r.readline()
-            if not line:  # the server ended the stream
-                break
-            line = line.decode().rstrip("\n")
-            if line == "":
-                if name:
-                    events.append((name, json.loads("\n".join(data))))
-                name, data = None, []
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        return r.getheader("content-type"), events
-    finally:
-        c.close()
-
-
 def test_job_events_stream_live_until_the_job_ends(daemon):
     """Server-sent events: the job as it changes (state, layers done, the
     layer under way), the last one final, then the stream ends; a finished
@@ -259,7 +233,7 @@ def test_job_events_stream_live_until_the_job_ends(daemon):
         "model": m["id"], "spec": conv_spec(model),
         "policy": {"name": "energy", "energy": 0.9}})
     assert status == 201, job
-    ctype, events = read_events(daemon, job["id"])
+    ctype, events = daemon.events(job["id"])
     assert ctype.startswith("text/event-stream")
     assert events and all(e == "job" for e, _ in events), events
     jobs = [d for _, d in events]
@@ -270,7 +244,7 @@ def test_job_events_stream_live_until_the_job_ends(daemon):
     assert done == sorted(done) and done[-1] == 20, done
     assert len(jobs) > 2, "changes while it ran: %d events" % len(jobs)
     # after the end: one event, the final state
-    _, again = read_events(daemon, job["id"])
+    _, again = daemon.events(job["id"])
     assert len(again) == 1 and again[0][1]["state"] == "succeeded"
     status, _, body = daemon.request("GET", "/v1/jobs/j_0000000000000000/events")
     assert status == 404 and b"not_found" in body
