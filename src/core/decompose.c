@@ -1845,6 +1845,18 @@ int core_run_apply(struct run *R, const bool *sel) {
   return DECOMP_OK;
 }
 
+int core_run_report_left_alone(struct run *R) {
+  for (size_t i = 0; i < R->n; i++) {
+    struct layer *L = &R->Ls[i];
+    if (!L->info.considered || L->info.rank > 0)
+      continue;
+    int rc = layer_finish(R->ctx, R->opts, L, R->total, 2);
+    if (rc != DECOMP_OK)
+      return rc;
+  }
+  return DECOMP_OK;
+}
+
 int core_run_info(struct run *R, int64_t peak_rss_bytes, char **out) {
   const decomp_options *opts = R->opts;
   size_t n = R->n;

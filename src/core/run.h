@@ -116,6 +116,10 @@ int core_run_choose(struct run *R);
  * phase 2 will work on the decomposed layers i with sel[i] (NULL: all);
  * R->idx lists the decomposed layers by name. */
 int core_run_apply(struct run *R, const bool *sel);
+/* After core_run_apply: report (log, progress DONE) every considered
+ * layer left alone, as phase 2 does in spec order among the others; for a
+ * plan, whose factors tasks have only the decomposed layers. */
+int core_run_report_left_alone(struct run *R);
 /* decompose_info.json for the run (peak_rss_bytes > 0: recorded). */
 int core_run_info(struct run *R, int64_t peak_rss_bytes, char **out);
 /* Open the streamed output of decomp_decompose_save for the applied run:

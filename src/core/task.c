@@ -735,6 +735,18 @@ int decomp_task_plan(decomp_ctx *ctx, const decomp_weights *w,
       goto out;
   }
   rc = rec_finish(ctx, &o, peak, out, out_len);
+  /* The layers the plan leaves alone are reported here: no factors task
+   * has them, and a single run reports them with the others. */
+  if (rc == DECOMP_OK) {
+    int rc2 = core_run_apply(&R, none);
+    if (rc2 == DECOMP_OK)
+      rc2 = core_run_report_left_alone(&R);
+    if (rc2 != DECOMP_OK) {
+      decomp_free(*out);
+      *out = NULL;
+      rc = rc2;
+    }
+  }
 out:
   rec_free(&o);
   core_run_close(&R);

@@ -29,32 +29,12 @@
 #include "queue.h"
 #include "shards.h"
 #include "worker.h"
+#include "worker_int.h"
 
 #include <dirent.h>
 #include <jansson.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-
-struct worker_pool {
-  store *s;
-  int n;
-  int blas_threads; /* cores each decomposition may use */
-  double ts_seconds;     /* TorchScript reader's time limit */
-  uint64_t ts_memory;    /* its address-space limit; 0: the default */
-  /* Absolute paths: the reader runs in its work folder, so a relative
-   * data dir or DECOMPD_TS_READER would not resolve there. */
-  char ts_tmpdir[PATH_MAX];
-  char ts_reader[PATH_MAX];
-  uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
-  pthread_t *threads;
-  atomic_bool stopping;
-  atomic_int running; /* jobs the workers hold now */
-  /* Woken through the store (store_set_wake) when a job is queued, here or
-   * on another node sharing the queue, and by worker_pool_stop. */
-  pthread_mutex_t wake_mu;
-  pthread_cond_t wake_cv;
-  unsigned long wake_gen; /* guarded by wake_mu */
-};
 
 static void pool_wake(void *arg) {
   worker_pool *p = arg;
@@ -64,8 +44,14 @@ static void pool_wake(void *arg) {
   pthread_mutex_unlock(&p->wake_mu);
 }
 
-/* Wait for a wake-up or `ms`. */
-static void wait_for_work(worker_pool *p, unsigned long seen, int ms) {
+unsigned long worker_wake_gen(worker_pool *p) {
+  pthread_mutex_lock(&p->wake_mu);
+  unsigned long g = p->wake_gen;
+  pthread_mutex_unlock(&p->wake_mu);
+  return g;
+}
+
+void worker_wait(worker_pool *p, unsigned long seen, int ms) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += ms / 1000;
@@ -81,13 +67,6 @@ static void wait_for_work(worker_pool *p, unsigned long seen, int ms) {
   }
   pthread_mutex_unlock(&p->wake_mu);
 }
-
-struct run {
-  worker_pool *p;
-  store_job *job;
-  bool cancelled; /* by the user, not by shutdown */
-  unsigned polls; /* cancel polls while the TorchScript reader runs */
-};
 
 static void engine_log(void *user, int level, const char *topic,
                        const char *msg) {
@@ -133,7 +112,9 @@ static int on_progress(void *user, const decomp_progress *pr) {
   /* Every event is a layer boundary or, inside a long layer, a progress
    * report at most every 0.5 s (an indexed read of one row). */
   bool yes = false;
-  if (store_job_cancel_requested(s, r->job->id, &yes) == DECOMP_OK && yes) {
+  int rc = r->task ? store_task_cancel_requested(s, r->task, &yes)
+                   : store_job_cancel_requested(s, r->job->id, &yes);
+  if (rc == DECOMP_OK && yes) {
     r->cancelled = true;
     return 1;
   }
@@ -207,12 +188,12 @@ static int read_torchscript(struct run *r, decomp_ctx *ctx, const char *path,
   return rc;
 }
 
-static int write_file(const char *path, const char *text) {
+int worker_write_file(const char *path, const void *buf, size_t len) {
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0)
     return DECOMP_ERR_IO;
-  size_t left = strlen(text);
-  const char *p = text;
+  size_t left = len;
+  const char *p = buf;
   int rc = DECOMP_OK;
   while (left > 0) {
     ssize_t n = write(fd, p, left);
@@ -264,7 +245,8 @@ static int store_outputs(store *s, decomp_ctx *ctx, const store_job *job,
     snprintf(paths[i], sizeof paths[i], "%s/%s", dir, OUTPUTS[i].name);
     made = i + 1;
     if (OUTPUTS[i].format == DECOMP_FORMAT_UNKNOWN)
-      rc = write_file(paths[i], decomp_result_info(res));
+      rc = worker_write_file(paths[i], decomp_result_info(res),
+                             strlen(decomp_result_info(res)));
     else
       rc = decomp_weights_save(ctx, decomp_result_weights(res), paths[i],
                                (decomp_format)OUTPUTS[i].format);
@@ -307,7 +289,7 @@ static int64_t info_peak_rss(const char *info) {
 
 /* Remove the folder `dir` and what is in it (one level: what the engine
  * and store_sharded_outputs write there). */
-static void rm_folder(const char *dir) {
+void worker_rm_folder(const char *dir) {
   DIR *d = opendir(dir);
   if (d) {
     struct dirent *e;
@@ -319,53 +301,26 @@ static void rm_folder(const char *dir) {
   rmdir(dir);
 }
 
-/* A sharded model's job: decomposed straight into sharded safetensors in
- * a work folder under tmp (decomp_decompose_save: the input stays mapped,
- * each layer's factors are written when done, memory is the layers in
- * flight), then every file written, with decompose_info.json, is hashed,
- * placed and committed as the job's artifacts. */
-static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
-                       const decomp_weights *w, const decomp_spec *spec,
-                       const decomp_policy *pol, const decomp_options *opts,
-                       char *msg, size_t msglen) {
+int worker_commit_outputs(worker_pool *p, const store_job *job,
+                          const char *dir, const char *files,
+                          const char *info, char *msg, size_t msglen) {
   store *s = p->s;
-  char dir[4200], path[4400];
-  char *info = NULL, *files = NULL;
-  json_t *names = NULL;
+  char path[4400];
+  json_t *names = json_loads(files, 0, NULL);
+  size_t n = json_array_size(names) + 1; /* and decompose_info.json */
   store_artifact *arts = NULL;
   char(*pbuf)[4400] = NULL;
   const char **pv = NULL;
-  size_t n = 0;
-  bool made = false;
   int rc = DECOMP_OK;
-  snprintf(dir, sizeof dir, "%s/%s-out", store_tmp_dir(s), job->id);
-  rm_folder(dir); /* what an attempt before a crash left */
-  if (mkdir(dir, 0750) != 0) {
-    snprintf(msg, msglen, "work folder: %s", strerror(errno));
-    return DECOMP_ERR_IO;
-  }
-  made = true;
-  decomp_save_options save = {0};
-  save.sharded = true;
-  save.shard_bytes = job->shard_bytes > 0 ? (uint64_t)job->shard_bytes
-                                          : p->shard_bytes;
-  rc = decomp_decompose_save(ctx, w, spec, pol, opts, dir, &save, &info,
-                             &files);
-  if (rc != DECOMP_OK) {
-    snprintf(msg, msglen, "%s", decomp_errmsg(ctx));
-    goto done;
-  }
-  names = json_loads(files, 0, NULL);
-  n = json_array_size(names) + 1; /* and decompose_info.json */
   if (!json_is_array(names) || !(arts = calloc(n, sizeof *arts)) ||
       !(pbuf = calloc(n, sizeof *pbuf)) || !(pv = calloc(n, sizeof *pv))) {
     rc = DECOMP_ERR_NOMEM;
     snprintf(msg, msglen, "out of memory");
     goto done;
   }
-  snprintf(path, sizeof path, "%s/decompose_info.json", dir);
-  if ((rc = write_file(path, info)) != DECOMP_OK) {
-    snprintf(msg, msglen, "saving decompose_info.json: %s",
+  snprintf(path, sizeof path, "%s/%s", dir, DECOMP_ARTIFACT_INFO);
+  if ((rc = worker_write_file(path, info, strlen(info))) != DECOMP_OK) {
+    snprintf(msg, msglen, "saving %s: %s", DECOMP_ARTIFACT_INFO,
              decomp_strerror(rc));
     goto done;
   }
@@ -402,16 +357,41 @@ static int run_sharded(worker_pool *p, decomp_ctx *ctx, const store_job *job,
       snprintf(msg, msglen, "%s", store_errmsg());
   }
   if (rc == DECOMP_OK)
-    LOG(LOG_INFO, "worker", job->id,
-        "event=sharded_outputs files=%zu shard_bytes=%llu", n,
-        (unsigned long long)save.shard_bytes);
+    LOG(LOG_INFO, "worker", job->id, "event=outputs files=%zu", n);
 done:
-  if (made)
-    rm_folder(dir); /* what was placed is gone from it already */
   json_decref(names);
   free(arts);
   free(pbuf);
   free(pv);
+  return rc;
+}
+
+/* A sharded model's job: decomposed straight into sharded safetensors in
+ * a work folder under tmp (decomp_decompose_save: the input stays mapped,
+ * each layer's factors are written when done, memory is the layers in
+ * flight), then every file written, with decompose_info.json, is hashed,
+ * placed and committed as the job's artifacts. */
+static int run_sharded(worker_pool *p, const store_job *job, job_inputs *in,
+                       char *msg, size_t msglen) {
+  char dir[4200];
+  char *info = NULL, *files = NULL;
+  snprintf(dir, sizeof dir, "%s/%s-out", store_tmp_dir(p->s), job->id);
+  worker_rm_folder(dir); /* what an attempt before a crash left */
+  if (mkdir(dir, 0750) != 0) {
+    snprintf(msg, msglen, "work folder: %s", strerror(errno));
+    return DECOMP_ERR_IO;
+  }
+  decomp_save_options save = {0};
+  save.sharded = true;
+  save.shard_bytes = job->shard_bytes > 0 ? (uint64_t)job->shard_bytes
+                                          : p->shard_bytes;
+  int rc = decomp_decompose_save(in->ctx, in->w, in->spec, in->pol,
+                                 &in->opts, dir, &save, &info, &files);
+  if (rc != DECOMP_OK)
+    snprintf(msg, msglen, "%s", decomp_errmsg(in->ctx));
+  else
+    rc = worker_commit_outputs(p, job, dir, files, info, msg, msglen);
+  worker_rm_folder(dir); /* what was placed is gone from it already */
   decomp_free(info);
   decomp_free(files);
   return rc;
@@ -419,7 +399,7 @@ done:
 
 /* `in` without server paths: the data dir's (store_scrub) and the
  * TorchScript reader's. */
-static void worker_scrub(const worker_pool *p, const char *in, char *out,
+void worker_scrub(const worker_pool *p, const char *in, char *out,
                          size_t outlen) {
   char tmp[1200];
   size_t n = strlen(p->ts_reader), o = 0;
@@ -438,52 +418,42 @@ static void worker_scrub(const worker_pool *p, const char *in, char *out,
   store_scrub(p->s, tmp, out, outlen);
 }
 
-static void run_job(worker_pool *p, store_job *job) {
+int job_inputs_open(struct run *r, job_inputs *in, char *msg,
+                    size_t msglen) {
+  worker_pool *p = r->p;
   store *s = p->s;
-  struct run r = {.p = p, .job = job};
-  decomp_ctx *ctx = decomp_ctx_new();
-  decomp_weights *w = NULL;
-  decomp_spec *spec = NULL;
-  decomp_policy *pol = NULL;
-  decomp_result *res = NULL;
-  decomp_weights *cal = NULL;
-  char *profile = NULL;
-  store_model m;
-  char msg[1200] = "";
+  const store_job *job = r->job;
   char path[4200];
   int rc;
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  LOG(LOG_INFO, "worker", job->id,
-      "event=job_start model=%s attempt=%d calibration=%s profile=%s",
-      job->model_id, job->attempts,
-      job->calibration[0] ? job->calibration : "none",
-      job->profile[0] ? job->profile : "none");
-  if (!ctx) {
-    rc = DECOMP_ERR_NOMEM;
-    snprintf(msg, sizeof msg, "out of memory");
-    goto done;
+  memset(in, 0, sizeof *in);
+  if (!(in->ctx = decomp_ctx_new())) {
+    snprintf(msg, msglen, "out of memory");
+    return DECOMP_ERR_NOMEM;
   }
-  decomp_ctx_set_log(ctx, engine_log, &r,
+  decomp_ctx_set_log(in->ctx, engine_log, r,
                      log_enabled(LOG_DEBUG) ? LOG_DEBUG : LOG_INFO);
-  if ((rc = store_model_get(s, job->model_id, &m)) != DECOMP_OK ||
-      (rc = store_blob_path(s, m.digest, path, sizeof path)) != DECOMP_OK) {
-    snprintf(msg, sizeof msg, "model %s: %s", job->model_id, store_errmsg());
-    goto done;
+  decomp_ctx *ctx = in->ctx;
+  if ((rc = store_model_get(s, job->model_id, &in->m)) != DECOMP_OK ||
+      (rc = store_blob_path(s, in->m.digest, path, sizeof path)) !=
+          DECOMP_OK) {
+    snprintf(msg, msglen, "model %s: %s", job->model_id, store_errmsg());
+    goto fail;
   }
-  bool ts = strcmp(m.format, "torchscript") == 0;
-  bool sharded = shards_model_is_sharded(&m);
-  if (sharded &&
-      (rc = shards_weights_open(s, ctx, &m, &w, msg, sizeof msg)) != DECOMP_OK)
-    goto done;
-  if ((ts && (rc = read_torchscript(&r, ctx, path, &w, &spec)) != DECOMP_OK) ||
-      (!ts && !sharded &&
-       (rc = decomp_weights_open(ctx, path, &w)) != DECOMP_OK) ||
-      (!ts && (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec),
-                                      &spec)) != DECOMP_OK) ||
-      (rc = decomp_policy_parse(ctx, job->policy, &pol)) != DECOMP_OK) {
-    snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
-    goto done;
+  in->ts = strcmp(in->m.format, "torchscript") == 0;
+  in->sharded = shards_model_is_sharded(&in->m);
+  if (in->sharded && (rc = shards_weights_open(s, ctx, &in->m, &in->w, msg,
+                                               msglen)) != DECOMP_OK)
+    goto fail;
+  if ((in->ts &&
+       (rc = read_torchscript(r, ctx, path, &in->w, &in->spec)) !=
+           DECOMP_OK) ||
+      (!in->ts && !in->sharded &&
+       (rc = decomp_weights_open(ctx, path, &in->w)) != DECOMP_OK) ||
+      (!in->ts && (rc = decomp_spec_parse(ctx, job->spec, strlen(job->spec),
+                                          &in->spec)) != DECOMP_OK) ||
+      (rc = decomp_policy_parse(ctx, job->policy, &in->pol)) != DECOMP_OK) {
+    snprintf(msg, msglen, "%s", decomp_errmsg(ctx));
+    goto fail;
   }
   /* The job's calibration: its row keeps the blob (store_blob_gc). The
    * engine checks it against the spec before any work. */
@@ -491,53 +461,93 @@ static void run_job(worker_pool *p, store_job *job) {
     char cpath[4200];
     if ((rc = store_blob_path(s, job->calibration, cpath, sizeof cpath)) !=
         DECOMP_OK) {
-      snprintf(msg, sizeof msg, "calibration %s: %s", job->calibration,
+      snprintf(msg, msglen, "calibration %s: %s", job->calibration,
                store_errmsg());
-      goto done;
+      goto fail;
     }
-    if ((rc = decomp_weights_open(ctx, cpath, &cal)) != DECOMP_OK) {
-      snprintf(msg, sizeof msg, "calibration %s: %s", job->calibration,
+    if ((rc = decomp_weights_open(ctx, cpath, &in->cal)) != DECOMP_OK) {
+      snprintf(msg, msglen, "calibration %s: %s", job->calibration,
                decomp_errmsg(ctx));
       rc = DECOMP_ERR_BAD_CALIBRATION;
-      goto done;
+      goto fail;
     }
   }
   /* The job's profile, the same way: the engine checks it against the spec
    * before any work. Accepted by PUT under max_json_bytes (16 MiB by
    * default); this bound only keeps a worker from reading any blob whole. */
   if (job->profile[0] &&
-      (rc = store_blob_read(s, job->profile, (int64_t)1 << 30, &profile,
+      (rc = store_blob_read(s, job->profile, (int64_t)1 << 30, &in->profile,
                             NULL)) != DECOMP_OK) {
-    snprintf(msg, sizeof msg, "profile %s: %s", job->profile, store_errmsg());
+    snprintf(msg, msglen, "profile %s: %s", job->profile, store_errmsg());
     if (rc == DECOMP_ERR_TOO_LARGE)
       rc = DECOMP_ERR_BAD_PROFILE;
-    goto done;
+    goto fail;
   }
-  decomp_options opts = {0};
-  opts.progress = on_progress;
-  opts.progress_user = &r;
-  opts.source_digest = m.digest;
-  opts.source_format = m.format;
+  decomp_options *o = &in->opts;
+  o->progress = on_progress;
+  o->progress_user = r;
+  o->source_digest = in->m.digest;
+  o->source_format = in->m.format;
   /* The engine sets OpenBLAS's (process-wide) thread count from this; every
-   * worker passes the same value, so workers × threads ≤ cores holds. */
-  opts.threads = p->blas_threads;
+   * worker passes the same value, so workers × threads ≤ cores holds (and
+   * every node of a cluster configured alike gives the same bytes). */
+  o->threads = p->blas_threads;
   /* Each layer's singular values go into the info file: the dashboard draws
    * retained energy against rank from them. */
-  opts.record_spectra = true;
-  opts.calibration = cal;
-  opts.calibration_digest = cal ? job->calibration : NULL;
-  opts.profile = profile;
-  opts.profile_digest = profile ? job->profile : NULL;
-  if (sharded) {
-    rc = run_sharded(p, ctx, job, w, spec, pol, &opts, msg, sizeof msg);
+  o->record_spectra = true;
+  o->calibration = in->cal;
+  o->calibration_digest = in->cal ? job->calibration : NULL;
+  o->profile = in->profile;
+  o->profile_digest = in->profile ? job->profile : NULL;
+  return DECOMP_OK;
+fail:
+  job_inputs_close(in);
+  return rc;
+}
+
+void job_inputs_close(job_inputs *in) {
+  if (in->pol)
+    decomp_policy_free(in->pol);
+  if (in->spec)
+    decomp_spec_free(in->spec);
+  decomp_weights_free(in->cal);
+  free(in->profile);
+  decomp_weights_free(in->w);
+  decomp_ctx_free(in->ctx);
+  memset(in, 0, sizeof *in);
+}
+
+static void run_job(worker_pool *p, store_job *job) {
+  store *s = p->s;
+  struct run r = {.p = p, .job = job};
+  job_inputs in;
+  decomp_result *res = NULL;
+  char msg[1200] = "";
+  int rc;
+  bool spread = false;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  LOG(LOG_INFO, "worker", job->id,
+      "event=job_start model=%s attempt=%d calibration=%s profile=%s",
+      job->model_id, job->attempts,
+      job->calibration[0] ? job->calibration : "none",
+      job->profile[0] ? job->profile : "none");
+  if ((rc = job_inputs_open(&r, &in, msg, sizeof msg)) != DECOMP_OK)
+    goto done;
+  if ((spread = spread_wanted(p, &in))) {
+    rc = spread_job(&r, &in, msg, sizeof msg);
     goto done;
   }
-  rc = decomp_decompose(ctx, w, spec, pol, &opts, &res);
+  if (in.sharded) {
+    rc = run_sharded(p, job, &in, msg, sizeof msg);
+    goto done;
+  }
+  rc = decomp_decompose(in.ctx, in.w, in.spec, in.pol, &in.opts, &res);
   if (rc != DECOMP_OK) {
-    snprintf(msg, sizeof msg, "%s", decomp_errmsg(ctx));
+    snprintf(msg, sizeof msg, "%s", decomp_errmsg(in.ctx));
     goto done;
   }
-  rc = store_outputs(s, ctx, job, res, msg, sizeof msg);
+  rc = store_outputs(s, in.ctx, job, res, msg, sizeof msg);
   if (rc == DECOMP_OK) {
     /* The engine records it when it streams its output; otherwise it is
      * the same high-water mark, read here. */
@@ -583,34 +593,41 @@ done:
       "worker", job->id, "event=job_end state=%s seconds=%.3f code=%s%s%s",
       state, secs, decomp_error_code(rc), msg[0] ? " error=" : "",
       msg[0] ? log_q(msg) : "");
+  /* An ended job's task records are not needed any more; a requeued one
+   * keeps them for the next attempt to go on from. */
+  if (spread && strcmp(state, "queued") != 0 &&
+      store_job_tasks_clear(s, job->id) != DECOMP_OK)
+    LOG(LOG_WARN, "worker", job->id, "event=task_records_not_dropped error=%s",
+        log_q(store_errmsg()));
   if (res)
     decomp_result_free(res);
-  if (pol)
-    decomp_policy_free(pol);
-  if (spec)
-    decomp_spec_free(spec);
-  decomp_weights_free(cal);
-  free(profile);
-  decomp_weights_free(w);
-  decomp_ctx_free(ctx);
+  job_inputs_close(&in);
 }
 
 static void *worker_main(void *arg) {
   worker_pool *p = arg;
   while (!atomic_load(&p->stopping)) {
-    pthread_mutex_lock(&p->wake_mu);
-    unsigned long seen = p->wake_gen;
-    pthread_mutex_unlock(&p->wake_mu);
+    unsigned long seen = worker_wake_gen(p);
+    /* A task of a job under way first (it finishes what has begun), then
+     * a new job. */
+    if (p->spread) {
+      int trc = spread_task_next(p);
+      if (trc == DECOMP_OK)
+        continue;
+      if (trc != DECOMP_ERR_NOT_FOUND)
+        LOG(LOG_ERROR, "worker", NULL, "event=task_claim_failed error=%s",
+            log_q(store_errmsg()));
+    }
     store_job job;
     int rc = store_job_claim(p->s, &job);
     if (rc == DECOMP_ERR_NOT_FOUND) {
-      wait_for_work(p, seen, 1000);
+      worker_wait(p, seen, 1000);
       continue;
     }
     if (rc != DECOMP_OK) {
       LOG(LOG_ERROR, "worker", NULL, "event=claim_failed error=%s",
           log_q(store_errmsg()));
-      wait_for_work(p, seen, 1000);
+      worker_wait(p, seen, 1000);
       continue;
     }
     atomic_fetch_add(&p->running, 1);
@@ -650,6 +667,7 @@ int worker_pool_start(store *s, int workers, int blas_threads,
     snprintf(p->ts_tmpdir, sizeof p->ts_tmpdir, "%s", store_tmp_dir(s));
   if (!realpath(worker_ts_reader(), p->ts_reader)) /* missing: said later */
     snprintf(p->ts_reader, sizeof p->ts_reader, "%s", worker_ts_reader());
+  p->spread = store_tasks_supported(s);
   atomic_init(&p->stopping, false);
   pthread_mutex_init(&p->wake_mu, NULL);
   pthread_cond_init(&p->wake_cv, NULL);

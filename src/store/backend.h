@@ -14,7 +14,8 @@
  * Each entry has the contract of the store.h, queue.h or (for the store's
  * own bookkeeping: blob_gc, blob_lock, blob_unlock, loose_blob_touch)
  * store_int.h function of its name without the `store_` prefix
- * (`model_put` is store_model_put); every entry is required. The invariants (locks, transactions, the order of
+ * (`model_put` is store_model_put); every entry is required but the
+ * tasks' (NULL on a backend that runs each job whole: the embedded one). The invariants (locks, transactions, the order of
  * writes) are the backend's to keep. */
 #ifndef DECOMPD_STORE_BACKEND_H
 #define DECOMPD_STORE_BACKEND_H
@@ -25,7 +26,7 @@
 /* The version of the table below. A table built for another version is
  * refused at open (its entries would not be where this decompd calls
  * them); bump it whenever an entry is added, removed or changes. */
-#define STORE_BACKEND_VERSION 13
+#define STORE_BACKEND_VERSION 14
 
 typedef struct store_backend store_backend;
 
@@ -142,6 +143,25 @@ struct store_backend {
   int (*token_import)(store *s, const store_token *t, const char *hash_hex,
                       bool *created);
   int (*token_hash)(store *s, const char *id, char hash_hex[65]);
+
+  /* ---- one job over many nodes (queue.h's tasks; version 14): NULL
+   * where jobs run whole. task_finish_row and job_tasks_clear_rows are
+   * the rows of store_task_finish and store_job_tasks_clear, whose blob
+   * steps store.c takes: the first names the record it replaced (old, ""
+   * when none), the second the records it dropped (*digests, free()). */
+  int (*job_tasks_begin)(store *s, const char *job_id);
+  int (*job_tasks_add)(store *s, const char *job_id, const store_task *t,
+                       size_t n);
+  int (*job_tasks)(store *s, const char *job_id, store_task **out, size_t *n);
+  int (*task_claim)(store *s, const char *job_id, store_task *out);
+  int (*task_finish_row)(store *s, const store_task *t, const char *digest,
+                         int64_t size, char old[STORE_DIGEST_LEN]);
+  int (*task_fail)(store *s, const store_task *t, int err,
+                   const char *message);
+  int (*task_release)(store *s, const store_task *t);
+  int (*task_cancel_requested)(store *s, const store_task *t, bool *yes);
+  int (*job_tasks_clear_rows)(store *s, const char *job_id,
+                              char (**digests)[STORE_DIGEST_LEN], size_t *n);
 
   /* ---- waking the workers (queue.h: store_set_wake) ---- */
   void (*set_wake)(store *s, void (*fn)(void *arg), void *arg);

@@ -143,6 +143,102 @@ int store_job_delete(store *s, const char *id);
 void store_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
 
+/* ---- one job over many nodes: its tasks ---------------------------------
+ *
+ * On a backend whose queue several nodes share (PostgreSQL), the worker
+ * that claims a job (its coordinator, holding the job's lease) cuts it into
+ * tasks that any node's workers claim: stage 1, a group of layers'
+ * spectra; stage 2, the plan (every layer's rank, from all stage-1
+ * records); stage 3, a group of layers' factors at the plan's ranks. Each
+ * task is claimed on a lease of its own (renewed by the claiming node's
+ * heartbeat, reclaimed by any node when it lapses: a node killed mid-task
+ * loses only that task's work), and its record — the engine's
+ * decomp_task_* output — is stored as a blob: one result per task, which a
+ * re-run replaces. The coordinator assembles the artifacts from the
+ * records once the last stage-3 task is done; a coordinator that dies
+ * leaves its job to be claimed again, and the next one goes on from the
+ * tasks done. The embedded backend runs a job whole (store_tasks_supported
+ * is false, and the task calls answer DECOMP_ERR_INVALID_ARGUMENT, but
+ * store_job_tasks: an empty list). */
+
+enum store_task_stage {
+  STORE_TASK_SPECTRA = 1,
+  STORE_TASK_PLAN = 2,
+  STORE_TASK_FACTORS = 3,
+};
+enum store_task_state {
+  STORE_TASK_QUEUED = 0,
+  STORE_TASK_RUNNING = 1,
+  STORE_TASK_DONE = 2,
+  STORE_TASK_FAILED = 3,
+};
+const char *store_task_stage_name(int stage); /* "spectra", "plan", "factors" */
+const char *store_task_state_name(int state);
+
+typedef struct store_task {
+  char job_id[24];
+  int stage;                 /* STORE_TASK_SPECTRA … */
+  int index;                 /* within its stage, from 0 */
+  char *layers;              /* owned: a JSON array of layer names ("[]"
+                                for the plan) */
+  int64_t cost;              /* Σ m·n·min(m,n) of its layers (balance) */
+  int state;                 /* STORE_TASK_QUEUED … */
+  int attempts;              /* times a worker claimed it */
+  char node[128];            /* the node that last claimed it, "" none */
+  char result[STORE_DIGEST_LEN]; /* its record's blob; "" until done, and
+                                    again once the job has ended */
+  int64_t result_size;
+  char error_code[48];       /* a failed task's decomp_error_code() */
+  char *error_message;       /* owned; NULL when none */
+  int64_t started_at, finished_at; /* Unix ms; 0: not yet */
+} store_task;
+
+/* Free the owned strings of `t` (not `t`); of an array of n, and it. */
+void store_task_clear(store_task *t);
+void store_tasks_free(store_task *v, size_t n);
+
+/* Whether this store spreads a job's work over tasks. */
+bool store_tasks_supported(store *s);
+/* The coordinator (holding the running job's lease) at its start: tasks a
+ * finished attempt left (done once, their records dropped; failed) go back
+ * to the queue, so that this attempt runs them again. */
+int store_job_tasks_begin(store *s, const char *job_id);
+/* The coordinator adds a stage's tasks (t[i].stage — one stage —, index,
+ * layers, cost; the rest ignored), unless the stage has tasks already (an
+ * earlier coordinator of this job added them): those are kept as they
+ * are, whatever this call's grouping. DECOMP_ERR_CONFLICT when this node
+ * no longer holds the job. Every node's idle workers are woken. */
+int store_job_tasks_add(store *s, const char *job_id, const store_task *t,
+                        size_t n);
+/* A job's tasks by stage and index (*out NULL when none). */
+int store_job_tasks(store *s, const char *job_id, store_task **out,
+                    size_t *n);
+/* Claim the next task (of the job `job_id`, or of any job when NULL): of
+ * the oldest running job not being cancelled, the lowest stage, the
+ * costliest first; a task whose lease has lapsed counts as queued.
+ * DECOMP_ERR_NOT_FOUND when there is none. */
+int store_task_claim(store *s, const char *job_id, store_task *out);
+/* Finish a claimed task with its record: the file `path` (under
+ * store_tmp_dir(), hashed into `digest`, `size` bytes) moves into the blob
+ * store and the row names it, in one step under the blob lock; the record
+ * it replaces, if any, is collected. DECOMP_ERR_CONFLICT (the new blob
+ * collected) when this node no longer holds the task: its lease lapsed
+ * and another node has it. Wakes the job's coordinator. */
+int store_task_finish(store *s, const store_task *t, const char *path,
+                      const char *digest, int64_t size);
+/* A claimed task failed (the job's coordinator fails the job with it). */
+int store_task_fail(store *s, const store_task *t, int err,
+                    const char *message);
+/* Give a claimed task back to the queue (this node is stopping, or its job
+ * is being cancelled). */
+int store_task_release(store *s, const store_task *t);
+/* Whether a claimed task's worker must stop: its job is being cancelled
+ * or has ended, or the task is no longer this node's. */
+int store_task_cancel_requested(store *s, const store_task *t, bool *yes);
+/* A job has ended: its tasks' records are dropped and collected (the rows
+ * stay, naming who ran what, until the job is deleted). */
+int store_job_tasks_clear(store *s, const char *job_id);
+
 /* ---- copying a store into another (decompd store migrate; store.h says
  * how an import writes) ---- */
 

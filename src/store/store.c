@@ -8,6 +8,7 @@
 #include "store_int.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -478,4 +479,132 @@ void store_wake_call(store_wake *w) {
   if (w->fn)
     w->fn(w->arg);
   pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- one job over many nodes: its tasks (queue.h) ---- */
+
+const char *store_task_stage_name(int stage) {
+  switch (stage) {
+  case STORE_TASK_SPECTRA: return "spectra";
+  case STORE_TASK_PLAN: return "plan";
+  case STORE_TASK_FACTORS: return "factors";
+  default: return "unknown";
+  }
+}
+
+const char *store_task_state_name(int state) {
+  switch (state) {
+  case STORE_TASK_QUEUED: return "queued";
+  case STORE_TASK_RUNNING: return "running";
+  case STORE_TASK_DONE: return "done";
+  case STORE_TASK_FAILED: return "failed";
+  default: return "unknown";
+  }
+}
+
+void store_task_clear(store_task *t) {
+  if (!t)
+    return;
+  free(t->layers);
+  free(t->error_message);
+  t->layers = t->error_message = NULL;
+}
+
+void store_tasks_free(store_task *v, size_t n) {
+  for (size_t i = 0; v && i < n; i++)
+    store_task_clear(&v[i]);
+  free(v);
+}
+
+bool store_tasks_supported(store *s) {
+  return BACKEND(s)->task_claim != NULL;
+}
+
+static int no_tasks(store *s) {
+  return store_fail(DECOMP_ERR_INVALID_ARGUMENT,
+                    "the %s store runs each job whole: it has no tasks",
+                    BACKEND(s)->name);
+}
+
+int store_job_tasks_begin(store *s, const char *job_id) {
+  return BACKEND(s)->job_tasks_begin ? BACKEND(s)->job_tasks_begin(s, job_id)
+                                     : no_tasks(s);
+}
+
+int store_job_tasks_add(store *s, const char *job_id, const store_task *t,
+                        size_t n) {
+  return BACKEND(s)->job_tasks_add ? BACKEND(s)->job_tasks_add(s, job_id, t, n)
+                                   : no_tasks(s);
+}
+
+int store_job_tasks(store *s, const char *job_id, store_task **out,
+                    size_t *n) {
+  if (!BACKEND(s)->job_tasks) {
+    *out = NULL;
+    *n = 0;
+    return DECOMP_OK;
+  }
+  return BACKEND(s)->job_tasks(s, job_id, out, n);
+}
+
+int store_task_claim(store *s, const char *job_id, store_task *out) {
+  return BACKEND(s)->task_claim ? BACKEND(s)->task_claim(s, job_id, out)
+                                : no_tasks(s);
+}
+
+int store_task_finish(store *s, const store_task *t, const char *path,
+                      const char *digest, int64_t size) {
+  if (!BACKEND(s)->task_finish_row)
+    return no_tasks(s);
+  char why[1024], old[STORE_DIGEST_LEN] = "";
+  store_blob_lock(s);
+  int rc = blobs_blob_place_file(s, path, digest);
+  if (rc != DECOMP_OK) {
+    snprintf(why, sizeof why, "%s", store_errmsg());
+    store_fail(rc, "storing the %s record of task %s/%d: %s",
+               store_task_stage_name(t->stage), t->job_id, t->index, why);
+  }
+  if (rc == DECOMP_OK) {
+    rc = BACKEND(s)->task_finish_row(s, t, digest, size, old);
+    if (rc != DECOMP_OK) {
+      snprintf(why, sizeof why, "%s", store_errmsg());
+      store_blob_gc(s, digest); /* unless another row names it */
+      store_fail(rc, "index: %s", why);
+    } else if (old[0] && strcmp(old, digest) != 0) {
+      store_blob_gc(s, old);
+    }
+  }
+  store_blob_unlock(s);
+  return rc;
+}
+
+int store_task_fail(store *s, const store_task *t, int err,
+                    const char *message) {
+  return BACKEND(s)->task_fail ? BACKEND(s)->task_fail(s, t, err, message)
+                               : no_tasks(s);
+}
+
+int store_task_release(store *s, const store_task *t) {
+  return BACKEND(s)->task_release ? BACKEND(s)->task_release(s, t)
+                                  : no_tasks(s);
+}
+
+int store_task_cancel_requested(store *s, const store_task *t, bool *yes) {
+  return BACKEND(s)->task_cancel_requested
+             ? BACKEND(s)->task_cancel_requested(s, t, yes)
+             : no_tasks(s);
+}
+
+int store_job_tasks_clear(store *s, const char *job_id) {
+  if (!BACKEND(s)->job_tasks_clear_rows)
+    return DECOMP_OK; /* nothing to clear */
+  char(*digests)[STORE_DIGEST_LEN] = NULL;
+  size_t n = 0;
+  store_blob_lock(s);
+  int rc = BACKEND(s)->job_tasks_clear_rows(s, job_id, &digests, &n);
+  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
+    store_blob_gc(s, digests[i]);
+  store_blob_unlock(s);
+  free(digests);
+  return rc;
 }

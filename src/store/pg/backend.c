@@ -67,4 +67,13 @@ const store_backend store_backend_pg = {
     .job_request_key = pg_job_request_key,
     .token_import = pg_token_import,
     .token_hash = pg_token_hash,
+    .job_tasks_begin = pg_job_tasks_begin,
+    .job_tasks_add = pg_job_tasks_add,
+    .job_tasks = pg_job_tasks,
+    .task_claim = pg_task_claim,
+    .task_finish_row = pg_task_finish_row,
+    .task_fail = pg_task_fail,
+    .task_release = pg_task_release,
+    .task_cancel_requested = pg_task_cancel_requested,
+    .job_tasks_clear_rows = pg_job_tasks_clear_rows,
 };

@@ -19,6 +19,10 @@
 
 /* A running job this node holds: its row names this node. */
 #define MINE "state='running' AND lease_node=$2"
+/* ... or one of whose tasks this node runs (its progress is the job's). */
+#define MINE_OR_TASK                                                           \
+  "state='running' AND (lease_node=$2 OR EXISTS(SELECT 1 FROM job_tasks t "    \
+  "WHERE t.job_id=jobs.id AND t.state='running' AND t.lease_node=$2))"
 
 static void job_row(const PGresult *r, int i, store_job *j, bool with_spec) {
   memset(j, 0, sizeof *j);
@@ -292,14 +296,28 @@ int pg_jobs_requeue_dead(store *s, int *n) {
                   "(lease_node=$1 OR lease_node IS NULL OR lease_expires < "
                   PG_NOW_MS ")",
                   "s", s->node);
+  /* So are the tasks it held (others' lapsed ones are claimed as they
+   * are). */
+  if (rc == DECOMP_OK)
+    rc = pg_execf(c, NULL, NULL,
+                  "UPDATE job_tasks SET state='queued', lease_node=NULL, "
+                  "lease_expires=NULL WHERE state='running' AND "
+                  "lease_node=$1",
+                  "s", s->node);
   return pg_end(s, c, rc);
 }
 
 int pg_jobs_renew_leases(store *s) {
-  return pg_queryf(s, NULL, NULL,
-                   "UPDATE jobs SET lease_expires=" PG_NOW_MS " + $1 WHERE "
-                   "state='running' AND lease_node=$2",
+  int rc = pg_queryf(s, NULL, NULL,
+                     "UPDATE jobs SET lease_expires=" PG_NOW_MS " + $1 WHERE "
+                     "state='running' AND lease_node=$2",
+                     "is", (int64_t)s->lease_ms, s->node);
+  if (rc == DECOMP_OK)
+    rc = pg_queryf(s, NULL, NULL,
+                   "UPDATE job_tasks SET lease_expires=" PG_NOW_MS " + $1 "
+                   "WHERE state='running' AND lease_node=$2",
                    "is", (int64_t)s->lease_ms, s->node);
+  return rc;
 }
 
 int pg_job_claim(store *s, store_job *out) {
@@ -333,9 +351,19 @@ int pg_job_claim(store *s, store_job *out) {
     }
     PQclear(r);
   }
+  /* A fresh start, unless an earlier claim's tasks have records this one
+   * goes on from: their layers stay reported. */
   if (rc == DECOMP_OK)
-    rc = pg_execf(c, NULL, NULL, "DELETE FROM job_layers WHERE job_id=$1", "s",
-                  out->id);
+    rc = pg_execf(c, NULL, NULL,
+                  "DELETE FROM job_layers WHERE job_id=$1 AND NOT EXISTS("
+                  "SELECT 1 FROM job_tasks WHERE job_id=$1 AND result IS NOT "
+                  "NULL)",
+                  "s", out->id);
+  if (rc == DECOMP_OK)
+    rc = pg_execf(c, NULL, NULL,
+                  "UPDATE jobs SET layers_done=(SELECT COUNT(*) FROM "
+                  "job_layers WHERE job_id=$1) WHERE id=$1",
+                  "s", out->id);
   if (rc == DECOMP_ERR_NOT_FOUND) {
     pg_end(s, c, DECOMP_OK); /* the lapsed cancels, if any */
     return DECOMP_ERR_NOT_FOUND;
@@ -352,9 +380,11 @@ int pg_job_progress(store *s, const char *job_id, int64_t total,
   int rc = pg_begin(s, &c), n = 0;
   if (rc != DECOMP_OK)
     return rc;
-  /* Only while this node holds the job (and its row, locked here). */
+  /* Only while this node holds the job or a task of it (and the job's
+   * row, locked here). */
   rc = pg_execf(c, NULL, &n,
-                "UPDATE jobs SET layers_total=$3 WHERE id=$1 AND " MINE, "ssi",
+                "UPDATE jobs SET layers_total=$3 WHERE id=$1 AND " MINE_OR_TASK,
+                "ssi",
                 job_id, s->node, total);
   if (rc == DECOMP_OK && n > 0)
     rc = pg_execf(c, NULL, NULL,
@@ -378,7 +408,8 @@ int pg_job_current(store *s, const char *job_id, int64_t total,
                    const char *layer, const char *step, double fraction) {
   return pg_queryf(s, NULL, NULL,
                    "UPDATE jobs SET layers_total=$3, current_layer=$4, "
-                   "current_step=$5, current_fraction=$6 WHERE id=$1 AND " MINE,
+                   "current_step=$5, current_fraction=$6 WHERE id=$1 AND "
+                   MINE_OR_TASK,
                    "ssissd", job_id, s->node, total, layer, step, fraction);
 }
 
@@ -585,8 +616,13 @@ static int job_delete_rows(store *s, const char *id,
   char(*v)[STORE_DIGEST_LEN] = NULL;
   size_t cnt = 0;
   PGresult *r = NULL;
+  /* Its artifacts, and the records its tasks still hold (a job whose
+   * coordinator died before it could drop them). */
   if (rc == DECOMP_OK)
-    rc = pg_execf(c, &r, NULL, "SELECT digest FROM artifacts WHERE job_id=$1",
+    rc = pg_execf(c, &r, NULL,
+                  "SELECT digest FROM artifacts WHERE job_id=$1 UNION "
+                  "SELECT result FROM job_tasks WHERE job_id=$1 AND result "
+                  "IS NOT NULL",
                   "s", id);
   if (rc == DECOMP_OK) {
     int rows = PQntuples(r);
@@ -606,6 +642,9 @@ static int job_delete_rows(store *s, const char *id,
                   id);
   if (rc == DECOMP_OK)
     rc = pg_execf(c, NULL, NULL, "DELETE FROM job_layers WHERE job_id=$1", "s",
+                  id);
+  if (rc == DECOMP_OK)
+    rc = pg_execf(c, NULL, NULL, "DELETE FROM job_tasks WHERE job_id=$1", "s",
                   id);
   if (rc == DECOMP_OK)
     rc = pg_execf(c, NULL, NULL, "DELETE FROM jobs WHERE id=$1", "s", id);

@@ -401,7 +401,8 @@ int pg_blob_gc(store *s, const char *digest) {
       "EXISTS(SELECT 1 FROM jobs WHERE profile=$1) OR "
       "EXISTS(SELECT 1 FROM artifacts WHERE digest=$1) OR "
       "EXISTS(SELECT 1 FROM model_shards WHERE digest=$1) OR "
-      "EXISTS(SELECT 1 FROM loose_blobs WHERE digest=$1)",
+      "EXISTS(SELECT 1 FROM loose_blobs WHERE digest=$1) OR "
+      "EXISTS(SELECT 1 FROM job_tasks WHERE result=$1)",
       "s", digest);
   if (rc != DECOMP_OK)
     return rc;

@@ -198,6 +198,18 @@ int pg_job_requeue(store *s, const char *job_id);
 int pg_job_cancel(store *s, const char *id, store_job *out);
 int pg_job_retry(store *s, const char *id, store_job *out, bool *requeued);
 int pg_job_delete(store *s, const char *id);
+int pg_job_tasks_begin(store *s, const char *job_id);
+int pg_job_tasks_add(store *s, const char *job_id, const store_task *t,
+                     size_t n);
+int pg_job_tasks(store *s, const char *job_id, store_task **out, size_t *n);
+int pg_task_claim(store *s, const char *job_id, store_task *out);
+int pg_task_finish_row(store *s, const store_task *t, const char *digest,
+                       int64_t size, char old[STORE_DIGEST_LEN]);
+int pg_task_fail(store *s, const store_task *t, int err, const char *message);
+int pg_task_release(store *s, const store_task *t);
+int pg_task_cancel_requested(store *s, const store_task *t, bool *yes);
+int pg_job_tasks_clear_rows(store *s, const char *job_id,
+                            char (**digests)[STORE_DIGEST_LEN], size_t *n);
 void pg_set_wake(store *s, void (*fn)(void *arg), void *arg);
 
 /* jobs.c, for open.c: put this node's running jobs (a dead incarnation's)
