@@ -37,6 +37,8 @@ const config_key CONFIG_KEYS[] = {
                 "(the host name)"},
     {"lease_seconds", "seconds a node's claim on a job lasts without its "
                       "heartbeat (30; PostgreSQL)"},
+    {"spread_jobs", "spread each job's layers as tasks over every node's "
+                    "workers: yes or no (yes; PostgreSQL)"},
     {"log_level", "error, warn, info or debug (info)"},
     {"torchscript_timeout",
      "seconds a job's TorchScript reader may run (120)"},
@@ -62,6 +64,7 @@ void config_defaults(config *c) {
   c->shard_bytes = 5000000000;
   snprintf(c->index, sizeof c->index, "sqlite");
   c->lease_seconds = 30;
+  c->spread_jobs = true;
 }
 
 static int parse_size(const char *v, int64_t *out) {
@@ -197,6 +200,10 @@ int config_set(config *c, const char *key, const char *value, char *err,
       snprintf(c->node_id, sizeof c->node_id, "%s", value);
   } else if (strcmp(key, "lease_seconds") == 0) {
     bad = parse_int(value, 1, 3600, &c->lease_seconds);
+  } else if (strcmp(key, "spread_jobs") == 0) {
+    bool yes = strcmp(value, "yes") == 0 || strcmp(value, "true") == 0;
+    bad = !yes && strcmp(value, "no") != 0 && strcmp(value, "false") != 0;
+    c->spread_jobs = yes;
   } else if (strcmp(key, "log_level") == 0) {
     c->log_level = log_level_from_name(value);
     bad = c->log_level < 0;

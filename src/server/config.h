@@ -55,6 +55,8 @@ typedef struct config {
   int lease_seconds;        /* lease_seconds: how long a claimed job stays
                                a node's without its heartbeat (30;
                                PostgreSQL) */
+  bool spread_jobs;         /* spread_jobs: a job's layers as tasks over the
+                               nodes (a PostgreSQL index only) */
 } config;
 
 /* One settable key: name, what it means (for --help). */

@@ -345,6 +345,7 @@ static int serve(const config *c) {
       DECOMP_OK)
     goto out;
   worker_pool_set_shard_bytes(pool, (uint64_t)c->shard_bytes);
+  worker_pool_set_spread(pool, c->spread_jobs);
   if (decomp_torchscript_supported()) {
     const char *reader = worker_ts_reader();
     LOG(LOG_INFO, "main", NULL,

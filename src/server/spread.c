@@ -42,7 +42,7 @@
 #define RECORD_MAX ((int64_t)1 << 32)
 
 bool spread_wanted(const worker_pool *p, const job_inputs *in) {
-  return p->spread && !in->ts;
+  return atomic_load(&p->spread) && !in->ts;
 }
 
 static double now_s(void) {
@@ -362,7 +362,6 @@ int spread_task_next(worker_pool *p) {
     store_task_clear(&t);
     return DECOMP_OK;
   }
-  atomic_fetch_add(&p->running, 1);
   rc = job_inputs_open(&r, &in, msg, sizeof msg);
   if (rc == DECOMP_OK) {
     run_task(&r, &in, &t);
@@ -374,7 +373,6 @@ int spread_task_next(worker_pool *p) {
       LOG(LOG_ERROR, "worker", t.job_id, "event=task_fail_not_saved error=%s",
           log_q(store_errmsg()));
   }
-  atomic_fetch_sub(&p->running, 1);
   store_job_clear(&job);
   store_task_clear(&t);
   return DECOMP_OK;
@@ -432,6 +430,9 @@ static int drive(struct run *r, job_inputs *in, int stage, store_task **tasks,
         return DECOMP_ERR_CANCELLED;
       continue;
     }
+    /* None of ours to run: another job's, rather than wait idle. */
+    if (rc == DECOMP_ERR_NOT_FOUND && (rc = spread_task_next(p)) == DECOMP_OK)
+      continue;
     if (rc != DECOMP_ERR_NOT_FOUND)
       LOG(LOG_WARN, "worker", r->job->id, "event=task_claim_failed error=%s",
           log_q(store_errmsg()));

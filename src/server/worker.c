@@ -610,8 +610,10 @@ static void *worker_main(void *arg) {
     unsigned long seen = worker_wake_gen(p);
     /* A task of a job under way first (it finishes what has begun), then
      * a new job. */
-    if (p->spread) {
+    if (atomic_load(&p->spread)) {
+      atomic_fetch_add(&p->running, 1);
       int trc = spread_task_next(p);
+      atomic_fetch_sub(&p->running, 1);
       if (trc == DECOMP_OK)
         continue;
       if (trc != DECOMP_ERR_NOT_FOUND)
@@ -667,7 +669,7 @@ int worker_pool_start(store *s, int workers, int blas_threads,
     snprintf(p->ts_tmpdir, sizeof p->ts_tmpdir, "%s", store_tmp_dir(s));
   if (!realpath(worker_ts_reader(), p->ts_reader)) /* missing: said later */
     snprintf(p->ts_reader, sizeof p->ts_reader, "%s", worker_ts_reader());
-  p->spread = store_tasks_supported(s);
+  atomic_init(&p->spread, store_tasks_supported(s));
   atomic_init(&p->stopping, false);
   pthread_mutex_init(&p->wake_mu, NULL);
   pthread_cond_init(&p->wake_cv, NULL);
@@ -705,6 +707,11 @@ int worker_pool_running(worker_pool *p) {
 void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes) {
   if (p)
     p->shard_bytes = bytes;
+}
+
+void worker_pool_set_spread(worker_pool *p, bool spread) {
+  if (p)
+    atomic_store(&p->spread, spread && store_tasks_supported(p->s));
 }
 
 void worker_pool_stop(worker_pool *p) {

@@ -14,6 +14,7 @@
 #ifndef DECOMPD_SERVER_WORKER_H
 #define DECOMPD_SERVER_WORKER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "store.h"
@@ -36,6 +37,10 @@ int worker_pool_start(store *s, int workers, int blas_threads,
 /* The output shard size of jobs on sharded models that were submitted
  * without one (config shard_bytes); the engine's default until set. */
 void worker_pool_set_shard_bytes(worker_pool *p, uint64_t bytes);
+/* Whether jobs are spread over tasks that every node's workers claim
+ * (config spread_jobs; true until set): only where the store has tasks
+ * (a PostgreSQL index), and never for a TorchScript model. */
+void worker_pool_set_spread(worker_pool *p, bool spread);
 /* Stop: running jobs are requeued at their next layer boundary; joins the
  * threads. NULL is fine. */
 void worker_pool_stop(worker_pool *p);

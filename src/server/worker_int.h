@@ -23,7 +23,7 @@ struct worker_pool {
   char ts_tmpdir[PATH_MAX];
   char ts_reader[PATH_MAX];
   uint64_t shard_bytes; /* sharded outputs' shard size (0: the engine's) */
-  bool spread;          /* spread jobs over tasks (store_tasks_supported) */
+  atomic_bool spread;   /* spread jobs over tasks (worker_pool_set_spread) */
   pthread_t *threads;
   atomic_bool stopping;
   atomic_int running; /* jobs and tasks the workers hold now */
@@ -93,7 +93,7 @@ bool spread_wanted(const worker_pool *p, const job_inputs *in);
  * committed (the job succeeded). The caller ends the job otherwise. */
 int spread_job(struct run *r, job_inputs *in, char *msg, size_t msglen);
 /* Claim and run one task of any job: DECOMP_ERR_NOT_FOUND when there is
- * none. */
+ * none (DECOMP_OK once one ran, whatever its end). */
 int spread_task_next(worker_pool *p);
 
 #endif

@@ -3,15 +3,20 @@ blob store — an S3-compatible server (s3rver behind the SigV4 checker), or
 a folder the nodes share (`blobs = file:`) — each node with a data dir of
 its own, one worker each (blas_threads 1, as the single-node reference).
 
-A resnet50 job uploaded to and submitted on node 1 survives kill -9 of
-the node running it mid-job: another node claims it when its lease lapses
-and finishes it; its artifacts are byte for byte those of the embedded
-single-node run of the same job; every blob in the store is named by its
-SHA-256; the job's results are stored once (one row per artifact); node
-3's /events stream follows the whole job; 200 concurrent status requests
-spread over the nodes all succeed; /v1/nodes lists the three nodes.
-Node 3 joins once the job is claimed, so that the node killed is never the
-one streaming."""
+A resnet50 job uploaded to and submitted on node 1 is spread over the
+nodes as tasks (groups of layers' spectra, the plan, groups of layers'
+factors), and survives kill -9 of its coordinator in the middle of a task
+of its own: the task is claimed again by another node when its lease
+lapses, and so is the job, whose new coordinator goes on from the records
+there are. Its artifacts are byte for byte those of the embedded
+single-node run of the same job; the tasks ran on more than one node,
+each layer in exactly one task of each stage (no result used twice); every
+blob in the store is named by its SHA-256, and once the job has ended the
+task records are gone from it (only the model and the artifacts remain);
+node 3's /events stream follows the whole job; 200 concurrent status
+requests spread over the nodes all succeed; /v1/nodes lists the three
+nodes. Node 3 joins once the job is claimed, so that the node killed is
+never the one streaming."""
 import concurrent.futures
 import hashlib
 import io
@@ -136,6 +141,22 @@ def running_on(nodes, job_id, timeout=300):
     raise AssertionError("job %s never started" % job_id)
 
 
+def wait_task_running_on(d, job_id, node_id, timeout=300):
+    """Until node_id runs a factors task of the job with a layer of the job
+    done: (stage, index) of that task."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = d.json("GET", "/v1/jobs/" + job_id)[1]
+        if j["progress"]["layers_done"] >= 1:
+            tasks = d.json("GET", "/v1/jobs/%s/tasks" % job_id)[1]["tasks"]
+            for t in tasks:
+                if t["state"] == "running" and t["node"] == node_id and \
+                        t["stage"] == "factors":
+                    return (t["stage"], t["index"])
+        time.sleep(0.02)
+    raise AssertionError("node %s never ran a factors task of %s" % (node_id, job_id))
+
+
 def follow_events(d, job_id, out):
     """d's /events stream of the job, to its end, into out["events"]."""
     out["events"] = d.events(job_id)[1]
@@ -143,7 +164,7 @@ def follow_events(d, job_id, out):
 
 
 @pytest.mark.parametrize("kind", ["s3", "file"])
-def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
+def test_a_spread_job_survives_kill9_of_its_coordinator_mid_task_with_the_single_node_bytes(
         tmp_path, servers, resnet50, kind):
     pg, s3 = servers
     weights, spec = resnet50
@@ -170,7 +191,8 @@ def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
         status, job = n1.json("POST", "/v1/jobs", {"model": m["id"], "spec": spec,
                                                    "policy": POLICY})
         assert status == 201, job
-        holder = running_on(nodes, job["id"])
+        holder = running_on(nodes, job["id"])  # the job's coordinator
+        holder_id = "node%d" % (nodes.index(holder) + 1)
         # node 3 joins now (so that the node killed below is not the one
         # streaming) and follows the job from its first layer to its end
         n3 = node(tmp_path, args, 3)
@@ -179,11 +201,9 @@ def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
         follower = threading.Thread(target=follow_events,
                                     args=(n3, job["id"], events))
         follower.start()
-        # mid-job: a layer done, the next under way
-        deadline = time.monotonic() + 300
-        while holder.json("GET", "/v1/jobs/" + job["id"])[1]["progress"]["layers_done"] < 1:
-            assert time.monotonic() < deadline, "no layer done"
-            time.sleep(0.02)
+        # mid-task: the coordinator in a factors task of its own, a layer of
+        # the job done
+        killed_task = wait_task_running_on(holder, job["id"], holder_id)
         holder.kill9()
         others = [d for d in nodes if d is not holder]
         done = others[-1].wait_job(job["id"], timeout=600)
@@ -191,8 +211,29 @@ def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
         assert done["state"] == "succeeded", done
         assert done["attempts"] == 2
         # run to its end by a surviving node, which the job names
-        holder_id = "node%d" % (nodes.index(holder) + 1)
         assert done["node"] in {"node1", "node2", "node3"} - {holder_id}
+        assert done["progress"]["layers_done"] == done["progress"]["layers_total"]
+
+        # the tasks: every stage done, each layer in one task of its stage,
+        # one plan; the killed node's task run again elsewhere; the work
+        # spread over the nodes
+        tasks = others[0].json("GET", "/v1/jobs/%s/tasks" % job["id"])[1]["tasks"]
+        assert tasks and all(t["state"] == "done" for t in tasks), tasks
+        by_stage = {}
+        for t in tasks:
+            by_stage.setdefault(t["stage"], []).append(t)
+        assert [t["layers"] for t in by_stage["plan"]] == [[]]
+        for stage in ("spectra", "factors"):
+            names = [n for t in by_stage[stage] for n in t["layers"]]
+            assert len(names) == len(set(names)), (stage, names)
+            assert [t["index"] for t in by_stage[stage]] == \
+                list(range(len(by_stage[stage])))
+        assert set(n for t in by_stage["factors"] for n in t["layers"]) <= \
+            set(n for t in by_stage["spectra"] for n in t["layers"])
+        again = [t for t in tasks if (t["stage"], t["index"]) == killed_task]
+        assert again and again[0]["attempts"] >= 2 and \
+            again[0]["node"] != holder_id, (killed_task, again)
+        assert len({t["node"] for t in tasks}) >= 2, tasks
 
         # byte for byte the single-node run's (the info file but for the
         # time and memory each run measures of itself)
@@ -205,12 +246,14 @@ def test_a_job_survives_kill9_of_its_node_with_the_single_node_bytes(
                 assert got[name] == want[name], name
         # one row per artifact: nothing of the killed run was kept besides
         assert len(done["artifacts"]) == len({a["name"] for a in done["artifacts"]})
-        # every blob in the shared store is named by its SHA-256
+        # every blob in the shared store is named by its SHA-256; the task
+        # records were collected when the job ended
         stored = blobs_in_store(kind, s3, db, tmp_path)
         assert stored
         for hexd, body in stored.items():
             assert hashlib.sha256(body).hexdigest() == hexd
-        assert {a["digest"][7:] for a in done["artifacts"]} <= set(stored)
+        assert set(stored) == {a["digest"][7:] for a in done["artifacts"]} | \
+            {m["digest"][7:]}
 
         # node 3's stream followed the whole job to its end
         states = [e["state"] for name, e in events.get("events", []) if name == "job"]

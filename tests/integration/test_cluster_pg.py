@@ -161,15 +161,17 @@ def test_a_submit_on_one_node_wakes_an_idle_worker_on_another_at_once(cluster):
     workers' one-second poll (their mean wait over several jobs would be
     about half a second without the notification). Only the jobs that
     started while node 1's long job still ran count (on a quiet machine it
-    may end before the last of them): at least three must."""
-    (n1,) = cluster(1, args=["--workers", "1"])
+    may end before the last of them): at least three must. Jobs run whole
+    here (spread_jobs = no): spread, node 1's long job would keep node 2
+    busy with its tasks."""
+    (n1,) = cluster(1, args=["--workers", "1", "--spread-jobs", "no"])
     net, data = long_layer_model()
     busy = submit(n1, net, data)
     deadline = time.monotonic() + 300
     while index_sql(n1, "SELECT lease_node FROM jobs WHERE id=?", (busy,)) != [("n1",)]:
         assert time.monotonic() < deadline, "the long job never started"
         time.sleep(0.05)
-    (n2,) = cluster(1, args=["--workers", "1"])
+    (n2,) = cluster(1, args=["--workers", "1", "--spread-jobs", "no"])
     time.sleep(1.5)  # node 2's worker has polled and is waiting
     waits, rng = [], random.Random(7)
     for seed in range(6):
@@ -356,3 +358,60 @@ def test_readyz_fails_while_postgresql_is_down_and_recovers_after(tmp_path):
             d.stop()
     finally:
         pg.cleanup()
+
+
+def wait_task_on(d, job_id, node, timeout=300):
+    """Until `node` runs a task of the job: its (stage, index, attempts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = index_sql(d, "SELECT stage, idx, attempts FROM job_tasks WHERE "
+                         "job_id=? AND state='running' AND lease_node=?",
+                         (job_id, node))
+        if rows:
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError("node %s never ran a task of %s" % (node, job_id))
+
+
+def released(d, job_id):
+    return [line for line in d.log().splitlines()
+            if "req=%s event=task_end" % job_id in line and "state=released" in line]
+
+
+def test_a_spread_jobs_tasks_go_back_on_sigterm_and_stop_on_cancel_on_every_node(cluster):
+    """A job of two long layers, one spectra task each, spread over the
+    nodes: node 2 stopping (SIGTERM) mid-task gives its task back to the
+    queue at once (not at its lease's end), where node 3, starting, claims
+    it (attempt 2) while node 1 runs the other; cancelling the job then
+    stops the tasks on nodes 1 and 3 within seconds: the job ends
+    cancelled, no task is left running, their records are dropped."""
+    (n1,) = cluster(1, args=["--workers", "1", "--lease-seconds", "600"])
+    net, data = long_layer_model()
+    job_id = submit(n1, net, data)
+    wait_task_on(n1, job_id, "n1")
+    (n2,) = cluster(1, args=["--workers", "1", "--lease-seconds", "600"])
+    stage, idx, attempts = wait_task_on(n2, job_id, "n2")
+    assert attempts == 1
+    time.sleep(0.5)  # mid-layer
+    n2.stop()
+    assert released(n2, job_id), n2.log()
+    assert index_sql(n1, "SELECT state, attempts, lease_node FROM job_tasks "
+                     "WHERE job_id=? AND stage=? AND idx=?",
+                     (job_id, stage, idx)) == [("queued", 1, "")]
+    (n3,) = cluster(1, args=["--workers", "1", "--lease-seconds", "600"])
+    assert wait_task_on(n3, job_id, "n3") == (stage, idx, 2)
+    wait_task_on(n1, job_id, "n1")  # still at its own
+    t0 = time.monotonic()
+    status, _ = n3.json("POST", "/v1/jobs/%s/cancel" % job_id)
+    assert status in (200, 202), status
+    done = n1.wait_job(job_id, timeout=120)
+    assert done["state"] == "cancelled", done
+    deadline = time.monotonic() + 60
+    while index_sql(n1, "SELECT COUNT(*) FROM job_tasks WHERE job_id=? AND "
+                    "(state='running' OR result IS NOT NULL)", (job_id,)) != [(0,)]:
+        assert time.monotonic() < deadline, index_sql(
+            n1, "SELECT stage, idx, state, lease_node, result FROM job_tasks "
+            "WHERE job_id=?", (job_id,))
+        time.sleep(0.1)
+    assert time.monotonic() - t0 < 60
+    assert released(n1, job_id) and released(n3, job_id)
