@@ -855,6 +855,69 @@ static void h_job_get(http_req *r) {
   store_job_clear(&j);
 }
 
+/* ---- a job's tasks (one job over many nodes) --------------------------- */
+
+/* A task as the API shows it: who ran what, when, and how it ended. Its
+ * record's digest stays inside (records are the coordinator's, dropped at
+ * the job's end). NULL when a part could not be built, the layers
+ * included: they are the JSON array the coordinator wrote, so one that
+ * does not read back is a bug to see, not a list to leave out. */
+static json_t *task_json(const store_task *t) {
+  json_t *layers = json_loads(t->layers ? t->layers : "[]", 0, NULL);
+  if (!json_is_array(layers)) {
+    json_decref(layers);
+    return NULL;
+  }
+  json_t *o = json_pack(
+      "{s:s, s:i, s:o, s:I, s:s, s:i, s:o, s:o, s:o}", "stage",
+      store_task_stage_name(t->stage), "index", t->index, "layers", layers,
+      "cost", (json_int_t)t->cost, "state", store_task_state_name(t->state),
+      "attempts", t->attempts, "node",
+      t->node[0] ? text_json(t->node) : json_null(), "started_at",
+      time_json(t->started_at), "finished_at", time_json(t->finished_at));
+  if (!o)
+    return NULL;
+  json_t *err = t->error_code[0]
+                    ? json_pack("{s:s, s:o}", "code", t->error_code, "message",
+                                text_json(t->error_message))
+                    : json_null();
+  if (json_object_set_new(o, "error", err) != 0) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+/* GET /v1/jobs/{id}/tasks: the tasks a job was spread over, by stage and
+ * index; none on a store that runs each job whole (embedded). */
+static void h_job_tasks(http_req *r) {
+  store *s = http_req_store(r);
+  const char *id = http_req_param(r, 0);
+  store_job j;
+  int rc = store_job_get(s, id, false, &j);
+  if (rc != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  store_job_clear(&j);
+  store_task *v = NULL;
+  size_t n = 0;
+  if ((rc = store_job_tasks(s, id, &v, &n)) != DECOMP_OK) {
+    store_problem(r, rc);
+    return;
+  }
+  json_t *a = json_array();
+  bool ok = a != NULL;
+  for (size_t i = 0; i < n && ok; i++)
+    ok = json_array_append_new(a, task_json(&v[i])) == 0;
+  store_tasks_free(v, n);
+  if (!ok) {
+    json_decref(a);
+    a = NULL;
+  }
+  reply_json(r, 200, a ? json_pack("{s:o}", "tasks", a) : NULL);
+}
+
 /* ---- live job events (server-sent events) ------------------------------ */
 
 #define EVENTS_KEEPALIVE_S 15.0
@@ -1147,6 +1210,8 @@ const http_route HTTP_ROUTES[] = {
      "get a job with per-layer progress"},
     {"GET", "/v1/jobs/{id}/events", STORE_ROLE_READ, HTTP_BODY_NONE,
      h_job_events, "live job events (text/event-stream) until it ends"},
+    {"GET", "/v1/jobs/{id}/tasks", STORE_ROLE_READ, HTTP_BODY_NONE, h_job_tasks,
+     "the tasks a job was spread over, and which node ran each"},
     {"DELETE", "/v1/jobs/{id}", STORE_ROLE_ADMIN, HTTP_BODY_NONE,
      h_job_delete, "delete a finished job and its artifacts"},
     {"POST", "/v1/jobs/{id}/cancel", STORE_ROLE_SUBMIT, HTTP_BODY_NONE,

@@ -5,7 +5,10 @@
  *   then returns it. Only the npm registry is reached, and only then.
  * - Daemon: the real decompd binary (DECOMPD_BIN) on an ephemeral loopback
  *   port (--listen 127.0.0.1:0; the port is read from the event=listening
- *   log line) with a temporary data dir, killed when the test ends.
+ *   log line) with a temporary data dir, killed when the test ends. Under
+ *   tests/integration/pg_server.py (DECOMPD_TEST_INDEX set: the pg-
+ *   browser tests) its index is a database of its own on that PostgreSQL
+ *   server (TEST_INDEX says which).
  * - browser(): Debian's /usr/bin/chromium, headless, with the flags this
  *   machine's closed network needs, and a fresh profile (Playwright makes
  *   one per launch).
@@ -35,6 +38,10 @@ const CHROMIUM = process.env.DECOMPD_CHROMIUM || '/usr/bin/chromium';
 /* How long any wait may take before the test fails: generous, since it
  * only ends a test that would otherwise hang. */
 const WAIT_MS = 300000;
+/* A PostgreSQL server (postgresql://USER@HOST:PORT) from pg_server.py, or
+ * "": the embedded store. */
+const TEST_INDEX = process.env.DECOMPD_TEST_INDEX || '';
+const PG_BIN = process.env.DECOMPD_PG_BIN || '/usr/lib/postgresql/15/bin';
 
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
@@ -81,6 +88,17 @@ function deps() {
 
 /* ---- the daemon -------------------------------------------------------- */
 
+/* Under TEST_INDEX, the index of a daemon on `dataDir`: a database of its
+ * own on that server (as tests/integration/conftest.py's index_for). */
+function indexFor(dataDir) {
+  const u = new URL(TEST_INDEX);
+  const name = 'd_' + require('node:crypto').createHash('sha256').update(dataDir)
+    .digest('hex').slice(0, 20);
+  execFileSync(path.join(PG_BIN, 'createdb'), ['-h', u.hostname, '-p', u.port || '5432',
+    '-U', u.username || 'decompd', name], {stdio: ['ignore', 'ignore', 'inherit']});
+  return TEST_INDEX.replace(/\/+$/, '') + '/' + name;
+}
+
 class Daemon {
   constructor(args = []) {
     if (!BIN || !fs.existsSync(BIN)) throw new Error('DECOMPD_BIN not set or missing: ' + BIN);
@@ -88,6 +106,8 @@ class Daemon {
     this.dataDir = path.join(this.dir, 'var');
     this.logPath = path.join(this.dir, 'decompd.log');
     this.args = args;
+    this.env = {...process.env};
+    if (TEST_INDEX) this.env.DECOMPD_INDEX = indexFor(this.dataDir);
     this.proc = null;
     this.port = 0;
   }
@@ -95,7 +115,7 @@ class Daemon {
   async start() {
     const log = fs.openSync(this.logPath, 'a');
     this.proc = spawn(BIN, ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', ...this.args],
-      {stdio: ['ignore', 'ignore', log]});
+      {stdio: ['ignore', 'ignore', log], env: this.env});
     fs.closeSync(log);
     let exited = null;
     this.proc.on('exit', (code) => { exited = code; });
@@ -119,7 +139,8 @@ class Daemon {
 
   /* `decompd ARGS --data-dir DIR` (admin verbs); its stdout. */
   cli(...args) {
-    return execFileSync(BIN, [...args, '--data-dir', this.dataDir], {encoding: 'utf8'}).trim();
+    return execFileSync(BIN, [...args, '--data-dir', this.dataDir],
+      {encoding: 'utf8', env: this.env}).trim();
   }
 
   async stop() {
@@ -404,4 +425,4 @@ function calibrationFile(entries) {
 }
 
 module.exports = {deps, Daemon, browser, context, watchConsole, shot, tinyModel, largeConv,
-  sleep, calibratedHead, calibrationFile, ARTIFACTS, WAIT_MS};
+  sleep, calibratedHead, calibrationFile, ARTIFACTS, WAIT_MS, TEST_INDEX};

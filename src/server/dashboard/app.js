@@ -7,8 +7,10 @@
  * decompose_info.json: per layer its shape, method (spatial_svd,
  * channel_svd, svd) and errors, the output error where a calibration was
  * used, the predicted latency before and after (per layer and for the
- * whole model) where a latency profile was; Cancel while it runs, Retry once it failed or was
- * cancelled), #/new (upload a weights file, submit a job).
+ * whole model) where a latency profile was; on a PostgreSQL index the
+ * tasks it was spread over, with the node that ran each; Cancel while it
+ * runs, Retry once it failed or was cancelled), #/new (upload a weights
+ * file, submit a job). #/nodes: the nodes serving this index.
  * When the API answers 401 the page asks for a token and keeps it in
  * sessionStorage (this tab only), sending it as Authorization: Bearer.
  * All text from the API goes into the page as text nodes, never as HTML. */
@@ -501,15 +503,18 @@ function nodesView(view, gen) {
 
 function jobView(view, id, gen) {
   const top = h('div');
+  const tasks = h('div');
   const results = h('div');
-  view.append(h('p.back', {}, h('a', {href: '#/jobs'}, '← all jobs')), top, results);
+  view.append(h('p.back', {}, h('a', {href: '#/jobs'}, '← all jobs')), top, tasks, results);
   let infoLoaded = false;
 
   const now = poll(gen, async () => {
-    const j = await apiJSON('/v1/jobs/' + id);
+    const [j, t] = await Promise.all([apiJSON('/v1/jobs/' + id),
+      apiJSON('/v1/jobs/' + id + '/tasks')]);
     if (!models.has(j.model)) await refreshModels().catch(() => {});
     if (gen !== viewGen) return false;
     top.replaceChildren(jobHeader(j));
+    tasks.replaceChildren(tasksSection(t.tasks));
     const finished = !['queued', 'running'].includes(j.state);
     if (j.state === 'succeeded' && !infoLoaded) {
       const info = await apiJSON('/v1/jobs/' + id + '/artifacts/decompose_info.json');
@@ -577,6 +582,43 @@ function jobHeader(j) {
         h('span.mono.dim', {title: a.digest}, a.digest.slice(0, 19) + '…'))))));
   }
   return h('div', {}, ...parts);
+}
+
+/* The tasks a job was spread over (GET /v1/jobs/{id}/tasks: on a
+ * PostgreSQL index, stage by stage) and the node that ran each; nothing
+ * for a job run whole, as every job is on the embedded store. */
+function tasksSection(tasks) {
+  if (!tasks.length) return '';
+  const nodes = new Set(tasks.filter((t) => t.node).map((t) => t.node));
+  const done = tasks.filter((t) => t.state === 'done').length;
+  return h('section', {id: 'tasks'}, h('h2', {}, 'Tasks'),
+    h('p.dim', {}, 'Spread over ' + tasks.length + ' task' + (tasks.length === 1 ? '' : 's') +
+      ' (' + done + ' done) on ' + nodes.size + ' node' + (nodes.size === 1 ? '' : 's') +
+      ': the layers\' spectra in groups, the plan (every layer\'s rank), then the planned layers\' factors.'),
+    h('div.scroll', {}, h('table.tasks', {id: 'tasks-table'},
+      h('thead', {}, h('tr', {}, ['Stage', 'Index', 'Layers', 'State', 'Node', 'Attempts', 'Time']
+        .map((c) => h('th', {}, c)))),
+      h('tbody', {}, tasks.map(taskRow)))));
+}
+
+/* A task's row: its layers counted, their names in full on hover; its
+ * time from start to finish (so far, while it runs). */
+function taskRow(t) {
+  const n = t.layers.length;
+  const end = t.finished_at ? Date.parse(t.finished_at) : t.state === 'running' ? Date.now() : null;
+  const secs = t.started_at && end !== null ? Math.max(0, end - Date.parse(t.started_at)) / 1000 : null;
+  const err = t.error ? t.error.code + ': ' + t.error.message : '';
+  return h('tr', {'data-stage': t.stage, 'data-index': t.index, 'data-state': t.state,
+    'data-node': t.node || ''},
+  h('td', {}, t.stage),
+  h('td.num', {}, String(t.index)),
+  h('td.task-layers', {title: n ? t.layers.join('\n') : 'every layer\'s rank, from the spectra'},
+    n ? [h('span.count', {}, n + (n === 1 ? ' layer' : ' layers')), ' ', h('span.mono.dim', {}, t.layers.join(', '))]
+      : h('span.dim', {}, 'the whole model')),
+  h('td', {title: err || null}, stateBadge(t.state), err ? h('span.err', {}, ' ' + err) : ''),
+  h('td.mono', {}, t.node ? h('a', {href: '#/nodes'}, t.node) : '—'),
+  h('td.num', {}, String(t.attempts)),
+  h('td.num', {title: t.started_at ? t.started_at + ' → ' + (t.finished_at || '') : null}, fmtSeconds(secs)));
 }
 
 /* While a job runs: the layers done so far, from the job itself. */
