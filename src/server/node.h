@@ -1,7 +1,7 @@
 /* node.h — this daemon as one node of its index: its row in the nodes
  * table (GET /v1/nodes), written when it starts serving and every
  * NODE_BEAT_MS by a thread of its own, with its address, its workers and
- * the jobs they hold. */
+ * how many are busy (with a job or a task). */
 #ifndef DECOMPD_SERVER_NODE_H
 #define DECOMPD_SERVER_NODE_H
 

@@ -345,12 +345,14 @@ static int run_task(struct run *r, job_inputs *in, const store_task *t) {
   return rc;
 }
 
-int spread_task_next(worker_pool *p) {
+int spread_task_next(worker_pool *p, bool busy) {
   store *s = p->s;
   store_task t;
   int rc = store_task_claim(s, NULL, &t);
   if (rc != DECOMP_OK)
     return rc;
+  if (!busy)
+    atomic_fetch_add(&p->running, 1);
   store_job job;
   job_inputs in;
   char msg[1200] = "";
@@ -373,6 +375,8 @@ int spread_task_next(worker_pool *p) {
       LOG(LOG_ERROR, "worker", t.job_id, "event=task_fail_not_saved error=%s",
           log_q(store_errmsg()));
   }
+  if (!busy)
+    atomic_fetch_sub(&p->running, 1);
   store_job_clear(&job);
   store_task_clear(&t);
   return DECOMP_OK;
@@ -431,7 +435,8 @@ static int drive(struct run *r, job_inputs *in, int stage, store_task **tasks,
       continue;
     }
     /* None of ours to run: another job's, rather than wait idle. */
-    if (rc == DECOMP_ERR_NOT_FOUND && (rc = spread_task_next(p)) == DECOMP_OK)
+    if (rc == DECOMP_ERR_NOT_FOUND &&
+        (rc = spread_task_next(p, true)) == DECOMP_OK)
       continue;
     if (rc != DECOMP_ERR_NOT_FOUND)
       LOG(LOG_WARN, "worker", r->job->id, "event=task_claim_failed error=%s",

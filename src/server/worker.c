@@ -611,9 +611,7 @@ static void *worker_main(void *arg) {
     /* A task of a job under way first (it finishes what has begun), then
      * a new job. */
     if (atomic_load(&p->spread)) {
-      atomic_fetch_add(&p->running, 1);
-      int trc = spread_task_next(p);
-      atomic_fetch_sub(&p->running, 1);
+      int trc = spread_task_next(p, false);
       if (trc == DECOMP_OK)
         continue;
       if (trc != DECOMP_ERR_NOT_FOUND)

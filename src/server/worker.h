@@ -49,7 +49,8 @@ void worker_pool_stop(worker_pool *p);
 const char *worker_ts_reader(void);
 /* Workers in the pool. */
 int worker_pool_size(const worker_pool *p);
-/* Jobs the pool's workers hold now. */
+/* The pool's workers busy now, each with a job (or coordinating a spread
+ * one) or a task. */
 int worker_pool_running(worker_pool *p);
 
 #endif

@@ -26,7 +26,7 @@ struct worker_pool {
   atomic_bool spread;   /* spread jobs over tasks (worker_pool_set_spread) */
   pthread_t *threads;
   atomic_bool stopping;
-  atomic_int running; /* jobs and tasks the workers hold now */
+  atomic_int running; /* workers busy now (a job or a task each) */
   /* Woken through the store (store_set_wake) when a job or a task is
    * queued or a task ends, here or on another node sharing the queue, and
    * by worker_pool_stop. */
@@ -93,7 +93,8 @@ bool spread_wanted(const worker_pool *p, const job_inputs *in);
  * committed (the job succeeded). The caller ends the job otherwise. */
 int spread_job(struct run *r, job_inputs *in, char *msg, size_t msglen);
 /* Claim and run one task of any job: DECOMP_ERR_NOT_FOUND when there is
- * none (DECOMP_OK once one ran, whatever its end). */
-int spread_task_next(worker_pool *p);
+ * none (DECOMP_OK once one ran, whatever its end). `busy`: the calling
+ * worker counts in the pool's running already (a coordinator). */
+int spread_task_next(worker_pool *p, bool busy);
 
 #endif

@@ -236,7 +236,9 @@ int store_task_release(store *s, const store_task *t);
  * or has ended, or the task is no longer this node's. */
 int store_task_cancel_requested(store *s, const store_task *t, bool *yes);
 /* A job has ended: its tasks' records are dropped and collected (the rows
- * stay, naming who ran what, until the job is deleted). */
+ * stay, naming who ran what, until the job is deleted). Nothing is dropped
+ * while the job is queued or running (a node that lost its claim on it
+ * calls this too). */
 int store_job_tasks_clear(store *s, const char *job_id);
 
 /* ---- copying a store into another (decompd store migrate; store.h says

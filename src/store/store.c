@@ -390,6 +390,26 @@ int store_job_cancel(store *s, const char *id, store_job *out) {
   return BACKEND(s)->job_cancel(s, id, out);
 }
 
+int store_job_retry_rule(const store_job *j, bool *requeue) {
+  *requeue = j->state == STORE_JOB_FAILED || j->state == STORE_JOB_CANCELLED;
+  if (j->state == STORE_JOB_SUCCEEDED)
+    return store_fail(DECOMP_ERR_CONFLICT,
+                      "job %s has succeeded: there is nothing to retry "
+                      "(delete it to run it again)",
+                      j->id);
+  if (!*requeue && j->cancel_requested)
+    return store_fail(DECOMP_ERR_CONFLICT,
+                      "job %s is being cancelled; retry it once it has "
+                      "stopped",
+                      j->id);
+  return DECOMP_OK;
+}
+
+int store_job_retry_model_gone(const store_job *j) {
+  return store_fail(DECOMP_ERR_CONFLICT, "job %s: its model %s has been deleted",
+                    j->id, j->model_id);
+}
+
 int store_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
   return BACKEND(s)->job_retry(s, id, out, requeued);
 }

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 
+#include "queue.h"
 #include "store.h"
 
 #define STORE_PATH_MAX 4096
@@ -110,6 +111,16 @@ int store_model_set_attachment(store *s, const char *id, store_attachment kind,
 /* Record (or refresh) `digest`, an existing blob of `size` bytes, as a
  * loose blob uploaded now. Call with store_blob_lock() held. */
 int store_loose_blob_touch(store *s, const char *digest, int64_t size);
+
+/* store_job_retry's rules, the same on every backend, for job `j` as its
+ * transaction read it: *requeue for a failed or cancelled job (a new
+ * attempt), nothing to do for a queued or running one (it is going to
+ * run), DECOMP_ERR_CONFLICT (its message set) for a succeeded job or one
+ * being cancelled. */
+int store_job_retry_rule(const store_job *j, bool *requeue);
+/* DECOMP_ERR_CONFLICT, its message set: the job's model has been deleted
+ * (a retry needs it, as a submit does). */
+int store_job_retry_model_gone(const store_job *j);
 
 /* The blob folder's entries of the embedded backend (blob.c), each with the
  * contract of the store.h function of its name. */

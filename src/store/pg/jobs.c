@@ -538,48 +538,39 @@ int pg_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
     return rc;
   store_job j;
   rc = job_read(c, JOB_LOCK, id, false, &j);
-  if (rc == DECOMP_OK) {
-    if (j.state == STORE_JOB_FAILED || j.state == STORE_JOB_CANCELLED) {
-      /* As at submit: its model must exist, and stay, in this
-       * transaction. */
-      char cal[STORE_DIGEST_LEN], prof[STORE_DIGEST_LEN];
-      rc = model_hold(c, j.model_id, cal, prof);
-      if (rc == DECOMP_ERR_NOT_FOUND)
-        rc = store_fail(DECOMP_ERR_CONFLICT,
-                        "job %s: its model %s has been deleted", id,
-                        j.model_id);
-      /* A new attempt at the back of the queue (a new seq from the
-       * column's own sequence: the queue and the list go by it); attempts
-       * keep counting. */
-      if (rc == DECOMP_OK)
-        rc = pg_execf(c, NULL, NULL,
-                      "UPDATE jobs SET seq=nextval(pg_get_serial_sequence("
-                      "'jobs', 'seq')), state='queued', cancel_requested=0, "
-                      "layers_done=0, layers_total=0, error_code=NULL, "
-                      "error_message=NULL, started_at=NULL, finished_at=NULL, "
-                      "current_layer=NULL, current_step=NULL, "
-                      "current_fraction=NULL, lease_node=NULL, "
-                      "lease_expires=NULL WHERE id=$1",
-                      "s", id);
-      if (rc == DECOMP_OK)
-        rc = pg_execf(c, NULL, NULL, "DELETE FROM job_layers WHERE job_id=$1",
-                      "s", id);
-      if (rc == DECOMP_OK)
-        rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
-      *requeued = rc == DECOMP_OK;
-    } else if (j.state == STORE_JOB_SUCCEEDED) {
-      rc = store_fail(DECOMP_ERR_CONFLICT,
-                      "job %s has succeeded: there is nothing to retry "
-                      "(delete it to run it again)",
-                      id);
-    } else if (j.cancel_requested) {
-      rc = store_fail(DECOMP_ERR_CONFLICT,
-                      "job %s is being cancelled; retry it once it has "
-                      "stopped",
-                      id);
-    } /* queued or running: it is going to run; nothing to do */
-    store_job_clear(&j);
+  bool held = rc == DECOMP_OK, again = false;
+  if (rc == DECOMP_OK)
+    rc = store_job_retry_rule(&j, &again);
+  /* A queued or running job is going to run: nothing to do. */
+  if (rc == DECOMP_OK && again) {
+    /* As at submit: its model must exist, and stay, in this
+     * transaction. */
+    char cal[STORE_DIGEST_LEN], prof[STORE_DIGEST_LEN];
+    rc = model_hold(c, j.model_id, cal, prof);
+    if (rc == DECOMP_ERR_NOT_FOUND)
+      rc = store_job_retry_model_gone(&j);
+    /* A new attempt at the back of the queue (a new seq from the
+     * column's own sequence: the queue and the list go by it); attempts
+     * keep counting. */
+    if (rc == DECOMP_OK)
+      rc = pg_execf(c, NULL, NULL,
+                    "UPDATE jobs SET seq=nextval(pg_get_serial_sequence("
+                    "'jobs', 'seq')), state='queued', cancel_requested=0, "
+                    "layers_done=0, layers_total=0, error_code=NULL, "
+                    "error_message=NULL, started_at=NULL, finished_at=NULL, "
+                    "current_layer=NULL, current_step=NULL, "
+                    "current_fraction=NULL, lease_node=NULL, "
+                    "lease_expires=NULL WHERE id=$1",
+                    "s", id);
+    if (rc == DECOMP_OK)
+      rc = pg_execf(c, NULL, NULL, "DELETE FROM job_layers WHERE job_id=$1",
+                    "s", id);
+    if (rc == DECOMP_OK)
+      rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
+    *requeued = rc == DECOMP_OK;
   }
+  if (held)
+    store_job_clear(&j);
   bool filled = false;
   if (rc == DECOMP_OK)
     filled = (rc = job_read(c, JOB_BY_ID, id, false, out)) == DECOMP_OK;

@@ -230,6 +230,8 @@ int pg_task_cancel_requested(store *s, const store_task *t, bool *yes) {
   return DECOMP_OK;
 }
 
+/* Only once the job has ended: a coordinator that lost its job (frozen
+ * past its lease) and stops must not drop the records the next one uses. */
 int pg_job_tasks_clear_rows(store *s, const char *job_id,
                             char (**digests)[STORE_DIGEST_LEN], size_t *n) {
   PGresult *r = NULL;
@@ -237,7 +239,9 @@ int pg_job_tasks_clear_rows(store *s, const char *job_id,
   *n = 0;
   int rc = pg_queryf(s, &r, NULL,
                      "WITH old AS (SELECT stage, idx, result FROM job_tasks "
-                     "WHERE job_id=$1 AND result IS NOT NULL FOR UPDATE) "
+                     "WHERE job_id=$1 AND result IS NOT NULL AND EXISTS("
+                     "SELECT 1 FROM jobs WHERE id=$1 AND state IN "
+                     "('succeeded', 'failed', 'cancelled')) FOR UPDATE) "
                      "UPDATE job_tasks t SET result=NULL, result_size=NULL "
                      "FROM old WHERE t.job_id=$1 AND t.stage=old.stage AND "
                      "t.idx=old.idx RETURNING old.result",

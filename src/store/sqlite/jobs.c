@@ -471,47 +471,38 @@ int sq_job_retry(store *s, const char *id, store_job *out, bool *requeued) {
   store_job j;
   rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?", id, false,
                 &j);
-  if (rc == DECOMP_OK) {
-    if (j.state == STORE_JOB_FAILED || j.state == STORE_JOB_CANCELLED) {
-      /* As at submit: its model must exist in this transaction. */
-      sqlite3_stmt *st = NULL;
-      rc = sq_prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
-                    "s", j.model_id);
-      if (rc == DECOMP_OK) {
-        if (sqlite3_step(st) != SQLITE_ROW)
-          rc = sq_fail(s->w, "job model");
-        else if (sqlite3_column_int(st, 0) == 0)
-          rc = store_fail(DECOMP_ERR_CONFLICT,
-                          "job %s: its model %s has been deleted", id,
-                          j.model_id);
-        sq_done(s, st);
-      }
-      /* A new attempt at the back of the queue (a new seq: the queue and
-       * the list go by it); attempts keep counting. */
-      if (rc == DECOMP_OK)
-        rc = EXEC(s->w, NULL,
-                  "UPDATE jobs SET seq=(SELECT MAX(seq) + 1 FROM jobs), "
-                  "state='queued', cancel_requested=0, layers_done=0, "
-                  "layers_total=0, error_code=NULL, error_message=NULL, "
-                  "started_at=NULL, finished_at=NULL, current_layer=NULL, "
-                  "current_step=NULL, current_fraction=NULL WHERE id=?",
-                  "s", id);
-      if (rc == DECOMP_OK)
-        rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s", id);
-      *requeued = rc == DECOMP_OK;
-    } else if (j.state == STORE_JOB_SUCCEEDED) {
-      rc = store_fail(DECOMP_ERR_CONFLICT,
-                      "job %s has succeeded: there is nothing to retry "
-                      "(delete it to run it again)",
-                      id);
-    } else if (j.cancel_requested) {
-      rc = store_fail(DECOMP_ERR_CONFLICT,
-                      "job %s is being cancelled; retry it once it has "
-                      "stopped",
-                      id);
-    } /* queued or running: it is going to run; nothing to do */
-    store_job_clear(&j);
+  bool held = rc == DECOMP_OK, again = false;
+  if (rc == DECOMP_OK)
+    rc = store_job_retry_rule(&j, &again);
+  /* A queued or running job is going to run: nothing to do. */
+  if (rc == DECOMP_OK && again) {
+    /* As at submit: its model must exist in this transaction. */
+    sqlite3_stmt *st = NULL;
+    rc = sq_prepf(s->w, &st, "SELECT EXISTS(SELECT 1 FROM models WHERE id=?)",
+                  "s", j.model_id);
+    if (rc == DECOMP_OK) {
+      if (sqlite3_step(st) != SQLITE_ROW)
+        rc = sq_fail(s->w, "job model");
+      else if (sqlite3_column_int(st, 0) == 0)
+        rc = store_job_retry_model_gone(&j);
+      sq_done(s, st);
+    }
+    /* A new attempt at the back of the queue (a new seq: the queue and
+     * the list go by it); attempts keep counting. */
+    if (rc == DECOMP_OK)
+      rc = EXEC(s->w, NULL,
+                "UPDATE jobs SET seq=(SELECT MAX(seq) + 1 FROM jobs), "
+                "state='queued', cancel_requested=0, layers_done=0, "
+                "layers_total=0, error_code=NULL, error_message=NULL, "
+                "started_at=NULL, finished_at=NULL, current_layer=NULL, "
+                "current_step=NULL, current_fraction=NULL WHERE id=?",
+                "s", id);
+    if (rc == DECOMP_OK)
+      rc = EXEC(s->w, NULL, "DELETE FROM job_layers WHERE job_id=?", "s", id);
+    *requeued = rc == DECOMP_OK;
   }
+  if (held)
+    store_job_clear(&j);
   bool filled = false;
   if (rc == DECOMP_OK)
     filled = (rc = job_read(s, s->w, "SELECT " JOB_COLS " FROM jobs WHERE id=?",
