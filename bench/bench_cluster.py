@@ -11,9 +11,10 @@ not its speed-up; see the printed note).
             spread over the nodes, one worker each: their waits (median,
             p90) and jobs/s (K over first submit to last end).
             Peer: the embedded store (SQLite, one node), same jobs.
-            On PostgreSQL the jobs are spread (spread_jobs = yes): each is
-            its tasks (spectra groups, the plan, factors groups), counted
-            from the nodes' logs as tasks/s.
+            Jobs this small run whole (below the daemon's spreading
+            threshold). tasks/s: 6 jobs of 64 small convs (fixed ranks)
+            submitted at once, spread over the nodes as tasks on
+            PostgreSQL: tasks done over first submit to last end.
   resnet50  one resnet50 job (budget 2x MACs) on the embedded node (run
             whole), and spread over 1 and 3 PostgreSQL nodes (one worker
             each, blas_threads 1): wall time, submit to its end, and how
@@ -52,6 +53,19 @@ def tiny_model():
     torch.save(m.state_dict(), buf)
     spec = conftest.conv_spec(m)
     return buf.getvalue(), spec
+
+
+def many_layers_model():
+    """64 small convs (128 -> 128, 3x3): each layer a few ms of SVD, the
+    whole worth spreading (the daemon's threshold): its tasks are nearly
+    no-ops, so their rate is the queue's."""
+    import torch
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(*[torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+                              for _ in range(64)])
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    return buf.getvalue(), conftest.conv_spec(m)
 
 
 def resnet50():
@@ -115,7 +129,12 @@ def claim_run(n, root, index, jobs):
             one = run_jobs(nodes[-1:], model, spec,
                            [{"name": "fixed", "rank": i + 1}])
             idle += one["waits"]
-        tasks = sum(d.log().count("event=task_end") for d in nodes)
+        # tasks/s: jobs of many cheap layers, spread, submitted at once
+        before = sum(d.log().count("event=task_end") for d in nodes)
+        many, mspec = many_layers_model()
+        m = run_jobs(nodes, many, mspec,
+                     [{"name": "fixed", "rank": 8 + i} for i in range(6)])
+        tasks = sum(d.log().count("event=task_end") for d in nodes) - before
     finally:
         for d in nodes:
             d.stop()
@@ -124,7 +143,8 @@ def claim_run(n, root, index, jobs):
             "median_wait": statistics.median(w),
             "p90_wait": w[int(0.9 * (len(w) - 1))],
             "jobs_per_s": jobs / r["span"],
-            "tasks_per_s": tasks / (r["span"] + sum(idle)) if tasks else 0.0}
+            "tasks_per_s": tasks / m["span"] if tasks else 0.0,
+            "tasks": tasks}
 
 
 def main():
@@ -151,7 +171,8 @@ def main():
         print("\n%d tiny jobs (2 convs), one worker per node:" % a.jobs)
         print("(idle claim: submit to started_at of one job on idle nodes, "
               "median of 10; queued: the same for %d jobs submitted at once, "
-              "waiting included)" % a.jobs)
+              "waiting included; tasks/s: 6 jobs of 64 small convs submitted "
+              "at once, spread on PostgreSQL)" % a.jobs)
         print("%-22s %12s %14s %14s %10s %10s" % (
             "", "idle claim", "queued med", "queued p90", "jobs/s", "tasks/s"))
         for name, r in rows:

@@ -41,8 +41,33 @@
  * float64; stage-3 records are mapped from their files). */
 #define RECORD_MAX ((int64_t)1 << 32)
 
-bool spread_wanted(const worker_pool *p, const job_inputs *in) {
-  return atomic_load(&p->spread) && !in->ts;
+/* A job whose layers cost less than this in all (Σ m·n·min(m, n) over
+ * their candidates: a few hundred ms of one core's SVD) runs whole: its
+ * tasks' fixed costs (rows claimed, records stored and read, the inputs
+ * mapped once per task) would outweigh what spreading saves. bench/
+ * bench_cluster.py: 30 two-conv jobs spread took 5x a whole run's time. */
+#define SPREAD_MIN_COST 1e9
+
+/* The engine's cost of the job's phase-1 layers, summed (0 on failure:
+ * the whole run then says what is wrong). */
+static double job_cost(job_inputs *in) {
+  char *layers = NULL;
+  double total = 0;
+  if (decomp_task_layers(in->ctx, in->w, in->spec, in->pol, &in->opts, NULL,
+                         0, &layers) != DECOMP_OK)
+    return 0;
+  json_t *a = json_loads(layers, 0, NULL);
+  size_t i;
+  json_t *e;
+  json_array_foreach(a, i, e) total +=
+      json_number_value(json_object_get(e, "cost"));
+  json_decref(a);
+  decomp_free(layers);
+  return total;
+}
+
+bool spread_wanted(const worker_pool *p, job_inputs *in) {
+  return atomic_load(&p->spread) && !in->ts && job_cost(in) >= SPREAD_MIN_COST;
 }
 
 static double now_s(void) {

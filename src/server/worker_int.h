@@ -84,10 +84,11 @@ int worker_commit_outputs(worker_pool *p, const store_job *job,
 
 /* ---- spread.c ---- */
 
-/* Whether the job is spread over tasks (the store has them, the pool
- * spreads, and the model is not a TorchScript archive, whose reader would
- * run again for every task). */
-bool spread_wanted(const worker_pool *p, const job_inputs *in);
+/* Whether the job is spread over tasks: the store has them, the pool
+ * spreads, the model is not a TorchScript archive (whose reader would run
+ * again for every task), and its layers are worth it (the engine's cost
+ * model, the same on every node and every attempt). */
+bool spread_wanted(const worker_pool *p, job_inputs *in);
 /* Run r->job as its coordinator: its tasks added stage by stage, run here
  * and on every node, the artifacts assembled from their records and
  * committed (the job succeeded). The caller ends the job otherwise. */

@@ -20,6 +20,9 @@
  *   torch needed) with its layer spec, spectra that decay like trained
  *   weights, a 1x1 conv and a Linear that the engine leaves alone.
  * - largeConv(): one 1024->1024 5x5 conv as safetensors, for a long layer.
+ * - wideConvs(): three 256->256 3x3 convs as safetensors: a job the
+ *   daemon spreads over tasks on a PostgreSQL index (its layers cost more
+ *   than spreading's threshold) that still takes about a second.
  * - calibratedHead(): a conv and a Linear with their spec and a
  *   decompd.calibration file for both (calibrationFile() writes one).
  * - shot(page, name): a screenshot in BUILD/tests/browser/artifacts/. */
@@ -350,6 +353,21 @@ function largeConv(seed = 7) {
   return {weights: safetensors([['big.weight', {shape: [cout, cin, k, k], data}]]), spec};
 }
 
+function wideConvs(seed = 11) {
+  const next = rng(seed);
+  const c = 256, k = 3, n = 3;
+  const tensors = [], layers = [];
+  for (let l = 0; l < n; l++) {
+    const data = new Float32Array(c * c * k * k);
+    for (let i = 0; i < data.length; i++) data[i] = 0.02 * next();
+    tensors.push(['conv' + l + '.weight', {shape: [c, c, k, k], data}]);
+    layers.push({name: 'conv' + l, type: 'Conv2d', in_channels: c, out_channels: c,
+      kernel_size: [k, k], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1,
+      bias: false, padding_mode: 'zeros'});
+  }
+  return {weights: safetensors(tensors), spec: {layers}};
+}
+
 /* A head: a 3x3 conv 16->32 and a Linear 64->10 with their spec, as
  * safetensors; and a decompd.calibration file for both (Grams of
  * correlated random inputs: the conv's [1, 144, 144] patch Gram, the
@@ -425,4 +443,5 @@ function calibrationFile(entries) {
 }
 
 module.exports = {deps, Daemon, browser, context, watchConsole, shot, tinyModel, largeConv,
+  wideConvs,
   sleep, calibratedHead, calibrationFile, ARTIFACTS, WAIT_MS, TEST_INDEX};

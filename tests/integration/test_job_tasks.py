@@ -1,6 +1,6 @@
 """GET /v1/jobs/{id}/tasks: the tasks a job was spread over and which node
-ran each. On a PostgreSQL index (suite integration-pg) every job is spread:
-spectra tasks, one plan, factors tasks, all run here; the embedded store
+ran each. On a PostgreSQL index (suite integration-pg) a resnet18 job is spread
+(its layers are worth it): spectra tasks, one plan, factors tasks, all run here; the embedded store
 runs each job whole and answers an empty list. Either way an unknown job is
 a 404 and the list needs a read token once tokens exist."""
 import io
