@@ -286,6 +286,11 @@ static int task_record(store *s, job_inputs *in, const store_task *t,
       goto done;
     rc = decomp_task_plan(in->ctx, in->w, in->spec, in->pol, &in->opts,
                           (const void *const *)b, l, k, out, len);
+    /* Read here once, by the one plan task: no copy kept (an object
+     * store's; nothing to do for a folder). */
+    for (size_t i = 0; i < n; i++)
+      if (v[i].stage == STORE_TASK_SPECTRA && v[i].result[0])
+        store_blob_drop_copy(s, v[i].result);
     break;
   case STORE_TASK_FACTORS:
     if ((rc = read_plan(s, v, n, &plan, &plan_len, msg, msglen)) !=

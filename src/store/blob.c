@@ -396,6 +396,18 @@ int blobs_blob_remove(store *s, const char *digest) {
   return DECOMP_OK;
 }
 
+int blobs_blob_drop_copy(store *s, const char *digest) {
+  char path[STORE_PATH_MAX + 80];
+  if (!store_paths_of(s)->s3)
+    return DECOMP_OK; /* the file is the blob */
+  int rc = blob_file(s, digest, path, sizeof path);
+  if (rc != DECOMP_OK)
+    return rc;
+  if (unlink(path) != 0 && errno != ENOENT)
+    return store_fail(DECOMP_ERR_IO, "unlink %s: %s", path, strerror(errno));
+  return DECOMP_OK;
+}
+
 int blobs_blob_open(store *s, const char *digest, int *fd, int64_t *size) {
   char path[STORE_PATH_MAX + 80];
   int rc = blob_file(s, digest, path, sizeof path);

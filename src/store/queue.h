@@ -100,8 +100,9 @@ int store_job_cancel_requested(store *s, const char *job_id, bool *yes);
 int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes);
 /* Finish a running job with its artifacts: each file paths[i] (under
  * store_tmp_dir(), hashed by store_blob_hash_file into a[i].digest) moves
- * into the blob folder (dropped when the blob exists) and the rows go into
- * the index, in one step under the store's own blob lock. A failure names its stage ("storing NAME: …",
+ * into the blob folder (dropped when the blob exists), the records of its
+ * tasks (a spread job's) are collected, and the rows go into the index,
+ * in one step under the store's own blob lock. A failure names its stage ("storing NAME: …",
  * "index: …"); the files not yet moved stay for the caller to remove. */
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       const char *const *paths, size_t n);
@@ -237,8 +238,9 @@ int store_task_release(store *s, const store_task *t);
 int store_task_cancel_requested(store *s, const store_task *t, bool *yes);
 /* A job has ended: its tasks' records are dropped and collected (the rows
  * stay, naming who ran what, until the job is deleted). Nothing is dropped
- * while the job is queued or running (a node that lost its claim on it
- * calls this too). */
+ * while the job is queued, or running on another node's claim (a node
+ * that lost its claim on it calls this too). store_job_succeed does it
+ * before the job is marked succeeded. */
 int store_job_tasks_clear(store *s, const char *job_id);
 
 /* ---- copying a store into another (decompd store migrate; store.h says

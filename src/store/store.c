@@ -103,6 +103,10 @@ int store_blob_path(store *s, const char *digest, char *buf, size_t len) {
   return BACKEND(s)->blob_path(s, digest, buf, len);
 }
 
+int store_blob_drop_copy(store *s, const char *digest) {
+  return blobs_blob_drop_copy(s, digest);
+}
+
 int store_blob_gc(store *s, const char *digest) {
   return BACKEND(s)->blob_gc(s, digest);
 }
@@ -351,6 +355,19 @@ int store_job_set_peak_rss(store *s, const char *job_id, int64_t bytes) {
 /* The files go into the blob store and the rows that name them into the
  * index under the blob lock, so that no collection runs between the two:
  * the same steps on every backend. */
+/* Under the blob lock: the job's task records dropped and collected. */
+static int tasks_clear_locked(store *s, const char *job_id) {
+  if (!BACKEND(s)->job_tasks_clear_rows)
+    return DECOMP_OK; /* no tasks on this backend */
+  char(*digests)[STORE_DIGEST_LEN] = NULL;
+  size_t n = 0;
+  int rc = BACKEND(s)->job_tasks_clear_rows(s, job_id, &digests, &n);
+  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
+    store_blob_gc(s, digests[i]);
+  free(digests);
+  return rc;
+}
+
 int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
                       const char *const *paths, size_t n) {
   char why[1024];
@@ -363,6 +380,11 @@ int store_job_succeed(store *s, const char *job_id, const store_artifact *a,
       store_fail(rc, "storing %s: %s", a[i].name, why);
     }
   }
+  /* A spread job's task records go first: a job seen succeeded has none
+   * left (a crash between the two leaves a running job whose next
+   * attempt runs its tasks again). */
+  if (rc == DECOMP_OK)
+    rc = tasks_clear_locked(s, job_id);
   if (rc == DECOMP_OK) {
     rc = BACKEND(s)->job_succeed_rows(s, job_id, a, n);
     if (rc != DECOMP_OK) {
@@ -584,6 +606,10 @@ int store_task_finish(store *s, const store_task *t, const char *path,
     store_fail(rc, "storing the %s record of task %s/%d: %s",
                store_task_stage_name(t->stage), t->job_id, t->index, why);
   }
+  /* The record goes to the node that needs it from the object store: no
+   * copy stays here (no one knows its digest before the row names it). */
+  if (rc == DECOMP_OK)
+    blobs_blob_drop_copy(s, digest);
   if (rc == DECOMP_OK) {
     rc = BACKEND(s)->task_finish_row(s, t, digest, size, old);
     if (rc != DECOMP_OK) {
@@ -616,15 +642,8 @@ int store_task_cancel_requested(store *s, const store_task *t, bool *yes) {
 }
 
 int store_job_tasks_clear(store *s, const char *job_id) {
-  if (!BACKEND(s)->job_tasks_clear_rows)
-    return DECOMP_OK; /* nothing to clear */
-  char(*digests)[STORE_DIGEST_LEN] = NULL;
-  size_t n = 0;
   store_blob_lock(s);
-  int rc = BACKEND(s)->job_tasks_clear_rows(s, job_id, &digests, &n);
-  for (size_t i = 0; rc == DECOMP_OK && i < n; i++)
-    store_blob_gc(s, digests[i]);
+  int rc = tasks_clear_locked(s, job_id);
   store_blob_unlock(s);
-  free(digests);
   return rc;
 }

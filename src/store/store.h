@@ -132,6 +132,12 @@ int store_blob_read(store *s, const char *digest, int64_t max, char **out,
                     size_t *len);
 /* The blob's path (for readers that map it). */
 int store_blob_path(store *s, const char *digest, char *buf, size_t len);
+/* With an object store (blobs = s3://…): remove this node's copy of the
+ * blob, which stays in the object store (read again, it is fetched
+ * again), for blobs read once here — a task's record. Nothing to do when
+ * there is no copy, or when blobs live in a folder (the file is the
+ * blob). The caller knows no one on this node is about to open it. */
+int store_blob_drop_copy(store *s, const char *digest);
 /* ---- resumable blob uploads (PUT /v1/blobs/{digest}) ------------------ */
 
 /* A partial upload of the blob a client named by its digest: the bytes

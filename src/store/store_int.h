@@ -136,6 +136,9 @@ int blobs_blob_path(store *s, const char *digest, char *buf, size_t len);
 int blobs_blob_stat(store *s, const char *digest, int64_t *size);
 /* Remove the blob wherever it is (the folder; the object store too). */
 int blobs_blob_remove(store *s, const char *digest);
+/* With an object store, remove the folder's copy only (store.h's
+ * store_blob_drop_copy); nothing without one. */
+int blobs_blob_drop_copy(store *s, const char *digest);
 int blobs_partial_open(store *s, const char *digest, int64_t offset,
                        store_partial **out, int64_t *have);
 int blobs_partial_offset(store *s, const char *digest, int64_t *size);

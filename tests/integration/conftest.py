@@ -284,6 +284,21 @@ def assert_problem(status, hdrs, body, want_status, want_code):
     return doc
 
 
+def resnet18_upload(daemon):
+    """torchvision's resnet18 (seed 0) uploaded to `daemon` as a .pth: the
+    module and the model's answer."""
+    import io
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    status, m = daemon.upload(buf.getvalue(), name="resnet18")
+    assert status == 201, m
+    return model, m
+
+
 def conv_spec(model):
     """The layer spec of a live module (what the Python package makes)."""
     import torch

@@ -6,15 +6,12 @@ dir (whose tmp/ receives uploads) the blob is copied in whole, never left
 half-written; a delete collects from there; a bad value is refused at
 start-up."""
 import hashlib
-import io
 import os
 import subprocess
 
 import pytest
-import torch
-import torchvision
 
-from conftest import BIN, conv_spec
+from conftest import BIN, conv_spec, resnet18_upload
 
 
 @pytest.fixture
@@ -52,12 +49,7 @@ def test_blobs_on_another_file_system_hold_every_blob_by_its_digest(
         daemon_factory, other_fs, tmp_path):
     assert os.stat(other_fs).st_dev != os.stat(tmp_path).st_dev
     d = daemon_factory(args=("--blobs", "file:%s" % other_fs)).start()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    status, m = d.upload(buf.getvalue(), name="resnet18")
-    assert status == 201, m
+    model, m = resnet18_upload(d)
     status, job = d.json("POST", "/v1/jobs", {"model": m["id"],
                                               "spec": conv_spec(model),
                                               "policy": "budget"})

@@ -12,7 +12,8 @@ there are. Its artifacts are byte for byte those of the embedded
 single-node run of the same job; the tasks ran on more than one node,
 each layer in exactly one task of each stage (no result used twice); every
 blob in the store is named by its SHA-256, and once the job has ended the
-task records are gone from it (only the model and the artifacts remain);
+task records are gone from it (only the model and the artifacts remain)
+and from the nodes' own folders (with S3, where each node keeps copies);
 node 3's /events stream follows the whole job; 200 concurrent status
 requests spread over the nodes all succeed; /v1/nodes lists the three
 nodes. Node 3 joins once the job is claimed, so that the node killed is
@@ -105,6 +106,16 @@ def blobs_in_store(kind, s3, db, tmp_path):
             for f in files:
                 with open(os.path.join(root, f), "rb") as fh:
                     out[f] = fh.read()
+    return out
+
+
+def local_copies(d):
+    """(hex digest, size) of every blob copy in node d's own folder (with
+    blobs = s3://, DATA_DIR/blobs holds the node's copies)."""
+    out = []
+    for root, _, files in os.walk(os.path.join(str(d.data_dir), "blobs")):
+        out += [(f, os.path.getsize(os.path.join(root, f))) for f in files
+                if re.fullmatch(r"[0-9a-f]{64}", f)]
     return out
 
 
@@ -254,6 +265,13 @@ def test_a_spread_job_survives_kill9_of_its_coordinator_mid_task_with_the_single
             assert hashlib.sha256(body).hexdigest() == hexd
         assert set(stored) == {a["digest"][7:] for a in done["artifacts"]} | \
             {m["digest"][7:]}
+        if kind == "s3":
+            # nor do the nodes keep copies of them: beyond the stored blobs
+            # a node's folder holds at most the plans it read (spectra),
+            # not the factors records (the model's size in all)
+            for i, d in enumerate(nodes):
+                left = [f for f in local_copies(d) if f[0] not in stored]
+                assert sum(size for _, size in left) < len(weights) // 20, (i, left)
 
         # node 3's stream followed the whole job to its end
         states = [e["state"] for name, e in events.get("events", []) if name == "job"]

@@ -9,9 +9,8 @@ import struct
 
 import numpy as np
 import torch
-import torchvision
 
-from conftest import conv_spec
+from conftest import conv_spec, resnet18_upload
 
 SAFE_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64,
                "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
@@ -30,16 +29,6 @@ def read_safetensors(data):
         arr = np.frombuffer(data[base + a:base + b], dtype=SAFE_DTYPES[info["dtype"]])
         out[name] = arr.reshape(info["shape"])
     return out
-
-
-def resnet18_upload(daemon):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    status, m = daemon.upload(buf.getvalue(), name="resnet18")
-    assert status == 201, m
-    return model, m
 
 
 def test_whole_flow_resnet18(daemon):

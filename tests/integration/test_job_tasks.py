@@ -7,10 +7,9 @@ import io
 import os
 
 import torch
-import torchvision
 import yaml
 
-from conftest import SOURCE_DIR, TEST_INDEX, assert_problem, conv_spec
+from conftest import SOURCE_DIR, TEST_INDEX, assert_problem, conv_spec, resnet18_upload
 
 STAGES = ["spectra", "plan", "factors"]
 
@@ -24,12 +23,7 @@ def task_fields():
 
 def resnet18_job(d):
     """A finished budget job on torchvision's resnet18 (20 convs)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    status, m = d.upload(buf.getvalue(), name="resnet18")
-    assert status == 201, m
+    model, m = resnet18_upload(d)
     status, job = d.json("POST", "/v1/jobs", {"model": m["id"], "spec": conv_spec(model),
                                                "policy": "budget"})
     assert status == 201, job

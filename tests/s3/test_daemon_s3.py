@@ -9,7 +9,6 @@ and collects the objects on delete. An object store that refuses the
 credentials, has no such bucket or does not answer stops the daemon at
 start with a message naming it."""
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -18,12 +17,10 @@ import sys
 import urllib.request
 
 import pytest
-import torch
-import torchvision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-from conftest import BIN, Daemon, conv_spec  # noqa: E402
+from conftest import BIN, Daemon, conv_spec, resnet18_upload  # noqa: E402
 from test_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, dead_port, s3rver  # noqa: E402,F401
 
 PREFIX = "cluster-a"
@@ -60,12 +57,7 @@ def daemon(tmp_path, s3rver):
 def test_every_blob_is_an_object_named_by_its_digest_fetched_back_checked(
         daemon, s3rver):
     d = daemon.start()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    status, m = d.upload(buf.getvalue(), name="resnet18")
-    assert status == 201, m
+    model, m = resnet18_upload(d)
     status, job = d.json("POST", "/v1/jobs", {"model": m["id"],
                                               "spec": conv_spec(model),
                                               "policy": "budget"})

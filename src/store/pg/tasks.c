@@ -49,6 +49,18 @@ static void task_row(const PGresult *r, int i, store_task *t) {
   t->finished_at = pg_col_i64(r, i, 13);
 }
 
+/* End the transaction on `c` that let someone go on (a task to claim, a
+ * stage further): NOTIFYed to every node's listener with the commit, and
+ * this process's workers woken. */
+static int end_notify(store *s, PGconn *c, int rc) {
+  if (rc == DECOMP_OK)
+    rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
+  rc = pg_end(s, c, rc);
+  if (rc == DECOMP_OK)
+    store_wake_call(&s->wake);
+  return rc;
+}
+
 int pg_job_tasks_begin(store *s, const char *job_id) {
   return pg_queryf(s, NULL, NULL,
                    "UPDATE job_tasks SET state='queued', lease_node=NULL, "
@@ -88,12 +100,7 @@ int pg_job_tasks_add(store *s, const char *job_id, const store_task *t,
                   "VALUES ($1,$2,$3,$4,$5)",
                   "snnsi", job_id, t[i].stage, t[i].index, t[i].layers,
                   t[i].cost);
-  if (rc == DECOMP_OK)
-    rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
-  rc = pg_end(s, c, rc);
-  if (rc == DECOMP_OK)
-    store_wake_call(&s->wake);
-  return rc;
+  return end_notify(s, c, rc);
 }
 
 int pg_job_tasks(store *s, const char *job_id, store_task **out, size_t *n) {
@@ -174,12 +181,7 @@ int pg_task_finish_row(store *s, const store_task *t, const char *digest,
                   "lease_expires=NULL WHERE " TASK_MINE,
                   "snnssii", t->job_id, t->stage, t->index, s->node, digest,
                   size, store_now_ms());
-  if (rc == DECOMP_OK)
-    rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
-  rc = pg_end(s, c, rc);
-  if (rc == DECOMP_OK)
-    store_wake_call(&s->wake);
-  return rc;
+  return end_notify(s, c, rc);
 }
 
 /* A claimed task leaves this node: failed, or back in the queue. */
@@ -196,12 +198,7 @@ static int task_end(store *s, const store_task *t, const char *state,
                 "snnssssi", t->job_id, t->stage, t->index, s->node, state,
                 code, message, strcmp(state, "failed") == 0 ? store_now_ms()
                                                              : 0);
-  if (rc == DECOMP_OK)
-    rc = pg_execf(c, NULL, NULL, "NOTIFY " PG_CHANNEL, "");
-  rc = pg_end(s, c, rc);
-  if (rc == DECOMP_OK)
-    store_wake_call(&s->wake);
-  return rc;
+  return end_notify(s, c, rc);
 }
 
 int pg_task_fail(store *s, const store_task *t, int err,
@@ -230,8 +227,9 @@ int pg_task_cancel_requested(store *s, const store_task *t, bool *yes) {
   return DECOMP_OK;
 }
 
-/* Only once the job has ended: a coordinator that lost its job (frozen
- * past its lease) and stops must not drop the records the next one uses. */
+/* Only once the job has ended, or by its coordinator (finishing it): a
+ * coordinator that lost its job (frozen past its lease) and stops must
+ * not drop the records the next one uses. */
 int pg_job_tasks_clear_rows(store *s, const char *job_id,
                             char (**digests)[STORE_DIGEST_LEN], size_t *n) {
   PGresult *r = NULL;
@@ -240,12 +238,13 @@ int pg_job_tasks_clear_rows(store *s, const char *job_id,
   int rc = pg_queryf(s, &r, NULL,
                      "WITH old AS (SELECT stage, idx, result FROM job_tasks "
                      "WHERE job_id=$1 AND result IS NOT NULL AND EXISTS("
-                     "SELECT 1 FROM jobs WHERE id=$1 AND state IN "
-                     "('succeeded', 'failed', 'cancelled')) FOR UPDATE) "
+                     "SELECT 1 FROM jobs WHERE id=$1 AND (state IN "
+                     "('succeeded', 'failed', 'cancelled') OR (state="
+                     "'running' AND lease_node=$2))) FOR UPDATE) "
                      "UPDATE job_tasks t SET result=NULL, result_size=NULL "
                      "FROM old WHERE t.job_id=$1 AND t.stage=old.stage AND "
                      "t.idx=old.idx RETURNING old.result",
-                     "s", job_id);
+                     "ss", job_id, s->node);
   if (rc != DECOMP_OK)
     return rc;
   int rows = PQntuples(r);
