@@ -905,9 +905,10 @@ function newView(view, gen) {
       upBar.style.width = '100%';
       const m = res.body;
       models.set(m.id, m);
+      /* the model chosen below first, then the message that says so */
+      await fillModels(m.id);
       upMsg.replaceChildren(h('span.ok', {}, (res.status === 201 ? 'Uploaded ' : 'Already here: ') +
         (m.name || m.id) + ' (' + m.id + ', ' + m.format + ', ' + m.tensors + ' tensors, ' + fmtBytes(m.size) + ')'));
-      await fillModels(m.id);
     } catch (e) {
       upMsg.replaceChildren(errorBox(e));
     } finally {
