@@ -906,12 +906,7 @@ static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
                                  bits, want_sigma, NULL, &f, &L->rep);
       if (rc != DECOMP_OK)
         return rc;
-      core_factors_clear(&L->cfac[c]);
-      L->cfac[c] = f;
-      v->groups = f.groups;
-      v->energy_total = v->whitened ? f.out_total : f.energy_total;
-      v->sigma = f.sigma;
-      L->info.energy_total = f.energy_total;
+      core_run_set_spectrum(L, c, &f);
     }
     return DECOMP_OK;
   }
@@ -1843,6 +1838,16 @@ int core_run_apply(struct run *R, const bool *sel) {
   qsort(R->idx, ndec, sizeof *R->idx, cmp_by_name);
   R->ndec = ndec;
   return DECOMP_OK;
+}
+
+void core_run_set_spectrum(struct layer *L, int c, core_factors *f) {
+  core_layer_view *v = &L->cand[c];
+  core_factors_clear(&L->cfac[c]);
+  L->cfac[c] = *f;
+  v->groups = f->groups;
+  v->energy_total = v->whitened ? f->out_total : f->energy_total;
+  v->sigma = f->sigma;
+  L->info.energy_total = f->energy_total;
 }
 
 int core_run_report_left_alone(struct run *R) {

@@ -116,6 +116,10 @@ int core_run_choose(struct run *R);
  * phase 2 will work on the decomposed layers i with sel[i] (NULL: all);
  * R->idx lists the decomposed layers by name. */
 int core_run_apply(struct run *R, const bool *sel);
+/* Candidate c of layer L takes the spectrum `f` (phase 1's result, or a
+ * record's in its place): owned by the layer from now, the view's groups,
+ * energy and sigma pointing into it. */
+void core_run_set_spectrum(struct layer *L, int c, core_factors *f);
 /* After core_run_apply: report (log, progress DONE) every considered
  * layer left alone, as phase 2 does in spec order among the others; for a
  * plan, whose factors tasks have only the decomposed layers. */

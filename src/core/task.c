@@ -498,13 +498,8 @@ static int load_spectra(struct run *R, const rec_in *in, json_t *e,
         return rc;
       }
     }
-    /* As phase 1 leaves them (layer_run_ at R == 0). */
-    core_factors_clear(&L->cfac[c]);
-    L->cfac[c] = f;
-    v->groups = f.groups;
-    v->energy_total = v->whitened ? f.out_total : f.energy_total;
-    v->sigma = f.sigma;
-    L->info.energy_total = f.energy_total;
+    /* As phase 1 leaves them. */
+    core_run_set_spectrum(L, c, &f);
   }
   return DECOMP_OK;
 }

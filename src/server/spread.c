@@ -48,26 +48,30 @@
  * bench_cluster.py: 30 two-conv jobs spread took 5x a whole run's time. */
 #define SPREAD_MIN_COST 1e9
 
-/* The engine's cost of the job's phase-1 layers, summed (0 on failure:
- * the whole run then says what is wrong). */
-static double job_cost(job_inputs *in) {
-  char *layers = NULL;
+/* The engine's cost of the layers in `layers` (decomp_task_layers'
+ * list), summed. */
+static double layers_cost(const char *layers) {
   double total = 0;
-  if (decomp_task_layers(in->ctx, in->w, in->spec, in->pol, &in->opts, NULL,
-                         0, &layers) != DECOMP_OK)
-    return 0;
   json_t *a = json_loads(layers, 0, NULL);
   size_t i;
   json_t *e;
   json_array_foreach(a, i, e) total +=
       json_number_value(json_object_get(e, "cost"));
   json_decref(a);
-  decomp_free(layers);
   return total;
 }
 
-bool spread_wanted(const worker_pool *p, job_inputs *in) {
-  return atomic_load(&p->spread) && !in->ts && job_cost(in) >= SPREAD_MIN_COST;
+bool spread_wanted(const worker_pool *p, job_inputs *in, char **layers) {
+  *layers = NULL;
+  if (!atomic_load(&p->spread) || in->ts ||
+      decomp_task_layers(in->ctx, in->w, in->spec, in->pol, &in->opts, NULL,
+                         0, layers) != DECOMP_OK)
+    return false; /* a failure: the whole run says what is wrong */
+  if (layers_cost(*layers) >= SPREAD_MIN_COST)
+    return true;
+  decomp_free(*layers);
+  *layers = NULL;
+  return false;
 }
 
 static double now_s(void) {
@@ -601,11 +605,12 @@ static int assemble(struct run *r, job_inputs *in, const store_task *v,
   return rc;
 }
 
-int spread_job(struct run *r, job_inputs *in, char *msg, size_t msglen) {
+int spread_job(struct run *r, job_inputs *in, char *layers, char *msg,
+               size_t msglen) {
   worker_pool *p = r->p;
   store *s = p->s;
   const char *id = r->job->id;
-  char *layers = NULL, *info = NULL, *files = NULL;
+  char *info = NULL, *files = NULL;
   store_task *v = NULL;
   size_t n = 0;
   void *plan = NULL;
@@ -615,14 +620,9 @@ int spread_job(struct run *r, job_inputs *in, char *msg, size_t msglen) {
   int rc = store_job_tasks_begin(s, id);
   if (rc != DECOMP_OK) {
     snprintf(msg, msglen, "the job's tasks: %s", store_errmsg());
-    return rc;
-  }
-  /* Stage 1: the spectra. */
-  if ((rc = decomp_task_layers(in->ctx, in->w, in->spec, in->pol, &in->opts,
-                               NULL, 0, &layers)) != DECOMP_OK) {
-    snprintf(msg, msglen, "%s", decomp_errmsg(in->ctx));
     goto done;
   }
+  /* Stage 1: the spectra. */
   if ((rc = add_stage(r, STORE_TASK_SPECTRA, layers, msg, msglen)) !=
           DECOMP_OK ||
       (rc = drive(r, in, STORE_TASK_SPECTRA, &v, &n, msg, msglen)) !=

@@ -534,8 +534,9 @@ static void run_job(worker_pool *p, store_job *job) {
       job->profile[0] ? job->profile : "none");
   if ((rc = job_inputs_open(&r, &in, msg, sizeof msg)) != DECOMP_OK)
     goto done;
-  if ((spread = spread_wanted(p, &in))) {
-    rc = spread_job(&r, &in, msg, sizeof msg);
+  char *layers = NULL;
+  if ((spread = spread_wanted(p, &in, &layers))) {
+    rc = spread_job(&r, &in, layers, msg, sizeof msg);
     goto done;
   }
   if (in.sharded) {

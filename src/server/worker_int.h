@@ -87,12 +87,15 @@ int worker_commit_outputs(worker_pool *p, const store_job *job,
 /* Whether the job is spread over tasks: the store has them, the pool
  * spreads, the model is not a TorchScript archive (whose reader would run
  * again for every task), and its layers are worth it (the engine's cost
- * model, the same on every node and every attempt). */
-bool spread_wanted(const worker_pool *p, job_inputs *in);
+ * model, the same on every node and every attempt). When it is, *layers
+ * gets the engine's list of the stage-1 layers (decomp_task_layers), for
+ * spread_job, which frees it. */
+bool spread_wanted(const worker_pool *p, job_inputs *in, char **layers);
 /* Run r->job as its coordinator: its tasks added stage by stage, run here
  * and on every node, the artifacts assembled from their records and
  * committed (the job succeeded). The caller ends the job otherwise. */
-int spread_job(struct run *r, job_inputs *in, char *msg, size_t msglen);
+int spread_job(struct run *r, job_inputs *in, char *layers, char *msg,
+               size_t msglen);
 /* Claim and run one task of any job: DECOMP_ERR_NOT_FOUND when there is
  * none (DECOMP_OK once one ran, whatever its end). `busy`: the calling
  * worker counts in the pool's running already (a coordinator). */
