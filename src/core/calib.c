@@ -55,22 +55,92 @@ static const decomp_tensor *find2(const decomp_weights *w, const char *key,
   return t;
 }
 
-static double element(const decomp_tensor *t, int64_t i) {
-  /* A dense copy would double the memory of a large Gram: read in place. */
-  const unsigned char *p = t->data;
-  size_t sz = decomp_dtype_size(t->dtype);
+/* A tensor's elements by their row-major index over its logical shape:
+ * straight from the data when it is contiguous (a Gram read from a file
+ * is), else through its strides. A Gram is never copied whole: a dense
+ * copy would double the memory of a large one. */
+typedef struct gram_view {
+  const decomp_tensor *t;
+  const unsigned char *p;
+  size_t size;
+  decomp_dtype dtype;
+  bool dense;
+} gram_view;
+
+static gram_view view_of(const decomp_tensor *t) {
+  return (gram_view){.t = t,
+                     .p = t->data,
+                     .size = decomp_dtype_size(t->dtype),
+                     .dtype = t->dtype,
+                     .dense = decomp_tensor_is_contiguous(t)};
+}
+
+static inline double at(const gram_view *v, int64_t i) {
+  if (v->dense) {
+    if (v->dtype == DECOMP_DTYPE_F64)
+      return ((const double *)v->p)[i];
+    if (v->dtype == DECOMP_DTYPE_F32)
+      return ((const float *)v->p)[i];
+    return core_load_f64(v->p + (size_t)i * v->size, v->dtype);
+  }
+  const decomp_tensor *t = v->t;
   int64_t off = 0, rem = i;
   for (int d = t->ndim - 1; d >= 0; d--) {
     off += (rem % t->shape[d]) * t->stride[d];
     rem /= t->shape[d];
   }
-  return core_load_f64(p + (size_t)off * sz, t->dtype);
+  return core_load_f64(v->p + (size_t)off * v->size, v->dtype);
+}
+
+static double element(const decomp_tensor *t, int64_t i) {
+  gram_view v = view_of(t);
+  return at(&v, i);
+}
+
+/* Tiles of the symmetric checks and copies: both triangles' tiles stay in
+ * the cache while one is read by rows and the other by columns. */
+#define TILE 64
+
+/* Group j (of n×n) of the Gram: finite, no negative diagonal entry,
+ * symmetric to 1e-5 of its largest magnitude. */
+static int check_values(decomp_ctx *ctx, const gram_view *g,
+                        const decomp_layer *l, const char *key, int64_t j,
+                        int64_t n) {
+  double top = 0;
+  int64_t base = j * n * n;
+  for (int64_t x = 0; x < n * n; x++) {
+    double v = at(g, base + x);
+    if (!isfinite(v))
+      return bad(ctx, "layer %s: %s.gram holds %s at [%" PRId64 ", %" PRId64
+                      ", %" PRId64 "]",
+                 l->name, key, isnan(v) ? "NaN" : "Inf", j, x / n, x % n);
+    top = fabs(v) > top ? fabs(v) : top;
+  }
+  for (int64_t a = 0; a < n; a++)
+    if (at(g, base + a * n + a) < 0)
+      return bad(ctx, "layer %s: %s.gram has a negative diagonal entry at "
+                      "[%" PRId64 ", %" PRId64 ", %" PRId64 "]",
+                 l->name, key, j, a, a);
+  for (int64_t a0 = 0; a0 < n; a0 += TILE)
+    for (int64_t b0 = a0; b0 < n; b0 += TILE)
+      for (int64_t a = a0; a < a0 + TILE && a < n; a++)
+        for (int64_t b = b0 > a + 1 ? b0 : a + 1; b < b0 + TILE && b < n;
+             b++) {
+          double x = at(g, base + a * n + b), y = at(g, base + b * n + a);
+          if (fabs(x - y) > 1e-5 * top)
+            return bad(ctx, "layer %s: %s.gram is not symmetric ([%" PRId64
+                            ", %" PRId64 ", %" PRId64 "] = %g, [%" PRId64
+                            ", %" PRId64 ", %" PRId64 "] = %g)",
+                       l->name, key, j, a, b, x, j, b, a, y);
+        }
+  return DECOMP_OK;
 }
 
 /* One layer's entry: its Gram and count, checked against the layer. */
 static int check_entry(decomp_ctx *ctx, const decomp_weights *w,
                        const decomp_layer *l, const char *type,
-                       const char *key, struct calib_entry *out) {
+                       const char *key, const struct calib_entry *seen,
+                       size_t nseen, struct calib_entry *out) {
   bool linear = core_layer_is_linear(l);
   if (!core_layer_is_decomposable(l))
     return bad(ctx, "layer %s is a %s in the model, not a Conv2d or Linear",
@@ -82,6 +152,9 @@ static int check_entry(decomp_ctx *ctx, const decomp_weights *w,
   const decomp_tensor *c = find2(w, key, "count");
   if (!g)
     return bad(ctx, "layer %s: no tensor %s.gram", l->name, key);
+  bool checked = false; /* by an earlier layer that shares it */
+  for (size_t i = 0; i < nseen && !checked; i++)
+    checked = seen[i].gram == g;
   if (!c)
     return bad(ctx, "layer %s: no tensor %s.count", l->name, key);
   if (!decomp_dtype_is_float(g->dtype))
@@ -117,32 +190,17 @@ static int check_entry(decomp_ctx *ctx, const decomp_weights *w,
   if (!(count >= 1) || !isfinite(count))
     return bad(ctx, "layer %s: %s.count is %g, not a positive sample count",
                l->name, key, count);
-  /* Finite and symmetric, to the Gram's own scale. */
-  for (int64_t j = 0; j < groups; j++) {
-    double top = 0;
-    int64_t base = j * n * n;
-    for (int64_t x = 0; x < n * n; x++) {
-      double v = element(g, base + x);
-      if (!isfinite(v))
-        return bad(ctx, "layer %s: %s.gram holds %s at [%" PRId64 ", %" PRId64
-                        ", %" PRId64 "]",
-                   l->name, key, isnan(v) ? "NaN" : "Inf", j, x / n, x % n);
-      top = fabs(v) > top ? fabs(v) : top;
+  /* Finite and symmetric, to the Gram's own scale: once for a Gram that
+   * several layers share; its pages given back after (a large model's
+   * Grams are read one by one, not held). */
+  if (!checked) {
+    gram_view gv = view_of(g);
+    for (int64_t j = 0; j < groups; j++) {
+      int rc = check_values(ctx, &gv, l, key, j, n);
+      if (rc != DECOMP_OK)
+        return rc;
     }
-    for (int64_t a = 0; a < n; a++) {
-      if (element(g, base + a * n + a) < 0)
-        return bad(ctx, "layer %s: %s.gram has a negative diagonal entry at "
-                        "[%" PRId64 ", %" PRId64 ", %" PRId64 "]",
-                   l->name, key, j, a, a);
-      for (int64_t b = a + 1; b < n; b++) {
-        double x = element(g, base + a * n + b), y = element(g, base + b * n + a);
-        if (fabs(x - y) > 1e-5 * top)
-          return bad(ctx, "layer %s: %s.gram is not symmetric ([%" PRId64
-                          ", %" PRId64 ", %" PRId64 "] = %g, [%" PRId64
-                          ", %" PRId64 ", %" PRId64 "] = %g)",
-                     l->name, key, j, a, b, x, j, b, a, y);
-      }
-    }
+    core_weights_drop_pages(w, g->storage, g->storage_nbytes);
   }
   *out = (struct calib_entry){.layer = l, .gram = g, .samples = (int64_t)count};
   return DECOMP_OK;
@@ -193,7 +251,7 @@ int core_calib_open(decomp_ctx *ctx, const decomp_weights *w,
       rc = bad(ctx, "layer %s: its entry has no \"gram\" key", name);
       goto out;
     }
-    if ((rc = check_entry(ctx, w, l, type, key, &c->e[c->n])))
+    if ((rc = check_entry(ctx, w, l, type, key, c->e, c->n, &c->e[c->n])))
       goto out;
     c->n++;
   }
@@ -240,9 +298,10 @@ const decomp_tensor *core_calib_gram(const core_calib *c, const decomp_layer *l,
     int64_t groups = gram->ndim == 3 ? gram->shape[0] : 1;                     \
     int64_t base = gram->ndim == 3 ? group * n * n : 0;                        \
     double tr = 0, all = 0;                                                    \
+    gram_view gv = view_of(gram);                                              \
     for (int64_t j = 0; j < groups; j++)                                       \
       for (int64_t a = 0; a < n; a++) {                                        \
-        double d = element(gram, j * n * n + a * n + a);                       \
+        double d = at(&gv, j * n * n + a * n + a);                             \
         all += d;                                                              \
         tr += j * n * n == base ? d : 0;                                       \
       }                                                                        \
@@ -254,13 +313,21 @@ const decomp_tensor *core_calib_gram(const core_calib *c, const decomp_layer *l,
     if (all > 0)                                                               \
       frexp(all / (double)(n * groups), &ex);                                  \
     double mean = tr > 0 ? ldexp(tr / (double)n, -ex) : 1.0;                  \
+    /* 2^-ex: a product by it is ldexp's scaling, bit for bit, while 2^-ex  \
+     * is a normal number; else ldexp itself. */                             \
+    double sc = ldexp(1.0, -ex);                                               \
+    bool by_sc = ex > -1000 && ex < 1000;                                      \
     *shift = 0;                                                                \
     for (double lambda = 0;;) {                                                \
-      for (size_t a = 0; a < nn; a++)                                          \
-        for (size_t b = 0; b < nn; b++)                                        \
-          s[a + nn * b] = (T)(ldexp(element(gram, base + (int64_t)(a * nn + b)), \
-                                    -ex) +                                     \
-                              (a == b ? lambda : 0.0));                        \
+      /* s(a, b) = G[a][b]: by tiles, G's rows read, s's columns written. */ \
+      for (size_t a0 = 0; a0 < nn; a0 += TILE)                                 \
+        for (size_t b0 = 0; b0 < nn; b0 += TILE)                               \
+          for (size_t a = a0; a < a0 + TILE && a < nn; a++)                    \
+            for (size_t b = b0; b < b0 + TILE && b < nn; b++)                  \
+              s[a + nn * b] =                                                  \
+                  (T)((by_sc ? at(&gv, base + (int64_t)(a * nn + b)) * sc      \
+                             : ldexp(at(&gv, base + (int64_t)(a * nn + b)), -ex)) + \
+                      (a == b ? lambda : 0.0));                                \
       bool pd;                                                                 \
       int rc = core_chol_##SUFFIX(ctx, what, n, s, &pd);                       \
       if (rc != DECOMP_OK)                                                     \

@@ -1268,9 +1268,7 @@ static int layer_finish(decomp_ctx *ctx, const decomp_options *opts,
                (long long)L->cfac[c].k,
                L->cfac[c].sigma ? L->cfac[c].sigma[0] : 0.0,
                (int)L->cand[c].whitened,
-               !L->cand[c].whitened && core_svd_spectrum_uses_gram(gm.m, gm.n)
-                   ? "gram"
-                   : "gesdd",
+               core_svd_spectrum_uses_gram(gm.m, gm.n) ? "gram" : "gesdd",
                L->seconds);
     }
     return DECOMP_OK;
