@@ -428,7 +428,10 @@ typedef struct decomp_options {
                                   single-threaded, except large layers
                                   (m·n·min(m,n) ≥ 2^32 for the layer's
                                   matrix), which run alone with N BLAS
-                                  threads; so engine threads × BLAS threads
+                                  threads — unless the spec has at least
+                                  2N of them (a transformer's): then they
+                                  too run side by side, one BLAS thread
+                                  each; so engine threads × BLAS threads
                                   never exceed N. OpenBLAS's thread count is
                                   process-wide: with threads > 0 the call
                                   sets it (and restores it on return), so

@@ -26,7 +26,8 @@ static const char usage[] =
     "                           [--policy NAME|JSON|@FILE] [--format pth|safetensors]\n"
     "                           [--shard-bytes N]\n"
     "                           [--calibration CAL.safetensors] [--profile P.json]\n"
-    "                           [--spectra] [--json] [--quiet] [--verbose]\n"
+    "                           [--threads N] [--spectra] [--json] [--quiet]\n"
+    "                           [--verbose]\n"
     "\n"
     "Decompose the Conv2d (and, with the policy's \"types\", Linear) layers of\n"
     "a weight file (.pth or safetensors, found by content) with the local\n"
@@ -62,6 +63,12 @@ static const char usage[] =
     "  --profile F      a latency profile (decompd.profile's JSON): the budget\n"
     "                   can then take latency_reduction, and no layer is made\n"
     "                   slower than the profile says it is (max_slowdown)\n"
+    "  --threads N      cores the engine may use: with N >= 2 the layers run\n"
+    "                   side by side on N threads (one BLAS thread each);\n"
+    "                   large ones alone with N BLAS threads, unless the\n"
+    "                   model has at least 2N of them (a transformer's).\n"
+    "                   Default 0: one layer at a time, with OpenBLAS's own\n"
+    "                   thread count (OPENBLAS_NUM_THREADS)\n"
     "  --spectra        record each layer's singular values in the info file\n"
     "  --json           print the summary as one JSON object\n"
     "  --quiet          no per-layer lines\n"
@@ -261,6 +268,7 @@ int cmd_decompose(int argc, char **argv) {
       {"calibration", required_argument, NULL, 'c'},
       {"profile", required_argument, NULL, 'P'},
       {"spectra", no_argument, NULL, 'S'},
+      {"threads", required_argument, NULL, 't'},
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
       {"verbose", no_argument, NULL, 'v'},
@@ -270,6 +278,7 @@ int cmd_decompose(int argc, char **argv) {
   const char *weights_path = NULL, *spec_path = NULL, *out_dir = NULL;
   const char *model_path = NULL, *calib_path = NULL, *profile_path = NULL;
   const char *policy_arg = "budget", *format_arg = NULL, *shard_arg = NULL;
+  const char *threads_arg = NULL;
   bool spectra = false, as_json = false, quiet = false, verbose = false;
   int c;
   optind = 1;
@@ -285,6 +294,7 @@ int cmd_decompose(int argc, char **argv) {
     case 'c': calib_path = optarg; break;
     case 'P': profile_path = optarg; break;
     case 'S': spectra = true; break;
+    case 't': threads_arg = optarg; break;
     case 'j': as_json = true; break;
     case 'q': quiet = true; break;
     case 'v': verbose = true; break;
@@ -314,6 +324,17 @@ int cmd_decompose(int argc, char **argv) {
     cli_error("decompose: --format must be pth or safetensors, not '%s'",
               format_arg);
     return CLI_EXIT_USAGE;
+  }
+  long threads = 0;
+  if (threads_arg) {
+    char *end = NULL;
+    errno = 0;
+    threads = strtol(threads_arg, &end, 10);
+    if (errno || end == threads_arg || *end || threads < 0 || threads > 1024) {
+      cli_error("decompose: --threads takes a count from 0 to 1024, not '%s'",
+                threads_arg);
+      return CLI_EXIT_USAGE;
+    }
   }
   uint64_t shard_bytes = 0;
   if (shard_arg && !parse_bytes(shard_arg, &shard_bytes)) {
@@ -450,6 +471,7 @@ int cmd_decompose(int argc, char **argv) {
                       .progress_user = &ps,
                       .source_digest = digest,
                       .record_spectra = spectra,
+                      .threads = (int)threads,
                       .calibration = calib,
                       .calibration_digest = calib ? calib_digest : NULL,
                       .profile = profile_text,

@@ -419,6 +419,11 @@ static const char *group_mismatch(double meas, double est, double opt,
     size_t m = (size_t)gm->m, I = (size_t)gm->I, O = (size_t)gm->O;            \
     size_t kh = (size_t)gm->kh, kw = (size_t)gm->kw;                           \
     size_t ka = (size_t)gm->ka, kb = (size_t)gm->kb;                           \
+    if (kb == 1 && ka == kh * kw) {                                            \
+      /* Channel methods and Linear: column o of A is row j·O + o of the      \
+       * kernel as it lies. */                                                 \
+      memcpy(A, W + j * O * m, m * O * sizeof *A);                             \
+    } else                                                                     \
     for (size_t o = 0; o < O; o++)                                             \
       for (size_t i = 0; i < I; i++)                                           \
         for (size_t h = 0; h < kh; h++) {                                      \
@@ -931,8 +936,9 @@ static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
  *
  * With opts->threads ≥ 2 the layers of a phase run on a small pool: light
  * layers one per worker with BLAS single-threaded, heavy ones alone on the
- * calling thread with every BLAS thread, so workers × BLAS threads never
- * exceeds `threads`. Each layer's arithmetic depends only on its input and
+ * calling thread with every BLAS thread (or, when the spec has at least
+ * 2 × threads of them, in the pool as light ones), so workers × BLAS
+ * threads never exceeds `threads`. Each layer's arithmetic depends only on its input and
  * its BLAS thread count (1 for light layers whatever `threads` is), results
  * land in the layer's own slot, and progress, logs and errors are reported
  * by the calling thread in spec order: the bytes do not depend on the
@@ -1620,7 +1626,7 @@ int core_run_open(struct run *R, decomp_ctx *ctx, const decomp_weights *w,
   int rc = decomp_spec_check(ctx, spec, w);
   if (rc != DECOMP_OK)
     return rc;
-  size_t n = decomp_spec_count(spec), conv = 0;
+  size_t n = decomp_spec_count(spec), conv = 0, nheavy = 0;
   char *name = NULL;
   R->n = n;
   struct layer *Ls = R->Ls = calloc(n ? n : 1, sizeof *Ls);
@@ -1718,8 +1724,19 @@ int core_run_open(struct run *R, decomp_ctx *ctx, const decomp_weights *w,
                                     core_svd_spectrum_uses_gram(gm.m, gm.n));
     L->job_rank = 0;
     L->heavy = R->threads >= 2 && layer_heavy(L);
+    nheavy += L->heavy;
     L->seconds = core_now() - t0;
   }
+  /* Enough heavy layers to keep every worker busy (a transformer's): they
+   * run in the pool too, one per worker, each on one BLAS thread. Half of
+   * a large layer's time is work that one thread does as fast as two
+   * (the tridiagonal reduction, MRRR, the conversions and checks), so
+   * layers side by side finish sooner than one at a time (LLaMA-7B's
+   * block on 2 cores: 1.3x). The count is the whole spec's, so every
+   * subset of its layers (decomp_task_*) runs them the same way. */
+  if (nheavy >= 2 * (size_t)R->threads)
+    for (size_t i = 0; i < n; i++)
+      Ls[i].heavy = false;
   free(name);
   return DECOMP_OK;
 nomem:

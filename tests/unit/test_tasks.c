@@ -830,6 +830,92 @@ START_TEST(a_heavy_layer_gives_the_single_runs_bytes_with_two_threads) {
 }
 END_TEST
 
+/* WORKING events seen (a layer run on the calling thread reports them). */
+static int count_working(void *user, const decomp_progress *p) {
+  if (p->phase == DECOMP_PHASE_WORKING)
+    ++*(int *)user;
+  return 0;
+}
+
+/* `count` heavy Linears of 1664 × 1664 (each m·n·min(m, n) ≥ 2^32). */
+static void heavy_model(model *m, int count) {
+  *m = (model){.ctx = decomp_ctx_new()};
+  char spec[1024] = "[";
+  for (int i = 0; i < count; i++)
+    snprintf(spec + strlen(spec), sizeof spec - strlen(spec),
+             "%s{\"name\": \"h%d\", \"type\": \"Linear\", "
+             "\"in_features\": 1664, \"out_features\": 1664, "
+             "\"bias\": false}",
+             i ? "," : "", i);
+  strcat(spec, "]");
+  ck_assert_int_eq(decomp_spec_parse(m->ctx, spec, strlen(spec), &m->spec),
+                   DECOMP_OK);
+  ck_assert_int_eq(decomp_weights_new(m->ctx, &m->w), DECOMP_OK);
+  int64_t shape[2] = {1664, 1664};
+  for (int i = 0; i < count; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "h%d.weight", i);
+    add(m, name, DECOMP_DTYPE_F32, 2, shape);
+  }
+}
+
+/* How many WORKING events a threads-2 run of `m` reports. */
+static int working_events(model *m, const char *policy, const char *dir) {
+  decomp_policy *pol;
+  ck_assert_int_eq(decomp_policy_parse(m->ctx, policy, &pol), DECOMP_OK);
+  int seen = 0;
+  decomp_ctx_set_progress_interval(m->ctx, 0);
+  decomp_options o = {.threads = 2, .progress = count_working,
+                      .progress_user = &seen};
+  char *info, *files;
+  ck_assert_msg(decomp_decompose_save(m->ctx, m->w, m->spec, pol, &o, dir,
+                                      NULL, &info, &files) == DECOMP_OK,
+                "%s", decomp_errmsg(m->ctx));
+  decomp_free(info);
+  decomp_free(files);
+  decomp_policy_free(pol);
+  return seen;
+}
+
+/* A model with at least 2 × threads heavy layers (a transformer's) runs
+ * them side by side in the pool, one BLAS thread each: no layer reports
+ * WORKING (only the calling thread's do), the bytes are threads 1's, and
+ * tasks in any grouping give them too. With fewer, each still runs alone
+ * on the calling thread with every BLAS thread (WORKING events). */
+START_TEST(many_heavy_layers_run_side_by_side_with_one_threads_bytes) {
+  const char *policy = "{\"name\": \"ratio\", \"ratio\": 0.05, "
+                       "\"types\": [\"Linear\"]}";
+  model m;
+  heavy_model(&m, 4);
+  char a[64], b[64];
+  mk_dir(a, sizeof a);
+  mk_dir(b, sizeof b);
+  ck_assert_int_eq(working_events(&m, policy, a), 0);
+  decomp_policy *pol;
+  ck_assert_int_eq(decomp_policy_parse(m.ctx, policy, &pol), DECOMP_OK);
+  decomp_options one = {.threads = 1};
+  char *info, *files;
+  ck_assert_msg(decomp_decompose_save(m.ctx, m.w, m.spec, pol, &one, b, NULL,
+                                      &info, &files) == DECOMP_OK,
+                "%s", decomp_errmsg(m.ctx));
+  ck_assert_msg(same_files(a, b, files), "threads 2 and 1: the files differ");
+  decomp_free(info);
+  decomp_free(files);
+  decomp_policy_free(pol);
+  rm_dir(a);
+  rm_dir(b);
+  decomp_options two = {.threads = 2};
+  check_same(&m, policy, &two, "3,1|0,2", "2|0,1,3");
+  model_free(&m);
+
+  heavy_model(&m, 3);
+  mk_dir(a, sizeof a);
+  ck_assert_int_gt(working_events(&m, policy, a), 0);
+  rm_dir(a);
+  model_free(&m);
+}
+END_TEST
+
 /* Which layers a task's progress names, by phase. */
 struct seen {
   char names[4][64][64];
@@ -902,6 +988,7 @@ static Suite *suite(void) {
                  results_that_do_not_fit_the_plan_are_refused_naming_the_layer);
   tcase_add_test(t, task_layers_lists_phase_ones_layers_then_the_plans);
   tcase_add_test(t, a_heavy_layer_gives_the_single_runs_bytes_with_two_threads);
+  tcase_add_test(t, many_heavy_layers_run_side_by_side_with_one_threads_bytes);
   tcase_add_test(t, a_tasks_progress_names_its_own_layers_only);
   suite_add_tcase(s, t);
   return s;
