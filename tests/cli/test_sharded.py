@@ -371,6 +371,39 @@ def test_a_sharded_checkpoint_larger_than_the_memory_bound_decomposes_within_it(
         assert got[name] == want[name], name
 
 
+def test_a_checkpoint_bigger_than_the_data_rlimit_decomposes_under_it(tmp_path):
+    """`prlimit --data` (RLIMIT_DATA: the heap and every private writable
+    mapping, where a model read whole, a converted copy of it, or an output
+    held until the end would have to live) set to 300 MiB, under a 460 MB
+    checkpoint (an embedding that passes through, and 32 Linear layers):
+    the run succeeds, and gives the unlimited run's tensors bit for bit.
+    The shards themselves are read-only file mappings, outside that limit
+    by design (RLIMIT_AS would count them). OpenBLAS runs single-threaded:
+    its reserved buffers (128 MiB a thread) count too."""
+    layers, d = 32, 1024
+    ts = model_tensors(layers=layers, d=d, vocab=80000, seed=2)
+    ckpt = tmp_path / "big"
+    write_sharded(ckpt, ts, 3)
+    size = sum(a.nbytes for _, a in ts)
+    del ts
+    limit = 300 * 2**20
+    assert size > 1.4 * limit
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_for(layers, d)))
+    args = ["decompose", "--weights", ckpt, "--spec", spec, "--policy", POLICY,
+            "--shard-bytes", "100MB", "--quiet"]
+    p = subprocess.run(["prlimit", f"--data={limit}", DECOMPCTL,
+                        *map(str, args), "--out", tmp_path / "limited"],
+                       capture_output=True, text=True, timeout=900, env=ENV)
+    assert p.returncode == 0, p.stderr
+    rc, _, err = run(*args, "--out", tmp_path / "free")
+    assert rc == 0, err
+    got, want = read_sharded(tmp_path / "limited"), read_sharded(tmp_path / "free")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == want[name], name
+
+
 def test_a_rerun_into_the_same_folder_leaves_one_checkpoint(sharded, tmp_path):
     """Shards an earlier run left in --out that this run does not write
     (more shards before; sharded before and one file now) are removed, so
