@@ -1341,6 +1341,14 @@ static int drain(decomp_ctx *ctx, const decomp_options *opts, struct pool *P,
   return DECOMP_OK;
 }
 
+/* How many of the layers [from, to) are jobs of this phase. */
+static size_t jobs_between(const struct layer *Ls, size_t from, size_t to) {
+  size_t count = 0;
+  for (size_t j = from; j < to; j++)
+    count += Ls[j].info.considered && Ls[j].job;
+  return count;
+}
+
 /* Run the jobs of one phase (the layers with L->job), serially on the
  * calling thread when P is NULL, else light layers on the pool and heavy
  * ones alone here with `threads` BLAS threads. Events before a layer
@@ -1392,8 +1400,10 @@ static int run_phase(decomp_ctx *ctx, const decomp_options *opts,
         L->state = JOB_DONE;
       } else {
         /* Done layers wait to be reported (and, streamed, written) in
-         * spec order: behind a slow one, at most a few more pile up. */
-        while (i > next + 2 * (size_t)P->started) {
+         * spec order: behind a slow one, at most a few more jobs pile up
+         * (the layers this phase leaves alone between them hold nothing:
+         * counted, they kept a block's MLP waiting behind the one before). */
+        while (jobs_between(Ls, next, i) > 2 * (size_t)P->started) {
           pool_wait_layer(P, &Ls[next]);
           if ((rc = drain(ctx, opts, P, Ls, n, &next, total, phase)) !=
               DECOMP_OK)
