@@ -272,6 +272,7 @@ static int check_entry(decomp_ctx *ctx, const decomp_weights *w,
    * several layers share; its pages given back after (a large model's
    * Grams are read one by one, not held). */
   if (!checked) {
+    core_weights_will_need(w, g->storage, g->storage_nbytes);
     gram_view gv = view_of(g);
     for (int64_t j = 0; j < groups; j++) {
       int rc = check_values(ctx, &gv, l, key, j, n);

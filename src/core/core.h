@@ -71,6 +71,11 @@ void core_weights_set_shards(decomp_weights *w, size_t n);
  * sets, caller buffers). Safe from any thread. */
 void core_weights_drop_pages(const decomp_weights *w, const void *data,
                              size_t len);
+/* Ask for those pages to be read ahead (MADV_WILLNEED) before a tensor is
+ * read through: a page fault alone reads a small window at a time (a
+ * 22 GB calibration was checked at 0.4 GB/s). Same no-op cases. */
+void core_weights_will_need(const decomp_weights *w, const void *data,
+                            size_t len);
 
 /* Sharded checkpoints (shard_read.c). Whether `name` is a plain shard file
  * name (else *why says what is wrong); parse and check an index document

@@ -885,11 +885,16 @@ fail:
 static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
                       struct layer *L, int64_t R, bool want_sigma);
 
-/* A layer's work, after which the pages of its weight (and Gram) that the
- * SVD touched in the input's file mapping are given back: a run over a
- * mapped model keeps only the layers in flight in RSS. */
+/* A layer's work: its weight (and Gram) read ahead from the input's file
+ * mapping first, and after it the pages the SVD touched given back: a run
+ * over a mapped model keeps only the layers in flight in RSS. */
 static int layer_run(decomp_ctx *ctx, const decomp_policy *policy,
                      struct layer *L, int64_t R, bool want_sigma) {
+  core_weights_will_need(L->src, L->weight->storage,
+                         L->weight->storage_nbytes);
+  if (L->gram)
+    core_weights_will_need(L->calib_src, L->gram->storage,
+                           L->gram->storage_nbytes);
   int rc = layer_run_(ctx, policy, L, R, want_sigma);
   core_weights_drop_pages(L->src, L->weight->storage,
                           L->weight->storage_nbytes);

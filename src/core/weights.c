@@ -86,8 +86,10 @@ size_t decomp_weights_shard_count(const decomp_weights *w) {
   return w ? w->shards : 0;
 }
 
-void core_weights_drop_pages(const decomp_weights *w, const void *data,
-                             size_t len) {
+/* madvise `advice` on the whole pages of [data, data + len) when they lie
+ * in one of the set's file mappings. */
+static void advise(const decomp_weights *w, const void *data, size_t len,
+                   int advice) {
   if (!w || !data || !len)
     return;
   uintptr_t a = (uintptr_t)data, b = a + len;
@@ -99,9 +101,19 @@ void core_weights_drop_pages(const decomp_weights *w, const void *data,
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t from = (a + page - 1) & ~(page - 1), to = b & ~(page - 1);
     if (to > from) /* a read-only file mapping: the data stays valid */
-      madvise((void *)from, to - from, MADV_DONTNEED);
+      madvise((void *)from, to - from, advice);
     return;
   }
+}
+
+void core_weights_drop_pages(const decomp_weights *w, const void *data,
+                             size_t len) {
+  advise(w, data, len, MADV_DONTNEED);
+}
+
+void core_weights_will_need(const decomp_weights *w, const void *data,
+                            size_t len) {
+  advise(w, data, len, MADV_WILLNEED);
 }
 
 void core_weights_set_format(decomp_weights *w, decomp_format f) {
