@@ -102,21 +102,23 @@ static double element(const decomp_tensor *t, int64_t i) {
  * the cache while one is read by rows and the other by columns. */
 #define TILE 64
 
-/* Group j (of n×n) of the Gram: finite, no negative diagonal entry,
- * symmetric to 1e-5 of its largest magnitude. */
 /* The scans of check_values over one group's n×n values (row-major, as
- * the file lays them), for a dense float or double Gram (typed loops: a
- * LLaMA-7B calibration is 5.5 billion values) and for any other through
- * at(): the first value that is not finite (*bad, -1 when none) and the
- * largest magnitude; the first pair (a, b), by tiles, that differs by more
+ * the file lays them, from index `base`), each with its own element
+ * access: typed for a dense float or double Gram (a LLaMA-7B calibration
+ * is 5.5 billion values), at() for any other. finite_scan: the first value
+ * that is not finite (*bad, -1 when none) and the largest magnitude;
+ * asym_scan: the first pair (a, b), by tiles, whose values differ by more
  * than tol (false when none). */
-#define GRAM_SCANS(T, SUFFIX)                                                  \
-  static void finite_scan_##SUFFIX(const T *p, int64_t len, int64_t *bad,     \
-                                   double *top) {                              \
+#define LOAD_F32(src, i) ((double)((const float *)(src))[i])
+#define LOAD_F64(src, i) (((const double *)(src))[i])
+#define LOAD_ANY(src, i) at((src), (i))
+#define GRAM_SCANS(NAME, SRC, LOAD)                                            \
+  static void finite_scan_##NAME(SRC src, int64_t base, int64_t len,          \
+                                 int64_t *bad, double *top) {                  \
     double t = 0;                                                              \
     *bad = -1;                                                                 \
     for (int64_t x = 0; x < len; x++) {                                        \
-      double v = fabs((double)p[x]);                                           \
+      double v = fabs(LOAD(src, base + x));                                    \
       if (!(v <= DBL_MAX)) {                                                   \
         *bad = x;                                                              \
         break;                                                                 \
@@ -125,14 +127,15 @@ static double element(const decomp_tensor *t, int64_t i) {
     }                                                                          \
     *top = t;                                                                  \
   }                                                                            \
-  static bool asym_scan_##SUFFIX(const T *p, int64_t n, double tol,           \
-                                 int64_t *ra, int64_t *rb) {                   \
+  static bool asym_scan_##NAME(SRC src, int64_t base, int64_t n, double tol,  \
+                               int64_t *ra, int64_t *rb) {                     \
     for (int64_t a0 = 0; a0 < n; a0 += TILE)                                   \
       for (int64_t b0 = a0; b0 < n; b0 += TILE)                                \
         for (int64_t a = a0; a < a0 + TILE && a < n; a++)                      \
           for (int64_t b = b0 > a + 1 ? b0 : a + 1; b < b0 + TILE && b < n;    \
                b++)                                                            \
-            if (fabs((double)p[a * n + b] - (double)p[b * n + a]) > tol) {     \
+            if (fabs(LOAD(src, base + a * n + b) -                             \
+                     LOAD(src, base + b * n + a)) > tol) {                     \
               *ra = a;                                                         \
               *rb = b;                                                         \
               return true;                                                     \
@@ -140,38 +143,9 @@ static double element(const decomp_tensor *t, int64_t i) {
     return false;                                                              \
   }
 
-GRAM_SCANS(float, f32)
-GRAM_SCANS(double, f64)
-
-static void finite_scan_any(const gram_view *g, int64_t base, int64_t len,
-                            int64_t *bad, double *top) {
-  double t = 0;
-  *bad = -1;
-  for (int64_t x = 0; x < len; x++) {
-    double v = fabs(at(g, base + x));
-    if (!(v <= DBL_MAX)) {
-      *bad = x;
-      break;
-    }
-    t = v > t ? v : t;
-  }
-  *top = t;
-}
-
-static bool asym_scan_any(const gram_view *g, int64_t base, int64_t n,
-                          double tol, int64_t *ra, int64_t *rb) {
-  for (int64_t a0 = 0; a0 < n; a0 += TILE)
-    for (int64_t b0 = a0; b0 < n; b0 += TILE)
-      for (int64_t a = a0; a < a0 + TILE && a < n; a++)
-        for (int64_t b = b0 > a + 1 ? b0 : a + 1; b < b0 + TILE && b < n;
-             b++)
-          if (fabs(at(g, base + a * n + b) - at(g, base + b * n + a)) > tol) {
-            *ra = a;
-            *rb = b;
-            return true;
-          }
-  return false;
-}
+GRAM_SCANS(f32, const void *, LOAD_F32)
+GRAM_SCANS(f64, const void *, LOAD_F64)
+GRAM_SCANS(any, const gram_view *, LOAD_ANY)
 
 /* Group j (of n×n) of the Gram: finite, no negative diagonal entry,
  * symmetric to 1e-5 of its largest magnitude. */
@@ -183,9 +157,9 @@ static int check_values(decomp_ctx *ctx, const gram_view *g,
   bool f32 = g->dense && g->dtype == DECOMP_DTYPE_F32;
   bool f64 = g->dense && g->dtype == DECOMP_DTYPE_F64;
   if (f32)
-    finite_scan_f32((const float *)g->p + base, n * n, &x, &top);
+    finite_scan_f32(g->p, base, n * n, &x, &top);
   else if (f64)
-    finite_scan_f64((const double *)g->p + base, n * n, &x, &top);
+    finite_scan_f64(g->p, base, n * n, &x, &top);
   else
     finite_scan_any(g, base, n * n, &x, &top);
   if (x >= 0) {
@@ -200,11 +174,10 @@ static int check_values(decomp_ctx *ctx, const gram_view *g,
                       "[%" PRId64 ", %" PRId64 ", %" PRId64 "]",
                  l->name, key, j, a, a);
   int64_t a, b;
-  bool asym = f32   ? asym_scan_f32((const float *)g->p + base, n, 1e-5 * top,
-                                    &a, &b)
-              : f64 ? asym_scan_f64((const double *)g->p + base, n, 1e-5 * top,
-                                    &a, &b)
-                    : asym_scan_any(g, base, n, 1e-5 * top, &a, &b);
+  double tol = 1e-5 * top;
+  bool asym = f32   ? asym_scan_f32(g->p, base, n, tol, &a, &b)
+              : f64 ? asym_scan_f64(g->p, base, n, tol, &a, &b)
+                    : asym_scan_any(g, base, n, tol, &a, &b);
   if (asym)
     return bad(ctx, "layer %s: %s.gram is not symmetric ([%" PRId64
                     ", %" PRId64 ", %" PRId64 "] = %g, [%" PRId64 ", %" PRId64

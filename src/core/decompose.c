@@ -943,11 +943,11 @@ static int layer_run_(decomp_ctx *ctx, const decomp_policy *policy,
  * layers one per worker with BLAS single-threaded, heavy ones alone on the
  * calling thread with every BLAS thread (or, when the spec has at least
  * 2 × threads of them, in the pool as light ones), so workers × BLAS
- * threads never exceeds `threads`. Each layer's arithmetic depends only on its input and
- * its BLAS thread count (1 for light layers whatever `threads` is), results
- * land in the layer's own slot, and progress, logs and errors are reported
- * by the calling thread in spec order: the bytes do not depend on the
- * scheduling. */
+ * threads never exceeds `threads`. Each layer's arithmetic depends only
+ * on its input and its BLAS thread count (1 for light layers whatever
+ * `threads` is), results land in the layer's own slot, and progress, logs
+ * and errors are reported by the calling thread in spec order: the bytes
+ * do not depend on the scheduling. */
 
 /* A layer whose SVD is worth both cores: (m·n·k) ≥ 2^32, i.e. square
  * matrices from about 1600 up (torchvision resnet50's largest, 1536, runs

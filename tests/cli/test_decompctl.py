@@ -281,14 +281,15 @@ def test_model_flag_with_a_file_that_is_not_torchscript_exits_3(model_files, tmp
 
 # --- calibration (whitened decomposition) -----------------------------------
 
-def write_calibration(path, grams, layers=None, meta=None):
-    """A decompd.calibration safetensors file, written here: {key: gram}."""
+def write_calibration(path, grams, layers=None, meta=None, dtype="<f8"):
+    """A decompd.calibration safetensors file, written here: {key: gram}
+    (float64 Grams, or float32 with dtype "<f4")."""
     layers = layers or {k: {"gram": k, "type": "Linear" if g.ndim == 2
                             else "Conv2d", "shape": list(g.shape)}
                         for k, g in grams.items()}
     tensors = {}
     for k, g in grams.items():
-        tensors[k + ".gram"] = np.ascontiguousarray(g, "<f8")
+        tensors[k + ".gram"] = np.ascontiguousarray(g, dtype)
         tensors[k + ".count"] = np.array(1000, "<i8")
     header = {"__metadata__": meta or {"format": "decompd.calibration",
                                        "version": "1",
@@ -296,7 +297,8 @@ def write_calibration(path, grams, layers=None, meta=None):
     blobs, off = [], 0
     for k, a in tensors.items():
         b = a.tobytes()
-        header[k] = {"dtype": "F64" if a.dtype.kind == "f" else "I64",
+        header[k] = {"dtype": {"f8": "F64", "f4": "F32", "i8": "I64"}[
+                         a.dtype.str[1:]],
                      "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         off += len(b)
         blobs.append(b)
@@ -387,18 +389,41 @@ BAD_CALIBRATIONS = {
 }
 
 
+@pytest.mark.parametrize("dtype", ["<f8", "<f4"])
 @pytest.mark.parametrize("case", sorted(BAD_CALIBRATIONS))
 def test_a_bad_calibration_exits_3_naming_the_layer_and_leaves_nothing(
-        case, calibrated):
+        case, dtype, calibrated):
     net, d, grams = calibrated
     edit, layers, needle = BAD_CALIBRATIONS[case]
-    write_calibration(d / "cal.safetensors", edit(grams), layers)
+    write_calibration(d / "cal.safetensors", edit(grams), layers, dtype=dtype)
     p = run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
             "--out", d / "out", "--calibration", d / "cal.safetensors",
             "--policy", '{"name": "fixed", "rank": 4, "types": ["Conv2d", "Linear"]}',
             check=3)
     assert "calibration" in p.stderr and needle in p.stderr, p.stderr
     assert not (d / "out").exists()
+
+
+def test_float32_grams_whiten_as_float64_ones_do(calibrated):
+    """A calibration of float32 Grams (half the file: LLaMA-7B's are 22 GB
+    so) gives the float64 one's ranks and output errors to float32's
+    precision."""
+    net, d, grams = calibrated
+    policy = json.dumps({"name": "fixed", "rank": 6, "require_cheaper": False,
+                         "types": ["Conv2d", "Linear"], "methods": ["channel"]})
+    errs = {}
+    for dt in ("<f8", "<f4"):
+        write_calibration(d / f"cal{dt[1:]}.safetensors", grams, dtype=dt)
+        run("decompose", "--weights", d / "w.pth", "--spec", d / "spec.json",
+            "--out", d / dt[1:], "--policy", policy, "--calibration",
+            d / f"cal{dt[1:]}.safetensors", check=0)
+        info = json.loads((d / dt[1:] / "decompose_info.json").read_text())
+        errs[dt] = {l["name"]: (l["rank"], l["stats"]["output_relative_error"])
+                    for l in info["layers"]}
+    assert errs["<f8"].keys() == errs["<f4"].keys() == {"fc", "conv"}
+    for name, (rank, err) in errs["<f8"].items():
+        assert errs["<f4"][name][0] == rank
+        assert abs(errs["<f4"][name][1] - err) <= 1e-4 * err, (name, errs)
 
 
 def test_a_weight_file_is_not_a_calibration(calibrated):
