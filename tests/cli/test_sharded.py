@@ -380,6 +380,8 @@ def test_a_checkpoint_bigger_than_the_data_rlimit_decomposes_under_it(tmp_path):
     The shards themselves are read-only file mappings, outside that limit
     by design (RLIMIT_AS would count them). OpenBLAS runs single-threaded:
     its reserved buffers (128 MiB a thread) count too."""
+    if sanitized():
+        pytest.skip("ASan reserves its shadow memory against RLIMIT_DATA")
     layers, d = 32, 1024
     ts = model_tensors(layers=layers, d=d, vocab=80000, seed=2)
     ckpt = tmp_path / "big"

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -102,9 +103,11 @@ def index_sql(daemon, sql, params=()):
 class Daemon:
     """One decompd process over a data dir; restartable."""
 
-    def __init__(self, data_dir, args=(), env=None):
+    def __init__(self, data_dir, args=(), env=None, rlimit_data=None):
         self.data_dir = str(data_dir)
         self.args = list(args)
+        # RLIMIT_DATA for the process (bytes), as `prlimit --data` sets it
+        self.rlimit_data = rlimit_data
         self.env = dict(os.environ)
         if TEST_INDEX:
             self.env["DECOMPD_INDEX"] = index_for(self.data_dir)
@@ -121,9 +124,13 @@ class Daemon:
         assert BIN and os.path.exists(BIN), "DECOMPD_BIN not set"
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
+        limit = self.rlimit_data
         self.proc = subprocess.Popen(
             [BIN, "--data-dir", self.data_dir, "--listen", "127.0.0.1:0"] + self.args,
-            stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+            stdout=subprocess.DEVNULL, stderr=log, env=self.env,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_DATA,
+                                                   (limit, limit)))
+            if limit else None)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -627,6 +627,60 @@ def sanitized():
     return "libasan" in p.stdout
 
 
+def test_a_checkpoint_bigger_than_the_daemons_data_rlimit_decomposes_under_it(tmp_path):
+    """The daemon started under RLIMIT_DATA (as `prlimit --data` sets it:
+    the heap and every private writable mapping, where an upload held in
+    memory, a model read whole or an output built before it is written
+    would live) of 400 MiB takes a 560 MB sharded checkpoint (a 460 MB
+    embedding that passes through, 24 Linear layers), decomposes it and
+    serves the artifacts: uploads stream to disk, shards stay mapped
+    (read-only file mappings, outside the limit by design), each layer's
+    factors are written when done. The limit allows for OpenBLAS's
+    reserved buffers and the threads' stacks, which it counts too."""
+    if sanitized():
+        pytest.skip("ASan's shadow memory counts against RLIMIT_DATA")
+    layers, dim = 24, 1024
+    rng = np.random.default_rng(5)
+    ts = [("embed.weight",
+           rng.standard_normal((112000, dim), dtype=np.float32))]
+    for i in range(layers):
+        w = rng.standard_normal((dim, 24)) @ rng.standard_normal((24, dim)) / 24
+        ts.append(("layers.%d.proj.weight" % i, w.astype(np.float32)))
+    shards, index = split(ts, 3)
+    del ts
+    limit = 400 * 2**20
+    assert sum(len(b) for b in shards.values()) > 1.3 * limit
+    d = Daemon(tmp_path / "data", ["--workers", "1", "--blas-threads", "1"],
+               env=ENV, rlimit_data=limit).start()
+    try:
+        m = upload_checkpoint(d, shards, index)
+        embed = next(b for n, b in shards.items()
+                     if n.startswith("model-00001"))
+        shards = None
+        spec = {"layers": [{"name": "layers.%d.proj" % i, "type": "Linear",
+                            "in_features": dim, "out_features": dim,
+                            "bias": False} for i in range(layers)]}
+        policy = {"name": "fixed", "rank": 16, "types": ["Linear"]}
+        _, job = d.json("POST", "/v1/jobs", body={
+            "model": m["id"], "spec": spec, "policy": policy}, expect=201)
+        job = d.wait_job(job["id"], timeout=600)
+        assert job["state"] == "succeeded", job
+        _, info = d.json("GET", "/v1/jobs/%s/artifacts/decompose_info.json"
+                         % job["id"], expect=200)
+        assert info["summary"]["layers_decomposed"] == layers
+        # The embedding came back as it went in.
+        first = next(a["name"] for a in job["artifacts"]
+                     if a["name"].startswith("model-0000"))
+        status, _, body = d.request("GET", "/v1/jobs/%s/artifacts/%s"
+                                    % (job["id"], first))
+        assert status == 200
+        got = st_read(body)["embed.weight"][2]
+        want = st_read(embed)["embed.weight"][2]
+        assert got == want
+    finally:
+        d.stop()
+
+
 def test_a_sharded_checkpoint_twice_the_memory_bound_decomposes_within_it(tmp_path):
     """~200 MB over 4 shards (96 MB of Linear layers, an embedding that
     passes through), uploaded and decomposed by a daemon whose peak RSS
